@@ -1,0 +1,175 @@
+//! HTTP client of the control plane, shared by the host agent, the CLI, the
+//! benchmark harness and the Python bindings.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::{ClientConfig, Secret};
+use crate::domain::{Completion, Job, JobId, Lease};
+use crate::error::{Error, Result};
+use crate::store::{JobPage, LeaseRenewal};
+
+#[derive(Debug, Clone)]
+pub struct ControlPlaneClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+}
+
+impl ControlPlaneClient {
+    pub fn new(base_url: impl Into<String>, token: Option<Secret>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(ControlPlaneClient {
+            http,
+            base: base_url.into().trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    pub fn from_config(config: &ClientConfig) -> Result<Self> {
+        Self::new(config.control_plane_url.clone(), config.token.clone())
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token.expose()),
+            None => builder,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<Option<T>> {
+        let response = builder.send().await?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return Ok(Some(response.json::<T>().await?));
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body: serde_json::Value = response.json().await.unwrap_or_else(|_| json!({}));
+        let message = body
+            .get("error")
+            .and_then(|v| v.as_str())
+            .unwrap_or("no error message")
+            .to_string();
+        Err(error_from_status(status, message, retry_after))
+    }
+
+    async fn expect<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> Result<T> {
+        self.send(builder).await?.ok_or_else(|| {
+            Error::Internal("the control plane answered 204 where a body was expected".into())
+        })
+    }
+
+    /// `POST /api/jobs` with a JSON body as documented in docs/api.md.
+    pub async fn submit_job(&self, body: &impl Serialize) -> Result<Job> {
+        self.expect(self.request(Method::POST, "/api/jobs").json(body))
+            .await
+    }
+
+    /// `POST /api/jobs/lease`, waiting up to `wait` for a job.
+    pub async fn lease(&self, wait: Duration) -> Result<Option<Lease>> {
+        let builder = self
+            .request(Method::POST, "/api/jobs/lease")
+            .timeout(wait + Duration::from_secs(30))
+            .json(&json!({"wait_seconds": wait.as_secs()}));
+        self.send(builder).await
+    }
+
+    pub async fn heartbeat(&self, job_id: JobId, fencing_token: i64) -> Result<LeaseRenewal> {
+        let path = format!("/api/jobs/{job_id}/heartbeat");
+        self.expect(
+            self.request(Method::POST, &path)
+                .json(&json!({"fencing_token": fencing_token})),
+        )
+        .await
+    }
+
+    pub async fn complete(&self, job_id: JobId, completion: &Completion) -> Result<Job> {
+        let path = format!("/api/jobs/{job_id}/complete");
+        self.expect(self.request(Method::POST, &path).json(completion))
+            .await
+    }
+
+    pub async fn get_job(&self, job_id: JobId) -> Result<Job> {
+        self.expect(self.request(Method::GET, &format!("/api/jobs/{job_id}")))
+            .await
+    }
+
+    /// `GET /api/jobs` with query pairs such as `("status", "queued")`.
+    pub async fn list_jobs(&self, query: &[(&str, String)]) -> Result<JobPage> {
+        self.expect(self.request(Method::GET, "/api/jobs").query(query))
+            .await
+    }
+
+    pub async fn upsert_org(&self, id: i64, name: &str) -> Result<crate::domain::Org> {
+        self.expect(
+            self.request(Method::POST, "/api/orgs")
+                .json(&json!({"id": id, "name": name})),
+        )
+        .await
+    }
+
+    /// Sends a GitHub webhook delivery signed with `secret`; returns status and body.
+    pub async fn send_webhook(
+        &self,
+        secret: &[u8],
+        event: &str,
+        delivery_id: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let signature = crate::webhook::sign(secret, &body);
+        let response = self
+            .http
+            .post(format!("{}/webhooks/github", self.base))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery_id)
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or_else(|_| json!({}));
+        Ok((status, body))
+    }
+}
+
+fn error_from_status(status: StatusCode, message: String, retry_after: Option<u64>) -> Error {
+    match status {
+        StatusCode::BAD_REQUEST => Error::InvalidInput(message),
+        StatusCode::UNAUTHORIZED => Error::Unauthenticated(message),
+        StatusCode::FORBIDDEN => Error::Forbidden(message),
+        StatusCode::NOT_FOUND => Error::NotFound { what: message },
+        StatusCode::CONFLICT => Error::Conflict(message),
+        StatusCode::PAYLOAD_TOO_LARGE => Error::InvalidInput(message),
+        StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
+            org_id: 0,
+            retry_after: Duration::from_secs(retry_after.unwrap_or(1)),
+        },
+        s if s.is_server_error() => {
+            Error::Unavailable(format!("control plane answered {s}: {message}"))
+        }
+        s => Error::Internal(format!("unexpected status {s}: {message}")),
+    }
+}

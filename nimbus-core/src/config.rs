@@ -1,0 +1,411 @@
+//! Typed configuration from `NIMBUS_*` environment variables (and an optional `.env`).
+//!
+//! Parsing takes the environment as a value ([`Env`]), so tests never touch the
+//! process environment. Every variable read here is listed in [`VARIABLES`], from
+//! which `docs/configuration.md` is generated (a test keeps the two equal).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// One documented variable: name, default (as text) and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct VarDoc {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every variable Nimbus reads. `docs/configuration.md` is rendered from this table.
+pub const VARIABLES: &[VarDoc] = &[
+    VarDoc { name: "NIMBUS_DATA_DIR", default: "./.nimbus", meaning: "Directory for embedded state (SQLite files, generated dev secrets)." },
+    VarDoc { name: "NIMBUS_DATABASE_URL", default: "sqlite://$NIMBUS_DATA_DIR/control-plane.db", meaning: "Control-plane store: `sqlite://PATH` (single node) or `postgres://…` (several replicas on one database)." },
+    VarDoc { name: "NIMBUS_DATABASE_MAX_CONNECTIONS", default: "16", meaning: "Connection pool size of the control-plane store." },
+    VarDoc { name: "NIMBUS_CONTROL_PLANE_ADDR", default: "0.0.0.0:8000", meaning: "Listen address of `nimbus-control-plane` (also `--listen`)." },
+    VarDoc { name: "NIMBUS_CONTROL_PLANE_URL", default: "http://127.0.0.1:8000", meaning: "Where clients (CLI, host agent, benchmarks) reach the control plane." },
+    VarDoc { name: "NIMBUS_CONTROL_PLANE_TOKEN", default: "(none)", meaning: "Bearer JWT clients send to the control plane (`nimbus token mint`)." },
+    VarDoc { name: "NIMBUS_CONTROL_PLANE_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for `/metrics` from non-loopback peers; unset means loopback only." },
+    VarDoc { name: "NIMBUS_JWT_SECRET", default: "(generated)", meaning: "HS256 secret for API tokens. Unset: a random secret is generated once into `$NIMBUS_DATA_DIR/jwt-secret` (development only)." },
+    VarDoc { name: "NIMBUS_GITHUB_WEBHOOK_SECRET", default: "(none)", meaning: "Secret of the GitHub webhook (`X-Hub-Signature-256`). Unset: `POST /webhooks/github` answers 503." },
+    VarDoc { name: "NIMBUS_WEBHOOK_TOLERANCE_SECONDS", default: "300", meaning: "Webhook events whose action timestamp is older than this are refused; delivery ids are remembered for twice as long." },
+    VarDoc { name: "NIMBUS_RUNNER_LABELS", default: "nimbus", meaning: "Comma-separated labels; a `workflow_job` is taken when its `labels` include one of them." },
+    VarDoc { name: "NIMBUS_JOB_LEASE_TTL", default: "300", meaning: "Seconds a lease lives without a heartbeat." },
+    VarDoc { name: "NIMBUS_JOB_MAX_ATTEMPTS", default: "3", meaning: "Leases a job may lose (expire) before it is marked `failed`." },
+    VarDoc { name: "NIMBUS_REAPER_INTERVAL", default: "5", meaning: "Seconds between sweeps that return expired leases to the queue (fractions allowed)." },
+    VarDoc { name: "NIMBUS_ORG_JOB_RATE_LIMIT", default: "100", meaning: "Jobs one org may submit per interval (webhooks and direct submissions together)." },
+    VarDoc { name: "NIMBUS_ORG_RATE_INTERVAL", default: "60", meaning: "Length in seconds of the org rate-limit window." },
+    VarDoc { name: "NIMBUS_LOG_LEVEL", default: "info", meaning: "Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as `nimbus_core=debug`)." },
+    VarDoc { name: "NIMBUS_LOG_FORMAT", default: "text", meaning: "`text` or `json` log lines on stderr." },
+];
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The environment a configuration is read from.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// A fixed environment (tests, embedders).
+    pub fn from_map<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Env {
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The process environment, over the values of `./.env` if that file exists.
+    pub fn from_process() -> Result<Self> {
+        let mut vars = HashMap::new();
+        let dotenv = Path::new(".env");
+        if dotenv.exists() {
+            let entries = dotenvy::from_path_iter(dotenv).map_err(|e| Error::Config {
+                variable: ".env".into(),
+                message: e.to_string(),
+            })?;
+            for entry in entries {
+                let (key, value) = entry.map_err(|e| Error::Config {
+                    variable: ".env".into(),
+                    message: e.to_string(),
+                })?;
+                vars.insert(key, value);
+            }
+        }
+        vars.extend(std::env::vars());
+        Ok(Env { vars })
+    }
+
+    /// The value of a variable; empty counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        debug_assert!(
+            VARIABLES.iter().any(|v| v.name == name),
+            "{name} is read but not documented in config::VARIABLES"
+        );
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.vars.insert(name.into(), value.into());
+    }
+
+    /// Parses a variable, or returns `default` when unset; a bad value names the variable.
+    pub fn parse_or<T>(&self, name: &str, default: T) -> Result<T>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse::<T>().map_err(|e| Error::Config {
+                variable: name.into(),
+                message: format!("invalid value {raw:?}: {e}"),
+            }),
+        }
+    }
+
+    /// A number of seconds (integer or fractional), strictly positive.
+    pub fn seconds_or(&self, name: &str, default: Duration) -> Result<Duration> {
+        let Some(raw) = self.get(name) else {
+            return Ok(default);
+        };
+        let seconds: f64 = raw.trim().parse().map_err(|_| Error::Config {
+            variable: name.into(),
+            message: format!("invalid value {raw:?}: expected a number of seconds"),
+        })?;
+        if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e9) {
+            return Err(Error::Config {
+                variable: name.into(),
+                message: format!("invalid value {raw:?}: must be a positive number of seconds"),
+            });
+        }
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
+    fn positive_u32(&self, name: &str, default: u32) -> Result<u32> {
+        let value: u32 = self.parse_or(name, default)?;
+        if value == 0 {
+            return Err(Error::Config {
+                variable: name.into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(value)
+    }
+
+    pub fn secret(&self, name: &str) -> Option<Secret> {
+        self.get(name).map(Secret::new)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.get("NIMBUS_DATA_DIR").unwrap_or("./.nimbus"))
+    }
+}
+
+/// Configuration of the control plane service.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub jwt_secret: Secret,
+    pub webhook_secret: Option<Secret>,
+    pub webhook_tolerance: Duration,
+    pub runner_labels: Vec<String>,
+    pub lease_ttl: Duration,
+    pub max_attempts: u32,
+    pub reaper_interval: Duration,
+    pub org_job_rate_limit: u32,
+    pub org_rate_interval: Duration,
+    pub metrics_token: Option<Secret>,
+}
+
+impl ControlPlaneConfig {
+    /// Reads and checks every variable; the first bad one is reported by name.
+    pub fn from_env(env: &Env) -> Result<Self> {
+        let data_dir = env.data_dir();
+        let listen = env.parse_or(
+            "NIMBUS_CONTROL_PLANE_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 8000)),
+        )?;
+        let database_url = match env.get("NIMBUS_DATABASE_URL") {
+            Some(url) => url.to_string(),
+            None => format!("sqlite://{}", data_dir.join("control-plane.db").display()),
+        };
+        let runner_labels: Vec<String> = env
+            .get("NIMBUS_RUNNER_LABELS")
+            .unwrap_or("nimbus")
+            .split(',')
+            .map(|label| label.trim().to_string())
+            .filter(|label| !label.is_empty())
+            .collect();
+        if runner_labels.is_empty() {
+            return Err(Error::Config {
+                variable: "NIMBUS_RUNNER_LABELS".into(),
+                message: "needs at least one label".into(),
+            });
+        }
+        Ok(ControlPlaneConfig {
+            listen,
+            database_max_connections: env.positive_u32("NIMBUS_DATABASE_MAX_CONNECTIONS", 16)?,
+            jwt_secret: jwt_secret(env, &data_dir)?,
+            webhook_secret: env.secret("NIMBUS_GITHUB_WEBHOOK_SECRET"),
+            webhook_tolerance: env
+                .seconds_or("NIMBUS_WEBHOOK_TOLERANCE_SECONDS", Duration::from_secs(300))?,
+            runner_labels,
+            lease_ttl: env.seconds_or("NIMBUS_JOB_LEASE_TTL", Duration::from_secs(300))?,
+            max_attempts: env.positive_u32("NIMBUS_JOB_MAX_ATTEMPTS", 3)?,
+            reaper_interval: env.seconds_or("NIMBUS_REAPER_INTERVAL", Duration::from_secs(5))?,
+            org_job_rate_limit: env.positive_u32("NIMBUS_ORG_JOB_RATE_LIMIT", 100)?,
+            org_rate_interval: env
+                .seconds_or("NIMBUS_ORG_RATE_INTERVAL", Duration::from_secs(60))?,
+            metrics_token: env.secret("NIMBUS_CONTROL_PLANE_METRICS_TOKEN"),
+            database_url,
+            data_dir,
+        })
+    }
+}
+
+/// Where clients find the control plane, and the token they present.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub control_plane_url: String,
+    pub token: Option<Secret>,
+}
+
+impl ClientConfig {
+    pub fn from_env(env: &Env) -> Result<Self> {
+        let url = env
+            .get("NIMBUS_CONTROL_PLANE_URL")
+            .unwrap_or("http://127.0.0.1:8000")
+            .trim_end_matches('/')
+            .to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Config {
+                variable: "NIMBUS_CONTROL_PLANE_URL".into(),
+                message: format!("{url:?} is not an http(s) URL"),
+            });
+        }
+        Ok(ClientConfig {
+            control_plane_url: url,
+            token: env.secret("NIMBUS_CONTROL_PLANE_TOKEN"),
+        })
+    }
+}
+
+/// The JWT secret: `NIMBUS_JWT_SECRET`, or for development a random secret kept in
+/// `$NIMBUS_DATA_DIR/jwt-secret` (created on first use, mode 0600), so the control
+/// plane and the CLI started in the same directory agree without any set-up.
+pub fn jwt_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
+    if let Some(secret) = env.secret("NIMBUS_JWT_SECRET") {
+        if secret.expose().len() < 16 {
+            return Err(Error::Config {
+                variable: "NIMBUS_JWT_SECRET".into(),
+                message: "must be at least 16 bytes long".into(),
+            });
+        }
+        return Ok(secret);
+    }
+    let path = data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            return Ok(Secret::new(existing));
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    write_private_file(&path, &secret)?;
+    tracing::warn!(
+        path = %path.display(),
+        "NIMBUS_JWT_SECRET is not set: using a generated development secret"
+    );
+    // Another process may have won the race to create it: read back what is there.
+    let stored = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(Secret::new(stored.trim()))
+}
+
+fn write_private_file(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => file
+            .write_all(contents.as_bytes())
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
+    }
+}
+
+/// Renders [`VARIABLES`] as the Markdown table in `docs/configuration.md`.
+pub fn render_variables_table() -> String {
+    let mut out = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    for var in VARIABLES {
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            var.name, var.default, var.meaning
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let mut env = Env::from_map(pairs.iter().copied());
+        env.set("NIMBUS_JWT_SECRET", "0123456789abcdef0123");
+        env
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = ControlPlaneConfig::from_env(&env(&[])).expect("defaults parse");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.lease_ttl, Duration::from_secs(300));
+        assert_eq!(config.max_attempts, 3);
+        assert_eq!(config.org_job_rate_limit, 100);
+        assert_eq!(config.org_rate_interval, Duration::from_secs(60));
+        assert_eq!(config.webhook_tolerance, Duration::from_secs(300));
+        assert_eq!(config.runner_labels, vec!["nimbus".to_string()]);
+        assert!(config.database_url.starts_with("sqlite://"));
+        for var in VARIABLES {
+            assert!(!var.meaning.is_empty(), "{} has no meaning", var.name);
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        for (name, value) in [
+            ("NIMBUS_JOB_LEASE_TTL", "soon"),
+            ("NIMBUS_JOB_LEASE_TTL", "-1"),
+            ("NIMBUS_ORG_JOB_RATE_LIMIT", "0"),
+            ("NIMBUS_CONTROL_PLANE_ADDR", "localhost"),
+            ("NIMBUS_JOB_MAX_ATTEMPTS", "many"),
+            ("NIMBUS_RUNNER_LABELS", " , "),
+        ] {
+            let err = ControlPlaneConfig::from_env(&env(&[(name, value)]))
+                .expect_err("bad value must fail");
+            assert!(err.to_string().contains(name), "{err} should name {name}");
+        }
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused() {
+        let env = Env::from_map([("NIMBUS_JWT_SECRET", "short")]);
+        let err = ControlPlaneConfig::from_env(&env).expect_err("short secret");
+        assert!(err.to_string().contains("NIMBUS_JWT_SECRET"));
+    }
+
+    #[test]
+    fn a_dev_secret_is_generated_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("nimbus-cfg-{}", uuid::Uuid::new_v4()));
+        let env = Env::from_map([("NIMBUS_DATA_DIR", dir.to_string_lossy().to_string())]);
+        let first = jwt_secret(&env, &dir).expect("generated");
+        let second = jwt_secret(&env, &dir).expect("reused");
+        assert_eq!(first, second);
+        assert_eq!(first.expose().len(), 64);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let config = ControlPlaneConfig::from_env(&env(&[(
+            "NIMBUS_GITHUB_WEBHOOK_SECRET",
+            "hunter2hunter2",
+        )]))
+        .expect("parses");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn docs_configuration_table_matches_the_code() {
+        let doc = include_str!("../../docs/configuration.md");
+        let table = render_variables_table();
+        assert!(
+            doc.contains(&table),
+            "docs/configuration.md is out of date; regenerate it with `nimbus config docs`:\n{table}"
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP edge: how errors become responses (the one place), and extractors that
+//! turn bad requests into those errors instead of axum's plain-text rejections.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Principal;
+use crate::control_plane::AppState;
+use crate::error::{Error, ErrorKind};
+
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let kind = self.kind();
+        let status = status_of(kind);
+        let code = match &self {
+            Error::ReplayedDelivery { .. } => "replayed_delivery",
+            _ => kind.code(),
+        };
+        // Internal details (SQL, I/O) go to the log, not to the caller.
+        let message = if kind == ErrorKind::Internal {
+            tracing::error!(error = %self, "internal error");
+            "internal error".to_string()
+        } else {
+            if matches!(kind, ErrorKind::Unavailable) {
+                tracing::warn!(error = %self, "dependency unavailable");
+            }
+            self.to_string()
+        };
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "error": message, "code": code })),
+        )
+            .into_response();
+        if let Error::RateLimited { retry_after, .. } = &self {
+            let seconds = retry_after.as_secs().max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// A JSON body whose rejections are Nimbus errors (400 / 413 / 415 with a JSON body).
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> Error {
+    match rejection.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            Error::UnsupportedMediaType("expected Content-Type: application/json".into())
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge {
+            limit: super::MAX_BODY,
+        },
+        _ => Error::invalid(format!("invalid JSON body: {}", rejection.body_text())),
+    }
+}
+
+/// Query parameters whose rejections are 400 JSON errors.
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> Error {
+    Error::invalid(format!("invalid query: {}", rejection.body_text()))
+}
+
+/// The verified caller. Org tokens must name an org the control plane knows.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            Error::Unauthenticated("missing Authorization: Bearer <token>".into())
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
+            })?;
+        let principal = state.keys.verify(token)?;
+        if let Principal::Org { org_id, .. } = &principal {
+            if state.store.get_org(*org_id).await?.is_none() {
+                return Err(Error::Forbidden(format!(
+                    "unknown org {org_id} in token; an admin registers orgs with POST /api/orgs"
+                )));
+            }
+        }
+        Ok(Auth(principal))
+    }
+}
+
+/// Parses a job id from a path segment (a bad one is a 400, not a 404).
+pub fn parse_job_id(raw: &str) -> Result<i64, Error> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Error::invalid(format!("job id {raw:?} is not a positive integer")))
+}

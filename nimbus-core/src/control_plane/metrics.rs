@@ -1,0 +1,155 @@
+//! Prometheus metrics of the control plane (names fixed by DESIGN.md).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::domain::JobStatus;
+use crate::error::{Error, Result};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub webhook_replays_blocked: IntCounter,
+    pub org_rate_limits_hit: IntCounter,
+    pub webhooks_received: IntCounterVec,
+    pub jobs_enqueued: IntCounterVec,
+    pub jobs_completed: IntCounterVec,
+    pub leases_granted: IntCounter,
+    pub leases_expired: IntCounterVec,
+    pub jobs_by_status: IntGaugeVec,
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: T,
+) -> Result<T> {
+    registry
+        .register(Box::new(metric.clone()))
+        .map_err(|e| Error::Internal(format!("registering metric: {e}")))?;
+    Ok(metric)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
+    let metric = IntCounter::new(name, help).map_err(|e| Error::Internal(e.to_string()))?;
+    register(registry, metric)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    register(registry, metric)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new();
+        let r = &registry;
+        let metrics = Metrics {
+            webhook_replays_blocked: counter(
+                r,
+                "nimbus_control_plane_webhook_replays_blocked",
+                "Webhook deliveries refused because their X-GitHub-Delivery was already processed.",
+            )?,
+            org_rate_limits_hit: counter(
+                r,
+                "nimbus_control_plane_org_rate_limits_hit",
+                "Job admissions refused by the per-org rate limit.",
+            )?,
+            webhooks_received: counter_vec(
+                r,
+                "nimbus_control_plane_webhooks_received_total",
+                "Webhook deliveries by event and outcome.",
+                &["event", "outcome"],
+            )?,
+            jobs_enqueued: counter_vec(
+                r,
+                "nimbus_control_plane_jobs_enqueued_total",
+                "Jobs put in the queue, by source.",
+                &["source"],
+            )?,
+            jobs_completed: counter_vec(
+                r,
+                "nimbus_control_plane_jobs_completed_total",
+                "Jobs completed by agents, by status.",
+                &["status"],
+            )?,
+            leases_granted: counter(
+                r,
+                "nimbus_control_plane_leases_granted_total",
+                "Leases handed to agents.",
+            )?,
+            leases_expired: counter_vec(
+                r,
+                "nimbus_control_plane_leases_expired_total",
+                "Leases that expired, by what happened to the job (requeued or failed).",
+                &["outcome"],
+            )?,
+            jobs_by_status: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nimbus_control_plane_jobs",
+                        "Jobs in the store by status (read at scrape time).",
+                    ),
+                    &["status"],
+                )
+                .map_err(|e| Error::Internal(e.to_string()))?,
+            )?,
+            http_requests: counter_vec(
+                r,
+                "nimbus_control_plane_http_requests_total",
+                "HTTP requests by method, route and status.",
+                &["method", "route", "status"],
+            )?,
+            http_request_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "nimbus_control_plane_http_request_duration_seconds",
+                        "HTTP request latency by method and route.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0, 60.0,
+                    ]),
+                    &["method", "route"],
+                )
+                .map_err(|e| Error::Internal(e.to_string()))?,
+            )?,
+            registry,
+        };
+        Ok(metrics)
+    }
+
+    /// Sets the per-status gauge from fresh counts (statuses absent count zero).
+    pub fn set_job_counts(&self, counts: &[(JobStatus, i64)]) {
+        for status in JobStatus::ALL {
+            let count = counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            self.jobs_by_status
+                .with_label_values(&[status.as_str()])
+                .set(count);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String> {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .map_err(|e| Error::Internal(format!("encoding metrics: {e}")))?;
+        String::from_utf8(buffer).map_err(|e| Error::Internal(format!("metrics text: {e}")))
+    }
+}

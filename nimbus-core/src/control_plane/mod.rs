@@ -1,0 +1,320 @@
+//! The control plane service: GitHub webhook intake, job submission, the lease API,
+//! and the background reaper, over an `Arc<dyn Store>`.
+//!
+//! [`router`] builds the axum app (tests drive it with `oneshot`, no socket);
+//! [`serve`] runs it on a listener with the reaper until shutdown; [`run`] is what
+//! the `nimbus-control-plane` binary calls.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::auth::JwtKeys;
+use crate::config::ControlPlaneConfig;
+use crate::error::{Error, Result};
+use crate::store::{self, Store};
+
+pub mod http;
+mod jobs;
+pub mod metrics;
+mod webhooks;
+
+pub use metrics::Metrics;
+
+/// Largest request body accepted on any route (webhooks included).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Shared state of every handler.
+pub struct ControlPlane {
+    pub config: ControlPlaneConfig,
+    pub store: Arc<dyn Store>,
+    pub keys: JwtKeys,
+    pub metrics: Metrics,
+    /// Wakes long-polling lease requests when this replica queues a job.
+    job_available: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+pub type AppState = Arc<ControlPlane>;
+
+impl ControlPlane {
+    pub fn new(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Result<AppState> {
+        let (shutdown, _) = watch::channel(false);
+        Ok(Arc::new(ControlPlane {
+            keys: JwtKeys::new(&config.jwt_secret),
+            metrics: Metrics::new()?,
+            config,
+            store,
+            job_available: Notify::new(),
+            shutdown,
+        }))
+    }
+
+    /// Asks long-polls and the reaper to finish (graceful shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// The HTTP API. See docs/api.md.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(webhooks::github))
+        .route("/api/orgs", post(jobs::upsert_org).get(jobs::list_orgs))
+        .route("/api/jobs", post(jobs::submit).get(jobs::list))
+        .route("/api/jobs/lease", post(jobs::lease))
+        .route("/api/jobs/{id}", get(jobs::get))
+        .route("/api/jobs/{id}/heartbeat", post(jobs::heartbeat))
+        .route("/api/jobs/{id}/complete", post(jobs::complete))
+        .route("/api/analytics/metadata", get(jobs::metadata_values))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { Error::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                Json(serde_json::json!({"error": "method not allowed", "code": "method_not_allowed"})),
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), record_request))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .http_requests
+        .with_label_values(&[&method, &route, response.status().as_str()])
+        .inc();
+    metrics
+        .http_request_duration
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>> {
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| Error::Unavailable(format!("store not ready: {e}")))?;
+    Ok(Json(
+        serde_json::json!({"status": "ready", "store": state.store.backend()}),
+    ))
+}
+
+/// `/metrics`: open to loopback peers; others need the metrics token.
+async fn metrics_text(State(state): State<AppState>, request: Request) -> Result<Response> {
+    let from_loopback = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip().is_loopback())
+        .unwrap_or(false);
+    if !from_loopback {
+        let presented = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let allowed = match (&state.config.metrics_token, presented) {
+            (Some(expected), Some(given)) => {
+                use subtle::ConstantTimeEq;
+                bool::from(expected.expose().as_bytes().ct_eq(given.trim().as_bytes()))
+            }
+            _ => false,
+        };
+        if !allowed {
+            return Err(Error::Unauthenticated(
+                "metrics need Authorization: Bearer $NIMBUS_CONTROL_PLANE_METRICS_TOKEN from non-loopback peers".into(),
+            ));
+        }
+    }
+    match state.store.count_by_status().await {
+        Ok(counts) => state.metrics.set_job_counts(&counts),
+        Err(e) => tracing::warn!(error = %e, "could not count jobs for metrics"),
+    }
+    let body = state.metrics.render()?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// One reaper sweep: expired leases back to the queue (or failed), old delivery ids
+/// forgotten. Every replica runs it; the store makes each sweep idempotent.
+pub async fn reap_once(state: &ControlPlane) -> Result<()> {
+    let now = state.now();
+    let report = state
+        .store
+        .reap_expired(now, state.config.max_attempts)
+        .await?;
+    if !report.requeued.is_empty() {
+        state
+            .metrics
+            .leases_expired
+            .with_label_values(&["requeued"])
+            .inc_by(report.requeued.len() as u64);
+        tracing::info!(jobs = ?report.requeued, "expired leases returned to the queue");
+        state.job_available.notify_waiters();
+    }
+    if !report.failed.is_empty() {
+        state
+            .metrics
+            .leases_expired
+            .with_label_values(&["failed"])
+            .inc_by(report.failed.len() as u64);
+        tracing::warn!(jobs = ?report.failed, "jobs failed: leases expired on their last attempt");
+    }
+    // Deliveries older than twice the tolerance can never be accepted again anyway
+    // (their events are too old), so forgetting them is safe.
+    let forget_before = now - state.config.webhook_tolerance * 2;
+    state.store.prune_deliveries(forget_before).await?;
+    Ok(())
+}
+
+async fn reaper_loop(state: AppState) {
+    let mut shutdown = state.shutdown.subscribe();
+    loop {
+        if let Err(e) = reap_once(&state).await {
+            tracing::warn!(error = %e, "reaper sweep failed; retrying next interval");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.config.reaper_interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Serves the API on `listener` and runs the reaper, until `shutdown` resolves;
+/// then stops accepting, ends long-polls, and waits for in-flight requests.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let reaper = tokio::spawn(reaper_loop(state.clone()));
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stopping = state.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.begin_shutdown();
+        })
+        .await
+        .map_err(|e| Error::io("serving HTTP", e));
+    state.begin_shutdown();
+    let _ = reaper.await;
+    result
+}
+
+/// Opens the store from config, binds the listen address and serves until SIGTERM
+/// or Ctrl-C.
+pub async fn run(config: ControlPlaneConfig) -> Result<()> {
+    let store = store::open(&config.database_url, config.database_max_connections).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    tracing::info!(
+        address = %local,
+        store = store.backend(),
+        database = %store::redact_url(&config.database_url),
+        "nimbus-control-plane listening"
+    );
+    if config.webhook_secret.is_none() {
+        tracing::warn!(
+            "NIMBUS_GITHUB_WEBHOOK_SECRET is not set: POST /webhooks/github answers 503"
+        );
+    }
+    let state = ControlPlane::new(config, store)?;
+    serve(state, listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Polls for a lease until one is granted, `wait` passes, or shutdown begins.
+async fn lease_with_wait(
+    state: &ControlPlane,
+    request: &store::LeaseRequest,
+    wait: Duration,
+) -> Result<Option<crate::domain::Lease>> {
+    // Other replicas' enqueues cannot wake us, so poll at least this often.
+    const POLL: Duration = Duration::from_millis(250);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut shutdown = state.shutdown.subscribe();
+    loop {
+        let notified = state.job_available.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(lease) = state.store.lease(request, state.now()).await? {
+            return Ok(Some(lease));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline || *shutdown.borrow() {
+            return Ok(None);
+        }
+        let nap = (deadline - now).min(POLL);
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(nap) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `POST /webhooks/github`: signed `workflow_job` intake with replay protection.
+//!
+//! Order matters: the signature is checked before anything is parsed; a delivery id
+//! already processed is refused before any work; the delivery id is recorded only
+//! once its event was processed (in the same transaction as the job it creates), so
+//! GitHub's manual redelivery of a failed delivery is accepted and of a successful
+//! one refused.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::control_plane::{AppState, ControlPlane};
+use crate::error::{Error, Result};
+use crate::store::{Delivery, GithubJobUpdate};
+use crate::webhook::{self, WebhookEvent, WorkflowJobAction, WorkflowJobEvent};
+
+/// Longest `X-GitHub-Delivery` accepted (GitHub sends a 36-character GUID).
+const MAX_DELIVERY_ID: usize = 128;
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+pub(super) async fn github(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let event = header(&headers, "x-github-event")
+        .unwrap_or("unknown")
+        .to_owned();
+    match handle(&state, &headers, &body).await {
+        Ok((status, outcome, answer)) => {
+            state
+                .metrics
+                .webhooks_received
+                .with_label_values(&[&event, outcome])
+                .inc();
+            (status, Json(answer)).into_response()
+        }
+        Err(error) => {
+            let outcome = match &error {
+                Error::ReplayedDelivery { .. } => {
+                    state.metrics.webhook_replays_blocked.inc();
+                    "replayed"
+                }
+                Error::RateLimited { .. } => "rate_limited",
+                Error::Unauthenticated(_) => "bad_signature",
+                _ => "error",
+            };
+            state
+                .metrics
+                .webhooks_received
+                .with_label_values(&[&event, outcome])
+                .inc();
+            tracing::info!(%event, %error, "webhook refused");
+            error.into_response()
+        }
+    }
+}
+
+type Answer = (StatusCode, &'static str, serde_json::Value);
+
+async fn handle(state: &ControlPlane, headers: &HeaderMap, body: &[u8]) -> Result<Answer> {
+    let secret = state.config.webhook_secret.as_ref().ok_or_else(|| {
+        Error::Unavailable("webhooks are not configured: set NIMBUS_GITHUB_WEBHOOK_SECRET".into())
+    })?;
+    webhook::verify_signature(
+        secret.expose().as_bytes(),
+        body,
+        header(headers, "x-hub-signature-256"),
+    )?;
+
+    let content_type = header(headers, "content-type").unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(Error::UnsupportedMediaType(format!(
+            "webhook content type must be application/json (set it in the webhook settings), got {content_type:?}"
+        )));
+    }
+    let event = header(headers, "x-github-event")
+        .ok_or_else(|| Error::invalid("missing X-GitHub-Event header"))?;
+    let delivery_id = header(headers, "x-github-delivery")
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| Error::invalid("missing X-GitHub-Delivery header"))?;
+    if delivery_id.len() > MAX_DELIVERY_ID {
+        return Err(Error::invalid(format!(
+            "X-GitHub-Delivery is longer than {MAX_DELIVERY_ID} bytes"
+        )));
+    }
+    if state.store.delivery_seen(delivery_id).await? {
+        return Err(Error::ReplayedDelivery {
+            delivery_id: delivery_id.to_owned(),
+        });
+    }
+    let now = state.now();
+    let delivery = Delivery {
+        id: delivery_id.to_owned(),
+        received_at: now,
+    };
+
+    match webhook::parse_event(event, body)? {
+        WebhookEvent::Ping { zen, hook_id } => {
+            record(state, &delivery).await?;
+            Ok((
+                StatusCode::OK,
+                "ping",
+                json!({"ok": true, "zen": zen, "hook_id": hook_id}),
+            ))
+        }
+        WebhookEvent::Ignored { event, action } => {
+            record(state, &delivery).await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                "ignored",
+                json!({"ignored": format!("event {event} action {}", action.as_deref().unwrap_or("-"))}),
+            ))
+        }
+        WebhookEvent::WorkflowJob(job_event) => workflow_job(state, &job_event, &delivery).await,
+    }
+}
+
+async fn record(state: &ControlPlane, delivery: &Delivery) -> Result<()> {
+    if state.store.record_delivery(delivery).await? {
+        Ok(())
+    } else {
+        // Another request with the same delivery id finished first.
+        Err(Error::ReplayedDelivery {
+            delivery_id: delivery.id.clone(),
+        })
+    }
+}
+
+async fn workflow_job(
+    state: &ControlPlane,
+    event: &WorkflowJobEvent,
+    delivery: &Delivery,
+) -> Result<Answer> {
+    let now = delivery.received_at;
+    let stamped = event.action_timestamp().ok_or_else(|| {
+        Error::invalid(format!(
+            "workflow_job {} has no timestamp for action {}",
+            event.workflow_job.id,
+            event.action.as_str()
+        ))
+    })?;
+    let age = now - stamped;
+    if age > state.config.webhook_tolerance {
+        return Err(Error::invalid(format!(
+            "stale event: workflow_job {} {} at {stamped} is {} s old; the tolerance is {} s",
+            event.workflow_job.id,
+            event.action.as_str(),
+            age.whole_seconds(),
+            state.config.webhook_tolerance.as_secs()
+        )));
+    }
+    let github_job_id = event.workflow_job.id;
+    match event.action {
+        WorkflowJobAction::Queued => {
+            if !event.wants_runner_with(&state.config.runner_labels) {
+                record(state, delivery).await?;
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    "not_ours",
+                    json!({"ignored": "no label of this job is one of NIMBUS_RUNNER_LABELS"}),
+                ));
+            }
+            let (org_id, org_name) = event.org();
+            if state.store.get_org(org_id).await?.is_none() {
+                state.store.upsert_org(org_id, org_name, now).await?;
+            }
+            super::jobs::check_rate_limit(state, org_id).await?;
+            let enqueued = state
+                .store
+                .enqueue(event.to_new_job(), Some(delivery), now)
+                .await?;
+            if enqueued.created {
+                state
+                    .metrics
+                    .jobs_enqueued
+                    .with_label_values(&["github"])
+                    .inc();
+                state.job_available.notify_waiters();
+                tracing::info!(job_id = enqueued.job.id, github_job_id, repo = %enqueued.job.repo, "queued GitHub job");
+            }
+            let status = if enqueued.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((
+                status,
+                "queued",
+                json!({"job_id": enqueued.job.id, "created": enqueued.created}),
+            ))
+        }
+        WorkflowJobAction::Waiting => {
+            // Environment protection: the job is not runnable until GitHub queues it.
+            record(state, delivery).await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                "waiting",
+                json!({"ignored": "waiting for environment approval"}),
+            ))
+        }
+        WorkflowJobAction::InProgress | WorkflowJobAction::Completed => {
+            let update = GithubJobUpdate {
+                github_job_id,
+                status: event.action.as_str().to_owned(),
+                conclusion: event.workflow_job.conclusion.clone(),
+                runner_name: event.workflow_job.runner_name.clone(),
+            };
+            let job = state.store.apply_github_update(&update, now).await?;
+            record(state, delivery).await?;
+            Ok(match job {
+                Some(job) => (
+                    StatusCode::OK,
+                    "updated",
+                    json!({"job_id": job.id, "status": job.status}),
+                ),
+                None => (
+                    StatusCode::ACCEPTED,
+                    "unknown_job",
+                    json!({"ignored": "no Nimbus job for this workflow_job"}),
+                ),
+            })
+        }
+    }
+}

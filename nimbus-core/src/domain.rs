@@ -1,0 +1,434 @@
+//! Domain types shared by every part of Nimbus: orgs, jobs, leases, metadata.
+//!
+//! Timestamps are `OffsetDateTime` in UTC and travel as RFC 3339 strings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+
+/// Job ids are positive 64-bit integers (ClickHouse `job_id UInt64`).
+pub type JobId = i64;
+/// Org ids are GitHub's numeric organisation (or user) ids.
+pub type OrgId = i64;
+
+/// Most labels a job may carry (GitHub allows 1–100 on a runner).
+pub const MAX_LABELS: usize = 100;
+/// Longest label, metadata key or value we store.
+pub const MAX_LABEL_LEN: usize = 256;
+/// Most steps a directly submitted job may have.
+pub const MAX_STEPS: usize = 256;
+/// Longest timeout a job may ask for (GitHub's own maximum is 6 h for hosted runners;
+/// self-hosted jobs may run up to 5 days, we cap at one day).
+pub const MAX_TIMEOUT_MINUTES: u32 = 24 * 60;
+/// Default job timeout when the spec names none (GitHub's default is 360).
+pub const DEFAULT_TIMEOUT_MINUTES: u32 = 360;
+
+/// An organisation (or user account) that owns repositories and jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A repository as GitHub names it: `owner/name`, with GitHub's numeric id when known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repo {
+    pub id: Option<i64>,
+    pub full_name: String,
+}
+
+/// Where a job came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSource {
+    /// A GitHub `workflow_job` webhook.
+    Github,
+    /// `POST /api/jobs` with `run:` steps.
+    Direct,
+}
+
+impl JobSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobSource::Github => "github",
+            JobSource::Direct => "direct",
+        }
+    }
+}
+
+impl FromStr for JobSource {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "github" => Ok(JobSource::Github),
+            "direct" => Ok(JobSource::Direct),
+            other => Err(Error::invalid(format!("unknown job source {other:?}"))),
+        }
+    }
+}
+
+/// The lifecycle of a job (see DESIGN.md "Job lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Leased,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Leased,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::TimedOut,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Leased => "leased",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// A terminal job never changes status again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::TimedOut | JobStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown job status {s:?}; expected one of queued, leased, succeeded, failed, timed_out, cancelled"
+                ))
+            })
+    }
+}
+
+/// How an agent finished a job: the statuses `complete` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl From<CompletionStatus> for JobStatus {
+    fn from(status: CompletionStatus) -> Self {
+        match status {
+            CompletionStatus::Succeeded => JobStatus::Succeeded,
+            CompletionStatus::Failed => JobStatus::Failed,
+            CompletionStatus::TimedOut => JobStatus::TimedOut,
+            CompletionStatus::Cancelled => JobStatus::Cancelled,
+        }
+    }
+}
+
+/// One `run:` step of a directly submitted job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub run: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+}
+
+/// What a job runs. GitHub jobs carry no steps: the Actions runner fetches them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    pub timeout_minutes: u32,
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        JobSpec {
+            steps: Vec::new(),
+            env: BTreeMap::new(),
+            timeout_minutes: DEFAULT_TIMEOUT_MINUTES,
+        }
+    }
+}
+
+/// The GitHub side of a job that came from a `workflow_job` webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GithubJobRef {
+    pub job_id: i64,
+    pub run_id: i64,
+    pub run_attempt: i64,
+    pub workflow_name: Option<String>,
+    pub job_name: Option<String>,
+    pub head_sha: Option<String>,
+    pub head_branch: Option<String>,
+    pub installation_id: Option<i64>,
+    /// GitHub's own view: `queued`, `waiting`, `in_progress`, `completed`.
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+}
+
+/// Job metadata: `param:KEY=VALUE` and `meta:KEY=VALUE` labels, keyed by KEY.
+pub type Metadata = BTreeMap<String, String>;
+
+/// A job as stored and as served by `GET /api/jobs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub org_id: OrgId,
+    pub repo: String,
+    pub repo_id: Option<i64>,
+    pub source: JobSource,
+    pub status: JobStatus,
+    pub labels: Vec<String>,
+    pub metadata: Metadata,
+    /// 1 for the first lease; +1 each time an expired lease sends the job back.
+    pub attempt: i32,
+    /// The fencing token of the newest lease (0 before the first lease).
+    pub fencing_token: i64,
+    pub spec: JobSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubJobRef>,
+    /// The newest lease's id (kept after completion, for the record).
+    pub lease_id: Option<String>,
+    pub agent_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub lease_expires_at: Option<OffsetDateTime>,
+    pub exit_code: Option<i32>,
+    pub failure_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// Everything needed to put a job in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub org_id: OrgId,
+    pub repo: Repo,
+    pub source: JobSource,
+    pub labels: Vec<String>,
+    pub metadata: Metadata,
+    pub spec: JobSpec,
+    pub github: Option<GithubJobRef>,
+}
+
+/// A granted lease: the job, plus what the agent must present to keep or finish it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub job: Job,
+    pub lease_id: String,
+    pub fencing_token: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// A host agent, as named by the `sub` of its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: String,
+}
+
+/// An agent's report that a job is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub fencing_token: i64,
+    pub status: CompletionStatus,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Splits runner labels into metadata: `param:KEY=VALUE` and `meta:KEY=VALUE` become
+/// `KEY → VALUE`. A later label with the same key wins. Labels that do not have the
+/// form are not metadata and are ignored here (they still match runners).
+pub fn metadata_from_labels<'a>(labels: impl IntoIterator<Item = &'a String>) -> Metadata {
+    let mut metadata = Metadata::new();
+    for label in labels {
+        let Some(rest) = label
+            .strip_prefix("param:")
+            .or_else(|| label.strip_prefix("meta:"))
+        else {
+            continue;
+        };
+        if let Some((key, value)) = rest.split_once('=') {
+            let key = key.trim();
+            if !key.is_empty() {
+                metadata.insert(key.to_string(), value.to_string());
+            }
+        }
+    }
+    metadata
+}
+
+/// Checks a repository name has the `owner/name` form GitHub uses.
+pub fn validate_repo_name(repo: &str) -> Result<()> {
+    let valid_part = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 100
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match repo.split_once('/') {
+        Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "repo {repo:?} is not of the form OWNER/NAME"
+        ))),
+    }
+}
+
+/// Checks label count and length.
+pub fn validate_labels(labels: &[String]) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid(format!(
+            "{} labels given; at most {MAX_LABELS} are allowed",
+            labels.len()
+        )));
+    }
+    for label in labels {
+        if label.is_empty() || label.len() > MAX_LABEL_LEN {
+            return Err(Error::invalid(format!(
+                "label {label:?} must be 1 to {MAX_LABEL_LEN} bytes long"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl JobSpec {
+    /// Checks a directly submitted spec: at least one step, bounded sizes, a sane timeout.
+    pub fn validate_direct(&self) -> Result<()> {
+        if self.steps.is_empty() {
+            return Err(Error::invalid("steps: a job needs at least one step"));
+        }
+        if self.steps.len() > MAX_STEPS {
+            return Err(Error::invalid(format!(
+                "steps: {} given; at most {MAX_STEPS} are allowed",
+                self.steps.len()
+            )));
+        }
+        for (index, step) in self.steps.iter().enumerate() {
+            if step.run.trim().is_empty() {
+                return Err(Error::invalid(format!("steps[{index}].run is empty")));
+            }
+        }
+        self.validate_timeout()
+    }
+
+    pub fn validate_timeout(&self) -> Result<()> {
+        if self.timeout_minutes == 0 || self.timeout_minutes > MAX_TIMEOUT_MINUTES {
+            return Err(Error::invalid(format!(
+                "timeout_minutes must be between 1 and {MAX_TIMEOUT_MINUTES}, got {}",
+                self.timeout_minutes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch: how stores keep timestamps (portable and
+/// ordered in both SQLite and PostgreSQL).
+pub fn to_millis(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub fn from_millis(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_comes_from_param_and_meta_labels() {
+        let labels: Vec<String> = [
+            "nimbus",
+            "param:python=3.12",
+            "meta:team=infra",
+            "param:empty=",
+            "param:=nokey",
+            "meta:novalue",
+            "param:eq=a=b",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let metadata = metadata_from_labels(&labels);
+        assert_eq!(metadata.get("python").map(String::as_str), Some("3.12"));
+        assert_eq!(metadata.get("team").map(String::as_str), Some("infra"));
+        assert_eq!(metadata.get("empty").map(String::as_str), Some(""));
+        assert_eq!(metadata.get("eq").map(String::as_str), Some("a=b"));
+        assert_eq!(metadata.len(), 4);
+    }
+
+    #[test]
+    fn repo_names_are_checked() {
+        assert!(validate_repo_name("acme/app").is_ok());
+        assert!(validate_repo_name("a-b.c/d_e").is_ok());
+        for bad in ["", "acme", "acme/", "/app", "acme/app/x", "acme/a pp"] {
+            assert!(validate_repo_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for status in JobStatus::ALL {
+            assert_eq!(status.as_str().parse::<JobStatus>().ok(), Some(status));
+        }
+        assert!("running".parse::<JobStatus>().is_err());
+    }
+
+    #[test]
+    fn millis_round_trip() {
+        let at = time::macros::datetime!(2026-11-27 05:00:00.123 UTC);
+        assert_eq!(from_millis(to_millis(at)), at);
+    }
+}

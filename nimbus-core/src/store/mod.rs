@@ -1,0 +1,321 @@
+//! Durable state of the control plane: the job queue, leases, org rate limits,
+//! job metadata, webhook deliveries and orgs.
+//!
+//! Each concern is its own object-safe trait, so an embedder can replace one; the
+//! [`Store`] super-trait bundles them for the control plane, which holds an
+//! `Arc<dyn Store>`. Two implementations share their SQL where the dialects agree
+//! ([`sql`]) and differ where they must: [`sqlite`] (embedded default, one node,
+//! one writer connection) and [`postgres`] (several replicas; leases claimed with
+//! `FOR UPDATE SKIP LOCKED`). [`open`] picks one from a URL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::domain::{Completion, Job, JobId, JobStatus, Lease, Metadata, NewJob, Org, OrgId};
+use crate::error::{Error, Result};
+
+#[macro_use]
+mod sql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+mod row;
+pub mod sqlite;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Most jobs one page of `list_jobs` returns.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// A webhook delivery to record together with the job it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub received_at: OffsetDateTime,
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub job: Job,
+    /// False when a job for the same GitHub job already existed and was returned.
+    pub created: bool,
+}
+
+/// Filters of `GET /api/jobs`. Pages run newest first; `cursor` is the id of the
+/// last job of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFilter {
+    pub org_id: Option<OrgId>,
+    pub status: Option<JobStatus>,
+    pub repo: Option<String>,
+    pub label: Option<String>,
+    pub metadata_key: Option<String>,
+    pub metadata_value: Option<String>,
+    pub limit: u32,
+    pub cursor: Option<JobId>,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        JobFilter {
+            org_id: None,
+            status: None,
+            repo: None,
+            label: None,
+            metadata_key: None,
+            metadata_value: None,
+            limit: 50,
+            cursor: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// GitHub's later word on a job it told us about (`in_progress`, `completed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GithubJobUpdate {
+    pub github_job_id: i64,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+}
+
+/// Who asks for a lease, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub agent_id: String,
+    /// Only lease jobs of this org (dedicated agents); `None` for any org.
+    pub org_id: Option<OrgId>,
+    pub ttl: Duration,
+}
+
+/// A heartbeat's answer: the lease lives until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseRenewal {
+    pub job_id: JobId,
+    pub lease_id: String,
+    pub fencing_token: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// What one reaper sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Jobs sent back to the queue with attempt + 1.
+    pub requeued: Vec<JobId>,
+    /// Jobs that used up their attempts and are now `failed`.
+    pub failed: Vec<JobId>,
+}
+
+/// A rate-limit check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    /// Requests counted in the current window, this one included.
+    pub count: u32,
+    /// Time until the current window ends.
+    pub retry_after: Duration,
+}
+
+/// The job queue: admission writes and reads.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Queues a job and writes its metadata rows. With a delivery, the delivery id is
+    /// recorded in the same transaction; a delivery id seen before fails with
+    /// [`Error::ReplayedDelivery`] and writes nothing. A GitHub job already queued
+    /// (same GitHub job id) is returned with `created: false`.
+    async fn enqueue(
+        &self,
+        job: NewJob,
+        delivery: Option<&Delivery>,
+        now: OffsetDateTime,
+    ) -> Result<Enqueued>;
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage>;
+
+    /// Applies GitHub's `in_progress` / `completed` news to the job made for that
+    /// GitHub job. A job still queued when GitHub says `completed` (cancelled
+    /// before any runner took it) becomes `cancelled`. `None` if we have no such job.
+    async fn apply_github_update(
+        &self,
+        update: &GithubJobUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<Job>>;
+
+    /// Number of jobs per status (for gauges and reports).
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>>;
+}
+
+/// Fenced leases on queued jobs.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Claims the oldest queued job, if any. Each lease of a job carries a fencing
+    /// token greater than every earlier one of that job. No job is handed out twice,
+    /// even to concurrent callers on several replicas.
+    async fn lease(&self, request: &LeaseRequest, now: OffsetDateTime) -> Result<Option<Lease>>;
+
+    /// Extends a lease. A stale token or a job no longer leased is a `Conflict`.
+    async fn heartbeat(
+        &self,
+        job_id: JobId,
+        fencing_token: i64,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<LeaseRenewal>;
+
+    /// Finishes a leased job. Repeating the same completion returns the job unchanged;
+    /// a stale token is a `Conflict` and changes nothing.
+    async fn complete(
+        &self,
+        job_id: JobId,
+        completion: &Completion,
+        now: OffsetDateTime,
+    ) -> Result<Job>;
+
+    /// Returns leases that expired before `now` to the queue (attempt + 1), or fails
+    /// jobs that had `max_attempts` attempts. Safe to run concurrently and repeatedly.
+    async fn reap_expired(&self, now: OffsetDateTime, max_attempts: u32) -> Result<ReapReport>;
+}
+
+/// Fixed-window counters kept in the shared store, so replicas enforce one limit.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Counts one request for `key` in the window containing `now`.
+    async fn acquire(
+        &self,
+        key: &str,
+        limit: u32,
+        interval: Duration,
+        now: OffsetDateTime,
+    ) -> Result<RateDecision>;
+}
+
+/// Job metadata rows (`param:`/`meta:` labels and submitted metadata).
+#[async_trait]
+pub trait MetadataStore: Send + Sync {
+    async fn job_metadata(&self, job_id: JobId) -> Result<Metadata>;
+
+    /// How many jobs carry each value of `key`, most frequent first.
+    async fn metadata_values(
+        &self,
+        org_id: Option<OrgId>,
+        key: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, i64)>>;
+}
+
+/// Webhook delivery ids already processed (replay protection shared by replicas).
+#[async_trait]
+pub trait DeliveryLog: Send + Sync {
+    async fn delivery_seen(&self, delivery_id: &str) -> Result<bool>;
+
+    /// Records a processed delivery; `false` if it was already recorded.
+    async fn record_delivery(&self, delivery: &Delivery) -> Result<bool>;
+
+    /// Forgets deliveries received before `before`; returns how many.
+    async fn prune_deliveries(&self, before: OffsetDateTime) -> Result<u64>;
+}
+
+/// Organisations known to the control plane.
+#[async_trait]
+pub trait OrgStore: Send + Sync {
+    /// Creates the org or renames it.
+    async fn upsert_org(&self, id: OrgId, name: &str, now: OffsetDateTime) -> Result<Org>;
+    async fn get_org(&self, id: OrgId) -> Result<Option<Org>>;
+    async fn list_orgs(&self) -> Result<Vec<Org>>;
+}
+
+/// Everything the control plane needs from its database.
+#[async_trait]
+pub trait Store:
+    JobQueue + LeaseStore + RateLimiter + MetadataStore + DeliveryLog + OrgStore
+{
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Checks the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Opens the store a URL names: `sqlite://PATH`, `sqlite::memory:`, or
+/// `postgres://…` / `postgresql://…`. Migrations are applied before it returns.
+pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteStore::connect(url, max_connections).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        ));
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::Unavailable(
+            "this build of nimbus-core has no PostgreSQL support (feature `postgres`)".into(),
+        ));
+    }
+    Err(Error::Config {
+        variable: "NIMBUS_DATABASE_URL".into(),
+        message: format!(
+            "unsupported URL {:?}: expected sqlite://PATH or postgres://…",
+            redact_url(url)
+        ),
+    })
+}
+
+/// Hides a password in a database URL for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn stale_or_missing(job: Option<Job>, job_id: JobId, fencing_token: i64) -> Error {
+    match job {
+        None => Error::not_found(format!("job {job_id}")),
+        Some(job) if job.status != JobStatus::Leased => Error::Conflict(format!(
+            "job {job_id} is not leased (status {}); fencing token {fencing_token} is stale",
+            job.status
+        )),
+        Some(job) => Error::Conflict(format!(
+            "stale fencing token {fencing_token} for job {job_id}; the current lease holds {}",
+            job.fencing_token
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://user:pw@host/db"),
+            "postgres://user:***@host/db"
+        );
+        assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

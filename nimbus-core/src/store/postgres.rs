@@ -1,0 +1,76 @@
+//! The production store: PostgreSQL, shared by several control-plane replicas.
+//!
+//! Leases are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent replicas never
+//! hand out the same job and never wait on each other's claimed rows. Migrations
+//! take PostgreSQL's advisory lock (sqlx does this), so replicas may start together.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use crate::error::{Error, Result};
+use crate::store::sql::Dialect;
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    writer: PgPool,
+    reader: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…`) and applies migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url.parse().map_err(|e| Error::Config {
+            variable: "NIMBUS_DATABASE_URL".into(),
+            message: format!("invalid PostgreSQL URL {:?}: {e}", super::redact_url(url)),
+        })?;
+        Self::connect_with(options, max_connections).await
+    }
+
+    /// Connects with explicit options (tests use this to pin a `search_path`).
+    pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore {
+            writer: pool.clone(),
+            reader: pool,
+        })
+    }
+
+    /// The underlying pool (for embedders that share the database).
+    pub fn pool(&self) -> &PgPool {
+        &self.writer
+    }
+}
+
+static LEASE_SQL: LazyLock<String> =
+    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", "$5::BIGINT"));
+
+impl Dialect for PostgresStore {
+    fn lease_sql() -> &'static str {
+        LEASE_SQL.as_str()
+    }
+    const LABEL_FILTER: (&'static str, &'static str) =
+        (" AND jobs.labels::jsonb @> jsonb_build_array(", "::text)");
+}
+
+impl_shared_store!(PostgresStore, Postgres);
+
+#[async_trait]
+impl super::Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,541 @@
+//! SQL shared by the SQLite and PostgreSQL stores.
+//!
+//! Both dialects accept `$N` placeholders, `ON CONFLICT … DO …` and `RETURNING`, so
+//! most statements are written once here. [`impl_shared_store!`] implements the
+//! store traits for a backend type from these statements; the backend supplies the
+//! two places where the dialects differ through [`Dialect`]: claiming a queued job
+//! (PostgreSQL adds `FOR UPDATE SKIP LOCKED`) and matching a label inside the JSON
+//! `labels` column.
+
+use std::sync::LazyLock;
+
+use super::row::JOB_COLUMNS;
+
+/// What differs between the SQL dialects.
+pub(crate) trait Dialect {
+    /// `UPDATE jobs … RETURNING <JOB_COLUMNS>` that claims the oldest queued job.
+    /// Binds: $1 lease_id, $2 agent_id, $3 expires_at, $4 now, $5 org_id (nullable).
+    fn lease_sql() -> &'static str;
+    /// Text before and after the bound label in a `list_jobs` filter.
+    const LABEL_FILTER: (&'static str, &'static str);
+}
+
+pub(crate) fn lease_sql(claim_suffix: &str, org_param: &str) -> String {
+    format!(
+        "UPDATE jobs SET status = 'leased', fencing_token = fencing_token + 1, lease_id = $1, \
+         agent_id = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $4), updated_at = $4 \
+         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND ({org_param} IS NULL OR org_id = $5) \
+         ORDER BY id LIMIT 1{claim_suffix}) RETURNING {JOB_COLUMNS}"
+    )
+}
+
+pub(crate) const INSERT_DELIVERY: &str =
+    "INSERT INTO webhook_deliveries (delivery_id, received_at) \
+     VALUES ($1, $2) ON CONFLICT (delivery_id) DO NOTHING";
+
+pub(crate) static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO jobs (org_id, repo, repo_id, source, status, labels, metadata, spec, attempt, \
+         fencing_token, created_at, updated_at, github_job_id, github_run_id, github_run_attempt, \
+         github_workflow_name, github_job_name, github_head_sha, github_head_branch, \
+         github_installation_id, github_status, github_conclusion, github_runner_name) \
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, 1, 0, $8, $8, $9, $10, $11, $12, $13, $14, \
+         $15, $16, $17, $18, $19) \
+         ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS}"
+    )
+});
+
+pub(crate) static SELECT_JOB_BY_ID: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"));
+
+pub(crate) static SELECT_JOB_BY_GITHUB_ID: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE github_job_id = $1"));
+
+pub(crate) static SELECT_JOBS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+
+pub(crate) static APPLY_GITHUB_UPDATE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET \
+           github_status = CASE WHEN github_status = 'completed' THEN github_status ELSE $1 END, \
+           github_conclusion = COALESCE($2, github_conclusion), \
+           github_runner_name = COALESCE($3, github_runner_name), \
+           status = CASE WHEN $1 = 'completed' AND status = 'queued' THEN 'cancelled' ELSE status END, \
+           finished_at = CASE WHEN $1 = 'completed' AND status = 'queued' THEN $4 ELSE finished_at END, \
+           failure_reason = CASE WHEN $1 = 'completed' AND status = 'queued' \
+             THEN 'completed on GitHub before a Nimbus runner took it' ELSE failure_reason END, \
+           updated_at = $4 \
+         WHERE github_job_id = $5 RETURNING {JOB_COLUMNS}"
+    )
+});
+
+pub(crate) const HEARTBEAT: &str = "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
+     WHERE id = $3 AND status = 'leased' AND fencing_token = $4 \
+     RETURNING lease_id, fencing_token, lease_expires_at";
+
+pub(crate) static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, finished_at = $4, \
+         updated_at = $4, lease_expires_at = NULL \
+         WHERE id = $5 AND status = 'leased' AND fencing_token = $6 RETURNING {JOB_COLUMNS}"
+    )
+});
+
+/// Binds: $1 now, $2 max_attempts.
+pub(crate) const REAP_EXPIRED: &str = "UPDATE jobs SET \
+       status = CASE WHEN attempt >= $2 THEN 'failed' ELSE 'queued' END, \
+       failure_reason = CASE WHEN attempt >= $2 \
+         THEN 'lease expired on the last allowed attempt (' || attempt || ')' ELSE failure_reason END, \
+       finished_at = CASE WHEN attempt >= $2 THEN $1 ELSE NULL END, \
+       agent_id = CASE WHEN attempt >= $2 THEN agent_id ELSE NULL END, \
+       attempt = CASE WHEN attempt >= $2 THEN attempt ELSE attempt + 1 END, \
+       lease_expires_at = NULL, updated_at = $1 \
+     WHERE status = 'leased' AND lease_expires_at < $1 \
+     RETURNING id, status";
+
+/// Binds: $1 key, $2 window start, $3 now (unused by the statement's logic but
+/// kept out: windows are aligned so every replica computes the same start).
+pub(crate) const RATE_LIMIT_HIT: &str = "INSERT INTO rate_limits (key, window_start, count) \
+     VALUES ($1, $2, 1) ON CONFLICT (key) DO UPDATE SET \
+       count = CASE WHEN rate_limits.window_start = excluded.window_start \
+                    THEN rate_limits.count + 1 ELSE 1 END, \
+       window_start = excluded.window_start \
+     RETURNING count, window_start";
+
+pub(crate) const UPSERT_ORG: &str = "INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING id, name, created_at";
+
+/// Implements every store trait but `Store` itself for `$store`, a struct with
+/// `writer` and `reader` pools of database `$db`, which also implements [`Dialect`].
+macro_rules! impl_shared_store {
+    ($store:ty, $db:ty) => {
+        use $crate::domain::{
+            from_millis as __from_millis, to_millis as __to_millis, Completion as __Completion,
+            Job as __Job, JobId as __JobId, JobStatus as __JobStatus, Lease as __Lease,
+            Metadata as __Metadata, NewJob as __NewJob, Org as __Org, OrgId as __OrgId,
+        };
+        use $crate::error::{Error as __Error, Result as __Result};
+        use $crate::store::row::JobRow as __JobRow;
+        use $crate::store::sql as __sql;
+        use $crate::store::{
+            Delivery as __Delivery, Enqueued as __Enqueued, GithubJobUpdate as __GithubJobUpdate,
+            JobFilter as __JobFilter, JobPage as __JobPage, LeaseRenewal as __LeaseRenewal,
+            LeaseRequest as __LeaseRequest, RateDecision as __RateDecision,
+            ReapReport as __ReapReport,
+        };
+
+        fn __json<T: serde::Serialize>(value: &T) -> __Result<String> {
+            serde_json::to_string(value).map_err(|e| __Error::Internal(format!("encoding: {e}")))
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::JobQueue for $store {
+            async fn enqueue(
+                &self,
+                job: __NewJob,
+                delivery: Option<&__Delivery>,
+                now: time::OffsetDateTime,
+            ) -> __Result<__Enqueued> {
+                let labels = __json(&job.labels)?;
+                let metadata = __json(&job.metadata)?;
+                let spec = __json(&job.spec)?;
+                let github = job.github.as_ref();
+                let now_ms = __to_millis(now);
+                let mut tx = self.writer.begin().await?;
+                if let Some(delivery) = delivery {
+                    let inserted = sqlx::query(__sql::INSERT_DELIVERY)
+                        .bind(&delivery.id)
+                        .bind(__to_millis(delivery.received_at))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if inserted == 0 {
+                        return Err(__Error::ReplayedDelivery { delivery_id: delivery.id.clone() });
+                    }
+                }
+                let inserted: Option<__JobRow> = sqlx::query_as(__sql::INSERT_JOB.as_str())
+                    .bind(job.org_id)
+                    .bind(&job.repo.full_name)
+                    .bind(job.repo.id)
+                    .bind(job.source.as_str())
+                    .bind(&labels)
+                    .bind(&metadata)
+                    .bind(&spec)
+                    .bind(now_ms)
+                    .bind(github.map(|g| g.job_id))
+                    .bind(github.map(|g| g.run_id))
+                    .bind(github.map(|g| g.run_attempt))
+                    .bind(github.and_then(|g| g.workflow_name.clone()))
+                    .bind(github.and_then(|g| g.job_name.clone()))
+                    .bind(github.and_then(|g| g.head_sha.clone()))
+                    .bind(github.and_then(|g| g.head_branch.clone()))
+                    .bind(github.and_then(|g| g.installation_id))
+                    .bind(github.map(|g| g.status.clone()))
+                    .bind(github.and_then(|g| g.conclusion.clone()))
+                    .bind(github.and_then(|g| g.runner_name.clone()))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let (row, created) = match inserted {
+                    Some(row) => (row, true),
+                    None => {
+                        let github_job_id = github.map(|g| g.job_id);
+                        let existing: __JobRow =
+                            sqlx::query_as(__sql::SELECT_JOB_BY_GITHUB_ID.as_str())
+                                .bind(github_job_id)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        (existing, false)
+                    }
+                };
+                let job_out = __Job::try_from(row)?;
+                if created && !job.metadata.is_empty() {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO job_metadata (job_id, org_id, key, value) ",
+                    );
+                    insert.push_values(job.metadata.iter(), |mut values, (key, value)| {
+                        values
+                            .push_bind(job_out.id)
+                            .push_bind(job_out.org_id)
+                            .push_bind(key.clone())
+                            .push_bind(value.clone());
+                    });
+                    insert.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(__Enqueued { job: job_out, created })
+            }
+
+            async fn get_job(&self, id: __JobId) -> __Result<Option<__Job>> {
+                let row: Option<__JobRow> = sqlx::query_as(__sql::SELECT_JOB_BY_ID.as_str())
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.map(__Job::try_from).transpose()
+            }
+
+            async fn list_jobs(&self, filter: &__JobFilter) -> __Result<__JobPage> {
+                let limit = filter.limit.clamp(1, $crate::store::MAX_PAGE_SIZE);
+                let mut query = sqlx::QueryBuilder::<$db>::new(__sql::SELECT_JOBS.as_str());
+                if let Some(org_id) = filter.org_id {
+                    query.push(" AND org_id = ").push_bind(org_id);
+                }
+                if let Some(status) = filter.status {
+                    query.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(repo) = &filter.repo {
+                    query.push(" AND repo = ").push_bind(repo.clone());
+                }
+                if let Some(label) = &filter.label {
+                    let (before, after) = <$store as __sql::Dialect>::LABEL_FILTER;
+                    query.push(before).push_bind(label.clone()).push(after);
+                }
+                if let Some(key) = &filter.metadata_key {
+                    query
+                        .push(" AND EXISTS (SELECT 1 FROM job_metadata m WHERE m.job_id = jobs.id AND m.key = ")
+                        .push_bind(key.clone());
+                    if let Some(value) = &filter.metadata_value {
+                        query.push(" AND m.value = ").push_bind(value.clone());
+                    }
+                    query.push(")");
+                }
+                if let Some(cursor) = filter.cursor {
+                    query.push(" AND id < ").push_bind(cursor);
+                }
+                query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows: Vec<__JobRow> =
+                    query.build_query_as().fetch_all(&self.reader).await?;
+                let mut jobs = rows
+                    .into_iter()
+                    .map(__Job::try_from)
+                    .collect::<__Result<Vec<_>>>()?;
+                let next_cursor = if jobs.len() > limit as usize {
+                    jobs.truncate(limit as usize);
+                    jobs.last().map(|job| job.id.to_string())
+                } else {
+                    None
+                };
+                Ok(__JobPage { jobs, next_cursor })
+            }
+
+            async fn apply_github_update(
+                &self,
+                update: &__GithubJobUpdate,
+                now: time::OffsetDateTime,
+            ) -> __Result<Option<__Job>> {
+                let row: Option<__JobRow> = sqlx::query_as(__sql::APPLY_GITHUB_UPDATE.as_str())
+                    .bind(&update.status)
+                    .bind(&update.conclusion)
+                    .bind(&update.runner_name)
+                    .bind(__to_millis(now))
+                    .bind(update.github_job_id)
+                    .fetch_optional(&self.writer)
+                    .await?;
+                row.map(__Job::try_from).transpose()
+            }
+
+            async fn count_by_status(&self) -> __Result<Vec<(__JobStatus, i64)>> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                        .fetch_all(&self.reader)
+                        .await?;
+                rows.into_iter()
+                    .map(|(status, count)| Ok((status.parse::<__JobStatus>()?, count)))
+                    .collect()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::LeaseStore for $store {
+            async fn lease(
+                &self,
+                request: &__LeaseRequest,
+                now: time::OffsetDateTime,
+            ) -> __Result<Option<__Lease>> {
+                let lease_id = uuid::Uuid::new_v4().to_string();
+                let expires_at = now + request.ttl;
+                let row: Option<__JobRow> =
+                    sqlx::query_as(<$store as __sql::Dialect>::lease_sql())
+                        .bind(&lease_id)
+                        .bind(&request.agent_id)
+                        .bind(__to_millis(expires_at))
+                        .bind(__to_millis(now))
+                        .bind(request.org_id)
+                        .fetch_optional(&self.writer)
+                        .await?;
+                let Some(row) = row else { return Ok(None) };
+                let job = __Job::try_from(row)?;
+                Ok(Some(__Lease {
+                    lease_id,
+                    fencing_token: job.fencing_token,
+                    expires_at: job.lease_expires_at.unwrap_or(expires_at),
+                    job,
+                }))
+            }
+
+            async fn heartbeat(
+                &self,
+                job_id: __JobId,
+                fencing_token: i64,
+                ttl: std::time::Duration,
+                now: time::OffsetDateTime,
+            ) -> __Result<__LeaseRenewal> {
+                let expires_at = now + ttl;
+                let row: Option<(Option<String>, i64, Option<i64>)> =
+                    sqlx::query_as(__sql::HEARTBEAT)
+                        .bind(__to_millis(expires_at))
+                        .bind(__to_millis(now))
+                        .bind(job_id)
+                        .bind(fencing_token)
+                        .fetch_optional(&self.writer)
+                        .await?;
+                match row {
+                    Some((lease_id, fencing_token, expires)) => Ok(__LeaseRenewal {
+                        job_id,
+                        lease_id: lease_id.unwrap_or_default(),
+                        fencing_token,
+                        expires_at: expires.map(__from_millis).unwrap_or(expires_at),
+                    }),
+                    None => {
+                        let job = $crate::store::JobQueue::get_job(self, job_id).await?;
+                        Err($crate::store::stale_or_missing(job, job_id, fencing_token))
+                    }
+                }
+            }
+
+            async fn complete(
+                &self,
+                job_id: __JobId,
+                completion: &__Completion,
+                now: time::OffsetDateTime,
+            ) -> __Result<__Job> {
+                let status: __JobStatus = completion.status.into();
+                let row: Option<__JobRow> = sqlx::query_as(__sql::COMPLETE.as_str())
+                    .bind(status.as_str())
+                    .bind(completion.exit_code)
+                    .bind(&completion.reason)
+                    .bind(__to_millis(now))
+                    .bind(job_id)
+                    .bind(completion.fencing_token)
+                    .fetch_optional(&self.writer)
+                    .await?;
+                if let Some(row) = row {
+                    return __Job::try_from(row);
+                }
+                // Nothing changed: either a repeat of a completion that already
+                // landed (idempotent), or a stale token / unknown job.
+                match $crate::store::JobQueue::get_job(self, job_id).await? {
+                    Some(job)
+                        if job.status.is_terminal()
+                            && job.fencing_token == completion.fencing_token
+                            && job.started_at.is_some() =>
+                    {
+                        Ok(job)
+                    }
+                    other => Err($crate::store::stale_or_missing(
+                        other,
+                        job_id,
+                        completion.fencing_token,
+                    )),
+                }
+            }
+
+            async fn reap_expired(
+                &self,
+                now: time::OffsetDateTime,
+                max_attempts: u32,
+            ) -> __Result<__ReapReport> {
+                let rows: Vec<(i64, String)> = sqlx::query_as(__sql::REAP_EXPIRED)
+                    .bind(__to_millis(now))
+                    .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+                    .fetch_all(&self.writer)
+                    .await?;
+                let mut report = __ReapReport::default();
+                for (id, status) in rows {
+                    if status == "failed" {
+                        report.failed.push(id);
+                    } else {
+                        report.requeued.push(id);
+                    }
+                }
+                report.failed.sort_unstable();
+                report.requeued.sort_unstable();
+                Ok(report)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::RateLimiter for $store {
+            async fn acquire(
+                &self,
+                key: &str,
+                limit: u32,
+                interval: std::time::Duration,
+                now: time::OffsetDateTime,
+            ) -> __Result<__RateDecision> {
+                let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1);
+                let now_ms = __to_millis(now);
+                // Windows are aligned to multiples of the interval, so every replica
+                // agrees on which window a request falls in.
+                let window_start = now_ms - now_ms.rem_euclid(interval_ms);
+                let (count, window_start): (i64, i64) = sqlx::query_as(__sql::RATE_LIMIT_HIT)
+                    .bind(key)
+                    .bind(window_start)
+                    .fetch_one(&self.writer)
+                    .await?;
+                let retry_ms = (window_start + interval_ms - now_ms).max(0);
+                Ok(__RateDecision {
+                    allowed: count <= i64::from(limit),
+                    count: u32::try_from(count).unwrap_or(u32::MAX),
+                    retry_after: std::time::Duration::from_millis(retry_ms as u64),
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::MetadataStore for $store {
+            async fn job_metadata(&self, job_id: __JobId) -> __Result<__Metadata> {
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as("SELECT key, value FROM job_metadata WHERE job_id = $1")
+                        .bind(job_id)
+                        .fetch_all(&self.reader)
+                        .await?;
+                Ok(rows.into_iter().collect())
+            }
+
+            async fn metadata_values(
+                &self,
+                org_id: Option<__OrgId>,
+                key: &str,
+                limit: u32,
+            ) -> __Result<Vec<(String, i64)>> {
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT value, COUNT(*) AS jobs FROM job_metadata WHERE key = ",
+                );
+                query.push_bind(key.to_string());
+                if let Some(org_id) = org_id {
+                    query.push(" AND org_id = ").push_bind(org_id);
+                }
+                query
+                    .push(" GROUP BY value ORDER BY jobs DESC, value LIMIT ")
+                    .push_bind(i64::from(limit.clamp(1, 10_000)));
+                Ok(query.build_query_as().fetch_all(&self.reader).await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::DeliveryLog for $store {
+            async fn delivery_seen(&self, delivery_id: &str) -> __Result<bool> {
+                let row: Option<(i64,)> =
+                    sqlx::query_as("SELECT received_at FROM webhook_deliveries WHERE delivery_id = $1")
+                        .bind(delivery_id)
+                        .fetch_optional(&self.reader)
+                        .await?;
+                Ok(row.is_some())
+            }
+
+            async fn record_delivery(&self, delivery: &__Delivery) -> __Result<bool> {
+                let inserted = sqlx::query(__sql::INSERT_DELIVERY)
+                    .bind(&delivery.id)
+                    .bind(__to_millis(delivery.received_at))
+                    .execute(&self.writer)
+                    .await?
+                    .rows_affected();
+                Ok(inserted > 0)
+            }
+
+            async fn prune_deliveries(&self, before: time::OffsetDateTime) -> __Result<u64> {
+                Ok(sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+                    .bind(__to_millis(before))
+                    .execute(&self.writer)
+                    .await?
+                    .rows_affected())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::OrgStore for $store {
+            async fn upsert_org(
+                &self,
+                id: __OrgId,
+                name: &str,
+                now: time::OffsetDateTime,
+            ) -> __Result<__Org> {
+                let (id, name, created_at): (i64, String, i64) = sqlx::query_as(__sql::UPSERT_ORG)
+                    .bind(id)
+                    .bind(name)
+                    .bind(__to_millis(now))
+                    .fetch_one(&self.writer)
+                    .await?;
+                Ok(__Org { id, name, created_at: __from_millis(created_at) })
+            }
+
+            async fn get_org(&self, id: __OrgId) -> __Result<Option<__Org>> {
+                let row: Option<(i64, String, i64)> =
+                    sqlx::query_as("SELECT id, name, created_at FROM orgs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.reader)
+                        .await?;
+                Ok(row.map(|(id, name, created_at)| __Org {
+                    id,
+                    name,
+                    created_at: __from_millis(created_at),
+                }))
+            }
+
+            async fn list_orgs(&self) -> __Result<Vec<__Org>> {
+                let rows: Vec<(i64, String, i64)> =
+                    sqlx::query_as("SELECT id, name, created_at FROM orgs ORDER BY id")
+                        .fetch_all(&self.reader)
+                        .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, name, created_at)| __Org {
+                        id,
+                        name,
+                        created_at: __from_millis(created_at),
+                    })
+                    .collect())
+            }
+        }
+    };
+}

@@ -1,0 +1,92 @@
+//! The embedded default store: one SQLite file, one node.
+//!
+//! SQLite allows one writer at a time, and a transaction that reads before it
+//! writes can fail with `SQLITE_BUSY` instead of waiting. So all writes go through a
+//! pool of exactly one connection (they queue in the pool, never in SQLite), and
+//! reads use a separate pool; WAL mode lets the readers run beside the writer.
+
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+use crate::error::{Error, Result};
+use crate::store::sql::Dialect;
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH` or
+    /// `sqlite::memory:`) and applies migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Config {
+                variable: "NIMBUS_DATABASE_URL".into(),
+                message: format!("invalid SQLite URL {url:?}: {e}"),
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            let path = options.get_filename();
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // An in-memory database lives as long as its connection.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let reader = if in_memory {
+            // Each in-memory connection is its own database: share the writer.
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+}
+
+static LEASE_SQL: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", "$5"));
+
+impl Dialect for SqliteStore {
+    fn lease_sql() -> &'static str {
+        LEASE_SQL.as_str()
+    }
+    const LABEL_FILTER: (&'static str, &'static str) = (
+        " AND EXISTS (SELECT 1 FROM json_each(jobs.labels) WHERE json_each.value = ",
+        ")",
+    );
+}
+
+impl_shared_store!(SqliteStore, Sqlite);
+
+#[async_trait]
+impl super::Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,750 @@
+//! The shared store test suite: every [`Store`] implementation must pass it.
+//!
+//! `store_test_suite!(module, async { constructor })` expands to one `#[tokio::test]`
+//! per case; each case gets a fresh store from the constructor. Nimbus runs it for
+//! SQLite and PostgreSQL (`tests/it/store.rs`); an embedder with its own store can
+//! run it too, with the `testsuite` feature.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::domain::{
+    Completion, CompletionStatus, GithubJobRef, JobSource, JobSpec, JobStatus, NewJob, OrgId, Repo,
+    Step,
+};
+use crate::error::ErrorKind;
+use crate::store::{Delivery, GithubJobUpdate, JobFilter, LeaseRequest, Store};
+
+/// A fresh SQLite store in a temporary directory (removed when the process exits
+/// only if the OS cleans temp; files are small).
+pub async fn sqlite_store() -> Arc<dyn Store> {
+    let dir = std::env::temp_dir().join(format!("nimbus-test-{}", uuid::Uuid::new_v4()));
+    let url = format!("sqlite://{}", dir.join("store.db").display());
+    match crate::store::open(&url, 4).await {
+        Ok(store) => store,
+        Err(e) => panic!("opening SQLite store at {url}: {e}"),
+    }
+}
+
+/// The PostgreSQL URL tests use: `NIMBUS_TEST_DATABASE_URL`. Unset means skip,
+/// except under `CI=true`, where a missing database fails the run.
+pub fn postgres_test_url() -> Option<String> {
+    match std::env::var("NIMBUS_TEST_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+                panic!("CI=true but NIMBUS_TEST_DATABASE_URL is not set: PostgreSQL tests cannot be skipped in CI");
+            }
+            eprintln!("skipping: NIMBUS_TEST_DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+/// Creates a fresh schema in the test database and returns a URL whose
+/// connections use it (so tests never see each other's rows).
+#[cfg(feature = "postgres")]
+pub async fn postgres_schema_url() -> Option<String> {
+    use sqlx::Connection;
+    let base = postgres_test_url()?;
+    let schema = format!("nimbus_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = match sqlx::PgConnection::connect(&base).await {
+        Ok(conn) => conn,
+        Err(e) => panic!("PostgreSQL at NIMBUS_TEST_DATABASE_URL is unreachable: {e}"),
+    };
+    if let Err(e) = sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+    {
+        panic!("creating schema {schema}: {e}");
+    }
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{base}{separator}options=-c%20search_path%3D{schema}"
+    ))
+}
+
+/// A fresh PostgreSQL store in its own schema, or `None` when skipping.
+#[cfg(feature = "postgres")]
+pub async fn postgres_store() -> Option<Arc<dyn Store>> {
+    let url = postgres_schema_url().await?;
+    match crate::store::open(&url, 8).await {
+        Ok(store) => Some(store),
+        Err(e) => panic!("opening PostgreSQL store: {e}"),
+    }
+}
+
+pub fn t0() -> OffsetDateTime {
+    time::macros::datetime!(2026-11-27 12:00:00 UTC)
+}
+
+pub fn direct_job(org_id: OrgId, repo: &str, labels: &[&str]) -> NewJob {
+    let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+    NewJob {
+        org_id,
+        repo: Repo {
+            id: None,
+            full_name: repo.to_string(),
+        },
+        source: JobSource::Direct,
+        metadata: crate::domain::metadata_from_labels(&labels),
+        labels,
+        spec: JobSpec {
+            steps: vec![Step {
+                name: Some("hello".into()),
+                run: "echo hello".into(),
+                env: BTreeMap::new(),
+                working_directory: None,
+            }],
+            env: BTreeMap::new(),
+            timeout_minutes: 10,
+        },
+        github: None,
+    }
+}
+
+pub fn github_job(org_id: OrgId, github_job_id: i64) -> NewJob {
+    NewJob {
+        source: JobSource::Github,
+        spec: JobSpec::default(),
+        github: Some(GithubJobRef {
+            job_id: github_job_id,
+            run_id: 1,
+            run_attempt: 1,
+            status: "queued".into(),
+            ..GithubJobRef::default()
+        }),
+        ..direct_job(org_id, "acme/app", &["self-hosted", "nimbus"])
+    }
+}
+
+fn lease_request(agent: &str, ttl_secs: u64) -> LeaseRequest {
+    LeaseRequest {
+        agent_id: agent.into(),
+        org_id: None,
+        ttl: Duration::from_secs(ttl_secs),
+    }
+}
+
+fn done(fencing_token: i64) -> Completion {
+    Completion {
+        fencing_token,
+        status: CompletionStatus::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    }
+}
+
+pub async fn enqueue_get_and_list(store: Arc<dyn Store>) {
+    let a = store
+        .enqueue(
+            direct_job(1, "acme/app", &["nimbus", "param:py=3.12"]),
+            None,
+            t0(),
+        )
+        .await
+        .expect("enqueue a");
+    assert!(a.created);
+    assert_eq!(a.job.status, JobStatus::Queued);
+    assert_eq!(a.job.attempt, 1);
+    assert_eq!(a.job.fencing_token, 0);
+    let b = store
+        .enqueue(
+            direct_job(1, "acme/lib", &["nimbus", "meta:team=core"]),
+            None,
+            t0(),
+        )
+        .await
+        .expect("enqueue b");
+    let c = store
+        .enqueue(
+            direct_job(2, "other/app", &["gpu", "param:py=3.11"]),
+            None,
+            t0(),
+        )
+        .await
+        .expect("enqueue c");
+    let fetched = store.get_job(a.job.id).await.expect("get").expect("exists");
+    assert_eq!(fetched, a.job);
+    assert_eq!(fetched.metadata.get("py").map(String::as_str), Some("3.12"));
+    assert!(store.get_job(c.job.id + 1000).await.expect("get").is_none());
+
+    let ids = |page: crate::store::JobPage| page.jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    let all = store.list_jobs(&JobFilter::default()).await.expect("list");
+    assert_eq!(ids(all), vec![c.job.id, b.job.id, a.job.id], "newest first");
+    let org1 = store
+        .list_jobs(&JobFilter {
+            org_id: Some(1),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(org1), vec![b.job.id, a.job.id]);
+    let repo = store
+        .list_jobs(&JobFilter {
+            repo: Some("acme/lib".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(repo), vec![b.job.id]);
+    let gpu = store
+        .list_jobs(&JobFilter {
+            label: Some("gpu".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(gpu), vec![c.job.id]);
+    let py = store
+        .list_jobs(&JobFilter {
+            metadata_key: Some("py".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(py), vec![c.job.id, a.job.id]);
+    let py312 = store
+        .list_jobs(&JobFilter {
+            metadata_key: Some("py".into()),
+            metadata_value: Some("3.12".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(py312), vec![a.job.id]);
+    let queued = store
+        .list_jobs(&JobFilter {
+            status: Some(JobStatus::Leased),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert!(queued.jobs.is_empty());
+
+    // Pagination walks every job exactly once.
+    let first = store
+        .list_jobs(&JobFilter {
+            limit: 2,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("page 1");
+    assert_eq!(first.jobs.len(), 2);
+    let cursor = first
+        .next_cursor
+        .clone()
+        .expect("more pages")
+        .parse()
+        .expect("numeric cursor");
+    let second = store
+        .list_jobs(&JobFilter {
+            limit: 2,
+            cursor: Some(cursor),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("page 2");
+    assert_eq!(ids(second.clone()), vec![a.job.id]);
+    assert!(second.next_cursor.is_none());
+
+    let values = store.metadata_values(None, "py", 10).await.expect("values");
+    assert_eq!(values.len(), 2);
+    assert_eq!(
+        store
+            .metadata_values(Some(1), "py", 10)
+            .await
+            .expect("values"),
+        vec![("3.12".to_string(), 1)]
+    );
+    let metadata = store.job_metadata(b.job.id).await.expect("metadata");
+    assert_eq!(metadata.get("team").map(String::as_str), Some("core"));
+}
+
+pub async fn github_jobs_are_deduplicated(store: Arc<dyn Store>) {
+    let first = store
+        .enqueue(github_job(1, 555), None, t0())
+        .await
+        .expect("first");
+    let again = store
+        .enqueue(github_job(1, 555), None, t0())
+        .await
+        .expect("again");
+    assert!(first.created);
+    assert!(!again.created);
+    assert_eq!(first.job.id, again.job.id);
+    let github = first.job.github.expect("github ref");
+    assert_eq!(github.job_id, 555);
+    assert_eq!(
+        store
+            .list_jobs(&JobFilter::default())
+            .await
+            .expect("list")
+            .jobs
+            .len(),
+        1
+    );
+}
+
+pub async fn replayed_delivery_writes_nothing(store: Arc<dyn Store>) {
+    let delivery = Delivery {
+        id: "d-1".into(),
+        received_at: t0(),
+    };
+    store
+        .enqueue(github_job(1, 1), Some(&delivery), t0())
+        .await
+        .expect("first");
+    let err = store
+        .enqueue(github_job(1, 2), Some(&delivery), t0())
+        .await
+        .expect_err("replay");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert_eq!(
+        store
+            .list_jobs(&JobFilter::default())
+            .await
+            .expect("list")
+            .jobs
+            .len(),
+        1
+    );
+    assert!(store.delivery_seen("d-1").await.expect("seen"));
+    assert!(!store.delivery_seen("d-2").await.expect("seen"));
+}
+
+pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
+    assert!(store
+        .lease(&lease_request("a1", 60), t0())
+        .await
+        .expect("lease")
+        .is_none());
+    let job = store
+        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .await
+        .expect("enqueue")
+        .job;
+    let lease = store
+        .lease(&lease_request("a1", 60), t0())
+        .await
+        .expect("lease")
+        .expect("a job");
+    assert_eq!(lease.job.id, job.id);
+    assert_eq!(lease.job.status, JobStatus::Leased);
+    assert_eq!(lease.fencing_token, 1);
+    assert_eq!(lease.expires_at, t0() + Duration::from_secs(60));
+    assert_eq!(lease.job.agent_id.as_deref(), Some("a1"));
+    assert!(
+        store
+            .lease(&lease_request("a2", 60), t0())
+            .await
+            .expect("lease")
+            .is_none(),
+        "no second lease"
+    );
+
+    let later = t0() + Duration::from_secs(30);
+    let renewal = store
+        .heartbeat(job.id, 1, Duration::from_secs(60), later)
+        .await
+        .expect("heartbeat");
+    assert_eq!(renewal.expires_at, later + Duration::from_secs(60));
+    assert_eq!(renewal.lease_id, lease.lease_id);
+    let stale = store
+        .heartbeat(job.id, 0, Duration::from_secs(60), later)
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.kind(), ErrorKind::Conflict);
+    let missing = store
+        .heartbeat(job.id + 99, 1, Duration::from_secs(60), later)
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+
+    let stale = store
+        .complete(job.id, &done(7), later)
+        .await
+        .expect_err("stale complete");
+    assert_eq!(stale.kind(), ErrorKind::Conflict);
+    let finished = store
+        .complete(job.id, &done(1), later)
+        .await
+        .expect("complete");
+    assert_eq!(finished.status, JobStatus::Succeeded);
+    assert_eq!(finished.exit_code, Some(0));
+    assert_eq!(finished.finished_at, Some(later));
+    // Repeating the same completion is idempotent and changes nothing.
+    let repeat = store
+        .complete(job.id, &done(1), later + Duration::from_secs(5))
+        .await
+        .expect("repeat");
+    assert_eq!(repeat, finished);
+    let failed_repeat = Completion {
+        status: CompletionStatus::Failed,
+        ..done(1)
+    };
+    assert_eq!(
+        store
+            .complete(job.id, &failed_repeat, later)
+            .await
+            .expect("repeat")
+            .status,
+        JobStatus::Succeeded
+    );
+    let heartbeat_after = store
+        .heartbeat(job.id, 1, Duration::from_secs(60), later)
+        .await
+        .expect_err("done");
+    assert_eq!(heartbeat_after.kind(), ErrorKind::Conflict);
+}
+
+pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>) {
+    let job = store
+        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .await
+        .expect("enqueue")
+        .job;
+    let first = store
+        .lease(&lease_request("dead-agent", 10), t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    // Before expiry the reaper leaves it alone.
+    let report = store
+        .reap_expired(t0() + Duration::from_secs(5), 3)
+        .await
+        .expect("reap");
+    assert!(report.requeued.is_empty() && report.failed.is_empty());
+    let after = t0() + Duration::from_secs(11);
+    let report = store.reap_expired(after, 3).await.expect("reap");
+    assert_eq!(report.requeued, vec![job.id]);
+    // A second sweep finds nothing: the reaper is idempotent.
+    assert_eq!(
+        store.reap_expired(after, 3).await.expect("reap again"),
+        Default::default()
+    );
+    let requeued = store.get_job(job.id).await.expect("get").expect("exists");
+    assert_eq!(requeued.status, JobStatus::Queued);
+    assert_eq!(requeued.attempt, 2);
+    assert!(requeued.agent_id.is_none());
+
+    let second = store
+        .lease(&lease_request("new-agent", 10), after)
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(second.job.id, job.id);
+    assert!(second.fencing_token > first.fencing_token);
+    assert_eq!(second.job.attempt, 2);
+    let stale = store
+        .complete(job.id, &done(first.fencing_token), after)
+        .await
+        .expect_err("old token");
+    assert_eq!(stale.kind(), ErrorKind::Conflict);
+    let stale = store
+        .heartbeat(job.id, first.fencing_token, Duration::from_secs(10), after)
+        .await
+        .expect_err("old token");
+    assert_eq!(stale.kind(), ErrorKind::Conflict);
+    let done = store
+        .complete(job.id, &done(second.fencing_token), after)
+        .await
+        .expect("new token completes");
+    assert_eq!(done.status, JobStatus::Succeeded);
+}
+
+pub async fn jobs_fail_after_max_attempts(store: Arc<dyn Store>) {
+    let job = store
+        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .await
+        .expect("enqueue")
+        .job;
+    let first = store
+        .lease(&lease_request("a", 1), t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(first.job.attempt, 1);
+    let now = t0() + Duration::from_secs(2);
+    let report = store.reap_expired(now, 2).await.expect("reap");
+    assert_eq!((report.requeued, report.failed), (vec![job.id], vec![]));
+    let second = store
+        .lease(&lease_request("a", 1), now)
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(second.job.attempt, 2);
+    let now = now + Duration::from_secs(2);
+    let report = store.reap_expired(now, 2).await.expect("reap");
+    assert_eq!((report.requeued, report.failed), (vec![], vec![job.id]));
+    let failed = store.get_job(job.id).await.expect("get").expect("exists");
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.attempt, 2);
+    assert!(failed.finished_at.is_some());
+    assert!(failed
+        .failure_reason
+        .as_deref()
+        .unwrap_or_default()
+        .contains("lease expired"));
+    assert!(store
+        .lease(&lease_request("a", 1), now)
+        .await
+        .expect("lease")
+        .is_none());
+}
+
+pub async fn concurrent_leases_never_hand_out_a_job_twice(store: Arc<dyn Store>) {
+    const JOBS: usize = 200;
+    for i in 0..JOBS {
+        store
+            .enqueue(
+                direct_job(1 + (i % 3) as i64, "acme/app", &["nimbus"]),
+                None,
+                t0(),
+            )
+            .await
+            .expect("enqueue");
+    }
+    let mut tasks = Vec::new();
+    for agent in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let request = lease_request(&format!("agent-{agent}"), 60);
+            while let Some(lease) = store.lease(&request, t0()).await.expect("lease") {
+                store
+                    .complete(lease.job.id, &done(lease.fencing_token), t0())
+                    .await
+                    .expect("complete");
+                mine.push(lease.job.id);
+            }
+            mine
+        }));
+    }
+    let mut leased = Vec::new();
+    for task in tasks {
+        leased.extend(task.await.expect("agent task"));
+    }
+    leased.sort_unstable();
+    let before = leased.len();
+    leased.dedup();
+    assert_eq!(before, leased.len(), "a job was leased twice");
+    assert_eq!(leased.len(), JOBS, "a job was lost");
+    let counts = store.count_by_status().await.expect("counts");
+    assert_eq!(counts, vec![(JobStatus::Succeeded, JOBS as i64)]);
+}
+
+pub async fn leases_can_be_limited_to_one_org(store: Arc<dyn Store>) {
+    let other = store
+        .enqueue(direct_job(2, "other/app", &["nimbus"]), None, t0())
+        .await
+        .expect("enqueue")
+        .job;
+    let ours = store
+        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .await
+        .expect("enqueue")
+        .job;
+    let request = LeaseRequest {
+        org_id: Some(1),
+        ..lease_request("dedicated", 60)
+    };
+    let lease = store
+        .lease(&request, t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(lease.job.id, ours.id);
+    assert!(store.lease(&request, t0()).await.expect("lease").is_none());
+    let lease = store
+        .lease(&lease_request("shared", 60), t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(lease.job.id, other.id);
+}
+
+pub async fn rate_limits_count_per_key_and_window(store: Arc<dyn Store>) {
+    let interval = Duration::from_secs(60);
+    let start = t0(); // aligned to a minute
+    for n in 1..=3 {
+        let decision = store
+            .acquire("org:1", 3, interval, start + Duration::from_secs(n))
+            .await
+            .expect("acquire");
+        assert!(decision.allowed, "request {n} allowed");
+        assert_eq!(decision.count, n as u32);
+    }
+    let denied = store
+        .acquire("org:1", 3, interval, start + Duration::from_secs(10))
+        .await
+        .expect("acquire");
+    assert!(!denied.allowed);
+    assert_eq!(denied.retry_after, Duration::from_secs(50));
+    let other = store
+        .acquire("org:2", 3, interval, start + Duration::from_secs(10))
+        .await
+        .expect("acquire");
+    assert!(other.allowed, "keys are independent");
+    let next_window = store
+        .acquire("org:1", 3, interval, start + Duration::from_secs(61))
+        .await
+        .expect("acquire");
+    assert!(next_window.allowed);
+    assert_eq!(next_window.count, 1);
+}
+
+pub async fn github_updates_follow_the_job(store: Arc<dyn Store>) {
+    let running = store
+        .enqueue(github_job(1, 100), None, t0())
+        .await
+        .expect("enqueue")
+        .job;
+    let abandoned = store
+        .enqueue(github_job(1, 101), None, t0())
+        .await
+        .expect("enqueue")
+        .job;
+    let in_progress = GithubJobUpdate {
+        github_job_id: 100,
+        status: "in_progress".into(),
+        conclusion: None,
+        runner_name: Some("nimbus-runner-1".into()),
+    };
+    let updated = store
+        .apply_github_update(&in_progress, t0())
+        .await
+        .expect("update")
+        .expect("known job");
+    assert_eq!(updated.id, running.id);
+    let github = updated.github.expect("github ref");
+    assert_eq!(github.status, "in_progress");
+    assert_eq!(github.runner_name.as_deref(), Some("nimbus-runner-1"));
+    assert_eq!(
+        updated.status,
+        JobStatus::Queued,
+        "our own status is driven by leases"
+    );
+
+    let cancelled = GithubJobUpdate {
+        github_job_id: 101,
+        status: "completed".into(),
+        conclusion: Some("cancelled".into()),
+        runner_name: None,
+    };
+    let updated = store
+        .apply_github_update(&cancelled, t0())
+        .await
+        .expect("update")
+        .expect("known job");
+    assert_eq!(updated.id, abandoned.id);
+    assert_eq!(updated.status, JobStatus::Cancelled);
+    assert_eq!(
+        updated.github.and_then(|g| g.conclusion).as_deref(),
+        Some("cancelled")
+    );
+    // A late in_progress does not undo completed.
+    let late = GithubJobUpdate {
+        github_job_id: 101,
+        status: "in_progress".into(),
+        conclusion: None,
+        runner_name: None,
+    };
+    let updated = store
+        .apply_github_update(&late, t0())
+        .await
+        .expect("update")
+        .expect("known job");
+    assert_eq!(
+        updated.github.map(|g| g.status).as_deref(),
+        Some("completed")
+    );
+
+    let unknown = GithubJobUpdate {
+        github_job_id: 999,
+        ..cancelled
+    };
+    assert!(store
+        .apply_github_update(&unknown, t0())
+        .await
+        .expect("update")
+        .is_none());
+}
+
+pub async fn deliveries_are_recorded_and_pruned(store: Arc<dyn Store>) {
+    let old = Delivery {
+        id: "old".into(),
+        received_at: t0(),
+    };
+    let new = Delivery {
+        id: "new".into(),
+        received_at: t0() + Duration::from_secs(600),
+    };
+    assert!(store.record_delivery(&old).await.expect("record"));
+    assert!(!store.record_delivery(&old).await.expect("record again"));
+    assert!(store.record_delivery(&new).await.expect("record"));
+    assert_eq!(
+        store
+            .prune_deliveries(t0() + Duration::from_secs(300))
+            .await
+            .expect("prune"),
+        1
+    );
+    assert!(!store.delivery_seen("old").await.expect("seen"));
+    assert!(store.delivery_seen("new").await.expect("seen"));
+}
+
+pub async fn orgs_are_upserted(store: Arc<dyn Store>) {
+    assert!(store.get_org(42).await.expect("get").is_none());
+    let created = store.upsert_org(42, "acme", t0()).await.expect("create");
+    let renamed = store
+        .upsert_org(42, "acme-inc", t0() + Duration::from_secs(5))
+        .await
+        .expect("rename");
+    assert_eq!(renamed.name, "acme-inc");
+    assert_eq!(renamed.created_at, created.created_at);
+    store.upsert_org(7, "seven", t0()).await.expect("create");
+    let orgs = store.list_orgs().await.expect("list");
+    assert_eq!(orgs.iter().map(|o| o.id).collect::<Vec<_>>(), vec![7, 42]);
+    store.ping().await.expect("ping");
+}
+
+/// Expands to one test per suite case for a store constructor (an `async` block
+/// evaluating to `Option<Arc<dyn Store>>`; `None` skips).
+#[macro_export]
+macro_rules! store_test_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::store_test_suite!(@cases $make;
+                enqueue_get_and_list,
+                github_jobs_are_deduplicated,
+                replayed_delivery_writes_nothing,
+                lease_heartbeat_complete_are_fenced,
+                expired_lease_is_requeued_with_a_higher_token,
+                jobs_fail_after_max_attempts,
+                concurrent_leases_never_hand_out_a_job_twice,
+                leases_can_be_limited_to_one_org,
+                rate_limits_count_per_key_and_window,
+                github_updates_follow_the_job,
+                deliveries_are_recorded_and_pruned,
+                orgs_are_upserted
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: Option<std::sync::Arc<dyn $crate::store::Store>> = $make.await;
+                if let Some(store) = store {
+                    $crate::store::testsuite::$case(store).await;
+                }
+            }
+        )+
+    };
+}

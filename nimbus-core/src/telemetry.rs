@@ -1,0 +1,31 @@
+//! Logging set-up shared by the binaries: `NIMBUS_LOG_LEVEL` and `NIMBUS_LOG_FORMAT`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Env;
+use crate::error::{Error, Result};
+
+/// Installs the global tracing subscriber (once; later calls are no-ops).
+pub fn init(env: &Env) -> Result<()> {
+    let level = env.get("NIMBUS_LOG_LEVEL").unwrap_or("info");
+    let filter = EnvFilter::try_new(level).map_err(|e| Error::Config {
+        variable: "NIMBUS_LOG_LEVEL".into(),
+        message: format!("invalid filter {level:?}: {e}"),
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match env.get("NIMBUS_LOG_FORMAT").unwrap_or("text") {
+        "text" => builder.try_init(),
+        "json" => builder.json().try_init(),
+        other => {
+            return Err(Error::Config {
+                variable: "NIMBUS_LOG_FORMAT".into(),
+                message: format!("expected text or json, got {other:?}"),
+            })
+        }
+    };
+    // Already initialised (tests, embedders): keep the existing subscriber.
+    let _ = result;
+    Ok(())
+}
