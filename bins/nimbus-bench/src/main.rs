@@ -1,1 +1,49 @@
-fn main() {}
+//! `nimbus-bench`: the benchmark harness. One subcommand per figure in
+//! docs/benchmarks.md; each prints a table, or JSON with `--json`.
+//! `scripts/bench.sh` runs them all and regenerates docs/benchmarks.md.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod control_plane;
+
+#[derive(Parser)]
+#[command(name = "nimbus-bench", about = "Nimbus benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Signed webhooks accepted per second and lease+complete cycles per second,
+    /// against an in-process control plane over real loopback HTTP.
+    ControlPlane(control_plane::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("nimbus-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::ControlPlane(args) => control_plane::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nimbus-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -137,7 +137,7 @@ impl FromRequestParts<AppState> for Auth {
             })?;
         let principal = state.keys.verify(token)?;
         if let Principal::Org { org_id, .. } = &principal {
-            if state.store.get_org(*org_id).await?.is_none() {
+            if !state.org_exists(*org_id).await? {
                 return Err(Error::Forbidden(format!(
                     "unknown org {org_id} in token; an admin registers orgs with POST /api/orgs"
                 )));

@@ -17,7 +17,9 @@ use crate::domain::{
     JobStatus, NewJob, OrgId, Repo, Step, DEFAULT_TIMEOUT_MINUTES, MAX_LABEL_LEN,
 };
 use crate::error::{Error, Result};
-use crate::store::{JobFilter, LeaseRequest, MAX_PAGE_SIZE};
+use crate::store::{
+    Admission, Delivery, Enqueued, JobFilter, LeaseRequest, RateLimit, MAX_PAGE_SIZE,
+};
 
 /// Longest a lease request may wait for a job.
 pub const MAX_LEASE_WAIT_SECONDS: u64 = 60;
@@ -52,25 +54,48 @@ async fn visible_job(state: &ControlPlane, principal: &Principal, id: i64) -> Re
     }
 }
 
-pub(super) async fn check_rate_limit(state: &ControlPlane, org_id: OrgId) -> Result<()> {
-    let config = &state.config;
-    let decision = state
-        .store
-        .acquire(
-            &format!("org-jobs:{org_id}"),
-            config.org_job_rate_limit,
-            config.org_rate_interval,
-            state.now(),
-        )
-        .await?;
-    if decision.allowed {
-        Ok(())
-    } else {
-        state.metrics.org_rate_limits_hit.inc();
-        Err(Error::RateLimited {
-            org_id,
-            retry_after: decision.retry_after,
-        })
+/// The admission checks for a job of `org_id`: the org rate limit, and the webhook
+/// delivery when there is one. The store applies them in the job's transaction.
+pub(super) fn admission(
+    state: &ControlPlane,
+    org_id: OrgId,
+    delivery: Option<Delivery>,
+) -> Admission {
+    Admission {
+        delivery,
+        rate_limit: Some(RateLimit {
+            key: format!("org-jobs:{org_id}"),
+            limit: state.config.org_job_rate_limit,
+            interval: state.config.org_rate_interval,
+        }),
+    }
+}
+
+/// Queues a job through admission, counting what is refused.
+pub(super) async fn admit(
+    state: &ControlPlane,
+    job: NewJob,
+    delivery: Option<Delivery>,
+) -> Result<Enqueued> {
+    let admission = admission(state, job.org_id, delivery);
+    match state.store.enqueue(job, &admission, state.now()).await {
+        Ok(enqueued) => {
+            if enqueued.created {
+                state
+                    .metrics
+                    .jobs_enqueued
+                    .with_label_values(&[enqueued.job.source.as_str()])
+                    .inc();
+                state.job_available.notify_waiters();
+            }
+            Ok(enqueued)
+        }
+        Err(error) => {
+            if matches!(error, Error::RateLimited { .. }) {
+                state.metrics.org_rate_limits_hit.inc();
+            }
+            Err(error)
+        }
     }
 }
 
@@ -97,6 +122,7 @@ pub(super) async fn upsert_org(
         )));
     }
     let org = state.store.upsert_org(body.id, name, state.now()).await?;
+    state.remember_org(org.id);
     Ok((StatusCode::OK, Json(org)).into_response())
 }
 
@@ -144,7 +170,7 @@ pub(super) async fn submit(
             return Err(Error::not_found(format!("org {asked}")));
         }
         (Principal::Admin { .. }, Some(asked)) => {
-            if state.store.get_org(asked).await?.is_none() {
+            if !state.org_exists(asked).await? {
                 return Err(Error::not_found(format!("org {asked}")));
             }
             asked
@@ -173,7 +199,6 @@ pub(super) async fn submit(
         }
         metadata.insert(key, value);
     }
-    check_rate_limit(&state, org_id).await?;
     let job = NewJob {
         org_id,
         repo: Repo {
@@ -186,13 +211,7 @@ pub(super) async fn submit(
         spec,
         github: None,
     };
-    let enqueued = state.store.enqueue(job, None, state.now()).await?;
-    state
-        .metrics
-        .jobs_enqueued
-        .with_label_values(&["direct"])
-        .inc();
-    state.job_available.notify_waiters();
+    let enqueued = admit(&state, job, None).await?;
     tracing::info!(job_id = enqueued.job.id, org_id, "queued direct job");
     Ok((StatusCode::CREATED, Json(enqueued.job)).into_response())
 }

@@ -5,9 +5,10 @@
 //! [`serve`] runs it on a listener with the reaper until shutdown; [`run`] is what
 //! the `nimbus-control-plane` binary calls.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -22,6 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::JwtKeys;
 use crate::config::ControlPlaneConfig;
+use crate::domain::OrgId;
 use crate::error::{Error, Result};
 use crate::store::{self, Store};
 
@@ -43,6 +45,9 @@ pub struct ControlPlane {
     pub metrics: Metrics,
     /// Wakes long-polling lease requests when this replica queues a job.
     job_available: Notify,
+    /// Orgs known to exist. Orgs are never deleted, so a hit never goes stale;
+    /// this saves a database round trip on every org-token request and webhook.
+    known_orgs: RwLock<HashSet<OrgId>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -57,6 +62,7 @@ impl ControlPlane {
             config,
             store,
             job_available: Notify::new(),
+            known_orgs: RwLock::new(HashSet::new()),
             shutdown,
         }))
     }
@@ -64,6 +70,29 @@ impl ControlPlane {
     /// Asks long-polls and the reaper to finish (graceful shutdown).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Whether the org is registered (cached after the first yes).
+    pub async fn org_exists(&self, org_id: OrgId) -> Result<bool> {
+        if self
+            .known_orgs
+            .read()
+            .map(|known| known.contains(&org_id))
+            .unwrap_or(false)
+        {
+            return Ok(true);
+        }
+        let exists = self.store.get_org(org_id).await?.is_some();
+        if exists {
+            self.remember_org(org_id);
+        }
+        Ok(exists)
+    }
+
+    pub(crate) fn remember_org(&self, org_id: OrgId) {
+        if let Ok(mut known) = self.known_orgs.write() {
+            known.insert(org_id);
+        }
     }
 
     fn now(&self) -> OffsetDateTime {

@@ -170,21 +170,13 @@ async fn workflow_job(
                 ));
             }
             let (org_id, org_name) = event.org();
-            if state.store.get_org(org_id).await?.is_none() {
+            if !state.org_exists(org_id).await? {
                 state.store.upsert_org(org_id, org_name, now).await?;
+                state.remember_org(org_id);
             }
-            super::jobs::check_rate_limit(state, org_id).await?;
-            let enqueued = state
-                .store
-                .enqueue(event.to_new_job(), Some(delivery), now)
-                .await?;
+            let enqueued =
+                super::jobs::admit(state, event.to_new_job(), Some(delivery.clone())).await?;
             if enqueued.created {
-                state
-                    .metrics
-                    .jobs_enqueued
-                    .with_label_values(&["github"])
-                    .inc();
-                state.job_available.notify_waiters();
                 tracing::info!(job_id = enqueued.job.id, github_job_id, repo = %enqueued.job.repo, "queued GitHub job");
             }
             let status = if enqueued.created {

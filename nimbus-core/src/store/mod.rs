@@ -40,6 +40,34 @@ pub struct Delivery {
     pub received_at: OffsetDateTime,
 }
 
+/// A rate limit to enforce inside the admission transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub key: String,
+    pub limit: u32,
+    pub interval: Duration,
+}
+
+/// Checks that go with queueing a job, all in the job's own transaction: a
+/// replayed delivery or an exhausted rate limit writes nothing at all (the delivery
+/// id stays unrecorded, so GitHub's redelivery is accepted later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub delivery: Option<Delivery>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Aligned fixed window containing `now`: (window start in ms, time until it ends).
+/// Windows are multiples of the interval since the epoch, so every replica agrees.
+pub(crate) fn rate_window(now: OffsetDateTime, interval: Duration) -> (i64, i64) {
+    let interval_ms = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let now_ms = crate::domain::to_millis(now);
+    let start = now_ms - now_ms.rem_euclid(interval_ms);
+    (start, start + interval_ms - now_ms)
+}
+
 /// What `enqueue` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enqueued {
@@ -134,14 +162,15 @@ pub struct RateDecision {
 /// The job queue: admission writes and reads.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
-    /// Queues a job and writes its metadata rows. With a delivery, the delivery id is
-    /// recorded in the same transaction; a delivery id seen before fails with
-    /// [`Error::ReplayedDelivery`] and writes nothing. A GitHub job already queued
-    /// (same GitHub job id) is returned with `created: false`.
+    /// Queues a job and writes its metadata rows, in one transaction with the
+    /// admission checks: the delivery id is recorded (one seen before fails with
+    /// [`Error::ReplayedDelivery`]) and the rate limit counted (over the limit fails
+    /// with [`Error::RateLimited`]); a failure writes nothing. A GitHub job already
+    /// queued (same GitHub job id) is returned with `created: false`.
     async fn enqueue(
         &self,
         job: NewJob,
-        delivery: Option<&Delivery>,
+        admission: &Admission,
         now: OffsetDateTime,
     ) -> Result<Enqueued>;
 

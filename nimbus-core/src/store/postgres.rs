@@ -18,6 +18,11 @@ use crate::store::sql::Dialect;
 pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
+    /// Rate-limit counters, on connections with `synchronous_commit=off`: every
+    /// admission of an org updates the same counter row, and a durable commit would
+    /// hold that row's lock through a WAL flush, serialising the org's admissions.
+    /// A crash may forget the last few increments, which a rate limit can afford.
+    counters: PgPool,
 }
 
 impl PostgresStore {
@@ -32,15 +37,24 @@ impl PostgresStore {
 
     /// Connects with explicit options (tests use this to pin a `search_path`).
     pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let counters = PgPoolOptions::new()
+            .max_connections(max_connections.clamp(1, 4))
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            // A ping before every query would double the round trips; a dead
+            // connection surfaces as an error on use and is then dropped.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,
+            counters,
         })
     }
 

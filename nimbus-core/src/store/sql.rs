@@ -93,8 +93,7 @@ pub(crate) const REAP_EXPIRED: &str = "UPDATE jobs SET \
      WHERE status = 'leased' AND lease_expires_at < $1 \
      RETURNING id, status";
 
-/// Binds: $1 key, $2 window start, $3 now (unused by the statement's logic but
-/// kept out: windows are aligned so every replica computes the same start).
+/// Binds: $1 key, $2 start of the aligned window the request falls in.
 pub(crate) const RATE_LIMIT_HIT: &str = "INSERT INTO rate_limits (key, window_start, count) \
      VALUES ($1, $2, 1) ON CONFLICT (key) DO UPDATE SET \
        count = CASE WHEN rate_limits.window_start = excluded.window_start \
@@ -106,7 +105,9 @@ pub(crate) const UPSERT_ORG: &str = "INSERT INTO orgs (id, name, created_at) VAL
      ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING id, name, created_at";
 
 /// Implements every store trait but `Store` itself for `$store`, a struct with
-/// `writer` and `reader` pools of database `$db`, which also implements [`Dialect`].
+/// `writer`, `reader` and `counters` pools of database `$db`, which also implements
+/// [`Dialect`]. `counters` serves the rate-limit counters: losing the last few
+/// increments in a crash is harmless, so a backend may commit them asynchronously.
 macro_rules! impl_shared_store {
     ($store:ty, $db:ty) => {
         use $crate::domain::{
@@ -118,7 +119,7 @@ macro_rules! impl_shared_store {
         use $crate::store::row::JobRow as __JobRow;
         use $crate::store::sql as __sql;
         use $crate::store::{
-            Delivery as __Delivery, Enqueued as __Enqueued, GithubJobUpdate as __GithubJobUpdate,
+            Admission as __Admission, Delivery as __Delivery, Enqueued as __Enqueued, GithubJobUpdate as __GithubJobUpdate,
             JobFilter as __JobFilter, JobPage as __JobPage, LeaseRenewal as __LeaseRenewal,
             LeaseRequest as __LeaseRequest, RateDecision as __RateDecision,
             ReapReport as __ReapReport,
@@ -133,7 +134,7 @@ macro_rules! impl_shared_store {
             async fn enqueue(
                 &self,
                 job: __NewJob,
-                delivery: Option<&__Delivery>,
+                admission: &__Admission,
                 now: time::OffsetDateTime,
             ) -> __Result<__Enqueued> {
                 let labels = __json(&job.labels)?;
@@ -141,8 +142,25 @@ macro_rules! impl_shared_store {
                 let spec = __json(&job.spec)?;
                 let github = job.github.as_ref();
                 let now_ms = __to_millis(now);
+                // The rate limit is counted first, on the `counters` pool: its hot
+                // row must not stay locked while the admission transaction commits.
+                if let Some(rate) = &admission.rate_limit {
+                    let (window_start, left_ms) = $crate::store::rate_window(now, rate.interval);
+                    let (count, _): (i64, i64) = sqlx::query_as(__sql::RATE_LIMIT_HIT)
+                        .bind(&rate.key)
+                        .bind(window_start)
+                        .fetch_one(&self.counters)
+                        .await?;
+                    if count > i64::from(rate.limit) {
+                        return Err(__Error::RateLimited {
+                            org_id: job.org_id,
+                            retry_after: std::time::Duration::from_millis(left_ms.max(0) as u64),
+                        });
+                    }
+                }
                 let mut tx = self.writer.begin().await?;
-                if let Some(delivery) = delivery {
+                // Returning early drops `tx`, which rolls everything back.
+                if let Some(delivery) = &admission.delivery {
                     let inserted = sqlx::query(__sql::INSERT_DELIVERY)
                         .bind(&delivery.id)
                         .bind(__to_millis(delivery.received_at))
@@ -150,7 +168,9 @@ macro_rules! impl_shared_store {
                         .await?
                         .rows_affected();
                     if inserted == 0 {
-                        return Err(__Error::ReplayedDelivery { delivery_id: delivery.id.clone() });
+                        return Err(__Error::ReplayedDelivery {
+                            delivery_id: delivery.id.clone(),
+                        });
                     }
                 }
                 let inserted: Option<__JobRow> = sqlx::query_as(__sql::INSERT_JOB.as_str())
@@ -412,21 +432,16 @@ macro_rules! impl_shared_store {
                 interval: std::time::Duration,
                 now: time::OffsetDateTime,
             ) -> __Result<__RateDecision> {
-                let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1);
-                let now_ms = __to_millis(now);
-                // Windows are aligned to multiples of the interval, so every replica
-                // agrees on which window a request falls in.
-                let window_start = now_ms - now_ms.rem_euclid(interval_ms);
-                let (count, window_start): (i64, i64) = sqlx::query_as(__sql::RATE_LIMIT_HIT)
+                let (window_start, left_ms) = $crate::store::rate_window(now, interval);
+                let (count, _): (i64, i64) = sqlx::query_as(__sql::RATE_LIMIT_HIT)
                     .bind(key)
                     .bind(window_start)
-                    .fetch_one(&self.writer)
+                    .fetch_one(&self.counters)
                     .await?;
-                let retry_ms = (window_start + interval_ms - now_ms).max(0);
                 Ok(__RateDecision {
                     allowed: count <= i64::from(limit),
                     count: u32::try_from(count).unwrap_or(u32::MAX),
-                    retry_after: std::time::Duration::from_millis(retry_ms as u64),
+                    retry_after: std::time::Duration::from_millis(left_ms.max(0) as u64),
                 })
             }
         }

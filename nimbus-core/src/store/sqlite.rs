@@ -20,6 +20,8 @@ use crate::store::sql::Dialect;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Rate-limit counters: the writer itself (SQLite has one writer anyway).
+    counters: SqlitePool,
 }
 
 impl SqliteStore {
@@ -44,8 +46,11 @@ impl SqliteStore {
                     .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
             }
         }
+        // `test_before_acquire` would cost a round trip to the connection's worker
+        // thread on every query; a broken SQLite connection is not a thing.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             // An in-memory database lives as long as its connection.
             .idle_timeout(None)
             .max_lifetime(None)
@@ -58,10 +63,15 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
+                .test_before_acquire(false)
                 .connect_with(options.read_only(true))
                 .await?
         };
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            counters: writer.clone(),
+            writer,
+            reader,
+        })
     }
 }
 

@@ -16,7 +16,9 @@ use crate::domain::{
     Step,
 };
 use crate::error::ErrorKind;
-use crate::store::{Delivery, GithubJobUpdate, JobFilter, LeaseRequest, Store};
+use crate::store::{
+    Admission, Delivery, GithubJobUpdate, JobFilter, LeaseRequest, RateLimit, Store,
+};
 
 /// A fresh SQLite store in a temporary directory (removed when the process exits
 /// only if the OS cleans temp; files are small).
@@ -142,7 +144,7 @@ pub async fn enqueue_get_and_list(store: Arc<dyn Store>) {
     let a = store
         .enqueue(
             direct_job(1, "acme/app", &["nimbus", "param:py=3.12"]),
-            None,
+            &Admission::default(),
             t0(),
         )
         .await
@@ -154,7 +156,7 @@ pub async fn enqueue_get_and_list(store: Arc<dyn Store>) {
     let b = store
         .enqueue(
             direct_job(1, "acme/lib", &["nimbus", "meta:team=core"]),
-            None,
+            &Admission::default(),
             t0(),
         )
         .await
@@ -162,7 +164,7 @@ pub async fn enqueue_get_and_list(store: Arc<dyn Store>) {
     let c = store
         .enqueue(
             direct_job(2, "other/app", &["gpu", "param:py=3.11"]),
-            None,
+            &Admission::default(),
             t0(),
         )
         .await
@@ -266,11 +268,11 @@ pub async fn enqueue_get_and_list(store: Arc<dyn Store>) {
 
 pub async fn github_jobs_are_deduplicated(store: Arc<dyn Store>) {
     let first = store
-        .enqueue(github_job(1, 555), None, t0())
+        .enqueue(github_job(1, 555), &Admission::default(), t0())
         .await
         .expect("first");
     let again = store
-        .enqueue(github_job(1, 555), None, t0())
+        .enqueue(github_job(1, 555), &Admission::default(), t0())
         .await
         .expect("again");
     assert!(first.created);
@@ -290,16 +292,19 @@ pub async fn github_jobs_are_deduplicated(store: Arc<dyn Store>) {
 }
 
 pub async fn replayed_delivery_writes_nothing(store: Arc<dyn Store>) {
-    let delivery = Delivery {
-        id: "d-1".into(),
-        received_at: t0(),
+    let delivery = Admission {
+        delivery: Some(Delivery {
+            id: "d-1".into(),
+            received_at: t0(),
+        }),
+        rate_limit: None,
     };
     store
-        .enqueue(github_job(1, 1), Some(&delivery), t0())
+        .enqueue(github_job(1, 1), &delivery, t0())
         .await
         .expect("first");
     let err = store
-        .enqueue(github_job(1, 2), Some(&delivery), t0())
+        .enqueue(github_job(1, 2), &delivery, t0())
         .await
         .expect_err("replay");
     assert_eq!(err.kind(), ErrorKind::Conflict);
@@ -316,6 +321,66 @@ pub async fn replayed_delivery_writes_nothing(store: Arc<dyn Store>) {
     assert!(!store.delivery_seen("d-2").await.expect("seen"));
 }
 
+pub async fn rate_limited_admission_writes_nothing(store: Arc<dyn Store>) {
+    let admission = |delivery: &str| Admission {
+        delivery: Some(Delivery {
+            id: delivery.into(),
+            received_at: t0(),
+        }),
+        rate_limit: Some(RateLimit {
+            key: "org:1".into(),
+            limit: 1,
+            interval: Duration::from_secs(60),
+        }),
+    };
+    store
+        .enqueue(github_job(1, 1), &admission("a"), t0())
+        .await
+        .expect("first");
+    let err = store
+        .enqueue(
+            github_job(1, 2),
+            &admission("b"),
+            t0() + Duration::from_secs(15),
+        )
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    match err {
+        crate::Error::RateLimited {
+            org_id,
+            retry_after,
+        } => {
+            assert_eq!(org_id, 1);
+            assert_eq!(retry_after, Duration::from_secs(45));
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    assert!(
+        !store.delivery_seen("b").await.expect("seen"),
+        "a refused delivery is not recorded"
+    );
+    assert_eq!(
+        store
+            .list_jobs(&JobFilter::default())
+            .await
+            .expect("list")
+            .jobs
+            .len(),
+        1
+    );
+    // Next window: the same delivery is accepted.
+    store
+        .enqueue(
+            github_job(1, 2),
+            &admission("b"),
+            t0() + Duration::from_secs(60),
+        )
+        .await
+        .expect("next window");
+    assert!(store.delivery_seen("b").await.expect("seen"));
+}
+
 pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
     assert!(store
         .lease(&lease_request("a1", 60), t0())
@@ -323,7 +388,11 @@ pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
         .expect("lease")
         .is_none());
     let job = store
-        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .enqueue(
+            direct_job(1, "acme/app", &["nimbus"]),
+            &Admission::default(),
+            t0(),
+        )
         .await
         .expect("enqueue")
         .job;
@@ -403,7 +472,11 @@ pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
 
 pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>) {
     let job = store
-        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .enqueue(
+            direct_job(1, "acme/app", &["nimbus"]),
+            &Admission::default(),
+            t0(),
+        )
         .await
         .expect("enqueue")
         .job;
@@ -458,7 +531,11 @@ pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>
 
 pub async fn jobs_fail_after_max_attempts(store: Arc<dyn Store>) {
     let job = store
-        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .enqueue(
+            direct_job(1, "acme/app", &["nimbus"]),
+            &Admission::default(),
+            t0(),
+        )
         .await
         .expect("enqueue")
         .job;
@@ -502,7 +579,7 @@ pub async fn concurrent_leases_never_hand_out_a_job_twice(store: Arc<dyn Store>)
         store
             .enqueue(
                 direct_job(1 + (i % 3) as i64, "acme/app", &["nimbus"]),
-                None,
+                &Admission::default(),
                 t0(),
             )
             .await
@@ -539,12 +616,20 @@ pub async fn concurrent_leases_never_hand_out_a_job_twice(store: Arc<dyn Store>)
 
 pub async fn leases_can_be_limited_to_one_org(store: Arc<dyn Store>) {
     let other = store
-        .enqueue(direct_job(2, "other/app", &["nimbus"]), None, t0())
+        .enqueue(
+            direct_job(2, "other/app", &["nimbus"]),
+            &Admission::default(),
+            t0(),
+        )
         .await
         .expect("enqueue")
         .job;
     let ours = store
-        .enqueue(direct_job(1, "acme/app", &["nimbus"]), None, t0())
+        .enqueue(
+            direct_job(1, "acme/app", &["nimbus"]),
+            &Admission::default(),
+            t0(),
+        )
         .await
         .expect("enqueue")
         .job;
@@ -599,12 +684,12 @@ pub async fn rate_limits_count_per_key_and_window(store: Arc<dyn Store>) {
 
 pub async fn github_updates_follow_the_job(store: Arc<dyn Store>) {
     let running = store
-        .enqueue(github_job(1, 100), None, t0())
+        .enqueue(github_job(1, 100), &Admission::default(), t0())
         .await
         .expect("enqueue")
         .job;
     let abandoned = store
-        .enqueue(github_job(1, 101), None, t0())
+        .enqueue(github_job(1, 101), &Admission::default(), t0())
         .await
         .expect("enqueue")
         .job;
@@ -724,6 +809,7 @@ macro_rules! store_test_suite {
                 enqueue_get_and_list,
                 github_jobs_are_deduplicated,
                 replayed_delivery_writes_nothing,
+                rate_limited_admission_writes_nothing,
                 lease_heartbeat_complete_are_fenced,
                 expired_lease_is_requeued_with_a_higher_token,
                 jobs_fail_after_max_attempts,

@@ -1,1 +1,158 @@
+//! Helpers for the end-to-end suite: find the built binaries, start them on free
+//! loopback ports, wait until they answer, and stop them (by PID) afterwards.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which
+//! `scripts/test.sh` does); a missing one fails the test with that advice.
 
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The directory holding the workspace's binaries (`target/<profile>`).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("NIMBUS_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    // Test binaries live in target/<profile>/deps.
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let deps = exe
+        .parent()
+        .context("test binary has no parent directory")?;
+    Ok(deps
+        .parent()
+        .context("deps has no parent directory")?
+        .to_path_buf())
+}
+
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A running `nimbus-control-plane`, killed when dropped.
+pub struct ControlPlaneProcess {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789";
+pub const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
+
+impl ControlPlaneProcess {
+    /// Starts the control plane with `extra` env on top of test defaults, and
+    /// waits until `/readyz` answers.
+    pub async fn start(extra: &[(&str, String)]) -> Result<Self> {
+        let port = free_port()?;
+        let data_dir = std::env::temp_dir().join(format!("nimbus-e2e-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut command = Command::new(bin("nimbus-control-plane")?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NIMBUS_CONTROL_PLANE_ADDR", format!("127.0.0.1:{port}"))
+            .env("NIMBUS_DATA_DIR", &data_dir)
+            .env("NIMBUS_JWT_SECRET", JWT_SECRET)
+            .env("NIMBUS_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("NIMBUS_LOG_LEVEL", "warn")
+            .current_dir(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child = command.spawn().context("starting nimbus-control-plane")?;
+        let mut process = ControlPlaneProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data_dir,
+        };
+        process.wait_ready(Duration::from_secs(30)).await?;
+        Ok(process)
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("nimbus-control-plane exited early with {status}");
+            }
+            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "nimbus-control-plane at {} not ready after {limit:?}",
+                    self.url
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > limit {
+                bail!("nimbus-control-plane did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Runs the `nimbus` CLI with `env` and returns its stdout.
+pub fn nimbus_cli(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let output = Command::new(bin("nimbus")?)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "nimbus {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
