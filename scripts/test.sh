@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: starts the services the tests need, builds once, runs every
+# test. Under CI=true a missing service fails the run instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/nimbus-target}
+export NIMBUS_TEST_DATABASE_URL=${NIMBUS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+
+scripts/services.sh start postgres
+
+# Test schemas (nimbus_t_*) are per test; drop those earlier runs left behind.
+if command -v psql >/dev/null; then
+  psql "$NIMBUS_TEST_DATABASE_URL" -qAt -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || echo "test: could not drop old test schemas (continuing)" >&2
+DO $$
+DECLARE s text;
+BEGIN
+  FOR s IN SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'nimbus\_t\_%' LOOP
+    EXECUTE format('DROP SCHEMA %I CASCADE', s);
+  END LOOP;
+END $$;
+SQL
+fi
+
+# The end-to-end suite runs the real binaries: build them with the tests, once.
+cargo build --workspace --bins --tests --locked
+cargo test --workspace --locked
