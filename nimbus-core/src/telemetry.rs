@@ -12,8 +12,11 @@ pub fn init(env: &Env) -> Result<()> {
         variable: "NIMBUS_LOG_LEVEL".into(),
         message: format!("invalid filter {level:?}: {e}"),
     })?;
+    // Colour only on a terminal: log files and CI output stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match env.get("NIMBUS_LOG_FORMAT").unwrap_or("text") {
         "text" => builder.try_init(),
