@@ -37,6 +37,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_JOB_LEASE_TTL", default: "300", meaning: "Seconds a lease lives without a heartbeat." },
     VarDoc { name: "NIMBUS_JOB_MAX_ATTEMPTS", default: "3", meaning: "Leases a job may lose (expire) before it is marked `failed`." },
     VarDoc { name: "NIMBUS_REAPER_INTERVAL", default: "5", meaning: "Seconds between sweeps that return expired leases to the queue (fractions allowed)." },
+    VarDoc { name: "NIMBUS_JOB_POLICY_PATH", default: "(none)", meaning: "YAML admission policy every job passes before it is queued (docs/policy-as-code.md); reloaded on change and on SIGHUP. Unset: every job is admitted." },
     VarDoc { name: "NIMBUS_ORG_JOB_RATE_LIMIT", default: "100", meaning: "Jobs one org may submit per interval (webhooks and direct submissions together)." },
     VarDoc { name: "NIMBUS_ORG_RATE_INTERVAL", default: "60", meaning: "Length in seconds of the org rate-limit window." },
     VarDoc { name: "NIMBUS_LOG_LEVEL", default: "info", meaning: "Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as `nimbus_core=debug`)." },
@@ -188,6 +189,7 @@ pub struct ControlPlaneConfig {
     pub org_job_rate_limit: u32,
     pub org_rate_interval: Duration,
     pub metrics_token: Option<Secret>,
+    pub policy_path: Option<PathBuf>,
 }
 
 impl ControlPlaneConfig {
@@ -230,6 +232,7 @@ impl ControlPlaneConfig {
             org_rate_interval: env
                 .seconds_or("NIMBUS_ORG_RATE_INTERVAL", Duration::from_secs(60))?,
             metrics_token: env.secret("NIMBUS_CONTROL_PLANE_METRICS_TOKEN"),
+            policy_path: env.get("NIMBUS_JOB_POLICY_PATH").map(PathBuf::from),
             database_url,
             data_dir,
         })

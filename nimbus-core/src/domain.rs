@@ -11,6 +11,8 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 
+pub use nimbus_policy::Reason as PolicyReason;
+
 /// Job ids are positive 64-bit integers (ClickHouse `job_id UInt64`).
 pub type JobId = i64;
 /// Org ids are GitHub's numeric organisation (or user) ids.
@@ -84,16 +86,19 @@ pub enum JobStatus {
     Failed,
     TimedOut,
     Cancelled,
+    /// Denied by the admission policy; never leased.
+    Rejected,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 6] = [
+    pub const ALL: [JobStatus; 7] = [
         JobStatus::Queued,
         JobStatus::Leased,
         JobStatus::Succeeded,
         JobStatus::Failed,
         JobStatus::TimedOut,
         JobStatus::Cancelled,
+        JobStatus::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +109,7 @@ impl JobStatus {
             JobStatus::Failed => "failed",
             JobStatus::TimedOut => "timed_out",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Rejected => "rejected",
         }
     }
 
@@ -111,7 +117,11 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::TimedOut | JobStatus::Cancelled
+            JobStatus::Succeeded
+                | JobStatus::Failed
+                | JobStatus::TimedOut
+                | JobStatus::Cancelled
+                | JobStatus::Rejected
         )
     }
 }
@@ -130,7 +140,7 @@ impl FromStr for JobStatus {
             .find(|status| status.as_str() == s)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "unknown job status {s:?}; expected one of queued, leased, succeeded, failed, timed_out, cancelled"
+                    "unknown job status {s:?}; expected one of queued, leased, succeeded, failed, timed_out, cancelled, rejected"
                 ))
             })
     }
@@ -235,6 +245,10 @@ pub struct Job {
     pub lease_expires_at: Option<OffsetDateTime>,
     pub exit_code: Option<i32>,
     pub failure_reason: Option<String>,
+    /// Rules of the admission policy that matched: why the job is `rejected`, or
+    /// what a dry-run policy would have denied.
+    #[serde(default)]
+    pub policy_reasons: Vec<PolicyReason>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -255,6 +269,23 @@ pub struct NewJob {
     pub metadata: Metadata,
     pub spec: JobSpec,
     pub github: Option<GithubJobRef>,
+    /// Recorded as `rejected` instead of queued (the policy denied it).
+    pub rejected: bool,
+    pub policy_reasons: Vec<PolicyReason>,
+}
+
+impl NewJob {
+    /// What the admission policy judges.
+    pub fn policy_facts(&self) -> nimbus_policy::JobFacts {
+        nimbus_policy::JobFacts {
+            org_id: self.org_id,
+            repository: self.repo.full_name.clone(),
+            workflow_name: self.github.as_ref().and_then(|g| g.workflow_name.clone()),
+            job_name: self.github.as_ref().and_then(|g| g.job_name.clone()),
+            labels: self.labels.clone(),
+            timeout_minutes: self.spec.timeout_minutes,
+        }
+    }
 }
 
 /// A granted lease: the job, plus what the agent must present to keep or finish it.

@@ -259,6 +259,8 @@ impl WorkflowJobEvent {
                 ..JobSpec::default()
             },
             github: Some(self.github_ref()),
+            rejected: false,
+            policy_reasons: Vec::new(),
         }
     }
 }

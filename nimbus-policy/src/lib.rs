@@ -1,31 +1,18 @@
 //! `nimbus-policy`: policy-as-code admission for jobs.
 //!
-//! The facts a policy judges and the decision it returns. The YAML language and its
-//! evaluator land with their issue.
+//! A policy is YAML ([`Policy::from_yaml`]) checked strictly (unknown fields, wrong
+//! types, bad globs and bad regular expressions are errors with line and column),
+//! compiled once, then evaluated cheaply against each job's [`JobFacts`]:
+//! [`Policy::evaluate`] returns a [`Decision`] naming every rule that matched.
+//! The crate knows nothing of the rest of Nimbus but the small facts struct.
+//! The language is documented in docs/policy-as-code.md.
 
-use serde::{Deserialize, Serialize};
+mod compile;
+mod error;
+mod facts;
+mod spec;
 
-/// What a policy sees of a job: no dependency on the rest of Nimbus.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobFacts {
-    pub org_id: i64,
-    pub repository: String,
-    pub workflow_name: Option<String>,
-    pub job_name: Option<String>,
-    pub labels: Vec<String>,
-    pub timeout_minutes: u32,
-}
-
-/// A rule that matched, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reason {
-    pub rule: String,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Decision {
-    Allow,
-    Deny { reasons: Vec<Reason> },
-}
+pub use compile::{describe_error, Decision, Policy, Reason};
+pub use error::{Error, Position};
+pub use facts::JobFacts;
+pub use spec::PolicySpec;

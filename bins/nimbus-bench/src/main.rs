@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod control_plane;
+mod policy;
 
 #[derive(Parser)]
 #[command(name = "nimbus-bench", about = "Nimbus benchmark harness")]
@@ -20,6 +21,8 @@ enum Command {
     /// Signed webhooks accepted per second and lease+complete cycles per second,
     /// against an in-process control plane over real loopback HTTP.
     ControlPlane(control_plane::Args),
+    /// Admission-policy evaluations per second on one core (200-rule policy).
+    Policy(policy::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(args).await,
+            Command::Policy(args) => policy::run(args),
         }
     });
     match result {

@@ -3,9 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use nimbus_core::auth::{JwtKeys, Role};
 use nimbus_core::{config, Env};
+use nimbus_policy::{describe_error, JobFacts, Policy};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +29,26 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Admission policies (docs/policy-as-code.md).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validates a policy file. Exit 0 valid, 2 invalid (errors as FILE:LINE:COLUMN).
+    Check { file: PathBuf },
+    /// Evaluates a policy against a job. Exit 0 allow, 1 deny, 2 invalid.
+    Eval {
+        file: PathBuf,
+        /// Job facts as JSON: {org_id, repository, workflow_name, job_name, labels,
+        /// timeout_minutes}, or a job as `GET /api/jobs/{id}` returns it.
+        #[arg(long)]
+        job: PathBuf,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +94,9 @@ impl From<RoleArg> for Role {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Policy(command) = cli.command {
+        return policy(command);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -111,5 +137,95 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", config::render_variables_table());
             Ok(())
         }
+        Command::Policy(_) => Err("handled in main".into()),
     }
+}
+
+/// Exit codes of `nimbus policy`: 0 allow / valid, 1 deny, 2 invalid input.
+const POLICY_DENY: u8 = 1;
+const POLICY_INVALID: u8 = 2;
+
+fn policy(command: PolicyCommand) -> ExitCode {
+    let load = |file: &PathBuf| {
+        Policy::from_path(file).map_err(|e| describe_error(&file.display().to_string(), &e))
+    };
+    match command {
+        PolicyCommand::Check { file } => match load(&file) {
+            Ok(policy) => {
+                println!(
+                    "{}: valid ({} rules{})",
+                    file.display(),
+                    policy.rule_count(),
+                    if policy.dry_run() { ", dry run" } else { "" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::from(POLICY_INVALID)
+            }
+        },
+        PolicyCommand::Eval { file, job, json } => {
+            let policy = match load(&file) {
+                Ok(policy) => policy,
+                Err(message) => {
+                    eprintln!("{message}");
+                    return ExitCode::from(POLICY_INVALID);
+                }
+            };
+            let facts = match read_facts(&job) {
+                Ok(facts) => facts,
+                Err(message) => {
+                    eprintln!("{}: {message}", job.display());
+                    return ExitCode::from(POLICY_INVALID);
+                }
+            };
+            let decision = policy.evaluate(&facts);
+            if json {
+                match serde_json::to_string_pretty(&decision) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("nimbus: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                let verdict = if decision.allowed { "allow" } else { "deny" };
+                let note = if decision.dry_run && decision.would_deny() {
+                    " (dry run: would deny)"
+                } else {
+                    ""
+                };
+                println!("{verdict}{note}");
+                for reason in &decision.reasons {
+                    println!("  {}: {}", reason.rule, reason.message);
+                }
+            }
+            if decision.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(POLICY_DENY)
+            }
+        }
+    }
+}
+
+/// Job facts from a file: the facts themselves, or a job from the API.
+fn read_facts(path: &PathBuf) -> Result<JobFacts, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?;
+    if value.get("spec").is_some() {
+        let job: nimbus_core::Job =
+            serde_json::from_value(value).map_err(|e| format!("not a Nimbus job: {e}"))?;
+        return Ok(JobFacts {
+            org_id: job.org_id,
+            repository: job.repo,
+            workflow_name: job.github.as_ref().and_then(|g| g.workflow_name.clone()),
+            job_name: job.github.as_ref().and_then(|g| g.job_name.clone()),
+            labels: job.labels,
+            timeout_minutes: job.spec.timeout_minutes,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| format!("not job facts: {e}"))
 }

@@ -71,16 +71,41 @@ pub(super) fn admission(
     }
 }
 
-/// Queues a job through admission, counting what is refused.
+/// Queues a job through admission — the policy, then the rate limit and replay
+/// checks — counting what is refused. A job the policy denies is recorded as
+/// `rejected` (with its reasons) and does not count against the rate limit.
 pub(super) async fn admit(
     state: &ControlPlane,
-    job: NewJob,
+    mut job: NewJob,
     delivery: Option<Delivery>,
 ) -> Result<Enqueued> {
-    let admission = admission(state, job.org_id, delivery);
+    let decision = state.policy().evaluate(&job.policy_facts());
+    let denials = if decision.dry_run {
+        &state.metrics.policy_dry_run_denials
+    } else {
+        &state.metrics.policy_denials
+    };
+    for reason in &decision.reasons {
+        denials.with_label_values(&[&reason.rule]).inc();
+    }
+    if decision.would_deny() {
+        tracing::info!(
+            org_id = job.org_id,
+            repo = %job.repo.full_name,
+            dry_run = decision.dry_run,
+            rules = ?decision.reasons.iter().map(|r| r.rule.as_str()).collect::<Vec<_>>(),
+            "admission policy matched"
+        );
+    }
+    job.rejected = !decision.allowed;
+    job.policy_reasons = decision.reasons;
+    let mut admission = admission(state, job.org_id, delivery);
+    if job.rejected {
+        admission.rate_limit = None;
+    }
     match state.store.enqueue(job, &admission, state.now()).await {
         Ok(enqueued) => {
-            if enqueued.created {
+            if enqueued.created && enqueued.job.status == JobStatus::Queued {
                 state
                     .metrics
                     .jobs_enqueued
@@ -210,6 +235,8 @@ pub(super) async fn submit(
         metadata,
         spec,
         github: None,
+        rejected: false,
+        policy_reasons: Vec::new(),
     };
     let enqueued = admit(&state, job, None).await?;
     tracing::info!(job_id = enqueued.job.id, org_id, "queued direct job");

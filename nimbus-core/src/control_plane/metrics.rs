@@ -19,6 +19,9 @@ pub struct Metrics {
     pub leases_granted: IntCounter,
     pub leases_expired: IntCounterVec,
     pub jobs_by_status: IntGaugeVec,
+    pub policy_denials: IntCounterVec,
+    pub policy_dry_run_denials: IntCounterVec,
+    pub policy_reload_errors: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
 }
@@ -92,6 +95,23 @@ impl Metrics {
                 "nimbus_control_plane_leases_expired_total",
                 "Leases that expired, by what happened to the job (requeued or failed).",
                 &["outcome"],
+            )?,
+            policy_denials: counter_vec(
+                r,
+                "nimbus_control_plane_policy_denials_total",
+                "Jobs rejected by the admission policy, by matching rule.",
+                &["rule"],
+            )?,
+            policy_dry_run_denials: counter_vec(
+                r,
+                "nimbus_control_plane_policy_dry_run_denials_total",
+                "Jobs a dry-run policy would have rejected, by matching rule.",
+                &["rule"],
+            )?,
+            policy_reload_errors: counter(
+                r,
+                "nimbus_control_plane_policy_reload_errors_total",
+                "Policy reloads that failed (the previous policy stayed in force).",
             )?,
             jobs_by_status: register(
                 r,

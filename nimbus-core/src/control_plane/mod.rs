@@ -26,6 +26,7 @@ use crate::config::ControlPlaneConfig;
 use crate::domain::OrgId;
 use crate::error::{Error, Result};
 use crate::store::{self, Store};
+use nimbus_policy::Policy;
 
 pub mod http;
 mod jobs;
@@ -48,14 +49,25 @@ pub struct ControlPlane {
     /// Orgs known to exist. Orgs are never deleted, so a hit never goes stale;
     /// this saves a database round trip on every org-token request and webhook.
     known_orgs: RwLock<HashSet<OrgId>>,
+    /// The admission policy in force (swapped whole on reload).
+    policy: RwLock<Arc<Policy>>,
     shutdown: watch::Sender<bool>,
 }
 
 pub type AppState = Arc<ControlPlane>;
 
 impl ControlPlane {
+    /// Builds the state; loads the policy file if one is configured (a policy that
+    /// does not load is a start-up error naming the file, line and column).
     pub fn new(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Result<AppState> {
         let (shutdown, _) = watch::channel(false);
+        let policy = match &config.policy_path {
+            Some(path) => Policy::from_path(path).map_err(|e| Error::Config {
+                variable: "NIMBUS_JOB_POLICY_PATH".into(),
+                message: nimbus_policy::describe_error(&path.display().to_string(), &e),
+            })?,
+            None => Policy::allow_all(),
+        };
         Ok(Arc::new(ControlPlane {
             keys: JwtKeys::new(&config.jwt_secret),
             metrics: Metrics::new()?,
@@ -63,6 +75,7 @@ impl ControlPlane {
             store,
             job_available: Notify::new(),
             known_orgs: RwLock::new(HashSet::new()),
+            policy: RwLock::new(Arc::new(policy)),
             shutdown,
         }))
     }
@@ -70,6 +83,44 @@ impl ControlPlane {
     /// Asks long-polls and the reaper to finish (graceful shutdown).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// The admission policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(policy) => policy.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the policy file. On failure the previous policy stays in force,
+    /// and the error (with line and column) is logged and counted.
+    pub fn reload_policy(&self) -> Result<()> {
+        let Some(path) = &self.config.policy_path else {
+            return Ok(());
+        };
+        match Policy::from_path(path) {
+            Ok(policy) => {
+                tracing::info!(
+                    path = %path.display(),
+                    rules = policy.rule_count(),
+                    dry_run = policy.dry_run(),
+                    "admission policy loaded"
+                );
+                let policy = Arc::new(policy);
+                match self.policy.write() {
+                    Ok(mut slot) => *slot = policy,
+                    Err(poisoned) => *poisoned.into_inner() = policy,
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let message = nimbus_policy::describe_error(&path.display().to_string(), &e);
+                self.metrics.policy_reload_errors.inc();
+                tracing::error!(error = %message, "policy reload failed; the previous policy stays in force");
+                Err(Error::invalid(message))
+            }
+        }
     }
 
     /// Whether the org is registered (cached after the first yes).
@@ -248,6 +299,48 @@ async fn reaper_loop(state: AppState) {
     }
 }
 
+/// Reloads the policy when its file changes (size or modification time, checked
+/// every 2 s) and on SIGHUP.
+async fn policy_watch_loop(state: AppState) {
+    let Some(path) = state.config.policy_path.clone() else {
+        return;
+    };
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut last = stamp(&path);
+    let mut shutdown = state.shutdown.subscribe();
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let now = stamp(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+            }
+            _ = sighup => tracing::info!("SIGHUP: reloading the admission policy"),
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let _ = state.reload_policy();
+    }
+}
+
 /// Serves the API on `listener` and runs the reaper, until `shutdown` resolves;
 /// then stops accepting, ends long-polls, and waits for in-flight requests.
 pub async fn serve(
@@ -256,6 +349,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let reaper = tokio::spawn(reaper_loop(state.clone()));
+    let policy_watch = tokio::spawn(policy_watch_loop(state.clone()));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = state.clone();
     let result = axum::serve(listener, app)
@@ -267,6 +361,7 @@ pub async fn serve(
         .map_err(|e| Error::io("serving HTTP", e));
     state.begin_shutdown();
     let _ = reaper.await;
+    let _ = policy_watch.await;
     result
 }
 

@@ -14,6 +14,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::control_plane::{AppState, ControlPlane};
+use crate::domain::JobStatus;
 use crate::error::{Error, Result};
 use crate::store::{Delivery, GithubJobUpdate};
 use crate::webhook::{self, WebhookEvent, WorkflowJobAction, WorkflowJobEvent};
@@ -184,10 +185,20 @@ async fn workflow_job(
             } else {
                 StatusCode::OK
             };
+            let outcome = if enqueued.job.status == JobStatus::Rejected {
+                "rejected"
+            } else {
+                "queued"
+            };
             Ok((
                 status,
-                "queued",
-                json!({"job_id": enqueued.job.id, "created": enqueued.created}),
+                outcome,
+                json!({
+                    "job_id": enqueued.job.id,
+                    "created": enqueued.created,
+                    "status": enqueued.job.status,
+                    "policy_reasons": enqueued.job.policy_reasons,
+                }),
             ))
         }
         WorkflowJobAction::Waiting => {

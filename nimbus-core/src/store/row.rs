@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 pub(crate) const JOB_COLUMNS: &str =
     "id, org_id, repo, repo_id, source, status, labels, metadata, \
     spec, attempt, fencing_token, lease_id, agent_id, lease_expires_at, exit_code, failure_reason, \
-    created_at, updated_at, started_at, finished_at, github_job_id, github_run_id, \
+    policy_reasons, created_at, updated_at, started_at, finished_at, github_job_id, github_run_id, \
     github_run_attempt, github_workflow_name, github_job_name, github_head_sha, \
     github_head_branch, github_installation_id, github_status, github_conclusion, \
     github_runner_name";
@@ -30,6 +30,7 @@ pub(crate) struct JobRow {
     lease_expires_at: Option<i64>,
     exit_code: Option<i32>,
     failure_reason: Option<String>,
+    policy_reasons: Option<String>,
     created_at: i64,
     updated_at: i64,
     started_at: Option<i64>,
@@ -92,6 +93,12 @@ impl TryFrom<JobRow> for Job {
             lease_expires_at: row.lease_expires_at.map(from_millis),
             exit_code: row.exit_code,
             failure_reason: row.failure_reason,
+            policy_reasons: match row.policy_reasons {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| corrupt("policy_reasons", id, e))?
+                }
+                None => Vec::new(),
+            },
             created_at: from_millis(row.created_at),
             updated_at: from_millis(row.updated_at),
             started_at: row.started_at.map(from_millis),

@@ -38,9 +38,10 @@ pub(crate) static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
         "INSERT INTO jobs (org_id, repo, repo_id, source, status, labels, metadata, spec, attempt, \
          fencing_token, created_at, updated_at, github_job_id, github_run_id, github_run_attempt, \
          github_workflow_name, github_job_name, github_head_sha, github_head_branch, \
-         github_installation_id, github_status, github_conclusion, github_runner_name) \
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, 1, 0, $8, $8, $9, $10, $11, $12, $13, $14, \
-         $15, $16, $17, $18, $19) \
+         github_installation_id, github_status, github_conclusion, github_runner_name, \
+         policy_reasons, finished_at) \
+         VALUES ($1, $2, $3, $4, $20, $5, $6, $7, 1, 0, $8, $8, $9, $10, $11, $12, $13, $14, \
+         $15, $16, $17, $18, $19, $21, $22) \
          ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS}"
     )
 });
@@ -140,6 +141,11 @@ macro_rules! impl_shared_store {
                 let labels = __json(&job.labels)?;
                 let metadata = __json(&job.metadata)?;
                 let spec = __json(&job.spec)?;
+                let policy_reasons = if job.policy_reasons.is_empty() {
+                    None
+                } else {
+                    Some(__json(&job.policy_reasons)?)
+                };
                 let github = job.github.as_ref();
                 let now_ms = __to_millis(now);
                 // The rate limit is counted first, on the `counters` pool: its hot
@@ -193,6 +199,9 @@ macro_rules! impl_shared_store {
                     .bind(github.map(|g| g.status.clone()))
                     .bind(github.and_then(|g| g.conclusion.clone()))
                     .bind(github.and_then(|g| g.runner_name.clone()))
+                    .bind(if job.rejected { "rejected" } else { "queued" })
+                    .bind(policy_reasons)
+                    .bind(job.rejected.then_some(now_ms))
                     .fetch_optional(&mut *tx)
                     .await?;
                 let (row, created) = match inserted {

@@ -105,6 +105,8 @@ pub fn direct_job(org_id: OrgId, repo: &str, labels: &[&str]) -> NewJob {
             timeout_minutes: 10,
         },
         github: None,
+        rejected: false,
+        policy_reasons: Vec::new(),
     }
 }
 

@@ -1018,6 +1018,181 @@ pub async fn health_and_metrics(store: Arc<dyn Store>) {
     }
 }
 
+fn policy_file(yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nimbus-policy-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, yaml).expect("write policy");
+    path
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    )
+}
+
+pub async fn the_policy_rejects_jobs_with_reasons(store: Arc<dyn Store>) {
+    let path = policy_file("version: 1\nforbidden_labels: [privileged, \"gpu-*\"]\nlimits:\n  max_timeout_minutes: 60\n");
+    let api = Api::new(
+        store,
+        &[("NIMBUS_JOB_POLICY_PATH", path.to_str().expect("utf-8"))],
+    )
+    .await;
+    api.add_org(1, "acme").await;
+    let mut body = direct_job();
+    body["labels"] = json!(["nimbus", "gpu-a100"]);
+    body["timeout_minutes"] = json!(90);
+    let denied = api
+        .call("POST", "/api/jobs", Some(&api.org(1)), Some(body))
+        .await;
+    assert_eq!(denied.status, StatusCode::CREATED, "{:?}", denied.body);
+    assert_eq!(denied.body["status"], "rejected");
+    let rules: Vec<&str> = denied.body["policy_reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .filter_map(|r| r["rule"].as_str())
+        .collect();
+    assert_eq!(
+        rules,
+        vec!["forbidden_labels[1]", "limits.max_timeout_minutes"]
+    );
+    let id = denied.body["id"].as_i64().expect("id");
+    let fetched = api
+        .call("GET", &format!("/api/jobs/{id}"), Some(&api.org(1)), None)
+        .await;
+    assert_eq!(fetched.body["status"], "rejected");
+    assert!(fetched.body["policy_reasons"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("gpu-a100"));
+    assert!(fetched.body["finished_at"].is_string());
+    // Never leased.
+    let lease = api
+        .call("POST", "/api/jobs/lease", Some(&api.agent()), None)
+        .await;
+    assert_eq!(lease.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.metric("nimbus_control_plane_policy_denials_total{rule=\"forbidden_labels[1]\"}")
+            .await,
+        1.0
+    );
+    // Webhook jobs pass the same policy.
+    let hook = api
+        .webhook(
+            "workflow_job",
+            "pol-1",
+            &workflow_job("queued", 501, &["nimbus", "privileged"]),
+        )
+        .await;
+    assert_eq!(hook.status, StatusCode::CREATED, "{:?}", hook.body);
+    assert_eq!(hook.body["status"], "rejected");
+    assert_eq!(
+        hook.body["policy_reasons"][0]["rule"],
+        "forbidden_labels[0]"
+    );
+    // An allowed job still runs.
+    let allowed = api
+        .call("POST", "/api/jobs", Some(&api.org(1)), Some(direct_job()))
+        .await;
+    assert_eq!(allowed.body["status"], "queued");
+    assert!(allowed.body["policy_reasons"]
+        .as_array()
+        .expect("reasons")
+        .is_empty());
+    let listed = api
+        .call("GET", "/api/jobs?status=rejected", Some(&api.admin()), None)
+        .await;
+    assert_eq!(listed.body["jobs"].as_array().map(Vec::len), Some(2));
+}
+
+pub async fn a_dry_run_policy_records_but_admits(store: Arc<dyn Store>) {
+    let path = policy_file("version: 1\ndry_run: true\nforbidden_labels: [\"gpu-*\"]\n");
+    let api = Api::new(
+        store,
+        &[("NIMBUS_JOB_POLICY_PATH", path.to_str().expect("utf-8"))],
+    )
+    .await;
+    api.add_org(1, "acme").await;
+    let mut body = direct_job();
+    body["labels"] = json!(["gpu-a100"]);
+    let reply = api
+        .call("POST", "/api/jobs", Some(&api.org(1)), Some(body))
+        .await;
+    assert_eq!(reply.body["status"], "queued");
+    assert_eq!(
+        reply.body["policy_reasons"][0]["rule"],
+        "forbidden_labels[0]"
+    );
+    assert_eq!(
+        api.metric(
+            "nimbus_control_plane_policy_dry_run_denials_total{rule=\"forbidden_labels[0]\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        api.metric("nimbus_control_plane_policy_denials_total{rule=\"forbidden_labels[0]\"}")
+            .await,
+        0.0
+    );
+    let lease = api
+        .call("POST", "/api/jobs/lease", Some(&api.agent()), None)
+        .await;
+    assert_eq!(lease.status, StatusCode::OK);
+}
+
+pub async fn a_bad_policy_reload_keeps_the_previous_policy(store: Arc<dyn Store>) {
+    let path = policy_file("version: 1\nforbidden_labels: [privileged]\n");
+    let api = Api::new(
+        store,
+        &[("NIMBUS_JOB_POLICY_PATH", path.to_str().expect("utf-8"))],
+    )
+    .await;
+    api.add_org(1, "acme").await;
+    let privileged = || {
+        let mut body = direct_job();
+        body["labels"] = json!(["privileged"]);
+        body
+    };
+    std::fs::write(&path, "version: 1\nforbidden_labels: [privileged\n").expect("write");
+    let err = api.state.reload_policy().expect_err("bad policy");
+    assert!(err.to_string().contains("policy.yaml:3:1"), "{err}");
+    assert_eq!(
+        api.metric("nimbus_control_plane_policy_reload_errors_total")
+            .await,
+        1.0
+    );
+    let still = api
+        .call("POST", "/api/jobs", Some(&api.org(1)), Some(privileged()))
+        .await;
+    assert_eq!(
+        still.body["status"], "rejected",
+        "the previous policy stays in force"
+    );
+    std::fs::write(&path, "version: 1\n").expect("write");
+    api.state.reload_policy().expect("good policy");
+    let now = api
+        .call("POST", "/api/jobs", Some(&api.org(1)), Some(privileged()))
+        .await;
+    assert_eq!(now.body["status"], "queued");
+    // A policy that does not load stops start-up, naming the position.
+    std::fs::write(&path, "version: 1\nsurprise: true\n").expect("write");
+    let mut env = Env::from_map([("NIMBUS_JWT_SECRET", JWT_SECRET)]);
+    env.set("NIMBUS_JOB_POLICY_PATH", path.to_str().expect("utf-8"));
+    let config = ControlPlaneConfig::from_env(&env).expect("config");
+    let err = ControlPlane::new(config, api.state.store.clone())
+        .err()
+        .expect("start-up fails");
+    assert!(
+        err.to_string().contains("NIMBUS_JOB_POLICY_PATH") && err.to_string().contains(":2:1"),
+        "{err}"
+    );
+}
+
 macro_rules! api_suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -1034,7 +1209,10 @@ macro_rules! api_suite {
                 bad_requests_get_json_errors_and_write_nothing,
                 org_rate_limit_answers_429_with_retry_after,
                 a_dead_agents_job_is_released_after_the_ttl,
-                health_and_metrics
+                health_and_metrics,
+                the_policy_rejects_jobs_with_reasons,
+                a_dry_run_policy_records_but_admits,
+                a_bad_policy_reload_keeps_the_previous_policy
             );
         }
     };

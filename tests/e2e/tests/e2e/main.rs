@@ -1,0 +1,4 @@
+//! The cross-process end-to-end suite: real binaries, loopback ports, real services.
+
+mod control_plane;
+mod policy;
