@@ -71,6 +71,9 @@ impl Dialect for PostgresStore {
     fn lease_sql() -> &'static str {
         LEASE_SQL.as_str()
     }
+    fn admission_sql() -> Option<&'static str> {
+        Some(super::sql::ADMIT_WITH_CTE.as_str())
+    }
     const LABEL_FILTER: (&'static str, &'static str) =
         (" AND jobs.labels::jsonb @> jsonb_build_array(", "::text)");
 }

@@ -16,6 +16,15 @@ pub(crate) trait Dialect {
     /// `UPDATE jobs … RETURNING <JOB_COLUMNS>` that claims the oldest queued job.
     /// Binds: $1 lease_id, $2 agent_id, $3 expires_at, $4 now, $5 org_id (nullable).
     fn lease_sql() -> &'static str;
+    /// One statement that records the delivery, inserts the job and its metadata
+    /// rows, for dialects that can (PostgreSQL's data-modifying `WITH`); `None`
+    /// means a transaction of several statements. Binds: $1..$22 as `INSERT_JOB`,
+    /// $23 delivery id (nullable), $24 received at (nullable). Returns one row:
+    /// `fresh_delivery` (1 if the delivery was recorded now) and the job's columns
+    /// (NULL when no job was inserted).
+    fn admission_sql() -> Option<&'static str> {
+        None
+    }
     /// Text before and after the bound label in a `list_jobs` filter.
     const LABEL_FILTER: (&'static str, &'static str);
 }
@@ -35,14 +44,39 @@ pub(crate) const INSERT_DELIVERY: &str =
 
 pub(crate) static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO jobs (org_id, repo, repo_id, source, status, labels, metadata, spec, attempt, \
-         fencing_token, created_at, updated_at, github_job_id, github_run_id, github_run_attempt, \
-         github_workflow_name, github_job_name, github_head_sha, github_head_branch, \
-         github_installation_id, github_status, github_conclusion, github_runner_name, \
-         policy_reasons, finished_at) \
-         VALUES ($1, $2, $3, $4, $20, $5, $6, $7, 1, 0, $8, $8, $9, $10, $11, $12, $13, $14, \
-         $15, $16, $17, $18, $19, $21, $22) \
+        "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({JOB_INSERT_VALUES}) \
          ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS}"
+    )
+});
+
+/// `INSERT_JOB`'s columns and values, shared with the one-statement admission.
+const JOB_INSERT_COLUMNS: &str = "org_id, repo, repo_id, source, status, labels, metadata, spec, \
+     attempt, fencing_token, created_at, updated_at, github_job_id, github_run_id, \
+     github_run_attempt, github_workflow_name, github_job_name, github_head_sha, \
+     github_head_branch, github_installation_id, github_status, github_conclusion, \
+     github_runner_name, policy_reasons, finished_at";
+const JOB_INSERT_VALUES: &str =
+    "$1, $2, $3, $4, $20, $5, $6, $7, 1, 0, $8, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18, $19, $21, $22";
+
+/// PostgreSQL's one-statement admission (see [`Dialect::admission_sql`]).
+pub(crate) static ADMIT_WITH_CTE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH delivery AS ( \
+           INSERT INTO webhook_deliveries (delivery_id, received_at) \
+           SELECT $23::TEXT, $24::BIGINT WHERE $23::TEXT IS NOT NULL \
+           ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id \
+         ), inserted AS ( \
+           INSERT INTO jobs ({JOB_INSERT_COLUMNS}) \
+           SELECT {JOB_INSERT_VALUES} WHERE $23::TEXT IS NULL OR EXISTS (SELECT 1 FROM delivery) \
+           ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS} \
+         ), metadata AS ( \
+           INSERT INTO job_metadata (job_id, org_id, key, value) \
+           SELECT inserted.id, inserted.org_id, kv.key, kv.value \
+           FROM inserted CROSS JOIN LATERAL jsonb_each_text(inserted.metadata::jsonb) AS kv \
+         ) \
+         SELECT fresh.n AS fresh_delivery, inserted.* \
+         FROM (SELECT COUNT(*) AS n FROM delivery) AS fresh LEFT JOIN inserted ON TRUE"
     )
 });
 
@@ -130,6 +164,85 @@ macro_rules! impl_shared_store {
             serde_json::to_string(value).map_err(|e| __Error::Internal(format!("encoding: {e}")))
         }
 
+        /// A new job's columns that need encoding, encoded once.
+        struct __Encoded {
+            labels: String,
+            metadata: String,
+            spec: String,
+            policy_reasons: Option<String>,
+            now_ms: i64,
+        }
+
+        /// Binds $1..$22 of `INSERT_JOB` (and of the dialect's admission statement).
+        fn __bind_new_job<'q>(
+            query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+            job: &'q __NewJob,
+            encoded: &'q __Encoded,
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+            let github = job.github.as_ref();
+            query
+                .bind(job.org_id)
+                .bind(&job.repo.full_name)
+                .bind(job.repo.id)
+                .bind(job.source.as_str())
+                .bind(&encoded.labels)
+                .bind(&encoded.metadata)
+                .bind(&encoded.spec)
+                .bind(encoded.now_ms)
+                .bind(github.map(|g| g.job_id))
+                .bind(github.map(|g| g.run_id))
+                .bind(github.map(|g| g.run_attempt))
+                .bind(github.and_then(|g| g.workflow_name.as_deref()))
+                .bind(github.and_then(|g| g.job_name.as_deref()))
+                .bind(github.and_then(|g| g.head_sha.as_deref()))
+                .bind(github.and_then(|g| g.head_branch.as_deref()))
+                .bind(github.and_then(|g| g.installation_id))
+                .bind(github.map(|g| g.status.as_str()))
+                .bind(github.and_then(|g| g.conclusion.as_deref()))
+                .bind(github.and_then(|g| g.runner_name.as_deref()))
+                .bind(if job.rejected { "rejected" } else { "queued" })
+                .bind(encoded.policy_reasons.as_deref())
+                .bind(job.rejected.then_some(encoded.now_ms))
+        }
+
+        impl $store {
+            /// Admission as one statement (delivery, job and metadata rows together),
+            /// for dialects that can modify several tables in one statement: one
+            /// round trip and no explicit transaction.
+            async fn admit_in_one_statement(
+                &self,
+                sql: &'static str,
+                job: &__NewJob,
+                encoded: &__Encoded,
+                admission: &__Admission,
+            ) -> __Result<__Enqueued> {
+                use sqlx::Row;
+                let delivery = admission.delivery.as_ref();
+                let row = __bind_new_job(sqlx::query(sql), job, encoded)
+                    .bind(delivery.map(|d| d.id.as_str()))
+                    .bind(delivery.map(|d| __to_millis(d.received_at)))
+                    .fetch_one(&self.writer)
+                    .await?;
+                let fresh_delivery: i64 = row.try_get("fresh_delivery")?;
+                let id: Option<i64> = row.try_get("id")?;
+                if id.is_some() {
+                    let job = __Job::try_from(<__JobRow as sqlx::FromRow<_>>::from_row(&row)?)?;
+                    return Ok(__Enqueued { job, created: true });
+                }
+                if let Some(delivery) = delivery {
+                    if fresh_delivery == 0 {
+                        return Err(__Error::ReplayedDelivery { delivery_id: delivery.id.clone() });
+                    }
+                }
+                // Not inserted for another reason: that GitHub job is already queued.
+                let existing: __JobRow = sqlx::query_as(__sql::SELECT_JOB_BY_GITHUB_ID.as_str())
+                    .bind(job.github.as_ref().map(|g| g.job_id))
+                    .fetch_one(&self.writer)
+                    .await?;
+                Ok(__Enqueued { job: __Job::try_from(existing)?, created: false })
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::JobQueue for $store {
             async fn enqueue(
@@ -164,6 +277,10 @@ macro_rules! impl_shared_store {
                         });
                     }
                 }
+                let encoded = __Encoded { labels, metadata, spec, policy_reasons, now_ms };
+                if let Some(sql) = <$store as __sql::Dialect>::admission_sql() {
+                    return self.admit_in_one_statement(sql, &job, &encoded, admission).await;
+                }
                 let mut tx = self.writer.begin().await?;
                 // Returning early drops `tx`, which rolls everything back.
                 if let Some(delivery) = &admission.delivery {
@@ -179,33 +296,11 @@ macro_rules! impl_shared_store {
                         });
                     }
                 }
-                let inserted: Option<__JobRow> = sqlx::query_as(__sql::INSERT_JOB.as_str())
-                    .bind(job.org_id)
-                    .bind(&job.repo.full_name)
-                    .bind(job.repo.id)
-                    .bind(job.source.as_str())
-                    .bind(&labels)
-                    .bind(&metadata)
-                    .bind(&spec)
-                    .bind(now_ms)
-                    .bind(github.map(|g| g.job_id))
-                    .bind(github.map(|g| g.run_id))
-                    .bind(github.map(|g| g.run_attempt))
-                    .bind(github.and_then(|g| g.workflow_name.clone()))
-                    .bind(github.and_then(|g| g.job_name.clone()))
-                    .bind(github.and_then(|g| g.head_sha.clone()))
-                    .bind(github.and_then(|g| g.head_branch.clone()))
-                    .bind(github.and_then(|g| g.installation_id))
-                    .bind(github.map(|g| g.status.clone()))
-                    .bind(github.and_then(|g| g.conclusion.clone()))
-                    .bind(github.and_then(|g| g.runner_name.clone()))
-                    .bind(if job.rejected { "rejected" } else { "queued" })
-                    .bind(policy_reasons)
-                    .bind(job.rejected.then_some(now_ms))
+                let inserted = __bind_new_job(sqlx::query(__sql::INSERT_JOB.as_str()), &job, &encoded)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let (row, created) = match inserted {
-                    Some(row) => (row, true),
+                    Some(row) => (<__JobRow as sqlx::FromRow<_>>::from_row(&row)?, true),
                     None => {
                         let github_job_id = github.map(|g| g.job_id);
                         let existing: __JobRow =

@@ -162,7 +162,7 @@ async fn a_running_control_plane_reloads_its_policy_file() {
     );
 
     // …and a good edit takes effect without a restart.
-    std::fs::write(&policy, "version: 1\nforbidden_labels: [other]\n").expect("write");
+    std::fs::write(&policy, "version: 1\nforbidden_labels: [otherlabel]\n").expect("write");
     let started = Instant::now();
     loop {
         let status = org.submit_job(&job).await.expect("submit").status;
@@ -174,6 +174,47 @@ async fn a_running_control_plane_reloads_its_policy_file() {
             "policy not reloaded within 10 s"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // SIGHUP reloads even an edit the file watch cannot see (same size, same mtime).
+    let reference = dir.join("reference");
+    std::fs::write(&reference, "").expect("write");
+    let touch = |args: &[&str]| {
+        assert!(Command::new("touch")
+            .args(args)
+            .status()
+            .expect("touch")
+            .success())
+    };
+    touch(&[
+        "-r",
+        policy.to_str().expect("utf-8"),
+        reference.to_str().expect("utf-8"),
+    ]);
+    std::fs::write(&policy, "version: 1\nforbidden_labels: [privileged]\n").expect("write");
+    touch(&[
+        "-r",
+        reference.to_str().expect("utf-8"),
+        policy.to_str().expect("utf-8"),
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        org.submit_job(&job).await.expect("submit").status,
+        nimbus_core::JobStatus::Queued,
+        "the watch saw no change"
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &process.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let started = Instant::now();
+    while org.submit_job(&job).await.expect("submit").status != nimbus_core::JobStatus::Rejected {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload the policy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = std::fs::remove_dir_all(dir);
 }
