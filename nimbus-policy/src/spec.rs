@@ -31,7 +31,9 @@ pub struct PolicySpec {
     pub orgs: BTreeMap<OrgKey, RuleSet>,
 }
 
-/// The rules an org may add or override.
+/// The rules an org may add or override. The same fields stand in [`PolicySpec`]
+/// rather than being flattened into it, because serde cannot combine `flatten`
+/// with `deny_unknown_fields`, and unknown fields must be errors.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSet {

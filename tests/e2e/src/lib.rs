@@ -109,6 +109,14 @@ impl ControlPlaneProcess {
         }
     }
 
+    /// The `/metrics` text, fetched from loopback (no token needed).
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.url))
+            .await?
+            .text()
+            .await?)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -155,4 +163,14 @@ pub fn nimbus_cli(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
         );
     }
     Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+/// Mints a token with the real CLI: `nimbus token mint ARGS…` under the test secret.
+pub fn mint_token(args: &[&str]) -> Result<nimbus_core::Secret> {
+    let mut all = vec!["token", "mint"];
+    all.extend_from_slice(args);
+    Ok(nimbus_core::Secret::new(nimbus_cli(
+        &all,
+        &[("NIMBUS_JWT_SECRET", JWT_SECRET)],
+    )?))
 }

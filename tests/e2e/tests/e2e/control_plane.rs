@@ -9,14 +9,12 @@ use std::time::Duration;
 use nimbus_core::client::ControlPlaneClient;
 use nimbus_core::domain::{Completion, CompletionStatus};
 use nimbus_core::Secret;
-use nimbus_e2e::{nimbus_cli, ControlPlaneProcess, JWT_SECRET, WEBHOOK_SECRET};
+use nimbus_e2e::{mint_token, ControlPlaneProcess, WEBHOOK_SECRET};
 use serde_json::json;
 use tokio::sync::Mutex;
 
 fn token(args: &[&str]) -> Secret {
-    let mut all = vec!["token", "mint"];
-    all.extend_from_slice(args);
-    Secret::new(nimbus_cli(&all, &[("NIMBUS_JWT_SECRET", JWT_SECRET)]).expect("nimbus token mint"))
+    mint_token(args).expect("nimbus token mint")
 }
 
 fn job_body(n: usize) -> serde_json::Value {
@@ -248,12 +246,7 @@ async fn embedded_default_runs_the_job_lifecycle_and_blocks_replays() {
         .await
         .expect("send");
     assert_eq!(status, 409, "{answer}");
-    let metrics = reqwest::get(format!("{}/metrics", process.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = process.metrics().await.expect("metrics");
     assert!(
         metrics
             .lines()

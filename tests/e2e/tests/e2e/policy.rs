@@ -5,8 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nimbus_core::client::ControlPlaneClient;
-use nimbus_core::Secret;
-use nimbus_e2e::{bin, nimbus_cli, ControlPlaneProcess, JWT_SECRET};
+use nimbus_e2e::{bin, mint_token, ControlPlaneProcess};
 use serde_json::json;
 
 fn scratch() -> std::path::PathBuf {
@@ -122,11 +121,7 @@ async fn a_running_control_plane_reloads_its_policy_file() {
         ControlPlaneProcess::start(&[("NIMBUS_JOB_POLICY_PATH", policy.display().to_string())])
             .await
             .expect("control plane");
-    let token = |args: &[&str]| {
-        let mut all = vec!["token", "mint"];
-        all.extend_from_slice(args);
-        Secret::new(nimbus_cli(&all, &[("NIMBUS_JWT_SECRET", JWT_SECRET)]).expect("mint"))
-    };
+    let token = |args: &[&str]| mint_token(args).expect("nimbus token mint");
     let admin =
         ControlPlaneClient::new(&process.url, Some(token(&["--role", "admin"]))).expect("client");
     admin.upsert_org(1, "acme").await.expect("org");
@@ -148,12 +143,7 @@ async fn a_running_control_plane_reloads_its_policy_file() {
         org.submit_job(&job).await.expect("submit").status,
         nimbus_core::JobStatus::Rejected
     );
-    let metrics = reqwest::get(format!("{}/metrics", process.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = process.metrics().await.expect("metrics");
     assert!(
         metrics
             .lines()
