@@ -60,6 +60,7 @@ const JOB_INSERT_VALUES: &str =
      $13, $14, $15, $16, $17, $18, $19, $21, $22";
 
 /// PostgreSQL's one-statement admission (see [`Dialect::admission_sql`]).
+#[cfg(feature = "postgres")]
 pub(crate) static ADMIT_WITH_CTE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH delivery AS ( \
