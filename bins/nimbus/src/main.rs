@@ -93,11 +93,13 @@ impl From<RoleArg> for Role {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Command::Policy(command) = cli.command {
-        return policy(command);
-    }
-    match run(cli) {
+    let outcome = match Cli::parse().command {
+        // Policy commands have exit codes of their own (0 allow, 1 deny, 2 invalid).
+        Command::Policy(command) => return policy(command),
+        Command::Token(command) => token(command),
+        Command::Config(command) => config_command(command),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("nimbus: {message}");
@@ -106,14 +108,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    match cli.command {
-        Command::Token(TokenCommand::Mint {
+fn token(command: TokenCommand) -> Result<(), String> {
+    match command {
+        TokenCommand::Mint {
             role,
             org_id,
             sub,
             ttl,
-        }) => {
+        } => {
             let role = Role::from(role);
             if role == Role::Org && org_id.is_none() {
                 return Err("--role org needs --org-id N".into());
@@ -133,11 +135,15 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{token}");
             Ok(())
         }
-        Command::Config(ConfigCommand::Docs) => {
+    }
+}
+
+fn config_command(command: ConfigCommand) -> Result<(), String> {
+    match command {
+        ConfigCommand::Docs => {
             print!("{}", config::render_variables_table());
             Ok(())
         }
-        Command::Policy(_) => Err("handled in main".into()),
     }
 }
 
