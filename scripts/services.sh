@@ -44,7 +44,7 @@ status_postgres() { pg_up && echo "postgres: up" || echo "postgres: down"; }
 
 # --- ClickHouse (chdb-core serving the HTTP interface) ----------------------------
 CH_VERSION=26.9.0
-ch_up() { curl -sf http://127.0.0.1:8123/ping; }
+ch_up() { curl -sf -o /dev/null http://127.0.0.1:8123/ping; }
 start_clickhouse() {
   if ch_up; then log "clickhouse: up"; return 0; fi
   if [[ ! -x "$SVC/chvenv/bin/python" ]] || ! "$SVC/chvenv/bin/python" -c "import chdb" 2>/dev/null; then
