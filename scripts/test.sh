@@ -25,3 +25,6 @@ fi
 # The end-to-end suite runs the real binaries: build them with the tests, once.
 cargo build --workspace --bins --tests --locked
 cargo test --workspace --locked
+
+# Examples for embedders: compiled by the line above; run the quick ones.
+cargo run -q --locked -p nimbus-examples --example embedded_control_plane

@@ -32,6 +32,30 @@ enum Command {
     /// Admission policies (docs/policy-as-code.md).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Local development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Signs a recorded GitHub webhook with NIMBUS_GITHUB_WEBHOOK_SECRET and sends it to
+    /// the control plane at NIMBUS_CONTROL_PLANE_URL, so the GitHub path can be tried
+    /// without GitHub. The action's timestamp is set to now (recordings are older than
+    /// the freshness window) and the delivery id is fresh, unless told otherwise.
+    Webhook {
+        /// The payload, e.g. examples/webhooks/workflow_job_queued.json.
+        file: PathBuf,
+        /// X-GitHub-Event (default: workflow_job, or ping for a payload with `zen`).
+        #[arg(long)]
+        event: Option<String>,
+        /// X-GitHub-Delivery to send (default: a new UUID). Reuse one to try replay protection.
+        #[arg(long)]
+        delivery: Option<String>,
+        /// Send the payload's timestamps as recorded.
+        #[arg(long)]
+        keep_timestamps: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +122,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => return policy(command),
         Command::Token(command) => token(command),
         Command::Config(command) => config_command(command),
+        Command::Dev(command) => dev(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,4 +259,72 @@ fn read_facts(path: &PathBuf) -> Result<JobFacts, String> {
         });
     }
     serde_json::from_value(value).map_err(|e| format!("not job facts: {e}"))
+}
+
+fn dev(command: DevCommand) -> Result<(), String> {
+    let DevCommand::Webhook {
+        file,
+        event,
+        delivery,
+        keep_timestamps,
+    } = command;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut payload: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: invalid JSON: {e}", file.display()))?;
+    let event = event.unwrap_or_else(|| {
+        if payload.get("zen").is_some() {
+            "ping"
+        } else {
+            "workflow_job"
+        }
+        .to_string()
+    });
+    if !keep_timestamps {
+        refresh_action_timestamp(&mut payload);
+    }
+    let env = Env::from_process().map_err(|e| e.to_string())?;
+    let secret = env
+        .get("NIMBUS_GITHUB_WEBHOOK_SECRET")
+        .ok_or("NIMBUS_GITHUB_WEBHOOK_SECRET is not set (the control plane's webhook secret)")?
+        .to_string();
+    let client_config = nimbus_core::ClientConfig::from_env(&env).map_err(|e| e.to_string())?;
+    let client = nimbus_core::client::ControlPlaneClient::from_config(&client_config)
+        .map_err(|e| e.to_string())?;
+    let delivery = delivery.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (status, answer) = runtime
+        .block_on(client.send_webhook(secret.as_bytes(), &event, &delivery, body))
+        .map_err(|e| format!("sending to {}: {e}", client.base_url()))?;
+    println!("{status} {answer}");
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the control plane answered {status} (delivery {delivery})"
+        ))
+    }
+}
+
+/// Sets the timestamp the control plane judges freshness by (created_at for queued,
+/// started_at for in_progress, completed_at for completed) to now.
+fn refresh_action_timestamp(payload: &mut serde_json::Value) {
+    let field = match payload.get("action").and_then(|a| a.as_str()) {
+        Some("in_progress") => "started_at",
+        Some("completed") => "completed_at",
+        Some(_) => "created_at",
+        None => return,
+    };
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    if let Some(job) = payload
+        .get_mut("workflow_job")
+        .and_then(|j| j.as_object_mut())
+    {
+        job.insert(field.to_string(), serde_json::Value::String(now));
+    }
 }

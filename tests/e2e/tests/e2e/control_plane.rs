@@ -281,3 +281,39 @@ fn time_now() -> String {
         .expect("date");
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nimbus_dev_webhook_sends_a_recorded_delivery() {
+    let process = ControlPlaneProcess::start(&[])
+        .await
+        .expect("control plane");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/webhooks/workflow_job_queued.json"
+    );
+    let env = [
+        ("NIMBUS_CONTROL_PLANE_URL", process.url.as_str()),
+        ("NIMBUS_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ];
+    let delivery = "dev-webhook-e2e";
+    let answer = nimbus_e2e::nimbus_cli(&["dev", "webhook", example, "--delivery", delivery], &env)
+        .expect("first delivery");
+    assert!(answer.starts_with("201 "), "{answer}");
+    // The same delivery again is a replay: refused, and the command fails.
+    let replay = std::process::Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
+        .args(["dev", "webhook", example, "--delivery", delivery])
+        .envs(env)
+        .output()
+        .expect("run nimbus");
+    assert!(!replay.status.success());
+    assert!(String::from_utf8_lossy(&replay.stdout).starts_with("409 "));
+    let admin =
+        ControlPlaneClient::new(&process.url, Some(token(&["--role", "admin"]))).expect("client");
+    let jobs = admin.list_jobs(&[]).await.expect("list");
+    assert_eq!(jobs.jobs.len(), 1);
+    assert_eq!(jobs.jobs[0].repo, "acme/app");
+    assert_eq!(
+        jobs.jobs[0].metadata.get("python").map(String::as_str),
+        Some("3.12")
+    );
+}
