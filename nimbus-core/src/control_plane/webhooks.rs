@@ -1,10 +1,12 @@
 //! `POST /webhooks/github`: signed `workflow_job` intake with replay protection.
 //!
-//! Order matters: the signature is checked before anything is parsed; a delivery id
-//! already processed is refused before any work; the delivery id is recorded only
-//! once its event was processed (in the same transaction as the job it creates), so
-//! GitHub's manual redelivery of a failed delivery is accepted and of a successful
-//! one refused.
+//! Order matters: the signature is checked before anything is parsed; the delivery
+//! id is recorded only once its event was processed (in the same statement or
+//! transaction as the job it creates), so GitHub's manual redelivery of a failed
+//! delivery is accepted and of a successful one refused. Recording is what detects a
+//! replay: a `queued` replay is refused by the admission itself (which saves a
+//! look-up per webhook on the hot path), others when they are recorded or, for job
+//! updates, by a look-up before the update.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -92,11 +94,6 @@ async fn handle(state: &ControlPlane, headers: &HeaderMap, body: &[u8]) -> Resul
         return Err(Error::invalid(format!(
             "X-GitHub-Delivery is longer than {MAX_DELIVERY_ID} bytes"
         )));
-    }
-    if state.store.delivery_seen(delivery_id).await? {
-        return Err(Error::ReplayedDelivery {
-            delivery_id: delivery_id.to_owned(),
-        });
     }
     let now = state.now();
     let delivery = Delivery {
@@ -211,6 +208,13 @@ async fn workflow_job(
             ))
         }
         WorkflowJobAction::InProgress | WorkflowJobAction::Completed => {
+            // Refuse a replay before touching the job (the update is idempotent, but
+            // a replay should change nothing at all).
+            if state.store.delivery_seen(&delivery.id).await? {
+                return Err(Error::ReplayedDelivery {
+                    delivery_id: delivery.id.clone(),
+                });
+            }
             let update = GithubJobUpdate {
                 github_job_id,
                 status: event.action.as_str().to_owned(),

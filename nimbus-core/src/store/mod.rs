@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 #[macro_use]
 mod sql;
 #[cfg(feature = "postgres")]
+mod batch;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 mod row;
 pub mod sqlite;

@@ -23,6 +23,8 @@ pub struct PostgresStore {
     /// hold that row's lock through a WAL flush, serialising the org's admissions.
     /// A crash may forget the last few increments, which a rate limit can afford.
     counters: PgPool,
+    /// Batches concurrent admissions of GitHub jobs into one statement.
+    batcher: super::batch::AdmissionBatcher,
 }
 
 impl PostgresStore {
@@ -52,6 +54,7 @@ impl PostgresStore {
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(PostgresStore {
+            batcher: super::batch::AdmissionBatcher::spawn(pool.clone(), counters.clone()),
             writer: pool.clone(),
             reader: pool,
             counters,
@@ -73,6 +76,9 @@ impl Dialect for PostgresStore {
     }
     fn admission_sql() -> Option<&'static str> {
         Some(super::sql::ADMIT_WITH_CTE.as_str())
+    }
+    fn admission_batcher(&self) -> Option<&super::batch::AdmissionBatcher> {
+        Some(&self.batcher)
     }
     const LABEL_FILTER: (&'static str, &'static str) =
         (" AND jobs.labels::jsonb @> jsonb_build_array(", "::text)");

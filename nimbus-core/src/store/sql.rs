@@ -25,6 +25,11 @@ pub(crate) trait Dialect {
     fn admission_sql() -> Option<&'static str> {
         None
     }
+    /// Where admissions of GitHub jobs are batched, for dialects that batch.
+    #[cfg(feature = "postgres")]
+    fn admission_batcher(&self) -> Option<&super::batch::AdmissionBatcher> {
+        None
+    }
     /// Text before and after the bound label in a `list_jobs` filter.
     const LABEL_FILTER: (&'static str, &'static str);
 }
@@ -50,7 +55,8 @@ pub(crate) static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// `INSERT_JOB`'s columns and values, shared with the one-statement admission.
-const JOB_INSERT_COLUMNS: &str = "org_id, repo, repo_id, source, status, labels, metadata, spec, \
+pub(crate) const JOB_INSERT_COLUMNS: &str =
+    "org_id, repo, repo_id, source, status, labels, metadata, spec, \
      attempt, fencing_token, created_at, updated_at, github_job_id, github_run_id, \
      github_run_attempt, github_workflow_name, github_job_name, github_head_sha, \
      github_head_branch, github_installation_id, github_status, github_conclusion, \
@@ -136,6 +142,15 @@ pub(crate) const RATE_LIMIT_HIT: &str = "INSERT INTO rate_limits (key, window_st
                     THEN rate_limits.count + 1 ELSE 1 END, \
        window_start = excluded.window_start \
      RETURNING count, window_start";
+
+/// Adds $3 requests to a counter. Binds: $1 key, $2 window start, $3 how many.
+#[cfg(feature = "postgres")]
+pub(crate) const RATE_LIMIT_ADD: &str = "INSERT INTO rate_limits (key, window_start, count) \
+     VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE SET \
+       count = CASE WHEN rate_limits.window_start = excluded.window_start \
+                    THEN rate_limits.count + excluded.count ELSE excluded.count END, \
+       window_start = excluded.window_start \
+     RETURNING count";
 
 pub(crate) const UPSERT_ORG: &str = "INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3) \
      ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING id, name, created_at";
@@ -262,6 +277,32 @@ macro_rules! impl_shared_store {
                 };
                 let github = job.github.as_ref();
                 let now_ms = __to_millis(now);
+                #[cfg(feature = "postgres")]
+                if let Some(batcher) = <$store as __sql::Dialect>::admission_batcher(self) {
+                    if job.github.is_some() {
+                        return batcher
+                            .admit($crate::store::batch::BatchJob {
+                                job,
+                                labels,
+                                metadata,
+                                spec,
+                                policy_reasons,
+                                now_ms,
+                                delivery: admission.delivery.clone(),
+                                rate_limit: admission.rate_limit.clone(),
+                                now,
+                            })
+                            .await;
+                    }
+                }
+                // A replay is refused before it is counted against the rate limit.
+                if let Some(delivery) = &admission.delivery {
+                    if $crate::store::DeliveryLog::delivery_seen(self, &delivery.id).await? {
+                        return Err(__Error::ReplayedDelivery {
+                            delivery_id: delivery.id.clone(),
+                        });
+                    }
+                }
                 // The rate limit is counted first, on the `counters` pool: its hot
                 // row must not stay locked while the admission transaction commits.
                 if let Some(rate) = &admission.rate_limit {

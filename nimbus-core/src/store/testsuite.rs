@@ -616,6 +616,125 @@ pub async fn concurrent_leases_never_hand_out_a_job_twice(store: Arc<dyn Store>)
     assert_eq!(counts, vec![(JobStatus::Succeeded, JOBS as i64)]);
 }
 
+pub async fn concurrent_webhook_admissions_are_each_answered(store: Arc<dyn Store>) {
+    // 60 distinct GitHub jobs, each delivered once, plus for every third a replay of
+    // the same delivery and for every fifth a second delivery of the same GitHub job,
+    // all at once (PostgreSQL batches these into shared statements).
+    let mut requests = Vec::new();
+    for n in 0..60i64 {
+        requests.push((n, format!("delivery-{n}"), "first"));
+        if n % 3 == 0 {
+            requests.push((n, format!("delivery-{n}"), "replay"));
+        }
+        if n % 5 == 0 {
+            requests.push((n, format!("redelivery-{n}"), "second"));
+        }
+    }
+    let mut tasks = Vec::new();
+    for (n, delivery, kind) in requests {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut job = github_job(1, 10_000 + n);
+            job.labels.push(format!("param:n={n}"));
+            job.metadata = crate::domain::metadata_from_labels(&job.labels);
+            let admission = Admission {
+                delivery: Some(Delivery {
+                    id: delivery,
+                    received_at: t0(),
+                }),
+                rate_limit: None,
+            };
+            (n, kind, store.enqueue(job, &admission, t0()).await)
+        }));
+    }
+    let mut created = std::collections::BTreeMap::new();
+    let mut replays = 0;
+    for task in tasks {
+        let (n, kind, result) = task.await.expect("task");
+        match (kind, result) {
+            ("replay", Err(e)) | ("first", Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::Conflict, "{n} {kind}: {e}");
+                replays += 1;
+            }
+            (_, Ok(enqueued)) => {
+                assert_eq!(
+                    enqueued.job.github.as_ref().map(|g| g.job_id),
+                    Some(10_000 + n)
+                );
+                if enqueued.created {
+                    assert!(
+                        created.insert(n, enqueued.job.id).is_none(),
+                        "job {n} created twice"
+                    );
+                    assert_eq!(enqueued.job.metadata.get("n"), Some(&n.to_string()));
+                }
+            }
+            (kind, Err(e)) => panic!("{n} {kind}: {e}"),
+        }
+    }
+    assert_eq!(replays, 20, "one of each replayed pair is refused");
+    assert_eq!(created.len(), 60, "every GitHub job queued exactly once");
+    let page = store
+        .list_jobs(&JobFilter {
+            limit: 500,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.jobs.len(), 60);
+    let values = store
+        .metadata_values(Some(1), "n", 1000)
+        .await
+        .expect("metadata");
+    assert_eq!(values.len(), 60, "metadata rows for every job");
+}
+
+pub async fn concurrent_admissions_respect_the_rate_limit(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for n in 0..20i64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let admission = Admission {
+                delivery: Some(Delivery {
+                    id: format!("limited-{n}"),
+                    received_at: t0(),
+                }),
+                rate_limit: Some(RateLimit {
+                    key: "org-jobs:1".into(),
+                    limit: 7,
+                    interval: Duration::from_secs(60),
+                }),
+            };
+            store
+                .enqueue(github_job(1, 20_000 + n), &admission, t0())
+                .await
+        }));
+    }
+    let (mut created, mut limited) = (0, 0);
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(enqueued) => {
+                assert!(enqueued.created);
+                created += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!((created, limited), (7, 13));
+    assert_eq!(
+        store
+            .list_jobs(&JobFilter::default())
+            .await
+            .expect("list")
+            .jobs
+            .len(),
+        7
+    );
+}
+
 pub async fn leases_can_be_limited_to_one_org(store: Arc<dyn Store>) {
     let other = store
         .enqueue(
@@ -817,6 +936,8 @@ macro_rules! store_test_suite {
                 jobs_fail_after_max_attempts,
                 concurrent_leases_never_hand_out_a_job_twice,
                 leases_can_be_limited_to_one_org,
+                concurrent_webhook_admissions_are_each_answered,
+                concurrent_admissions_respect_the_rate_limit,
                 rate_limits_count_per_key_and_window,
                 github_updates_follow_the_job,
                 deliveries_are_recorded_and_pruned,
