@@ -20,7 +20,7 @@ use crate::domain::{to_millis, Job, NewJob};
 use crate::error::{Error, Result};
 use crate::store::row::{JobRow, JOB_COLUMNS};
 use crate::store::sql::RATE_LIMIT_ADD;
-use crate::store::sql::{JOB_INSERT_COLUMNS, SELECT_JOB_BY_GITHUB_ID};
+use crate::store::sql::{INSERT_METADATA_OF_INSERTED, JOB_INSERT_COLUMNS, SELECT_JOB_BY_GITHUB_ID};
 use crate::store::{rate_window, Delivery, Enqueued, RateLimit};
 
 /// Most admissions in one statement.
@@ -114,66 +114,53 @@ async fn run(pool: PgPool, counters: PgPool, mut receiver: mpsc::UnboundedReceiv
         let pool = pool.clone();
         let counters = counters.clone();
         tokio::spawn(async move {
-            // Replays, then rate limits: refused requests are answered and leave the
-            // batch (a replay is not counted against the limit).
-            let batch = match refuse_replays(&pool, batch).await {
-                Ok(batch) => batch,
-                Err((batch, error)) => {
-                    let message = error.to_string();
-                    for request in batch {
-                        let _ = request.reply.send(Err(Error::Unavailable(format!(
-                            "replay check failed: {message}"
-                        ))));
-                    }
-                    drop(permit);
-                    return;
-                }
-            };
-            let limited = match count_rate_limits(&counters, &batch).await {
-                Ok(limited) => limited,
-                Err(error) => {
-                    let message = error.to_string();
-                    for request in batch {
-                        let _ = request.reply.send(Err(Error::Unavailable(format!(
-                            "rate limit check failed: {message}"
-                        ))));
-                    }
-                    drop(permit);
-                    return;
-                }
-            };
-            let mut admitted = Vec::with_capacity(batch.len());
-            for (request, refusal) in batch.into_iter().zip(limited) {
-                match refusal {
-                    Some(error) => {
-                        let _ = request.reply.send(Err(error));
-                    }
-                    None => admitted.push(request),
-                }
-            }
-            let batch = admitted;
-            if batch.is_empty() {
-                drop(permit);
-                return;
-            }
-            let items: Vec<&BatchJob> = batch.iter().map(|r| &r.item).collect();
-            match admit_batch(&pool, &items).await {
-                Ok(results) => {
-                    for (request, result) in batch.into_iter().zip(results) {
-                        let _ = request.reply.send(result);
-                    }
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    for request in batch {
-                        let _ = request.reply.send(Err(Error::Unavailable(format!(
-                            "admission failed: {message}"
-                        ))));
-                    }
-                }
-            }
+            process(&pool, &counters, batch).await;
             drop(permit);
         });
+    }
+}
+
+/// Replays, then rate limits, then the admission statement; every request is
+/// answered exactly once. Refused requests leave the batch before the next step
+/// (so a replay is not counted against the limit).
+async fn process(pool: &PgPool, counters: &PgPool, batch: Vec<Request>) {
+    let batch = match refuse_replays(pool, batch).await {
+        Ok(batch) => batch,
+        Err((batch, error)) => return fail_all(batch, "replay check", &error),
+    };
+    let refusals = match count_rate_limits(counters, &batch).await {
+        Ok(refusals) => refusals,
+        Err(error) => return fail_all(batch, "rate limit check", &error),
+    };
+    let mut admitted = Vec::with_capacity(batch.len());
+    for (request, refusal) in batch.into_iter().zip(refusals) {
+        match refusal {
+            Some(error) => {
+                let _ = request.reply.send(Err(error));
+            }
+            None => admitted.push(request),
+        }
+    }
+    if admitted.is_empty() {
+        return;
+    }
+    let items: Vec<&BatchJob> = admitted.iter().map(|r| &r.item).collect();
+    match admit_batch(pool, &items).await {
+        Ok(results) => {
+            for (request, result) in admitted.into_iter().zip(results) {
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(error) => fail_all(admitted, "admission", &error),
+    }
+}
+
+fn fail_all(batch: Vec<Request>, step: &str, error: &Error) {
+    let message = error.to_string();
+    for request in batch {
+        let _ = request
+            .reply
+            .send(Err(Error::Unavailable(format!("{step} failed: {message}"))));
     }
 }
 
@@ -304,11 +291,7 @@ static ADMIT_BATCH: LazyLock<String> = LazyLock::new(|| {
               OR EXISTS (SELECT 1 FROM delivery d WHERE d.delivery_id = input.delivery_id) \
            ORDER BY ord \
            ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS} \
-         ), metadata AS ( \
-           INSERT INTO job_metadata (job_id, org_id, key, value) \
-           SELECT inserted.id, inserted.org_id, kv.key, kv.value \
-           FROM inserted CROSS JOIN LATERAL jsonb_each_text(inserted.metadata::jsonb) AS kv \
-         ) \
+         ), {INSERT_METADATA_OF_INSERTED} \
          SELECT input.ord AS input_ord, (d.delivery_id IS NOT NULL) AS fresh_delivery, inserted.* \
          FROM input \
          LEFT JOIN delivery d ON d.delivery_id = input.delivery_id \

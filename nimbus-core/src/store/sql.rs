@@ -65,6 +65,14 @@ const JOB_INSERT_VALUES: &str =
     "$1, $2, $3, $4, $20, $5, $6, $7, 1, 0, $8, $8, $9, $10, $11, $12, \
      $13, $14, $15, $16, $17, $18, $19, $21, $22";
 
+/// A `WITH` item writing the metadata rows of the jobs in the `inserted` item.
+#[cfg(feature = "postgres")]
+pub(crate) const INSERT_METADATA_OF_INSERTED: &str = "metadata AS ( \
+       INSERT INTO job_metadata (job_id, org_id, key, value) \
+       SELECT inserted.id, inserted.org_id, kv.key, kv.value \
+       FROM inserted CROSS JOIN LATERAL jsonb_each_text(inserted.metadata::jsonb) AS kv \
+     )";
+
 /// PostgreSQL's one-statement admission (see [`Dialect::admission_sql`]).
 #[cfg(feature = "postgres")]
 pub(crate) static ADMIT_WITH_CTE: LazyLock<String> = LazyLock::new(|| {
@@ -77,11 +85,7 @@ pub(crate) static ADMIT_WITH_CTE: LazyLock<String> = LazyLock::new(|| {
            INSERT INTO jobs ({JOB_INSERT_COLUMNS}) \
            SELECT {JOB_INSERT_VALUES} WHERE $23::TEXT IS NULL OR EXISTS (SELECT 1 FROM delivery) \
            ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS} \
-         ), metadata AS ( \
-           INSERT INTO job_metadata (job_id, org_id, key, value) \
-           SELECT inserted.id, inserted.org_id, kv.key, kv.value \
-           FROM inserted CROSS JOIN LATERAL jsonb_each_text(inserted.metadata::jsonb) AS kv \
-         ) \
+         ), {INSERT_METADATA_OF_INSERTED} \
          SELECT fresh.n AS fresh_delivery, inserted.* \
          FROM (SELECT COUNT(*) AS n FROM delivery) AS fresh LEFT JOIN inserted ON TRUE"
     )
