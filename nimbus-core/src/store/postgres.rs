@@ -67,12 +67,18 @@ impl PostgresStore {
     }
 }
 
-static LEASE_SQL: LazyLock<String> =
-    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", "$5::BIGINT"));
+static LEASE_ANY_ORG: LazyLock<String> =
+    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", false));
+static LEASE_ONE_ORG: LazyLock<String> =
+    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", true));
 
 impl Dialect for PostgresStore {
-    fn lease_sql() -> &'static str {
-        LEASE_SQL.as_str()
+    fn lease_sql(one_org: bool) -> &'static str {
+        if one_org {
+            LEASE_ONE_ORG.as_str()
+        } else {
+            LEASE_ANY_ORG.as_str()
+        }
     }
     fn admission_sql() -> Option<&'static str> {
         Some(super::sql::ADMIT_WITH_CTE.as_str())

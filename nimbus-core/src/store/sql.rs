@@ -13,9 +13,10 @@ use super::row::JOB_COLUMNS;
 
 /// What differs between the SQL dialects.
 pub(crate) trait Dialect {
-    /// `UPDATE jobs … RETURNING <JOB_COLUMNS>` that claims the oldest queued job.
-    /// Binds: $1 lease_id, $2 agent_id, $3 expires_at, $4 now, $5 org_id (nullable).
-    fn lease_sql() -> &'static str;
+    /// `UPDATE jobs … RETURNING <JOB_COLUMNS>` that claims the oldest queued job,
+    /// of any org or (`one_org`) of the org bound as $5.
+    /// Binds: $1 lease_id, $2 agent_id, $3 expires_at, $4 now[, $5 org_id].
+    fn lease_sql(one_org: bool) -> &'static str;
     /// One statement that records the delivery, inserts the job and its metadata
     /// rows, for dialects that can (PostgreSQL's data-modifying `WITH`); `None`
     /// means a transaction of several statements. Binds: $1..$22 as `INSERT_JOB`,
@@ -34,11 +35,16 @@ pub(crate) trait Dialect {
     const LABEL_FILTER: (&'static str, &'static str);
 }
 
-pub(crate) fn lease_sql(claim_suffix: &str, org_param: &str) -> String {
+/// The lease statement, with the dialect's claim clause. Two variants, not one with
+/// `($5 IS NULL OR org_id = $5)`: PostgreSQL's generic plan for that form scans and
+/// sorts every queued job (11 ms per lease with 15,000 queued, measured), while each
+/// variant walks an index in id order and stops at the first claimable row.
+pub(crate) fn lease_sql(claim_suffix: &str, one_org: bool) -> String {
+    let org_filter = if one_org { " AND org_id = $5" } else { "" };
     format!(
         "UPDATE jobs SET status = 'leased', fencing_token = fencing_token + 1, lease_id = $1, \
          agent_id = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $4), updated_at = $4 \
-         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND ({org_param} IS NULL OR org_id = $5) \
+         WHERE id = (SELECT id FROM jobs WHERE status = 'queued'{org_filter} \
          ORDER BY id LIMIT 1{claim_suffix}) RETURNING {JOB_COLUMNS}"
     )
 }
@@ -463,15 +469,17 @@ macro_rules! impl_shared_store {
             ) -> __Result<Option<__Lease>> {
                 let lease_id = uuid::Uuid::new_v4().to_string();
                 let expires_at = now + request.ttl;
-                let row: Option<__JobRow> =
-                    sqlx::query_as(<$store as __sql::Dialect>::lease_sql())
+                let query =
+                    sqlx::query_as(<$store as __sql::Dialect>::lease_sql(request.org_id.is_some()))
                         .bind(&lease_id)
                         .bind(&request.agent_id)
                         .bind(__to_millis(expires_at))
-                        .bind(__to_millis(now))
-                        .bind(request.org_id)
-                        .fetch_optional(&self.writer)
-                        .await?;
+                        .bind(__to_millis(now));
+                let query = match request.org_id {
+                    Some(org_id) => query.bind(org_id),
+                    None => query,
+                };
+                let row: Option<__JobRow> = query.fetch_optional(&self.writer).await?;
                 let Some(row) = row else { return Ok(None) };
                 let job = __Job::try_from(row)?;
                 Ok(Some(__Lease {

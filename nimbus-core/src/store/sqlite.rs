@@ -75,11 +75,16 @@ impl SqliteStore {
     }
 }
 
-static LEASE_SQL: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", "$5"));
+static LEASE_ANY_ORG: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", false));
+static LEASE_ONE_ORG: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", true));
 
 impl Dialect for SqliteStore {
-    fn lease_sql() -> &'static str {
-        LEASE_SQL.as_str()
+    fn lease_sql(one_org: bool) -> &'static str {
+        if one_org {
+            LEASE_ONE_ORG.as_str()
+        } else {
+            LEASE_ANY_ORG.as_str()
+        }
     }
     const LABEL_FILTER: (&'static str, &'static str) = (
         " AND EXISTS (SELECT 1 FROM json_each(jobs.labels) WHERE json_each.value = ",
