@@ -80,9 +80,6 @@ impl Dialect for PostgresStore {
             LEASE_ANY_ORG.as_str()
         }
     }
-    fn admission_sql() -> Option<&'static str> {
-        Some(super::sql::ADMIT_WITH_CTE.as_str())
-    }
     fn admission_batcher(&self) -> Option<&super::batch::AdmissionBatcher> {
         Some(&self.batcher)
     }

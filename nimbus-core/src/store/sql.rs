@@ -17,15 +17,6 @@ pub(crate) trait Dialect {
     /// of any org or (`one_org`) of the org bound as $5.
     /// Binds: $1 lease_id, $2 agent_id, $3 expires_at, $4 now[, $5 org_id].
     fn lease_sql(one_org: bool) -> &'static str;
-    /// One statement that records the delivery, inserts the job and its metadata
-    /// rows, for dialects that can (PostgreSQL's data-modifying `WITH`); `None`
-    /// means a transaction of several statements. Binds: $1..$22 as `INSERT_JOB`,
-    /// $23 delivery id (nullable), $24 received at (nullable). Returns one row:
-    /// `fresh_delivery` (1 if the delivery was recorded now) and the job's columns
-    /// (NULL when no job was inserted).
-    fn admission_sql() -> Option<&'static str> {
-        None
-    }
     /// Where admissions of GitHub jobs are batched, for dialects that batch.
     #[cfg(feature = "postgres")]
     fn admission_batcher(&self) -> Option<&super::batch::AdmissionBatcher> {
@@ -60,7 +51,7 @@ pub(crate) static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `INSERT_JOB`'s columns and values, shared with the one-statement admission.
+/// `INSERT_JOB`'s columns (shared with the batched admission) and values.
 pub(crate) const JOB_INSERT_COLUMNS: &str =
     "org_id, repo, repo_id, source, status, labels, metadata, spec, \
      attempt, fencing_token, created_at, updated_at, github_job_id, github_run_id, \
@@ -78,24 +69,6 @@ pub(crate) const INSERT_METADATA_OF_INSERTED: &str = "metadata AS ( \
        SELECT inserted.id, inserted.org_id, kv.key, kv.value \
        FROM inserted CROSS JOIN LATERAL jsonb_each_text(inserted.metadata::jsonb) AS kv \
      )";
-
-/// PostgreSQL's one-statement admission (see [`Dialect::admission_sql`]).
-#[cfg(feature = "postgres")]
-pub(crate) static ADMIT_WITH_CTE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH delivery AS ( \
-           INSERT INTO webhook_deliveries (delivery_id, received_at) \
-           SELECT $23::TEXT, $24::BIGINT WHERE $23::TEXT IS NOT NULL \
-           ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id \
-         ), inserted AS ( \
-           INSERT INTO jobs ({JOB_INSERT_COLUMNS}) \
-           SELECT {JOB_INSERT_VALUES} WHERE $23::TEXT IS NULL OR EXISTS (SELECT 1 FROM delivery) \
-           ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS} \
-         ), {INSERT_METADATA_OF_INSERTED} \
-         SELECT fresh.n AS fresh_delivery, inserted.* \
-         FROM (SELECT COUNT(*) AS n FROM delivery) AS fresh LEFT JOIN inserted ON TRUE"
-    )
-});
 
 pub(crate) static SELECT_JOB_BY_ID: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"));
@@ -199,7 +172,7 @@ macro_rules! impl_shared_store {
             now_ms: i64,
         }
 
-        /// Binds $1..$22 of `INSERT_JOB` (and of the dialect's admission statement).
+        /// Binds $1..$22 of `INSERT_JOB`.
         fn __bind_new_job<'q>(
             query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
             job: &'q __NewJob,
@@ -229,44 +202,6 @@ macro_rules! impl_shared_store {
                 .bind(if job.rejected { "rejected" } else { "queued" })
                 .bind(encoded.policy_reasons.as_deref())
                 .bind(job.rejected.then_some(encoded.now_ms))
-        }
-
-        impl $store {
-            /// Admission as one statement (delivery, job and metadata rows together),
-            /// for dialects that can modify several tables in one statement: one
-            /// round trip and no explicit transaction.
-            async fn admit_in_one_statement(
-                &self,
-                sql: &'static str,
-                job: &__NewJob,
-                encoded: &__Encoded,
-                admission: &__Admission,
-            ) -> __Result<__Enqueued> {
-                use sqlx::Row;
-                let delivery = admission.delivery.as_ref();
-                let row = __bind_new_job(sqlx::query(sql), job, encoded)
-                    .bind(delivery.map(|d| d.id.as_str()))
-                    .bind(delivery.map(|d| __to_millis(d.received_at)))
-                    .fetch_one(&self.writer)
-                    .await?;
-                let fresh_delivery: i64 = row.try_get("fresh_delivery")?;
-                let id: Option<i64> = row.try_get("id")?;
-                if id.is_some() {
-                    let job = __Job::try_from(<__JobRow as sqlx::FromRow<_>>::from_row(&row)?)?;
-                    return Ok(__Enqueued { job, created: true });
-                }
-                if let Some(delivery) = delivery {
-                    if fresh_delivery == 0 {
-                        return Err(__Error::ReplayedDelivery { delivery_id: delivery.id.clone() });
-                    }
-                }
-                // Not inserted for another reason: that GitHub job is already queued.
-                let existing: __JobRow = sqlx::query_as(__sql::SELECT_JOB_BY_GITHUB_ID.as_str())
-                    .bind(job.github.as_ref().map(|g| g.job_id))
-                    .fetch_one(&self.writer)
-                    .await?;
-                Ok(__Enqueued { job: __Job::try_from(existing)?, created: false })
-            }
         }
 
         #[async_trait::async_trait]
@@ -330,9 +265,6 @@ macro_rules! impl_shared_store {
                     }
                 }
                 let encoded = __Encoded { labels, metadata, spec, policy_reasons, now_ms };
-                if let Some(sql) = <$store as __sql::Dialect>::admission_sql() {
-                    return self.admit_in_one_statement(sql, &job, &encoded, admission).await;
-                }
                 let mut tx = self.writer.begin().await?;
                 // Returning early drops `tx`, which rolls everything back.
                 if let Some(delivery) = &admission.delivery {
