@@ -24,6 +24,11 @@ fi
 
 # The end-to-end suite runs the real binaries: build them with the tests, once.
 cargo build --workspace --bins --tests --locked
+
+# Guest assets (kernel, initramfs, rootfs with the static nimbus-guest) that the VM
+# tests boot for real under QEMU; cached, so only the first run is slow.
+NIMBUS_TEST_ASSETS=$(scripts/guest-assets.sh)
+export NIMBUS_TEST_ASSETS
 cargo test --workspace --locked
 
 # Examples for embedders: compiled by the line above; run the quick ones.

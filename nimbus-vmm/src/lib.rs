@@ -1,113 +1,87 @@
-//! `nimbus-vmm`: one microVM per job behind the [`VmmDriver`] trait.
+//! `nimbus-vmm`: one fresh, isolated machine per job behind the [`VmmDriver`] trait.
 //!
-//! This crate holds the contract the host agent programs against; the drivers
-//! (`firecracker/`, `qemu/`, `sandbox/`), guest assets and the agent runtime land
-//! with their issue (see the README's roadmap).
+//! - [`protocol`]: the framed, versioned host ⇄ guest protocol (always built: the
+//!   guest binary uses it too);
+//! - [`guest`] (feature `guest`): the in-guest agent behind `bins/nimbus-guest`;
+//! - host side (feature `host`, default): the drivers [`qemu`] (QEMU microvm, KVM or
+//!   TCG), [`firecracker`] (API over its Unix socket, optional jailer) and
+//!   [`sandbox`] (Linux namespaces, no KVM needed), driver choice in [`select`],
+//!   guest [`assets`] (build and sha256 attestation) and the host half of the
+//!   protocol in [`session`].
+//!
+//! A VM's life: [`VmmDriver::prepare`] lays out its private files → [`Vm::boot`]
+//! starts it and waits for the guest's hello → [`Vm::run`] runs one job, streaming
+//! [`JobEvent`]s → [`Vm::destroy`] kills it and removes every file (idempotent; also
+//! what a dropped or timed-out VM gets).
 
-use std::path::PathBuf;
-use std::time::Duration;
+pub mod protocol;
 
+#[cfg(feature = "guest")]
+pub mod guest;
+
+#[cfg(feature = "host")]
+pub mod assets;
+#[cfg(feature = "host")]
+pub mod error;
+#[cfg(feature = "host")]
+pub mod firecracker;
+#[cfg(feature = "host")]
+pub mod host;
+#[cfg(feature = "host")]
+pub mod launch;
+#[cfg(feature = "host")]
+pub mod network;
+#[cfg(feature = "host")]
+pub mod qemu;
+#[cfg(feature = "host")]
+pub mod runtime;
+#[cfg(feature = "host")]
+pub mod sandbox;
+#[cfg(feature = "host")]
+pub mod select;
+#[cfg(feature = "host")]
+pub mod session;
+#[cfg(feature = "host")]
+pub mod spec;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+#[cfg(feature = "host")]
+pub use error::{Error, Result};
+#[cfg(feature = "host")]
+pub use spec::{DriverKind, GuestInfo, JobEvent, JobReport, Outcome, Probe, StepReport, VmSpec};
+
+#[cfg(feature = "host")]
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("driver {driver} is not available here: {reason}")]
-    Unavailable {
-        driver: &'static str,
-        reason: String,
-    },
-    #[error("asset {path} failed attestation: {reason}")]
-    Attestation { path: PathBuf, reason: String },
-    #[error("boot failed: {0}")]
-    Boot(String),
-    #[error("guest protocol: {0}")]
-    Protocol(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Which isolation a driver gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DriverKind {
-    Firecracker,
-    Qemu,
-    Sandbox,
-}
-
-/// What a VM is made of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmSpec {
-    pub vcpus: u32,
-    pub memory_mib: u32,
-    pub kernel: PathBuf,
-    pub rootfs: PathBuf,
-    pub scratch_disk_mib: u32,
-    pub boot_args: String,
-    pub egress: bool,
-    pub timeout: Duration,
-}
-
-/// One line a job printed, as the guest reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    pub seq: u64,
-    pub stream: Stream,
-    pub message: String,
-    pub ts_millis: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// How a job inside a VM ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "code")]
-pub enum Outcome {
-    Exited(i32),
-    TimedOut,
-    Crashed,
-}
-
-/// Whether a driver can run on this host, and why not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
-    pub driver: DriverKind,
-    pub available: bool,
-    pub reason: String,
-}
-
-/// A hypervisor (or sandbox) that boots one isolated machine per job.
+/// A hypervisor (or sandbox) that gives every job a machine of its own.
+#[cfg(feature = "host")]
 #[async_trait]
 pub trait VmmDriver: Send + Sync {
     fn kind(&self) -> DriverKind;
     /// Checks the host (KVM, binaries, permissions) without booting anything.
     async fn probe(&self) -> Probe;
-    /// Boots a VM; the returned handle must be destroyed whatever happens.
-    async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>>;
+    /// Creates the VM's private files (copy-on-write rootfs, scratch disk) under its
+    /// runtime directory. Nothing runs yet; [`Vm::destroy`] removes it all.
+    async fn prepare(&self, spec: &VmSpec) -> Result<Box<dyn Vm>>;
 }
 
-/// A running VM.
+/// One machine, from prepared to destroyed.
+#[cfg(feature = "host")]
 #[async_trait]
 pub trait Vm: Send {
     fn id(&self) -> &str;
-    /// Runs shell commands in the guest, handing every output line to `on_line`.
+    /// Starts the machine and returns once `nimbus-guest` inside has said hello.
+    async fn boot(&mut self) -> Result<GuestInfo>;
+    /// Runs one job, handing every step and output line to `on_event`. The spec's
+    /// timeout covers the run: on expiry the machine is destroyed and the outcome is
+    /// [`Outcome::TimedOut`].
     async fn run(
         &mut self,
-        commands: &[String],
-        on_line: &(dyn Fn(LogLine) + Send + Sync),
-    ) -> Result<Outcome>;
-    /// Stops the VM and removes its files; safe to call more than once.
+        job: &protocol::GuestJob,
+        on_event: &mut (dyn FnMut(JobEvent) + Send),
+    ) -> Result<JobReport>;
+    /// Kills the machine and removes its files. Safe to call more than once and
+    /// after any earlier step failed.
     async fn destroy(&mut self) -> Result<()>;
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod vm;
 use nimbus_core::auth::{JwtKeys, Role};
 use nimbus_core::{config, Env};
 use nimbus_policy::{describe_error, JobFacts, Policy};
@@ -35,6 +37,14 @@ enum Command {
     /// Local development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// One-off VMs: run a command in a fresh VM, list the drivers.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Guest assets: build and verify kernel, initramfs and rootfs.
+    #[command(subcommand)]
+    Assets(vm::AssetsCommand),
+    /// Checks this host: KVM, hypervisor binaries, drivers, assets.
+    Doctor,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +133,10 @@ fn main() -> ExitCode {
         Command::Token(command) => token(command),
         Command::Config(command) => config_command(command),
         Command::Dev(command) => dev(command),
+        Command::Assets(command) => vm::assets(command),
+        // These exit with the job's code (vm run) or the check's verdict (doctor).
+        Command::Vm(command) => return vm::vm(command),
+        Command::Doctor => return vm::doctor(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

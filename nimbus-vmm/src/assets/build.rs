@@ -1,0 +1,443 @@
+//! `nimbus assets build DIR`: kernel, initramfs and rootfs from Debian packages only.
+//!
+//! - kernel: the package `linux-image-cloud-amd64` depends on, fetched with
+//!   `apt-get download` and unpacked with `dpkg-deb`; its bzImage boots QEMU, and an
+//!   ELF `vmlinux` is extracted for Firecracker;
+//! - initramfs: static busybox + virtio modules ([`super::initramfs`]);
+//! - rootfs: `debootstrap --variant=minbase` with git, curl and ca-certificates, the
+//!   static `nimbus-guest` and `/sbin/nimbus-init`, as a directory (the sandbox's
+//!   root) and as an ext4 image (the VMs' root);
+//! - `manifest.json` with the sha256 of every file a driver boots from.
+//!
+//! Slow parts are cached under `DIR/cache` (kernel package, unpacked kernel) and the
+//! rootfs tree is kept: rebuilding after a new `nimbus-guest` only copies the binary
+//! and remakes the image (seconds). `--rebuild-rootfs` starts the tree afresh.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{
+    file_digest, initramfs, vmlinux, write_manifest, Manifest, GUEST_IN_ROOTFS, GUEST_IN_TREE,
+    INITRD, KERNEL, MANIFEST_FORMAT, ROOTFS_IMAGE, ROOTFS_TREE, VMLINUX,
+};
+use crate::{Error, Result};
+
+/// Marks a complete debootstrap in the rootfs tree (a half-built one is redone).
+const BASE_STAMP: &str = ".nimbus-base";
+
+/// The rootfs's init: PID 1 in the guest, with nimbus-guest as its child.
+pub const NIMBUS_INIT: &str = r#"#!/bin/sh
+# nimbus-init: PID 1 of a Nimbus guest. Mounts the rest of the system, runs
+# nimbus-guest (which talks to the host and runs the job), then powers off.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+echo nimbus-vm > /proc/sys/kernel/hostname
+ln -sf /proc/self/fd /dev/fd
+ip link set lo up 2>/dev/null
+# nimbus.net=ADDRESS/PREFIX,GATEWAY: the VM has a tap of its own (see nimbus-vmm network).
+net=$(sed -n 's/.*nimbus\.net=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$net" ]; then
+  ip addr add "${net%,*}" dev eth0 && ip link set eth0 up && ip route add default via "${net#*,}"
+fi
+/usr/local/bin/nimbus-guest
+echo "nimbus-init: nimbus-guest exited with $?"
+sync
+echo o > /proc/sysrq-trigger
+sleep 10
+"#;
+
+/// Packages added to the minimal Debian base.
+pub const DEFAULT_PACKAGES: &[&str] = &["git", "curl", "ca-certificates", "iproute2"];
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out: PathBuf,
+    /// The `nimbus-guest` binary to install (static, so it runs on any rootfs).
+    pub guest: PathBuf,
+    pub suite: String,
+    pub mirror: String,
+    pub kernel_package: String,
+    pub packages: Vec<String>,
+    pub busybox: PathBuf,
+    pub rebuild_rootfs: bool,
+    /// Also extract the ELF vmlinux Firecracker needs (a second or two).
+    pub vmlinux: bool,
+}
+
+impl BuildOptions {
+    pub fn new(out: impl Into<PathBuf>, guest: impl Into<PathBuf>) -> Self {
+        BuildOptions {
+            out: out.into(),
+            guest: guest.into(),
+            suite: host_suite().unwrap_or_else(|| "bookworm".to_string()),
+            mirror: host_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".to_string()),
+            kernel_package: "linux-image-cloud-amd64".to_string(),
+            packages: DEFAULT_PACKAGES.iter().map(|p| p.to_string()).collect(),
+            busybox: PathBuf::from("/bin/busybox"),
+            rebuild_rootfs: false,
+            vmlinux: true,
+        }
+    }
+}
+
+pub struct AssetBuilder {
+    options: BuildOptions,
+    progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl AssetBuilder {
+    pub fn new(options: BuildOptions, progress: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        AssetBuilder {
+            options,
+            progress: Box::new(progress),
+        }
+    }
+
+    fn say(&self, message: &str) {
+        (self.progress)(message);
+    }
+
+    /// Builds (or refreshes) every asset and writes the manifest.
+    pub fn build(&self) -> Result<Manifest> {
+        let o = &self.options;
+        self.check_prerequisites()?;
+        let out = &o.out;
+        let cache = out.join("cache");
+        std::fs::create_dir_all(&cache)
+            .map_err(Error::io(format!("creating {}", cache.display())))?;
+
+        let (release, kernel_tree) = self.kernel(&cache)?;
+        let modules = kernel_tree.join("lib/modules").join(&release);
+        std::fs::copy(
+            kernel_tree.join(format!("boot/vmlinuz-{release}")),
+            out.join(KERNEL),
+        )
+        .map_err(Error::io("copying the kernel"))?;
+        if o.vmlinux {
+            self.say("extracting the ELF vmlinux for Firecracker");
+            vmlinux::extract(&out.join(KERNEL), &out.join(VMLINUX))?;
+        }
+
+        self.say("building the initramfs (busybox + virtio modules)");
+        tool("depmod", &["-b", path_str(&kernel_tree)?, &release])?;
+        let loaded = initramfs::build(&modules, &o.busybox, &out.join(INITRD))?;
+        self.say(&format!(
+            "  {} modules: {}",
+            loaded.len(),
+            module_names(&loaded)
+        ));
+
+        let tree = out.join(ROOTFS_TREE);
+        self.rootfs_tree(&tree)?;
+        self.install_guest(&tree)?;
+        self.rootfs_image(&tree, &out.join(ROOTFS_IMAGE))?;
+
+        self.say("hashing the assets into manifest.json");
+        let mut files = BTreeMap::new();
+        let mut names = vec![KERNEL, INITRD, ROOTFS_IMAGE, GUEST_IN_TREE];
+        if o.vmlinux {
+            names.push(VMLINUX);
+        }
+        for name in names {
+            files.insert(name.to_string(), file_digest(&out.join(name))?);
+        }
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            created_at: now_rfc3339(),
+            kernel_release: release,
+            debian_suite: o.suite.clone(),
+            files,
+        };
+        write_manifest(out, &manifest)?;
+        Ok(manifest)
+    }
+
+    fn check_prerequisites(&self) -> Result<()> {
+        let o = &self.options;
+        let mut missing = Vec::new();
+        for (program, package) in [
+            ("apt-get", "apt"),
+            ("dpkg-deb", "dpkg"),
+            ("depmod", "kmod"),
+            ("debootstrap", "debootstrap"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("xz", "xz-utils"),
+        ] {
+            if crate::host::find_binary(program, None).is_err()
+                && crate::host::find_binary(program, Some(&Path::new("/usr/sbin").join(program)))
+                    .is_err()
+                && crate::host::find_binary(program, Some(&Path::new("/sbin").join(program)))
+                    .is_err()
+            {
+                missing.push(package);
+            }
+        }
+        if !super::is_static_elf(&o.busybox).unwrap_or(false) {
+            missing.push("busybox-static");
+        }
+        if !missing.is_empty() {
+            return Err(Error::Assets(format!(
+                "missing tools; install them with: apt-get install -y {}",
+                missing.join(" ")
+            )));
+        }
+        if !o.guest.is_file() {
+            return Err(Error::Assets(format!(
+                "no nimbus-guest binary at {} (build it: scripts/build-guest.sh)",
+                o.guest.display()
+            )));
+        }
+        if !super::is_static_elf(&o.guest).unwrap_or(false) {
+            return Err(Error::Assets(format!(
+                "{} is not a static executable; build it with scripts/build-guest.sh \
+                 (RUSTFLAGS=\"-C target-feature=+crt-static\")",
+                o.guest.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Downloads and unpacks the kernel package; returns (release, unpacked tree).
+    fn kernel(&self, cache: &Path) -> Result<(String, PathBuf)> {
+        let o = &self.options;
+        let depends = tool("apt-cache", &["depends", &o.kernel_package])?;
+        let package = depends
+            .lines()
+            .find_map(|line| {
+                let dep = line.trim().strip_prefix("Depends:")?.trim();
+                dep.starts_with("linux-image-").then(|| dep.to_string())
+            })
+            .ok_or_else(|| {
+                Error::Assets(format!(
+                    "`apt-cache depends {}` names no linux-image package (run apt-get update?)",
+                    o.kernel_package
+                ))
+            })?;
+        let release = package.trim_start_matches("linux-image-").to_string();
+        let tree = cache.join(format!("kernel-{release}"));
+        if tree.join(format!("boot/vmlinuz-{release}")).is_file() {
+            self.say(&format!("kernel {release}: cached"));
+            return Ok((release, tree));
+        }
+        self.say(&format!("kernel {release}: apt-get download {package}"));
+        let status = Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(cache)
+            .output()
+            .map_err(Error::io("running apt-get download"))?;
+        if !status.status.success() {
+            return Err(Error::Command {
+                command: format!("apt-get download {package}"),
+                message: String::from_utf8_lossy(&status.stderr).trim().to_string(),
+            });
+        }
+        let deb = std::fs::read_dir(cache)
+            .map_err(Error::io("listing the asset cache"))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .ok_or_else(|| Error::Assets(format!("apt-get download left no {package}_*.deb")))?;
+        let partial = cache.join(format!("kernel-{release}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        tool("dpkg-deb", &["-x", path_str(&deb)?, path_str(&partial)?])?;
+        std::fs::rename(&partial, &tree).map_err(Error::io("moving the unpacked kernel"))?;
+        Ok((release, tree))
+    }
+
+    fn rootfs_tree(&self, tree: &Path) -> Result<()> {
+        let o = &self.options;
+        if o.rebuild_rootfs || !tree.join(BASE_STAMP).is_file() {
+            let _ = std::fs::remove_dir_all(tree);
+            let include = format!("--include={}", o.packages.join(","));
+            self.say(&format!(
+                "rootfs: debootstrap --variant=minbase {include} {} (about a minute)",
+                o.suite
+            ));
+            tool(
+                "debootstrap",
+                &[
+                    "--variant=minbase",
+                    &include,
+                    &o.suite,
+                    path_str(tree)?,
+                    &o.mirror,
+                ],
+            )?;
+            // Documentation, manuals and translations are dead weight in a CI guest.
+            for dir in [
+                "usr/share/doc",
+                "usr/share/man",
+                "usr/share/info",
+                "usr/share/locale",
+                "var/cache/apt/archives",
+            ] {
+                let path = tree.join(dir);
+                if path.is_dir() {
+                    let _ = std::fs::remove_dir_all(&path);
+                    let _ = std::fs::create_dir_all(&path);
+                }
+            }
+            std::fs::write(
+                tree.join(BASE_STAMP),
+                format!("{} {}\n", o.suite, o.packages.join(",")),
+            )
+            .map_err(Error::io("writing the rootfs stamp"))?;
+        } else {
+            self.say("rootfs: reusing the Debian base (--rebuild-rootfs to start afresh)");
+        }
+        Ok(())
+    }
+
+    fn install_guest(&self, tree: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.say("rootfs: installing nimbus-guest and /sbin/nimbus-init");
+        let guest = tree.join(GUEST_IN_ROOTFS);
+        if let Some(parent) = guest.parent() {
+            std::fs::create_dir_all(parent).map_err(Error::io("creating /usr/local/bin"))?;
+        }
+        // Replace, never write through: the old binary may be hard-linked elsewhere.
+        let _ = std::fs::remove_file(&guest);
+        std::fs::copy(&self.options.guest, &guest).map_err(Error::io("installing nimbus-guest"))?;
+        let init = tree.join("sbin/nimbus-init");
+        let _ = std::fs::remove_file(&init);
+        std::fs::write(&init, NIMBUS_INIT).map_err(Error::io("writing /sbin/nimbus-init"))?;
+        for path in [&guest, &init] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                .map_err(Error::io("chmod 755"))?;
+        }
+        for dir in ["scratch", "mnt", "proc", "sys", "dev", "tmp", "run"] {
+            std::fs::create_dir_all(tree.join(dir))
+                .map_err(Error::io(format!("creating /{dir}")))?;
+        }
+        Ok(())
+    }
+
+    fn rootfs_image(&self, tree: &Path, image: &Path) -> Result<()> {
+        let used = tool("du", &["-sb", path_str(tree)?])?;
+        let used: u64 = used
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::Assets("cannot read the rootfs size from du".into()))?;
+        // Headroom for ext4's metadata; jobs write to their scratch disk, not here.
+        let size_mib = (used * 5 / 4) / (1 << 20) + 96;
+        self.say(&format!("rootfs: ext4 image of {size_mib} MiB"));
+        let temp = image.with_extension("ext4.tmp");
+        let _ = std::fs::remove_file(&temp);
+        let file = std::fs::File::create(&temp).map_err(Error::io("creating the rootfs image"))?;
+        file.set_len(size_mib << 20)
+            .map_err(Error::io("sizing the rootfs image"))?;
+        drop(file);
+        tool(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-L",
+                "nimbus-root",
+                "-d",
+                path_str(tree)?,
+                path_str(&temp)?,
+            ],
+        )?;
+        std::fs::rename(&temp, image).map_err(Error::io("moving the rootfs image"))
+    }
+}
+
+fn module_names(paths: &[String]) -> String {
+    paths
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap_or(p).trim_end_matches(".ko"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| Error::Assets(format!("path {} is not UTF-8", path.display())))
+}
+
+/// Runs a build tool, returning stdout or its stderr as the error.
+fn tool(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .output()
+        .map_err(|e| Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            message: e.to_string(),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let tail: Vec<&str> = stderr
+            .lines()
+            .chain(stdout.lines())
+            .rev()
+            .take(15)
+            .collect();
+        return Err(Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            message: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The running Debian's codename (the rootfs matches the host by default).
+fn host_suite() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The first Debian mirror apt is configured with (deb822 or one-line format).
+fn host_mirror() -> Option<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for line in text.lines() {
+            let line = line.trim();
+            let url = if let Some(uris) = line.strip_prefix("URIs:") {
+                uris.split_whitespace().next()
+            } else if let Some(rest) = line.strip_prefix("deb ") {
+                rest.split_whitespace().find(|w| w.starts_with("http"))
+            } else {
+                None
+            };
+            if let Some(url) = url {
+                if url.starts_with("http") && !url.contains("security") {
+                    return Some(url.trim_end_matches('/').to_string());
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,205 @@
+//! The initramfs: a static busybox, the kernel modules the guest needs before it
+//! can see its disks (Debian's cloud kernel builds virtio as modules), and an
+//! `/init` that loads them, mounts the rootfs and the scratch disk by label and
+//! switches into the rootfs's `/sbin/nimbus-init`.
+//!
+//! Kept uncompressed: under TCG the guest decompresses at emulated speed, while the
+//! host hands QEMU the bytes at memory speed.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+use std::path::Path;
+
+use cpio::newc::Builder;
+
+use crate::{Error, Result};
+
+/// Modules the guest needs before switching root, by module name.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
+    "ext4",
+];
+
+const INIT: &str = r#"#!/bin/sh
+# nimbus initramfs: load virtio modules, mount the rootfs and scratch by label,
+# switch into the rootfs. Any failure is printed to the console and powers off.
+export PATH=/bin
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+fail() { echo "nimbus-initramfs: $*"; echo o > /proc/sysrq-trigger; sleep 10; }
+while read -r module; do insmod "/lib/modules/$module" 2>/dev/null; done < /lib/modules/load-order
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+  root=$(findfs LABEL=nimbus-root 2>/dev/null) && break
+  sleep 0.05
+done
+[ -n "$root" ] || fail "no disk labelled nimbus-root"
+mount -t ext4 -o noatime "$root" /newroot || fail "cannot mount $root"
+if scratch=$(findfs LABEL=nimbus-scratch 2>/dev/null); then
+  mount -t ext4 -o noatime "$scratch" /newroot/scratch || fail "cannot mount the scratch disk"
+else
+  mount -t tmpfs -o mode=0755 tmpfs /newroot/scratch
+fi
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /sbin/nimbus-init
+fail "switch_root failed"
+"#;
+
+/// Busybox applets the init uses.
+const APPLETS: &[&str] = &[
+    "sh",
+    "mount",
+    "umount",
+    "insmod",
+    "findfs",
+    "switch_root",
+    "sleep",
+    "echo",
+];
+
+/// Module files (relative to `lib/modules/KVER/`) in load order: dependencies first,
+/// built-in modules left out.
+pub fn load_order(
+    modules_dep: &str,
+    modules_builtin: &str,
+    wanted: &[&str],
+) -> Result<Vec<String>> {
+    let name_of = |path: &str| -> String {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        file.split('.').next().unwrap_or(file).replace('-', "_")
+    };
+    let builtin: HashSet<String> = modules_builtin.lines().map(|l| name_of(l.trim())).collect();
+    // modules.dep: "path.ko: dep1.ko dep2.ko" — deps listed so that loading them
+    // right to left works (what modprobe does).
+    let mut deps = std::collections::HashMap::new();
+    for line in modules_dep.lines() {
+        if let Some((module, rest)) = line.split_once(':') {
+            let list: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+            deps.insert(name_of(module), (module.trim().to_string(), list));
+        }
+    }
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    for want in wanted {
+        let want = want.replace('-', "_");
+        if builtin.contains(&want) {
+            continue;
+        }
+        let (path, list) = deps.get(&want).ok_or_else(|| {
+            Error::Assets(format!(
+                "kernel module {want} is neither built in nor in modules.dep"
+            ))
+        })?;
+        for dep in list.iter().rev().chain(std::iter::once(path)) {
+            if seen.insert(dep.clone()) {
+                order.push(dep.clone());
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Writes the initramfs to `out`; returns the modules it loads.
+pub fn build(kernel_modules: &Path, busybox: &Path, out: &Path) -> Result<Vec<String>> {
+    let read = |name: &str| {
+        std::fs::read_to_string(kernel_modules.join(name)).map_err(Error::io(format!(
+            "reading {}/{name}",
+            kernel_modules.display()
+        )))
+    };
+    let order = load_order(
+        &read("modules.dep")?,
+        &read("modules.builtin")?,
+        GUEST_MODULES,
+    )?;
+
+    let mut entries: Vec<(Builder, Cursor<Vec<u8>>)> = Vec::new();
+    let dir = |name: &str| {
+        (
+            Builder::new(name).mode(0o040755).nlink(2),
+            Cursor::new(Vec::new()),
+        )
+    };
+    for name in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
+        entries.push(dir(name));
+    }
+    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+    entries.push((
+        Builder::new("dev/console")
+            .mode(0o020600)
+            .rdev_major(5)
+            .rdev_minor(1),
+        Cursor::new(Vec::new()),
+    ));
+    let busybox_bytes =
+        std::fs::read(busybox).map_err(Error::io(format!("reading {}", busybox.display())))?;
+    entries.push((
+        Builder::new("bin/busybox").mode(0o100755),
+        Cursor::new(busybox_bytes),
+    ));
+    for applet in APPLETS {
+        entries.push((
+            Builder::new(&format!("bin/{applet}")).mode(0o120777),
+            Cursor::new(b"busybox".to_vec()),
+        ));
+    }
+    entries.push((
+        Builder::new("init").mode(0o100755),
+        Cursor::new(INIT.as_bytes().to_vec()),
+    ));
+    let mut load_list = String::new();
+    for module in &order {
+        let file = module.rsplit('/').next().unwrap_or(module);
+        let bytes = std::fs::read(kernel_modules.join(module))
+            .map_err(Error::io(format!("reading module {module}")))?;
+        entries.push((
+            Builder::new(&format!("lib/modules/{file}")).mode(0o100644),
+            Cursor::new(bytes),
+        ));
+        load_list.push_str(file);
+        load_list.push('\n');
+    }
+    entries.push((
+        Builder::new("lib/modules/load-order").mode(0o100644),
+        Cursor::new(load_list.into_bytes()),
+    ));
+
+    let file =
+        std::fs::File::create(out).map_err(Error::io(format!("creating {}", out.display())))?;
+    let writer = std::io::BufWriter::new(file);
+    let mut writer = cpio::write_cpio(entries.into_iter(), writer)
+        .map_err(Error::io(format!("writing {}", out.display())))?;
+    std::io::Write::flush(&mut writer).map_err(Error::io(format!("writing {}", out.display())))?;
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_load_first_and_builtins_are_skipped() {
+        let dep = "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+                   kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+                   kernel/drivers/virtio/virtio.ko:\n\
+                   kernel/drivers/virtio/virtio_ring.ko:\n";
+        let builtin = "kernel/fs/ext4/ext4.ko\n";
+        let order =
+            load_order(dep, builtin, &["virtio_mmio", "virtio-blk", "ext4"]).expect("order");
+        assert_eq!(
+            order,
+            vec![
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio_mmio.ko",
+                "kernel/drivers/block/virtio_blk.ko",
+            ]
+        );
+        assert!(load_order(dep, builtin, &["nonexistent"]).is_err());
+    }
+}

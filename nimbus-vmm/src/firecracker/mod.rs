@@ -1,0 +1,417 @@
+//! Firecracker: the production driver on hosts with hardware KVM. The VM is
+//! configured through Firecracker's API socket ([`api`]) and the guest reaches the
+//! host over vsock: Firecracker turns the guest's connection to CID 2, port 1024
+//! into a connection to the Unix socket `<uds_path>_1024`, on which we listen.
+//! Optionally jailed ([`jailer`]).
+//!
+//! Needs Firecracker ≥ 1.8 with Debian's cloud kernel: that kernel finds virtio-mmio
+//! devices through ACPI (it lacks `VIRTIO_MMIO_CMDLINE_DEVICES`).
+
+pub mod api;
+pub mod jailer;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+
+use self::api::{BootSource, Drive, FirecrackerApi, MachineConfig, NetworkInterface, Vsock};
+use self::jailer::JailerConfig;
+use crate::host;
+use crate::network::VmNetwork;
+use crate::protocol::{GuestJob, VSOCK_PORT};
+use crate::runtime::{self, VmDir};
+use crate::session::GuestChannel;
+use crate::spec::NetworkSpec;
+use crate::{
+    DriverKind, Error, GuestInfo, JobEvent, JobReport, Outcome, Probe, Result, Vm, VmSpec,
+    VmmDriver,
+};
+
+#[derive(Debug, Clone)]
+pub struct FirecrackerConfig {
+    /// `firecracker`, from PATH unless given (`NIMBUS_FIRECRACKER_BIN`).
+    pub binary: Option<PathBuf>,
+    pub jailer: Option<JailerConfig>,
+    /// Without the jailer: a seccomp filter for `--seccomp-filter`.
+    pub seccomp_filter: Option<PathBuf>,
+    pub runtime_dir: PathBuf,
+}
+
+pub struct FirecrackerDriver {
+    config: FirecrackerConfig,
+}
+
+impl FirecrackerDriver {
+    pub fn new(config: FirecrackerConfig) -> Self {
+        FirecrackerDriver { config }
+    }
+
+    fn binary(&self) -> Result<PathBuf, String> {
+        host::find_binary("firecracker", self.config.binary.as_deref())
+    }
+}
+
+#[async_trait]
+impl VmmDriver for FirecrackerDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Firecracker
+    }
+
+    async fn probe(&self) -> Probe {
+        let result = host::hardware_kvm().and_then(|()| {
+            let binary = self.binary()?;
+            if let Some(jailer) = &self.config.jailer {
+                host::find_binary("jailer", Some(&jailer.binary))?;
+            }
+            Ok(binary)
+        });
+        Probe {
+            driver: DriverKind::Firecracker,
+            available: result.is_ok(),
+            reason: match result {
+                Ok(binary) => format!(
+                    "{} with hardware KVM{}",
+                    binary.display(),
+                    if self.config.jailer.is_some() {
+                        ", jailed"
+                    } else {
+                        ""
+                    }
+                ),
+                Err(reason) => reason,
+            },
+        }
+    }
+
+    async fn prepare(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
+        let binary = self.binary().map_err(|reason| Error::Unavailable {
+            driver: "firecracker",
+            reason,
+        })?;
+        let dir = VmDir::create(&self.config.runtime_dir, &spec.id)?;
+        let mut vm = FirecrackerVm {
+            spec: spec.clone(),
+            config: self.config.clone(),
+            binary,
+            dir,
+            child: None,
+            channel: None,
+            network: None,
+            destroyed: false,
+        };
+        if let Err(error) = vm.lay_out(&self.config.runtime_dir).await {
+            let _ = vm.destroy().await;
+            return Err(error);
+        }
+        Ok(Box::new(vm))
+    }
+}
+
+/// Everything the API is told before InstanceStart, in the order it is told.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    pub machine: MachineConfig,
+    pub boot_source: BootSource,
+    pub drives: Vec<Drive>,
+    pub network: Option<NetworkInterface>,
+    pub vsock: Vsock,
+}
+
+/// Sends the plan and starts the instance: the exact conversation Firecracker's
+/// documentation prescribes (configuration PUTs, then `InstanceStart`).
+pub async fn configure_and_start(api: &FirecrackerApi, plan: &BootPlan) -> Result<()> {
+    api.machine_config(&plan.machine).await?;
+    api.boot_source(&plan.boot_source).await?;
+    for drive in &plan.drives {
+        api.drive(drive).await?;
+    }
+    if let Some(iface) = &plan.network {
+        api.network_interface(iface).await?;
+    }
+    api.vsock(&plan.vsock).await?;
+    api.instance_start().await
+}
+
+pub struct FirecrackerVm {
+    spec: VmSpec,
+    config: FirecrackerConfig,
+    binary: PathBuf,
+    dir: VmDir,
+    child: Option<Child>,
+    channel: Option<GuestChannel>,
+    network: Option<VmNetwork>,
+    destroyed: bool,
+}
+
+const ROOTFS: &str = "rootfs.ext4";
+const SCRATCH: &str = "scratch.ext4";
+const CONSOLE_LOG: &str = "console.log";
+
+impl FirecrackerVm {
+    async fn lay_out(&mut self, runtime_root: &Path) -> Result<()> {
+        // Firecracker needs raw images: a private copy (reflinked where the
+        // filesystem can) so the attested image is never written.
+        sparse_copy(&self.spec.rootfs, &self.dir.join(ROOTFS)).await?;
+        if self.spec.scratch_disk_mib > 0 {
+            let template =
+                runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
+            sparse_copy(&template, &self.dir.join(SCRATCH)).await?;
+        }
+        if let NetworkSpec::Tap { egress } = self.spec.network {
+            self.network = Some(VmNetwork::create(&self.spec.id, egress).await?);
+        }
+        Ok(())
+    }
+
+    /// The plan with paths as Firecracker will see them (in-chroot when jailed).
+    pub fn plan(
+        &self,
+        path_of: &dyn Fn(&Path, &str) -> Result<String>,
+        vsock_uds: String,
+    ) -> Result<BootPlan> {
+        let spec = &self.spec;
+        let vmlinux = spec.vmlinux.as_ref().ok_or_else(|| {
+            Error::Config(
+                "Firecracker boots an ELF vmlinux: the assets have none (nimbus assets build)"
+                    .into(),
+            )
+        })?;
+        let mut boot_args = vec![
+            "console=ttyS0".to_string(),
+            "reboot=k".into(),
+            "panic=1".into(),
+            "pci=off".into(),
+            "quiet".into(),
+            format!("nimbus.transport=vsock:{VSOCK_PORT}"),
+        ];
+        if let Some(network) = &self.network {
+            boot_args.extend(network.guest_boot_args());
+        }
+        boot_args.extend(spec.boot_args.iter().cloned());
+        let mut drives = vec![Drive {
+            drive_id: "rootfs".into(),
+            path_on_host: path_of(&self.dir.join(ROOTFS), ROOTFS)?,
+            // Our init mounts by label from the initramfs; the drive is still the root.
+            is_root_device: false,
+            is_read_only: false,
+        }];
+        if spec.scratch_disk_mib > 0 {
+            drives.push(Drive {
+                drive_id: "scratch".into(),
+                path_on_host: path_of(&self.dir.join(SCRATCH), SCRATCH)?,
+                is_root_device: false,
+                is_read_only: false,
+            });
+        }
+        Ok(BootPlan {
+            machine: MachineConfig {
+                vcpu_count: spec.vcpus.max(1),
+                mem_size_mib: spec.memory_mib.max(64),
+                smt: false,
+                track_dirty_pages: false,
+            },
+            boot_source: BootSource {
+                kernel_image_path: path_of(vmlinux, "vmlinux")?,
+                boot_args: boot_args.join(" "),
+                initrd_path: match &spec.initrd {
+                    Some(initrd) => Some(path_of(initrd, "initrd.img")?),
+                    None => None,
+                },
+            },
+            drives,
+            network: self.network.as_ref().map(|network| NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: network.tap().to_string(),
+                guest_mac: Some(network.mac().to_string()),
+            }),
+            vsock: Vsock {
+                guest_cid: spec.vsock_cid.max(3),
+                uds_path: vsock_uds,
+            },
+        })
+    }
+
+    fn boot_error(&self, message: impl Into<String>) -> Error {
+        Error::Boot {
+            message: message.into(),
+            console: self.dir.tail(CONSOLE_LOG, 20),
+        }
+    }
+
+    async fn wait_for_api(&mut self, api: &FirecrackerApi, deadline: Instant) -> Result<()> {
+        loop {
+            if tokio::net::UnixStream::connect(api.socket()).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(self.boot_error(format!(
+                        "firecracker exited with {status} before its API socket opened"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.boot_error("the Firecracker API socket did not appear in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Vm for FirecrackerVm {
+    fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    async fn boot(&mut self) -> Result<GuestInfo> {
+        if self.destroyed || self.child.is_some() {
+            return Err(Error::State("boot after boot or destroy"));
+        }
+        let started = Instant::now();
+        let deadline = started + self.spec.boot_timeout;
+        let console = std::fs::File::create(self.dir.join(CONSOLE_LOG))
+            .map_err(Error::io("creating console.log"))?;
+
+        let (mut command, api, plan, vsock_host) = match self.config.jailer.clone() {
+            Some(jailer) => {
+                let layout = jailer.layout(&self.spec.id);
+                let argv = jailer.argv(&self.binary, &self.spec.id);
+                let mut command = Command::new(&argv[0]);
+                command.args(&argv[1..]);
+                if let Some(network) = &self.network {
+                    command.args([
+                        "--netns",
+                        &format!("/var/run/netns/{}", network.namespace()),
+                    ]);
+                }
+                if let Some(filter) = &jailer.seccomp_filter {
+                    jailer.stage(&layout, filter, "seccomp.bpf")?;
+                }
+                let stage = |file: &Path, name: &str| jailer.stage(&layout, file, name);
+                let plan = self.plan(&stage, "/v.sock".into())?;
+                (
+                    command,
+                    FirecrackerApi::new(&layout.api_socket),
+                    plan,
+                    layout.root.join("v.sock"),
+                )
+            }
+            None => {
+                let api_socket = self.dir.join("api.sock");
+                let mut command = match &self.network {
+                    Some(network) => network.wrap(&self.binary),
+                    None => Command::new(&self.binary),
+                };
+                command.arg("--api-sock").arg(&api_socket);
+                if let Some(filter) = &self.config.seccomp_filter {
+                    command.arg("--seccomp-filter").arg(filter);
+                }
+                let direct = |file: &Path, _: &str| -> Result<String> {
+                    Ok(std::path::absolute(file)
+                        .map_err(Error::io("resolving an asset path"))?
+                        .display()
+                        .to_string())
+                };
+                let vsock = self.dir.join("v.sock");
+                let plan = self.plan(&direct, vsock.display().to_string())?;
+                (command, FirecrackerApi::new(api_socket), plan, vsock)
+            }
+        };
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(console.try_clone().map_err(Error::io("console.log"))?)
+            .stderr(console);
+        self.child = Some(runtime::spawn(command, &self.dir, "firecracker")?);
+        self.wait_for_api(&api, deadline).await?;
+
+        // Listen before the guest can connect: Firecracker forwards the guest's
+        // connection to port N to `<uds_path>_N`.
+        let listen_path = PathBuf::from(format!("{}_{VSOCK_PORT}", vsock_host.display()));
+        let _ = std::fs::remove_file(&listen_path);
+        let listener = UnixListener::bind(&listen_path)
+            .map_err(Error::io(format!("listening on {}", listen_path.display())))?;
+        configure_and_start(&api, &plan).await?;
+
+        let stream = match tokio::time::timeout_at(deadline.into(), listener.accept()).await {
+            Ok(Ok((stream, _))) => stream,
+            Ok(Err(error)) => {
+                return Err(
+                    self.boot_error(format!("accepting the guest's vsock connection: {error}"))
+                )
+            }
+            Err(_) => return Err(self.boot_error("the guest did not connect over vsock in time")),
+        };
+        let (reader, writer) = stream.into_split();
+        let mut channel = GuestChannel::new(reader, writer);
+        let hello = match tokio::time::timeout_at(deadline.into(), channel.handshake()).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(error)) => return Err(self.boot_error(format!("handshake: {error}"))),
+            Err(_) => return Err(self.boot_error("the guest did not say hello in time")),
+        };
+        self.channel = Some(channel);
+        Ok(GuestInfo {
+            agent: hello.agent,
+            kernel: hello.kernel,
+            boot_millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn run(
+        &mut self,
+        job: &GuestJob,
+        on_event: &mut (dyn FnMut(JobEvent) + Send),
+    ) -> Result<JobReport> {
+        let channel = self
+            .channel
+            .as_mut()
+            .ok_or(Error::State("run before boot"))?;
+        let report = channel.run(job, self.spec.timeout, on_event).await?;
+        if !matches!(report.outcome, Outcome::Exited { .. }) {
+            self.destroy().await?;
+        }
+        Ok(report)
+    }
+
+    async fn destroy(&mut self) -> Result<()> {
+        self.channel = None;
+        runtime::kill(&mut self.child).await;
+        if let Some(network) = self.network.take() {
+            network.remove().await;
+        }
+        if let Some(jailer) = &self.config.jailer {
+            let jail = jailer.chroot_base.join("firecracker").join(&self.spec.id);
+            let _ = std::fs::remove_dir_all(jail);
+        }
+        self.destroyed = true;
+        self.dir.remove()
+    }
+}
+
+impl Drop for FirecrackerVm {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.start_kill();
+            }
+            let _ = self.dir.remove();
+        }
+    }
+}
+
+async fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
+    runtime::run_tool(
+        "cp",
+        &[
+            "--reflink=auto",
+            "--sparse=always",
+            &from.to_string_lossy(),
+            &to.to_string_lossy(),
+        ],
+    )
+    .await
+    .map(drop)
+}

@@ -1,0 +1,160 @@
+//! The in-guest agent (`bins/nimbus-guest`): receives a job over the protocol,
+//! runs it, streams its output and reports how each step ended.
+//!
+//! Synchronous on purpose: the guest binary is static, tiny and starts in a few
+//! milliseconds; threads are plenty for one job's pipes.
+
+mod run;
+#[cfg(target_os = "linux")]
+mod sandbox;
+mod transport;
+
+pub use run::{run_job, JobSink};
+#[cfg(target_os = "linux")]
+pub use sandbox::{enter_sandbox, SandboxMounts};
+pub use transport::{Transport, TransportKind};
+
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::thread;
+
+use crate::protocol::{
+    check_version, encode, FrameDecoder, GuestMessage, HostMessage, PROTOCOL_VERSION,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::ProtocolError),
+    #[error("the host closed the channel before {0}")]
+    Closed(&'static str),
+    #[error("unexpected message from the host: {0}")]
+    Unexpected(String),
+    #[error("sandbox setup: {0}")]
+    Sandbox(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl GuestError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
+        let context = context.into();
+        move |source| GuestError::Io { context, source }
+    }
+}
+
+/// Serves one job over `transport`: handshake, run, report. Returns the job's exit code.
+pub fn serve(transport: Transport) -> Result<i32, GuestError> {
+    let Transport { mut reader, writer } = transport;
+    let mut decoder = FrameDecoder::new();
+
+    match read_message(&mut reader, &mut decoder)? {
+        Some(HostMessage::Hello { protocol }) => check_version(protocol, PROTOCOL_VERSION)?,
+        Some(other) => return Err(GuestError::Unexpected(format!("{other:?}"))),
+        None => return Err(GuestError::Closed("hello")),
+    }
+
+    // One writer thread owns the channel so messages are never interleaved.
+    let (sender, receiver) = mpsc::channel::<GuestMessage>();
+    let writer_thread = thread::spawn(move || write_loop(writer, receiver));
+    let send = |message: GuestMessage| sender.send(message).is_ok();
+    send(GuestMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: kernel_release(),
+    });
+
+    let job = match read_message(&mut reader, &mut decoder)? {
+        Some(HostMessage::Run { job }) => job,
+        Some(HostMessage::Cancel) | None => {
+            drop(sender);
+            let _ = writer_thread.join();
+            return Ok(130);
+        }
+        Some(other) => return Err(GuestError::Unexpected(format!("{other:?}"))),
+    };
+
+    let sink = JobSink::new(sender.clone());
+    // A Cancel (or the host going away) while the job runs stops it.
+    let canceller = sink.canceller();
+    thread::spawn(move || {
+        let mut decoder = decoder;
+        loop {
+            match read_message(&mut reader, &mut decoder) {
+                Ok(Some(HostMessage::Cancel)) | Ok(None) | Err(_) => {
+                    canceller.cancel();
+                    return;
+                }
+                Ok(Some(_)) => continue,
+            }
+        }
+    });
+
+    let exit_code = match run_job(&job, &sink) {
+        Ok(code) => code,
+        Err(error) => {
+            send(GuestMessage::Failed {
+                message: error.to_string(),
+            });
+            1
+        }
+    };
+    send(GuestMessage::Finished { exit_code });
+    drop(sink);
+    drop(sender);
+    let _ = writer_thread.join();
+    Ok(exit_code)
+}
+
+fn read_message(
+    reader: &mut Box<dyn Read + Send>,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<HostMessage>, GuestError> {
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        if let Some(message) = decoder.next_message::<HostMessage>()? {
+            return Ok(Some(message));
+        }
+        let n = match reader.read(&mut buffer) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(GuestError::io("reading from the host")(e)),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        decoder.push(&buffer[..n]);
+    }
+}
+
+fn write_loop(mut writer: Box<dyn Write + Send>, receiver: mpsc::Receiver<GuestMessage>) {
+    while let Ok(message) = receiver.recv() {
+        let mut frame = encode(&message);
+        // Coalesce whatever else is already waiting into one write.
+        while let Ok(next) = receiver.try_recv() {
+            frame.extend_from_slice(&encode(&next));
+            if frame.len() > 256 * 1024 {
+                break;
+            }
+        }
+        if writer
+            .write_all(&frame)
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}

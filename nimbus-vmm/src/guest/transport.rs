@@ -1,0 +1,157 @@
+//! How the guest reaches the host: a virtio-serial port (QEMU), vsock (Firecracker)
+//! or its own stdin/stdout (the sandbox, where the host holds the pipes).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::GuestError;
+use crate::protocol::{VIRTIO_PORT_NAME, VSOCK_PORT};
+
+/// The host's vsock CID, as seen from a guest.
+const HOST_CID: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportKind {
+    Stdio,
+    VirtioSerial { name: String },
+    Vsock { port: u32 },
+}
+
+impl TransportKind {
+    /// `stdio`, `virtio-serial[:NAME]` or `vsock[:PORT]`.
+    pub fn parse(text: &str) -> Result<Self, GuestError> {
+        let (kind, arg) = match text.split_once(':') {
+            Some((kind, arg)) => (kind, Some(arg)),
+            None => (text, None),
+        };
+        match kind {
+            "stdio" => Ok(TransportKind::Stdio),
+            "virtio-serial" => Ok(TransportKind::VirtioSerial {
+                name: arg.unwrap_or(VIRTIO_PORT_NAME).to_string(),
+            }),
+            "vsock" => Ok(TransportKind::Vsock {
+                port: match arg {
+                    Some(port) => port
+                        .parse()
+                        .map_err(|_| GuestError::Transport(format!("bad vsock port {port:?}")))?,
+                    None => VSOCK_PORT,
+                },
+            }),
+            other => Err(GuestError::Transport(format!(
+                "unknown transport {other:?} (stdio, virtio-serial[:NAME], vsock[:PORT])"
+            ))),
+        }
+    }
+
+    /// The `nimbus.transport=` argument of a kernel command line.
+    pub fn from_cmdline(cmdline: &str) -> Option<Result<Self, GuestError>> {
+        cmdline
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("nimbus.transport="))
+            .map(Self::parse)
+    }
+}
+
+pub struct Transport {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Box<dyn Write + Send>,
+}
+
+impl Transport {
+    pub fn open(kind: &TransportKind) -> Result<Self, GuestError> {
+        match kind {
+            TransportKind::Stdio => Ok(Transport {
+                reader: Box::new(std::io::stdin()),
+                writer: Box::new(std::io::stdout()),
+            }),
+            TransportKind::VirtioSerial { name } => {
+                let device = find_virtio_port(name, Duration::from_secs(10))?;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&device)
+                    .map_err(GuestError::io(format!("opening {}", device.display())))?;
+                let reader = file
+                    .try_clone()
+                    .map_err(GuestError::io("duplicating the port handle"))?;
+                Ok(Transport {
+                    reader: Box::new(reader),
+                    writer: Box::new(file),
+                })
+            }
+            TransportKind::Vsock { port } => {
+                #[cfg(target_os = "linux")]
+                {
+                    let stream = vsock::VsockStream::connect_with_cid_port(HOST_CID, *port)
+                        .map_err(GuestError::io(format!(
+                            "vsock connect to {HOST_CID}:{port}"
+                        )))?;
+                    let reader = stream
+                        .try_clone()
+                        .map_err(GuestError::io("duplicating the vsock stream"))?;
+                    Ok(Transport {
+                        reader: Box::new(reader),
+                        writer: Box::new(stream),
+                    })
+                }
+                #[cfg(not(target_os = "linux"))]
+                {
+                    let _ = port;
+                    Err(GuestError::Transport("vsock needs Linux".into()))
+                }
+            }
+        }
+    }
+}
+
+/// `/dev/vportNpM` whose `/sys/class/virtio-ports/*/name` is `name`; waits for the
+/// driver to probe the device.
+fn find_virtio_port(name: &str, wait: Duration) -> Result<PathBuf, GuestError> {
+    let class = Path::new("/sys/class/virtio-ports");
+    let started = Instant::now();
+    loop {
+        if let Ok(entries) = std::fs::read_dir(class) {
+            for entry in entries.flatten() {
+                let port_name =
+                    std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if port_name.trim() == name {
+                    let device = Path::new("/dev").join(entry.file_name());
+                    if device.exists() {
+                        return Ok(device);
+                    }
+                }
+            }
+        }
+        if started.elapsed() > wait {
+            return Err(GuestError::Transport(format!(
+                "no virtio-serial port named {name} under {}",
+                class.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transports_parse_from_the_kernel_command_line() {
+        let cmdline = "console=ttyS0 quiet nimbus.transport=virtio-serial:org.nimbus.0 panic=-1";
+        assert_eq!(
+            TransportKind::from_cmdline(cmdline).and_then(Result::ok),
+            Some(TransportKind::VirtioSerial {
+                name: "org.nimbus.0".into()
+            })
+        );
+        assert_eq!(
+            TransportKind::parse("vsock").ok(),
+            Some(TransportKind::Vsock { port: VSOCK_PORT })
+        );
+        assert!(TransportKind::parse("vsock:x").is_err());
+        assert!(TransportKind::parse("carrier-pigeon").is_err());
+        assert!(TransportKind::from_cmdline("quiet").is_none());
+    }
+}

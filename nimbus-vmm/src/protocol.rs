@@ -1,0 +1,376 @@
+//! The host ⇄ guest protocol spoken between a driver and `nimbus-guest`.
+//!
+//! Every message is one frame: a 4-byte magic, a big-endian `u32` length and that
+//! many bytes of JSON. Output lines of the job travel *inside* frames, so nothing a
+//! job prints can ever be mistaken for a control message, and a torn or foreign
+//! byte stream is detected at the first bad magic instead of being parsed.
+//!
+//! The conversation: the host sends [`HostMessage::Hello`]; the guest answers with
+//! [`GuestMessage::Hello`] (both carry [`PROTOCOL_VERSION`]; a mismatch ends the
+//! session with an error); the host sends one [`HostMessage::Run`]; the guest streams
+//! step and output messages and ends with [`GuestMessage::Finished`].
+//!
+//! The decoder is sans-IO ([`FrameDecoder`]) so the synchronous guest and the async
+//! host share it.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Marks the start of every frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"NMB\x01";
+/// Upper bound of one frame's payload; an output line longer than this is split
+/// by the guest before framing.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Longest output line the guest sends in one message.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Name of the virtio-serial port QEMU exposes to the guest.
+pub const VIRTIO_PORT_NAME: &str = "org.nimbus.0";
+/// vsock port the guest connects to on the host (CID 2) under Firecracker.
+pub const VSOCK_PORT: u32 = 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("bad frame magic {0:02x?}: the stream is not a nimbus-guest channel or lost sync")]
+    BadMagic([u8; 4]),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("undecodable message: {0}")]
+    Json(String),
+    #[error("protocol version mismatch: host speaks {host}, guest speaks {guest}")]
+    Version { host: u32, guest: u32 },
+}
+
+/// Host → guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    Hello {
+        protocol: u32,
+    },
+    Run {
+        job: GuestJob,
+    },
+    /// Stop the running job (its processes are killed) and finish.
+    Cancel,
+}
+
+/// Guest → host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    Hello {
+        protocol: u32,
+        /// nimbus-guest's version.
+        agent: String,
+        /// `uname -r` of the guest kernel (the host's for the sandbox).
+        kernel: String,
+    },
+    StepStarted {
+        index: usize,
+        name: String,
+    },
+    Output(OutputLine),
+    StepFinished {
+        index: usize,
+        outcome: StepOutcome,
+        duration_millis: u64,
+    },
+    Finished {
+        exit_code: i32,
+    },
+    /// The guest could not run the job at all (bad spec, missing shell, …).
+    Failed {
+        message: String,
+    },
+}
+
+/// One line a step printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputLine {
+    /// Strictly increasing per job, starting at 1.
+    pub seq: u64,
+    pub step: usize,
+    pub stream: Stream,
+    /// Unix epoch milliseconds, guest clock.
+    pub ts_millis: i64,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How one step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "code", rename_all = "snake_case")]
+pub enum StepOutcome {
+    Exited(i32),
+    /// Its `if:` condition was false (e.g. an earlier step failed).
+    Skipped,
+    /// Killed after its own `timeout_seconds`.
+    TimedOut,
+}
+
+/// A job as the guest runs it: direct `run:` steps, or a GitHub Actions runner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestJob {
+    #[serde(default)]
+    pub steps: Vec<GuestStep>,
+    /// Environment of every step (a step's own env wins).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of steps without their own (default: the scratch workspace).
+    #[serde(default)]
+    pub working_directory: Option<String>,
+    /// Present for jobs that came from GitHub: the guest starts the Actions runner
+    /// with this just-in-time config instead of running `steps`.
+    #[serde(default)]
+    pub runner: Option<RunnerJob>,
+}
+
+impl GuestJob {
+    /// A job of one shell step per command (what `nimbus vm run` sends).
+    pub fn from_commands<S: AsRef<str>>(commands: &[S]) -> Self {
+        GuestJob {
+            steps: commands
+                .iter()
+                .map(|command| GuestStep::shell(command.as_ref()))
+                .collect(),
+            ..GuestJob::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestStep {
+    pub name: String,
+    /// The script, run as a file by `shell`.
+    pub run: String,
+    /// GitHub's shell keywords (`bash`, `sh`, `python`) or a template with `{0}`
+    /// for the script path. Default: `bash` when the guest has it, else `sh`.
+    #[serde(default)]
+    pub shell: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub working_directory: Option<String>,
+    #[serde(default)]
+    pub condition: StepCondition,
+    #[serde(default)]
+    pub continue_on_error: bool,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl GuestStep {
+    pub fn shell(command: &str) -> Self {
+        GuestStep {
+            name: command.to_string(),
+            run: command.to_string(),
+            ..GuestStep::default()
+        }
+    }
+}
+
+/// When a step runs, as GitHub's `if: success()` (default), `failure()`, `always()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepCondition {
+    #[default]
+    Success,
+    Failure,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerJob {
+    /// The encoded JIT config from `generate-jitconfig`.
+    pub jit_config: String,
+    /// Where the Actions runner is installed in the rootfs.
+    #[serde(default = "default_runner_dir")]
+    pub runner_dir: String,
+}
+
+fn default_runner_dir() -> String {
+    "/opt/actions-runner".to_string()
+}
+
+/// Encodes one message as a frame.
+pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
+    // Serializing these plain types cannot fail (no maps with non-string keys).
+    let payload = serde_json::to_vec(message).unwrap_or_else(|e| {
+        format!("{{\"type\":\"failed\",\"message\":\"encode: {e}\"}}").into_bytes()
+    });
+    let mut frame = Vec::with_capacity(8 + payload.len());
+    frame.extend_from_slice(&FRAME_MAGIC);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Accumulates bytes from any transport and yields whole messages.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buffer: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, `Ok(None)` when more bytes are needed.
+    pub fn next_message<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ProtocolError> {
+        if self.buffer.len() < 8 {
+            return Ok(None);
+        }
+        let magic = [
+            self.buffer[0],
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+        ];
+        if magic != FRAME_MAGIC {
+            return Err(ProtocolError::BadMagic(magic));
+        }
+        let len = u32::from_be_bytes([
+            self.buffer[4],
+            self.buffer[5],
+            self.buffer[6],
+            self.buffer[7],
+        ]) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(ProtocolError::TooLarge(len));
+        }
+        if self.buffer.len() < 8 + len {
+            return Ok(None);
+        }
+        let message = serde_json::from_slice(&self.buffer[8..8 + len])
+            .map_err(|e| ProtocolError::Json(e.to_string()));
+        self.buffer.drain(..8 + len);
+        message.map(Some)
+    }
+
+    /// Bytes received but not yet part of a whole frame.
+    pub fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+/// Checks the peer's version against ours.
+pub fn check_version(host: u32, guest: u32) -> Result<(), ProtocolError> {
+    if host == guest {
+        Ok(())
+    } else {
+        Err(ProtocolError::Version { host, guest })
+    }
+}
+
+/// Splits text into lines no longer than [`MAX_LINE_BYTES`], on char boundaries.
+pub fn split_long_line(line: &str) -> Vec<&str> {
+    if line.len() <= MAX_LINE_BYTES {
+        return vec![line];
+    }
+    let mut parts = Vec::new();
+    let mut rest = line;
+    while rest.len() > MAX_LINE_BYTES {
+        let mut cut = MAX_LINE_BYTES;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        parts.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    parts.push(rest);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_across_arbitrary_chunking() {
+        let messages = vec![
+            GuestMessage::Hello {
+                protocol: PROTOCOL_VERSION,
+                agent: "0.1.0".into(),
+                kernel: "6.1.0".into(),
+            },
+            GuestMessage::Output(OutputLine {
+                seq: 1,
+                step: 0,
+                stream: Stream::Stdout,
+                ts_millis: 1,
+                // A job printing something that looks like a frame is still just text.
+                line: "NMB\u{1}\0\0\0\u{5}{\"type\":\"finished\",\"exit_code\":0}".into(),
+            }),
+            GuestMessage::Finished { exit_code: 3 },
+        ];
+        let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
+        for chunk in [1, 3, 7, 64, bytes.len()] {
+            let mut decoder = FrameDecoder::new();
+            let mut decoded = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                decoder.push(piece);
+                while let Some(message) = decoder.next_message::<GuestMessage>().expect("decodes") {
+                    decoded.push(message);
+                }
+            }
+            assert_eq!(decoded, messages, "chunk size {chunk}");
+            assert_eq!(decoder.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn foreign_bytes_and_oversized_frames_are_errors_not_panics() {
+        let mut decoder = FrameDecoder::new();
+        decoder.push(b"[    0.000000] Linux version 6.1");
+        assert!(matches!(
+            decoder.next_message::<GuestMessage>(),
+            Err(ProtocolError::BadMagic(_))
+        ));
+
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&FRAME_MAGIC);
+        decoder.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            decoder.next_message::<GuestMessage>(),
+            Err(ProtocolError::TooLarge(_))
+        ));
+
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&encode(&serde_json::json!({"type": "nonsense"})));
+        assert!(matches!(
+            decoder.next_message::<GuestMessage>(),
+            Err(ProtocolError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn job_specs_refuse_unknown_fields() {
+        let error = serde_json::from_str::<GuestJob>(r#"{"stepz": []}"#).expect_err("refused");
+        assert!(error.to_string().contains("stepz"));
+    }
+
+    #[test]
+    fn long_lines_split_on_char_boundaries() {
+        let line = "é".repeat(MAX_LINE_BYTES);
+        let parts = split_long_line(&line);
+        assert!(parts.iter().all(|p| p.len() <= MAX_LINE_BYTES));
+        assert_eq!(parts.concat(), line);
+    }
+}

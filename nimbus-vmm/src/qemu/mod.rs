@@ -1,0 +1,414 @@
+//! QEMU `microvm`: the same kernel and rootfs as Firecracker, virtio-mmio block
+//! devices and a virtio-serial port to the guest. Hardware KVM where the host has
+//! it; elsewhere TCG (software emulation) — slow, but a real kernel in a real VM, so
+//! the VM path is proven on every machine, CI included.
+//!
+//! Per-VM files (under the VM's runtime directory): a qcow2 overlay over the
+//! attested rootfs image (the image itself is never written), a qcow2 overlay over
+//! the shared scratch template, the guest channel socket and the console log.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::host;
+use crate::network::VmNetwork;
+use crate::protocol::{GuestJob, VIRTIO_PORT_NAME};
+use crate::runtime::{self, VmDir};
+use crate::session::GuestChannel;
+use crate::spec::NetworkSpec;
+use crate::{
+    DriverKind, Error, GuestInfo, JobEvent, JobReport, Outcome, Probe, Result, Vm, VmSpec,
+    VmmDriver,
+};
+
+/// QEMU's acceleration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64`, from PATH unless given.
+    pub binary: Option<PathBuf>,
+    /// None: KVM when the host has hardware KVM, else TCG.
+    pub accel: Option<Accel>,
+    /// Where VM runtime directories are created.
+    pub runtime_dir: PathBuf,
+}
+
+pub struct QemuDriver {
+    config: QemuConfig,
+}
+
+impl QemuDriver {
+    pub fn new(config: QemuConfig) -> Self {
+        QemuDriver { config }
+    }
+
+    fn binary(&self) -> Result<PathBuf, String> {
+        host::find_binary("qemu-system-x86_64", self.config.binary.as_deref())
+    }
+
+    /// The acceleration a VM would get, or why none works.
+    pub fn accel(&self) -> Result<Accel, String> {
+        match self.config.accel {
+            Some(Accel::Kvm) => host::hardware_kvm().map(|()| Accel::Kvm),
+            Some(Accel::Tcg) => Ok(Accel::Tcg),
+            None => Ok(if host::hardware_kvm().is_ok() {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl VmmDriver for QemuDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Qemu
+    }
+
+    async fn probe(&self) -> Probe {
+        let result = self.binary().and_then(|binary| {
+            // Per-VM copy-on-write overlays are made with qemu-img.
+            host::find_binary("qemu-img", None).map_err(|e| format!("{e} (apt-get install qemu-utils)"))?;
+            let accel = self.accel()?;
+            Ok(match accel {
+                Accel::Kvm => format!("{} with hardware KVM", binary.display()),
+                Accel::Tcg => format!(
+                    "{} with TCG software emulation (no hardware KVM: {}); fine for tests, slow for real work",
+                    binary.display(),
+                    host::hardware_kvm().err().unwrap_or_else(|| "TCG forced".into())
+                ),
+            })
+        });
+        Probe {
+            driver: DriverKind::Qemu,
+            available: result.is_ok(),
+            reason: result.unwrap_or_else(|e| e),
+        }
+    }
+
+    async fn prepare(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
+        let binary = self.binary().map_err(|reason| Error::Unavailable {
+            driver: "qemu",
+            reason,
+        })?;
+        let accel = self.accel().map_err(|reason| Error::Unavailable {
+            driver: "qemu",
+            reason,
+        })?;
+        let dir = VmDir::create(&self.config.runtime_dir, &spec.id)?;
+        let mut vm = QemuVm {
+            spec: spec.clone(),
+            binary,
+            accel,
+            dir,
+            child: None,
+            channel: None,
+            network: None,
+            destroyed: false,
+        };
+        if let Err(error) = vm.lay_out_disks(&self.config.runtime_dir).await {
+            let _ = vm.destroy().await;
+            return Err(error);
+        }
+        Ok(Box::new(vm))
+    }
+}
+
+pub struct QemuVm {
+    spec: VmSpec,
+    binary: PathBuf,
+    accel: Accel,
+    dir: VmDir,
+    child: Option<Child>,
+    channel: Option<GuestChannel>,
+    network: Option<VmNetwork>,
+    destroyed: bool,
+}
+
+const ROOT_OVERLAY: &str = "rootfs.qcow2";
+const SCRATCH_OVERLAY: &str = "scratch.qcow2";
+const GUEST_SOCKET: &str = "guest.sock";
+const CONSOLE_LOG: &str = "console.log";
+const QEMU_LOG: &str = "qemu.log";
+
+impl QemuVm {
+    async fn lay_out_disks(&mut self, runtime_root: &Path) -> Result<()> {
+        let rootfs = absolute(&self.spec.rootfs)?;
+        overlay(&rootfs, &self.dir.join(ROOT_OVERLAY)).await?;
+        if self.spec.scratch_disk_mib > 0 {
+            let template =
+                runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
+            overlay(&template, &self.dir.join(SCRATCH_OVERLAY)).await?;
+        }
+        if let NetworkSpec::Tap { egress } = self.spec.network {
+            self.network = Some(VmNetwork::create(&self.spec.id, egress).await?);
+        }
+        Ok(())
+    }
+
+    fn command(&self) -> Result<Command> {
+        let spec = &self.spec;
+        let path = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
+        let socket = path(GUEST_SOCKET);
+        if socket.len() > 100 {
+            return Err(Error::Config(format!(
+                "the guest socket path {socket} is too long for a Unix socket: use a shorter NIMBUS_VM_RUNTIME_DIR"
+            )));
+        }
+        let mut cmdline = vec![
+            "console=ttyS0",
+            "reboot=t",
+            "panic=-1",
+            "quiet",
+            "loglevel=3",
+            "8250.nr_uarts=1",
+            "i8042.noaux",
+            "i8042.nomux",
+            "i8042.nopnp",
+            "i8042.dumbkbd",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        if self.accel == Accel::Tcg {
+            // Under TCG the guest can hang calibrating the TSC on a loaded host.
+            cmdline.push("tsc_early_khz=2000000".into());
+            cmdline.push("lpj=8000000".into());
+        }
+        cmdline.push(format!("nimbus.transport=virtio-serial:{VIRTIO_PORT_NAME}"));
+        if let Some(network) = &self.network {
+            cmdline.extend(network.guest_boot_args());
+        }
+        cmdline.extend(spec.boot_args.iter().cloned());
+
+        let mut command = match &self.network {
+            Some(network) => network.wrap(&self.binary),
+            None => Command::new(&self.binary),
+        };
+        command.args(["-M", "microvm,pit=on,pic=on,rtc=on"]);
+        match self.accel {
+            Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => command.args(["-accel", "tcg", "-cpu", "max"]),
+        };
+        command
+            .args(["-smp", &spec.vcpus.max(1).to_string()])
+            .args(["-m", &spec.memory_mib.max(64).to_string()])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .args(["-serial", &format!("file:{}", path(CONSOLE_LOG))])
+            .arg("-kernel")
+            .arg(absolute(&spec.kernel)?)
+            .args(["-append", &cmdline.join(" ")]);
+        if let Some(initrd) = &spec.initrd {
+            command.arg("-initrd").arg(absolute(initrd)?);
+        }
+        command
+            .args([
+                "-drive",
+                &format!(
+                    "id=root,file={},format=qcow2,if=none,cache=unsafe",
+                    path(ROOT_OVERLAY)
+                ),
+            ])
+            .args(["-device", "virtio-blk-device,drive=root"]);
+        if spec.scratch_disk_mib > 0 {
+            command
+                .args([
+                    "-drive",
+                    &format!(
+                        "id=scratch,file={},format=qcow2,if=none,cache=unsafe",
+                        path(SCRATCH_OVERLAY)
+                    ),
+                ])
+                .args(["-device", "virtio-blk-device,drive=scratch"]);
+        }
+        if let Some(network) = &self.network {
+            command
+                .args([
+                    "-netdev",
+                    &format!(
+                        "tap,id=net0,ifname={},script=no,downscript=no",
+                        network.tap()
+                    ),
+                ])
+                .args([
+                    "-device",
+                    &format!("virtio-net-device,netdev=net0,mac={}", network.mac()),
+                ]);
+        }
+        command
+            .args(["-device", "virtio-serial-device"])
+            .args([
+                "-chardev",
+                &format!("socket,id=nimbus,path={socket},server=on,wait=off"),
+            ])
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=nimbus,name={VIRTIO_PORT_NAME}"),
+            ]);
+        let log = std::fs::File::create(self.dir.join(QEMU_LOG))
+            .map_err(Error::io("creating qemu.log"))?;
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        Ok(command)
+    }
+
+    fn boot_error(&self, message: impl Into<String>) -> Error {
+        let mut console = self.dir.tail(QEMU_LOG, 5);
+        console.extend(self.dir.tail(CONSOLE_LOG, 20));
+        Error::Boot {
+            message: message.into(),
+            console,
+        }
+    }
+
+    async fn connect(&mut self, deadline: Instant) -> Result<UnixStream> {
+        let socket = self.dir.join(GUEST_SOCKET);
+        loop {
+            if let Ok(stream) = UnixStream::connect(&socket).await {
+                return Ok(stream);
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(self.boot_error(format!(
+                        "qemu exited with {status} before the guest channel opened"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.boot_error("the guest channel did not open in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    async fn boot(&mut self) -> Result<GuestInfo> {
+        if self.destroyed || self.child.is_some() {
+            return Err(Error::State("boot after boot or destroy"));
+        }
+        let started = Instant::now();
+        let deadline = started + self.spec.boot_timeout;
+        let command = self.command()?;
+        self.child = Some(runtime::spawn(command, &self.dir, "qemu-system-x86_64")?);
+        let stream = self.connect(deadline).await?;
+        let (reader, writer) = stream.into_split();
+        let mut channel = GuestChannel::new(reader, writer);
+        let hello = match tokio::time::timeout_at(deadline.into(), channel.handshake()).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(error)) => return Err(self.boot_error(format!("handshake: {error}"))),
+            Err(_) => {
+                return Err(self.boot_error(format!(
+                    "the guest did not say hello within {:?}",
+                    self.spec.boot_timeout
+                )))
+            }
+        };
+        self.channel = Some(channel);
+        Ok(GuestInfo {
+            agent: hello.agent,
+            kernel: hello.kernel,
+            boot_millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn run(
+        &mut self,
+        job: &GuestJob,
+        on_event: &mut (dyn FnMut(JobEvent) + Send),
+    ) -> Result<JobReport> {
+        let channel = self
+            .channel
+            .as_mut()
+            .ok_or(Error::State("run before boot"))?;
+        let mut report = channel.run(job, self.spec.timeout, on_event).await?;
+        if let Outcome::Crashed { reason } = &mut report.outcome {
+            let tail = self.dir.tail(CONSOLE_LOG, 10);
+            if !tail.is_empty() {
+                reason.push_str(&format!("; console: {}", tail.join(" | ")));
+            }
+        }
+        if !matches!(report.outcome, Outcome::Exited { .. }) {
+            self.destroy().await?;
+        }
+        Ok(report)
+    }
+
+    async fn destroy(&mut self) -> Result<()> {
+        self.channel = None;
+        runtime::kill(&mut self.child).await;
+        if let Some(network) = self.network.take() {
+            network.remove().await;
+        }
+        self.destroyed = true;
+        self.dir.remove()
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        // kill_on_drop stops the process; the files must not outlive the VM either.
+        if !self.destroyed {
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.start_kill();
+            }
+            let _ = self.dir.remove();
+        }
+    }
+}
+
+async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
+    runtime::run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &base.to_string_lossy(),
+            &overlay.to_string_lossy(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(Error::io(format!("resolving {}", path.display())))
+}

@@ -1,0 +1,234 @@
+//! A VM's runtime directory and process: everything a VM owns on the host lives in
+//! `RUNTIME_DIR/<vm id>/` (overlay, scratch disk, sockets, console log, pid file), so
+//! destroying a VM is "kill the recorded process, remove the directory", and a host
+//! agent that crashed can clean up after itself with [`reap_orphans`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::{Error, Result};
+
+/// File in the VM directory holding the VM process's pid.
+const PID_FILE: &str = "vm.pid";
+
+#[derive(Debug)]
+pub struct VmDir {
+    path: PathBuf,
+}
+
+impl VmDir {
+    /// Creates `root/id`; refuses ids that are not plain names and ids in use.
+    pub fn create(root: &Path, id: &str) -> Result<Self> {
+        validate_id(id)?;
+        std::fs::create_dir_all(root).map_err(Error::io(format!(
+            "creating the VM runtime directory {}",
+            root.display()
+        )))?;
+        let path = root.join(id);
+        std::fs::create_dir(&path).map_err(Error::io(format!(
+            "creating {} (is a VM of that id running?)",
+            path.display()
+        )))?;
+        Ok(VmDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn record_pid(&self, pid: u32) -> Result<()> {
+        std::fs::write(self.join(PID_FILE), pid.to_string())
+            .map_err(Error::io("writing the VM's pid file"))
+    }
+
+    /// Removes the directory; a missing one is fine (destroy is idempotent).
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", self.path.display()))(e)),
+        }
+    }
+
+    /// The last `n` lines of a log file in the directory (console, stderr).
+    pub fn tail(&self, name: &str, n: usize) -> Vec<String> {
+        let text = std::fs::read(self.join(name)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    }
+}
+
+fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "VM id {id:?} must be 1-64 characters of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+/// Spawns `command` killed on drop, recording its pid in `dir`.
+pub fn spawn(mut command: Command, dir: &VmDir, what: &str) -> Result<Child> {
+    command.kill_on_drop(true);
+    let child = command
+        .spawn()
+        .map_err(Error::io(format!("starting {what}")))?;
+    if let Some(pid) = child.id() {
+        dir.record_pid(pid)?;
+    }
+    Ok(child)
+}
+
+/// Kills the child (if still running) and reaps it.
+pub async fn kill(child: &mut Option<Child>) {
+    if let Some(mut process) = child.take() {
+        let _ = process.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), process.wait()).await;
+    }
+}
+
+/// Kills VM processes left behind by an earlier agent (their directory still has a
+/// pid file whose process runs with the directory on its command line) and removes
+/// every VM directory under `root`. Returns the ids cleaned up.
+pub fn reap_orphans(root: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", root.display()))(e)),
+    };
+    let mut reaped = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        // Dot-directories hold shared files (disk templates), not VMs.
+        if !dir.is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let needle = dir.display().to_string();
+            // Only a process that names this VM's directory is ours: pids get reused.
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+        reaped.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(reaped)
+}
+
+/// Runs a helper command to completion, failing with its stderr.
+pub async fn run_tool(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            message: if e.kind() == std::io::ErrorKind::NotFound {
+                format!("{program} is not installed")
+            } else {
+                e.to_string()
+            },
+        })?;
+    if !output.status.success() {
+        return Err(Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A formatted, empty ext4 image labelled `nimbus-scratch` of `size_mib`, made once
+/// per size under `root/.templates/` and shared read-only: each VM gets a
+/// copy-on-write overlay or a sparse copy of it instead of formatting a disk per job.
+pub async fn scratch_template(root: &Path, size_mib: u32) -> Result<PathBuf> {
+    let dir = root.join(".templates");
+    let path = dir.join(format!("scratch-{size_mib}m.ext4"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let temp = dir.join(format!(".scratch-{size_mib}m-{}.tmp", std::process::id()));
+    let file = std::fs::File::create(&temp).map_err(Error::io("creating a scratch template"))?;
+    file.set_len(u64::from(size_mib) << 20)
+        .map_err(Error::io("sizing a scratch template"))?;
+    drop(file);
+    let temp_str = temp.to_string_lossy().into_owned();
+    run_tool(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-L",
+            "nimbus-scratch",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+            &temp_str,
+        ],
+    )
+    .await?;
+    std::fs::rename(&temp, &path).map_err(Error::io("installing a scratch template"))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_plain_names() {
+        let root = std::env::temp_dir().join(format!("nimbus-vmdir-{}", std::process::id()));
+        assert!(VmDir::create(&root, "../escape").is_err());
+        assert!(VmDir::create(&root, "").is_err());
+        let dir = VmDir::create(&root, "job-1_a").expect("created");
+        assert!(VmDir::create(&root, "job-1_a").is_err(), "ids are unique");
+        dir.remove().expect("removed");
+        dir.remove().expect("removing twice is fine");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[tokio::test]
+    async fn orphans_are_killed_and_removed() {
+        let root = std::env::temp_dir().join(format!("nimbus-reap-{}", std::process::id()));
+        let dir = VmDir::create(&root, "orphan").expect("created");
+        // A process that names the VM directory on its command line, like a VM's.
+        let mut command = Command::new("sh");
+        command.args(["-c", "sleep 60", dir.path().to_str().unwrap_or("")]);
+        let mut child = spawn(command, &dir, "a fake VM").expect("spawned");
+        std::mem::forget(dir);
+        let reaped = reap_orphans(&root).expect("reaped");
+        assert_eq!(reaped, vec!["orphan".to_string()]);
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .expect("killed in time")
+            .expect("status");
+        assert!(!status.success());
+        assert!(!root.join("orphan").exists());
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

@@ -1,0 +1,260 @@
+//! Which driver runs jobs here: `NIMBUS_VMM=auto|firecracker|qemu|sandbox`.
+//!
+//! `auto` takes Firecracker (hardware KVM and a firecracker binary), else QEMU
+//! with hardware KVM, else the namespace sandbox — and says which and why. QEMU
+//! under TCG is never chosen by `auto`: it emulates every instruction, fine for
+//! proving the VM path (`NIMBUS_VMM=qemu`), far too slow for real work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_core::Env;
+
+use crate::firecracker::jailer::JailerConfig;
+use crate::firecracker::{FirecrackerConfig, FirecrackerDriver};
+use crate::qemu::{Accel, QemuConfig, QemuDriver};
+use crate::sandbox::{SandboxConfig, SandboxDriver};
+use crate::{DriverKind, Error, Probe, Result, VmmDriver};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmChoice {
+    Auto,
+    Fixed(DriverKind),
+}
+
+/// Host-side VM configuration, from `NIMBUS_*` variables.
+#[derive(Debug, Clone)]
+pub struct VmmConfig {
+    pub choice: VmmChoice,
+    pub qemu_accel: Option<Accel>,
+    pub qemu_binary: Option<PathBuf>,
+    pub firecracker_binary: Option<PathBuf>,
+    pub jailer: Option<JailerConfig>,
+    pub seccomp_filter: Option<PathBuf>,
+    /// Built by `nimbus assets build`.
+    pub assets_dir: PathBuf,
+    /// Per-VM directories (overlays, sockets, logs).
+    pub runtime_dir: PathBuf,
+    /// Pins the rootfs: assets whose manifest names another rootfs are refused.
+    pub rootfs_sha256: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub scratch_disk_mib: u32,
+    pub boot_timeout: Duration,
+}
+
+fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
+    nimbus_core::Error::Config {
+        variable: variable.into(),
+        message: message.into(),
+    }
+}
+
+impl VmmConfig {
+    pub fn from_env(env: &Env) -> nimbus_core::Result<Self> {
+        let data_dir = env.data_dir();
+        let choice = match env.get("NIMBUS_VMM").unwrap_or("auto") {
+            "auto" => VmmChoice::Auto,
+            "firecracker" => VmmChoice::Fixed(DriverKind::Firecracker),
+            "qemu" => VmmChoice::Fixed(DriverKind::Qemu),
+            "sandbox" => VmmChoice::Fixed(DriverKind::Sandbox),
+            other => {
+                return Err(config_error(
+                    "NIMBUS_VMM",
+                    format!("invalid value {other:?}: expected auto, firecracker, qemu or sandbox"),
+                ))
+            }
+        };
+        let qemu_accel = match env.get("NIMBUS_QEMU_ACCEL") {
+            None | Some("auto") => None,
+            Some(text) => Some(Accel::parse(text).ok_or_else(|| {
+                config_error(
+                    "NIMBUS_QEMU_ACCEL",
+                    format!("invalid value {text:?}: expected kvm, tcg or auto"),
+                )
+            })?),
+        };
+        let path = |name: &str| env.get(name).map(PathBuf::from);
+        let jailer = match path("NIMBUS_JAILER_BIN") {
+            None => None,
+            Some(binary) => Some(JailerConfig {
+                binary,
+                uid: env.parse_or("NIMBUS_JAILER_UID", 65534u32)?,
+                gid: env.parse_or("NIMBUS_JAILER_GID", 65534u32)?,
+                chroot_base: path("NIMBUS_JAILER_CHROOT_BASE")
+                    .unwrap_or_else(|| PathBuf::from("/srv/jailer")),
+                seccomp_filter: path("NIMBUS_SECCOMP_FILTER"),
+            }),
+        };
+        let rootfs_sha256 = env.get("NIMBUS_ROOTFS_SHA256").map(str::to_string);
+        if let Some(pin) = &rootfs_sha256 {
+            if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(config_error(
+                    "NIMBUS_ROOTFS_SHA256",
+                    "must be 64 hex digits (a sha256)",
+                ));
+            }
+        }
+        Ok(VmmConfig {
+            choice,
+            qemu_accel,
+            qemu_binary: path("NIMBUS_QEMU_BIN"),
+            firecracker_binary: path("NIMBUS_FIRECRACKER_BIN"),
+            jailer,
+            seccomp_filter: path("NIMBUS_SECCOMP_FILTER"),
+            assets_dir: path("NIMBUS_ASSETS_DIR").unwrap_or_else(|| data_dir.join("assets")),
+            runtime_dir: path("NIMBUS_VM_RUNTIME_DIR").unwrap_or_else(|| data_dir.join("vms")),
+            rootfs_sha256,
+            vcpus: env.parse_or("NIMBUS_VM_VCPUS", 2u32)?,
+            memory_mib: env.parse_or("NIMBUS_VM_MEMORY_MIB", 1024u32)?,
+            scratch_disk_mib: env.parse_or("NIMBUS_VM_SCRATCH_MIB", 4096u32)?,
+            boot_timeout: env.seconds_or("NIMBUS_VM_BOOT_TIMEOUT", Duration::from_secs(60))?,
+        })
+    }
+
+    /// A driver of the given kind, configured (nothing is checked yet).
+    pub fn driver(&self, kind: DriverKind) -> Arc<dyn VmmDriver> {
+        match kind {
+            DriverKind::Firecracker => Arc::new(FirecrackerDriver::new(FirecrackerConfig {
+                binary: self.firecracker_binary.clone(),
+                jailer: self.jailer.clone(),
+                seccomp_filter: self.seccomp_filter.clone(),
+                runtime_dir: self.runtime_dir.clone(),
+            })),
+            DriverKind::Qemu => Arc::new(QemuDriver::new(QemuConfig {
+                binary: self.qemu_binary.clone(),
+                accel: self.qemu_accel,
+                runtime_dir: self.runtime_dir.clone(),
+            })),
+            DriverKind::Sandbox => Arc::new(SandboxDriver::new(SandboxConfig {
+                runtime_dir: self.runtime_dir.clone(),
+            })),
+        }
+    }
+
+    /// Every driver's probe, best first.
+    pub async fn probe_all(&self) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for kind in DriverKind::ALL {
+            probes.push(self.driver(kind).probe().await);
+        }
+        probes
+    }
+}
+
+/// The chosen driver and why.
+pub struct Selection {
+    pub driver: Arc<dyn VmmDriver>,
+    pub reason: String,
+}
+
+/// Picks the driver `NIMBUS_VMM` asks for (it must be available), or the best one.
+pub async fn select(config: &VmmConfig) -> Result<Selection> {
+    match config.choice {
+        VmmChoice::Fixed(kind) => {
+            let driver = config.driver(kind);
+            let probe = driver.probe().await;
+            if !probe.available {
+                return Err(Error::Unavailable {
+                    driver: kind.as_str(),
+                    reason: probe.reason,
+                });
+            }
+            Ok(Selection {
+                driver,
+                reason: format!("NIMBUS_VMM={kind}: {}", probe.reason),
+            })
+        }
+        VmmChoice::Auto => {
+            let probes = config.probe_all().await;
+            let qemu_on_kvm =
+                config.qemu_accel != Some(Accel::Tcg) && crate::host::hardware_kvm().is_ok();
+            let mut passed_over = Vec::new();
+            for probe in &probes {
+                let usable = probe.available && (probe.driver != DriverKind::Qemu || qemu_on_kvm);
+                if usable {
+                    let reason = if passed_over.is_empty() {
+                        format!("auto: {} ({})", probe.driver, probe.reason)
+                    } else {
+                        format!(
+                            "auto: {} ({}); passed over: {}",
+                            probe.driver,
+                            probe.reason,
+                            passed_over.join("; ")
+                        )
+                    };
+                    return Ok(Selection {
+                        driver: config.driver(probe.driver),
+                        reason,
+                    });
+                }
+                let why = if probe.available {
+                    "only TCG emulation here".to_string()
+                } else {
+                    probe.reason.clone()
+                };
+                passed_over.push(format!("{}: {why}", probe.driver));
+            }
+            Err(Error::Unavailable {
+                driver: "auto",
+                reason: passed_over.join("; "),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let env = Env::from_map([("NIMBUS_VMM", "xen")]);
+        assert!(VmmConfig::from_env(&env)
+            .expect_err("an error")
+            .to_string()
+            .contains("NIMBUS_VMM"));
+        let env = Env::from_map([("NIMBUS_QEMU_ACCEL", "hvf")]);
+        assert!(VmmConfig::from_env(&env)
+            .expect_err("an error")
+            .to_string()
+            .contains("NIMBUS_QEMU_ACCEL"));
+        let env = Env::from_map([("NIMBUS_ROOTFS_SHA256", "abc")]);
+        assert!(VmmConfig::from_env(&env)
+            .expect_err("an error")
+            .to_string()
+            .contains("NIMBUS_ROOTFS_SHA256"));
+    }
+
+    #[test]
+    fn defaults_live_under_the_data_dir() {
+        let env = Env::from_map([("NIMBUS_DATA_DIR", "/var/lib/nimbus")]);
+        let config = VmmConfig::from_env(&env).expect("parses");
+        assert_eq!(config.choice, VmmChoice::Auto);
+        assert_eq!(config.assets_dir, PathBuf::from("/var/lib/nimbus/assets"));
+        assert_eq!(config.runtime_dir, PathBuf::from("/var/lib/nimbus/vms"));
+        assert!(config.jailer.is_none());
+    }
+
+    #[tokio::test]
+    async fn auto_never_picks_tcg_and_says_why() {
+        // Here (no hardware KVM, no firecracker) auto must land on the sandbox.
+        if crate::host::hardware_kvm().is_ok() {
+            return;
+        }
+        let env = Env::from_map([("NIMBUS_VM_RUNTIME_DIR", "/tmp/nimbus-select-test")]);
+        let config = VmmConfig::from_env(&env).expect("parses");
+        match select(&config).await {
+            Ok(selection) => {
+                assert_eq!(selection.driver.kind(), DriverKind::Sandbox);
+                assert!(
+                    selection.reason.contains("firecracker:"),
+                    "{}",
+                    selection.reason
+                );
+            }
+            Err(error) => assert!(error.to_string().contains("qemu"), "{error}"),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The host half of the guest protocol: handshake, send the job, collect events,
+//! enforce the deadline. Every driver ends up with a byte stream to `nimbus-guest`
+//! (virtio-serial socket, vsock, or the sandbox's pipes) and hands it to
+//! [`GuestChannel`].
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::{
+    check_version, encode, FrameDecoder, GuestJob, GuestMessage, HostMessage, PROTOCOL_VERSION,
+};
+use crate::{Error, JobEvent, JobReport, Outcome, Result, StepReport};
+
+pub struct GuestChannel {
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
+    decoder: FrameDecoder,
+}
+
+/// Who the guest said it is.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub agent: String,
+    pub kernel: String,
+}
+
+impl GuestChannel {
+    pub fn new(
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        writer: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Self {
+        GuestChannel {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            decoder: FrameDecoder::new(),
+        }
+    }
+
+    pub async fn send(&mut self, message: &HostMessage) -> Result<()> {
+        self.writer
+            .write_all(&encode(message))
+            .await
+            .map_err(Error::io("writing to the guest"))?;
+        self.writer
+            .flush()
+            .await
+            .map_err(Error::io("writing to the guest"))
+    }
+
+    /// The next message; `None` once the guest closed the channel.
+    pub async fn recv(&mut self) -> Result<Option<GuestMessage>> {
+        let mut buffer = [0u8; 32 * 1024];
+        loop {
+            if let Some(message) = self.decoder.next_message::<GuestMessage>()? {
+                return Ok(Some(message));
+            }
+            let n = self
+                .reader
+                .read(&mut buffer)
+                .await
+                .map_err(Error::io("reading from the guest"))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.decoder.push(&buffer[..n]);
+        }
+    }
+
+    /// Sends our hello and waits for the guest's.
+    pub async fn handshake(&mut self) -> Result<Hello> {
+        self.send(&HostMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+        })
+        .await?;
+        match self.recv().await? {
+            Some(GuestMessage::Hello {
+                protocol,
+                agent,
+                kernel,
+            }) => {
+                check_version(PROTOCOL_VERSION, protocol)?;
+                Ok(Hello { agent, kernel })
+            }
+            Some(other) => Err(Error::Protocol(format!(
+                "expected the guest's hello, got {other:?}"
+            ))),
+            None => Err(Error::Protocol(
+                "the guest closed the channel before its hello".into(),
+            )),
+        }
+    }
+
+    /// Runs `job` and returns how it ended; `timeout` bounds the whole run.
+    /// On [`Outcome::TimedOut`] the caller must destroy the VM.
+    pub async fn run(
+        &mut self,
+        job: &GuestJob,
+        timeout: Duration,
+        on_event: &mut (dyn FnMut(JobEvent) + Send),
+    ) -> Result<JobReport> {
+        let started = Instant::now();
+        let mut progress = Progress::default();
+        let ended = tokio::time::timeout(timeout, self.collect(job, &mut progress, on_event)).await;
+        let outcome = match ended {
+            Ok(outcome) => outcome?,
+            Err(_elapsed) => {
+                // Best effort: the guest stops the job; the VM is destroyed anyway.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    self.send(&HostMessage::Cancel),
+                )
+                .await;
+                Outcome::TimedOut
+            }
+        };
+        Ok(JobReport {
+            outcome,
+            steps: progress.steps,
+            output_lines: progress.lines,
+            duration_millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn collect(
+        &mut self,
+        job: &GuestJob,
+        progress: &mut Progress,
+        on_event: &mut (dyn FnMut(JobEvent) + Send),
+    ) -> Result<Outcome> {
+        self.send(&HostMessage::Run { job: job.clone() }).await?;
+        let mut failure = None;
+        loop {
+            let message = match self.recv().await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    return Ok(Outcome::Crashed {
+                        reason: failure.unwrap_or_else(|| {
+                            "the guest went away before the job finished".to_string()
+                        }),
+                    })
+                }
+                // A transport error mid-job is the VM dying under us.
+                Err(Error::Io { source, .. }) => {
+                    return Ok(Outcome::Crashed {
+                        reason: format!("lost the guest: {source}"),
+                    })
+                }
+                Err(other) => return Err(other),
+            };
+            match message {
+                GuestMessage::StepStarted { index, name } => {
+                    progress.steps.push(StepReport {
+                        name: name.clone(),
+                        outcome: crate::protocol::StepOutcome::Skipped,
+                        duration_millis: 0,
+                    });
+                    on_event(JobEvent::StepStarted { index, name });
+                }
+                GuestMessage::Output(line) => {
+                    progress.lines += 1;
+                    on_event(JobEvent::Output(line));
+                }
+                GuestMessage::StepFinished {
+                    index,
+                    outcome,
+                    duration_millis,
+                } => {
+                    if let Some(step) = progress.steps.get_mut(index) {
+                        step.outcome = outcome;
+                        step.duration_millis = duration_millis;
+                    }
+                    on_event(JobEvent::StepFinished {
+                        index,
+                        outcome,
+                        duration_millis,
+                    });
+                }
+                GuestMessage::Failed { message } => failure = Some(message),
+                GuestMessage::Finished { exit_code } => {
+                    if let Some(message) = failure {
+                        on_event(JobEvent::Output(crate::protocol::OutputLine {
+                            seq: progress.lines + 1,
+                            step: 0,
+                            stream: crate::protocol::Stream::Stderr,
+                            ts_millis: 0,
+                            line: format!("nimbus-guest: {message}"),
+                        }));
+                    }
+                    return Ok(Outcome::Exited { code: exit_code });
+                }
+                GuestMessage::Hello { .. } => {
+                    return Err(Error::Protocol("a second hello from the guest".into()))
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    steps: Vec<StepReport>,
+    lines: u64,
+}

@@ -1,0 +1,157 @@
+//! The shared driver suite against real machines: QEMU microvm booting the built
+//! assets (TCG here, KVM where the host has it) and the namespace sandbox.
+//!
+//! Assets come from `NIMBUS_TEST_ASSETS` (scripts/test.sh builds them into
+//! /var/tmp/nimbus-assets). Without them the suites skip, except under CI=true.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_vmm::assets::AssetSet;
+use nimbus_vmm::qemu::{QemuConfig, QemuDriver};
+use nimbus_vmm::sandbox::{SandboxConfig, SandboxDriver};
+use nimbus_vmm::spec::NetworkSpec;
+use nimbus_vmm::testsuite::{require, Harness};
+use nimbus_vmm::{DriverKind, VmSpec, VmmDriver};
+
+fn assets_dir() -> Option<PathBuf> {
+    std::env::var_os("NIMBUS_TEST_ASSETS").map(PathBuf::from)
+}
+
+fn runtime_dir(driver: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("nimbus-it-{driver}-{}", std::process::id()))
+}
+
+async fn harness_for(kind: DriverKind) -> Option<Harness> {
+    let dir = assets_dir()?;
+    let assets = AssetSet::open(&dir).ok()?.verify(kind, None).ok()?;
+    let runtime_dir = runtime_dir(kind.as_str());
+    let driver: Arc<dyn VmmDriver> = match kind {
+        DriverKind::Qemu => Arc::new(QemuDriver::new(QemuConfig {
+            binary: None,
+            accel: None,
+            runtime_dir: runtime_dir.clone(),
+        })),
+        DriverKind::Sandbox => Arc::new(SandboxDriver::new(SandboxConfig {
+            runtime_dir: runtime_dir.clone(),
+        })),
+        DriverKind::Firecracker => return None,
+    };
+    if !driver.probe().await.available {
+        return None;
+    }
+    Some(Harness {
+        driver,
+        runtime_dir,
+        spec: Box::new(move |id: &str, timeout: Duration| VmSpec {
+            id: id.to_string(),
+            vcpus: 1,
+            memory_mib: 512,
+            kernel: assets.kernel.clone(),
+            vmlinux: assets.vmlinux.clone(),
+            initrd: assets.initrd.clone(),
+            rootfs: assets.rootfs.clone(),
+            rootfs_tree: assets.rootfs_tree.clone(),
+            scratch_disk_mib: 256,
+            network: NetworkSpec::None,
+            vsock_cid: 3,
+            boot_args: Vec::new(),
+            timeout,
+            boot_timeout: Duration::from_secs(90),
+        }),
+        hold: None,
+    })
+}
+
+/// QEMU boots are emulated under TCG: one at a time keeps each well inside its
+/// boot timeout on a 2-core machine.
+static QEMU_ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+mod qemu {
+    use super::*;
+
+    pub async fn harness() -> Option<Harness> {
+        let permit = QEMU_ONE_AT_A_TIME.acquire().await.ok()?;
+        let mut harness = require(
+            harness_for(DriverKind::Qemu).await,
+            "the qemu driver with built assets (NIMBUS_TEST_ASSETS)",
+        )?;
+        harness.hold = Some(Box::new(permit));
+        Some(harness)
+    }
+
+    nimbus_vmm::vmm_driver_test_suite!(harness);
+}
+
+mod sandbox {
+    use super::*;
+
+    pub async fn harness() -> Option<Harness> {
+        require(
+            harness_for(DriverKind::Sandbox).await,
+            "the sandbox driver with built assets (NIMBUS_TEST_ASSETS)",
+        )
+    }
+
+    nimbus_vmm::vmm_driver_test_suite!(harness);
+}
+
+/// A flipped byte in the rootfs stops the boot with an error naming the file.
+#[tokio::test]
+async fn a_flipped_rootfs_byte_stops_the_boot() {
+    let Some(source) = assets_dir() else {
+        require(None, "built assets (NIMBUS_TEST_ASSETS)");
+        return;
+    };
+    let copy = std::env::temp_dir().join(format!("nimbus-it-tampered-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).expect("dir");
+    for name in ["manifest.json", "vmlinuz", "initrd.img"] {
+        std::fs::copy(source.join(name), copy.join(name)).expect("copy");
+    }
+    let status = std::process::Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(source.join("rootfs.ext4"))
+        .arg(copy.join("rootfs.ext4"))
+        .status()
+        .expect("cp");
+    assert!(status.success());
+
+    let env = nimbus_core::Env::from_map([
+        ("NIMBUS_ASSETS_DIR", copy.display().to_string()),
+        (
+            "NIMBUS_VM_RUNTIME_DIR",
+            runtime_dir("tampered").display().to_string(),
+        ),
+    ]);
+    let config = nimbus_vmm::select::VmmConfig::from_env(&env).expect("config");
+    nimbus_vmm::launch::verified_assets(&config, DriverKind::Qemu)
+        .await
+        .expect("the intact copy verifies");
+
+    use std::io::{Seek, SeekFrom, Write};
+    let mut image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(copy.join("rootfs.ext4"))
+        .expect("open");
+    image.seek(SeekFrom::Start(1 << 20)).expect("seek");
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut image, &mut byte).expect("read");
+    image.seek(SeekFrom::Start(1 << 20)).expect("seek");
+    image.write_all(&[byte[0] ^ 0xff]).expect("flip");
+    drop(image);
+
+    let error = nimbus_vmm::launch::verified_assets(&config, DriverKind::Qemu)
+        .await
+        .expect_err("a tampered rootfs is refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("rootfs.ext4")
+            && text.contains("failed attestation")
+            && text.contains("does not match"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&copy);
+}

@@ -1,0 +1,300 @@
+//! The Firecracker driver's conversation with Firecracker's API, captured by a
+//! test server that speaks the documented API (tests/fixtures/fake-firecracker.py,
+//! standing in for the binary: none can be had on these machines). The stand-in
+//! also plays the guest side of vsock by running the real nimbus-guest over the
+//! `<uds_path>_1024` socket, so boot → handshake → run → destroy is exercised too.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nimbus_vmm::firecracker::api::FirecrackerApi;
+use nimbus_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
+use nimbus_vmm::protocol::GuestJob;
+use nimbus_vmm::spec::NetworkSpec;
+use nimbus_vmm::{Error, JobEvent, Outcome, VmSpec, VmmDriver};
+use serde_json::Value;
+
+struct Fixture {
+    dir: PathBuf,
+    binary: PathBuf,
+    log: PathBuf,
+}
+
+/// The nimbus-guest to run: the one in the test assets, else the workspace build.
+fn guest_binary() -> Option<PathBuf> {
+    let from_assets = std::env::var_os("NIMBUS_TEST_ASSETS")
+        .map(|dir| PathBuf::from(dir).join("rootfs/usr/local/bin/nimbus-guest"));
+    let from_build = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("nimbus-guest")));
+    from_assets
+        .into_iter()
+        .chain(from_build)
+        .find(|p| p.is_file())
+}
+
+fn fixture(name: &str, fault_path: Option<&str>) -> Option<Fixture> {
+    let Some(guest) = guest_binary() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("no nimbus-guest binary for the Firecracker conversation test");
+        }
+        eprintln!("skipping: no nimbus-guest binary (cargo build -p nimbus-guest)");
+        return None;
+    };
+    let dir = std::env::temp_dir().join(format!("nimbus-fc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("fixture dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-firecracker.py");
+    let log = dir.join("api.log");
+    let binary = dir.join("firecracker");
+    // A wrapper per test, so parallel tests never share environment variables.
+    std::fs::write(
+        &binary,
+        format!(
+            "#!/bin/sh\nexport FAKE_FC_LOG='{}' FAKE_FC_GUEST='{}' FAKE_FC_FAULT_PATH='{}'\nexec python3 '{}' \"$@\"\n",
+            log.display(),
+            guest.display(),
+            fault_path.unwrap_or(""),
+            script.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for (name, size) in [
+        ("vmlinux", 4096u64),
+        ("initrd.img", 4096),
+        ("rootfs.ext4", 1 << 20),
+    ] {
+        let file = std::fs::File::create(dir.join(name)).expect("asset");
+        file.set_len(size).expect("size");
+    }
+    Some(Fixture { dir, binary, log })
+}
+
+fn spec(f: &Fixture, id: &str) -> VmSpec {
+    VmSpec {
+        id: id.into(),
+        vcpus: 2,
+        memory_mib: 256,
+        kernel: f.dir.join("vmlinux"),
+        vmlinux: Some(f.dir.join("vmlinux")),
+        initrd: Some(f.dir.join("initrd.img")),
+        rootfs: f.dir.join("rootfs.ext4"),
+        rootfs_tree: None,
+        scratch_disk_mib: 16,
+        network: NetworkSpec::None,
+        vsock_cid: 7,
+        boot_args: vec!["nimbus.debug=1".into()],
+        timeout: Duration::from_secs(30),
+        boot_timeout: Duration::from_secs(30),
+    }
+}
+
+fn driver(f: &Fixture) -> FirecrackerDriver {
+    FirecrackerDriver::new(FirecrackerConfig {
+        binary: Some(f.binary.clone()),
+        jailer: None,
+        seccomp_filter: None,
+        runtime_dir: f.dir.join("vms"),
+    })
+}
+
+fn requests(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("log line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn boots_with_the_documented_request_sequence_and_talks_over_vsock() {
+    let Some(f) = fixture("boot", None) else {
+        return;
+    };
+    let driver = driver(&f);
+    let vm_dir = f.dir.join("vms/fc-1");
+    let mut vm = driver.prepare(&spec(&f, "fc-1")).await.expect("prepare");
+    let info = vm.boot().await.expect("boot");
+    assert!(!info.agent.is_empty());
+    let mut lines = Vec::new();
+    let mut on_event = |event: JobEvent| {
+        if let JobEvent::Output(line) = event {
+            lines.push(line.line);
+        }
+    };
+    let report = vm
+        .run(
+            &GuestJob::from_commands(&["echo over vsock"]),
+            &mut on_event,
+        )
+        .await
+        .expect("run");
+    assert_eq!(report.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(lines, vec!["over vsock".to_string()]);
+
+    let sent = requests(&f.log);
+    let sequence: Vec<String> = sent
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        sequence,
+        [
+            "PUT /machine-config",
+            "PUT /boot-source",
+            "PUT /drives/rootfs",
+            "PUT /drives/scratch",
+            "PUT /vsock",
+            "PUT /actions",
+        ]
+    );
+    assert_eq!(
+        sent[0]["body"],
+        serde_json::json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "track_dirty_pages": false})
+    );
+    let boot = &sent[1]["body"];
+    assert_eq!(
+        boot["kernel_image_path"],
+        f.dir.join("vmlinux").display().to_string()
+    );
+    assert_eq!(
+        boot["initrd_path"],
+        f.dir.join("initrd.img").display().to_string()
+    );
+    let args = boot["boot_args"].as_str().expect("boot args");
+    assert!(args.contains("console=ttyS0") && args.contains("nimbus.transport=vsock:1024"));
+    assert!(
+        args.ends_with("nimbus.debug=1"),
+        "the spec's boot args come last: {args}"
+    );
+    // Disks are the VM's private copies, never the attested image.
+    assert_eq!(
+        sent[2]["body"],
+        serde_json::json!({"drive_id": "rootfs", "path_on_host": vm_dir.join("rootfs.ext4").display().to_string(),
+                           "is_root_device": false, "is_read_only": false})
+    );
+    assert_eq!(
+        sent[3]["body"]["path_on_host"],
+        vm_dir.join("scratch.ext4").display().to_string()
+    );
+    assert_eq!(
+        sent[4]["body"],
+        serde_json::json!({"guest_cid": 7, "uds_path": vm_dir.join("v.sock").display().to_string()})
+    );
+    assert_eq!(
+        sent[5]["body"],
+        serde_json::json!({"action_type": "InstanceStart"})
+    );
+
+    vm.destroy().await.expect("destroy");
+    vm.destroy().await.expect("destroy twice");
+    assert!(!vm_dir.exists());
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+#[tokio::test]
+async fn an_api_fault_fails_the_boot_with_firecrackers_message_and_cleans_up() {
+    let Some(f) = fixture("fault", Some("/drives/rootfs")) else {
+        return;
+    };
+    let driver = driver(&f);
+    let mut vm = driver.prepare(&spec(&f, "fc-2")).await.expect("prepare");
+    let error = vm.boot().await.expect_err("boot fails");
+    match &error {
+        Error::FirecrackerApi {
+            method,
+            path,
+            status,
+            message,
+        } => {
+            assert_eq!(
+                (method.as_str(), path.as_str(), *status),
+                ("PUT", "/drives/rootfs", 400)
+            );
+            assert_eq!(message, "fake fault on /drives/rootfs");
+        }
+        other => panic!("expected an API error, got {other}"),
+    }
+    let sequence: Vec<String> = requests(&f.log)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        sequence,
+        ["/machine-config", "/boot-source", "/drives/rootfs"],
+        "nothing after the fault"
+    );
+    vm.destroy().await.expect("destroy");
+    assert!(!f.dir.join("vms/fc-2").exists());
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+#[tokio::test]
+async fn snapshot_calls_follow_the_api() {
+    let Some(f) = fixture("snapshot", None) else {
+        return;
+    };
+    let socket = f.dir.join("api.sock");
+    let mut server = tokio::process::Command::new(&f.binary)
+        .arg("--api-sock")
+        .arg(&socket)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("fake firecracker");
+    for _ in 0..500 {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let api = FirecrackerApi::new(&socket);
+    api.snapshot_create("/snap/vm.state", "/snap/vm.mem")
+        .await
+        .expect("create");
+    api.snapshot_load("/snap/vm.state", "/snap/vm.mem")
+        .await
+        .expect("load");
+    let sent = requests(&f.log);
+    let bodies: Vec<(String, String, Value)> = sent
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap_or("").into(),
+                r["path"].as_str().unwrap_or("").into(),
+                r["body"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            (
+                "PATCH".into(),
+                "/vm".into(),
+                serde_json::json!({"state": "Paused"})
+            ),
+            (
+                "PUT".into(),
+                "/snapshot/create".into(),
+                serde_json::json!({"snapshot_type": "Full", "snapshot_path": "/snap/vm.state", "mem_file_path": "/snap/vm.mem"})
+            ),
+            (
+                "PUT".into(),
+                "/snapshot/load".into(),
+                serde_json::json!({"snapshot_path": "/snap/vm.state",
+                                   "mem_backend": {"backend_type": "File", "backend_path": "/snap/vm.mem"},
+                                   "resume_vm": true})
+            ),
+        ]
+    );
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&f.dir);
+}

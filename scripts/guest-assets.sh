@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds (or refreshes) the guest assets the VM tests boot: installs the Debian
+# packages the build needs, builds the static nimbus-guest, then runs
+# `nimbus assets build` into $NIMBUS_TEST_ASSETS (default /var/tmp/nimbus-assets).
+# The first run takes about a minute (kernel download, debootstrap); later runs
+# reuse the cached kernel and Debian base and take seconds.
+#
+#   scripts/guest-assets.sh            # prints the asset directory
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${CARGO_TARGET_DIR:=/var/tmp/nimbus-target}"
+export CARGO_TARGET_DIR
+assets=${NIMBUS_TEST_ASSETS:-/var/tmp/nimbus-assets}
+
+log() { echo "guest-assets: $*" >&2; }
+
+# Tools of the asset build (kmod, busybox-static, debootstrap, e2fsprogs, xz) and
+# of the QEMU driver (qemu-system-x86, qemu-utils).
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v depmod >/dev/null || [[ -x /sbin/depmod ]] || need+=(kmod)
+command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)
+command -v mkfs.ext4 >/dev/null || [[ -x /sbin/mkfs.ext4 ]] || need+=(e2fsprogs)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v unshare >/dev/null || need+=(util-linux)
+# busybox-static, not the dynamic busybox: the initramfs has no libc.
+if ! [[ -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then need+=(busybox-static); fi
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+fi
+
+guest=$(scripts/build-guest.sh)
+cargo build -q --locked -p nimbus >&2
+"$CARGO_TARGET_DIR/debug/nimbus" assets build "$assets" --guest "$guest" >&2
+echo "$assets"
