@@ -107,7 +107,7 @@ async fn a_flipped_rootfs_byte_stops_the_boot() {
     let copy = std::env::temp_dir().join(format!("nimbus-it-tampered-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&copy);
     std::fs::create_dir_all(&copy).expect("dir");
-    for name in ["manifest.json", "vmlinuz", "initrd.img"] {
+    for name in ["manifest.json", "vmlinuz", "vmlinux", "initrd.img"] {
         std::fs::copy(source.join(name), copy.join(name)).expect("copy");
     }
     let status = std::process::Command::new("cp")

@@ -6,7 +6,10 @@
 //! then powers the machine off. See nimbus_vmm::protocol for the wire format.
 //!
 //!     nimbus-guest [--transport stdio|virtio-serial[:NAME]|vsock[:PORT]]
-//!                  [--sandbox-root DIR --scratch DIR]
+//!                  [--vm | --sandbox-root DIR --scratch DIR]
+//!
+//! `--vm`: mount /proc, /sys, /tmp, /run, /dev/pts, /dev/shm, set the hostname and
+//! the network from `nimbus.net=` first (what an init system would do).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +20,7 @@ struct Args {
     transport: Option<String>,
     sandbox_root: Option<PathBuf>,
     scratch: Option<PathBuf>,
+    vm: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -24,6 +28,7 @@ fn parse_args() -> Result<Args, String> {
         transport: None,
         sandbox_root: None,
         scratch: None,
+        vm: false,
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
@@ -32,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
             "--transport" => args.transport = Some(value("--transport")?),
             "--sandbox-root" => args.sandbox_root = Some(value("--sandbox-root")?.into()),
             "--scratch" => args.scratch = Some(value("--scratch")?.into()),
+            "--vm" => args.vm = true,
             "--version" => {
                 println!("nimbus-guest {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -43,6 +49,9 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn run(args: Args) -> Result<i32, GuestError> {
+    if args.vm {
+        nimbus_vmm::guest::prepare_vm()?;
+    }
     if let Some(root) = args.sandbox_root {
         let scratch = args
             .scratch

@@ -28,23 +28,9 @@ const BASE_STAMP: &str = ".nimbus-base";
 
 /// The rootfs's init: PID 1 in the guest, with nimbus-guest as its child.
 pub const NIMBUS_INIT: &str = r#"#!/bin/sh
-# nimbus-init: PID 1 of a Nimbus guest. Mounts the rest of the system, runs
-# nimbus-guest (which talks to the host and runs the job), then powers off.
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-echo nimbus-vm > /proc/sys/kernel/hostname
-ln -sf /proc/self/fd /dev/fd
-ip link set lo up 2>/dev/null
-# nimbus.net=ADDRESS/PREFIX,GATEWAY: the VM has a tap of its own (see nimbus-vmm network).
-net=$(sed -n 's/.*nimbus\.net=\([^ ]*\).*/\1/p' /proc/cmdline)
-if [ -n "$net" ]; then
-  ip addr add "${net%,*}" dev eth0 && ip link set eth0 up && ip route add default via "${net#*,}"
-fi
-/usr/local/bin/nimbus-guest
+# nimbus-init: PID 1 of a Nimbus guest. nimbus-guest --vm mounts what the system
+# needs, talks to the host and runs the job; then the machine powers off.
+/usr/local/bin/nimbus-guest --vm
 echo "nimbus-init: nimbus-guest exited with $?"
 sync
 echo o > /proc/sysrq-trigger

@@ -120,7 +120,11 @@ impl AssetSet {
                 });
             }
         }
+        let has_vmlinux = self.manifest.files.contains_key(VMLINUX);
         let needed: &[&str] = match driver {
+            // QEMU boots the ELF vmlinux through PVH when there is one (no
+            // decompression, which is slow under TCG), else the bzImage.
+            DriverKind::Qemu if has_vmlinux => &[VMLINUX, INITRD, ROOTFS_IMAGE],
             DriverKind::Qemu => &[KERNEL, INITRD, ROOTFS_IMAGE],
             DriverKind::Firecracker => &[VMLINUX, ROOTFS_IMAGE],
             DriverKind::Sandbox => &[GUEST_IN_TREE],

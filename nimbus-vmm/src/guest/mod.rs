@@ -7,11 +7,13 @@
 mod run;
 #[cfg(target_os = "linux")]
 mod sandbox;
+mod system;
 mod transport;
 
 pub use run::{run_job, JobSink};
 #[cfg(target_os = "linux")]
 pub use sandbox::{enter_sandbox, SandboxMounts};
+pub use system::prepare_vm;
 pub use transport::{Transport, TransportKind};
 
 use std::io::{Read, Write};
