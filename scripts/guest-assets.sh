@@ -14,8 +14,8 @@ assets=${NIMBUS_TEST_ASSETS:-/var/tmp/nimbus-assets}
 
 log() { echo "guest-assets: $*" >&2; }
 
-# Tools of the asset build (kmod, busybox-static, debootstrap, e2fsprogs, xz) and
-# of the QEMU driver (qemu-system-x86, qemu-utils).
+# Tools of the asset build (kmod, busybox-static, debootstrap, e2fsprogs, xz), of
+# the QEMU driver (qemu-system-x86, qemu-utils) and of VM networking.
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
@@ -24,6 +24,9 @@ command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(de
 command -v mkfs.ext4 >/dev/null || [[ -x /sbin/mkfs.ext4 ]] || need+=(e2fsprogs)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v unshare >/dev/null || need+=(util-linux)
+# Per-VM network namespaces, taps and NAT (the network tests).
+command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || need+=(iproute2)
+command -v iptables >/dev/null || [[ -x /usr/sbin/iptables ]] || need+=(iptables)
 # busybox-static, not the dynamic busybox: the initramfs has no libc.
 if ! [[ -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then need+=(busybox-static); fi
 if ((${#need[@]})); then

@@ -55,6 +55,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_VM_VCPUS", default: "2", meaning: "vCPUs per job VM." },
     VarDoc { name: "NIMBUS_VM_MEMORY_MIB", default: "1024", meaning: "Memory per job VM, MiB." },
     VarDoc { name: "NIMBUS_VM_SCRATCH_MIB", default: "4096", meaning: "Per-job scratch disk mounted at `/scratch` (the workspace), MiB; 0 gives a tmpfs." },
+    VarDoc { name: "NIMBUS_VM_NETWORK", default: "egress", meaning: "Network of each job VM: `none` (no device), `isolated` (a tap in a namespace of its own, no route out) or `egress` (that tap routed out through NAT). Taps need root, iproute2 and iptables; the sandbox shares the host's network for `egress`." },
     VarDoc { name: "NIMBUS_VM_BOOT_TIMEOUT", default: "60", meaning: "Seconds a VM may take from boot to the guest agent's hello." },
     VarDoc { name: "NIMBUS_LOG_LEVEL", default: "info", meaning: "Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as `nimbus_core=debug`)." },
     VarDoc { name: "NIMBUS_LOG_FORMAT", default: "text", meaning: "`text` or `json` log lines on stderr." },

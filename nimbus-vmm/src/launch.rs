@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::assets::{AssetSet, VerifiedAssets};
 use crate::protocol::GuestJob;
 use crate::select::VmmConfig;
-use crate::spec::NetworkSpec;
 use crate::{DriverKind, GuestInfo, JobEvent, JobReport, Result, VmSpec, VmmDriver};
 
 /// Reads and attests the assets `kind` boots from.
@@ -37,7 +36,7 @@ pub fn spec(
         rootfs: assets.rootfs.clone(),
         rootfs_tree: assets.rootfs_tree.clone(),
         scratch_disk_mib: config.scratch_disk_mib,
-        network: NetworkSpec::None,
+        network: config.network,
         vsock_cid: 3,
         boot_args: Vec::new(),
         timeout,

@@ -15,6 +15,7 @@ use crate::firecracker::jailer::JailerConfig;
 use crate::firecracker::{FirecrackerConfig, FirecrackerDriver};
 use crate::qemu::{Accel, QemuConfig, QemuDriver};
 use crate::sandbox::{SandboxConfig, SandboxDriver};
+use crate::spec::NetworkSpec;
 use crate::{DriverKind, Error, Probe, Result, VmmDriver};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub struct VmmConfig {
     pub memory_mib: u32,
     pub scratch_disk_mib: u32,
     pub boot_timeout: Duration,
+    /// `NIMBUS_VM_NETWORK`: none, isolated (a tap of its own, no route out) or
+    /// egress (routed out through NAT).
+    pub network: NetworkSpec,
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
@@ -110,6 +114,15 @@ impl VmmConfig {
             memory_mib: env.parse_or("NIMBUS_VM_MEMORY_MIB", 1024u32)?,
             scratch_disk_mib: env.parse_or("NIMBUS_VM_SCRATCH_MIB", 4096u32)?,
             boot_timeout: env.seconds_or("NIMBUS_VM_BOOT_TIMEOUT", Duration::from_secs(60))?,
+            network: match env.get("NIMBUS_VM_NETWORK") {
+                None => NetworkSpec::Tap { egress: true },
+                Some(text) => NetworkSpec::parse(text).ok_or_else(|| {
+                    config_error(
+                        "NIMBUS_VM_NETWORK",
+                        format!("invalid value {text:?}: expected none, isolated or egress"),
+                    )
+                })?,
+            },
         })
     }
 

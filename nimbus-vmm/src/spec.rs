@@ -80,6 +80,18 @@ pub enum NetworkSpec {
     Tap { egress: bool },
 }
 
+impl NetworkSpec {
+    /// `none`, `isolated` or `egress` (the `NIMBUS_VM_NETWORK` values).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "none" => Some(NetworkSpec::None),
+            "isolated" => Some(NetworkSpec::Tap { egress: false }),
+            "egress" => Some(NetworkSpec::Tap { egress: true }),
+            _ => None,
+        }
+    }
+}
+
 /// What the guest said about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestInfo {

@@ -30,6 +30,9 @@ pub enum VmCommand {
         /// Memory in MiB.
         #[arg(long)]
         memory: Option<u32>,
+        /// none, isolated or egress (default: NIMBUS_VM_NETWORK, else egress).
+        #[arg(long)]
+        network: Option<String>,
         /// Seconds the command may run.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -110,10 +113,13 @@ pub fn vm(command: VmCommand) -> ExitCode {
             assets,
             cpus,
             memory,
+            network,
             timeout,
             steps,
             command,
-        } => vm_run(driver, assets, cpus, memory, timeout, steps, command),
+        } => vm_run(
+            driver, assets, cpus, memory, network, timeout, steps, command,
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -157,11 +163,16 @@ fn vm_run(
     assets: Option<PathBuf>,
     cpus: Option<u32>,
     memory: Option<u32>,
+    network: Option<String>,
     timeout: u64,
     steps: Vec<String>,
     command: Vec<String>,
 ) -> Result<i32, String> {
     let mut config = vmm_config()?;
+    if let Some(network) = network {
+        config.network = nimbus_vmm::spec::NetworkSpec::parse(&network)
+            .ok_or_else(|| format!("--network {network:?}: expected none, isolated or egress"))?;
+    }
     if let Some(driver) = driver {
         config.choice = VmmChoice::Fixed(driver.into());
     }
