@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod control_plane;
 mod policy;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "nimbus-bench", about = "Nimbus benchmark harness")]
@@ -23,6 +24,8 @@ enum Command {
     ControlPlane(control_plane::Args),
     /// Admission-policy evaluations per second on one core (200-rule policy).
     Policy(policy::Args),
+    /// VM start-up per driver: boot call to first log line, and a `true` round trip.
+    Vm(vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(args).await,
             Command::Policy(args) => policy::run(args),
+            Command::Vm(args) => vm::run(args).await,
         }
     });
     match result {
