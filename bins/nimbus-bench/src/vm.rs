@@ -95,7 +95,14 @@ pub async fn run(args: Args) -> Result<()> {
         let assets = launch::verified_assets(&config, kind)
             .await
             .with_context(|| format!("assets for {kind}"))?;
-        let spec = |label: &str| launch::spec(&config, &assets, launch::unique_id(label), Duration::from_secs(60));
+        let spec = |label: &str| {
+            launch::spec(
+                &config,
+                &assets,
+                launch::unique_id(label),
+                Duration::from_secs(60),
+            )
+        };
         let mut first_lines = Vec::new();
         let mut round_trips = Vec::new();
         // One unmeasured run warms the page cache and the scratch template.
@@ -151,9 +158,19 @@ fn bounds(values: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
-async fn one_job(driver: &Arc<dyn VmmDriver>, spec: &nimbus_vmm::VmSpec, command: &str) -> Result<()> {
-    let (_, report) = launch::run_once(driver, spec, &GuestJob::from_commands(&[command]), &mut |_| {}, &mut |_| {})
-        .await?;
+async fn one_job(
+    driver: &Arc<dyn VmmDriver>,
+    spec: &nimbus_vmm::VmSpec,
+    command: &str,
+) -> Result<()> {
+    let (_, report) = launch::run_once(
+        driver,
+        spec,
+        &GuestJob::from_commands(&[command]),
+        &mut |_| {},
+        &mut |_| {},
+    )
+    .await?;
     if report.outcome != (Outcome::Exited { code: 0 }) {
         bail!("`{command}` ended {:?}", report.outcome);
     }
@@ -161,7 +178,10 @@ async fn one_job(driver: &Arc<dyn VmmDriver>, spec: &nimbus_vmm::VmSpec, command
 }
 
 /// From the boot call to the first output line of an `echo` job.
-async fn first_line_after(driver: &Arc<dyn VmmDriver>, spec: &nimbus_vmm::VmSpec) -> Result<Duration> {
+async fn first_line_after(
+    driver: &Arc<dyn VmmDriver>,
+    spec: &nimbus_vmm::VmSpec,
+) -> Result<Duration> {
     let mut vm = driver.prepare(spec).await?;
     let booted = Instant::now();
     let mut first = None;
@@ -172,7 +192,11 @@ async fn first_line_after(driver: &Arc<dyn VmmDriver>, spec: &nimbus_vmm::VmSpec
                 first = Some(booted.elapsed());
             }
         };
-        vm.run(&GuestJob::from_commands(&["echo first line"]), &mut on_event).await
+        vm.run(
+            &GuestJob::from_commands(&["echo first line"]),
+            &mut on_event,
+        )
+        .await
     }
     .await;
     vm.destroy().await?;

@@ -1,0 +1,155 @@
+//! `nimbus vm run` and `nimbus doctor` as an operator runs them: the real CLI
+//! booting the built assets (QEMU under TCG here), streaming output, exiting with
+//! the command's code, refusing tampered assets, cleaning up after itself.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use nimbus_e2e::bin;
+
+fn assets() -> Option<PathBuf> {
+    match std::env::var_os("NIMBUS_TEST_ASSETS") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
+            )
+        }
+        None => {
+            eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
+            None
+        }
+    }
+}
+
+fn vm_run(
+    assets: &std::path::Path,
+    runtime: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(bin("nimbus").expect("nimbus is built"))
+        .args(["vm", "run"])
+        .args(args)
+        .env("NIMBUS_ASSETS_DIR", assets)
+        .env("NIMBUS_VM_RUNTIME_DIR", runtime)
+        .env("NIMBUS_VM_NETWORK", "none")
+        .env("NIMBUS_VM_SCRATCH_MIB", "128")
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn vm_run_boots_qemu_streams_output_and_exits_with_the_commands_code() {
+    let Some(assets) = assets() else { return };
+    let runtime = std::env::temp_dir().join(format!("nimbus-e2e-vm-{}", std::process::id()));
+    let output = vm_run(
+        &assets,
+        &runtime,
+        &[
+            "--driver",
+            "qemu",
+            "--cpus",
+            "1",
+            "--memory",
+            "512",
+            "--step",
+            "uname -r",
+            "--step",
+            "echo oops >&2; exit 7",
+            "--",
+            "echo",
+            "hello",
+            "from",
+            "the",
+            "vm",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "hello from the vm");
+    assert!(
+        lines[1].contains("cloud-amd64"),
+        "uname -r is the guest's Debian kernel: {stdout}"
+    );
+    assert!(stderr.contains("oops"));
+    assert!(stderr.contains("qemu guest up in"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&runtime)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "no VM directory outlives the command: {left:?}"
+    );
+    let _ = std::fs::remove_dir_all(&runtime);
+}
+
+#[test]
+fn vm_run_refuses_a_rootfs_that_does_not_match_the_pin() {
+    let Some(assets) = assets() else { return };
+    let runtime = std::env::temp_dir().join(format!("nimbus-e2e-pin-{}", std::process::id()));
+    let output = Command::new(bin("nimbus").expect("nimbus is built"))
+        .args(["vm", "run", "--driver", "qemu", "--", "true"])
+        .env("NIMBUS_ASSETS_DIR", &assets)
+        .env("NIMBUS_VM_RUNTIME_DIR", &runtime)
+        .env("NIMBUS_ROOTFS_SHA256", "0".repeat(64))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("NIMBUS_ROOTFS_SHA256") && stderr.contains("failed attestation"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&runtime);
+}
+
+#[test]
+fn vm_run_on_the_sandbox_and_drivers_listing() {
+    let Some(assets) = assets() else { return };
+    let runtime = std::env::temp_dir().join(format!("nimbus-e2e-sandbox-{}", std::process::id()));
+    let output = vm_run(
+        &assets,
+        &runtime,
+        &[
+            "--driver",
+            "sandbox",
+            "--",
+            "hostname; test -w / || echo read-only root",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["nimbus-sandbox", "read-only root"]
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("weaker isolation"));
+
+    let drivers = Command::new(bin("nimbus").expect("nimbus is built"))
+        .args(["vm", "drivers"])
+        .env("NIMBUS_VM_RUNTIME_DIR", &runtime)
+        .output()
+        .expect("runs");
+    let listing = String::from_utf8_lossy(&drivers.stdout);
+    for driver in ["firecracker", "qemu", "sandbox"] {
+        assert!(listing.contains(driver), "{listing}");
+    }
+    assert!(listing.contains("NIMBUS_VMM picks"), "{listing}");
+    let _ = std::fs::remove_dir_all(&runtime);
+}
