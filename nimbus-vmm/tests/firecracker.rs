@@ -298,3 +298,67 @@ async fn snapshot_calls_follow_the_api() {
     let _ = server.kill().await;
     let _ = std::fs::remove_dir_all(&f.dir);
 }
+
+/// scripts/nimbus-jailer-wrapper accepts exactly the argv the driver builds and
+/// refuses any other binary, user or chroot.
+#[test]
+fn the_privileged_jailer_wrapper_accepts_the_drivers_argv_and_nothing_else() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: the wrapper test runs as root (as the wrapper does)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nimbus-wrapper-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fake_jailer = dir.join("jailer");
+    std::fs::write(&fake_jailer, "#!/bin/sh\necho \"$@\"\n").expect("fake jailer");
+    std::fs::set_permissions(&fake_jailer, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let conf = dir.join("jailer.env");
+    std::fs::write(
+        &conf,
+        format!(
+            "JAILER={}\nFIRECRACKER=/usr/bin/firecracker\nJAIL_UID=990\nJAIL_GID=991\nCHROOT_BASE=/srv/jailer\n",
+            fake_jailer.display()
+        ),
+    )
+    .expect("conf");
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nimbus-jailer-wrapper");
+    let config = nimbus_vmm::firecracker::jailer::JailerConfig {
+        binary: wrapper.clone(),
+        uid: 990,
+        gid: 991,
+        chroot_base: "/srv/jailer".into(),
+        seccomp_filter: Some("/etc/nimbus/seccomp.bpf".into()),
+    };
+    let run = |argv: &[String]| {
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("NIMBUS_JAILER_WRAPPER_CONF", &conf)
+            .output()
+            .expect("wrapper runs")
+    };
+    let argv = config.argv(Path::new("/usr/bin/firecracker"), "job-42");
+    let output = run(&argv);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        argv[1..].join(" ")
+    );
+
+    for (index, bad) in [(4, "/tmp/evil"), (6, "0"), (10, "/"), (2, "../x")] {
+        let mut tampered = argv.clone();
+        tampered[index] = bad.to_string();
+        let output = run(&tampered);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "argv {tampered:?} must be refused"
+        );
+        assert!(String::from_utf8_lossy(&output.stderr).contains("refused"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
