@@ -10,7 +10,7 @@ use clap::{Subcommand, ValueEnum};
 use nimbus_core::Env;
 use nimbus_vmm::assets::{AssetBuilder, AssetSet, BuildOptions};
 use nimbus_vmm::launch;
-use nimbus_vmm::protocol::{GuestJob, GuestStep, Stream};
+use nimbus_vmm::protocol::{GuestJob, GuestStep, StepOutcome, Stream};
 use nimbus_vmm::select::{self, VmmChoice, VmmConfig};
 use nimbus_vmm::{DriverKind, JobEvent, Outcome};
 
@@ -231,7 +231,7 @@ fn vm_run(
                 duration_millis,
                 ..
             } if multi_step => {
-                eprintln!("  {outcome:?} in {duration_millis} ms")
+                eprintln!("  {}", describe(outcome, duration_millis))
             }
             _ => {}
         };
@@ -248,6 +248,15 @@ fn vm_run(
         }
         Ok(report.outcome.exit_code())
     })
+}
+
+fn describe(outcome: StepOutcome, millis: u64) -> String {
+    match outcome {
+        StepOutcome::Exited(0) => format!("✓ done in {millis} ms"),
+        StepOutcome::Exited(code) => format!("✗ exit {code} after {millis} ms"),
+        StepOutcome::TimedOut => format!("✗ timed out after {millis} ms"),
+        StepOutcome::Skipped => "– skipped".to_string(),
+    }
 }
 
 pub fn assets(command: AssetsCommand) -> Result<(), String> {
