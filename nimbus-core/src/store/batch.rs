@@ -279,6 +279,7 @@ static ADMIT_BATCH: LazyLock<String> = LazyLock::new(|| {
          ), delivery AS ( \
            INSERT INTO webhook_deliveries (delivery_id, received_at) \
            SELECT delivery_id, received_at FROM input WHERE delivery_id IS NOT NULL \
+           ORDER BY delivery_id \
            ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id \
          ), inserted AS ( \
            INSERT INTO jobs ({JOB_INSERT_COLUMNS}) \
@@ -289,7 +290,7 @@ static ADMIT_BATCH: LazyLock<String> = LazyLock::new(|| {
            FROM input \
            WHERE input.delivery_id IS NULL \
               OR EXISTS (SELECT 1 FROM delivery d WHERE d.delivery_id = input.delivery_id) \
-           ORDER BY ord \
+           ORDER BY github_job_id, ord \
            ON CONFLICT (github_job_id) DO NOTHING RETURNING {JOB_COLUMNS} \
          ), {INSERT_METADATA_OF_INSERTED} \
          SELECT input.ord AS input_ord, (d.delivery_id IS NOT NULL) AS fresh_delivery, inserted.* \
@@ -306,38 +307,55 @@ async fn admit_batch(pool: &PgPool, items: &[&BatchJob]) -> Result<Vec<Result<En
     let number =
         |f: &dyn Fn(&BatchJob) -> Option<i64>| items.iter().map(|i| f(i)).collect::<Vec<_>>();
     let github = |i: &BatchJob| i.job.github.clone();
-    let rows = sqlx::query(ADMIT_BATCH.as_str())
-        .bind(number(&|i| Some(i.job.org_id)))
-        .bind(column(&|i| Some(i.job.repo.full_name.clone())))
-        .bind(number(&|i| i.job.repo.id))
-        .bind(column(&|i| Some(i.job.source.as_str().to_string())))
-        .bind(column(&|i| Some(i.labels.clone())))
-        .bind(column(&|i| Some(i.metadata.clone())))
-        .bind(column(&|i| Some(i.spec.clone())))
-        .bind(number(&|i| Some(i.now_ms)))
-        .bind(number(&|i| github(i).map(|g| g.job_id)))
-        .bind(number(&|i| github(i).map(|g| g.run_id)))
-        .bind(number(&|i| github(i).map(|g| g.run_attempt)))
-        .bind(column(&|i| github(i).and_then(|g| g.workflow_name)))
-        .bind(column(&|i| github(i).and_then(|g| g.job_name)))
-        .bind(column(&|i| github(i).and_then(|g| g.head_sha)))
-        .bind(column(&|i| github(i).and_then(|g| g.head_branch)))
-        .bind(number(&|i| github(i).and_then(|g| g.installation_id)))
-        .bind(column(&|i| github(i).map(|g| g.status)))
-        .bind(column(&|i| github(i).and_then(|g| g.conclusion)))
-        .bind(column(&|i| github(i).and_then(|g| g.runner_name)))
-        .bind(column(&|i| {
-            Some(if i.job.rejected { "rejected" } else { "queued" }.to_string())
-        }))
-        .bind(column(&|i| i.policy_reasons.clone()))
-        .bind(number(&|i| i.job.rejected.then_some(i.now_ms)))
-        .bind(column(&|i| i.delivery.as_ref().map(|d| d.id.clone())))
-        .bind(number(&|i| {
-            i.delivery.as_ref().map(|d| to_millis(d.received_at))
-        }))
-        .bind((0..items.len() as i32).collect::<Vec<i32>>())
-        .fetch_all(pool)
-        .await?;
+    let mut attempt = 0u32;
+    let rows = loop {
+        let result = sqlx::query(ADMIT_BATCH.as_str())
+            .bind(number(&|i| Some(i.job.org_id)))
+            .bind(column(&|i| Some(i.job.repo.full_name.clone())))
+            .bind(number(&|i| i.job.repo.id))
+            .bind(column(&|i| Some(i.job.source.as_str().to_string())))
+            .bind(column(&|i| Some(i.labels.clone())))
+            .bind(column(&|i| Some(i.metadata.clone())))
+            .bind(column(&|i| Some(i.spec.clone())))
+            .bind(number(&|i| Some(i.now_ms)))
+            .bind(number(&|i| github(i).map(|g| g.job_id)))
+            .bind(number(&|i| github(i).map(|g| g.run_id)))
+            .bind(number(&|i| github(i).map(|g| g.run_attempt)))
+            .bind(column(&|i| github(i).and_then(|g| g.workflow_name)))
+            .bind(column(&|i| github(i).and_then(|g| g.job_name)))
+            .bind(column(&|i| github(i).and_then(|g| g.head_sha)))
+            .bind(column(&|i| github(i).and_then(|g| g.head_branch)))
+            .bind(number(&|i| github(i).and_then(|g| g.installation_id)))
+            .bind(column(&|i| github(i).map(|g| g.status)))
+            .bind(column(&|i| github(i).and_then(|g| g.conclusion)))
+            .bind(column(&|i| github(i).and_then(|g| g.runner_name)))
+            .bind(column(&|i| {
+                Some(if i.job.rejected { "rejected" } else { "queued" }.to_string())
+            }))
+            .bind(column(&|i| i.policy_reasons.clone()))
+            .bind(number(&|i| i.job.rejected.then_some(i.now_ms)))
+            .bind(column(&|i| i.delivery.as_ref().map(|d| d.id.clone())))
+            .bind(number(&|i| {
+                i.delivery.as_ref().map(|d| to_millis(d.received_at))
+            }))
+            .bind((0..items.len() as i32).collect::<Vec<i32>>())
+            .fetch_all(pool)
+            .await;
+        match result {
+            // Two batches may race for the same GitHub job (a first and a second
+            // delivery of it) or delivery id; rows are inserted in key order so
+            // that this is rare, and PostgreSQL breaking a deadlock rolls one
+            // statement back whole, so running it again is safe: it then sees the
+            // other batch's rows and answers accordingly.
+            Err(sqlx::Error::Database(error))
+                if matches!(error.code().as_deref(), Some("40P01" | "40001")) && attempt < 5 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(1 << attempt)).await;
+            }
+            other => break other?,
+        }
+    };
     if rows.len() != items.len() {
         return Err(Error::Internal(format!(
             "batched admission returned {} rows for {} jobs",
