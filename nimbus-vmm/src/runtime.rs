@@ -218,8 +218,19 @@ mod tests {
         let dir = VmDir::create(&root, "orphan").expect("created");
         // A process that names the VM directory on its command line, like a VM's.
         let mut command = Command::new("sh");
-        command.args(["-c", "sleep 60", dir.path().to_str().unwrap_or("")]);
+        // (`; exit` keeps the shell from exec'ing sleep and losing the argument.)
+        command.args(["-c", "sleep 60; exit 0", dir.path().to_str().unwrap_or("")]);
         let mut child = spawn(command, &dir, "a fake VM").expect("spawned");
+        let pid = child.id().expect("pid");
+        // Wait for the exec: before it, the child's command line is the test's.
+        let needle = dir.path().display().to_string();
+        for _ in 0..500 {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         std::mem::forget(dir);
         let reaped = reap_orphans(&root).expect("reaped");
         assert_eq!(reaped, vec!["orphan".to_string()]);
