@@ -17,7 +17,8 @@ log() { echo "guest-assets: $*" >&2; }
 # Tools of the asset build (kmod, busybox-static, debootstrap, e2fsprogs, xz), of
 # the QEMU driver (qemu-system-x86, qemu-utils) and of VM networking.
 need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+# Debian's qemu-system-x86 replaces a backported qemu-utils: install them together.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86 qemu-utils)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v depmod >/dev/null || [[ -x /sbin/depmod ]] || need+=(kmod)
 command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)
