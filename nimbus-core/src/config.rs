@@ -42,6 +42,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_ORG_RATE_INTERVAL", default: "60", meaning: "Length in seconds of the org rate-limit window." },
     VarDoc { name: "NIMBUS_VMM", default: "auto", meaning: "VM driver: `auto` (firecracker with hardware KVM, else qemu with hardware KVM, else sandbox), `firecracker`, `qemu` or `sandbox`." },
     VarDoc { name: "NIMBUS_QEMU_ACCEL", default: "auto", meaning: "QEMU acceleration: `kvm` (hardware KVM only), `tcg` (software emulation) or `auto`." },
+    VarDoc { name: "NIMBUS_QEMU_TRANSPORT", default: "virtio-serial", meaning: "Host ⇄ guest channel under QEMU: `virtio-serial`, or `serial` (the serial console shared with kernel messages: the last resort for guests without virtio-console)." },
     VarDoc { name: "NIMBUS_QEMU_BIN", default: "qemu-system-x86_64 on PATH", meaning: "QEMU binary." },
     VarDoc { name: "NIMBUS_FIRECRACKER_BIN", default: "firecracker on PATH", meaning: "Firecracker binary." },
     VarDoc { name: "NIMBUS_JAILER_BIN", default: "(none)", meaning: "Firecracker's jailer; set to run every Firecracker VM jailed (docs/FIRECRACKER_SECURITY.md)." },

@@ -218,14 +218,49 @@ pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
 }
 
 /// Accumulates bytes from any transport and yields whole messages.
+///
+/// A resynchronising decoder (for a serial console shared with the kernel's
+/// messages) skips bytes until the next frame magic and drops frames that do not
+/// decode, instead of failing; what it skipped is kept as console noise.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buffer: Vec<u8>,
+    resync: bool,
+    noise: Vec<u8>,
 }
 
 impl FrameDecoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn resynchronising() -> Self {
+        FrameDecoder {
+            resync: true,
+            ..Self::default()
+        }
+    }
+
+    /// Bytes a resynchronising decoder skipped since the last call.
+    pub fn take_noise(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.noise)
+    }
+
+    /// Moves bytes before the next possible frame start to the noise.
+    fn skip_to_magic(&mut self, from: usize) {
+        let start = (from..self.buffer.len())
+            .find(|&i| {
+                let rest = &self.buffer[i..];
+                let n = rest.len().min(FRAME_MAGIC.len());
+                rest[..n] == FRAME_MAGIC[..n]
+            })
+            .unwrap_or(self.buffer.len());
+        self.noise.extend(self.buffer.drain(..start));
+        // Bound the noise kept for diagnostics.
+        if self.noise.len() > 64 * 1024 {
+            let excess = self.noise.len() - 64 * 1024;
+            self.noise.drain(..excess);
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -234,6 +269,21 @@ impl FrameDecoder {
 
     /// The next complete message, `Ok(None)` when more bytes are needed.
     pub fn next_message<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ProtocolError> {
+        if !self.resync {
+            return self.decode_one();
+        }
+        loop {
+            self.skip_to_magic(0);
+            match self.decode_one() {
+                Ok(message) => return Ok(message),
+                // Not a frame after all (console text that looked like one, or a
+                // frame torn by kernel output): skip a byte and look again.
+                Err(_) => self.skip_to_magic(1),
+            }
+        }
+    }
+
+    fn decode_one<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ProtocolError> {
         if self.buffer.len() < 8 {
             return Ok(None);
         }
@@ -358,6 +408,35 @@ mod tests {
             decoder.next_message::<GuestMessage>(),
             Err(ProtocolError::Json(_))
         ));
+    }
+
+    #[test]
+    fn a_resynchronising_decoder_skips_console_noise_and_torn_frames() {
+        let good = encode(&GuestMessage::Finished { exit_code: 4 });
+        let mut torn = encode(&GuestMessage::Finished { exit_code: 9 });
+        torn[10] = b'#';
+        let mut bytes = b"[    1.2] random: crng init done\r\nNMB".to_vec();
+        bytes.extend_from_slice(&torn);
+        bytes.extend_from_slice(b"nimbus-init: hello\n");
+        bytes.extend_from_slice(&good);
+        for chunk in [1, 5, bytes.len()] {
+            let mut decoder = FrameDecoder::resynchronising();
+            let mut decoded = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                decoder.push(piece);
+                while let Some(message) =
+                    decoder.next_message::<GuestMessage>().expect("never fails")
+                {
+                    decoded.push(message);
+                }
+            }
+            assert_eq!(
+                decoded,
+                vec![GuestMessage::Finished { exit_code: 4 }],
+                "chunk {chunk}"
+            );
+            assert!(String::from_utf8_lossy(&decoder.take_noise()).contains("crng init done"));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use nimbus_core::Env;
 
 use crate::firecracker::jailer::JailerConfig;
 use crate::firecracker::{FirecrackerConfig, FirecrackerDriver};
-use crate::qemu::{Accel, QemuConfig, QemuDriver};
+use crate::qemu::{Accel, QemuConfig, QemuDriver, QemuTransport};
 use crate::sandbox::{SandboxConfig, SandboxDriver};
 use crate::spec::NetworkSpec;
 use crate::{DriverKind, Error, Probe, Result, VmmDriver};
@@ -30,6 +30,7 @@ pub struct VmmConfig {
     pub choice: VmmChoice,
     pub qemu_accel: Option<Accel>,
     pub qemu_binary: Option<PathBuf>,
+    pub qemu_transport: QemuTransport,
     pub firecracker_binary: Option<PathBuf>,
     pub jailer: Option<JailerConfig>,
     pub seccomp_filter: Option<PathBuf>,
@@ -104,6 +105,15 @@ impl VmmConfig {
             choice,
             qemu_accel,
             qemu_binary: path("NIMBUS_QEMU_BIN"),
+            qemu_transport: match env.get("NIMBUS_QEMU_TRANSPORT") {
+                None => QemuTransport::VirtioSerial,
+                Some(text) => QemuTransport::parse(text).ok_or_else(|| {
+                    config_error(
+                        "NIMBUS_QEMU_TRANSPORT",
+                        format!("invalid value {text:?}: expected virtio-serial or serial"),
+                    )
+                })?,
+            },
             firecracker_binary: path("NIMBUS_FIRECRACKER_BIN"),
             jailer,
             seccomp_filter: path("NIMBUS_SECCOMP_FILTER"),
@@ -139,6 +149,7 @@ impl VmmConfig {
                 binary: self.qemu_binary.clone(),
                 accel: self.qemu_accel,
                 runtime_dir: self.runtime_dir.clone(),
+                transport: self.qemu_transport,
             })),
             DriverKind::Sandbox => Arc::new(SandboxDriver::new(SandboxConfig {
                 runtime_dir: self.runtime_dir.clone(),

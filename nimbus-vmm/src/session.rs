@@ -16,6 +16,7 @@ pub struct GuestChannel {
     reader: Box<dyn AsyncRead + Unpin + Send>,
     writer: Box<dyn AsyncWrite + Unpin + Send>,
     decoder: FrameDecoder,
+    guest_first: bool,
 }
 
 /// Who the guest said it is.
@@ -34,7 +35,27 @@ impl GuestChannel {
             reader: Box::new(reader),
             writer: Box::new(writer),
             decoder: FrameDecoder::new(),
+            guest_first: false,
         }
+    }
+
+    /// A channel over a serial console shared with the guest kernel's messages:
+    /// the decoder skips console text between frames, and the guest speaks first
+    /// (its tty echoes whatever arrives before it switched the line to raw mode).
+    pub fn over_serial_console(
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        writer: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Self {
+        GuestChannel {
+            decoder: FrameDecoder::resynchronising(),
+            guest_first: true,
+            ..GuestChannel::new(reader, writer)
+        }
+    }
+
+    /// Console text a serial channel skipped (for boot diagnostics).
+    pub fn take_console_noise(&mut self) -> String {
+        String::from_utf8_lossy(&self.decoder.take_noise()).into_owned()
     }
 
     pub async fn send(&mut self, message: &HostMessage) -> Result<()> {
@@ -69,11 +90,17 @@ impl GuestChannel {
 
     /// Sends our hello and waits for the guest's.
     pub async fn handshake(&mut self) -> Result<Hello> {
-        self.send(&HostMessage::Hello {
+        let ours = HostMessage::Hello {
             protocol: PROTOCOL_VERSION,
-        })
-        .await?;
-        match self.recv().await? {
+        };
+        if !self.guest_first {
+            self.send(&ours).await?;
+        }
+        let hello = self.recv().await?;
+        if self.guest_first {
+            self.send(&ours).await?;
+        }
+        match hello {
             Some(GuestMessage::Hello {
                 protocol,
                 agent,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_vmm::assets::AssetSet;
-use nimbus_vmm::qemu::{QemuConfig, QemuDriver};
+use nimbus_vmm::qemu::{QemuConfig, QemuDriver, QemuTransport};
 use nimbus_vmm::sandbox::{SandboxConfig, SandboxDriver};
 use nimbus_vmm::spec::NetworkSpec;
 use nimbus_vmm::testsuite::{require, Harness};
@@ -24,6 +24,10 @@ fn runtime_dir(driver: &str) -> PathBuf {
 }
 
 async fn harness_for(kind: DriverKind) -> Option<Harness> {
+    harness_with(kind, QemuTransport::VirtioSerial).await
+}
+
+async fn harness_with(kind: DriverKind, transport: QemuTransport) -> Option<Harness> {
     let dir = assets_dir()?;
     let assets = AssetSet::open(&dir).ok()?.verify(kind, None).ok()?;
     let runtime_dir = runtime_dir(kind.as_str());
@@ -32,6 +36,7 @@ async fn harness_for(kind: DriverKind) -> Option<Harness> {
             binary: None,
             accel: None,
             runtime_dir: runtime_dir.clone(),
+            transport,
         })),
         DriverKind::Sandbox => Arc::new(SandboxDriver::new(SandboxConfig {
             runtime_dir: runtime_dir.clone(),
@@ -89,6 +94,22 @@ mod qemu {
     }
 
     nimbus_vmm::vmm_driver_test_suite!(harness);
+}
+
+/// The last-resort transport: the serial console, shared with kernel messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_over_the_serial_console_runs_steps() {
+    let Ok(permit) = QEMU_ONE_AT_A_TIME.acquire().await else {
+        return;
+    };
+    let Some(harness) = require(
+        harness_with(DriverKind::Qemu, QemuTransport::Serial).await,
+        "the qemu driver with built assets (NIMBUS_TEST_ASSETS)",
+    ) else {
+        return;
+    };
+    nimbus_vmm::testsuite::runs_steps_and_cleans_up(harness).await;
+    drop(permit);
 }
 
 /// Real Firecracker boots where the host has hardware KVM and a firecracker binary.

@@ -116,6 +116,7 @@ async fn qemu_egress_reaches_the_host_and_isolated_does_not() {
         binary: None,
         accel: None,
         runtime_dir,
+        transport: Default::default(),
     }));
     let (outcome, lines) = fetch_from_guest(
         driver.clone(),

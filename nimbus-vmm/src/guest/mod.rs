@@ -53,24 +53,32 @@ impl GuestError {
 
 /// Serves one job over `transport`: handshake, run, report. Returns the job's exit code.
 pub fn serve(transport: Transport) -> Result<i32, GuestError> {
-    let Transport { mut reader, writer } = transport;
+    let Transport {
+        mut reader,
+        writer,
+        guest_first,
+    } = transport;
     let mut decoder = FrameDecoder::new();
-
+    let hello = GuestMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: kernel_release(),
+    };
+    // One writer thread owns the channel so messages are never interleaved.
+    let (sender, receiver) = mpsc::channel::<GuestMessage>();
+    let writer_thread = thread::spawn(move || write_loop(writer, receiver));
+    let send = |message: GuestMessage| sender.send(message).is_ok();
+    if guest_first {
+        send(hello.clone());
+    }
     match read_message(&mut reader, &mut decoder)? {
         Some(HostMessage::Hello { protocol }) => check_version(protocol, PROTOCOL_VERSION)?,
         Some(other) => return Err(GuestError::Unexpected(format!("{other:?}"))),
         None => return Err(GuestError::Closed("hello")),
     }
-
-    // One writer thread owns the channel so messages are never interleaved.
-    let (sender, receiver) = mpsc::channel::<GuestMessage>();
-    let writer_thread = thread::spawn(move || write_loop(writer, receiver));
-    let send = |message: GuestMessage| sender.send(message).is_ok();
-    send(GuestMessage::Hello {
-        protocol: PROTOCOL_VERSION,
-        agent: env!("CARGO_PKG_VERSION").to_string(),
-        kernel: kernel_release(),
-    });
+    if !guest_first {
+        send(hello);
+    }
 
     let job = match read_message(&mut reader, &mut decoder)? {
         Some(HostMessage::Run { job }) => job,

@@ -14,8 +14,17 @@ const HOST_CID: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportKind {
     Stdio,
-    VirtioSerial { name: String },
-    Vsock { port: u32 },
+    VirtioSerial {
+        name: String,
+    },
+    Vsock {
+        port: u32,
+    },
+    /// The serial console, shared with the kernel's messages: the last resort when
+    /// there is neither virtio-serial nor vsock.
+    Serial {
+        device: String,
+    },
 }
 
 impl TransportKind {
@@ -38,8 +47,11 @@ impl TransportKind {
                     None => VSOCK_PORT,
                 },
             }),
+            "serial" => Ok(TransportKind::Serial {
+                device: arg.unwrap_or("/dev/ttyS0").to_string(),
+            }),
             other => Err(GuestError::Transport(format!(
-                "unknown transport {other:?} (stdio, virtio-serial[:NAME], vsock[:PORT])"
+                "unknown transport {other:?} (stdio, virtio-serial[:NAME], vsock[:PORT], serial[:DEVICE])"
             ))),
         }
     }
@@ -56,6 +68,9 @@ impl TransportKind {
 pub struct Transport {
     pub reader: Box<dyn Read + Send>,
     pub writer: Box<dyn Write + Send>,
+    /// On a serial console the guest speaks first, once its line is in raw mode:
+    /// anything the host sent earlier would have been echoed back by the tty.
+    pub guest_first: bool,
 }
 
 impl Transport {
@@ -64,6 +79,7 @@ impl Transport {
             TransportKind::Stdio => Ok(Transport {
                 reader: Box::new(std::io::stdin()),
                 writer: Box::new(std::io::stdout()),
+                guest_first: false,
             }),
             TransportKind::VirtioSerial { name } => {
                 let device = find_virtio_port(name, Duration::from_secs(10))?;
@@ -78,6 +94,23 @@ impl Transport {
                 Ok(Transport {
                     reader: Box::new(reader),
                     writer: Box::new(file),
+                    guest_first: false,
+                })
+            }
+            TransportKind::Serial { device } => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(device)
+                    .map_err(GuestError::io(format!("opening {device}")))?;
+                raw_mode(&file, device)?;
+                let reader = file
+                    .try_clone()
+                    .map_err(GuestError::io("duplicating the serial handle"))?;
+                Ok(Transport {
+                    reader: Box::new(reader),
+                    writer: Box::new(file),
+                    guest_first: true,
                 })
             }
             TransportKind::Vsock { port } => {
@@ -93,6 +126,7 @@ impl Transport {
                     Ok(Transport {
                         reader: Box::new(reader),
                         writer: Box::new(stream),
+                        guest_first: false,
                     })
                 }
                 #[cfg(not(target_os = "linux"))]
@@ -103,6 +137,16 @@ impl Transport {
             }
         }
     }
+}
+
+/// No echo, no line discipline, no CR/LF translation: frames are binary.
+fn raw_mode(file: &std::fs::File, device: &str) -> Result<(), GuestError> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    let mut termios =
+        tcgetattr(file).map_err(|e| GuestError::Transport(format!("{device}: tcgetattr: {e}")))?;
+    cfmakeraw(&mut termios);
+    tcsetattr(file, SetArg::TCSANOW, &termios)
+        .map_err(|e| GuestError::Transport(format!("{device}: tcsetattr: {e}")))
 }
 
 /// `/dev/vportNpM` whose `/sys/class/virtio-ports/*/name` is `name`; waits for the

@@ -42,6 +42,27 @@ impl Accel {
     }
 }
 
+/// How the guest reaches the host under QEMU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QemuTransport {
+    /// A virtio-serial port of its own (the default).
+    #[default]
+    VirtioSerial,
+    /// The serial console, shared with the kernel's messages: the last resort for
+    /// guests without virtio-console. The console then has no log file.
+    Serial,
+}
+
+impl QemuTransport {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "virtio-serial" => Some(QemuTransport::VirtioSerial),
+            "serial" => Some(QemuTransport::Serial),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     /// `qemu-system-x86_64`, from PATH unless given.
@@ -50,6 +71,7 @@ pub struct QemuConfig {
     pub accel: Option<Accel>,
     /// Where VM runtime directories are created.
     pub runtime_dir: PathBuf,
+    pub transport: QemuTransport,
 }
 
 pub struct QemuDriver {
@@ -120,6 +142,7 @@ impl VmmDriver for QemuDriver {
             spec: spec.clone(),
             binary,
             accel,
+            transport: self.config.transport,
             dir,
             child: None,
             channel: None,
@@ -138,6 +161,7 @@ pub struct QemuVm {
     spec: VmSpec,
     binary: PathBuf,
     accel: Accel,
+    transport: QemuTransport,
     dir: VmDir,
     child: Option<Child>,
     channel: Option<GuestChannel>,
@@ -205,7 +229,12 @@ impl QemuVm {
             cmdline.push("tsc_early_khz=2000000".into());
             cmdline.push("lpj=8000000".into());
         }
-        cmdline.push(format!("nimbus.transport=virtio-serial:{VIRTIO_PORT_NAME}"));
+        cmdline.push(match self.transport {
+            QemuTransport::VirtioSerial => {
+                format!("nimbus.transport=virtio-serial:{VIRTIO_PORT_NAME}")
+            }
+            QemuTransport::Serial => "nimbus.transport=serial:/dev/ttyS0".to_string(),
+        });
         if let Some(network) = &self.network {
             cmdline.extend(network.guest_boot_args());
         }
@@ -230,7 +259,13 @@ impl QemuVm {
                 "none",
                 "-no-reboot",
             ])
-            .args(["-serial", &format!("file:{}", path(CONSOLE_LOG))])
+            .args([
+                "-serial",
+                &match self.transport {
+                    QemuTransport::VirtioSerial => format!("file:{}", path(CONSOLE_LOG)),
+                    QemuTransport::Serial => "chardev:nimbus".to_string(),
+                },
+            ])
             .arg("-kernel")
             // An ELF vmlinux boots through PVH, skipping the bzImage's
             // self-decompression (half a second under TCG).
@@ -273,16 +308,14 @@ impl QemuVm {
                     &format!("virtio-net-device,netdev=net0,mac={}", network.mac()),
                 ]);
         }
-        command
-            .args(["-device", "virtio-serial-device"])
-            .args([
-                "-chardev",
-                &format!("socket,id=nimbus,path={socket},server=on,wait=off"),
-            ])
-            .args([
+        let chardev = format!("socket,id=nimbus,path={socket},server=on,wait=off");
+        command.args(["-chardev", &chardev]);
+        if self.transport == QemuTransport::VirtioSerial {
+            command.args(["-device", "virtio-serial-device"]).args([
                 "-device",
                 &format!("virtserialport,chardev=nimbus,name={VIRTIO_PORT_NAME}"),
             ]);
+        }
         let log = std::fs::File::create(self.dir.join(QEMU_LOG))
             .map_err(Error::io("creating qemu.log"))?;
         command
@@ -338,7 +371,10 @@ impl Vm for QemuVm {
         self.child = Some(runtime::spawn(command, &self.dir, "qemu-system-x86_64")?);
         let stream = self.connect(deadline).await?;
         let (reader, writer) = stream.into_split();
-        let mut channel = GuestChannel::new(reader, writer);
+        let mut channel = match self.transport {
+            QemuTransport::VirtioSerial => GuestChannel::new(reader, writer),
+            QemuTransport::Serial => GuestChannel::over_serial_console(reader, writer),
+        };
         let hello = match tokio::time::timeout_at(deadline.into(), channel.handshake()).await {
             Ok(Ok(hello)) => hello,
             Ok(Err(error)) => return Err(self.boot_error(format!("handshake: {error}"))),
