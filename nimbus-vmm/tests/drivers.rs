@@ -201,3 +201,56 @@ async fn a_flipped_rootfs_byte_stops_the_boot() {
     );
     let _ = std::fs::remove_dir_all(&copy);
 }
+
+/// Where the host allows cgroups (root here), a sandbox's memory is limited to its
+/// spec: a job that allocates past it is killed, and the next one is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_memory_is_limited_by_a_cgroup() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: cgroups need root here");
+        return;
+    }
+    let Some(harness) = require(
+        harness_for(DriverKind::Sandbox).await,
+        "the sandbox driver with built assets (NIMBUS_TEST_ASSETS)",
+    ) else {
+        return;
+    };
+    let mut spec = (harness.spec)(
+        &nimbus_vmm::launch::unique_id("cgroup"),
+        Duration::from_secs(60),
+    );
+    spec.memory_mib = 64;
+    let job = nimbus_vmm::protocol::GuestJob::from_commands(&[
+        "grep -E 'memory' /proc/self/cgroup",
+        // ~200 MB in a shell variable: far past 64 MiB.
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}",
+    ]);
+    let mut lines = Vec::new();
+    let mut on_event = |event: nimbus_vmm::JobEvent| {
+        if let nimbus_vmm::JobEvent::Output(line) = event {
+            lines.push(line.line);
+        }
+    };
+    let (_, report) =
+        nimbus_vmm::launch::run_once(&harness.driver, &spec, &job, &mut |_| {}, &mut on_event)
+            .await
+            .expect("runs");
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.contains(&format!("nimbus/{}", spec.id))),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("survived")),
+        "{lines:?}"
+    );
+    assert_ne!(report.outcome, nimbus_vmm::Outcome::Exited { code: 0 });
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/memory/nimbus")
+            .join(&spec.id)
+            .exists(),
+        "the cgroup is removed"
+    );
+}

@@ -7,6 +7,8 @@
 //! `nimbus-guest` itself sets up the mounts (it runs as root of the new user
 //! namespace) and then speaks the same protocol as in a VM, over its stdin/stdout.
 
+mod cgroup;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
@@ -104,6 +106,7 @@ impl VmmDriver for SandboxDriver {
             dir,
             child: None,
             channel: None,
+            cgroup: None,
             destroyed: false,
         }))
     }
@@ -115,6 +118,7 @@ pub struct SandboxVm {
     dir: VmDir,
     child: Option<Child>,
     channel: Option<GuestChannel>,
+    cgroup: Option<cgroup::Cgroup>,
     destroyed: bool,
 }
 
@@ -193,6 +197,7 @@ impl Vm for SandboxVm {
             }
         };
         self.channel = Some(channel);
+        self.limit_resources();
         Ok(GuestInfo {
             agent: hello.agent,
             kernel: hello.kernel,
@@ -225,8 +230,38 @@ impl Vm for SandboxVm {
     async fn destroy(&mut self) -> Result<()> {
         self.channel = None;
         runtime::kill(&mut self.child).await;
+        if let Some(mut cgroup) = self.cgroup.take() {
+            // The namespace's processes die with its init, a moment after it.
+            for _ in 0..50 {
+                if cgroup.try_remove() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
         self.destroyed = true;
         self.dir.remove()
+    }
+}
+
+impl SandboxVm {
+    /// Puts the sandbox (the guest agent, before it runs anything) into a cgroup
+    /// with the spec's memory and vCPUs, where the host allows it.
+    fn limit_resources(&mut self) {
+        let Some(pid) = self.child.as_ref().and_then(Child::id) else {
+            return;
+        };
+        match cgroup::Cgroup::create(&self.spec.id, self.spec.memory_mib, self.spec.vcpus) {
+            Ok(cgroup) => match cgroup.adopt_tree(pid) {
+                Ok(()) => self.cgroup = Some(cgroup),
+                Err(reason) => {
+                    tracing::warn!(vm = %self.spec.id, %reason, "sandbox runs without resource limits")
+                }
+            },
+            Err(reason) => {
+                tracing::warn!(vm = %self.spec.id, %reason, "sandbox runs without resource limits")
+            }
+        }
     }
 }
 
