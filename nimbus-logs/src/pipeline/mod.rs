@@ -1,0 +1,1 @@
+//! The logging pipeline service (filled in below).

@@ -1,0 +1,128 @@
+//! Where log lines and metadata rows are stored: the [`LogSink`] trait and its
+//! backends, [`sqlite`] (embedded default) and [`clickhouse`].
+
+pub mod clickhouse;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::error::Result;
+use crate::record::{LogRecord, MetadataRecord};
+
+/// Which lines a query wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    pub job_id: Option<u64>,
+    /// Only this org's lines (org tokens are scoped to their org).
+    pub org_id: Option<u64>,
+    pub level: Option<String>,
+    /// Lines at or after this time (epoch ms).
+    pub since: Option<i64>,
+    /// Lines after this seq (with `job_id`; how `follow` pages).
+    pub after_seq: Option<u64>,
+    pub limit: u32,
+    pub order: Order,
+}
+
+/// `Newest` returns the last `limit` matching lines (a tail), `Oldest` the first;
+/// either way oldest first (by job, then seq).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    #[default]
+    Newest,
+    Oldest,
+}
+
+/// What `GET /api/stats` reports (and `nimbus report logs` prints).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub lines: u64,
+    pub bytes: u64,
+    pub per_level: BTreeMap<String, u64>,
+    pub per_org: BTreeMap<String, u64>,
+    /// Epoch ms of the newest insert, if any.
+    pub last_ingest: Option<i64>,
+}
+
+/// A store for job log lines and metadata.
+#[async_trait]
+pub trait LogSink: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Writes a batch durably (it is on disk / acknowledged by the server when this
+    /// returns). Records whose (job_id, seq) is already stored are not stored again
+    /// by callers that dedupe with [`LogSink::stored_seqs`]; sinks with a unique key
+    /// (SQLite) also drop them themselves. Returns the rows written.
+    async fn write(&self, batch: &[LogRecord]) -> Result<u64>;
+    /// The seqs stored for a job (to rebuild the dedupe index after a restart).
+    async fn stored_seqs(&self, job_id: u64) -> Result<Vec<u64>>;
+    async fn query(&self, query: &LogQuery) -> Result<Vec<LogRecord>>;
+    /// Deletes lines older than the cut-off (epoch ms).
+    async fn prune(&self, older_than: i64) -> Result<u64>;
+    async fn write_metadata(&self, rows: &[MetadataRecord]) -> Result<u64>;
+    async fn query_metadata(&self, job_id: u64, org_id: Option<u64>)
+        -> Result<Vec<MetadataRecord>>;
+    async fn prune_metadata(&self, older_than: i64) -> Result<u64>;
+    async fn stats(&self, org_id: Option<u64>) -> Result<Stats>;
+}
+
+/// Lines of a job written after `after_seq`, as they arrive: the backlog first,
+/// then new lines in seq order. Polls the sink every `poll` (so lines ingested by
+/// another pipeline replica arrive too) and at once when `wake` fires (lines
+/// ingested here).
+pub fn follow(
+    sink: Arc<dyn LogSink>,
+    job_id: u64,
+    org_id: Option<u64>,
+    after_seq: u64,
+    poll: Duration,
+    wake: Arc<Notify>,
+) -> BoxStream<'static, Result<LogRecord>> {
+    let state = (
+        sink,
+        after_seq,
+        std::collections::VecDeque::<LogRecord>::new(),
+        false,
+    );
+    Box::pin(futures::stream::unfold(
+        state,
+        move |(sink, mut after, mut pending, mut waited)| {
+            let wake = wake.clone();
+            async move {
+                loop {
+                    if let Some(record) = pending.pop_front() {
+                        return Some((Ok(record), (sink, after, pending, waited)));
+                    }
+                    if waited {
+                        // Wait for news before asking the sink again.
+                        let _ = tokio::time::timeout(poll, wake.notified()).await;
+                    }
+                    let query = LogQuery {
+                        job_id: Some(job_id),
+                        org_id,
+                        after_seq: Some(after),
+                        limit: 1000,
+                        order: Order::Oldest,
+                        ..LogQuery::default()
+                    };
+                    match sink.query(&query).await {
+                        Ok(records) => {
+                            waited = records.len() < 1000;
+                            if let Some(last) = records.last() {
+                                after = last.seq;
+                            }
+                            pending.extend(records);
+                        }
+                        Err(error) => return Some((Err(error), (sink, after, pending, true))),
+                    }
+                }
+            }
+        },
+    ))
+}
