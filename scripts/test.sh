@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/nimbus-target}
 export NIMBUS_TEST_DATABASE_URL=${NIMBUS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 
-scripts/services.sh start postgres
+scripts/services.sh start postgres clickhouse
+export NIMBUS_TEST_CLICKHOUSE_URL=${NIMBUS_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123}
 
 # Test schemas (nimbus_t_*) are per test; drop those earlier runs left behind.
 if command -v psql >/dev/null; then

@@ -1,1 +1,234 @@
-//! The logging pipeline service (filled in below).
+//! The logging pipeline service (`bins/nimbus-logging-pipeline`, port 8002).
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /api/logs` | agent, admin | lines (JSON array or NDJSON); 200 when durable, 503 + Retry-After when saturated |
+//! | `GET /api/logs` | any; org tokens see their org | `job_id`, `limit`, `level`, `since`, `after_seq`, `order` |
+//! | `GET /api/logs/{job_id}/follow` | any | Server-Sent Events, backlog then live |
+//! | `POST /api/metadata` | agent, admin | job metadata rows |
+//! | `GET /api/metadata/{job_id}` | any | a job's metadata |
+//! | `GET /api/stats` | any | lines, bytes, per level, per org, last ingest |
+//! | `GET /healthz`, `GET /metrics` | anyone / loopback or metrics token | |
+
+mod api;
+pub mod config;
+mod ingest;
+pub mod metrics;
+
+pub use config::{Backend, PipelineConfig};
+pub use ingest::Ingestor;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use nimbus_core::auth::JwtKeys;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use self::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::sink::clickhouse::ClickHouseSink;
+use crate::sink::sqlite::SqliteSink;
+use crate::sink::LogSink;
+
+/// Largest request body (a batch of 100,000 short lines fits).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Shared state of the service.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub sink: Arc<dyn LogSink>,
+    pub ingestor: Ingestor,
+    pub keys: JwtKeys,
+    pub metrics: Metrics,
+    pub wake: Arc<Notify>,
+    metrics_token: Option<nimbus_core::Secret>,
+}
+
+impl Pipeline {
+    /// The service around `sink` (spawns the flusher on the current runtime).
+    pub fn new(config: &PipelineConfig, sink: Arc<dyn LogSink>) -> Result<Self> {
+        let metrics = Metrics::new()?;
+        let wake = Arc::new(Notify::new());
+        let ingestor = Ingestor::spawn(
+            sink.clone(),
+            config.max_buffered_lines,
+            config.flush_lines,
+            config.flush_interval,
+            wake.clone(),
+            metrics.clone(),
+        );
+        Ok(Pipeline {
+            sink,
+            ingestor,
+            keys: JwtKeys::new(&config.jwt_secret),
+            metrics,
+            wake,
+            metrics_token: config.metrics_token.clone(),
+        })
+    }
+}
+
+/// Opens the configured sink (creating tables if missing).
+pub async fn open_sink(config: &PipelineConfig) -> Result<Arc<dyn LogSink>> {
+    Ok(match &config.backend {
+        Backend::Sqlite { path } => Arc::new(SqliteSink::open(path).await?),
+        Backend::ClickHouse(clickhouse) => Arc::new(ClickHouseSink::connect(clickhouse).await?),
+    })
+}
+
+pub fn router(state: Pipeline) -> Router {
+    Router::new()
+        .route("/api/logs", post(api::ingest).get(api::query))
+        .route("/api/logs/{job_id}/follow", get(api::follow_job))
+        .route("/api/metadata", post(api::ingest_metadata))
+        .route("/api/metadata/{job_id}", get(api::job_metadata))
+        .route("/api/stats", get(api::stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_endpoint))
+        .fallback(|| async {
+            Error::InvalidInput("no such route".into()).into_response_with(StatusCode::NOT_FOUND)
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+impl Error {
+    fn into_response_with(self, status: StatusCode) -> Response {
+        let mut response = self.into_response();
+        *response.status_mut() = status;
+        response
+    }
+}
+
+async fn count_requests(State(state): State<Pipeline>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// `/metrics`: open to loopback peers; others need the metrics token.
+async fn metrics_endpoint(State(state): State<Pipeline>, request: Request) -> Response {
+    let loopback = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip().is_loopback())
+        .unwrap_or(false);
+    if !loopback {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let allowed = matches!((&state.metrics_token, presented), (Some(token), Some(given)) if token.expose() == given);
+        if !allowed {
+            return Error::Forbidden(
+                "metrics need Authorization: Bearer $NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN from non-loopback peers".into(),
+            )
+            .into_response();
+        }
+    }
+    state
+        .metrics
+        .buffered_lines
+        .set(state.ingestor.buffered() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Prunes old lines and metadata now and then (SQLite; ClickHouse has table TTLs).
+async fn retention_loop(sink: Arc<dyn LogSink>, log_days: u32, metadata_days: u32) {
+    if sink.name() != "sqlite" {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let day = 86_400_000i64;
+        match sink.prune(now - i64::from(log_days) * day).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(lines = n, "retention: pruned old log lines"),
+            Err(error) => tracing::warn!(%error, "retention: pruning log lines failed"),
+        }
+        match sink
+            .prune_metadata(now - i64::from(metadata_days) * day)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "retention: pruned old metadata"),
+            Err(error) => tracing::warn!(%error, "retention: pruning metadata failed"),
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: &PipelineConfig,
+    state: Pipeline,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let retention = tokio::spawn(retention_loop(
+        state.sink.clone(),
+        config.log_retention_days,
+        config.metadata_retention_days,
+    ));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Io {
+            context: "serving HTTP".into(),
+            source,
+        });
+    retention.abort();
+    result
+}
+
+/// Opens the sink, binds the address and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: PipelineConfig) -> Result<()> {
+    let sink = open_sink(&config).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("binding {}", config.listen),
+            source,
+        })?;
+    tracing::info!(address = %config.listen, backend = sink.name(), "nimbus-logging-pipeline listening");
+    let state = Pipeline::new(&config, sink)?;
+    serve(
+        &config,
+        state,
+        listener,
+        nimbus_core::control_plane::shutdown_signal(),
+    )
+    .await
+}

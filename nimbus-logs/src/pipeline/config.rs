@@ -1,0 +1,103 @@
+//! Configuration of the logging pipeline, from `NIMBUS_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nimbus_core::config::{jwt_secret, Secret};
+use nimbus_core::Env;
+
+use crate::sink::clickhouse::ClickHouseConfig;
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite { path: PathBuf },
+    ClickHouse(ClickHouseConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub jwt_secret: Secret,
+    pub metrics_token: Option<Secret>,
+    pub log_retention_days: u32,
+    pub metadata_retention_days: u32,
+    /// Lines buffered (received, not yet durable) before ingest answers 503.
+    pub max_buffered_lines: usize,
+    /// A flush writes at most this many lines...
+    pub flush_lines: usize,
+    /// ...and waits at most this long for more before writing what it has.
+    pub flush_interval: Duration,
+}
+
+fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
+    nimbus_core::Error::Config {
+        variable: variable.into(),
+        message: message.into(),
+    }
+}
+
+impl PipelineConfig {
+    pub fn from_env(env: &Env) -> nimbus_core::Result<Self> {
+        let data_dir = env.data_dir();
+        let listen = env.parse_or(
+            "NIMBUS_LOGGING_PIPELINE_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 8002)),
+        )?;
+        let log_retention_days: u32 = env.parse_or("NIMBUS_LOG_RETENTION_DAYS", 30)?;
+        let metadata_retention_days: u32 = env.parse_or("NIMBUS_METADATA_RETENTION_DAYS", 90)?;
+        for (name, days) in [
+            ("NIMBUS_LOG_RETENTION_DAYS", log_retention_days),
+            ("NIMBUS_METADATA_RETENTION_DAYS", metadata_retention_days),
+        ] {
+            if days == 0 {
+                return Err(config_error(name, "must be at least 1 day"));
+            }
+        }
+        let backend = match env.get("NIMBUS_LOGS_BACKEND").unwrap_or("sqlite") {
+            "sqlite" => Backend::Sqlite {
+                path: data_dir.join("logs.db"),
+            },
+            "clickhouse" => Backend::ClickHouse(ClickHouseConfig {
+                url: env
+                    .get("NIMBUS_CLICKHOUSE_URL")
+                    .unwrap_or("http://127.0.0.1:8123")
+                    .to_string(),
+                user: env.get("NIMBUS_CLICKHOUSE_USER").map(str::to_string),
+                password: env.get("NIMBUS_CLICKHOUSE_PASSWORD").map(str::to_string),
+                database: env
+                    .get("NIMBUS_CLICKHOUSE_DATABASE")
+                    .unwrap_or("nimbus")
+                    .to_string(),
+                log_retention_days,
+                metadata_retention_days,
+            }),
+            other => {
+                return Err(config_error(
+                    "NIMBUS_LOGS_BACKEND",
+                    format!("invalid value {other:?}: expected sqlite or clickhouse"),
+                ))
+            }
+        };
+        let max_buffered_lines: usize = env.parse_or("NIMBUS_LOGS_MAX_BUFFERED_LINES", 500_000)?;
+        if max_buffered_lines < 1000 {
+            return Err(config_error(
+                "NIMBUS_LOGS_MAX_BUFFERED_LINES",
+                "must be at least 1000",
+            ));
+        }
+        Ok(PipelineConfig {
+            listen,
+            backend,
+            jwt_secret: jwt_secret(env, &data_dir)?,
+            metrics_token: env.secret("NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN"),
+            log_retention_days,
+            metadata_retention_days,
+            max_buffered_lines,
+            flush_lines: 50_000.min(max_buffered_lines),
+            flush_interval: env
+                .seconds_or("NIMBUS_LOGS_FLUSH_INTERVAL", Duration::from_millis(20))?,
+        })
+    }
+}
