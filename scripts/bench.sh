@@ -19,7 +19,8 @@ else
   pg_link="loopback TCP"
 fi
 
-if [[ -n "${BENCH_QUICK:-}" ]]; then webhooks=2000; cycles=1000; vm_runs=3; else webhooks=20000; cycles=10000; vm_runs=20; fi
+if [[ -n "${BENCH_QUICK:-}" ]]; then webhooks=2000; cycles=1000; vm_runs=3; log_lines=50000; log_rows=200000
+else webhooks=20000; cycles=10000; vm_runs=20; log_lines=1000000; log_rows=10000000; fi
 
 scripts/services.sh start postgres
 cargo build --release --locked -p nimbus-bench
@@ -41,6 +42,10 @@ psql "$PG_ADMIN_URL" -qAt -c "DROP DATABASE IF EXISTS nimbus_bench" >/dev/null
 
 echo "bench: admission policy" >&2
 "$bench" policy --json >"$out/policy.json"
+
+echo "bench: logging pipeline (SQLite and ClickHouse)" >&2
+scripts/services.sh start clickhouse
+"$bench" logs --lines "$log_lines" --rows "$log_rows" --clickhouse-url http://127.0.0.1:8123 --json >"$out/logs.json"
 
 echo "bench: VM start-up (builds the guest assets first if needed)" >&2
 NIMBUS_ASSETS_DIR=$(scripts/guest-assets.sh) NIMBUS_VM_RUNTIME_DIR=/var/tmp/nimbus-bench-vms \
@@ -92,6 +97,27 @@ print("| rules | evaluations/s (one core) | jobs denied |")
 print("|---:|---:|---:|")
 print(f"| {policy['rules']} | {policy['evaluations_per_second']:.0f} | {policy['denied_share']*100:.1f} % |")
 print(f"\nTarget: ≥ 200,000 evaluations/s — {'met' if policy['evaluations_per_second'] >= 200000 else 'not met'}.")
+logs = json.load(open(f"{out}/logs.json"))
+print("\n## Logging pipeline (`nimbus-bench logs`)\n")
+print(f"Lines of 100-byte messages POSTed as NDJSON in batches of {logs['batch']} by {logs['senders']} concurrent senders to an")
+print("in-process pipeline over loopback HTTP, acknowledged when durable; then the table is topped up to the row")
+print("count shown and the last 1,000 lines of one job are queried 50 times.\n")
+print("| sink | lines/s over HTTP | rows | tail query p50 | tail query p99 |")
+print("|---|---:|---:|---:|---:|")
+for r in logs['sinks']:
+    print(f"| {r['sink']} | {r['lines_per_second']:.0f} | {r['rows_for_query']:,} | {r['query_p50_ms']:.1f} ms | {r['query_p99_ms']:.1f} ms |")
+if logs.get('clickhouse_direct_lines_per_second'):
+    print(f"\nBaseline, same run: the same lines inserted straight into ClickHouse over its HTTP interface "
+          f"(`INSERT … FORMAT JSONEachRow`, batches of 10,000, one sender, no pipeline): {logs['clickhouse_direct_lines_per_second']:.0f} lines/s.")
+by = {r['sink']: r for r in logs['sinks']}
+verdicts = []
+if 'clickhouse' in by:
+    verdicts.append(f"≥ 300,000 lines/s into ClickHouse: {by['clickhouse']['lines_per_second']:.0f} ({'met' if by['clickhouse']['lines_per_second'] >= 300000 else 'not met'})")
+if 'sqlite' in by:
+    verdicts.append(f"≥ 100,000 lines/s into SQLite: {by['sqlite']['lines_per_second']:.0f} ({'met' if by['sqlite']['lines_per_second'] >= 100000 else 'not met'})")
+worst = max(r['query_p50_ms'] for r in logs['sinks'])
+verdicts.append(f"query p50 < 50 ms: {worst:.1f} ms at worst ({'met' if worst < 50 else 'not met'})")
+print("\nTargets (issue: logging pipeline): " + "; ".join(verdicts) + ".")
 vm = json.load(open(f"{out}/vm.json"))
 print("\n## VM start-up (`nimbus-bench vm`)\n")
 runs = vm['drivers'][0]['runs'] if vm['drivers'] else 0

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod control_plane;
+mod logs;
 mod policy;
 mod vm;
 
@@ -24,6 +25,8 @@ enum Command {
     ControlPlane(control_plane::Args),
     /// Admission-policy evaluations per second on one core (200-rule policy).
     Policy(policy::Args),
+    /// Logging pipeline: lines/s over HTTP into each sink, tail-query latency.
+    Logs(logs::Args),
     /// VM start-up per driver: boot call to first log line, and a `true` round trip.
     Vm(vm::Args),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
             Command::ControlPlane(args) => control_plane::run(args).await,
             Command::Policy(args) => policy::run(args),
             Command::Vm(args) => vm::run(args).await,
+            Command::Logs(args) => logs::run(args).await,
         }
     });
     match result {
