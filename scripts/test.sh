@@ -23,6 +23,12 @@ END $$;
 SQL
 fi
 
+# Per-test ClickHouse databases of earlier runs (nimbus_test, nimbus_pipeline_*, nimbus_e2e_*).
+for db in $(curl -sf "$NIMBUS_TEST_CLICKHOUSE_URL/?query=SELECT+name+FROM+system.databases+WHERE+name+LIKE+'nimbus%25'" || true); do
+  curl -sf "$NIMBUS_TEST_CLICKHOUSE_URL/" --data-binary "DROP DATABASE IF EXISTS $db" >/dev/null ||
+    echo "test: could not drop ClickHouse database $db (continuing)" >&2
+done
+
 # The end-to-end suite runs the real binaries: build them with the tests, once.
 cargo build --workspace --bins --tests --locked
 

@@ -48,6 +48,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_CLICKHOUSE_PASSWORD", default: "(none)", meaning: "ClickHouse password." },
     VarDoc { name: "NIMBUS_CLICKHOUSE_DATABASE", default: "nimbus", meaning: "ClickHouse database of `ci_logs` and `job_metadata` (created if missing; docs/CLICKHOUSE_SCHEMA.md)." },
     VarDoc { name: "NIMBUS_LOG_RETENTION_DAYS", default: "30", meaning: "Job log lines older than this are pruned (ClickHouse table TTL; hourly delete on SQLite)." },
+    VarDoc { name: "NIMBUS_METADATA_SINK_URL", default: "(none)", meaning: "Logging pipeline the control plane copies every admitted job's metadata to (`POST /api/metadata`, with an admin token signed by NIMBUS_JWT_SECRET, retried in the background)." },
     VarDoc { name: "NIMBUS_METADATA_RETENTION_DAYS", default: "90", meaning: "Job metadata rows older than this are pruned by the logging pipeline." },
     VarDoc { name: "NIMBUS_LOGS_MAX_BUFFERED_LINES", default: "500000", meaning: "Lines the pipeline holds before they are durable; beyond it `POST /api/logs` answers 503 with Retry-After." },
     VarDoc { name: "NIMBUS_LOGS_FLUSH_INTERVAL", default: "0.02", meaning: "Seconds the pipeline waits for more lines before writing a batch (batches also flush at 50,000 lines)." },
@@ -219,6 +220,8 @@ pub struct ControlPlaneConfig {
     pub org_rate_interval: Duration,
     pub metrics_token: Option<Secret>,
     pub policy_path: Option<PathBuf>,
+    /// The logging pipeline that receives a copy of every job's metadata.
+    pub metadata_sink_url: Option<String>,
 }
 
 impl ControlPlaneConfig {
@@ -262,6 +265,7 @@ impl ControlPlaneConfig {
                 .seconds_or("NIMBUS_ORG_RATE_INTERVAL", Duration::from_secs(60))?,
             metrics_token: env.secret("NIMBUS_CONTROL_PLANE_METRICS_TOKEN"),
             policy_path: env.get("NIMBUS_JOB_POLICY_PATH").map(PathBuf::from),
+            metadata_sink_url: env.get("NIMBUS_METADATA_SINK_URL").map(str::to_string),
             database_url,
             data_dir,
         })

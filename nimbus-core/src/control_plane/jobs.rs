@@ -105,6 +105,11 @@ pub(super) async fn admit(
     }
     match state.store.enqueue(job, &admission, state.now()).await {
         Ok(enqueued) => {
+            if enqueued.created {
+                if let Some(sink) = &state.metadata_sink {
+                    sink.forward(&enqueued.job);
+                }
+            }
             if enqueued.created && enqueued.job.status == JobStatus::Queued {
                 state
                     .metrics

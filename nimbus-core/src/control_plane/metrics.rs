@@ -22,6 +22,7 @@ pub struct Metrics {
     pub policy_denials: IntCounterVec,
     pub policy_dry_run_denials: IntCounterVec,
     pub policy_reload_errors: IntCounter,
+    pub metadata_forward_failures: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
 }
@@ -66,6 +67,11 @@ impl Metrics {
                 r,
                 "nimbus_control_plane_org_rate_limits_hit",
                 "Job admissions refused by the per-org rate limit.",
+            )?,
+            metadata_forward_failures: counter(
+                r,
+                "nimbus_control_plane_metadata_forward_failures_total",
+                "Jobs whose metadata could not be forwarded to NIMBUS_METADATA_SINK_URL (after retries, or queue full).",
             )?,
             webhooks_received: counter_vec(
                 r,

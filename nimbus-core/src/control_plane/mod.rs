@@ -30,6 +30,7 @@ use nimbus_policy::Policy;
 
 pub mod http;
 mod jobs;
+mod metadata_sink;
 pub mod metrics;
 mod webhooks;
 
@@ -52,6 +53,8 @@ pub struct ControlPlane {
     /// The admission policy in force (swapped whole on reload).
     policy: RwLock<Arc<Policy>>,
     shutdown: watch::Sender<bool>,
+    /// Copies job metadata to NIMBUS_METADATA_SINK_URL, when set.
+    metadata_sink: Option<metadata_sink::MetadataForwarder>,
 }
 
 pub type AppState = Arc<ControlPlane>;
@@ -68,9 +71,19 @@ impl ControlPlane {
             })?,
             None => Policy::allow_all(),
         };
+        let keys = JwtKeys::new(&config.jwt_secret);
+        let metrics = Metrics::new()?;
+        let metadata_sink = config.metadata_sink_url.as_deref().and_then(|url| {
+            metadata_sink::MetadataForwarder::start(
+                url,
+                keys.clone(),
+                metrics.metadata_forward_failures.clone(),
+            )
+        });
         Ok(Arc::new(ControlPlane {
-            keys: JwtKeys::new(&config.jwt_secret),
-            metrics: Metrics::new()?,
+            keys,
+            metrics,
+            metadata_sink,
             config,
             store,
             job_available: Notify::new(),

@@ -174,3 +174,70 @@ pub fn mint_token(args: &[&str]) -> Result<nimbus_core::Secret> {
         &[("NIMBUS_JWT_SECRET", JWT_SECRET)],
     )?))
 }
+
+/// A running `nimbus-logging-pipeline`, killed when dropped.
+pub struct LoggingPipelineProcess {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl LoggingPipelineProcess {
+    /// Starts the pipeline (SQLite under a fresh data dir unless `extra` says
+    /// otherwise) and waits until `/healthz` answers.
+    pub async fn start(extra: &[(&str, String)]) -> Result<Self> {
+        let port = free_port()?;
+        let data_dir =
+            std::env::temp_dir().join(format!("nimbus-e2e-logs-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut command = Command::new(bin("nimbus-logging-pipeline")?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NIMBUS_LOGGING_PIPELINE_ADDR", format!("127.0.0.1:{port}"))
+            .env("NIMBUS_DATA_DIR", &data_dir)
+            .env("NIMBUS_JWT_SECRET", JWT_SECRET)
+            .env("NIMBUS_LOG_LEVEL", "warn")
+            .current_dir(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .context("starting nimbus-logging-pipeline")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("nimbus-logging-pipeline exited early with {status}");
+            }
+            if let Ok(response) = client.get(format!("{url}/healthz")).send().await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                bail!("nimbus-logging-pipeline at {url} not ready after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(LoggingPipelineProcess {
+            child,
+            url,
+            data_dir,
+        })
+    }
+}
+
+impl Drop for LoggingPipelineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
