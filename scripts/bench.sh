@@ -48,7 +48,8 @@ scripts/services.sh start clickhouse
 "$bench" logs --lines "$log_lines" --rows "$log_rows" --clickhouse-url http://127.0.0.1:8123 --json >"$out/logs.json"
 
 echo "bench: VM start-up (builds the guest assets first if needed)" >&2
-NIMBUS_ASSETS_DIR=$(scripts/guest-assets.sh) NIMBUS_VM_RUNTIME_DIR=/var/tmp/nimbus-bench-vms \
+assets=$(scripts/guest-assets.sh)
+NIMBUS_ASSETS_DIR=$assets NIMBUS_VM_RUNTIME_DIR=/var/tmp/nimbus-bench-vms \
   "$bench" vm --runs "$vm_runs" --json >"$out/vm.json"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')

@@ -42,6 +42,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_ORG_RATE_INTERVAL", default: "60", meaning: "Length in seconds of the org rate-limit window." },
     VarDoc { name: "NIMBUS_LOGGING_PIPELINE_ADDR", default: "0.0.0.0:8002", meaning: "Listen address of `nimbus-logging-pipeline` (also `--listen`)." },
     VarDoc { name: "NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for the pipeline's `/metrics` from non-loopback peers; unset means loopback only." },
+    VarDoc { name: "NIMBUS_LOGS_URL", default: "http://127.0.0.1:8002", meaning: "Where clients (host agent, `nimbus report logs`) reach the logging pipeline." },
     VarDoc { name: "NIMBUS_LOGS_BACKEND", default: "sqlite", meaning: "Where job logs go: `sqlite` (`$NIMBUS_DATA_DIR/logs.db`) or `clickhouse`." },
     VarDoc { name: "NIMBUS_CLICKHOUSE_URL", default: "http://127.0.0.1:8123", meaning: "ClickHouse HTTP interface of the `clickhouse` log backend." },
     VarDoc { name: "NIMBUS_CLICKHOUSE_USER", default: "(server default)", meaning: "ClickHouse user." },

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod report;
 mod vm;
 use nimbus_core::auth::{JwtKeys, Role};
 use nimbus_core::{config, Env};
@@ -45,6 +46,9 @@ enum Command {
     Assets(vm::AssetsCommand),
     /// Checks this host: KVM, hypervisor binaries, drivers, assets.
     Doctor,
+    /// Summaries from the services.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 #[derive(Subcommand)]
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         Command::Config(command) => config_command(command),
         Command::Dev(command) => dev(command),
         Command::Assets(command) => vm::assets(command),
+        Command::Report(command) => report::report(command),
         // These exit with the job's code (vm run) or the check's verdict (doctor).
         Command::Vm(command) => return vm::vm(command),
         Command::Doctor => return vm::doctor(),

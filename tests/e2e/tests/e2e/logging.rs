@@ -102,6 +102,18 @@ async fn lines_and_metadata_flow(pipeline: LoggingPipelineProcess) {
         .await
         .expect("json");
     assert_eq!(stats["lines"], 3, "{stats}");
+
+    // The same figures from the CLI.
+    let report = nimbus_e2e::nimbus_cli(
+        &["report", "logs"],
+        &[
+            ("NIMBUS_LOGS_URL", pipeline.url.as_str()),
+            ("NIMBUS_CONTROL_PLANE_TOKEN", org.expose()),
+        ],
+    )
+    .expect("nimbus report logs");
+    assert!(report.starts_with("3 lines"), "{report}");
+    assert!(report.contains("info") && report.contains('3'), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
