@@ -45,20 +45,29 @@ fn ts_out<S: Serializer>(millis: &i64, serializer: S) -> Result<S::Ok, S::Error>
 }
 
 fn ts_in<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Ts {
-        Millis(i64),
-        Text(String),
+    // A visitor rather than an untagged enum: untagged buffers every value first,
+    // and this runs once per ingested line.
+    struct Ts;
+    impl serde::de::Visitor<'_> for Ts {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an RFC 3339 timestamp or epoch milliseconds")
+        }
+        fn visit_i64<E: serde::de::Error>(self, ms: i64) -> Result<i64, E> {
+            Ok(ms)
+        }
+        fn visit_u64<E: serde::de::Error>(self, ms: u64) -> Result<i64, E> {
+            i64::try_from(ms).map_err(|_| E::custom(format!("ts {ms} is out of range")))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<i64, E> {
+            parse_rfc3339(text).ok_or_else(|| {
+                E::custom(format!(
+                    "ts {text:?} is neither RFC 3339 nor epoch milliseconds"
+                ))
+            })
+        }
     }
-    match Ts::deserialize(deserializer)? {
-        Ts::Millis(ms) => Ok(ms),
-        Ts::Text(text) => parse_rfc3339(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "ts {text:?} is neither RFC 3339 nor epoch milliseconds"
-            ))
-        }),
-    }
+    deserializer.deserialize_any(Ts)
 }
 
 pub fn parse_rfc3339(text: &str) -> Option<i64> {

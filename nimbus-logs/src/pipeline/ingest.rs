@@ -121,10 +121,12 @@ async fn flush_loop(
             lines += next.records.len();
             batch.push(next);
         }
-        let records: Vec<LogRecord> = batch
-            .iter()
-            .flat_map(|p| p.records.iter().cloned())
-            .collect();
+        // Moved, not cloned: each request only needs its count back.
+        let counts: Vec<u64> = batch.iter().map(|p| p.records.len() as u64).collect();
+        let mut records: Vec<LogRecord> = Vec::with_capacity(lines);
+        for pending in &mut batch {
+            records.append(&mut pending.records);
+        }
         let started = std::time::Instant::now();
         match sink.write(&records).await {
             Ok(written) => {
@@ -136,8 +138,7 @@ async fn flush_loop(
                     .flush_seconds
                     .observe(started.elapsed().as_secs_f64());
                 wake.notify_waiters();
-                for pending in batch {
-                    let count = pending.records.len() as u64;
+                for (pending, count) in batch.into_iter().zip(counts) {
                     let _ = pending.reply.send(Ok(count));
                 }
             }

@@ -45,6 +45,19 @@ struct LogRow {
     seq: u64,
 }
 
+/// The insert form of [`LogRow`], borrowing from the batch (no copies per line).
+#[derive(Row, Serialize)]
+struct LogRowRef<'a> {
+    job_id: u64,
+    agent_id: &'a str,
+    org_id: Option<u64>,
+    repo_id: Option<u64>,
+    level: &'a str,
+    message: &'a str,
+    ts: i64,
+    seq: u64,
+}
+
 #[derive(Row, Serialize, Deserialize)]
 struct MetadataRow {
     job_id: u64,
@@ -159,16 +172,16 @@ impl LogSink for ClickHouseSink {
         if fresh.is_empty() {
             return Ok(0);
         }
-        let mut insert = self.client.insert("ci_logs")?;
+        let mut insert = self.client.insert::<LogRowRef<'_>>("ci_logs")?;
         for r in &fresh {
             insert
-                .write(&LogRow {
+                .write(&LogRowRef {
                     job_id: r.job_id,
-                    agent_id: r.agent_id.clone(),
+                    agent_id: &r.agent_id,
                     org_id: r.org_id,
                     repo_id: r.repo_id,
-                    level: r.level.clone(),
-                    message: r.message.clone(),
+                    level: &r.level,
+                    message: &r.message,
                     ts: r.ts,
                     seq: r.seq,
                 })
