@@ -113,9 +113,14 @@ impl LogRecord {
                 format_millis(self.ts)
             ));
         }
-        self.level = normalise_level(&self.level)
-            .ok_or_else(|| format!("level {:?} is not one of {}", self.level, LEVELS.join(", ")))?
-            .to_string();
+        // Most agents already send a canonical level: keep the string as it is.
+        if !LEVELS.contains(&self.level.as_str()) {
+            self.level = normalise_level(&self.level)
+                .ok_or_else(|| {
+                    format!("level {:?} is not one of {}", self.level, LEVELS.join(", "))
+                })?
+                .to_string();
+        }
         truncate_message(&mut self.message);
         Ok(())
     }
