@@ -52,7 +52,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_METADATA_SINK_URL", default: "(none)", meaning: "Logging pipeline the control plane copies every admitted job's metadata to (`POST /api/metadata`, with an admin token signed by NIMBUS_JWT_SECRET, retried in the background)." },
     VarDoc { name: "NIMBUS_METADATA_RETENTION_DAYS", default: "90", meaning: "Job metadata rows older than this are pruned by the logging pipeline." },
     VarDoc { name: "NIMBUS_LOGS_MAX_BUFFERED_LINES", default: "500000", meaning: "Lines the pipeline holds before they are durable; beyond it `POST /api/logs` answers 503 with Retry-After." },
-    VarDoc { name: "NIMBUS_LOGS_FLUSH_INTERVAL", default: "0.02", meaning: "Seconds the pipeline waits for more lines before writing a batch (batches also flush at 50,000 lines)." },
+    VarDoc { name: "NIMBUS_LOGS_FLUSH_INTERVAL", default: "0.001", meaning: "Seconds the pipeline waits for more lines before writing a batch (batches also flush at 50,000 lines); lines arriving during a write are batched anyway." },
     VarDoc { name: "NIMBUS_VMM", default: "auto", meaning: "VM driver: `auto` (firecracker with hardware KVM, else qemu with hardware KVM, else sandbox), `firecracker`, `qemu` or `sandbox`." },
     VarDoc { name: "NIMBUS_QEMU_ACCEL", default: "auto", meaning: "QEMU acceleration: `kvm` (hardware KVM only), `tcg` (software emulation) or `auto`." },
     VarDoc { name: "NIMBUS_QEMU_TRANSPORT", default: "virtio-serial", meaning: "Host ⇄ guest channel under QEMU: `virtio-serial`, or `serial` (the serial console shared with kernel messages: the last resort for guests without virtio-console)." },

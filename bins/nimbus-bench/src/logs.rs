@@ -26,6 +26,9 @@ pub struct Args {
     rows: u64,
     #[arg(long, default_value_t = 4)]
     senders: u64,
+    /// The pipeline's NIMBUS_LOGS_FLUSH_INTERVAL, in milliseconds (its default).
+    #[arg(long, default_value_t = 1)]
+    flush_ms: u64,
     /// ClickHouse HTTP URL; without it only SQLite is measured.
     #[arg(long)]
     clickhouse_url: Option<String>,
@@ -144,7 +147,7 @@ async fn measure(name: &str, sink: Arc<dyn LogSink>, args: &Args) -> Result<Sink
         metadata_retention_days: 3650,
         max_buffered_lines: 500_000,
         flush_lines: 50_000,
-        flush_interval: Duration::from_millis(20),
+        flush_interval: Duration::from_millis(args.flush_ms),
     };
     let state = Pipeline::new(&config, sink.clone())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

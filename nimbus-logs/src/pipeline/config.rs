@@ -97,7 +97,7 @@ impl PipelineConfig {
             max_buffered_lines,
             flush_lines: 50_000.min(max_buffered_lines),
             flush_interval: env
-                .seconds_or("NIMBUS_LOGS_FLUSH_INTERVAL", Duration::from_millis(20))?,
+                .seconds_or("NIMBUS_LOGS_FLUSH_INTERVAL", Duration::from_millis(1))?,
         })
     }
 }
