@@ -150,22 +150,41 @@ impl LogSink for ClickHouseSink {
 
     async fn write(&self, batch: &[LogRecord]) -> Result<u64> {
         let mut seen = self.seen.lock().await;
-        for job_id in batch
-            .iter()
-            .map(|r| r.job_id)
-            .collect::<std::collections::BTreeSet<_>>()
-        {
+        // Jobs of the batch (lines come grouped by job, so skip repeats cheaply).
+        let mut jobs: Vec<u64> = Vec::new();
+        for record in batch {
+            if jobs.last() != Some(&record.job_id) && !jobs.contains(&record.job_id) {
+                jobs.push(record.job_id);
+            }
+        }
+        for &job_id in &jobs {
             if !seen.knows(job_id) {
                 let stored = self.stored_seqs(job_id).await?;
                 seen.load(job_id, stored);
             }
         }
+        // Drop lines already stored and repeats within the batch. A job's lines
+        // usually arrive in increasing seq order, which needs no hashing; the first
+        // line that breaks the order switches to an exact set of what was taken.
         let mut fresh: Vec<&LogRecord> = Vec::with_capacity(batch.len());
-        let mut in_batch = std::collections::HashSet::with_capacity(batch.len());
+        let mut highest: std::collections::HashMap<u64, u64> =
+            std::collections::HashMap::with_capacity(jobs.len());
+        let mut exact: Option<std::collections::HashSet<(u64, u64)>> = None;
         for record in batch {
-            if !seen.contains(record.job_id, record.seq)
-                && in_batch.insert((record.job_id, record.seq))
-            {
+            if seen.contains(record.job_id, record.seq) {
+                continue;
+            }
+            let top = highest.entry(record.job_id).or_insert(0);
+            let new = match exact.as_mut() {
+                None if record.seq > *top => true,
+                _ => {
+                    let taken = exact
+                        .get_or_insert_with(|| fresh.iter().map(|r| (r.job_id, r.seq)).collect());
+                    taken.insert((record.job_id, record.seq))
+                }
+            };
+            *top = (*top).max(record.seq);
+            if new {
                 fresh.push(record);
             }
         }
