@@ -20,6 +20,8 @@ pub mod protocol;
 pub mod guest;
 
 #[cfg(feature = "host")]
+pub mod agent;
+#[cfg(feature = "host")]
 pub mod assets;
 #[cfg(feature = "host")]
 pub mod error;

@@ -241,3 +241,43 @@ impl Drop for LoggingPipelineProcess {
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
+
+/// A running `nimbus-host-agent`, killed when dropped.
+pub struct HostAgentProcess {
+    child: Child,
+    pub runtime_dir: PathBuf,
+}
+
+impl HostAgentProcess {
+    /// Starts the agent with `env` (control plane URL, token, VMM settings …).
+    pub fn start(env: &[(&str, String)]) -> Result<Self> {
+        let runtime_dir =
+            std::env::temp_dir().join(format!("nimbus-e2e-agent-{}", uuid::Uuid::new_v4()));
+        let mut command = Command::new(bin("nimbus-host-agent")?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NIMBUS_VM_RUNTIME_DIR", &runtime_dir)
+            .env(
+                "NIMBUS_HOST_AGENT_METRICS_ADDR",
+                format!("127.0.0.1:{}", free_port()?),
+            )
+            .env("NIMBUS_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().context("starting nimbus-host-agent")?;
+        Ok(HostAgentProcess { child, runtime_dir })
+    }
+}
+
+impl Drop for HostAgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}

@@ -1,6 +1,7 @@
 //! The cross-process end-to-end suite: real binaries, loopback ports, real services.
 
 mod control_plane;
+mod host_agent;
 mod logging;
 mod policy;
 mod vm;

@@ -1,0 +1,83 @@
+//! `nimbus-host-agent`: the daemon on every runner machine. Leases jobs from the
+//! control plane and runs each in a fresh VM (nimbus_vmm::agent); `/metrics` on
+//! NIMBUS_HOST_AGENT_METRICS_ADDR. SIGTERM / Ctrl-C stops leasing and drains.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::routing::get;
+use nimbus_core::{telemetry, Env};
+use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
+
+fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        println!("usage: nimbus-host-agent\nConfiguration comes from NIMBUS_* environment variables (see docs/configuration.md).");
+        return ExitCode::SUCCESS;
+    }
+    let env = match Env::from_process() {
+        Ok(env) => env,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = telemetry::init(&env) {
+        return fail(&e);
+    }
+    let config = match AgentConfig::from_env(&env) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let metrics_addr: SocketAddr = match env.parse_or(
+        "NIMBUS_HOST_AGENT_METRICS_ADDR",
+        SocketAddr::from(([127, 0, 0, 1], 9464)),
+    ) {
+        Ok(addr) => addr,
+        Err(e) => return fail(&e),
+    };
+    let metrics = match AgentMetrics::new() {
+        Ok(metrics) => metrics,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    let result = runtime.block_on(async move {
+        let registry = metrics.registry.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    use prometheus::Encoder;
+                    let mut buffer = Vec::new();
+                    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buffer);
+                    String::from_utf8_lossy(&buffer).into_owned()
+                }
+            }),
+        );
+        match tokio::net::TcpListener::bind(metrics_addr).await {
+            Ok(listener) => {
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, address = %metrics_addr, "metrics endpoint not served")
+            }
+        }
+        agent::run(
+            config,
+            metrics,
+            nimbus_core::control_plane::shutdown_signal(),
+        )
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("nimbus-host-agent: {error}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,338 @@
+//! The host agent runtime (`bins/nimbus-host-agent`): lease jobs from the control
+//! plane, run each in a fresh VM, stream its output to the logging pipeline,
+//! heartbeat the lease, enforce the timeout, complete with the fencing token.
+//!
+//! A lease lost while its job runs (409 on heartbeat: the job belongs to someone
+//! else now) stops the VM at once and is counted in
+//! `nimbus_host_agent_lease_errors_total`. On shutdown the agent stops leasing and
+//! lets running jobs finish (drain).
+
+mod logs;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_core::client::ControlPlaneClient;
+use nimbus_core::domain::{Completion, CompletionStatus, Lease};
+use nimbus_core::{ClientConfig, Env};
+use prometheus::{IntCounter, IntGauge, Registry};
+use tokio::sync::{watch, Semaphore};
+
+use crate::assets::VerifiedAssets;
+use crate::protocol::{GuestJob, GuestStep};
+use crate::select::{self, VmmConfig};
+use crate::{launch, JobEvent, Outcome, VmmDriver};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub client: ClientConfig,
+    pub agent_id: String,
+    pub max_vms: usize,
+    pub logs_url: Option<String>,
+    pub vmm: VmmConfig,
+    /// How long one lease request waits for a job (long poll).
+    pub lease_wait: Duration,
+}
+
+fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
+    nimbus_core::Error::Config {
+        variable: variable.into(),
+        message: message.into(),
+    }
+}
+
+impl AgentConfig {
+    pub fn from_env(env: &Env) -> nimbus_core::Result<Self> {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host-agent".into());
+        let default_vms = default_max_vms();
+        let max_vms: usize = env.parse_or("NIMBUS_AGENT_MAX_VMS", default_vms)?;
+        if max_vms == 0 {
+            return Err(config_error("NIMBUS_AGENT_MAX_VMS", "must be at least 1"));
+        }
+        Ok(AgentConfig {
+            client: ClientConfig::from_env(env)?,
+            agent_id: env
+                .get("NIMBUS_AGENT_ID")
+                .map(str::to_string)
+                .unwrap_or(hostname),
+            max_vms,
+            logs_url: env
+                .get("NIMBUS_LOGS_URL")
+                .map(|u| u.trim_end_matches('/').to_string()),
+            vmm: VmmConfig::from_env(env)?,
+            lease_wait: Duration::from_secs(20),
+        })
+    }
+}
+
+/// One VM per 2 cores and per 2 GiB of memory, at least one.
+fn default_max_vms() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| (kib / (1 << 20)) as usize)
+        .unwrap_or(2);
+    (cores / 2).min(memory_gib / 2).max(1)
+}
+
+/// The agent's metrics (names from the operations guide).
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub registry: Registry,
+    pub job_timeouts: IntCounter,
+    pub lease_errors: IntCounter,
+    pub jobs_run: IntCounter,
+    pub log_lines_dropped: IntCounter,
+    pub running_vms: IntGauge,
+}
+
+impl AgentMetrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let running_vms = IntGauge::new("nimbus_host_agent_running_vms", "VMs running jobs now.")?;
+        registry.register(Box::new(running_vms.clone()))?;
+        Ok(AgentMetrics {
+            job_timeouts: counter("nimbus_host_agent_job_timeouts_total", "Jobs killed at their timeout.")?,
+            lease_errors: counter(
+                "nimbus_host_agent_lease_errors_total",
+                "Lease requests, heartbeats or completions that failed (409 or network).",
+            )?,
+            jobs_run: counter("nimbus_host_agent_jobs_total", "Jobs this agent ran to an outcome.")?,
+            log_lines_dropped: counter(
+                "nimbus_host_agent_log_lines_dropped_total",
+                "Job output lines dropped because the logging pipeline stayed unreachable (should be 0).",
+            )?,
+            running_vms,
+            registry,
+        })
+    }
+}
+
+struct Agent {
+    config: AgentConfig,
+    client: ControlPlaneClient,
+    driver: Arc<dyn VmmDriver>,
+    assets: VerifiedAssets,
+    metrics: AgentMetrics,
+    http: reqwest::Client,
+}
+
+/// Runs the agent until `shutdown` resolves, then drains running jobs.
+pub async fn run(
+    config: AgentConfig,
+    metrics: AgentMetrics,
+    shutdown: impl Future<Output = ()> + Send,
+) -> crate::Result<()> {
+    let selection = select::select(&config.vmm).await?;
+    tracing::info!(driver = %selection.driver.kind(), reason = %selection.reason, "host agent: VM driver chosen");
+    if selection.driver.kind() == crate::DriverKind::Sandbox {
+        tracing::warn!("the sandbox driver shares the host kernel: weaker isolation than a VM");
+    }
+    let reaped = crate::runtime::reap_orphans(&config.vmm.runtime_dir)?;
+    if !reaped.is_empty() {
+        tracing::warn!(vms = ?reaped, "removed VMs left behind by an earlier agent");
+    }
+    let assets = launch::verified_assets(&config.vmm, selection.driver.kind()).await?;
+    let client = ControlPlaneClient::from_config(&config.client)
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
+    let agent = Arc::new(Agent {
+        client,
+        driver: selection.driver,
+        assets,
+        metrics,
+        http: reqwest::Client::new(),
+        config,
+    });
+    let slots = Arc::new(Semaphore::new(agent.config.max_vms));
+    let (stop, stopped) = watch::channel(false);
+    let leasing = {
+        let agent = agent.clone();
+        let slots = slots.clone();
+        let mut stopped = stopped.clone();
+        async move {
+            loop {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let lease = tokio::select! {
+                    lease = agent.client.lease(agent.config.lease_wait) => lease,
+                    _ = stopped.changed() => return,
+                };
+                match lease {
+                    Ok(Some(lease)) => {
+                        let agent = agent.clone();
+                        tokio::spawn(async move {
+                            run_job(&agent, lease).await;
+                            drop(permit);
+                        });
+                    }
+                    Ok(None) => drop(permit),
+                    Err(error) => {
+                        drop(permit);
+                        agent.metrics.lease_errors.inc();
+                        tracing::warn!(%error, "lease request failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = stopped.changed() => return,
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = leasing => {}
+        _ = shutdown => {
+            tracing::info!("host agent: draining running jobs");
+            let _ = stop.send(true);
+        }
+    }
+    // Drain: every slot free again means every job finished.
+    let _ = slots.acquire_many(agent.config.max_vms as u32).await;
+    Ok(())
+}
+
+fn guest_job(lease: &Lease) -> GuestJob {
+    let spec = &lease.job.spec;
+    GuestJob {
+        steps: spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(index, step)| GuestStep {
+                name: step
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("step {}", index + 1)),
+                run: step.run.clone(),
+                env: step.env.clone(),
+                working_directory: step.working_directory.clone(),
+                ..GuestStep::default()
+            })
+            .collect(),
+        env: spec.env.clone(),
+        ..GuestJob::default()
+    }
+}
+
+async fn run_job(agent: &Agent, lease: Lease) {
+    let job = &lease.job;
+    let token = lease.fencing_token;
+    tracing::info!(job_id = job.id, attempt = job.attempt, "running job");
+    agent.metrics.running_vms.inc();
+    let shipper = logs::LogShipper::start(
+        agent.http.clone(),
+        agent.config.logs_url.clone(),
+        agent.config.client.token.clone(),
+        job,
+        &agent.config.agent_id,
+        agent.metrics.log_lines_dropped.clone(),
+    );
+    let timeout = Duration::from_secs(u64::from(job.spec.timeout_minutes.max(1)) * 60);
+    let spec = launch::spec(
+        &agent.config.vmm,
+        &agent.assets,
+        format!("job-{}-{}", job.id, token),
+        timeout,
+    );
+    let guest = guest_job(&lease);
+    let lost = heartbeat_until_lost(agent, &lease);
+    let mut on_event = |event: JobEvent| {
+        if let JobEvent::Output(line) = event {
+            shipper.push(line);
+        }
+    };
+    let mut on_boot = |_: &crate::GuestInfo| {};
+    let outcome = tokio::select! {
+        result = launch::run_once(&agent.driver, &spec, &guest, &mut on_boot, &mut on_event) => Some(result),
+        // run_once's VM is dropped here, which kills it and removes its files.
+        _ = lost => None,
+    };
+    agent.metrics.running_vms.dec();
+    shipper.finish().await;
+    let Some(result) = outcome else {
+        agent.metrics.lease_errors.inc();
+        tracing::warn!(
+            job_id = job.id,
+            "lease lost while the job ran; its VM was stopped"
+        );
+        return;
+    };
+    let completion = match result {
+        Ok((_, report)) => {
+            agent.metrics.jobs_run.inc();
+            match report.outcome {
+                Outcome::Exited { code: 0 } => (CompletionStatus::Succeeded, Some(0), None),
+                Outcome::Exited { code } => (CompletionStatus::Failed, Some(code), None),
+                Outcome::TimedOut => {
+                    agent.metrics.job_timeouts.inc();
+                    (
+                        CompletionStatus::TimedOut,
+                        Some(124),
+                        Some(format!("timed out after {} min", timeout.as_secs() / 60)),
+                    )
+                }
+                Outcome::Crashed { reason } => (CompletionStatus::Failed, None, Some(reason)),
+            }
+        }
+        Err(error) => (
+            CompletionStatus::Failed,
+            None,
+            Some(format!("the VM could not run the job: {error}")),
+        ),
+    };
+    let (status, exit_code, reason) = completion;
+    let completion = Completion {
+        fencing_token: token,
+        status,
+        exit_code,
+        reason,
+    };
+    if let Err(error) = agent.client.complete(job.id, &completion).await {
+        agent.metrics.lease_errors.inc();
+        tracing::warn!(job_id = job.id, %error, "completing the job failed");
+    }
+}
+
+/// Heartbeats at a third of the lease's remaining time; resolves once the lease
+/// is lost (the control plane answered 409).
+async fn heartbeat_until_lost(agent: &Agent, lease: &Lease) {
+    let remaining = (lease.expires_at - time::OffsetDateTime::now_utc())
+        .whole_milliseconds()
+        .max(3000) as u64;
+    let interval = Duration::from_millis(remaining / 3);
+    loop {
+        tokio::time::sleep(interval).await;
+        match agent
+            .client
+            .heartbeat(lease.job.id, lease.fencing_token)
+            .await
+        {
+            Ok(_) => {}
+            Err(nimbus_core::Error::Conflict(message)) => {
+                tracing::warn!(job_id = lease.job.id, %message, "heartbeat refused");
+                return;
+            }
+            Err(error) => {
+                // Network trouble: keep trying until the lease would have expired.
+                agent.metrics.lease_errors.inc();
+                tracing::warn!(job_id = lease.job.id, %error, "heartbeat failed; retrying");
+            }
+        }
+    }
+}
