@@ -233,6 +233,21 @@ fn guest_job(lease: &Lease) -> GuestJob {
 async fn run_job(agent: &Agent, lease: Lease) {
     let job = &lease.job;
     let token = lease.fencing_token;
+    if job.github.is_some() && job.spec.steps.is_empty() {
+        // A GitHub job runs the Actions runner with a just-in-time config, which
+        // the GitHub integration provides; running "nothing" must not pass as success.
+        let completion = Completion {
+            fencing_token: token,
+            status: CompletionStatus::Failed,
+            exit_code: None,
+            reason: Some("GitHub jobs need the runner config of the GitHub integration, which this agent does not have yet".into()),
+        };
+        if let Err(error) = agent.client.complete(job.id, &completion).await {
+            agent.metrics.lease_errors.inc();
+            tracing::warn!(job_id = job.id, %error, "completing the job failed");
+        }
+        return;
+    }
     tracing::info!(job_id = job.id, attempt = job.attempt, "running job");
     agent.metrics.running_vms.inc();
     let shipper = logs::LogShipper::start(

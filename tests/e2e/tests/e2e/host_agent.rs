@@ -72,13 +72,31 @@ async fn jobs_run_end_to_end_through_agent_vm_and_pipeline() {
     ]))
     .await;
     let bad = submit(json!([{"run": "echo failing; exit 3"}, {"run": "echo never"}])).await;
+    // A GitHub job (from a recorded webhook) has no steps: until the GitHub
+    // integration gives the agent a runner config, it must fail, not "succeed".
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/webhooks/workflow_job_queued.json"
+    );
+    let answer = nimbus_e2e::nimbus_cli(
+        &["dev", "webhook", example],
+        &[
+            ("NIMBUS_CONTROL_PLANE_URL", control_plane.url.as_str()),
+            ("NIMBUS_GITHUB_WEBHOOK_SECRET", nimbus_e2e::WEBHOOK_SECRET),
+        ],
+    )
+    .expect("webhook");
+    let answer: Value =
+        serde_json::from_str(answer.split_once(' ').map(|(_, body)| body).unwrap_or("{}"))
+            .expect("answer");
+    let github = answer["job_id"].as_i64().expect("github job id");
 
     let mut finished = std::collections::HashMap::new();
     for _ in 0..300 {
-        for id in [good, bad] {
+        for id in [good, bad, github] {
             let job: Value = client
                 .get(format!("{}/api/jobs/{id}", control_plane.url))
-                .bearer_auth(org.expose())
+                .bearer_auth(admin.expose())
                 .send()
                 .await
                 .expect("job")
@@ -92,12 +110,21 @@ async fn jobs_run_end_to_end_through_agent_vm_and_pipeline() {
                 finished.insert(id, job);
             }
         }
-        if finished.len() == 2 {
+        if finished.len() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(finished.len(), 2, "both jobs finish: {finished:?}");
+    assert_eq!(finished.len(), 3, "every job finishes: {finished:?}");
+    assert_eq!(finished[&github]["status"], "failed");
+    assert!(
+        finished[&github]["failure_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("runner config"),
+        "{}",
+        finished[&github]
+    );
     assert_eq!(
         finished[&good]["status"], "succeeded",
         "{}",
