@@ -1,0 +1,125 @@
+//! The host agent runtime against an in-process control plane: a lease lost while
+//! its job runs (the control plane gave the job back to the queue) stops that VM
+//! at once, is counted, and the job runs again under its new lease.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_core::auth::{JwtKeys, Role};
+use nimbus_core::client::ControlPlaneClient;
+use nimbus_core::control_plane::{self, ControlPlane};
+use nimbus_core::{store, ClientConfig, ControlPlaneConfig, Env, Secret};
+use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
+use nimbus_vmm::select::VmmConfig;
+use serde_json::json;
+
+const SECRET: &str = "agent-test-secret-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
+    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS").map(PathBuf::from) else {
+        nimbus_vmm::testsuite::require(None, "built assets (NIMBUS_TEST_ASSETS)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("nimbus-agent-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let env = Env::from_map([
+        ("NIMBUS_DATA_DIR", dir.display().to_string()),
+        ("NIMBUS_JWT_SECRET", SECRET.to_string()),
+        // Heartbeats every second, so the lost lease is noticed quickly.
+        ("NIMBUS_JOB_LEASE_TTL", "3".to_string()),
+        ("NIMBUS_VMM", "sandbox".to_string()),
+        ("NIMBUS_ASSETS_DIR", assets.display().to_string()),
+        (
+            "NIMBUS_VM_RUNTIME_DIR",
+            dir.join("vms").display().to_string(),
+        ),
+        ("NIMBUS_VM_NETWORK", "none".to_string()),
+        ("NIMBUS_VM_SCRATCH_MIB", "0".to_string()),
+    ]);
+    let config = ControlPlaneConfig::from_env(&env).expect("config");
+    let store = store::open(&config.database_url, 4).await.expect("store");
+    let state = ControlPlane::new(config, store.clone()).expect("control plane");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(control_plane::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+
+    let keys = JwtKeys::new(&Secret::new(SECRET));
+    let token = |role, org| {
+        Secret::new(
+            keys.mint("test", role, org, Duration::from_secs(3600))
+                .expect("token"),
+        )
+    };
+    let admin =
+        ControlPlaneClient::new(url.clone(), Some(token(Role::Admin, None))).expect("client");
+    admin.upsert_org(1, "acme").await.expect("org");
+    let org =
+        ControlPlaneClient::new(url.clone(), Some(token(Role::Org, Some(1)))).expect("client");
+    let job = org
+        .submit_job(&json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [{"run": "echo started; sleep 60"}]}))
+        .await
+        .expect("submit");
+
+    let metrics = AgentMetrics::new().expect("metrics");
+    let agent_config = AgentConfig {
+        client: ClientConfig {
+            control_plane_url: url.clone(),
+            token: Some(token(Role::Agent, None)),
+        },
+        agent_id: "agent-it".into(),
+        max_vms: 1,
+        logs_url: None,
+        vmm: VmmConfig::from_env(&env).expect("vmm"),
+        lease_wait: Duration::from_secs(1),
+    };
+    let agent = tokio::spawn(agent::run(
+        agent_config,
+        metrics.clone(),
+        std::future::pending(),
+    ));
+
+    let vms = dir.join("vms");
+    let first = vms.join(format!("job-{}-1", job.id));
+    let second = vms.join(format!("job-{}-2", job.id));
+    let wait_for = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    };
+    let p = first.clone();
+    wait_for("the first VM", Box::new(move || p.exists())).await;
+
+    // The control plane takes the job back (as if the lease had expired).
+    let report = store
+        .reap_expired(time::OffsetDateTime::now_utc() + time::Duration::days(1), 5)
+        .await
+        .expect("reap");
+    assert!(format!("{report:?}").contains('1'), "{report:?}");
+
+    let p = first.clone();
+    wait_for("the first VM to be stopped", Box::new(move || !p.exists())).await;
+    assert!(metrics.lease_errors.get() >= 1, "the lost lease is counted");
+    let p = second.clone();
+    wait_for(
+        "the job to run again under its new lease",
+        Box::new(move || p.exists()),
+    )
+    .await;
+    let now = admin.get_job(job.id).await.expect("job");
+    assert_eq!(now.attempt, 2);
+    agent.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
