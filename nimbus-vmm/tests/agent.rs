@@ -3,7 +3,6 @@
 //! at once, is counted, and the job runs again under its new lease.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::auth::{JwtKeys, Role};
