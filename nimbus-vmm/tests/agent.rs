@@ -79,6 +79,7 @@ async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
         logs_url: None,
         vmm: VmmConfig::from_env(&env).expect("vmm"),
         lease_wait: Duration::from_secs(1),
+        max_job_timeout: None,
     };
     let agent = tokio::spawn(agent::run(
         agent_config,
@@ -119,6 +120,100 @@ async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
     .await;
     let now = admin.get_job(job.id).await.expect("job");
     assert_eq!(now.attempt, 2);
+    agent.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
+    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS").map(PathBuf::from) else {
+        nimbus_vmm::testsuite::require(None, "built assets (NIMBUS_TEST_ASSETS)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("nimbus-agent-timeout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let env = Env::from_map([
+        ("NIMBUS_DATA_DIR", dir.display().to_string()),
+        ("NIMBUS_JWT_SECRET", SECRET.to_string()),
+        ("NIMBUS_VMM", "sandbox".to_string()),
+        ("NIMBUS_ASSETS_DIR", assets.display().to_string()),
+        (
+            "NIMBUS_VM_RUNTIME_DIR",
+            dir.join("vms").display().to_string(),
+        ),
+        ("NIMBUS_VM_NETWORK", "none".to_string()),
+        ("NIMBUS_VM_SCRATCH_MIB", "0".to_string()),
+        // Jobs ask for whole minutes; the host's cap makes this one time out in 2 s.
+        ("NIMBUS_AGENT_MAX_JOB_TIMEOUT", "2".to_string()),
+    ]);
+    let config = ControlPlaneConfig::from_env(&env).expect("config");
+    let store = store::open(&config.database_url, 4).await.expect("store");
+    let state = ControlPlane::new(config, store).expect("control plane");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(control_plane::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    let keys = JwtKeys::new(&Secret::new(SECRET));
+    let token = |role, org| {
+        Secret::new(
+            keys.mint("test", role, org, Duration::from_secs(3600))
+                .expect("token"),
+        )
+    };
+    let admin =
+        ControlPlaneClient::new(url.clone(), Some(token(Role::Admin, None))).expect("client");
+    admin.upsert_org(1, "acme").await.expect("org");
+    let org =
+        ControlPlaneClient::new(url.clone(), Some(token(Role::Org, Some(1)))).expect("client");
+    let job = org
+        .submit_job(&json!({"repo": "acme/app", "labels": ["nimbus", "timeout:5"], "steps": [{"run": "sleep 120"}]}))
+        .await
+        .expect("submit");
+    let mut agent_config = AgentConfig::from_env(&env).expect("agent config");
+    agent_config.client = ClientConfig {
+        control_plane_url: url.clone(),
+        token: Some(token(Role::Agent, None)),
+    };
+    agent_config.max_vms = 1;
+    agent_config.lease_wait = Duration::from_secs(1);
+    let metrics = AgentMetrics::new().expect("metrics");
+    let agent = tokio::spawn(agent::run(
+        agent_config,
+        metrics.clone(),
+        std::future::pending(),
+    ));
+    let started = std::time::Instant::now();
+    let mut status = String::new();
+    for _ in 0..300 {
+        let now = admin.get_job(job.id).await.expect("job");
+        status = now.status.to_string();
+        if status == "timed_out" {
+            assert_eq!(now.exit_code, Some(124));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "timed_out");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "killed at the cap, not after the sleep"
+    );
+    assert_eq!(metrics.job_timeouts.get(), 1);
+    let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the VM is destroyed: {left:?}");
     agent.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }

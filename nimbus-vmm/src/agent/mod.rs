@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub vmm: VmmConfig,
     /// How long one lease request waits for a job (long poll).
     pub lease_wait: Duration,
+    /// Upper bound of any job's timeout on this host (`NIMBUS_AGENT_MAX_JOB_TIMEOUT`).
+    pub max_job_timeout: Option<Duration>,
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
@@ -64,6 +66,12 @@ impl AgentConfig {
                 .map(|u| u.trim_end_matches('/').to_string()),
             vmm: VmmConfig::from_env(env)?,
             lease_wait: Duration::from_secs(20),
+            max_job_timeout: match env.get("NIMBUS_AGENT_MAX_JOB_TIMEOUT") {
+                None => None,
+                Some(_) => {
+                    Some(env.seconds_or("NIMBUS_AGENT_MAX_JOB_TIMEOUT", Duration::from_secs(1))?)
+                }
+            },
         })
     }
 }
@@ -207,6 +215,23 @@ pub async fn run(
     Ok(())
 }
 
+/// The job's timeout: its spec's `timeout_minutes`, lowered by a `timeout:MINUTES`
+/// label, capped by this host's maximum.
+fn job_timeout(job: &nimbus_core::Job, cap: Option<Duration>) -> Duration {
+    let mut minutes = u64::from(job.spec.timeout_minutes.max(1));
+    for label in &job.labels {
+        if let Some(value) = label.strip_prefix("timeout:") {
+            if let Ok(label_minutes) = value.trim().parse::<u64>() {
+                if label_minutes > 0 {
+                    minutes = minutes.min(label_minutes);
+                }
+            }
+        }
+    }
+    let timeout = Duration::from_secs(minutes * 60);
+    cap.map_or(timeout, |cap| timeout.min(cap))
+}
+
 fn guest_job(lease: &Lease) -> GuestJob {
     let spec = &lease.job.spec;
     GuestJob {
@@ -258,7 +283,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
         &agent.config.agent_id,
         agent.metrics.log_lines_dropped.clone(),
     );
-    let timeout = Duration::from_secs(u64::from(job.spec.timeout_minutes.max(1)) * 60);
+    let timeout = job_timeout(job, agent.config.max_job_timeout);
     let spec = launch::spec(
         &agent.config.vmm,
         &agent.assets,
@@ -299,7 +324,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
                     (
                         CompletionStatus::TimedOut,
                         Some(124),
-                        Some(format!("timed out after {} min", timeout.as_secs() / 60)),
+                        Some(format!("timed out after {} s", timeout.as_secs())),
                     )
                 }
                 Outcome::Crashed { reason } => (CompletionStatus::Failed, None, Some(reason)),
