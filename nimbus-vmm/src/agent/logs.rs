@@ -1,8 +1,13 @@
 //! Shipping a job's output lines to the logging pipeline: batched, retried with
-//! backoff, bounded in memory. A slow or down pipeline never blocks the job; lines
-//! beyond the bound are dropped and counted (the metric should stay 0).
+//! backoff, never blocking the job. Lines wait in memory up to a bound, then in a
+//! spool file on disk (so a pipeline that is down for a while loses nothing);
+//! only past the disk bound are lines dropped, and counted (the metric should
+//! stay 0). Order is kept: once lines spill, new ones follow them to disk until
+//! the spool has been sent.
 
 use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,12 +19,119 @@ use tokio::sync::Notify;
 
 use crate::protocol::{OutputLine, Stream};
 
-/// Lines held for the pipeline before the oldest are dropped.
-const MAX_BUFFERED: usize = 200_000;
 const BATCH: usize = 2_000;
 
+/// How much a shipper holds before spilling, and before dropping.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub memory_lines: usize,
+    pub disk_lines: usize,
+    /// Directory of spool files (one per job, removed when sent).
+    pub spool_dir: PathBuf,
+}
+
+/// Lines not yet acknowledged by the pipeline.
+struct Queue {
+    memory: VecDeque<String>,
+    spool: Option<Spool>,
+    bounds: Bounds,
+    spool_path: PathBuf,
+}
+
+/// Lines on disk: appended at the end, read from `offset`.
+struct Spool {
+    writer: std::io::BufWriter<std::fs::File>,
+    offset: u64,
+    pending: usize,
+}
+
+impl Queue {
+    fn push(&mut self, line: String, dropped: &IntCounter) {
+        if self.spool.is_none() && self.memory.len() < self.bounds.memory_lines {
+            self.memory.push_back(line);
+            return;
+        }
+        if self.spool.is_none() {
+            match std::fs::create_dir_all(&self.bounds.spool_dir).and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&self.spool_path)
+            }) {
+                Ok(file) => {
+                    self.spool = Some(Spool {
+                        writer: std::io::BufWriter::new(file),
+                        offset: 0,
+                        pending: 0,
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(%error, path = %self.spool_path.display(), "cannot spool log lines to disk");
+                    dropped.inc();
+                    return;
+                }
+            }
+        }
+        if let Some(spool) = self.spool.as_mut() {
+            if spool.pending >= self.bounds.disk_lines || writeln!(spool.writer, "{line}").is_err()
+            {
+                dropped.inc();
+            } else {
+                spool.pending += 1;
+            }
+        }
+    }
+
+    /// Moves up to a batch of spooled lines into memory once memory is empty.
+    fn refill(&mut self) {
+        if !self.memory.is_empty() {
+            return;
+        }
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        if spool.writer.flush().is_err() {
+            return;
+        }
+        let Ok(mut file) = std::fs::File::open(&self.spool_path) else {
+            return;
+        };
+        if file.seek(SeekFrom::Start(spool.offset)).is_err() {
+            return;
+        }
+        let mut reader = BufReader::new(file);
+        let mut line = String::new();
+        while self.memory.len() < BATCH {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    spool.offset += n as u64;
+                    spool.pending = spool.pending.saturating_sub(1);
+                    self.memory
+                        .push_back(line.trim_end_matches('\n').to_string());
+                }
+            }
+        }
+        if spool.pending == 0 {
+            // Everything spooled is in memory now: new lines may go to memory again.
+            self.spool = None;
+            let _ = std::fs::remove_file(&self.spool_path);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spool.is_none()
+    }
+
+    fn len(&self) -> usize {
+        self.memory.len() + self.spool.as_ref().map_or(0, |s| s.pending)
+    }
+}
+
 pub struct LogShipper {
-    buffer: Arc<Mutex<VecDeque<String>>>,
+    queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
     done: Arc<Notify>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -38,8 +150,18 @@ impl LogShipper {
         job: &Job,
         agent_id: &str,
         dropped: IntCounter,
+        bounds: Bounds,
     ) -> Self {
-        let buffer = Arc::new(Mutex::new(VecDeque::new()));
+        let spool_path =
+            bounds
+                .spool_dir
+                .join(format!("job-{}-{}.ndjson", job.id, std::process::id()));
+        let queue = Arc::new(Mutex::new(Queue {
+            memory: VecDeque::new(),
+            spool: None,
+            bounds,
+            spool_path,
+        }));
         let wake = Arc::new(Notify::new());
         let done = Arc::new(Notify::new());
         let task = url.map(|url| {
@@ -47,13 +169,13 @@ impl LogShipper {
                 http,
                 format!("{url}/api/logs"),
                 token,
-                buffer.clone(),
+                queue.clone(),
                 wake.clone(),
                 done.clone(),
             ))
         });
         LogShipper {
-            buffer,
+            queue,
             wake,
             done,
             task,
@@ -80,28 +202,26 @@ impl LogShipper {
             "seq": line.seq,
         })
         .to_string();
-        if let Ok(mut buffer) = self.buffer.lock() {
-            if buffer.len() >= MAX_BUFFERED {
-                buffer.pop_front();
-                self.dropped.inc();
-            }
-            buffer.push_back(record);
-            if buffer.len() >= BATCH {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.push(record, &self.dropped);
+            if queue.memory.len() >= BATCH {
                 self.wake.notify_one();
             }
         }
     }
 
-    /// Sends what is left (retrying for a while), then stops.
-    pub async fn finish(mut self) {
+    /// Sends what is left (retrying for up to `patience`), then stops; whatever
+    /// could not be sent by then is counted as dropped.
+    pub async fn finish(mut self, patience: Duration) {
         if let Some(task) = self.task.take() {
             self.done.notify_one();
-            if tokio::time::timeout(Duration::from_secs(60), task)
-                .await
-                .is_err()
-            {
-                let left = self.buffer.lock().map(|b| b.len()).unwrap_or(0);
-                self.dropped.inc_by(left as u64);
+            if tokio::time::timeout(patience, task).await.is_err() {
+                if let Ok(mut queue) = self.queue.lock() {
+                    self.dropped.inc_by(queue.len() as u64);
+                    if queue.spool.take().is_some() {
+                        let _ = std::fs::remove_file(&queue.spool_path);
+                    }
+                }
             }
         }
     }
@@ -111,7 +231,7 @@ async fn ship_loop(
     http: reqwest::Client,
     endpoint: String,
     token: Option<Secret>,
-    buffer: Arc<Mutex<VecDeque<String>>>,
+    queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
     done: Arc<Notify>,
 ) {
@@ -125,14 +245,17 @@ async fn ship_loop(
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        let batch: Vec<String> = match buffer.lock() {
-            Ok(buffer) => buffer.iter().take(BATCH).cloned().collect(),
+        let batch: Vec<String> = match queue.lock() {
+            Ok(mut queue) => {
+                queue.refill();
+                if queue.is_empty() && finishing {
+                    return;
+                }
+                queue.memory.iter().take(BATCH).cloned().collect()
+            }
             Err(_) => return,
         };
         if batch.is_empty() {
-            if finishing {
-                return;
-            }
             continue;
         }
         let mut request = http
@@ -144,9 +267,9 @@ async fn ship_loop(
         }
         let sent = matches!(request.send().await, Ok(response) if response.status().is_success());
         if sent {
-            if let Ok(mut buffer) = buffer.lock() {
-                let n = batch.len().min(buffer.len());
-                buffer.drain(..n);
+            if let Ok(mut queue) = queue.lock() {
+                let n = batch.len().min(queue.memory.len());
+                queue.memory.drain(..n);
             }
             delay = Duration::from_millis(100);
         } else {
@@ -154,5 +277,72 @@ async fn ship_loop(
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(memory_lines: usize, disk_lines: usize) -> Queue {
+        let dir = std::env::temp_dir().join(format!(
+            "nimbus-spool-{}-{memory_lines}-{disk_lines}",
+            std::process::id()
+        ));
+        Queue {
+            memory: VecDeque::new(),
+            spool: None,
+            spool_path: dir.join("job.ndjson"),
+            bounds: Bounds {
+                memory_lines,
+                disk_lines,
+                spool_dir: dir,
+            },
+        }
+    }
+
+    fn drain(q: &mut Queue) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            q.refill();
+            if q.memory.is_empty() {
+                return out;
+            }
+            out.extend(q.memory.drain(..));
+        }
+    }
+
+    #[test]
+    fn lines_spill_to_disk_and_come_back_in_order() {
+        let dropped = IntCounter::new("t1", "t").expect("counter");
+        let mut q = queue(10, 100_000);
+        for n in 0..5_000 {
+            q.push(format!("line {n}"), &dropped);
+        }
+        assert!(q.spool.is_some(), "past 10 lines the queue spools");
+        let out = drain(&mut q);
+        assert_eq!(out.len(), 5_000);
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(n, l)| *l == format!("line {n}")),
+            "order is kept"
+        );
+        assert!(
+            q.spool.is_none() && !q.spool_path.exists(),
+            "the spool file is removed once sent"
+        );
+        assert_eq!(dropped.get(), 0);
+    }
+
+    #[test]
+    fn only_past_the_disk_bound_are_lines_dropped() {
+        let dropped = IntCounter::new("t2", "t").expect("counter");
+        let mut q = queue(5, 20);
+        for n in 0..40 {
+            q.push(format!("line {n}"), &dropped);
+        }
+        assert_eq!(dropped.get(), 15);
+        assert_eq!(drain(&mut q).len(), 25);
     }
 }

@@ -282,6 +282,11 @@ async fn run_job(agent: &Agent, lease: Lease) {
         job,
         &agent.config.agent_id,
         agent.metrics.log_lines_dropped.clone(),
+        logs::Bounds {
+            memory_lines: 20_000,
+            disk_lines: 2_000_000,
+            spool_dir: agent.config.vmm.runtime_dir.join(".log-spool"),
+        },
     );
     let timeout = job_timeout(job, agent.config.max_job_timeout);
     let spec = launch::spec(
@@ -304,7 +309,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
         _ = lost => None,
     };
     agent.metrics.running_vms.dec();
-    shipper.finish().await;
+    shipper.finish(Duration::from_secs(60)).await;
     let Some(result) = outcome else {
         agent.metrics.lease_errors.inc();
         tracing::warn!(
