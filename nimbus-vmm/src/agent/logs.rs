@@ -335,6 +335,95 @@ mod tests {
         assert_eq!(dropped.get(), 0);
     }
 
+    /// A pipeline that is down for the first requests: every line still arrives,
+    /// once, in order, through the spool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipeline_that_is_down_for_a_while_loses_nothing() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let received: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = {
+            let received = received.clone();
+            let calls = calls.clone();
+            axum::Router::new().route(
+                "/api/logs",
+                axum::routing::post(move |body: String| {
+                    let received = received.clone();
+                    let calls = calls.clone();
+                    async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) < 5 {
+                            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let mut seen = received.lock().expect("lock");
+                        for line in body.lines() {
+                            let value: serde_json::Value =
+                                serde_json::from_str(line).expect("json line");
+                            seen.push(value["seq"].as_u64().expect("seq"));
+                        }
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let job: Job = serde_json::from_value(json!({
+            "id": 7, "org_id": 1, "repo": "acme/app", "source": "direct", "status": "leased",
+            "labels": [], "metadata": {}, "spec": {"steps": [], "timeout_minutes": 5},
+            "attempt": 1, "fencing_token": 1, "policy_reasons": [], "repo_id": null,
+            "agent_id": "agent", "lease_id": null, "lease_expires_at": null, "exit_code": null,
+            "failure_reason": null, "started_at": null, "finished_at": null,
+            "created_at": "2026-11-27T08:00:00Z", "updated_at": "2026-11-27T08:00:00Z"
+        }))
+        .expect("job");
+        let dropped = IntCounter::new("t3", "t").expect("counter");
+        let spool_dir =
+            std::env::temp_dir().join(format!("nimbus-spool-ship-{}", std::process::id()));
+        let shipper = LogShipper::start(
+            reqwest::Client::new(),
+            Some(url),
+            None,
+            &job,
+            "agent",
+            dropped.clone(),
+            Bounds {
+                memory_lines: 100,
+                disk_lines: 1_000_000,
+                spool_dir: spool_dir.clone(),
+            },
+        );
+        for seq in 1..=10_000u64 {
+            shipper.push(OutputLine {
+                seq,
+                step: 0,
+                stream: Stream::Stdout,
+                ts_millis: 1_795_766_400_000,
+                line: format!("line {seq}"),
+            });
+        }
+        shipper.finish(Duration::from_secs(60)).await;
+        let received = received.lock().expect("lock").clone();
+        assert_eq!(
+            received,
+            (1..=10_000).collect::<Vec<_>>(),
+            "every line once, in order"
+        );
+        assert_eq!(dropped.get(), 0);
+        assert!(
+            std::fs::read_dir(&spool_dir)
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0,
+            "the spool is gone"
+        );
+        let _ = std::fs::remove_dir_all(spool_dir);
+    }
+
     #[test]
     fn only_past_the_disk_bound_are_lines_dropped() {
         let dropped = IntCounter::new("t2", "t").expect("counter");
