@@ -196,6 +196,95 @@ pub async fn scratch_template(root: &Path, size_mib: u32) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What every driver's VM owns on the host: its directory, its process and the
+/// channel to its guest, with the lifecycle steps all drivers share. Dropping a
+/// machine that was not destroyed kills the process and removes the directory.
+pub struct Machine {
+    pub dir: VmDir,
+    pub child: Option<Child>,
+    pub channel: Option<crate::session::GuestChannel>,
+    destroyed: bool,
+    /// The log file in `dir` quoted when the guest crashes (console, stderr).
+    log: &'static str,
+}
+
+impl Machine {
+    pub fn new(dir: VmDir, log: &'static str) -> Self {
+        Machine {
+            dir,
+            child: None,
+            channel: None,
+            destroyed: false,
+            log,
+        }
+    }
+
+    /// Refuses a second boot, or a boot after destroy.
+    pub fn check_bootable(&self) -> Result<()> {
+        if self.destroyed || self.child.is_some() {
+            Err(Error::State("boot after boot or destroy"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records a finished handshake and says what the guest reported.
+    pub fn booted(
+        &mut self,
+        channel: crate::session::GuestChannel,
+        hello: crate::session::Hello,
+        started: std::time::Instant,
+    ) -> crate::GuestInfo {
+        self.channel = Some(channel);
+        crate::GuestInfo {
+            agent: hello.agent,
+            kernel: hello.kernel,
+            boot_millis: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Runs a job over the channel; a crash reason gets the log's last lines.
+    /// The caller destroys the VM when the outcome is not an exit.
+    pub async fn run(
+        &mut self,
+        job: &crate::protocol::GuestJob,
+        timeout: Duration,
+        on_event: &mut (dyn FnMut(crate::JobEvent) + Send),
+    ) -> Result<crate::JobReport> {
+        let channel = self
+            .channel
+            .as_mut()
+            .ok_or(Error::State("run before boot"))?;
+        let mut report = channel.run(job, timeout, on_event).await?;
+        if let crate::Outcome::Crashed { reason } = &mut report.outcome {
+            let tail = self.dir.tail(self.log, 10);
+            if !tail.is_empty() {
+                reason.push_str(&format!("; {}: {}", self.log, tail.join(" | ")));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Kills the process and removes the directory; idempotent.
+    pub async fn destroy(&mut self) -> Result<()> {
+        self.channel = None;
+        kill(&mut self.child).await;
+        self.destroyed = true;
+        self.dir.remove()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.start_kill();
+            }
+            let _ = self.dir.remove();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

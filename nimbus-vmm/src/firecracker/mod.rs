@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::net::UnixListener;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use self::api::{BootSource, Drive, FirecrackerApi, MachineConfig, NetworkInterface, Vsock};
 use self::jailer::JailerConfig;
 use crate::host;
 use crate::network::VmNetwork;
 use crate::protocol::{GuestJob, VSOCK_PORT};
-use crate::runtime::{self, VmDir};
+use crate::runtime::{self, Machine, VmDir};
 use crate::session::GuestChannel;
 use crate::spec::NetworkSpec;
 use crate::{
@@ -96,11 +96,8 @@ impl VmmDriver for FirecrackerDriver {
             spec: spec.clone(),
             config: self.config.clone(),
             binary,
-            dir,
-            child: None,
-            channel: None,
+            machine: Machine::new(dir, CONSOLE_LOG),
             network: None,
-            destroyed: false,
         };
         if let Err(error) = vm.lay_out(&self.config.runtime_dir).await {
             let _ = vm.destroy().await;
@@ -139,11 +136,8 @@ pub struct FirecrackerVm {
     spec: VmSpec,
     config: FirecrackerConfig,
     binary: PathBuf,
-    dir: VmDir,
-    child: Option<Child>,
-    channel: Option<GuestChannel>,
+    machine: Machine,
     network: Option<VmNetwork>,
-    destroyed: bool,
 }
 
 const ROOTFS: &str = "rootfs.ext4";
@@ -154,11 +148,11 @@ impl FirecrackerVm {
     async fn lay_out(&mut self, runtime_root: &Path) -> Result<()> {
         // Firecracker needs raw images: a private copy (reflinked where the
         // filesystem can) so the attested image is never written.
-        sparse_copy(&self.spec.rootfs, &self.dir.join(ROOTFS)).await?;
+        sparse_copy(&self.spec.rootfs, &self.machine.dir.join(ROOTFS)).await?;
         if self.spec.scratch_disk_mib > 0 {
             let template =
                 runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
-            sparse_copy(&template, &self.dir.join(SCRATCH)).await?;
+            sparse_copy(&template, &self.machine.dir.join(SCRATCH)).await?;
         }
         if let NetworkSpec::Tap { egress } = self.spec.network {
             self.network = Some(VmNetwork::create(&self.spec.id, egress).await?);
@@ -193,7 +187,7 @@ impl FirecrackerVm {
         boot_args.extend(spec.boot_args.iter().cloned());
         let mut drives = vec![Drive {
             drive_id: "rootfs".into(),
-            path_on_host: path_of(&self.dir.join(ROOTFS), ROOTFS)?,
+            path_on_host: path_of(&self.machine.dir.join(ROOTFS), ROOTFS)?,
             // Our init mounts by label from the initramfs; the drive is still the root.
             is_root_device: false,
             is_read_only: false,
@@ -201,7 +195,7 @@ impl FirecrackerVm {
         if spec.scratch_disk_mib > 0 {
             drives.push(Drive {
                 drive_id: "scratch".into(),
-                path_on_host: path_of(&self.dir.join(SCRATCH), SCRATCH)?,
+                path_on_host: path_of(&self.machine.dir.join(SCRATCH), SCRATCH)?,
                 is_root_device: false,
                 is_read_only: false,
             });
@@ -237,7 +231,7 @@ impl FirecrackerVm {
     fn boot_error(&self, message: impl Into<String>) -> Error {
         Error::Boot {
             message: message.into(),
-            console: self.dir.tail(CONSOLE_LOG, 20),
+            console: self.machine.dir.tail(CONSOLE_LOG, 20),
         }
     }
 
@@ -246,7 +240,7 @@ impl FirecrackerVm {
             if tokio::net::UnixStream::connect(api.socket()).await.is_ok() {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut() {
+            if let Some(child) = self.machine.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(self.boot_error(format!(
                         "firecracker exited with {status} before its API socket opened"
@@ -268,12 +262,10 @@ impl Vm for FirecrackerVm {
     }
 
     async fn boot(&mut self) -> Result<GuestInfo> {
-        if self.destroyed || self.child.is_some() {
-            return Err(Error::State("boot after boot or destroy"));
-        }
+        self.machine.check_bootable()?;
         let started = Instant::now();
         let deadline = started + self.spec.boot_timeout;
-        let console = std::fs::File::create(self.dir.join(CONSOLE_LOG))
+        let console = std::fs::File::create(self.machine.dir.join(CONSOLE_LOG))
             .map_err(Error::io("creating console.log"))?;
 
         let (mut command, api, plan, vsock_host) = match self.config.jailer.clone() {
@@ -301,7 +293,7 @@ impl Vm for FirecrackerVm {
                 )
             }
             None => {
-                let api_socket = self.dir.join("api.sock");
+                let api_socket = self.machine.dir.join("api.sock");
                 let mut command = match &self.network {
                     Some(network) => network.wrap(&self.binary),
                     None => Command::new(&self.binary),
@@ -316,7 +308,7 @@ impl Vm for FirecrackerVm {
                         .display()
                         .to_string())
                 };
-                let vsock = self.dir.join("v.sock");
+                let vsock = self.machine.dir.join("v.sock");
                 let plan = self.plan(&direct, vsock.display().to_string())?;
                 (command, FirecrackerApi::new(api_socket), plan, vsock)
             }
@@ -325,7 +317,7 @@ impl Vm for FirecrackerVm {
             .stdin(std::process::Stdio::null())
             .stdout(console.try_clone().map_err(Error::io("console.log"))?)
             .stderr(console);
-        self.child = Some(runtime::spawn(command, &self.dir, "firecracker")?);
+        self.machine.child = Some(runtime::spawn(command, &self.machine.dir, "firecracker")?);
         self.wait_for_api(&api, deadline).await?;
 
         // Listen before the guest can connect: Firecracker forwards the guest's
@@ -352,12 +344,8 @@ impl Vm for FirecrackerVm {
             Ok(Err(error)) => return Err(self.boot_error(format!("handshake: {error}"))),
             Err(_) => return Err(self.boot_error("the guest did not say hello in time")),
         };
-        self.channel = Some(channel);
-        Ok(GuestInfo {
-            agent: hello.agent,
-            kernel: hello.kernel,
-            boot_millis: started.elapsed().as_millis() as u64,
-        })
+        let info = self.machine.booted(channel, hello, started);
+        Ok(info)
     }
 
     async fn run(
@@ -365,11 +353,7 @@ impl Vm for FirecrackerVm {
         job: &GuestJob,
         on_event: &mut (dyn FnMut(JobEvent) + Send),
     ) -> Result<JobReport> {
-        let channel = self
-            .channel
-            .as_mut()
-            .ok_or(Error::State("run before boot"))?;
-        let report = channel.run(job, self.spec.timeout, on_event).await?;
+        let report = self.machine.run(job, self.spec.timeout, on_event).await?;
         if !matches!(report.outcome, Outcome::Exited { .. }) {
             self.destroy().await?;
         }
@@ -377,8 +361,8 @@ impl Vm for FirecrackerVm {
     }
 
     async fn destroy(&mut self) -> Result<()> {
-        self.channel = None;
-        runtime::kill(&mut self.child).await;
+        // The process first: what else the VM holds is released once it is gone.
+        let removed = self.machine.destroy().await;
         if let Some(network) = self.network.take() {
             network.remove().await;
         }
@@ -386,19 +370,7 @@ impl Vm for FirecrackerVm {
             let jail = jailer.chroot_base.join("firecracker").join(&self.spec.id);
             let _ = std::fs::remove_dir_all(jail);
         }
-        self.destroyed = true;
-        self.dir.remove()
-    }
-}
-
-impl Drop for FirecrackerVm {
-    fn drop(&mut self) {
-        if !self.destroyed {
-            if let Some(child) = self.child.as_mut() {
-                let _ = child.start_kill();
-            }
-            let _ = self.dir.remove();
-        }
+        removed
     }
 }
 

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::host;
 use crate::network::VmNetwork;
 use crate::protocol::{GuestJob, VIRTIO_PORT_NAME};
-use crate::runtime::{self, VmDir};
+use crate::runtime::{self, Machine, VmDir};
 use crate::session::GuestChannel;
 use crate::spec::NetworkSpec;
 use crate::{
@@ -143,11 +143,8 @@ impl VmmDriver for QemuDriver {
             binary,
             accel,
             transport: self.config.transport,
-            dir,
-            child: None,
-            channel: None,
+            machine: Machine::new(dir, CONSOLE_LOG),
             network: None,
-            destroyed: false,
         };
         if let Err(error) = vm.lay_out_disks(&self.config.runtime_dir).await {
             let _ = vm.destroy().await;
@@ -162,11 +159,8 @@ pub struct QemuVm {
     binary: PathBuf,
     accel: Accel,
     transport: QemuTransport,
-    dir: VmDir,
-    child: Option<Child>,
-    channel: Option<GuestChannel>,
+    machine: Machine,
     network: Option<VmNetwork>,
-    destroyed: bool,
 }
 
 /// Kernel arguments that skip work a throwaway CI guest does not need, measured
@@ -187,11 +181,11 @@ const QEMU_LOG: &str = "qemu.log";
 impl QemuVm {
     async fn lay_out_disks(&mut self, runtime_root: &Path) -> Result<()> {
         let rootfs = absolute(&self.spec.rootfs)?;
-        overlay(&rootfs, &self.dir.join(ROOT_OVERLAY)).await?;
+        overlay(&rootfs, &self.machine.dir.join(ROOT_OVERLAY)).await?;
         if self.spec.scratch_disk_mib > 0 {
             let template =
                 runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
-            overlay(&template, &self.dir.join(SCRATCH_OVERLAY)).await?;
+            overlay(&template, &self.machine.dir.join(SCRATCH_OVERLAY)).await?;
         }
         if let NetworkSpec::Tap { egress } = self.spec.network {
             self.network = Some(VmNetwork::create(&self.spec.id, egress).await?);
@@ -201,7 +195,7 @@ impl QemuVm {
 
     fn command(&self) -> Result<Command> {
         let spec = &self.spec;
-        let path = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
+        let path = |name: &str| self.machine.dir.join(name).to_string_lossy().into_owned();
         let socket = path(GUEST_SOCKET);
         if socket.len() > 100 {
             return Err(Error::Config(format!(
@@ -316,7 +310,7 @@ impl QemuVm {
                 &format!("virtserialport,chardev=nimbus,name={VIRTIO_PORT_NAME}"),
             ]);
         }
-        let log = std::fs::File::create(self.dir.join(QEMU_LOG))
+        let log = std::fs::File::create(self.machine.dir.join(QEMU_LOG))
             .map_err(Error::io("creating qemu.log"))?;
         command
             .stdin(std::process::Stdio::null())
@@ -326,8 +320,8 @@ impl QemuVm {
     }
 
     fn boot_error(&self, message: impl Into<String>) -> Error {
-        let mut console = self.dir.tail(QEMU_LOG, 5);
-        console.extend(self.dir.tail(CONSOLE_LOG, 20));
+        let mut console = self.machine.dir.tail(QEMU_LOG, 5);
+        console.extend(self.machine.dir.tail(CONSOLE_LOG, 20));
         Error::Boot {
             message: message.into(),
             console,
@@ -335,12 +329,12 @@ impl QemuVm {
     }
 
     async fn connect(&mut self, deadline: Instant) -> Result<UnixStream> {
-        let socket = self.dir.join(GUEST_SOCKET);
+        let socket = self.machine.dir.join(GUEST_SOCKET);
         loop {
             if let Ok(stream) = UnixStream::connect(&socket).await {
                 return Ok(stream);
             }
-            if let Some(child) = self.child.as_mut() {
+            if let Some(child) = self.machine.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(self.boot_error(format!(
                         "qemu exited with {status} before the guest channel opened"
@@ -362,13 +356,15 @@ impl Vm for QemuVm {
     }
 
     async fn boot(&mut self) -> Result<GuestInfo> {
-        if self.destroyed || self.child.is_some() {
-            return Err(Error::State("boot after boot or destroy"));
-        }
+        self.machine.check_bootable()?;
         let started = Instant::now();
         let deadline = started + self.spec.boot_timeout;
         let command = self.command()?;
-        self.child = Some(runtime::spawn(command, &self.dir, "qemu-system-x86_64")?);
+        self.machine.child = Some(runtime::spawn(
+            command,
+            &self.machine.dir,
+            "qemu-system-x86_64",
+        )?);
         let stream = self.connect(deadline).await?;
         let (reader, writer) = stream.into_split();
         let mut channel = match self.transport {
@@ -385,12 +381,8 @@ impl Vm for QemuVm {
                 )))
             }
         };
-        self.channel = Some(channel);
-        Ok(GuestInfo {
-            agent: hello.agent,
-            kernel: hello.kernel,
-            boot_millis: started.elapsed().as_millis() as u64,
-        })
+        let info = self.machine.booted(channel, hello, started);
+        Ok(info)
     }
 
     async fn run(
@@ -398,17 +390,7 @@ impl Vm for QemuVm {
         job: &GuestJob,
         on_event: &mut (dyn FnMut(JobEvent) + Send),
     ) -> Result<JobReport> {
-        let channel = self
-            .channel
-            .as_mut()
-            .ok_or(Error::State("run before boot"))?;
-        let mut report = channel.run(job, self.spec.timeout, on_event).await?;
-        if let Outcome::Crashed { reason } = &mut report.outcome {
-            let tail = self.dir.tail(CONSOLE_LOG, 10);
-            if !tail.is_empty() {
-                reason.push_str(&format!("; console: {}", tail.join(" | ")));
-            }
-        }
+        let report = self.machine.run(job, self.spec.timeout, on_event).await?;
         if !matches!(report.outcome, Outcome::Exited { .. }) {
             self.destroy().await?;
         }
@@ -416,25 +398,12 @@ impl Vm for QemuVm {
     }
 
     async fn destroy(&mut self) -> Result<()> {
-        self.channel = None;
-        runtime::kill(&mut self.child).await;
+        // The process first: what else the VM holds is released once it is gone.
+        let removed = self.machine.destroy().await;
         if let Some(network) = self.network.take() {
             network.remove().await;
         }
-        self.destroyed = true;
-        self.dir.remove()
-    }
-}
-
-impl Drop for QemuVm {
-    fn drop(&mut self) {
-        // kill_on_drop stops the process; the files must not outlive the VM either.
-        if !self.destroyed {
-            if let Some(child) = self.child.as_mut() {
-                let _ = child.start_kill();
-            }
-            let _ = self.dir.remove();
-        }
+        removed
     }
 }
 

@@ -14,12 +14,12 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::assets::GUEST_IN_ROOTFS;
 use crate::host;
 use crate::protocol::GuestJob;
-use crate::runtime::{self, VmDir};
+use crate::runtime::{self, Machine, VmDir};
 use crate::session::GuestChannel;
 use crate::spec::NetworkSpec;
 use crate::{
@@ -103,11 +103,8 @@ impl VmmDriver for SandboxDriver {
         Ok(Box::new(SandboxVm {
             spec: spec.clone(),
             tree,
-            dir,
-            child: None,
-            channel: None,
+            machine: Machine::new(dir, LOG),
             cgroup: None,
-            destroyed: false,
         }))
     }
 }
@@ -115,11 +112,8 @@ impl VmmDriver for SandboxDriver {
 pub struct SandboxVm {
     spec: VmSpec,
     tree: PathBuf,
-    dir: VmDir,
-    child: Option<Child>,
-    channel: Option<GuestChannel>,
+    machine: Machine,
     cgroup: Option<cgroup::Cgroup>,
-    destroyed: bool,
 }
 
 const LOG: &str = "sandbox.log";
@@ -147,7 +141,7 @@ impl SandboxVm {
             .arg("--sandbox-root")
             .arg(&self.tree)
             .arg("--scratch")
-            .arg(self.dir.join("scratch"))
+            .arg(self.machine.dir.join("scratch"))
             .args(["--transport", "stdio"])
             .env_clear()
             .env(
@@ -157,7 +151,7 @@ impl SandboxVm {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(
-                std::fs::File::create(self.dir.join(LOG))
+                std::fs::File::create(self.machine.dir.join(LOG))
                     .map_err(Error::io("creating sandbox.log"))?,
             );
         Ok(command)
@@ -171,38 +165,32 @@ impl Vm for SandboxVm {
     }
 
     async fn boot(&mut self) -> Result<GuestInfo> {
-        if self.destroyed || self.child.is_some() {
-            return Err(Error::State("boot after boot or destroy"));
-        }
+        self.machine.check_bootable()?;
         let started = Instant::now();
-        let mut child = runtime::spawn(self.command()?, &self.dir, "unshare")?;
+        let mut child = runtime::spawn(self.command()?, &self.machine.dir, "unshare")?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(Error::State("sandbox pipes missing"));
         };
-        self.child = Some(child);
+        self.machine.child = Some(child);
         let mut channel = GuestChannel::new(stdout, stdin);
         let hello = match tokio::time::timeout(self.spec.boot_timeout, channel.handshake()).await {
             Ok(Ok(hello)) => hello,
             Ok(Err(error)) => {
                 return Err(Error::Boot {
                     message: format!("sandbox: {error}"),
-                    console: self.dir.tail(LOG, 20),
+                    console: self.machine.dir.tail(LOG, 20),
                 })
             }
             Err(_) => {
                 return Err(Error::Boot {
                     message: "sandbox: no hello from nimbus-guest in time".into(),
-                    console: self.dir.tail(LOG, 20),
+                    console: self.machine.dir.tail(LOG, 20),
                 })
             }
         };
-        self.channel = Some(channel);
+        let info = self.machine.booted(channel, hello, started);
         self.limit_resources();
-        Ok(GuestInfo {
-            agent: hello.agent,
-            kernel: hello.kernel,
-            boot_millis: started.elapsed().as_millis() as u64,
-        })
+        Ok(info)
     }
 
     async fn run(
@@ -210,17 +198,7 @@ impl Vm for SandboxVm {
         job: &GuestJob,
         on_event: &mut (dyn FnMut(JobEvent) + Send),
     ) -> Result<JobReport> {
-        let channel = self
-            .channel
-            .as_mut()
-            .ok_or(Error::State("run before boot"))?;
-        let mut report = channel.run(job, self.spec.timeout, on_event).await?;
-        if let Outcome::Crashed { reason } = &mut report.outcome {
-            let tail = self.dir.tail(LOG, 10);
-            if !tail.is_empty() {
-                reason.push_str(&format!("; log: {}", tail.join(" | ")));
-            }
-        }
+        let report = self.machine.run(job, self.spec.timeout, on_event).await?;
         if !matches!(report.outcome, Outcome::Exited { .. }) {
             self.destroy().await?;
         }
@@ -228,8 +206,8 @@ impl Vm for SandboxVm {
     }
 
     async fn destroy(&mut self) -> Result<()> {
-        self.channel = None;
-        runtime::kill(&mut self.child).await;
+        // The process first: what else the VM holds is released once it is gone.
+        let removed = self.machine.destroy().await;
         if let Some(mut cgroup) = self.cgroup.take() {
             // The namespace's processes die with its init, a moment after it.
             for _ in 0..50 {
@@ -239,8 +217,7 @@ impl Vm for SandboxVm {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
-        self.destroyed = true;
-        self.dir.remove()
+        removed
     }
 }
 
@@ -248,7 +225,7 @@ impl SandboxVm {
     /// Puts the sandbox (the guest agent, before it runs anything) into a cgroup
     /// with the spec's memory and vCPUs, where the host allows it.
     fn limit_resources(&mut self) {
-        let Some(pid) = self.child.as_ref().and_then(Child::id) else {
+        let Some(pid) = self.machine.child.as_ref().and_then(|child| child.id()) else {
             return;
         };
         match cgroup::Cgroup::create(&self.spec.id, self.spec.memory_mib, self.spec.vcpus) {
@@ -261,17 +238,6 @@ impl SandboxVm {
             Err(reason) => {
                 tracing::warn!(vm = %self.spec.id, %reason, "sandbox runs without resource limits")
             }
-        }
-    }
-}
-
-impl Drop for SandboxVm {
-    fn drop(&mut self) {
-        if !self.destroyed {
-            if let Some(child) = self.child.as_mut() {
-                let _ = child.start_kill();
-            }
-            let _ = self.dir.remove();
         }
     }
 }
