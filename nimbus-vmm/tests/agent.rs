@@ -1,34 +1,52 @@
 //! The host agent runtime against an in-process control plane: a lease lost while
 //! its job runs (the control plane gave the job back to the queue) stops that VM
-//! at once, is counted, and the job runs again under its new lease.
+//! at once, is counted, and the job runs again under its new lease; a job past its
+//! timeout is killed and marked timed out.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::auth::{JwtKeys, Role};
 use nimbus_core::client::ControlPlaneClient;
 use nimbus_core::control_plane::{self, ControlPlane};
+use nimbus_core::domain::Job;
+use nimbus_core::store::Store;
 use nimbus_core::{store, ClientConfig, ControlPlaneConfig, Env, Secret};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
-use nimbus_vmm::select::VmmConfig;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const SECRET: &str = "agent-test-secret-0123456789";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
+/// A control plane on a free port, an org, one submitted job and an agent
+/// (sandbox driver) working on it.
+struct Setup {
+    dir: PathBuf,
+    store: Arc<dyn Store>,
+    admin: ControlPlaneClient,
+    job: Job,
+    metrics: AgentMetrics,
+    agent: tokio::task::JoinHandle<nimbus_vmm::Result<()>>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.agent.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn setup(name: &str, extra: &[(&str, &str)], job: Value) -> Option<Setup> {
     let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS").map(PathBuf::from) else {
         nimbus_vmm::testsuite::require(None, "built assets (NIMBUS_TEST_ASSETS)");
-        return;
+        return None;
     };
-    let dir = std::env::temp_dir().join(format!("nimbus-agent-it-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("nimbus-agent-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let env = Env::from_map([
+    let mut vars = vec![
         ("NIMBUS_DATA_DIR", dir.display().to_string()),
         ("NIMBUS_JWT_SECRET", SECRET.to_string()),
-        // Heartbeats every second, so the lost lease is noticed quickly.
-        ("NIMBUS_JOB_LEASE_TTL", "3".to_string()),
         ("NIMBUS_VMM", "sandbox".to_string()),
         ("NIMBUS_ASSETS_DIR", assets.display().to_string()),
         (
@@ -37,7 +55,9 @@ async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
         ),
         ("NIMBUS_VM_NETWORK", "none".to_string()),
         ("NIMBUS_VM_SCRATCH_MIB", "0".to_string()),
-    ]);
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let env = Env::from_map(vars);
     let config = ControlPlaneConfig::from_env(&env).expect("config");
     let store = store::open(&config.database_url, 4).await.expect("store");
     let state = ControlPlane::new(config, store.clone()).expect("control plane");
@@ -63,124 +83,16 @@ async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
     admin.upsert_org(1, "acme").await.expect("org");
     let org =
         ControlPlaneClient::new(url.clone(), Some(token(Role::Org, Some(1)))).expect("client");
-    let job = org
-        .submit_job(&json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [{"run": "echo started; sleep 60"}]}))
-        .await
-        .expect("submit");
+    let job = org.submit_job(&job).await.expect("submit");
 
-    let metrics = AgentMetrics::new().expect("metrics");
-    let agent_config = AgentConfig {
-        client: ClientConfig {
-            control_plane_url: url.clone(),
-            token: Some(token(Role::Agent, None)),
-        },
-        agent_id: "agent-it".into(),
-        max_vms: 1,
-        logs_url: None,
-        vmm: VmmConfig::from_env(&env).expect("vmm"),
-        lease_wait: Duration::from_secs(1),
-        max_job_timeout: None,
-    };
-    let agent = tokio::spawn(agent::run(
-        agent_config,
-        metrics.clone(),
-        std::future::pending(),
-    ));
-
-    let vms = dir.join("vms");
-    let first = vms.join(format!("job-{}-1", job.id));
-    let second = vms.join(format!("job-{}-2", job.id));
-    let wait_for = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
-        for _ in 0..200 {
-            if check() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("timed out waiting for {what}");
-    };
-    let p = first.clone();
-    wait_for("the first VM", Box::new(move || p.exists())).await;
-
-    // The control plane takes the job back (as if the lease had expired).
-    let report = store
-        .reap_expired(time::OffsetDateTime::now_utc() + time::Duration::days(1), 5)
-        .await
-        .expect("reap");
-    assert!(format!("{report:?}").contains('1'), "{report:?}");
-
-    let p = first.clone();
-    wait_for("the first VM to be stopped", Box::new(move || !p.exists())).await;
-    assert!(metrics.lease_errors.get() >= 1, "the lost lease is counted");
-    let p = second.clone();
-    wait_for(
-        "the job to run again under its new lease",
-        Box::new(move || p.exists()),
-    )
-    .await;
-    let now = admin.get_job(job.id).await.expect("job");
-    assert_eq!(now.attempt, 2);
-    agent.abort();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
-    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS").map(PathBuf::from) else {
-        nimbus_vmm::testsuite::require(None, "built assets (NIMBUS_TEST_ASSETS)");
-        return;
-    };
-    let dir = std::env::temp_dir().join(format!("nimbus-agent-timeout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let env = Env::from_map([
-        ("NIMBUS_DATA_DIR", dir.display().to_string()),
-        ("NIMBUS_JWT_SECRET", SECRET.to_string()),
-        ("NIMBUS_VMM", "sandbox".to_string()),
-        ("NIMBUS_ASSETS_DIR", assets.display().to_string()),
-        (
-            "NIMBUS_VM_RUNTIME_DIR",
-            dir.join("vms").display().to_string(),
-        ),
-        ("NIMBUS_VM_NETWORK", "none".to_string()),
-        ("NIMBUS_VM_SCRATCH_MIB", "0".to_string()),
-        // Jobs ask for whole minutes; the host's cap makes this one time out in 2 s.
-        ("NIMBUS_AGENT_MAX_JOB_TIMEOUT", "2".to_string()),
-    ]);
-    let config = ControlPlaneConfig::from_env(&env).expect("config");
-    let store = store::open(&config.database_url, 4).await.expect("store");
-    let state = ControlPlane::new(config, store).expect("control plane");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(control_plane::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
-    let keys = JwtKeys::new(&Secret::new(SECRET));
-    let token = |role, org| {
-        Secret::new(
-            keys.mint("test", role, org, Duration::from_secs(3600))
-                .expect("token"),
-        )
-    };
-    let admin =
-        ControlPlaneClient::new(url.clone(), Some(token(Role::Admin, None))).expect("client");
-    admin.upsert_org(1, "acme").await.expect("org");
-    let org =
-        ControlPlaneClient::new(url.clone(), Some(token(Role::Org, Some(1)))).expect("client");
-    let job = org
-        .submit_job(&json!({"repo": "acme/app", "labels": ["nimbus", "timeout:5"], "steps": [{"run": "sleep 120"}]}))
-        .await
-        .expect("submit");
     let mut agent_config = AgentConfig::from_env(&env).expect("agent config");
     agent_config.client = ClientConfig {
-        control_plane_url: url.clone(),
+        control_plane_url: url,
         token: Some(token(Role::Agent, None)),
     };
+    agent_config.agent_id = "agent-it".into();
     agent_config.max_vms = 1;
+    agent_config.logs_url = None;
     agent_config.lease_wait = Duration::from_secs(1);
     let metrics = AgentMetrics::new().expect("metrics");
     let agent = tokio::spawn(agent::run(
@@ -188,10 +100,70 @@ async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
         metrics.clone(),
         std::future::pending(),
     ));
+    Some(Setup {
+        dir,
+        store,
+        admin,
+        job,
+        metrics,
+        agent,
+    })
+}
+
+async fn wait_for(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
+    // Heartbeats every second, so the lost lease is noticed quickly.
+    let job = json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [{"run": "echo started; sleep 60"}]});
+    let Some(s) = setup("lease", &[("NIMBUS_JOB_LEASE_TTL", "3")], job).await else {
+        return;
+    };
+    let vms = s.dir.join("vms");
+    let first = vms.join(format!("job-{}-1", s.job.id));
+    let second = vms.join(format!("job-{}-2", s.job.id));
+    wait_for("the first VM", || first.exists()).await;
+
+    // The control plane takes the job back (as if the lease had expired).
+    let report = s
+        .store
+        .reap_expired(time::OffsetDateTime::now_utc() + time::Duration::days(1), 5)
+        .await
+        .expect("reap");
+    assert!(format!("{report:?}").contains('1'), "{report:?}");
+
+    wait_for("the first VM to be stopped", || !first.exists()).await;
+    assert!(
+        s.metrics.lease_errors.get() >= 1,
+        "the lost lease is counted"
+    );
+    wait_for("the job to run again under its new lease", || {
+        second.exists()
+    })
+    .await;
+    let now = s.admin.get_job(s.job.id).await.expect("job");
+    assert_eq!(now.attempt, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
+    // Jobs ask for whole minutes; the host's cap makes this one time out in 2 s.
+    let job = json!({"repo": "acme/app", "labels": ["nimbus", "timeout:5"], "steps": [{"run": "sleep 120"}]});
+    let Some(s) = setup("timeout", &[("NIMBUS_AGENT_MAX_JOB_TIMEOUT", "2")], job).await else {
+        return;
+    };
     let started = std::time::Instant::now();
     let mut status = String::new();
     for _ in 0..300 {
-        let now = admin.get_job(job.id).await.expect("job");
+        let now = s.admin.get_job(s.job.id).await.expect("job");
         status = now.status.to_string();
         if status == "timed_out" {
             assert_eq!(now.exit_code, Some(124));
@@ -204,8 +176,8 @@ async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
         started.elapsed() < Duration::from_secs(12),
         "killed at the cap, not after the sleep"
     );
-    assert_eq!(metrics.job_timeouts.get(), 1);
-    let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
+    assert_eq!(s.metrics.job_timeouts.get(), 1);
+    let left: Vec<_> = std::fs::read_dir(s.dir.join("vms"))
         .map(|entries| {
             entries
                 .flatten()
@@ -214,6 +186,4 @@ async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "the VM is destroyed: {left:?}");
-    agent.abort();
-    let _ = std::fs::remove_dir_all(&dir);
 }
