@@ -1,38 +1,31 @@
-//! `nimbus-cache`: the GitHub Actions cache and OCI pull-through cache.
+//! `nimbus-cache`: the cache proxy's library — a GitHub Actions cache (v1 and v2,
+//! as the official `@actions/cache` client speaks them) and a plain artifact API,
+//! on local disk or S3, with scoped tokens, budgets, eviction and an integrity scrub.
 //!
-//! This crate holds the storage contract, [`CacheBackend`]; the `fs` and `s3`
-//! backends, the Actions cache protocols, tokens and eviction land with their issue.
+//! - [`backend`]: the [`CacheBackend`] trait (streaming, staged uploads, atomic
+//!   commit) and its `fs` and `s3` implementations;
+//! - [`index`]: entries, sizes, last access and counters in SQLite or PostgreSQL;
+//! - [`cache`]: [`Cache`], the rules every protocol shares;
+//! - [`actions`]: the v1 and v2 protocols and the blob subset v2 uploads with;
+//! - [`maintenance`]: eviction, abandoned uploads, scrub;
+//! - [`server`]: the axum router and the service (`bins/nimbus-cache-proxy`).
+//!
+//! Cache tokens are minted by the control plane and verified here; their format
+//! lives in [`nimbus_core::cache_token`].
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+pub mod actions;
+pub mod backend;
+pub mod cache;
+pub mod error;
+pub mod index;
+pub mod maintenance;
+pub mod metrics;
+pub mod server;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
-    #[error("backend: {0}")]
-    Backend(String),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// A stored object's description.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectMeta {
-    pub key: String,
-    pub size: u64,
-    pub last_modified_millis: i64,
-}
-
-/// Blob storage for cache entries. Writes become visible atomically on commit.
-#[async_trait]
-pub trait CacheBackend: Send + Sync {
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<ObjectMeta>;
-    /// Reads a whole object or `range` (start, end exclusive) of it.
-    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>>;
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
-    async fn delete(&self, key: &str) -> Result<()>;
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
-}
+pub use backend::{ByteStream, CacheBackend, ObjectMeta, StoredObject};
+pub use cache::Cache;
+pub use error::{Error, Result};
+pub use index::CacheIndex;
+pub use server::{Proxy, ProxyConfig};

@@ -23,6 +23,7 @@ pub struct VarDoc {
 
 /// Every variable Nimbus reads. `docs/configuration.md` is rendered from this table.
 pub const VARIABLES: &[VarDoc] = &[
+    VarDoc { name: "NIMBUS_MODE", default: "dev", meaning: "`dev` or `production`. Production refuses to start with generated secrets or a cache index under the data directory chosen by default." },
     VarDoc { name: "NIMBUS_DATA_DIR", default: "./.nimbus", meaning: "Directory for embedded state (SQLite files, generated dev secrets)." },
     VarDoc { name: "NIMBUS_DATABASE_URL", default: "sqlite://$NIMBUS_DATA_DIR/control-plane.db", meaning: "Control-plane store: `sqlite://PATH` (single node) or `postgres://…` (several replicas on one database)." },
     VarDoc { name: "NIMBUS_DATABASE_MAX_CONNECTIONS", default: "16", meaning: "Connection pool size of the control-plane store." },
@@ -53,6 +54,27 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_METADATA_RETENTION_DAYS", default: "90", meaning: "Job metadata rows older than this are pruned by the logging pipeline." },
     VarDoc { name: "NIMBUS_LOGS_MAX_BUFFERED_LINES", default: "500000", meaning: "Lines the pipeline holds before they are durable; beyond it `POST /api/logs` answers 503 with Retry-After." },
     VarDoc { name: "NIMBUS_LOGS_FLUSH_INTERVAL", default: "0.001", meaning: "Seconds the pipeline waits for more lines before writing a batch (batches also flush at 50,000 lines); lines arriving during a write are batched anyway." },
+    VarDoc { name: "NIMBUS_CACHE_PROXY_ADDR", default: "0.0.0.0:8001", meaning: "Listen address of `nimbus-cache-proxy` (also `--listen`)." },
+    VarDoc { name: "NIMBUS_CACHE_URL", default: "http://127.0.0.1:8001", meaning: "Where clients (host agent, job VMs, `nimbus report cache`) reach the cache proxy." },
+    VarDoc { name: "NIMBUS_CACHE_PUBLIC_URL", default: "(the request's Host)", meaning: "Base of the upload/download links the cache proxy hands out; set it when clients reach the proxy through another name." },
+    VarDoc { name: "NIMBUS_CACHE_SHARED_SECRET", default: "(generated)", meaning: "HMAC-SHA256 secret of cache tokens, shared by the control plane (mints) and the cache proxy (verifies). Unset: generated once into `$NIMBUS_DATA_DIR/cache-secret` (development only)." },
+    VarDoc { name: "NIMBUS_CACHE_PROXY_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for the cache proxy's `/metrics` from non-loopback peers; unset means loopback only." },
+    VarDoc { name: "NIMBUS_CACHE_BACKEND", default: "fs", meaning: "Where cache blobs live: `fs` (a local directory) or `s3` (any S3-compatible store)." },
+    VarDoc { name: "NIMBUS_CACHE_DIR", default: "$NIMBUS_DATA_DIR/cache", meaning: "Directory of the `fs` cache backend." },
+    VarDoc { name: "NIMBUS_CACHE_S3_BUCKET", default: "(none)", meaning: "Bucket of the `s3` cache backend (required with it)." },
+    VarDoc { name: "NIMBUS_CACHE_S3_ENDPOINT", default: "(AWS)", meaning: "Endpoint of an S3-compatible store, e.g. `http://127.0.0.1:8333`." },
+    VarDoc { name: "NIMBUS_CACHE_S3_REGION", default: "us-east-1", meaning: "Region of the bucket." },
+    VarDoc { name: "NIMBUS_CACHE_S3_PREFIX", default: "(none)", meaning: "Prefix of every object key the cache writes, e.g. `nimbus-cache/`." },
+    VarDoc { name: "NIMBUS_CACHE_S3_PATH_STYLE", default: "false", meaning: "`true` for path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need." },
+    VarDoc { name: "NIMBUS_CACHE_S3_ACCESS_KEY_ID", default: "$AWS_ACCESS_KEY_ID", meaning: "Access key of the bucket." },
+    VarDoc { name: "NIMBUS_CACHE_S3_SECRET_ACCESS_KEY", default: "$AWS_SECRET_ACCESS_KEY", meaning: "Secret key of the bucket." },
+    VarDoc { name: "NIMBUS_CACHE_METRICS_DB", default: "$NIMBUS_DATA_DIR/cache-index.db (dev only)", meaning: "The cache index (entries, sizes, last access, hit/miss/eviction counters): a SQLite path or a `postgres://` URL. Required when NIMBUS_MODE=production." },
+    VarDoc { name: "NIMBUS_CACHE_MAX_BYTES", default: "(none)", meaning: "Byte budget of all orgs together (`10GiB`, `500GB` or bytes); least recently used entries are evicted beyond it." },
+    VarDoc { name: "NIMBUS_CACHE_ORG_MAX_BYTES", default: "10GiB", meaning: "Byte budget of each org; least recently used entries are evicted beyond it, and no entry may be larger." },
+    VarDoc { name: "NIMBUS_CACHE_MAX_IDLE_DAYS", default: "7", meaning: "Entries not restored for this many days are evicted." },
+    VarDoc { name: "NIMBUS_CACHE_UPLOAD_TTL", default: "3600", meaning: "Seconds an upload may stay reserved without being committed before it is dropped." },
+    VarDoc { name: "NIMBUS_CACHE_EVICTION_INTERVAL", default: "60", meaning: "Seconds between eviction passes (they also run after each commit)." },
+    VarDoc { name: "NIMBUS_CACHE_SCRUB_INTERVAL", default: "21600", meaning: "Seconds between integrity scrubs (every committed entry's sha256 re-checked; corrupt or missing entries are dropped)." },
     VarDoc { name: "NIMBUS_AGENT_ID", default: "(hostname)", meaning: "Name of this host agent (in logs and log lines)." },
     VarDoc { name: "NIMBUS_AGENT_MAX_VMS", default: "(cores/2, memory/2 GiB, at least 1)", meaning: "Jobs one host agent runs at once." },
     VarDoc { name: "NIMBUS_AGENT_MAX_JOB_TIMEOUT", default: "(none)", meaning: "Seconds no job may outlive on this host, whatever its `timeout_minutes` or `timeout:MINUTES` label." },
@@ -308,16 +330,45 @@ impl ClientConfig {
 /// `$NIMBUS_DATA_DIR/jwt-secret` (created on first use, mode 0600), so the control
 /// plane and the CLI started in the same directory agree without any set-up.
 pub fn jwt_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
-    if let Some(secret) = env.secret("NIMBUS_JWT_SECRET") {
+    secret_or_generated(env, data_dir, "NIMBUS_JWT_SECRET", "jwt-secret")
+}
+
+/// The cache token secret: `NIMBUS_CACHE_SHARED_SECRET`, or for development one kept in
+/// `$NIMBUS_DATA_DIR/cache-secret`, shared the same way as the JWT secret.
+pub fn cache_shared_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
+    secret_or_generated(env, data_dir, "NIMBUS_CACHE_SHARED_SECRET", "cache-secret")
+}
+
+/// Whether `NIMBUS_MODE=production`: generated secrets and embedded defaults that
+/// only suit one developer's machine are refused at start-up.
+pub fn production_mode(env: &Env) -> Result<bool> {
+    match env.get("NIMBUS_MODE").unwrap_or("dev") {
+        "dev" | "development" => Ok(false),
+        "production" | "prod" => Ok(true),
+        other => Err(Error::Config {
+            variable: "NIMBUS_MODE".into(),
+            message: format!("invalid value {other:?}: expected dev or production"),
+        }),
+    }
+}
+
+fn secret_or_generated(env: &Env, data_dir: &Path, variable: &str, file: &str) -> Result<Secret> {
+    if let Some(secret) = env.secret(variable) {
         if secret.expose().len() < 16 {
             return Err(Error::Config {
-                variable: "NIMBUS_JWT_SECRET".into(),
+                variable: variable.into(),
                 message: "must be at least 16 bytes long".into(),
             });
         }
         return Ok(secret);
     }
-    let path = data_dir.join("jwt-secret");
+    if production_mode(env)? {
+        return Err(Error::Config {
+            variable: variable.into(),
+            message: "must be set when NIMBUS_MODE=production".into(),
+        });
+    }
+    let path = data_dir.join(file);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let existing = existing.trim();
         if !existing.is_empty() {
@@ -330,7 +381,7 @@ pub fn jwt_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
     write_private_file(&path, &secret)?;
     tracing::warn!(
         path = %path.display(),
-        "NIMBUS_JWT_SECRET is not set: using a generated development secret"
+        "{variable} is not set: using a generated development secret"
     );
     // Another process may have won the race to create it: read back what is there.
     let stored = std::fs::read_to_string(&path)

@@ -5,6 +5,7 @@
 //! [`control_plane::router`] (the HTTP API over them).
 
 pub mod auth;
+pub mod cache_token;
 pub mod client;
 pub mod config;
 pub mod control_plane;

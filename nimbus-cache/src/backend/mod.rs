@@ -1,0 +1,185 @@
+//! Blob storage for cache entries: the [`CacheBackend`] trait and its backends.
+//!
+//! Everything streams: an upload is a stream of byte chunks, a download a stream
+//! back, so a 10 GiB entry never sits in memory. Writes are atomic: an object
+//! appears whole on [`put`](CacheBackend::put) / [`complete`](CacheBackend::complete)
+//! or not at all, whatever crashes in between.
+
+pub mod fs;
+#[cfg(feature = "s3")]
+pub mod s3;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+
+/// A stream of body chunks. Errors are I/O errors (a client that went away).
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A stored object's description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub last_modified_millis: i64,
+}
+
+/// What a completed write stored: its size and the sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A byte range of an object, `start..end` (end exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// An object being read: its total size and the (possibly ranged) body.
+pub struct ObjectReader {
+    pub size: u64,
+    pub body: ByteStream,
+}
+
+/// Where cache blobs live. Implementations: [`fs::FsBackend`] (embedded default),
+/// `s3::S3Backend` (feature `s3`); tests and embedders can bring their own (see the
+/// `testsuite` feature for the shared test suite every backend passes).
+#[async_trait]
+pub trait CacheBackend: Send + Sync + 'static {
+    /// A short name for logs and metrics (`fs`, `s3`, …).
+    fn name(&self) -> &'static str;
+
+    /// Stores `body` under `key`, replacing what was there, atomically.
+    async fn put(&self, key: &str, body: ByteStream) -> Result<StoredObject>;
+
+    /// Reads `key`, whole or `range` of it (clamped to the object's end).
+    /// A missing object is [`Error::NotFound`](crate::Error::NotFound).
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<ObjectReader>;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+
+    /// Removes `key`; removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Stages one part of upload `upload` (parts arrive in any order, in parallel).
+    /// Staged parts are invisible to `get`/`list`; the same `part` again replaces it.
+    async fn put_part(&self, upload: &str, part: &str, body: ByteStream) -> Result<u64>;
+
+    /// Joins the staged `parts` of `upload`, in the order given, into object `key`
+    /// (atomically) and drops the staging area.
+    async fn complete(&self, upload: &str, parts: &[String], key: &str) -> Result<StoredObject>;
+
+    /// Drops an upload's staged parts; dropping an unknown upload is not an error.
+    async fn abort(&self, upload: &str) -> Result<()>;
+
+    /// Uploads with staged parts (to clean up after a crash).
+    async fn list_uploads(&self) -> Result<Vec<String>>;
+}
+
+/// Reads a whole object into memory: for tests and small objects only.
+pub async fn read_to_vec(
+    backend: &dyn CacheBackend,
+    key: &str,
+    range: Option<ByteRange>,
+) -> Result<Vec<u8>> {
+    let mut reader = backend.get(key, range).await?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = reader.body.next().await {
+        bytes.extend_from_slice(&chunk?);
+    }
+    Ok(bytes)
+}
+
+/// A body from bytes in memory.
+pub fn bytes_stream(bytes: impl Into<Bytes>) -> ByteStream {
+    let bytes: Bytes = bytes.into();
+    Box::pin(futures::stream::once(async move { Ok(bytes) }))
+}
+
+/// sha256 and length of a stream as it passes through.
+#[derive(Default)]
+pub(crate) struct Hashing {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Hashing {
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    pub(crate) fn finish(self) -> StoredObject {
+        StoredObject {
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
+    }
+}
+
+/// Refuses keys that could escape a backend's namespace or mean different things
+/// to different stores.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    let valid = !key.is_empty()
+        && key.len() <= 1024
+        && !key.starts_with('/')
+        && !key.ends_with('/')
+        && key
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+        && key.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '=' | '+' | '%')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidInput(format!(
+            "invalid object key {key:?}"
+        )))
+    }
+}
+
+/// Upload and part names are single path segments of a restricted alphabet.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    if !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != ".."
+    {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidInput(format!(
+            "invalid {what} name {name:?}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_could_escape_are_refused() {
+        for bad in ["", "/abs", "a/../b", "a//b", "a/", "..", "a b", "a\nb"] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "org-1/entries/42", "x.y_z-1/=+%"] {
+            assert!(check_key(good).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! [`Cache`]: entries over a [`CacheBackend`] and a [`CacheIndex`], the one place
+//! the rules live (scopes, reservation, parts, commit checks, budgets, hits).
+//! The Actions cache v1 and v2 protocols and the artifact API are thin adapters
+//! over it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use nimbus_core::cache_token::CacheScope;
+use nimbus_core::OrgId;
+
+use crate::backend::{ByteRange, ByteStream, CacheBackend, ObjectReader};
+use crate::error::{Error, Result};
+use crate::index::{CacheIndex, Entry, EntryState, NewEntry, Part};
+use crate::metrics::Metrics;
+
+/// Longest cache key, as GitHub's.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Longest version string (a sha256 hex is 64).
+const MAX_VERSION_BYTES: usize = 512;
+
+/// Byte limits applied to uploads (eviction enforces the same budgets over time).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// No single entry may be larger (the smaller of the org and global budgets).
+    pub max_entry_bytes: u64,
+}
+
+/// How the parts of an upload are put in order at commit.
+#[derive(Debug, Clone)]
+pub enum PartOrder {
+    /// By their byte offsets, which must tile `0..size` exactly (v1 Content-Range).
+    ByOffset { size: u64 },
+    /// In the order given (a blob block list).
+    Listed(Vec<String>),
+}
+
+/// The cache service shared by every protocol.
+#[derive(Clone)]
+pub struct Cache {
+    pub backend: Arc<dyn CacheBackend>,
+    pub index: CacheIndex,
+    pub metrics: Metrics,
+    pub limits: Limits,
+}
+
+/// Checks a key as GitHub does: 1 to 512 bytes, no commas (v1 lists keys with them).
+pub fn check_cache_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidInput("the cache key is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the cache key is {} bytes long; at most {MAX_KEY_BYTES} are allowed",
+            key.len()
+        )));
+    }
+    if key.contains(',') {
+        return Err(Error::InvalidInput(
+            "a cache key cannot contain commas".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_version(version: &str) -> Result<()> {
+    if version.len() > MAX_VERSION_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the cache version is longer than {MAX_VERSION_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn require_write(scope: &CacheScope) -> Result<()> {
+    if scope.can_write() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(
+            "this cache token is read-only: it cannot save entries".into(),
+        ))
+    }
+}
+
+/// A body that fails once more than `limit` bytes went through; `exceeded` tells why.
+fn limited(
+    body: ByteStream,
+    limit: u64,
+    counted: Arc<AtomicU64>,
+    exceeded: Arc<AtomicBool>,
+) -> ByteStream {
+    Box::pin(body.map(move |chunk| {
+        let chunk = chunk?;
+        let total = counted.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        if total > limit {
+            exceeded.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("body over the cache budget"));
+        }
+        Ok(chunk)
+    }))
+}
+
+impl Cache {
+    /// Reserves `key`/`version` in the token's scope for an upload.
+    /// `replace` lets a new upload supersede a committed entry on commit (the
+    /// artifact API); the Actions protocols refuse to overwrite, as GitHub does.
+    pub async fn reserve(
+        &self,
+        scope: &CacheScope,
+        key: &str,
+        version: &str,
+        expected_size: Option<u64>,
+        replace: bool,
+    ) -> Result<Entry> {
+        require_write(scope)?;
+        check_cache_key(key)?;
+        check_version(version)?;
+        if let Some(size) = expected_size {
+            self.check_budget(size)?;
+        }
+        self.index
+            .reserve(
+                &NewEntry {
+                    org_id: scope.org_id,
+                    repo: &scope.repo,
+                    git_ref: &scope.git_ref,
+                    key,
+                    version,
+                    expected_size,
+                },
+                replace,
+            )
+            .await
+    }
+
+    fn check_budget(&self, size: u64) -> Result<()> {
+        if size > self.limits.max_entry_bytes {
+            return Err(Error::TooLarge(format!(
+                "{size} bytes is over the cache budget of {} bytes",
+                self.limits.max_entry_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The pending upload `id` if it belongs to the token's scope; anything else is
+    /// "not found", so one org cannot probe another's ids.
+    pub async fn pending(&self, scope: &CacheScope, id: i64) -> Result<Entry> {
+        require_write(scope)?;
+        match self.index.get(id).await? {
+            Some(entry)
+                if entry.state == EntryState::Pending
+                    && entry.org_id == scope.org_id
+                    && entry.repo == scope.repo
+                    && entry.git_ref == scope.git_ref =>
+            {
+                Ok(entry)
+            }
+            _ => Err(Error::NotFound(format!("cache upload {id}"))),
+        }
+    }
+
+    /// The entry `id` whatever its scope: for links the proxy signed itself.
+    pub async fn entry(&self, id: i64) -> Result<Entry> {
+        self.index
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("cache entry {id}")))
+    }
+
+    /// Stages one part of `entry`. Any failure (client gone, over budget, backend)
+    /// discards the whole upload: a half-uploaded entry is never committed.
+    pub async fn upload_part(&self, entry: &Entry, part: Part, body: ByteStream) -> Result<u64> {
+        if let Some(start) = part.start {
+            let end = start.saturating_add(part.size);
+            self.check_budget(end)?;
+            if let Some(expected) = entry.expected_size {
+                if end > expected {
+                    self.discard(entry).await;
+                    return Err(Error::InvalidInput(format!(
+                        "bytes {start}-{} lie beyond the announced size of {expected} bytes",
+                        end.saturating_sub(1)
+                    )));
+                }
+            }
+            // Early answer for overlaps; commit checks again (uploads run in parallel).
+            for existing in self.index.parts(entry.id).await? {
+                if let Some(other) = existing.start {
+                    if existing.name != part.name && start < other + existing.size && other < end {
+                        self.discard(entry).await;
+                        return Err(Error::InvalidInput(format!(
+                            "bytes {start}-{} overlap bytes {other}-{} uploaded before; the upload is discarded",
+                            end.saturating_sub(1),
+                            (other + existing.size).saturating_sub(1)
+                        )));
+                    }
+                }
+            }
+        }
+        let counted = Arc::new(AtomicU64::new(0));
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = limited(
+            body,
+            self.limits.max_entry_bytes,
+            counted.clone(),
+            exceeded.clone(),
+        );
+        let written = self
+            .backend
+            .put_part(&entry.upload_id, &part.name, body)
+            .await;
+        let size = match written {
+            Ok(size) => size,
+            Err(error) => {
+                self.discard(entry).await;
+                return Err(if exceeded.load(Ordering::Relaxed) {
+                    Error::TooLarge(format!(
+                        "the upload is over the cache budget of {} bytes; it is discarded",
+                        self.limits.max_entry_bytes
+                    ))
+                } else {
+                    error
+                });
+            }
+        };
+        if part.start.is_some() && size != part.size {
+            self.discard(entry).await;
+            return Err(Error::InvalidInput(format!(
+                "Content-Range announced {} bytes but the body had {size}; the upload is discarded",
+                part.size
+            )));
+        }
+        self.metrics.bytes_uploaded.inc_by(size);
+        self.index
+            .add_part(
+                entry.id,
+                &Part {
+                    name: part.name,
+                    start: part.start,
+                    size,
+                },
+            )
+            .await?;
+        Ok(size)
+    }
+
+    /// Stores a whole body as `entry` and commits it (single-shot uploads).
+    pub async fn upload_whole(
+        &self,
+        entry: &Entry,
+        body: ByteStream,
+        expected_size: Option<u64>,
+        replace: bool,
+    ) -> Result<Entry> {
+        let counted = Arc::new(AtomicU64::new(0));
+        let exceeded = Arc::new(AtomicBool::new(false));
+        if let Some(size) = expected_size {
+            if let Err(error) = self.check_budget(size) {
+                self.discard(entry).await;
+                return Err(error);
+            }
+        }
+        let body = limited(
+            body,
+            self.limits.max_entry_bytes,
+            counted.clone(),
+            exceeded.clone(),
+        );
+        let stored = match self.backend.put(&entry.blob_key, body).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.discard(entry).await;
+                return Err(if exceeded.load(Ordering::Relaxed) {
+                    Error::TooLarge(format!(
+                        "the upload is over the cache budget of {} bytes; it is discarded",
+                        self.limits.max_entry_bytes
+                    ))
+                } else {
+                    error
+                });
+            }
+        };
+        self.metrics.bytes_uploaded.inc_by(stored.size);
+        if let Some(expected) = expected_size {
+            if stored.size != expected {
+                let _ = self.backend.delete(&entry.blob_key).await;
+                self.discard(entry).await;
+                return Err(Error::InvalidInput(format!(
+                    "Content-Length said {expected} bytes but {} arrived; the upload is discarded",
+                    stored.size
+                )));
+            }
+        }
+        self.finish_commit(entry, stored.size, &stored.sha256, replace)
+            .await
+    }
+
+    /// Joins the staged parts of `entry` and commits it. Gaps, overlaps, a size
+    /// other than announced or missing parts discard the upload with a clear error.
+    pub async fn commit(&self, entry: &Entry, order: PartOrder, replace: bool) -> Result<Entry> {
+        let parts = self.index.parts(entry.id).await?;
+        let names = match self.order_parts(entry, &parts, &order) {
+            Ok(names) => names,
+            Err(error) => {
+                self.discard(entry).await;
+                return Err(error);
+            }
+        };
+        let stored = match self
+            .backend
+            .complete(&entry.upload_id, &names, &entry.blob_key)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.discard(entry).await;
+                return Err(error);
+            }
+        };
+        if let PartOrder::ByOffset { size } = order {
+            if stored.size != size {
+                let _ = self.backend.delete(&entry.blob_key).await;
+                self.discard(entry).await;
+                return Err(Error::InvalidInput(format!(
+                    "commit says {size} bytes but {} were stored",
+                    stored.size
+                )));
+            }
+        }
+        self.finish_commit(entry, stored.size, &stored.sha256, replace)
+            .await
+    }
+
+    fn order_parts(&self, entry: &Entry, parts: &[Part], order: &PartOrder) -> Result<Vec<String>> {
+        match order {
+            PartOrder::ByOffset { size } => {
+                if let Some(expected) = entry.expected_size {
+                    if expected != *size {
+                        return Err(Error::InvalidInput(format!(
+                            "commit says {size} bytes but {expected} were reserved; the upload is discarded"
+                        )));
+                    }
+                }
+                let mut offset = 0u64;
+                let mut names = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let Some(start) = part.start else {
+                        return Err(Error::InvalidInput(format!(
+                            "part {:?} has no byte offset",
+                            part.name
+                        )));
+                    };
+                    if start > offset {
+                        return Err(Error::InvalidInput(format!(
+                            "bytes {offset}-{} were never uploaded; the upload is discarded",
+                            start - 1
+                        )));
+                    }
+                    if start < offset {
+                        return Err(Error::InvalidInput(format!(
+                            "uploaded ranges overlap at byte {start}; the upload is discarded"
+                        )));
+                    }
+                    offset = start + part.size;
+                    names.push(part.name.clone());
+                }
+                if offset != *size {
+                    return Err(Error::InvalidInput(format!(
+                        "commit says {size} bytes but {offset} were uploaded; the upload is discarded"
+                    )));
+                }
+                Ok(names)
+            }
+            PartOrder::Listed(names) => {
+                for name in names {
+                    if !parts.iter().any(|part| &part.name == name) {
+                        return Err(Error::InvalidInput(format!(
+                            "block {name:?} in the block list was never uploaded; the upload is discarded"
+                        )));
+                    }
+                }
+                Ok(names.clone())
+            }
+        }
+    }
+
+    async fn finish_commit(
+        &self,
+        entry: &Entry,
+        size: u64,
+        sha256: &str,
+        replace: bool,
+    ) -> Result<Entry> {
+        if let Err(error) = self.check_budget(size) {
+            let _ = self.backend.delete(&entry.blob_key).await;
+            self.discard(entry).await;
+            return Err(error);
+        }
+        match self.index.commit(entry.id, size, sha256, replace).await {
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    if let Err(error) = self.backend.delete(&old.blob_key).await {
+                        tracing::warn!(%error, blob = old.blob_key, "removing a replaced cache blob failed");
+                    }
+                }
+            }
+            Err(error) => {
+                let _ = self.backend.delete(&entry.blob_key).await;
+                self.discard(entry).await;
+                return Err(error);
+            }
+        }
+        self.entry(entry.id).await
+    }
+
+    /// Drops a pending upload: its staged parts and its index row.
+    pub async fn discard(&self, entry: &Entry) {
+        self.metrics.uploads_discarded.inc();
+        if let Err(error) = self.backend.abort(&entry.upload_id).await {
+            tracing::warn!(%error, upload = entry.upload_id, "dropping staged parts failed");
+        }
+        if let Err(error) = self.index.remove(entry.id).await {
+            tracing::warn!(%error, entry = entry.id, "dropping a pending entry failed");
+        }
+    }
+
+    /// Finds the entry a restore gets (the ref, then the default branch; exact key
+    /// first, then `restore_keys` by prefix), counting the hit or miss.
+    pub async fn lookup(
+        &self,
+        scope: &CacheScope,
+        key: &str,
+        restore_keys: &[&str],
+        version: &str,
+    ) -> Result<Option<Entry>> {
+        check_cache_key(key)?;
+        for restore_key in restore_keys {
+            check_cache_key(restore_key)?;
+        }
+        check_version(version)?;
+        let mut keys = vec![key];
+        keys.extend_from_slice(restore_keys);
+        let found = self
+            .index
+            .lookup(
+                scope.org_id,
+                &scope.repo,
+                &scope.restore_refs(),
+                &keys,
+                version,
+            )
+            .await?;
+        match &found {
+            Some(entry) => {
+                self.metrics.hits.inc();
+                self.index.record_hit(entry).await?;
+            }
+            None => {
+                self.metrics.misses.inc();
+                self.index.record_miss(scope.org_id).await?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Opens a committed entry's bytes (ranged when asked).
+    pub async fn open(&self, entry: &Entry, range: Option<ByteRange>) -> Result<ObjectReader> {
+        if entry.state != EntryState::Committed {
+            return Err(Error::NotFound(format!("cache entry {}", entry.id)));
+        }
+        self.backend.get(&entry.blob_key, range).await
+    }
+
+    /// Removes a committed entry of the token's scope.
+    pub async fn delete(&self, scope: &CacheScope, key: &str, version: &str) -> Result<()> {
+        require_write(scope)?;
+        check_cache_key(key)?;
+        let entry = self
+            .index
+            .lookup(
+                scope.org_id,
+                &scope.repo,
+                &[scope.git_ref.as_str()],
+                &[key],
+                version,
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("cache entry {key:?}")))?;
+        self.remove_entry(&entry).await
+    }
+
+    /// Drops an entry from the index, then its blob (a crash in between leaves an
+    /// orphan blob, which the scrub removes, never an entry without bytes).
+    pub async fn remove_entry(&self, entry: &Entry) -> Result<()> {
+        self.index.remove(entry.id).await?;
+        self.backend.delete(&entry.blob_key).await
+    }
+
+    pub async fn usage(&self, org: Option<OrgId>) -> Result<Vec<crate::index::OrgUsage>> {
+        self.index.usage(org).await
+    }
+}

@@ -1,0 +1,254 @@
+//! Configuration of the cache proxy, from `NIMBUS_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nimbus_core::config::{cache_shared_secret, jwt_secret, production_mode, Secret};
+use nimbus_core::Env;
+
+use crate::error::{Error, Result};
+use crate::maintenance::Budgets;
+
+/// Where blobs live.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    Fs { root: PathBuf },
+    S3(S3Config),
+}
+
+/// An S3-compatible bucket (`NIMBUS_CACHE_S3_*`).
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Prepended to every object key, e.g. `nimbus-cache/`.
+    pub prefix: String,
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub backend: BackendConfig,
+    /// `NIMBUS_CACHE_METRICS_DB`: SQLite path or PostgreSQL URL of the index.
+    pub index_url: String,
+    pub shared_secret: Secret,
+    pub jwt_secret: Secret,
+    pub metrics_token: Option<Secret>,
+    /// Base of the upload/download links handed to clients; `None` uses the
+    /// request's `Host`.
+    pub public_url: Option<String>,
+    pub budgets: Budgets,
+    pub eviction_interval: Duration,
+    pub scrub_interval: Duration,
+    /// How long upload/download links stay valid.
+    pub link_ttl: Duration,
+}
+
+fn config_error(variable: &str, message: impl Into<String>) -> Error {
+    Error::Config {
+        variable: variable.into(),
+        message: message.into(),
+    }
+}
+
+/// A byte count: a plain number, or with a unit (`10GiB`, `500MB`, `1TiB`).
+pub fn parse_bytes(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    let bytes = number * multiplier;
+    (bytes.is_finite() && (1.0..1.8e19).contains(&bytes)).then_some(bytes as u64)
+}
+
+fn bytes_var(env: &Env, name: &str) -> Result<Option<u64>> {
+    match env.get(name) {
+        None => Ok(None),
+        Some(raw) => parse_bytes(raw).map(Some).ok_or_else(|| {
+            config_error(
+                name,
+                format!(
+                    "invalid value {raw:?}: expected a byte count such as 10737418240 or 10GiB"
+                ),
+            )
+        }),
+    }
+}
+
+impl ProxyConfig {
+    pub fn from_env(env: &Env) -> Result<Self> {
+        let data_dir = env.data_dir();
+        let production = production_mode(env)?;
+        let listen = env.parse_or(
+            "NIMBUS_CACHE_PROXY_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 8001)),
+        )?;
+        let backend = match env.get("NIMBUS_CACHE_BACKEND").unwrap_or("fs") {
+            "fs" => BackendConfig::Fs {
+                root: env
+                    .get("NIMBUS_CACHE_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| data_dir.join("cache")),
+            },
+            "s3" => {
+                let bucket = env.get("NIMBUS_CACHE_S3_BUCKET").ok_or_else(|| {
+                    config_error(
+                        "NIMBUS_CACHE_S3_BUCKET",
+                        "must be set for NIMBUS_CACHE_BACKEND=s3",
+                    )
+                })?;
+                let mut prefix = env.get("NIMBUS_CACHE_S3_PREFIX").unwrap_or("").to_string();
+                if !prefix.is_empty() && !prefix.ends_with('/') {
+                    prefix.push('/');
+                }
+                BackendConfig::S3(S3Config {
+                    bucket: bucket.to_string(),
+                    endpoint: env.get("NIMBUS_CACHE_S3_ENDPOINT").map(str::to_string),
+                    region: env
+                        .get("NIMBUS_CACHE_S3_REGION")
+                        .unwrap_or("us-east-1")
+                        .to_string(),
+                    prefix,
+                    path_style: env.parse_or("NIMBUS_CACHE_S3_PATH_STYLE", false)?,
+                    access_key_id: env.get("NIMBUS_CACHE_S3_ACCESS_KEY_ID").map(str::to_string),
+                    secret_access_key: env.secret("NIMBUS_CACHE_S3_SECRET_ACCESS_KEY"),
+                })
+            }
+            other => {
+                return Err(config_error(
+                    "NIMBUS_CACHE_BACKEND",
+                    format!("invalid value {other:?}: expected fs or s3"),
+                ))
+            }
+        };
+        let index_url =
+            match env.get("NIMBUS_CACHE_METRICS_DB") {
+                Some(url) => url.to_string(),
+                None if production => return Err(config_error(
+                    "NIMBUS_CACHE_METRICS_DB",
+                    "must be set when NIMBUS_MODE=production (a SQLite path or a postgres:// URL)",
+                )),
+                None => data_dir.join("cache-index.db").display().to_string(),
+            };
+        let max_idle_days: u32 = env.parse_or("NIMBUS_CACHE_MAX_IDLE_DAYS", 7)?;
+        if max_idle_days == 0 {
+            return Err(config_error(
+                "NIMBUS_CACHE_MAX_IDLE_DAYS",
+                "must be at least 1",
+            ));
+        }
+        let public_url = env
+            .get("NIMBUS_CACHE_PUBLIC_URL")
+            .map(|url| url.trim_end_matches('/').to_string());
+        if let Some(url) = &public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(config_error(
+                    "NIMBUS_CACHE_PUBLIC_URL",
+                    format!("invalid value {url:?}: expected an http:// or https:// URL"),
+                ));
+            }
+        }
+        Ok(ProxyConfig {
+            listen,
+            backend,
+            index_url,
+            shared_secret: cache_shared_secret(env, &data_dir)?,
+            jwt_secret: jwt_secret(env, &data_dir)?,
+            metrics_token: env.secret("NIMBUS_CACHE_PROXY_METRICS_TOKEN"),
+            public_url,
+            budgets: Budgets {
+                global_bytes: bytes_var(env, "NIMBUS_CACHE_MAX_BYTES")?,
+                org_bytes: Some(
+                    bytes_var(env, "NIMBUS_CACHE_ORG_MAX_BYTES")?.unwrap_or(10 * (1 << 30)),
+                ),
+                max_idle: Duration::from_secs(u64::from(max_idle_days) * 86_400),
+                upload_ttl: env.seconds_or("NIMBUS_CACHE_UPLOAD_TTL", Duration::from_secs(3600))?,
+            },
+            eviction_interval: env
+                .seconds_or("NIMBUS_CACHE_EVICTION_INTERVAL", Duration::from_secs(60))?,
+            scrub_interval: env
+                .seconds_or("NIMBUS_CACHE_SCRUB_INTERVAL", Duration::from_secs(6 * 3600))?,
+            link_ttl: Duration::from_secs(6 * 3600),
+        })
+    }
+
+    /// The largest single entry the budgets allow.
+    pub fn max_entry_bytes(&self) -> u64 {
+        [self.budgets.global_bytes, self.budgets.org_bytes]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_take_units() {
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("10GiB"), Some(10 * (1 << 30)));
+        assert_eq!(parse_bytes("1.5 MB"), Some(1_500_000));
+        assert_eq!(parse_bytes("0"), None);
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("5 parsecs"), None);
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let dir = std::env::temp_dir().join(format!("nimbus-cache-config-{}", std::process::id()));
+        let data_dir = dir.display().to_string();
+        let config =
+            ProxyConfig::from_env(&Env::from_map([("NIMBUS_DATA_DIR", data_dir.as_str())]))
+                .expect("defaults");
+        assert_eq!(config.listen.port(), 8001);
+        assert!(matches!(config.backend, BackendConfig::Fs { .. }));
+        assert_eq!(config.max_entry_bytes(), 10 * (1 << 30));
+        for (name, value) in [
+            ("NIMBUS_CACHE_BACKEND", "ftp"),
+            ("NIMBUS_CACHE_MAX_BYTES", "many"),
+            ("NIMBUS_CACHE_MAX_IDLE_DAYS", "0"),
+            ("NIMBUS_CACHE_PUBLIC_URL", "cache.example"),
+        ] {
+            let error = ProxyConfig::from_env(&Env::from_map([
+                ("NIMBUS_DATA_DIR", data_dir.as_str()),
+                (name, value),
+            ]))
+            .expect_err(name);
+            assert!(error.to_string().contains(name), "{error}");
+        }
+        let error = ProxyConfig::from_env(&Env::from_map([
+            ("NIMBUS_DATA_DIR", data_dir.as_str()),
+            ("NIMBUS_MODE", "production"),
+            ("NIMBUS_JWT_SECRET", "0123456789abcdef0123"),
+            ("NIMBUS_CACHE_SHARED_SECRET", "0123456789abcdef0123"),
+        ]))
+        .expect_err("production needs an index");
+        assert!(
+            error.to_string().contains("NIMBUS_CACHE_METRICS_DB"),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,37 @@
+//! The one place cache errors become HTTP answers: `{"error", "code", "msg"}`.
+//! `msg` repeats `error` because Twirp clients (the v2 protocol) read that field.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::error::Error;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::InvalidInput(_) | Error::Truncated(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_input")
+            }
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::Backend(_) | Error::Index(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Config { .. } | Error::Io { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "cache request failed");
+        }
+        let message = self.to_string();
+        (
+            status,
+            Json(json!({"error": message, "code": code, "msg": message})),
+        )
+            .into_response()
+    }
+}

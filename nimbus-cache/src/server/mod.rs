@@ -1,0 +1,455 @@
+//! The cache proxy service (`bins/nimbus-cache-proxy`, port 8001).
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `POST /twirp/github.actions.results.api.v1.CacheService/*` | cache token | Actions cache v2 |
+//! | `PUT /_blob/upload/{id}` (`comp=block`, `comp=blocklist`) | signed link | Azure Blob subset the v2 client uploads with |
+//! | `GET /_blob/download/{id}` | signed link | entry bytes (Range supported) |
+//! | `/_apis/artifactcache/*` | cache token | Actions cache v1 |
+//! | `PUT/GET/HEAD/DELETE /api/cache/{key}` | cache token | plain artifact API |
+//! | `GET /api/usage` | cache token (its org) or JWT | bytes, entries, hits, misses, evictions per org |
+//! | `GET /healthz`, `GET /metrics` | anyone / loopback or metrics token | |
+
+pub mod artifact;
+pub mod config;
+mod error;
+
+pub use config::{BackendConfig, ProxyConfig, S3Config};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use futures::StreamExt;
+use nimbus_core::auth::JwtKeys;
+use nimbus_core::cache_token::{CacheScope, CacheTokenKeys};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::actions::{blob, v1, v2};
+use crate::backend::{fs::FsBackend, ByteRange, ByteStream, CacheBackend};
+use crate::cache::{Cache, Limits};
+use crate::error::{Error, Result};
+use crate::index::{CacheIndex, Entry};
+use crate::metrics::Metrics;
+
+/// JSON bodies (reserve, commit, Twirp calls) are small; entry bodies stream and are
+/// bounded by the cache budget instead.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// Shared state of the proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    pub cache: Cache,
+    pub tokens: CacheTokenKeys,
+    pub jwt: JwtKeys,
+    /// Fired after commits so eviction runs while the budget is exceeded.
+    pub wake_maintenance: Arc<Notify>,
+    public_url: Option<String>,
+    link_ttl_secs: i64,
+    metrics_token: Option<nimbus_core::Secret>,
+}
+
+impl Proxy {
+    pub fn new(
+        config: &ProxyConfig,
+        backend: Arc<dyn CacheBackend>,
+        index: CacheIndex,
+    ) -> Result<Self> {
+        Ok(Proxy {
+            cache: Cache {
+                backend,
+                index,
+                metrics: Metrics::new()?,
+                limits: Limits {
+                    max_entry_bytes: config.max_entry_bytes(),
+                },
+            },
+            tokens: CacheTokenKeys::new(&config.shared_secret),
+            jwt: JwtKeys::new(&config.jwt_secret),
+            wake_maintenance: Arc::new(Notify::new()),
+            public_url: config.public_url.clone(),
+            link_ttl_secs: i64::try_from(config.link_ttl.as_secs()).unwrap_or(86_400),
+            metrics_token: config.metrics_token.clone(),
+        })
+    }
+
+    /// Base URL for links handed to clients: the configured one, else what the
+    /// client used to reach us.
+    pub(crate) fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(url) = &self.public_url {
+            return url.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')
+                    })
+            })
+            .unwrap_or("127.0.0.1:8001");
+        format!("http://{host}")
+    }
+
+    /// A link to upload or download entry `id` that needs no bearer token.
+    pub(crate) fn signed_link(&self, headers: &HeaderMap, operation: &str, id: i64) -> String {
+        let expires = time::OffsetDateTime::now_utc().unix_timestamp() + self.link_ttl_secs;
+        let signature = self.tokens.sign_url(&format!("{operation}:{id}:{expires}"));
+        format!(
+            "{}/_blob/{operation}/{id}?exp={expires}&sig={signature}",
+            self.base_url(headers)
+        )
+    }
+
+    /// Checks a signed link's expiry and signature.
+    pub(crate) fn check_link(
+        &self,
+        operation: &str,
+        id: i64,
+        expires: i64,
+        signature: &str,
+    ) -> Result<()> {
+        if expires < time::OffsetDateTime::now_utc().unix_timestamp() {
+            return Err(Error::Unauthenticated("this cache link has expired".into()));
+        }
+        if !self
+            .tokens
+            .verify_url(&format!("{operation}:{id}:{expires}"), signature)
+        {
+            return Err(Error::Unauthenticated(
+                "this cache link's signature does not verify".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The verified cache token of a request (`Authorization: Bearer nct1.…`).
+pub struct CacheAuth(pub CacheScope);
+
+impl FromRequestParts<Proxy> for CacheAuth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Proxy) -> Result<Self, Error> {
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            Error::Unauthenticated("missing Authorization: Bearer <cache token>".into())
+        })?;
+        Ok(CacheAuth(state.tokens.verify(token)?))
+    }
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// A request body as a [`ByteStream`].
+pub(crate) fn body_stream(body: Body) -> ByteStream {
+    Box::pin(
+        body.into_data_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other)),
+    )
+}
+
+/// Parses `Range: bytes=S-E | S- | -N` against an object of `size` bytes.
+/// `Ok(None)`: no (or an ignorable) Range header; `Err`: unsatisfiable.
+pub(crate) fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<ByteRange>, ()> {
+    let Some(raw) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = raw.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None); // multipart ranges: answer the whole object, as allowed
+    }
+    let Some((start, end)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size)
+        }
+        (start, "") => (start.parse().map_err(|_| ())?, size),
+        (start, end) => {
+            let start: u64 = start.parse().map_err(|_| ())?;
+            let end: u64 = end.parse().map_err(|_| ())?;
+            if end < start {
+                return Err(());
+            }
+            (start, end.saturating_add(1).min(size))
+        }
+    };
+    if start >= size {
+        return Err(());
+    }
+    Ok(Some(ByteRange { start, end }))
+}
+
+/// Streams a committed entry, honouring `Range`; `head_only` sends headers alone.
+pub(crate) async fn serve_entry(
+    state: &Proxy,
+    entry: &Entry,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Response> {
+    let range = match parse_range(headers, entry.size) {
+        Ok(range) => range,
+        Err(()) => {
+            let mut response = Error::InvalidInput(format!(
+                "the requested range is outside the entry's {} bytes",
+                entry.size
+            ))
+            .into_response();
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", entry.size)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let (status, length) = match range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
+        None => (StatusCode::OK, entry.size),
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(
+            header::ETAG,
+            format!("\"{}\"", entry.sha256.as_deref().unwrap_or("")),
+        )
+        .header("x-ms-blob-type", "BlockBlob");
+    if let Some(r) = range {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!(
+                "bytes {}-{}/{}",
+                r.start,
+                r.end.saturating_sub(1),
+                entry.size
+            ),
+        );
+    }
+    let body = if head_only {
+        Body::empty()
+    } else {
+        let reader = state.cache.open(entry, range).await?;
+        let downloaded = state.cache.metrics.bytes_downloaded.clone();
+        Body::from_stream(reader.body.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                downloaded.inc_by(chunk.len() as u64);
+            }
+        }))
+    };
+    builder
+        .body(body)
+        .map_err(|e| Error::Backend(format!("building a response: {e}")))
+}
+
+pub fn router(state: Proxy) -> Router {
+    Router::new()
+        .route(
+            "/twirp/github.actions.results.api.v1.CacheService/{method}",
+            post(v2::twirp),
+        )
+        .route("/_blob/upload/{id}", put(blob::upload))
+        .route("/_blob/download/{id}", get(blob::download))
+        .route("/_apis/artifactcache/cache", get(v1::lookup))
+        .route(
+            "/_apis/artifactcache/caches",
+            get(v1::list).post(v1::reserve),
+        )
+        .route(
+            "/_apis/artifactcache/caches/{id}",
+            axum::routing::patch(v1::upload_chunk).post(v1::commit),
+        )
+        .route(
+            "/api/cache/{*key}",
+            put(artifact::put)
+                .get(artifact::get)
+                .head(artifact::head)
+                .delete(artifact::delete),
+        )
+        .route("/api/usage", get(artifact::usage))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_endpoint))
+        .fallback(|| async { Error::NotFound("route".into()) })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<Proxy>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.cache.metrics;
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    metrics
+        .request_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `/metrics`: open to loopback peers; others need the metrics token.
+async fn metrics_endpoint(State(state): State<Proxy>, request: Request) -> Response {
+    let loopback = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip().is_loopback())
+        .unwrap_or(false);
+    if !loopback {
+        let allowed = matches!((&state.metrics_token, bearer(request.headers())), (Some(token), Some(given)) if token.expose() == given);
+        if !allowed {
+            return Error::Forbidden(
+                "metrics need Authorization: Bearer $NIMBUS_CACHE_PROXY_METRICS_TOKEN from non-loopback peers".into(),
+            )
+            .into_response();
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.cache.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Opens the configured backend.
+pub async fn open_backend(config: &ProxyConfig) -> Result<Arc<dyn CacheBackend>> {
+    match &config.backend {
+        BackendConfig::Fs { root } => Ok(Arc::new(FsBackend::open(root.clone())?)),
+        #[cfg(feature = "s3")]
+        BackendConfig::S3(s3) => Ok(Arc::new(crate::backend::s3::S3Backend::connect(s3).await?)),
+        #[cfg(not(feature = "s3"))]
+        BackendConfig::S3(_) => Err(Error::Config {
+            variable: "NIMBUS_CACHE_BACKEND".into(),
+            message: "this build has no S3 support (feature `s3`)".into(),
+        }),
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, with maintenance in the background.
+pub async fn serve(
+    config: &ProxyConfig,
+    state: Proxy,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let maintenance = tokio::spawn(crate::maintenance::run(
+        state.cache.clone(),
+        config.budgets,
+        config.eviction_interval,
+        config.scrub_interval,
+        state.wake_maintenance.clone(),
+    ));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Io {
+            context: "serving HTTP".into(),
+            source,
+        });
+    maintenance.abort();
+    result
+}
+
+/// Opens backend and index, binds the address and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: ProxyConfig) -> Result<()> {
+    let backend = open_backend(&config).await?;
+    let index = CacheIndex::open(&config.index_url).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("binding {}", config.listen),
+            source,
+        })?;
+    tracing::info!(address = %config.listen, backend = backend.name(), "nimbus-cache-proxy listening");
+    let state = Proxy::new(&config, backend, index)?;
+    serve(
+        &config,
+        state,
+        listener,
+        nimbus_core::control_plane::shutdown_signal(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(value: &str, size: u64) -> Result<Option<ByteRange>, ()> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_str(value).expect("header"));
+        parse_range(&headers, size)
+    }
+
+    #[test]
+    fn ranges_are_parsed_and_clamped() {
+        assert_eq!(
+            range("bytes=0-9", 100),
+            Ok(Some(ByteRange { start: 0, end: 10 }))
+        );
+        assert_eq!(
+            range("bytes=90-", 100),
+            Ok(Some(ByteRange {
+                start: 90,
+                end: 100
+            }))
+        );
+        assert_eq!(
+            range("bytes=-5", 100),
+            Ok(Some(ByteRange {
+                start: 95,
+                end: 100
+            }))
+        );
+        assert_eq!(
+            range("bytes=50-500", 100),
+            Ok(Some(ByteRange {
+                start: 50,
+                end: 100
+            }))
+        );
+        assert_eq!(range("bytes=100-", 100), Err(()));
+        assert_eq!(range("bytes=9-3", 100), Err(()));
+        assert_eq!(range("bytes=x-3", 100), Err(()));
+        assert_eq!(range("items=0-3", 100), Ok(None));
+    }
+}

@@ -1,0 +1,344 @@
+//! The shared [`CacheBackend`](crate::CacheBackend) test suite: every backend
+//! (and an embedder's own) must pass it. Use [`cache_backend_test_suite!`].
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::backend::{
+    bytes_stream, read_to_vec, ByteRange, ByteStream, CacheBackend, ObjectMeta, ObjectReader,
+    StoredObject,
+};
+use crate::error::{Error, Result};
+
+/// A backend whose every call fails: what a suite runs against when its real
+/// service is missing outside CI (each case then returns early).
+pub struct Unavailable;
+
+#[async_trait]
+impl CacheBackend for Unavailable {
+    fn name(&self) -> &'static str {
+        "unavailable"
+    }
+    async fn put(&self, _: &str, _: ByteStream) -> Result<StoredObject> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn get(&self, _: &str, _: Option<ByteRange>) -> Result<ObjectReader> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn head(&self, _: &str) -> Result<Option<ObjectMeta>> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn delete(&self, _: &str) -> Result<()> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn list(&self, _: &str) -> Result<Vec<ObjectMeta>> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn put_part(&self, _: &str, _: &str, _: ByteStream) -> Result<u64> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn complete(&self, _: &str, _: &[String], _: &str) -> Result<StoredObject> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn abort(&self, _: &str) -> Result<()> {
+        Err(Error::Backend("unavailable".into()))
+    }
+    async fn list_uploads(&self) -> Result<Vec<String>> {
+        Err(Error::Backend("unavailable".into()))
+    }
+}
+
+/// A body of `chunks` pieces that fails with an I/O error at the end, like a
+/// client killed mid-upload.
+pub fn truncated_stream(chunks: Vec<Bytes>) -> ByteStream {
+    Box::pin(
+        futures::stream::iter(chunks.into_iter().map(Ok)).chain(futures::stream::once(async {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "client went away",
+            ))
+        })),
+    )
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+pub async fn put_get_head_delete(backend: &dyn CacheBackend) {
+    let data = pattern(300_000, 1);
+    let stored = backend
+        .put("suite/a/object", bytes_stream(data.clone()))
+        .await
+        .expect("put");
+    assert_eq!(stored.size, data.len() as u64);
+    assert_eq!(
+        stored.sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))
+    );
+    assert_eq!(
+        read_to_vec(backend, "suite/a/object", None)
+            .await
+            .expect("get"),
+        data
+    );
+    let head = backend
+        .head("suite/a/object")
+        .await
+        .expect("head")
+        .expect("exists");
+    assert_eq!(head.size, data.len() as u64);
+    backend.delete("suite/a/object").await.expect("delete");
+    assert!(backend
+        .head("suite/a/object")
+        .await
+        .expect("head")
+        .is_none());
+    backend
+        .delete("suite/a/object")
+        .await
+        .expect("deleting twice is fine");
+    assert!(matches!(
+        backend.get("suite/a/object", None).await.err(),
+        Some(Error::NotFound(_))
+    ));
+}
+
+pub async fn ranged_reads(backend: &dyn CacheBackend) {
+    let data = pattern(10_000, 2);
+    backend
+        .put("suite/ranged", bytes_stream(data.clone()))
+        .await
+        .expect("put");
+    let part = read_to_vec(
+        backend,
+        "suite/ranged",
+        Some(ByteRange {
+            start: 100,
+            end: 250,
+        }),
+    )
+    .await
+    .expect("range");
+    assert_eq!(part, &data[100..250]);
+    let tail = read_to_vec(
+        backend,
+        "suite/ranged",
+        Some(ByteRange {
+            start: 9_990,
+            end: 20_000,
+        }),
+    )
+    .await
+    .expect("clamped");
+    assert_eq!(tail, &data[9_990..]);
+    let reader = backend
+        .get("suite/ranged", Some(ByteRange { start: 5, end: 6 }))
+        .await
+        .expect("range");
+    assert_eq!(reader.size, 10_000, "size is the whole object's");
+    backend.delete("suite/ranged").await.expect("delete");
+}
+
+pub async fn list_by_prefix(backend: &dyn CacheBackend) {
+    for key in [
+        "suite/list/b",
+        "suite/list/a",
+        "suite/list/sub/c",
+        "suite/other",
+    ] {
+        backend
+            .put(key, bytes_stream(Bytes::from_static(b"x")))
+            .await
+            .expect("put");
+    }
+    let keys: Vec<String> = backend
+        .list("suite/list/")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["suite/list/a", "suite/list/b", "suite/list/sub/c"]);
+    for key in [
+        "suite/list/b",
+        "suite/list/a",
+        "suite/list/sub/c",
+        "suite/other",
+    ] {
+        backend.delete(key).await.expect("delete");
+    }
+}
+
+pub async fn staged_upload_joins_parts_in_the_given_order(backend: &dyn CacheBackend) {
+    let first = pattern(70_000, 3);
+    let second = pattern(50_000, 4);
+    // Parts arrive out of order; the list puts them right.
+    backend
+        .put_part("upload1", "p2", bytes_stream(second.clone()))
+        .await
+        .expect("p2");
+    backend
+        .put_part("upload1", "p1", bytes_stream(first.clone()))
+        .await
+        .expect("p1");
+    assert!(
+        backend.head("suite/staged").await.expect("head").is_none(),
+        "invisible before commit"
+    );
+    assert!(backend
+        .list_uploads()
+        .await
+        .expect("uploads")
+        .contains(&"upload1".to_string()));
+    let stored = backend
+        .complete(
+            "upload1",
+            &["p1".to_string(), "p2".to_string()],
+            "suite/staged",
+        )
+        .await
+        .expect("complete");
+    let mut expected = first;
+    expected.extend_from_slice(&second);
+    assert_eq!(stored.size, expected.len() as u64);
+    assert_eq!(
+        read_to_vec(backend, "suite/staged", None)
+            .await
+            .expect("get"),
+        expected
+    );
+    assert!(!backend
+        .list_uploads()
+        .await
+        .expect("uploads")
+        .contains(&"upload1".to_string()));
+    backend.delete("suite/staged").await.expect("delete");
+}
+
+pub async fn interrupted_writes_leave_nothing(backend: &dyn CacheBackend) {
+    backend
+        .put("suite/keep", bytes_stream(Bytes::from_static(b"old")))
+        .await
+        .expect("put");
+    let result = backend
+        .put(
+            "suite/keep",
+            truncated_stream(vec![Bytes::from(pattern(100_000, 5))]),
+        )
+        .await;
+    assert!(result.is_err(), "a truncated body is an error");
+    assert_eq!(
+        read_to_vec(backend, "suite/keep", None)
+            .await
+            .expect("old object"),
+        b"old",
+        "the previous object is untouched"
+    );
+    let result = backend
+        .put(
+            "suite/never",
+            truncated_stream(vec![Bytes::from_static(b"half")]),
+        )
+        .await;
+    assert!(result.is_err());
+    assert!(backend.head("suite/never").await.expect("head").is_none());
+    backend
+        .put_part("upload2", "p1", bytes_stream(Bytes::from_static(b"x")))
+        .await
+        .expect("part");
+    backend.abort("upload2").await.expect("abort");
+    backend.abort("upload2").await.expect("abort twice");
+    assert!(backend
+        .complete("upload2", &["p1".to_string()], "suite/x")
+        .await
+        .is_err());
+    assert!(backend.head("suite/x").await.expect("head").is_none());
+    backend.delete("suite/keep").await.expect("delete");
+}
+
+pub async fn bad_keys_are_refused(backend: &dyn CacheBackend) {
+    for key in ["../escape", "/abs", "a//b", ""] {
+        assert!(
+            matches!(
+                backend
+                    .put(key, bytes_stream(Bytes::from_static(b"x")))
+                    .await,
+                Err(Error::InvalidInput(_))
+            ),
+            "{key:?}"
+        );
+    }
+    assert!(backend
+        .put_part("../up", "p", bytes_stream(Bytes::new()))
+        .await
+        .is_err());
+    assert!(backend
+        .put_part("up", "../p", bytes_stream(Bytes::new()))
+        .await
+        .is_err());
+}
+
+/// Runs every case of the suite against the backend `make` builds (async, fresh per case).
+#[macro_export]
+macro_rules! cache_backend_test_suite {
+    ($make:expr) => {
+        mod cache_backend_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::testsuite as suite;
+
+            #[tokio::test]
+            async fn put_get_head_delete() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::put_get_head_delete(&*backend).await;
+            }
+            #[tokio::test]
+            async fn ranged_reads() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::ranged_reads(&*backend).await;
+            }
+            #[tokio::test]
+            async fn list_by_prefix() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::list_by_prefix(&*backend).await;
+            }
+            #[tokio::test]
+            async fn staged_upload_joins_parts_in_the_given_order() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::staged_upload_joins_parts_in_the_given_order(&*backend).await;
+            }
+            #[tokio::test]
+            async fn interrupted_writes_leave_nothing() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::interrupted_writes_leave_nothing(&*backend).await;
+            }
+            #[tokio::test]
+            async fn bad_keys_are_refused() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::bad_keys_are_refused(&*backend).await;
+            }
+        }
+    };
+}
