@@ -17,8 +17,15 @@ log() { echo "guest-assets: $*" >&2; }
 # Tools of the asset build (kmod, busybox-static, debootstrap, e2fsprogs, xz), of
 # the QEMU driver (qemu-system-x86, qemu-utils) and of VM networking.
 need=()
-# Debian's qemu-system-x86 replaces a backported qemu-utils: install them together.
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86 qemu-utils)
+# Debian's qemu-system-x86 conflicts with a newer backported qemu-utils (seen on
+# fresh machines): install the two at the same version, downgrading qemu-utils.
+qemu_pinned=0
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  apt-get update -qq >&2
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  need+=(qemu-system-x86 "qemu-utils=$qemu_version")
+  qemu_pinned=1
+fi
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v depmod >/dev/null || [[ -x /sbin/depmod ]] || need+=(kmod)
 command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)
@@ -33,7 +40,9 @@ if ! [[ -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then need+=(busy
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+  extra=()
+  ((qemu_pinned)) && extra+=(--allow-downgrades)
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" "${need[@]}" >&2
 fi
 
 guest=$(scripts/build-guest.sh)

@@ -119,6 +119,24 @@ impl Cache {
         if let Some(size) = expected_size {
             self.check_budget(size)?;
         }
+        if replace {
+            // Last writer wins: an upload still pending for this key (a client that
+            // died, or a proxy that crashed under it) is superseded, not waited for.
+            if let Some(stale) = self
+                .index
+                .find(
+                    scope.org_id,
+                    &scope.repo,
+                    &scope.git_ref,
+                    key,
+                    version,
+                    EntryState::Pending,
+                )
+                .await?
+            {
+                self.discard(&stale).await;
+            }
+        }
         self.index
             .reserve(
                 &NewEntry {

@@ -405,8 +405,13 @@ impl CacheIndex {
         rows.iter().map(entry_from).collect()
     }
 
-    /// Records a staged part (the same name again replaces it).
+    /// Records a staged part (the same name again replaces it) and the upload's activity.
     pub async fn add_part(&self, entry_id: i64, part: &Part) -> Result<()> {
+        sqlx::query("UPDATE cache_entries SET last_access = $2 WHERE id = $1")
+            .bind(entry_id)
+            .bind(now_millis())
+            .execute(&self.pool)
+            .await?;
         sqlx::query(
             "INSERT INTO cache_parts (entry_id, part, start_offset, size) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (entry_id, part) DO UPDATE SET start_offset = excluded.start_offset, \
@@ -620,11 +625,12 @@ impl CacheIndex {
         rows.iter().map(entry_from).collect()
     }
 
-    /// Pending entries reserved before `before` (ms): abandoned uploads.
+    /// Pending entries with no activity (reservation, part) since `before` (ms):
+    /// abandoned uploads.
     pub async fn pending_since(&self, before: i64, limit: u32) -> Result<Vec<Entry>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'pending' AND created_at < $1 \
-             ORDER BY created_at, id LIMIT $2"
+            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'pending' AND last_access < $1 \
+             ORDER BY last_access, id LIMIT $2"
         ))
         .bind(before)
         .bind(i64::from(limit))

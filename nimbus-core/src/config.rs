@@ -57,7 +57,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_CACHE_PROXY_ADDR", default: "0.0.0.0:8001", meaning: "Listen address of `nimbus-cache-proxy` (also `--listen`)." },
     VarDoc { name: "NIMBUS_CACHE_URL", default: "http://127.0.0.1:8001", meaning: "Where clients (host agent, job VMs, `nimbus report cache`) reach the cache proxy." },
     VarDoc { name: "NIMBUS_CACHE_PUBLIC_URL", default: "(the request's Host)", meaning: "Base of the upload/download links the cache proxy hands out; set it when clients reach the proxy through another name." },
-    VarDoc { name: "NIMBUS_CACHE_SHARED_SECRET", default: "(generated)", meaning: "HMAC-SHA256 secret of cache tokens, shared by the control plane (mints) and the cache proxy (verifies). Unset: generated once into `$NIMBUS_DATA_DIR/cache-secret` (development only)." },
+    VarDoc { name: "NIMBUS_CACHE_SHARED_SECRET", default: "(derived)", meaning: "HMAC-SHA256 secret of cache tokens, shared by the control plane (mints) and the cache proxy (verifies). Unset: derived from the JWT secret (development only; required when NIMBUS_MODE=production)." },
     VarDoc { name: "NIMBUS_CACHE_PROXY_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for the cache proxy's `/metrics` from non-loopback peers; unset means loopback only." },
     VarDoc { name: "NIMBUS_CACHE_BACKEND", default: "fs", meaning: "Where cache blobs live: `fs` (a local directory) or `s3` (any S3-compatible store)." },
     VarDoc { name: "NIMBUS_CACHE_DIR", default: "$NIMBUS_DATA_DIR/cache", meaning: "Directory of the `fs` cache backend." },
@@ -72,7 +72,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_CACHE_MAX_BYTES", default: "(none)", meaning: "Byte budget of all orgs together (`10GiB`, `500GB` or bytes); least recently used entries are evicted beyond it." },
     VarDoc { name: "NIMBUS_CACHE_ORG_MAX_BYTES", default: "10GiB", meaning: "Byte budget of each org; least recently used entries are evicted beyond it, and no entry may be larger." },
     VarDoc { name: "NIMBUS_CACHE_MAX_IDLE_DAYS", default: "7", meaning: "Entries not restored for this many days are evicted." },
-    VarDoc { name: "NIMBUS_CACHE_UPLOAD_TTL", default: "3600", meaning: "Seconds an upload may stay reserved without being committed before it is dropped." },
+    VarDoc { name: "NIMBUS_CACHE_UPLOAD_TTL", default: "900", meaning: "Seconds an upload may go without activity (reservation, chunk, block) before it is dropped and its key freed." },
     VarDoc { name: "NIMBUS_CACHE_EVICTION_INTERVAL", default: "60", meaning: "Seconds between eviction passes (they also run after each commit)." },
     VarDoc { name: "NIMBUS_CACHE_SCRUB_INTERVAL", default: "21600", meaning: "Seconds between integrity scrubs (every committed entry's sha256 re-checked; corrupt or missing entries are dropped)." },
     VarDoc { name: "NIMBUS_AGENT_ID", default: "(hostname)", meaning: "Name of this host agent (in logs and log lines)." },
@@ -237,6 +237,8 @@ pub struct ControlPlaneConfig {
     pub database_url: String,
     pub database_max_connections: u32,
     pub jwt_secret: Secret,
+    /// Signs the per-job cache tokens (NIMBUS_CACHE_SHARED_SECRET).
+    pub cache_secret: Secret,
     pub webhook_secret: Option<Secret>,
     pub webhook_tolerance: Duration,
     pub runner_labels: Vec<String>,
@@ -280,6 +282,7 @@ impl ControlPlaneConfig {
             listen,
             database_max_connections: env.positive_u32("NIMBUS_DATABASE_MAX_CONNECTIONS", 16)?,
             jwt_secret: jwt_secret(env, &data_dir)?,
+            cache_secret: cache_shared_secret(env, &data_dir)?,
             webhook_secret: env.secret("NIMBUS_GITHUB_WEBHOOK_SECRET"),
             webhook_tolerance: env
                 .seconds_or("NIMBUS_WEBHOOK_TOLERANCE_SECONDS", Duration::from_secs(300))?,
@@ -333,10 +336,31 @@ pub fn jwt_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
     secret_or_generated(env, data_dir, "NIMBUS_JWT_SECRET", "jwt-secret")
 }
 
-/// The cache token secret: `NIMBUS_CACHE_SHARED_SECRET`, or for development one kept in
-/// `$NIMBUS_DATA_DIR/cache-secret`, shared the same way as the JWT secret.
+/// The cache token secret: `NIMBUS_CACHE_SHARED_SECRET`, or for development one
+/// derived from the JWT secret, so services that share a JWT secret (or a data
+/// directory) agree on cache tokens with no set-up. Production needs it set.
 pub fn cache_shared_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
-    secret_or_generated(env, data_dir, "NIMBUS_CACHE_SHARED_SECRET", "cache-secret")
+    use hmac::{Hmac, Mac};
+    if let Some(secret) = env.secret("NIMBUS_CACHE_SHARED_SECRET") {
+        if secret.expose().len() < 16 {
+            return Err(Error::Config {
+                variable: "NIMBUS_CACHE_SHARED_SECRET".into(),
+                message: "must be at least 16 bytes long".into(),
+            });
+        }
+        return Ok(secret);
+    }
+    if production_mode(env)? {
+        return Err(Error::Config {
+            variable: "NIMBUS_CACHE_SHARED_SECRET".into(),
+            message: "must be set when NIMBUS_MODE=production".into(),
+        });
+    }
+    let jwt = jwt_secret(env, data_dir)?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(jwt.expose().as_bytes())
+        .map_err(|e| Error::Internal(format!("deriving the cache secret: {e}")))?;
+    mac.update(b"nimbus cache token secret v1");
+    Ok(Secret::new(hex::encode(mac.finalize().into_bytes())))
 }
 
 /// Whether `NIMBUS_MODE=production`: generated secrets and embedded defaults that

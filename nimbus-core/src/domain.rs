@@ -296,6 +296,29 @@ pub struct Lease {
     pub fencing_token: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// A cache token for the job's VM (`ACTIONS_RUNTIME_TOKEN`): the job's org,
+    /// repository and ref, write permission, valid for the job's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_token: Option<String>,
+}
+
+impl Job {
+    /// The git ref the job runs on, where its cache saves go: the GitHub job's
+    /// branch, else a `ref` metadata key or `GITHUB_REF` in the job's env, else
+    /// the default branch.
+    pub fn git_ref(&self) -> String {
+        let named = self
+            .github
+            .as_ref()
+            .and_then(|g| g.head_branch.clone())
+            .or_else(|| self.metadata.get("ref").cloned())
+            .or_else(|| self.spec.env.get("GITHUB_REF").cloned());
+        match named {
+            Some(name) if name.starts_with("refs/") => name,
+            Some(name) if !name.is_empty() => format!("refs/heads/{name}"),
+            _ => crate::cache_token::DEFAULT_BRANCH.to_string(),
+        }
+    }
 }
 
 /// A host agent, as named by the `sub` of its token.
@@ -417,6 +440,51 @@ pub fn from_millis(ms: i64) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn direct_job() -> Job {
+        let now = OffsetDateTime::now_utc();
+        Job {
+            id: 1,
+            org_id: 1,
+            repo: "acme/app".into(),
+            repo_id: None,
+            source: JobSource::Direct,
+            status: JobStatus::Queued,
+            labels: Vec::new(),
+            metadata: Metadata::new(),
+            attempt: 1,
+            fencing_token: 0,
+            spec: JobSpec::default(),
+            github: None,
+            lease_id: None,
+            agent_id: None,
+            lease_expires_at: None,
+            exit_code: None,
+            failure_reason: None,
+            policy_reasons: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn a_jobs_git_ref_comes_from_github_then_metadata_then_env_then_main() {
+        let mut job = direct_job();
+        assert_eq!(job.git_ref(), "refs/heads/main");
+        job.spec
+            .env
+            .insert("GITHUB_REF".into(), "refs/tags/v1".into());
+        assert_eq!(job.git_ref(), "refs/tags/v1");
+        job.metadata.insert("ref".into(), "release".into());
+        assert_eq!(job.git_ref(), "refs/heads/release");
+        job.github = Some(GithubJobRef {
+            head_branch: Some("feature/x".into()),
+            ..GithubJobRef::default()
+        });
+        assert_eq!(job.git_ref(), "refs/heads/feature/x");
+    }
 
     #[test]
     fn metadata_comes_from_param_and_meta_labels() {

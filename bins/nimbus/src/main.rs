@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod report;
 mod vm;
 use nimbus_core::auth::{JwtKeys, Role};
+use nimbus_core::cache_token::{CachePermission, CacheTokenKeys};
 use nimbus_core::{config, Env};
 use nimbus_policy::{describe_error, JobFacts, Policy};
 
@@ -105,6 +106,27 @@ enum TokenCommand {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Prints a cache token (HMAC-SHA256 with NIMBUS_CACHE_SHARED_SECRET) for one
+    /// org, repository and ref: what the cache proxy takes as ACTIONS_RUNTIME_TOKEN.
+    Cache {
+        #[arg(long)]
+        org_id: i64,
+        /// OWNER/NAME.
+        #[arg(long)]
+        repo: String,
+        /// Where saves go and restores look first.
+        #[arg(long = "ref", default_value = "refs/heads/main")]
+        git_ref: String,
+        /// Where restores look second (the repository's default branch).
+        #[arg(long, default_value = "refs/heads/main")]
+        default_ref: String,
+        /// Restore only: the token cannot save entries.
+        #[arg(long)]
+        read_only: bool,
+        /// Lifetime, e.g. `6h`, `30m`.
+        #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +201,39 @@ fn token(command: TokenCommand) -> Result<(), String> {
             println!("{token}");
             Ok(())
         }
+        TokenCommand::Cache {
+            org_id,
+            repo,
+            git_ref,
+            default_ref,
+            read_only,
+            ttl,
+        } => {
+            let env = Env::from_process().map_err(|e| e.to_string())?;
+            let secret =
+                config::cache_shared_secret(&env, &env.data_dir()).map_err(|e| e.to_string())?;
+            let git_ref = full_ref(&git_ref);
+            let default_ref = full_ref(&default_ref);
+            let permission = if read_only {
+                CachePermission::Read
+            } else {
+                CachePermission::Write
+            };
+            let token = CacheTokenKeys::new(&secret)
+                .mint(org_id, &repo, &git_ref, &default_ref, permission, ttl)
+                .map_err(|e| e.to_string())?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+/// `main` → `refs/heads/main`; full refs stay as they are.
+fn full_ref(name: &str) -> String {
+    if name.starts_with("refs/") {
+        name.to_string()
+    } else {
+        format!("refs/heads/{name}")
     }
 }
 

@@ -181,7 +181,7 @@ impl ProxyConfig {
                     bytes_var(env, "NIMBUS_CACHE_ORG_MAX_BYTES")?.unwrap_or(10 * (1 << 30)),
                 ),
                 max_idle: Duration::from_secs(u64::from(max_idle_days) * 86_400),
-                upload_ttl: env.seconds_or("NIMBUS_CACHE_UPLOAD_TTL", Duration::from_secs(3600))?,
+                upload_ttl: env.seconds_or("NIMBUS_CACHE_UPLOAD_TTL", Duration::from_secs(900))?,
             },
             eviction_interval: env
                 .seconds_or("NIMBUS_CACHE_EVICTION_INTERVAL", Duration::from_secs(60))?,

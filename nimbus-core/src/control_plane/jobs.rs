@@ -364,7 +364,8 @@ pub(super) async fn lease(
         ttl: state.config.lease_ttl,
     };
     match super::lease_with_wait(&state, &request, Duration::from_secs(wait)).await? {
-        Some(lease) => {
+        Some(mut lease) => {
+            lease.cache_token = state.mint_cache_token(&lease.job);
             state.metrics.leases_granted.inc();
             tracing::info!(job_id = lease.job.id, agent = %request.agent_id, fencing_token = lease.fencing_token, "lease granted");
             Ok(Json(lease).into_response())

@@ -22,8 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::auth::JwtKeys;
+use crate::cache_token::{CachePermission, CacheTokenKeys};
 use crate::config::ControlPlaneConfig;
-use crate::domain::OrgId;
+use crate::domain::{Job, OrgId};
 use crate::error::{Error, Result};
 use crate::store::{self, Store};
 use nimbus_policy::Policy;
@@ -44,6 +45,8 @@ pub struct ControlPlane {
     pub config: ControlPlaneConfig,
     pub store: Arc<dyn Store>,
     pub keys: JwtKeys,
+    /// Mints the per-job cache tokens handed out with leases.
+    pub cache_keys: CacheTokenKeys,
     pub metrics: Metrics,
     /// Wakes long-polling lease requests when this replica queues a job.
     job_available: Notify,
@@ -82,6 +85,7 @@ impl ControlPlane {
         });
         Ok(Arc::new(ControlPlane {
             keys,
+            cache_keys: CacheTokenKeys::new(&config.cache_secret),
             metrics,
             metadata_sink,
             config,
@@ -91,6 +95,28 @@ impl ControlPlane {
             policy: RwLock::new(Arc::new(policy)),
             shutdown,
         }))
+    }
+
+    /// A write cache token for `job`'s org, repository and ref, valid for the job's
+    /// timeout plus an hour (a job cannot outlive its timeout). `None` (and a log
+    /// line) if the job's repository is not one a token can name.
+    pub fn mint_cache_token(&self, job: &Job) -> Option<String> {
+        let ttl = Duration::from_secs(u64::from(job.spec.timeout_minutes) * 60 + 3600);
+        let git_ref = job.git_ref();
+        match self.cache_keys.mint(
+            job.org_id,
+            &job.repo,
+            &git_ref,
+            crate::cache_token::DEFAULT_BRANCH,
+            CachePermission::Write,
+            ttl,
+        ) {
+            Ok(token) => Some(token),
+            Err(error) => {
+                tracing::warn!(job_id = job.id, %error, "no cache token for this job");
+                None
+            }
+        }
     }
 
     /// Asks long-polls and the reaper to finish (graceful shutdown).

@@ -419,6 +419,7 @@ macro_rules! impl_shared_store {
                     fencing_token: job.fencing_token,
                     expires_at: job.lease_expires_at.unwrap_or(expires_at),
                     job,
+                    cache_token: None,
                 }))
             }
 

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 const JWT_SECRET: &str = "api-test-secret-0123456789";
+const CACHE_SECRET: &str = "api-test-cache-secret-0123456789";
 const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 const METRICS_TOKEN: &str = "metrics-token";
 
@@ -34,6 +35,7 @@ impl Api {
     async fn new(store: Arc<dyn Store>, overrides: &[(&str, &str)]) -> Api {
         let mut env = Env::from_map([
             ("NIMBUS_JWT_SECRET", JWT_SECRET),
+            ("NIMBUS_CACHE_SHARED_SECRET", CACHE_SECRET),
             ("NIMBUS_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
             ("NIMBUS_CONTROL_PLANE_METRICS_TOKEN", METRICS_TOKEN),
         ]);
@@ -524,6 +526,18 @@ pub async fn direct_jobs_lease_heartbeat_and_complete(store: Arc<dyn Store>) {
     let token = lease.body["fencing_token"].as_i64().expect("token");
     assert!(lease.body["lease_id"].is_string());
     assert!(lease.body["expires_at"].is_string());
+    // The lease carries a write cache token for the job's org, repository and ref.
+    let cache_token = lease.body["cache_token"].as_str().expect("cache token");
+    let scope = nimbus_core::cache_token::CacheTokenKeys::new(&Secret::new(CACHE_SECRET))
+        .verify(cache_token)
+        .expect("verifies with the shared secret");
+    assert_eq!(scope.org_id, 1);
+    assert_eq!(
+        scope.repo,
+        lease.body["job"]["repo"].as_str().expect("repo")
+    );
+    assert_eq!(scope.git_ref, "refs/heads/main");
+    assert!(scope.can_write());
     let empty = api
         .call("POST", "/api/jobs/lease", Some(&api.agent()), None)
         .await;

@@ -9,6 +9,7 @@
 
 mod logs;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub struct AgentConfig {
     pub agent_id: String,
     pub max_vms: usize,
     pub logs_url: Option<String>,
+    /// The cache proxy as the job VMs reach it (`NIMBUS_CACHE_URL`); jobs get it as
+    /// `ACTIONS_CACHE_URL`/`ACTIONS_RESULTS_URL` with their lease's cache token.
+    pub cache_url: Option<String>,
     pub vmm: VmmConfig,
     /// How long one lease request waits for a job (long poll).
     pub lease_wait: Duration,
@@ -63,6 +67,9 @@ impl AgentConfig {
             max_vms,
             logs_url: env
                 .get("NIMBUS_LOGS_URL")
+                .map(|u| u.trim_end_matches('/').to_string()),
+            cache_url: env
+                .get("NIMBUS_CACHE_URL")
                 .map(|u| u.trim_end_matches('/').to_string()),
             vmm: VmmConfig::from_env(env)?,
             lease_wait: Duration::from_secs(20),
@@ -232,8 +239,27 @@ fn job_timeout(job: &nimbus_core::Job, cap: Option<Duration>) -> Duration {
     cap.map_or(timeout, |cap| timeout.min(cap))
 }
 
-fn guest_job(lease: &Lease) -> GuestJob {
+/// What a job's steps see of the cache proxy: the variables the official
+/// `@actions/cache` client reads (v2 preferred; v1 through the same URL).
+fn cache_env(cache_url: Option<&str>, lease: &Lease) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if let (Some(url), Some(token)) = (cache_url, &lease.cache_token) {
+        // The client resolves paths against these: the trailing slash matters.
+        let base = format!("{url}/");
+        env.insert("ACTIONS_CACHE_URL".into(), base.clone());
+        env.insert("ACTIONS_RESULTS_URL".into(), base);
+        env.insert("ACTIONS_CACHE_SERVICE_V2".into(), "true".into());
+        env.insert("ACTIONS_RUNTIME_TOKEN".into(), token.clone());
+        env.insert("NIMBUS_CACHE_URL".into(), url.to_string());
+    }
+    env
+}
+
+fn guest_job(lease: &Lease, cache_url: Option<&str>) -> GuestJob {
     let spec = &lease.job.spec;
+    // The job's own env wins over what Nimbus provides.
+    let mut env = cache_env(cache_url, lease);
+    env.extend(spec.env.clone());
     GuestJob {
         steps: spec
             .steps
@@ -250,7 +276,7 @@ fn guest_job(lease: &Lease) -> GuestJob {
                 ..GuestStep::default()
             })
             .collect(),
-        env: spec.env.clone(),
+        env,
         ..GuestJob::default()
     }
 }
@@ -295,7 +321,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
         format!("job-{}-{}", job.id, token),
         timeout,
     );
-    let guest = guest_job(&lease);
+    let guest = guest_job(&lease, agent.config.cache_url.as_deref());
     let lost = heartbeat_until_lost(agent, &lease);
     let mut on_event = |event: JobEvent| {
         if let JobEvent::Output(line) = event {

@@ -53,6 +53,8 @@ pub struct ControlPlaneProcess {
 
 pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789";
 pub const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
+/// Shared by the control plane (mints per-job cache tokens) and the cache proxy.
+pub const CACHE_SECRET: &str = "e2e-cache-secret-0123456789";
 
 impl ControlPlaneProcess {
     /// Starts the control plane with `extra` env on top of test defaults, and
@@ -69,6 +71,7 @@ impl ControlPlaneProcess {
             .env("NIMBUS_DATA_DIR", &data_dir)
             .env("NIMBUS_JWT_SECRET", JWT_SECRET)
             .env("NIMBUS_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("NIMBUS_CACHE_SHARED_SECRET", CACHE_SECRET)
             .env("NIMBUS_LOG_LEVEL", "warn")
             .current_dir(&data_dir)
             .stdin(Stdio::null())
@@ -173,6 +176,114 @@ pub fn mint_token(args: &[&str]) -> Result<nimbus_core::Secret> {
         &all,
         &[("NIMBUS_JWT_SECRET", JWT_SECRET)],
     )?))
+}
+
+/// Mints a cache token with the real CLI: `nimbus token cache ARGS…`.
+pub fn mint_cache_token(args: &[&str]) -> Result<String> {
+    let mut all = vec!["token", "cache"];
+    all.extend_from_slice(args);
+    nimbus_cli(&all, &[("NIMBUS_CACHE_SHARED_SECRET", CACHE_SECRET)])
+}
+
+/// A running `nimbus-cache-proxy`, killed when dropped. It can be killed hard and
+/// restarted on the same port and data directory (the crash tests).
+pub struct CacheProxyProcess {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    port: u16,
+    extra: Vec<(String, String)>,
+}
+
+impl CacheProxyProcess {
+    /// Starts the proxy (fs backend and SQLite index under a fresh data dir unless
+    /// `extra` says otherwise) and waits until `/healthz` answers.
+    pub async fn start(extra: &[(&str, String)]) -> Result<Self> {
+        let port = free_port()?;
+        let data_dir =
+            std::env::temp_dir().join(format!("nimbus-e2e-cache-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut process = CacheProxyProcess {
+            child: Self::spawn(
+                port,
+                &data_dir,
+                extra.iter().map(|(k, v)| (k.to_string(), v.clone())),
+            )?,
+            url: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            port,
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        process.wait_ready().await?;
+        Ok(process)
+    }
+
+    fn spawn(
+        port: u16,
+        data_dir: &PathBuf,
+        extra: impl Iterator<Item = (String, String)>,
+    ) -> Result<Child> {
+        let mut command = Command::new(bin("nimbus-cache-proxy")?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NIMBUS_CACHE_PROXY_ADDR", format!("127.0.0.1:{port}"))
+            .env("NIMBUS_DATA_DIR", data_dir)
+            .env("NIMBUS_JWT_SECRET", JWT_SECRET)
+            .env("NIMBUS_CACHE_SHARED_SECRET", CACHE_SECRET)
+            .env("NIMBUS_LOG_LEVEL", "warn")
+            .current_dir(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        command.spawn().context("starting nimbus-cache-proxy")
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("nimbus-cache-proxy exited early with {status}");
+            }
+            if let Ok(response) = client.get(format!("{}/healthz", self.url)).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("nimbus-cache-proxy at {} not ready after 30 s", self.url);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`: no chance to finish anything.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.child = Self::spawn(self.port, &self.data_dir, self.extra.clone().into_iter())?;
+        self.wait_ready().await
+    }
+}
+
+impl Drop for CacheProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
 }
 
 /// A running `nimbus-logging-pipeline`, killed when dropped.

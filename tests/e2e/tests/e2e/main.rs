@@ -1,5 +1,6 @@
 //! The cross-process end-to-end suite: real binaries, loopback ports, real services.
 
+mod cache;
 mod control_plane;
 mod host_agent;
 mod logging;
