@@ -47,3 +47,4 @@ cargo test --workspace --locked
 
 # Examples for embedders: compiled by the line above; run the quick ones.
 cargo run -q --locked -p nimbus-examples --example embedded_control_plane
+cargo run -q --locked -p nimbus-examples --example memory_cache_backend

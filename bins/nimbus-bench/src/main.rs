@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cache;
 mod control_plane;
 mod logs;
 mod policy;
@@ -29,6 +30,9 @@ enum Command {
     Logs(logs::Args),
     /// VM start-up per driver: boot call to first log line, and a `true` round trip.
     Vm(vm::Args),
+    /// Cache proxy throughput with the official @actions/cache client (v2), per
+    /// backend, beside dd (fsync'd write) and nginx (download) on the same machine.
+    Cache(cache::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
             Command::Policy(args) => policy::run(args),
             Command::Vm(args) => vm::run(args).await,
             Command::Logs(args) => logs::run(args).await,
+            Command::Cache(args) => cache::run(args).await,
         }
     });
     match result {

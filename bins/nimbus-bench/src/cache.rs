@@ -1,0 +1,378 @@
+//! Cache proxy throughput with the official `@actions/cache` client (v2): one big
+//! entry (default 1 GiB) and many small ones (default 1,000 × 64 KiB), upload and
+//! download, per backend, beside the machine's limits measured in the same run:
+//! the disk's fsync'd sequential write (`dd … conv=fsync`) and nginx serving the
+//! same big file over loopback to the same client code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nimbus_cache::backend::fs::FsBackend;
+use nimbus_cache::backend::s3::S3Backend;
+use nimbus_cache::server::{self, S3Config};
+use nimbus_cache::{CacheBackend, CacheIndex, Proxy, ProxyConfig};
+use nimbus_core::cache_token::{CachePermission, CacheTokenKeys, DEFAULT_BRANCH};
+use nimbus_core::{Env, Secret};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Size of the big entry, MiB.
+    #[arg(long, default_value_t = 1024)]
+    big_mib: u64,
+    /// Number of small entries.
+    #[arg(long, default_value_t = 1000)]
+    small_count: u64,
+    /// Size of each small entry, bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    small_bytes: u64,
+    /// Where the client lives (npm ci there first).
+    #[arg(long, default_value = "tests/clients")]
+    clients_dir: PathBuf,
+    /// Scratch directory (the fs backend's store and the test files go here).
+    #[arg(long, default_value = "/var/tmp/nimbus-bench-cache")]
+    work_dir: PathBuf,
+    /// An S3-compatible endpoint (path-style, testkey/testsecret); without it only
+    /// the fs backend is measured.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// nginx binary for the download reference; skipped when missing.
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct BackendReport {
+    backend: String,
+    big_bytes: u64,
+    big_upload_mb_s: f64,
+    big_download_mb_s: f64,
+    small_count: u64,
+    small_bytes: u64,
+    small_upload_entries_s: f64,
+    small_download_entries_s: f64,
+    small_upload_mb_s: f64,
+    small_download_mb_s: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    backends: Vec<BackendReport>,
+    dd_fsync_write_mb_s: f64,
+    nginx_download_mb_s: Option<f64>,
+    client: String,
+}
+
+const SECRET: &str = "nimbus-bench-cache-secret";
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / 1e6 / seconds.max(1e-9)
+}
+
+/// Incompressible bytes, fast (xorshift), written in 8 MiB pieces.
+fn write_random(path: &Path, bytes: u64) -> Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buffer = vec![0u8; 8 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for chunk in buffer.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(buffer.len() as u64) as usize;
+        file.write_all(&buffer[..n])?;
+        left -= n as u64;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// `dd if=/dev/zero of=FILE bs=1M count=N conv=fsync`: the disk's durable write speed.
+fn dd_fsync(work: &Path, mib: u64) -> Result<f64> {
+    let target = work.join("dd.bin");
+    let started = Instant::now();
+    let status = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", target.display()))
+        .arg("bs=1M")
+        .arg(format!("count={mib}"))
+        .arg("conv=fsync")
+        .stderr(Stdio::null())
+        .status()
+        .context("running dd")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&target);
+    if !status.success() {
+        bail!("dd failed: {status}");
+    }
+    Ok(mb_per_s(mib << 20, seconds))
+}
+
+async fn node(clients_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Value> {
+    let script = clients_dir.join("cache-bench.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg(&script)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("GITHUB_SERVER_URL")
+        .output()
+        .await
+        .with_context(|| format!("running node {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "node {} {args:?} failed: {}{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("client output {line:?}"))
+}
+
+async fn start_proxy(backend: Arc<dyn CacheBackend>, work: &Path) -> Result<(String, String)> {
+    let data_dir = work.join(format!("proxy-{}", backend.name()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir)?;
+    let data = data_dir.display().to_string();
+    let config = ProxyConfig::from_env(&Env::from_map([
+        ("NIMBUS_DATA_DIR", data.as_str()),
+        ("NIMBUS_CACHE_SHARED_SECRET", SECRET),
+        ("NIMBUS_JWT_SECRET", SECRET),
+        ("NIMBUS_CACHE_ORG_MAX_BYTES", "100GiB"),
+    ]))?;
+    let index = CacheIndex::open(&data_dir.join("index.db").display().to_string()).await?;
+    let proxy = Proxy::new(&config, backend, index)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = server::serve(&config, proxy, listener, std::future::pending()).await;
+    });
+    let token = CacheTokenKeys::new(&Secret::new(SECRET)).mint(
+        1,
+        "bench/cache",
+        DEFAULT_BRANCH,
+        DEFAULT_BRANCH,
+        CachePermission::Write,
+        Duration::from_secs(6 * 3600),
+    )?;
+    Ok((format!("http://{address}/"), token))
+}
+
+async fn measure(
+    args: &Args,
+    name: &str,
+    backend: Arc<dyn CacheBackend>,
+    big: &Path,
+) -> Result<BackendReport> {
+    let work = &args.work_dir;
+    let (url, token) = start_proxy(backend, work).await?;
+    let env = [
+        ("ACTIONS_CACHE_SERVICE_V2", "true"),
+        ("ACTIONS_RESULTS_URL", url.as_str()),
+        ("ACTIONS_RUNTIME_TOKEN", token.as_str()),
+    ];
+    eprintln!("bench: cache {name}: one {} MiB entry", args.big_mib);
+    let out = work.join("big.back");
+    let big_result = node(
+        &args.clients_dir,
+        &[
+            "big",
+            &big.display().to_string(),
+            &out.display().to_string(),
+        ],
+        &env,
+    )
+    .await?;
+    let _ = std::fs::remove_file(&out);
+    eprintln!(
+        "bench: cache {name}: {} entries of {} bytes",
+        args.small_count, args.small_bytes
+    );
+    let small_dir = work.join(format!("small-{name}"));
+    let small = node(
+        &args.clients_dir,
+        &[
+            "small",
+            &args.small_count.to_string(),
+            &args.small_bytes.to_string(),
+            &small_dir.display().to_string(),
+        ],
+        &env,
+    )
+    .await?;
+    let _ = std::fs::remove_dir_all(&small_dir);
+    let seconds = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    let big_bytes = big_result["bytes"].as_u64().unwrap_or(0);
+    let small_bytes = args.small_count * args.small_bytes;
+    Ok(BackendReport {
+        backend: name.into(),
+        big_bytes,
+        big_upload_mb_s: mb_per_s(big_bytes, seconds(&big_result, "upload_seconds")),
+        big_download_mb_s: mb_per_s(big_bytes, seconds(&big_result, "download_seconds")),
+        small_count: args.small_count,
+        small_bytes: args.small_bytes,
+        small_upload_entries_s: args.small_count as f64 / seconds(&small, "upload_seconds"),
+        small_download_entries_s: args.small_count as f64 / seconds(&small, "download_seconds"),
+        small_upload_mb_s: mb_per_s(small_bytes, seconds(&small, "upload_seconds")),
+        small_download_mb_s: mb_per_s(small_bytes, seconds(&small, "download_seconds")),
+    })
+}
+
+/// nginx serving `work` on a free loopback port; the same client downloads `big`.
+async fn nginx_download(args: &Args, big: &Path) -> Result<Option<f64>> {
+    if !args.nginx.exists() {
+        eprintln!(
+            "bench: {} not found; no nginx reference",
+            args.nginx.display()
+        );
+        return Ok(None);
+    }
+    let work = &args.work_dir;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let prefix = work.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {pid};\nerror_log {err} warn;\nuser root;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; sendfile on; tcp_nopush on;\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            pid = prefix.join("nginx.pid").display(),
+            err = prefix.join("logs/error.log").display(),
+            root = work.display(),
+        ),
+    )?;
+    // One process (no master): killing it leaves no orphaned workers behind.
+    let mut child = tokio::process::Command::new(&args.nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nginx")?;
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill().await;
+            bail!("nginx did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let name = big
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("big file name")?;
+    let out = work.join("nginx.back");
+    eprintln!("bench: nginx serving the same {} MiB file", args.big_mib);
+    let result = node(
+        &args.clients_dir,
+        &[
+            "get",
+            &format!("http://127.0.0.1:{port}/{name}"),
+            &out.display().to_string(),
+        ],
+        &[],
+    )
+    .await;
+    let _ = child.kill().await;
+    let _ = std::fs::remove_file(&out);
+    let result = result?;
+    Ok(Some(mb_per_s(
+        result["bytes"].as_u64().unwrap_or(0),
+        result["download_seconds"].as_f64().unwrap_or(f64::NAN),
+    )))
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    if !args
+        .clients_dir
+        .join("node_modules/@actions/cache")
+        .exists()
+    {
+        bail!(
+            "{}/node_modules/@actions/cache is missing: run npm ci there",
+            args.clients_dir.display()
+        );
+    }
+    let work = &args.work_dir;
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
+    let big = work.join("big.bin");
+    eprintln!("bench: writing a {} MiB random file", args.big_mib);
+    write_random(&big, args.big_mib << 20)?;
+    eprintln!("bench: dd conv=fsync of {} MiB", args.big_mib);
+    let dd = dd_fsync(work, args.big_mib)?;
+
+    let mut backends = Vec::new();
+    let fs = Arc::new(FsBackend::open(work.join("fs-store"))?);
+    backends.push(measure(&args, "fs", fs, &big).await?);
+    if let Some(endpoint) = &args.s3_endpoint {
+        let s3 = S3Backend::connect(&S3Config {
+            bucket: "nimbus-bench".into(),
+            endpoint: Some(endpoint.clone()),
+            region: "us-east-1".into(),
+            prefix: format!("bench-{}/", uuid::Uuid::new_v4().simple()),
+            path_style: true,
+            access_key_id: Some("testkey".into()),
+            secret_access_key: Some(Secret::new("testsecret")),
+        })
+        .await?;
+        backends.push(measure(&args, "s3", Arc::new(s3), &big).await?);
+    }
+    let nginx = nginx_download(&args, &big).await?;
+    let _ = std::fs::remove_dir_all(work);
+
+    let report = Report {
+        backends,
+        dd_fsync_write_mb_s: dd,
+        nginx_download_mb_s: nginx,
+        client: "@actions/cache 6.3.0 (v2: Azure SDK upload, HTTP download)".into(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:>14} {:>16} {:>18} {:>20}",
+        "backend", "big up MB/s", "big down MB/s", "small up entries/s", "small down entries/s"
+    );
+    for b in &report.backends {
+        println!(
+            "{:<8} {:>14.0} {:>16.0} {:>18.0} {:>20.0}",
+            b.backend,
+            b.big_upload_mb_s,
+            b.big_download_mb_s,
+            b.small_upload_entries_s,
+            b.small_download_entries_s
+        );
+    }
+    println!(
+        "dd conv=fsync write: {:.0} MB/s",
+        report.dd_fsync_write_mb_s
+    );
+    if let Some(nginx) = report.nginx_download_mb_s {
+        println!("nginx download (same client): {nginx:.0} MB/s");
+    }
+    Ok(())
+}
