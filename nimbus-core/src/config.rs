@@ -33,6 +33,14 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_CONTROL_PLANE_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for `/metrics` from non-loopback peers; unset means loopback only." },
     VarDoc { name: "NIMBUS_JWT_SECRET", default: "(generated)", meaning: "HS256 secret for API tokens. Unset: a random secret is generated once into `$NIMBUS_DATA_DIR/jwt-secret` (development only)." },
     VarDoc { name: "NIMBUS_GITHUB_WEBHOOK_SECRET", default: "(none)", meaning: "Secret of the GitHub webhook (`X-Hub-Signature-256`). Unset: `POST /webhooks/github` answers 503." },
+    VarDoc { name: "NIMBUS_GITHUB_APP_ID", default: "(none)", meaning: "GitHub App id: the control plane mints installation tokens from the app's key to register just-in-time runners." },
+    VarDoc { name: "NIMBUS_GITHUB_APP_PRIVATE_KEY", default: "(none)", meaning: "The GitHub App's private key (PEM; `\\n` escapes allowed)." },
+    VarDoc { name: "NIMBUS_GITHUB_APP_PRIVATE_KEY_PATH", default: "(none)", meaning: "File holding the GitHub App's private key (instead of NIMBUS_GITHUB_APP_PRIVATE_KEY)." },
+    VarDoc { name: "NIMBUS_GITHUB_TOKEN", default: "(none)", meaning: "A personal access token instead of an App (small setups; needs admin rights on the repositories)." },
+    VarDoc { name: "NIMBUS_GITHUB_API_URL", default: "https://api.github.com", meaning: "GitHub's REST API; `https://HOST/api/v3` for GitHub Enterprise Server." },
+    VarDoc { name: "NIMBUS_GITHUB_RUNNER_SCOPE", default: "repo", meaning: "Where just-in-time runners are registered: `repo` (works for every repository) or `org`." },
+    VarDoc { name: "NIMBUS_GITHUB_RUNNER_GROUP_ID", default: "1", meaning: "Runner group of the just-in-time runners (1 is the default group)." },
+    VarDoc { name: "NIMBUS_GITHUB_RECONCILE_SECONDS", default: "60", meaning: "How often queued GitHub jobs that no webhook brought are looked for." },
     VarDoc { name: "NIMBUS_WEBHOOK_TOLERANCE_SECONDS", default: "300", meaning: "Webhook events whose action timestamp is older than this are refused; delivery ids are remembered for twice as long." },
     VarDoc { name: "NIMBUS_RUNNER_LABELS", default: "nimbus", meaning: "Comma-separated labels; a `workflow_job` is taken when its `labels` include one of them." },
     VarDoc { name: "NIMBUS_JOB_LEASE_TTL", default: "300", meaning: "Seconds a lease lives without a heartbeat." },
@@ -251,6 +259,8 @@ pub struct ControlPlaneConfig {
     pub policy_path: Option<PathBuf>,
     /// The logging pipeline that receives a copy of every job's metadata.
     pub metadata_sink_url: Option<String>,
+    /// GitHub API access (App or token); `None` leaves GitHub jobs without runners.
+    pub github: Option<crate::github::GithubConfig>,
 }
 
 impl ControlPlaneConfig {
@@ -283,6 +293,7 @@ impl ControlPlaneConfig {
             database_max_connections: env.positive_u32("NIMBUS_DATABASE_MAX_CONNECTIONS", 16)?,
             jwt_secret: jwt_secret(env, &data_dir)?,
             cache_secret: cache_shared_secret(env, &data_dir)?,
+            github: crate::github::GithubConfig::from_env(env)?,
             webhook_secret: env.secret("NIMBUS_GITHUB_WEBHOOK_SECRET"),
             webhook_tolerance: env
                 .seconds_or("NIMBUS_WEBHOOK_TOLERANCE_SECONDS", Duration::from_secs(300))?,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control_plane;
 pub mod domain;
 pub mod error;
+pub mod github;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;

@@ -412,7 +412,66 @@ pub(super) async fn complete(
         .jobs_completed
         .with_label_values(&[job.status.as_str()])
         .inc();
+    if job.github.is_some() {
+        state.remove_runner(&job, completion.fencing_token);
+    }
     Ok(Json(job).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RunnerConfigQuery {
+    fencing_token: Option<String>,
+}
+
+/// `GET /api/jobs/{id}/runner-config?fencing_token=N`: the just-in-time runner
+/// config of a GitHub job, for the agent holding its current lease only.
+pub(super) async fn runner_config(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<RunnerConfigQuery>,
+) -> Result<Response> {
+    let agent = require_agent(&principal)?;
+    let id = parse_job_id(&id)?;
+    let token: i64 = parse_number(
+        "fencing_token",
+        query
+            .fencing_token
+            .as_deref()
+            .ok_or_else(|| Error::invalid("fencing_token is required"))?,
+    )?;
+    let job = state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("job {id}")))?;
+    if job.status != JobStatus::Leased || job.fencing_token != token {
+        return Err(Error::Conflict(format!(
+            "job {id} is not leased with fencing token {token} (status {}, token {})",
+            job.status.as_str(),
+            job.fencing_token
+        )));
+    }
+    if matches!(principal, Principal::Agent { .. })
+        && job.agent_id.as_deref() != Some(agent.as_str())
+    {
+        return Err(Error::Conflict(format!(
+            "job {id} is leased by another agent"
+        )));
+    }
+    if job.github.is_none() {
+        return Err(Error::invalid(format!(
+            "job {id} did not come from GitHub: it runs its steps, not a runner"
+        )));
+    }
+    let config = state.runner_config(&job).await?;
+    tracing::info!(job_id = id, runner = %config.runner_name, runner_id = config.runner_id, "runner config handed out");
+    Ok(Json(serde_json::json!({
+        "runner_name": config.runner_name,
+        "runner_id": config.runner_id,
+        "encoded_jit_config": config.encoded_jit_config,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

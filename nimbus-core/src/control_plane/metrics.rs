@@ -23,6 +23,8 @@ pub struct Metrics {
     pub policy_dry_run_denials: IntCounterVec,
     pub policy_reload_errors: IntCounter,
     pub metadata_forward_failures: IntCounter,
+    pub github_api_rate_limited: IntCounter,
+    pub jobs_reconciled: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
 }
@@ -72,6 +74,16 @@ impl Metrics {
                 r,
                 "nimbus_control_plane_metadata_forward_failures_total",
                 "Jobs whose metadata could not be forwarded to NIMBUS_METADATA_SINK_URL (after retries, or queue full).",
+            )?,
+            github_api_rate_limited: counter(
+                r,
+                "nimbus_control_plane_github_api_rate_limited_total",
+                "GitHub API answers that said to back off (rate limits).",
+            )?,
+            jobs_reconciled: counter(
+                r,
+                "nimbus_control_plane_jobs_reconciled_total",
+                "Jobs the reconciler queued because no webhook brought them, or closed because GitHub finished them.",
             )?,
             webhooks_received: counter_vec(
                 r,

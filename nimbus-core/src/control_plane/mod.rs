@@ -26,6 +26,7 @@ use crate::cache_token::{CachePermission, CacheTokenKeys};
 use crate::config::ControlPlaneConfig;
 use crate::domain::{Job, OrgId};
 use crate::error::{Error, Result};
+use crate::github::{GithubClient, JitConfig, RepoRef};
 use crate::store::{self, Store};
 use nimbus_policy::Policy;
 
@@ -47,6 +48,12 @@ pub struct ControlPlane {
     pub keys: JwtKeys,
     /// Mints the per-job cache tokens handed out with leases.
     pub cache_keys: CacheTokenKeys,
+    /// GitHub's API, when an App or token is configured.
+    pub github: Option<Arc<GithubClient>>,
+    /// Just-in-time runner configs handed out, by (job, fencing token): a repeated
+    /// request within one lease gets the same runner.
+    runner_configs:
+        std::sync::Mutex<std::collections::HashMap<(crate::domain::JobId, i64), JitConfig>>,
     pub metrics: Metrics,
     /// Wakes long-polling lease requests when this replica queues a job.
     job_available: Notify,
@@ -76,6 +83,13 @@ impl ControlPlane {
         };
         let keys = JwtKeys::new(&config.jwt_secret);
         let metrics = Metrics::new()?;
+        let github = match &config.github {
+            Some(github) => Some(Arc::new(GithubClient::new(
+                github.clone(),
+                metrics.github_api_rate_limited.clone(),
+            )?)),
+            None => None,
+        };
         let metadata_sink = config.metadata_sink_url.as_deref().and_then(|url| {
             metadata_sink::MetadataForwarder::start(
                 url,
@@ -86,6 +100,8 @@ impl ControlPlane {
         Ok(Arc::new(ControlPlane {
             keys,
             cache_keys: CacheTokenKeys::new(&config.cache_secret),
+            github,
+            runner_configs: std::sync::Mutex::new(std::collections::HashMap::new()),
             metrics,
             metadata_sink,
             config,
@@ -117,6 +133,80 @@ impl ControlPlane {
                 None
             }
         }
+    }
+
+    /// The name of the just-in-time runner of `job`'s lease `fencing_token`.
+    pub fn runner_name(job_id: crate::domain::JobId, fencing_token: i64) -> String {
+        format!("nimbus-{job_id}-{fencing_token}")
+    }
+
+    /// The just-in-time runner config for `job`'s current lease, registered with
+    /// GitHub on first request (labels: the job's own plus `nimbus-job-<id>`, so the
+    /// runner can only match this job's label set).
+    pub async fn runner_config(&self, job: &Job) -> Result<JitConfig> {
+        let github = self.github.as_ref().ok_or_else(|| {
+            Error::Unavailable(
+                "GitHub is not configured: set NIMBUS_GITHUB_APP_ID and its key, or NIMBUS_GITHUB_TOKEN".into(),
+            )
+        })?;
+        let key = (job.id, job.fencing_token);
+        if let Ok(configs) = self.runner_configs.lock() {
+            if let Some(config) = configs.get(&key) {
+                return Ok(config.clone());
+            }
+        }
+        let installation = job.github.as_ref().and_then(|g| g.installation_id);
+        let repo = RepoRef::parse(&job.repo, installation)?;
+        let mut labels: Vec<String> = job
+            .labels
+            .iter()
+            .filter(|label| !label.is_empty())
+            .take(99)
+            .cloned()
+            .collect();
+        labels.push(format!("nimbus-job-{}", job.id));
+        let config = github
+            .generate_jit_config(
+                &repo,
+                &Self::runner_name(job.id, job.fencing_token),
+                &labels,
+            )
+            .await?;
+        if let Ok(mut configs) = self.runner_configs.lock() {
+            // Configs of finished leases are dropped as they finish; bound it anyway.
+            if configs.len() > 10_000 {
+                configs.clear();
+            }
+            configs.insert(key, config.clone());
+        }
+        Ok(config)
+    }
+
+    /// Removes the runner of `job`'s lease `fencing_token` from GitHub in the
+    /// background (idempotent; a runner GitHub already removed is fine).
+    pub fn remove_runner(&self, job: &Job, fencing_token: i64) {
+        if let Ok(mut configs) = self.runner_configs.lock() {
+            configs.remove(&(job.id, fencing_token));
+        }
+        let (Some(github), Some(reference)) = (self.github.clone(), job.github.as_ref()) else {
+            return;
+        };
+        let Ok(repo) = RepoRef::parse(&job.repo, reference.installation_id) else {
+            return;
+        };
+        let name = Self::runner_name(job.id, fencing_token);
+        let job_id = job.id;
+        tokio::spawn(async move {
+            match github.delete_runner_named(&repo, &name).await {
+                Ok(true) => {
+                    tracing::info!(job_id, runner = %name, "removed the job's runner from GitHub")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(job_id, runner = %name, %error, "removing the job's runner from GitHub failed")
+                }
+            }
+        });
     }
 
     /// Asks long-polls and the reaper to finish (graceful shutdown).
@@ -200,6 +290,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}", get(jobs::get))
         .route("/api/jobs/{id}/heartbeat", post(jobs::heartbeat))
         .route("/api/jobs/{id}/complete", post(jobs::complete))
+        .route("/api/jobs/{id}/runner-config", get(jobs::runner_config))
         .route("/api/analytics/metadata", get(jobs::metadata_values))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -19,20 +19,20 @@ const CACHE_SECRET: &str = "api-test-cache-secret-0123456789";
 const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 const METRICS_TOKEN: &str = "metrics-token";
 
-struct Api {
+pub(crate) struct Api {
     app: Router,
-    state: AppState,
+    pub(crate) state: AppState,
     keys: JwtKeys,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
 }
 
 impl Api {
-    async fn new(store: Arc<dyn Store>, overrides: &[(&str, &str)]) -> Api {
+    pub(crate) async fn new(store: Arc<dyn Store>, overrides: &[(&str, &str)]) -> Api {
         let mut env = Env::from_map([
             ("NIMBUS_JWT_SECRET", JWT_SECRET),
             ("NIMBUS_CACHE_SHARED_SECRET", CACHE_SECRET),
@@ -51,22 +51,22 @@ impl Api {
         }
     }
 
-    fn token(&self, role: Role, org_id: Option<i64>) -> String {
+    pub(crate) fn token(&self, role: Role, org_id: Option<i64>) -> String {
         self.keys
             .mint("test", role, org_id, Duration::from_secs(600))
             .expect("mint")
     }
-    fn admin(&self) -> String {
+    pub(crate) fn admin(&self) -> String {
         self.token(Role::Admin, None)
     }
-    fn agent(&self) -> String {
+    pub(crate) fn agent(&self) -> String {
         self.token(Role::Agent, None)
     }
-    fn org(&self, id: i64) -> String {
+    pub(crate) fn org(&self, id: i64) -> String {
         self.token(Role::Org, Some(id))
     }
 
-    async fn send(&self, request: Request<Body>) -> Reply {
+    pub(crate) async fn send(&self, request: Request<Body>) -> Reply {
         let response = self.app.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
@@ -89,7 +89,7 @@ impl Api {
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         uri: &str,
@@ -110,7 +110,7 @@ impl Api {
         self.send(builder.body(body).expect("request")).await
     }
 
-    async fn webhook_raw(
+    pub(crate) async fn webhook_raw(
         &self,
         event: &str,
         delivery: &str,
@@ -131,14 +131,14 @@ impl Api {
             .await
     }
 
-    async fn webhook(&self, event: &str, delivery: &str, payload: &Value) -> Reply {
+    pub(crate) async fn webhook(&self, event: &str, delivery: &str, payload: &Value) -> Reply {
         let body = serde_json::to_vec(payload).expect("json");
         let signature = nimbus_core::webhook::sign(WEBHOOK_SECRET.as_bytes(), &body);
         self.webhook_raw(event, delivery, body, Some(signature), "application/json")
             .await
     }
 
-    async fn metric(&self, name: &str) -> f64 {
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
         let reply = self
             .call("GET", "/metrics", Some(METRICS_TOKEN), None)
             .await;
@@ -151,14 +151,14 @@ impl Api {
             .unwrap_or(0.0)
     }
 
-    async fn job_count(&self) -> usize {
+    pub(crate) async fn job_count(&self) -> usize {
         let reply = self
             .call("GET", "/api/jobs?limit=500", Some(&self.admin()), None)
             .await;
         reply.body["jobs"].as_array().map(Vec::len).unwrap_or(0)
     }
 
-    async fn add_org(&self, id: i64, name: &str) {
+    pub(crate) async fn add_org(&self, id: i64, name: &str) {
         let reply = self
             .call(
                 "POST",
@@ -177,7 +177,7 @@ fn rfc3339_now() -> String {
         .expect("format")
 }
 
-fn workflow_job(action: &str, github_job_id: i64, labels: &[&str]) -> Value {
+pub(crate) fn workflow_job(action: &str, github_job_id: i64, labels: &[&str]) -> Value {
     let now = rfc3339_now();
     json!({
         "action": action,
@@ -199,7 +199,7 @@ fn workflow_job(action: &str, github_job_id: i64, labels: &[&str]) -> Value {
     })
 }
 
-fn direct_job() -> Value {
+pub(crate) fn direct_job() -> Value {
     json!({
         "repo": "acme/app",
         "labels": ["nimbus", "param:python=3.12"],
@@ -1226,7 +1226,9 @@ macro_rules! api_suite {
                 health_and_metrics,
                 the_policy_rejects_jobs_with_reasons,
                 a_dry_run_policy_records_but_admits,
-                a_bad_policy_reload_keeps_the_previous_policy
+                a_bad_policy_reload_keeps_the_previous_policy,
+                runner_configs_go_to_the_lease_holder_and_runners_are_removed,
+                runner_configs_need_github_configured
             );
         }
     };
@@ -1234,9 +1236,13 @@ macro_rules! api_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
+                #[allow(unused_imports)]
+                use super::*;
+                #[allow(unused_imports)]
+                use crate::github::*;
                 let store: Option<std::sync::Arc<dyn nimbus_core::Store>> = $make.await;
                 if let Some(store) = store {
-                    super::$case(store).await;
+                    $case(store).await;
                 }
             }
         )+

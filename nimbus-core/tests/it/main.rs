@@ -2,4 +2,5 @@
 //! the control-plane HTTP API driven through its router.
 
 mod api;
+mod github;
 mod store;

@@ -1,0 +1,615 @@
+//! The GitHub integration against a local server implementing the GitHub endpoints
+//! Nimbus uses, with their documented shapes and status codes: app JWT checks
+//! (RS256, claims), installation tokens, generate-jitconfig (201), runner listing
+//! and deletion (404 for a gone runner), rate limits (403 + X-RateLimit-*), and a
+//! GitHub Enterprise Server base path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use nimbus_core::github::{
+    AppCredentials, AppJwtClaims, GithubAuth, GithubClient, GithubConfig, RepoRef, RunnerScope,
+};
+use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
+use serde_json::{json, Value};
+
+use crate::api::{workflow_job, Api};
+
+const APP_ID: i64 = 31337;
+
+/// One RSA key pair for the whole test binary (generation takes a moment).
+fn key_pair() -> &'static (String, String) {
+    static KEYS: OnceLock<(String, String)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
+        let private_pem = private
+            .to_pkcs1_pem(LineEnding::LF)
+            .expect("pem")
+            .to_string();
+        let public_pem = private
+            .to_public_key()
+            .to_pkcs1_pem(LineEnding::LF)
+            .expect("public pem");
+        (private_pem, public_pem)
+    })
+}
+
+/// What the fake GitHub saw and how it should behave.
+#[derive(Default)]
+struct FakeState {
+    /// Installation tokens issued: token → installation id.
+    tokens: HashMap<String, i64>,
+    tokens_minted: u32,
+    /// Lifetime of issued installation tokens, seconds.
+    token_lifetime: i64,
+    /// Registered runners: id → (name, labels).
+    runners: HashMap<i64, (String, Vec<String>)>,
+    next_runner: i64,
+    deleted: Vec<i64>,
+    /// Answer the next N API calls with a primary rate limit.
+    rate_limit_next: u32,
+    requests: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Fake {
+    state: Arc<Mutex<FakeState>>,
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"message": message, "documentation_url": "https://docs.github.com/rest"})),
+    )
+        .into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+}
+
+impl Fake {
+    /// Checks an installation token and the rate limit; `Err` is the answer to send.
+    fn admit(&self, headers: &HeaderMap, what: String) -> Result<(), Box<Response>> {
+        let mut state = self.state.lock().expect("lock");
+        state.requests.push(what);
+        if state.rate_limit_next > 0 {
+            state.rate_limit_next -= 1;
+            let reset = time::OffsetDateTime::now_utc().unix_timestamp() + 1;
+            let mut response = error(
+                StatusCode::FORBIDDEN,
+                "API rate limit exceeded for installation ID 5.",
+            );
+            let headers = response.headers_mut();
+            headers.insert("x-ratelimit-limit", "5000".parse().expect("header"));
+            headers.insert("x-ratelimit-remaining", "0".parse().expect("header"));
+            headers.insert(
+                "x-ratelimit-reset",
+                reset.to_string().parse().expect("header"),
+            );
+            return Err(Box::new(response));
+        }
+        match bearer(headers) {
+            Some(token) if state.tokens.contains_key(&token) || token == "ghp_personal" => Ok(()),
+            _ => Err(Box::new(error(StatusCode::UNAUTHORIZED, "Bad credentials"))),
+        }
+    }
+}
+
+async fn access_token(
+    State(fake): State<Fake>,
+    Path(installation): Path<i64>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(jwt) = bearer(&headers) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        );
+    };
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    validation.leeway = 0;
+    let key = DecodingKey::from_rsa_pem(key_pair().1.as_bytes()).expect("public key");
+    let claims = match jsonwebtoken::decode::<AppJwtClaims>(&jwt, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(_) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "A JSON web token could not be decoded",
+            )
+        }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // GitHub: iat may be in the past for clock drift; exp at most 10 minutes ahead.
+    if claims.iss != APP_ID.to_string() || claims.exp - now > 600 || claims.iat > now {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "'Expiration time' claim ('exp') is too far in the future",
+        );
+    }
+    let mut state = fake.state.lock().expect("lock");
+    state.tokens_minted += 1;
+    let token = format!("ghs_token{}", state.tokens_minted);
+    state.tokens.insert(token.clone(), installation);
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(state.token_lifetime);
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token,
+            "expires_at": expires.format(&time::format_description::well_known::Rfc3339).expect("format"),
+            "permissions": {"administration": "write"},
+            "repository_selection": "all"
+        })),
+    )
+        .into_response()
+}
+
+async fn generate_jitconfig(
+    State(fake): State<Fake>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, format!("jitconfig {owner}/{repo}")) {
+        return *response;
+    }
+    let name = body["name"].as_str().unwrap_or_default().to_string();
+    let labels: Vec<String> = body["labels"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if name.is_empty()
+        || labels.is_empty()
+        || labels.len() > 100
+        || body["runner_group_id"].as_i64().is_none()
+    {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    }
+    let mut state = fake.state.lock().expect("lock");
+    if state
+        .runners
+        .values()
+        .any(|(existing, _)| *existing == name)
+    {
+        return error(
+            StatusCode::CONFLICT,
+            "Already exists - A runner with the name already exists.",
+        );
+    }
+    state.next_runner += 1;
+    let id = state.next_runner;
+    state.runners.insert(id, (name.clone(), labels.clone()));
+    // What the runner decodes: a JSON map of base64 files (.runner, .credentials, …).
+    let runner_file = json!({"AgentId": id, "AgentName": name, "PoolId": 1, "ServerUrl": "https://pipelines.actions.githubusercontent.com/x"});
+    let encoded = base64_encode(&json!({".runner": base64_encode(&runner_file.to_string()), ".credentials": base64_encode("{}")}).to_string());
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "runner": {"id": id, "name": name, "os": "unknown", "status": "offline", "busy": false,
+                       "labels": labels.iter().map(|l| json!({"name": l, "type": "custom"})).collect::<Vec<_>>()},
+            "encoded_jit_config": encoded
+        })),
+    )
+        .into_response()
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+async fn list_runners(
+    State(fake): State<Fake>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, format!("list {owner}/{repo}")) {
+        return *response;
+    }
+    let state = fake.state.lock().expect("lock");
+    let runners: Vec<Value> = state
+        .runners
+        .iter()
+        .filter(|(_, (name, _))| query.get("name").is_none_or(|wanted| wanted == name))
+        .map(|(id, (name, _))| json!({"id": id, "name": name, "status": "offline", "busy": false}))
+        .collect();
+    Json(json!({"total_count": runners.len(), "runners": runners})).into_response()
+}
+
+async fn delete_runner(
+    State(fake): State<Fake>,
+    Path((owner, repo, id)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, format!("delete {owner}/{repo} {id}")) {
+        return *response;
+    }
+    let mut state = fake.state.lock().expect("lock");
+    if state.runners.remove(&id).is_some() {
+        state.deleted.push(id);
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "Not Found")
+    }
+}
+
+/// Starts the fake under `base_path` ("" for github.com, "/api/v3" for GHES).
+async fn start_fake(base_path: &str, token_lifetime: i64) -> (String, Fake) {
+    let fake = Fake {
+        state: Arc::new(Mutex::new(FakeState {
+            token_lifetime,
+            ..FakeState::default()
+        })),
+    };
+    let api = Router::new()
+        .route("/app/installations/{id}/access_tokens", post(access_token))
+        .route(
+            "/repos/{owner}/{repo}/actions/runners/generate-jitconfig",
+            post(generate_jitconfig),
+        )
+        .route("/repos/{owner}/{repo}/actions/runners", get(list_runners))
+        .route(
+            "/repos/{owner}/{repo}/actions/runners/{id}",
+            delete(delete_runner),
+        )
+        .with_state(fake.clone());
+    let app = if base_path.is_empty() {
+        api
+    } else {
+        Router::new().nest(base_path, api)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{address}{base_path}"), fake)
+}
+
+fn app_config(api_url: &str) -> GithubConfig {
+    GithubConfig {
+        api_url: api_url.to_string(),
+        auth: GithubAuth::App(AppCredentials::new(APP_ID, &key_pair().0).expect("key")),
+        runner_scope: RunnerScope::Repository,
+        runner_group_id: 1,
+        reconcile_interval: Duration::from_secs(60),
+        max_rate_limit_wait: Duration::from_secs(10),
+    }
+}
+
+fn counter() -> prometheus::IntCounter {
+    prometheus::IntCounter::new("test_rate_limited", "test").expect("counter")
+}
+
+fn repo() -> RepoRef {
+    RepoRef::parse("acme/app", Some(5)).expect("repo")
+}
+
+#[tokio::test]
+async fn the_app_jwt_has_githubs_claims_and_verifies_with_the_public_key() {
+    let credentials = AppCredentials::new(APP_ID, &key_pair().0).expect("key");
+    let now = time::OffsetDateTime::now_utc();
+    let jwt = credentials.jwt(now).expect("jwt");
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    let key = DecodingKey::from_rsa_pem(key_pair().1.as_bytes()).expect("public key");
+    let claims = jsonwebtoken::decode::<AppJwtClaims>(&jwt, &key, &validation)
+        .expect("RS256 signature verifies")
+        .claims;
+    assert_eq!(claims.iss, APP_ID.to_string());
+    assert_eq!(
+        claims.iat,
+        now.unix_timestamp() - 60,
+        "iat is back-dated 60 s"
+    );
+    assert!(
+        claims.exp - now.unix_timestamp() <= 600,
+        "exp is at most 10 minutes ahead"
+    );
+    assert!(claims.exp > now.unix_timestamp());
+    // Any other key does not verify it.
+    let other = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("key");
+    let other_public = other
+        .to_public_key()
+        .to_pkcs1_pem(LineEnding::LF)
+        .expect("pem");
+    assert!(jsonwebtoken::decode::<AppJwtClaims>(
+        &jwt,
+        &DecodingKey::from_rsa_pem(other_public.as_bytes()).expect("key"),
+        &validation
+    )
+    .is_err());
+    assert!(AppCredentials::new(APP_ID, "not a key").is_err());
+}
+
+#[tokio::test]
+async fn jit_configs_are_registered_and_runners_removed_idempotently() {
+    let (url, fake) = start_fake("", 3600).await;
+    let client = GithubClient::new(app_config(&url), counter()).expect("client");
+    let labels = vec!["nimbus".to_string(), "nimbus-job-1".to_string()];
+    let config = client
+        .generate_jit_config(&repo(), "nimbus-1-1", &labels)
+        .await
+        .expect("jitconfig");
+    assert_eq!(config.runner_name, "nimbus-1-1");
+    assert!(!config.encoded_jit_config.is_empty());
+    // The same name again (an earlier attempt's runner): removed and registered anew.
+    let again = client
+        .generate_jit_config(&repo(), "nimbus-1-1", &labels)
+        .await
+        .expect("again");
+    assert_ne!(again.runner_id, config.runner_id);
+    assert!(client
+        .delete_runner_named(&repo(), "nimbus-1-1")
+        .await
+        .expect("delete"));
+    // Gone already: a 404, which is fine.
+    assert!(!client
+        .delete_runner(&repo(), again.runner_id)
+        .await
+        .expect("404 is fine"));
+    assert!(!client
+        .delete_runner_named(&repo(), "nimbus-1-1")
+        .await
+        .expect("nothing to delete"));
+    let state = fake.state.lock().expect("lock");
+    assert_eq!(
+        state.tokens_minted, 1,
+        "one installation token served every call"
+    );
+    assert!(state.runners.is_empty());
+}
+
+#[tokio::test]
+async fn installation_tokens_are_renewed_before_they_expire() {
+    // Tokens that live 4 minutes are inside the 5-minute renewal margin: every call mints.
+    let (url, fake) = start_fake("", 240).await;
+    let client = GithubClient::new(app_config(&url), counter()).expect("client");
+    for _ in 0..3 {
+        client.delete_runner(&repo(), 999).await.expect("call");
+    }
+    assert_eq!(fake.state.lock().expect("lock").tokens_minted, 3);
+    // Tokens that live an hour are reused.
+    let (url, fake) = start_fake("", 3600).await;
+    let client = GithubClient::new(app_config(&url), counter()).expect("client");
+    for _ in 0..3 {
+        client.delete_runner(&repo(), 999).await.expect("call");
+    }
+    assert_eq!(fake.state.lock().expect("lock").tokens_minted, 1);
+}
+
+#[tokio::test]
+async fn rate_limits_back_off_until_the_reset_and_are_counted() {
+    let (url, fake) = start_fake("", 3600).await;
+    let rate_limited = counter();
+    let client = GithubClient::new(app_config(&url), rate_limited.clone()).expect("client");
+    fake.state.lock().expect("lock").rate_limit_next = 1;
+    let started = std::time::Instant::now();
+    client
+        .generate_jit_config(&repo(), "nimbus-2-1", &["nimbus".to_string()])
+        .await
+        .expect("succeeds after the reset");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "waited for the reset"
+    );
+    assert_eq!(rate_limited.get(), 1);
+    // A limit that does not lift within the allowed wait is an error, not a hang.
+    fake.state.lock().expect("lock").rate_limit_next = 100;
+    let mut config = app_config(&url);
+    config.max_rate_limit_wait = Duration::ZERO;
+    let impatient = GithubClient::new(config, counter()).expect("client");
+    let error = impatient
+        .generate_jit_config(&repo(), "nimbus-3-1", &["nimbus".to_string()])
+        .await
+        .expect_err("rate limited");
+    assert!(error.to_string().contains("rate limited"), "{error}");
+}
+
+#[tokio::test]
+async fn a_bad_app_key_gets_401_and_a_clear_error() {
+    let (url, _fake) = start_fake("", 3600).await;
+    let other = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("key");
+    let other_pem = other.to_pkcs1_pem(LineEnding::LF).expect("pem").to_string();
+    let mut config = app_config(&url);
+    config.auth = GithubAuth::App(AppCredentials::new(APP_ID, &other_pem).expect("key"));
+    let client = GithubClient::new(config, counter()).expect("client");
+    let error = client
+        .generate_jit_config(&repo(), "nimbus-4-1", &["nimbus".to_string()])
+        .await
+        .expect_err("401");
+    assert!(error.to_string().contains("401"), "{error}");
+}
+
+#[tokio::test]
+async fn an_enterprise_server_base_url_and_a_personal_token_work() {
+    let (url, fake) = start_fake("/api/v3", 3600).await;
+    assert!(url.ends_with("/api/v3"));
+    let mut config = app_config(&url);
+    config.auth = GithubAuth::Token(nimbus_core::Secret::new("ghp_personal"));
+    let client = GithubClient::new(config, counter()).expect("client");
+    let jit = client
+        .generate_jit_config(
+            &RepoRef::parse("acme/app", None).expect("repo"),
+            "nimbus-5-1",
+            &["nimbus".to_string()],
+        )
+        .await
+        .expect("jitconfig through /api/v3");
+    assert!(jit.runner_id > 0);
+    assert_eq!(
+        fake.state.lock().expect("lock").tokens_minted,
+        0,
+        "no app tokens in token mode"
+    );
+}
+
+/// The control plane hands the runner config to the agent holding the lease only,
+/// labels the runner for this one job, and removes it from GitHub on completion.
+pub async fn runner_configs_go_to_the_lease_holder_and_runners_are_removed(
+    store: Arc<dyn nimbus_core::Store>,
+) {
+    let (url, fake) = start_fake("", 3600).await;
+    let api = Api::new(
+        store,
+        &[
+            ("NIMBUS_GITHUB_APP_ID", &APP_ID.to_string()),
+            ("NIMBUS_GITHUB_APP_PRIVATE_KEY", &key_pair().0),
+            ("NIMBUS_GITHUB_API_URL", &url),
+        ],
+    )
+    .await;
+    let queued = api
+        .webhook(
+            "workflow_job",
+            &uuid::Uuid::new_v4().to_string(),
+            &workflow_job("queued", 7001, &["nimbus", "gpu"]),
+        )
+        .await;
+    assert_eq!(queued.status, StatusCode::CREATED, "{:?}", queued.body);
+    let job_id = queued.body["job_id"].as_i64().expect("job id");
+    let lease = api
+        .call(
+            "POST",
+            "/api/jobs/lease",
+            Some(&api.agent()),
+            Some(json!({"wait_seconds": 0})),
+        )
+        .await;
+    let token = lease.body["fencing_token"].as_i64().expect("token");
+
+    let uri = |t: i64| format!("/api/jobs/{job_id}/runner-config?fencing_token={t}");
+    let config = api.call("GET", &uri(token), Some(&api.agent()), None).await;
+    assert_eq!(config.status, StatusCode::OK, "{:?}", config.body);
+    assert_eq!(
+        config.body["runner_name"],
+        format!("nimbus-{job_id}-{token}")
+    );
+    assert!(config.body["encoded_jit_config"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    // Asked again within the lease: the same runner, not a second registration.
+    let again = api.call("GET", &uri(token), Some(&api.agent()), None).await;
+    assert_eq!(again.body["runner_id"], config.body["runner_id"]);
+    {
+        let state = fake.state.lock().expect("lock");
+        assert_eq!(state.runners.len(), 1);
+        let (_, labels) = state.runners.values().next().expect("runner");
+        assert!(
+            labels.contains(&format!("nimbus-job-{job_id}")),
+            "{labels:?}"
+        );
+        assert!(labels.contains(&"gpu".to_string()), "{labels:?}");
+    }
+    // A stale token, an org token, a direct job: no config.
+    assert_eq!(
+        api.call("GET", &uri(token - 1), Some(&api.agent()), None)
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.call("GET", &uri(token), Some(&api.org(42)), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.call(
+            "GET",
+            &format!("/api/jobs/{job_id}/runner-config"),
+            Some(&api.agent()),
+            None
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Completion removes the runner from GitHub (in the background).
+    let done = api
+        .call(
+            "POST",
+            &format!("/api/jobs/{job_id}/complete"),
+            Some(&api.agent()),
+            Some(json!({"fencing_token": token, "status": "succeeded", "exit_code": 0})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK);
+    for _ in 0..100 {
+        if fake.state.lock().expect("lock").runners.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fake.state.lock().expect("lock").runners.is_empty(),
+        "runner removed"
+    );
+    // After completion the config is no longer handed out.
+    assert_eq!(
+        api.call("GET", &uri(token), Some(&api.agent()), None)
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+}
+
+/// Without GitHub configured, a GitHub job's runner config is a clear 503.
+pub async fn runner_configs_need_github_configured(store: Arc<dyn nimbus_core::Store>) {
+    let api = Api::new(store, &[]).await;
+    let queued = api
+        .webhook(
+            "workflow_job",
+            &uuid::Uuid::new_v4().to_string(),
+            &workflow_job("queued", 7002, &["nimbus"]),
+        )
+        .await;
+    let job_id = queued.body["job_id"].as_i64().expect("job id");
+    let lease = api
+        .call(
+            "POST",
+            "/api/jobs/lease",
+            Some(&api.agent()),
+            Some(json!({"wait_seconds": 0})),
+        )
+        .await;
+    let token = lease.body["fencing_token"].as_i64().expect("token");
+    let config = api
+        .call(
+            "GET",
+            &format!("/api/jobs/{job_id}/runner-config?fencing_token={token}"),
+            Some(&api.agent()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        config.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        config.body
+    );
+    assert!(config.body["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("NIMBUS_GITHUB_APP_ID"));
+}
