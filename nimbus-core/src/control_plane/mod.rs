@@ -34,6 +34,7 @@ pub mod http;
 mod jobs;
 mod metadata_sink;
 pub mod metrics;
+pub mod reconcile;
 mod webhooks;
 
 pub use metrics::Metrics;
@@ -480,6 +481,7 @@ pub async fn serve(
 ) -> Result<()> {
     let reaper = tokio::spawn(reaper_loop(state.clone()));
     let policy_watch = tokio::spawn(policy_watch_loop(state.clone()));
+    let reconciler = tokio::spawn(reconcile::reconcile_loop(state.clone()));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = state.clone();
     let result = axum::serve(listener, app)
@@ -492,6 +494,7 @@ pub async fn serve(
     state.begin_shutdown();
     let _ = reaper.await;
     let _ = policy_watch.await;
+    let _ = reconciler.await;
     result
 }
 

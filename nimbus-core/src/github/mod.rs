@@ -422,6 +422,82 @@ impl GithubClient {
         }
     }
 
+    /// The repositories Nimbus can see, with what a `workflow_job` payload says of
+    /// them (`repository`, `organization`, `installation`): every installation's
+    /// repositories (App auth), or the token's own (personal token).
+    pub async fn repositories(&self) -> Result<Vec<Value>> {
+        let mut repositories = Vec::new();
+        match &self.config.auth {
+            GithubAuth::App(app) => {
+                let jwt = app.jwt(OffsetDateTime::now_utc())?;
+                let (status, installations) = self
+                    .send(Method::GET, "/app/installations?per_page=100", &jwt, None)
+                    .await?;
+                if !status.is_success() {
+                    return Err(github_error("list installations", status, &installations));
+                }
+                for installation in installations.as_array().into_iter().flatten() {
+                    let Some(id) = installation["id"].as_i64() else {
+                        continue;
+                    };
+                    let token = self.token_for(Some(id)).await?;
+                    let (status, answer) = self
+                        .send(
+                            Method::GET,
+                            "/installation/repositories?per_page=100",
+                            token.expose(),
+                            None,
+                        )
+                        .await?;
+                    if !status.is_success() {
+                        return Err(github_error(
+                            "list installation repositories",
+                            status,
+                            &answer,
+                        ));
+                    }
+                    for repo in answer["repositories"].as_array().into_iter().flatten() {
+                        let mut repo = repo.clone();
+                        repo["installation"] = json!({"id": id});
+                        repositories.push(repo);
+                    }
+                }
+            }
+            GithubAuth::Token(token) => {
+                let (status, answer) = self
+                    .send(
+                        Method::GET,
+                        "/user/repos?affiliation=owner,organization_member&per_page=100",
+                        token.expose(),
+                        None,
+                    )
+                    .await?;
+                if !status.is_success() {
+                    return Err(github_error("list repositories", status, &answer));
+                }
+                repositories.extend(answer.as_array().into_iter().flatten().cloned());
+            }
+        }
+        Ok(repositories)
+    }
+
+    /// One workflow job as GitHub sees it now.
+    pub async fn workflow_job(&self, repo: &RepoRef, job_id: i64) -> Result<Value> {
+        let token = self.token_for(repo.installation_id).await?;
+        let (status, answer) = self
+            .send(
+                Method::GET,
+                &format!("/repos/{}/{}/actions/jobs/{job_id}", repo.owner, repo.name),
+                token.expose(),
+                None,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(github_error("get workflow job", status, &answer));
+        }
+        Ok(answer)
+    }
+
     /// Queued workflow jobs of `repo` (for the reconciler): the jobs of its queued
     /// and in-progress runs whose status is `queued`.
     pub async fn queued_jobs(&self, repo: &RepoRef) -> Result<Vec<Value>> {

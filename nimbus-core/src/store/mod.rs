@@ -178,6 +178,9 @@ pub trait JobQueue: Send + Sync {
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
 
+    /// The job made for GitHub job `github_job_id`, if any.
+    async fn get_github_job(&self, github_job_id: i64) -> Result<Option<Job>>;
+
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage>;
 
     /// Applies GitHub's `in_progress` / `completed` news to the job made for that

@@ -321,6 +321,15 @@ macro_rules! impl_shared_store {
                 row.map(__Job::try_from).transpose()
             }
 
+            async fn get_github_job(&self, github_job_id: i64) -> __Result<Option<__Job>> {
+                let row: Option<__JobRow> =
+                    sqlx::query_as(__sql::SELECT_JOB_BY_GITHUB_ID.as_str())
+                        .bind(github_job_id)
+                        .fetch_optional(&self.reader)
+                        .await?;
+                row.map(__Job::try_from).transpose()
+            }
+
             async fn list_jobs(&self, filter: &__JobFilter) -> __Result<__JobPage> {
                 let limit = filter.limit.clamp(1, $crate::store::MAX_PAGE_SIZE);
                 let mut query = sqlx::QueryBuilder::<$db>::new(__sql::SELECT_JOBS.as_str());

@@ -56,6 +56,8 @@ struct FakeState {
     /// Answer the next N API calls with a primary rate limit.
     rate_limit_next: u32,
     requests: Vec<String>,
+    /// Workflow jobs of acme/app (run 4242) as the REST API shows them.
+    workflow_jobs: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -250,6 +252,87 @@ async fn delete_runner(
     }
 }
 
+async fn installations(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+    // App-level: needs the app JWT, not an installation token.
+    if bearer(&headers).is_none_or(|t| t.starts_with("ghs_")) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        );
+    }
+    fake.state
+        .lock()
+        .expect("lock")
+        .requests
+        .push("installations".into());
+    Json(json!([{"id": 5, "account": {"id": 42, "login": "acme", "type": "Organization"}}]))
+        .into_response()
+}
+
+async fn installation_repositories(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+    if let Err(response) = fake.admit(&headers, "installation repositories".into()) {
+        return *response;
+    }
+    Json(json!({"total_count": 1, "repositories": [
+        {"id": 77, "full_name": "acme/app", "owner": {"id": 42, "login": "acme", "type": "Organization"}}
+    ]}))
+    .into_response()
+}
+
+async fn workflow_runs(
+    State(fake): State<Fake>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, "runs".into()) {
+        return *response;
+    }
+    let state = fake.state.lock().expect("lock");
+    let any_queued = state.workflow_jobs.iter().any(|j| j["status"] == "queued");
+    let runs = if query.get("status").map(String::as_str) == Some("queued") && any_queued {
+        json!([{"id": 4242, "status": "queued"}])
+    } else {
+        json!([])
+    };
+    Json(json!({"total_count": runs.as_array().map_or(0, Vec::len), "workflow_runs": runs}))
+        .into_response()
+}
+
+async fn run_jobs(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+    if let Err(response) = fake.admit(&headers, "run jobs".into()) {
+        return *response;
+    }
+    let state = fake.state.lock().expect("lock");
+    Json(json!({"total_count": state.workflow_jobs.len(), "jobs": state.workflow_jobs}))
+        .into_response()
+}
+
+async fn one_job(
+    State(fake): State<Fake>,
+    Path((_owner, _repo, id)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, format!("job {id}")) {
+        return *response;
+    }
+    let state = fake.state.lock().expect("lock");
+    match state.workflow_jobs.iter().find(|j| j["id"] == id) {
+        Some(job) => Json(job.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// A workflow job as `GET /repos/{o}/{r}/actions/runs/{id}/jobs` lists it.
+fn rest_job(id: i64, status: &str, labels: &[&str]) -> Value {
+    json!({
+        "id": id, "run_id": 4242, "run_attempt": 1, "head_sha": "abc123", "head_branch": "main",
+        "workflow_name": "CI", "name": format!("job {id}"), "labels": labels, "status": status,
+        "conclusion": if status == "completed" { json!("cancelled") } else { Value::Null },
+        "created_at": "2026-11-27T10:00:00Z", "started_at": "2026-11-27T10:00:00Z",
+        "completed_at": Value::Null, "runner_name": Value::Null, "steps": []
+    })
+}
+
 /// Starts the fake under `base_path` ("" for github.com, "/api/v3" for GHES).
 async fn start_fake(base_path: &str, token_lifetime: i64) -> (String, Fake) {
     let fake = Fake {
@@ -265,6 +348,14 @@ async fn start_fake(base_path: &str, token_lifetime: i64) -> (String, Fake) {
             post(generate_jitconfig),
         )
         .route("/repos/{owner}/{repo}/actions/runners", get(list_runners))
+        .route("/app/installations", get(installations))
+        .route("/installation/repositories", get(installation_repositories))
+        .route("/repos/{owner}/{repo}/actions/runs", get(workflow_runs))
+        .route(
+            "/repos/{owner}/{repo}/actions/runs/{run}/jobs",
+            get(run_jobs),
+        )
+        .route("/repos/{owner}/{repo}/actions/jobs/{id}", get(one_job))
         .route(
             "/repos/{owner}/{repo}/actions/runners/{id}",
             delete(delete_runner),
@@ -612,4 +703,89 @@ pub async fn runner_configs_need_github_configured(store: Arc<dyn nimbus_core::S
         .as_str()
         .unwrap_or_default()
         .contains("NIMBUS_GITHUB_APP_ID"));
+}
+
+/// A queued job no webhook announced is queued by the reconciler exactly once;
+/// jobs for other runners are left alone; a job GitHub finished while it waited
+/// here is closed.
+pub async fn a_missed_webhook_is_found_by_the_reconciler_exactly_once(
+    store: Arc<dyn nimbus_core::Store>,
+) {
+    let (url, fake) = start_fake("", 3600).await;
+    let api = Api::new(
+        store,
+        &[
+            ("NIMBUS_GITHUB_APP_ID", &APP_ID.to_string()),
+            ("NIMBUS_GITHUB_APP_PRIVATE_KEY", &key_pair().0),
+            ("NIMBUS_GITHUB_API_URL", &url),
+        ],
+    )
+    .await;
+    // 8003 came by webhook; 8001 did not; 8002 is for GitHub's hosted runners.
+    let delivered = api
+        .webhook(
+            "workflow_job",
+            &uuid::Uuid::new_v4().to_string(),
+            &workflow_job("queued", 8003, &["nimbus"]),
+        )
+        .await;
+    assert_eq!(delivered.status, StatusCode::CREATED);
+    fake.state.lock().expect("lock").workflow_jobs = vec![
+        rest_job(8001, "queued", &["nimbus"]),
+        rest_job(8002, "queued", &["ubuntu-latest"]),
+        rest_job(8003, "queued", &["nimbus"]),
+    ];
+    let report = nimbus_core::control_plane::reconcile::reconcile_once(&api.state)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        (report.repositories, report.enqueued, report.closed),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    let found = api
+        .state
+        .store
+        .get_github_job(8001)
+        .await
+        .expect("get")
+        .expect("queued now");
+    assert_eq!(found.status, nimbus_core::JobStatus::Queued);
+    assert_eq!(found.org_id, 42);
+    assert_eq!(
+        found.github.as_ref().and_then(|g| g.installation_id),
+        Some(5)
+    );
+    assert!(api
+        .state
+        .store
+        .get_github_job(8002)
+        .await
+        .expect("get")
+        .is_none());
+    // Again: nothing new.
+    let again = nimbus_core::control_plane::reconcile::reconcile_once(&api.state)
+        .await
+        .expect("reconcile");
+    assert_eq!(again.enqueued, 0);
+    assert_eq!(
+        api.metric("nimbus_control_plane_jobs_reconciled_total")
+            .await,
+        1.0
+    );
+
+    // GitHub cancels 8003 and the completed delivery is lost: closed here too.
+    fake.state.lock().expect("lock").workflow_jobs = vec![rest_job(8003, "completed", &["nimbus"])];
+    let report = nimbus_core::control_plane::reconcile::reconcile_once(&api.state)
+        .await
+        .expect("reconcile");
+    assert!(report.closed >= 1, "{report:?}");
+    let closed = api
+        .state
+        .store
+        .get_github_job(8003)
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(closed.status, nimbus_core::JobStatus::Cancelled);
 }
