@@ -25,6 +25,7 @@ pub struct Metrics {
     pub metadata_forward_failures: IntCounter,
     pub github_api_rate_limited: IntCounter,
     pub jobs_reconciled: IntCounter,
+    pub runner_swaps: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
 }
@@ -84,6 +85,11 @@ impl Metrics {
                 r,
                 "nimbus_control_plane_jobs_reconciled_total",
                 "Jobs the reconciler queued because no webhook brought them, or closed because GitHub finished them.",
+            )?,
+            runner_swaps: counter(
+                r,
+                "nimbus_control_plane_runner_swaps_total",
+                "Times GitHub gave a Nimbus runner another queued job than the one it was made for (the two jobs' records were swapped).",
             )?,
             webhooks_received: counter_vec(
                 r,

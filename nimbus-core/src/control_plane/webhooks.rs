@@ -215,6 +215,9 @@ async fn workflow_job(
                     delivery_id: delivery.id.clone(),
                 });
             }
+            if event.action == WorkflowJobAction::InProgress {
+                bind_runner(state, event, now).await?;
+            }
             let update = GithubJobUpdate {
                 github_job_id,
                 status: event.action.as_str().to_owned(),
@@ -236,5 +239,75 @@ async fn workflow_job(
                 ),
             })
         }
+    }
+}
+
+/// The Nimbus job a runner was made for, from its name `nimbus-{job}-{fencing token}`.
+fn runner_job(runner_name: &str) -> Option<crate::domain::JobId> {
+    let rest = runner_name.strip_prefix("nimbus-")?;
+    let (job, token) = rest.split_once('-')?;
+    token.parse::<i64>().ok()?;
+    job.parse().ok()
+}
+
+/// GitHub hands a runner any queued job whose labels it has, not necessarily the
+/// one it was made for (actions/runner #3697). When `in_progress` names one of our
+/// runners on another job, the runner's Nimbus job now stands for the job it runs,
+/// and the job that stood for that one takes over the runner's original GitHub job
+/// (which is still queued and will get the next runner): nothing waits forever,
+/// nothing is counted twice. If the job it runs was never ours, the original one
+/// is left without a Nimbus job, and the reconciler queues it on its next pass.
+async fn bind_runner(
+    state: &ControlPlane,
+    event: &WorkflowJobEvent,
+    now: time::OffsetDateTime,
+) -> Result<()> {
+    let Some(runner_job_id) = event
+        .workflow_job
+        .runner_name
+        .as_deref()
+        .and_then(runner_job)
+    else {
+        return Ok(());
+    };
+    let Some(runner_job) = state.store.get_job(runner_job_id).await? else {
+        return Ok(());
+    };
+    let Some(made_for) = runner_job.github.as_ref().map(|g| g.job_id) else {
+        return Ok(());
+    };
+    let running = event.workflow_job.id;
+    if made_for == running {
+        return Ok(());
+    }
+    let repo = crate::domain::Repo {
+        id: Some(event.repository.id),
+        full_name: event.repository.full_name.clone(),
+    };
+    let other = state
+        .store
+        .rebind_github_job(runner_job_id, &event.github_ref(), &repo, now)
+        .await?;
+    state.metrics.runner_swaps.inc();
+    tracing::warn!(
+        job_id = runner_job_id,
+        made_for,
+        running,
+        other_job = ?other,
+        "GitHub gave our runner another job; the two job records were swapped"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runner_job;
+
+    #[test]
+    fn runner_names_name_their_job() {
+        assert_eq!(runner_job("nimbus-42-7"), Some(42));
+        assert_eq!(runner_job("nimbus-42"), None);
+        assert_eq!(runner_job("nimbus-runner-7"), None);
+        assert_eq!(runner_job("other-42-7"), None);
     }
 }

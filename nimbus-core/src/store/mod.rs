@@ -192,6 +192,19 @@ pub trait JobQueue: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<Option<Job>>;
 
+    /// GitHub ran a different job on `job_id`'s runner than the one it was made for:
+    /// `job_id` now stands for the GitHub job `github` (of repository `repo`), and
+    /// the job that stood for `github` until now, if any, takes over `job_id`'s old
+    /// GitHub job — one transaction, so no GitHub job is left without a Nimbus job
+    /// and none has two. Returns that other job's id.
+    async fn rebind_github_job(
+        &self,
+        job_id: JobId,
+        github: &crate::domain::GithubJobRef,
+        repo: &crate::domain::Repo,
+        now: OffsetDateTime,
+    ) -> Result<Option<JobId>>;
+
     /// Number of jobs per status (for gauges and reports).
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>>;
 }

@@ -94,6 +94,12 @@ pub(crate) static APPLY_GITHUB_UPDATE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Sets a job's GitHub reference and repository (the runner-swap rebinding).
+pub(crate) const SET_GITHUB_REF: &str = "UPDATE jobs SET github_job_id = $1, github_run_id = $2, \
+     github_run_attempt = $3, github_workflow_name = $4, github_job_name = $5, github_head_sha = $6, \
+     github_head_branch = $7, github_installation_id = $8, github_status = $9, github_conclusion = $10, \
+     github_runner_name = $11, repo = $12, repo_id = $13, updated_at = $14 WHERE id = $15";
+
 pub(crate) const HEARTBEAT: &str = "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
      WHERE id = $3 AND status = 'leased' AND fencing_token = $4 \
      RETURNING lease_id, fencing_token, lease_expires_at";
@@ -388,6 +394,70 @@ macro_rules! impl_shared_store {
                     .fetch_optional(&self.writer)
                     .await?;
                 row.map(__Job::try_from).transpose()
+            }
+
+            async fn rebind_github_job(
+                &self,
+                job_id: __JobId,
+                github: &$crate::domain::GithubJobRef,
+                repo: &$crate::domain::Repo,
+                now: time::OffsetDateTime,
+            ) -> __Result<Option<__JobId>> {
+                let now_ms = __to_millis(now);
+                let mut tx = self.writer.begin().await?;
+                let row: Option<__JobRow> = sqlx::query_as(__sql::SELECT_JOB_BY_ID.as_str())
+                    .bind(job_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let current = match row {
+                    Some(row) => __Job::try_from(row)?,
+                    None => return Err(__Error::not_found(format!("job {job_id}"))),
+                };
+                let Some(old) = current.github.clone() else {
+                    return Err(__Error::invalid(format!("job {job_id} is not a GitHub job")));
+                };
+                if old.job_id == github.job_id {
+                    return Ok(None);
+                }
+                let other: Option<__JobRow> =
+                    sqlx::query_as(__sql::SELECT_JOB_BY_GITHUB_ID.as_str())
+                        .bind(github.job_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let other = other.map(__Job::try_from).transpose()?;
+                // Free the unique GitHub job id before handing it over.
+                sqlx::query("UPDATE jobs SET github_job_id = NULL WHERE id = $1")
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let set = |reference: &$crate::domain::GithubJobRef, repo_name: &str, repo_id: Option<i64>, id: __JobId| {
+                    sqlx::query(__sql::SET_GITHUB_REF)
+                        .bind(reference.job_id)
+                        .bind(reference.run_id)
+                        .bind(reference.run_attempt)
+                        .bind(reference.workflow_name.clone())
+                        .bind(reference.job_name.clone())
+                        .bind(reference.head_sha.clone())
+                        .bind(reference.head_branch.clone())
+                        .bind(reference.installation_id)
+                        .bind(reference.status.clone())
+                        .bind(reference.conclusion.clone())
+                        .bind(reference.runner_name.clone())
+                        .bind(repo_name.to_string())
+                        .bind(repo_id)
+                        .bind(now_ms)
+                        .bind(id)
+                };
+                if let Some(other) = &other {
+                    set(&old, &current.repo, current.repo_id, other.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                set(github, &repo.full_name, repo.id, job_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(other.map(|job| job.id))
             }
 
             async fn count_by_status(&self) -> __Result<Vec<(__JobStatus, i64)>> {

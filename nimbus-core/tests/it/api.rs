@@ -1229,7 +1229,8 @@ macro_rules! api_suite {
                 a_bad_policy_reload_keeps_the_previous_policy,
                 runner_configs_go_to_the_lease_holder_and_runners_are_removed,
                 runner_configs_need_github_configured,
-                a_missed_webhook_is_found_by_the_reconciler_exactly_once
+                a_missed_webhook_is_found_by_the_reconciler_exactly_once,
+                a_runner_swap_rebinds_both_jobs
             );
         }
     };

@@ -789,3 +789,113 @@ pub async fn a_missed_webhook_is_found_by_the_reconciler_exactly_once(
         .expect("job");
     assert_eq!(closed.status, nimbus_core::JobStatus::Cancelled);
 }
+
+/// GitHub gives the runner made for job A the queued job B: A's record now stands
+/// for B, B's for A's original GitHub job; each GitHub job has exactly one Nimbus
+/// job and none waits forever. A swap onto a job that was never ours leaves the
+/// original for the reconciler, which queues it.
+pub async fn a_runner_swap_rebinds_both_jobs(store: Arc<dyn nimbus_core::Store>) {
+    let (url, fake) = start_fake("", 3600).await;
+    let api = Api::new(
+        store,
+        &[
+            ("NIMBUS_GITHUB_APP_ID", &APP_ID.to_string()),
+            ("NIMBUS_GITHUB_APP_PRIVATE_KEY", &key_pair().0),
+            ("NIMBUS_GITHUB_API_URL", &url),
+        ],
+    )
+    .await;
+    let delivery = || uuid::Uuid::new_v4().to_string();
+    let a = api
+        .webhook(
+            "workflow_job",
+            &delivery(),
+            &workflow_job("queued", 9101, &["nimbus"]),
+        )
+        .await;
+    let b = api
+        .webhook(
+            "workflow_job",
+            &delivery(),
+            &workflow_job("queued", 9102, &["nimbus"]),
+        )
+        .await;
+    let (a, b) = (
+        a.body["job_id"].as_i64().expect("a"),
+        b.body["job_id"].as_i64().expect("b"),
+    );
+    let lease = api
+        .call(
+            "POST",
+            "/api/jobs/lease",
+            Some(&api.agent()),
+            Some(json!({"wait_seconds": 0})),
+        )
+        .await;
+    assert_eq!(lease.body["job"]["id"], a, "the oldest job is leased first");
+    let token = lease.body["fencing_token"].as_i64().expect("token");
+
+    // GitHub starts 9102 on the runner made for 9101.
+    let mut started = workflow_job("in_progress", 9102, &["nimbus"]);
+    started["workflow_job"]["runner_name"] = json!(format!("nimbus-{a}-{token}"));
+    let answer = api.webhook("workflow_job", &delivery(), &started).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let store = &api.state.store;
+    let running = store
+        .get_github_job(9102)
+        .await
+        .expect("get")
+        .expect("bound");
+    assert_eq!(
+        running.id, a,
+        "the leased job now stands for what its runner runs"
+    );
+    assert_eq!(
+        running.github.as_ref().map(|g| g.status.as_str()),
+        Some("in_progress")
+    );
+    let waiting = store
+        .get_github_job(9101)
+        .await
+        .expect("get")
+        .expect("bound");
+    assert_eq!(waiting.id, b, "the other job takes over the original");
+    assert_eq!(waiting.status, nimbus_core::JobStatus::Queued);
+    assert_eq!(
+        api.metric("nimbus_control_plane_runner_swaps_total").await,
+        1.0
+    );
+    assert_eq!(api.job_count().await, 2, "nothing counted twice");
+
+    // B is leased; its runner gets a job that was never ours (9103).
+    let lease = api
+        .call(
+            "POST",
+            "/api/jobs/lease",
+            Some(&api.agent()),
+            Some(json!({"wait_seconds": 0})),
+        )
+        .await;
+    assert_eq!(lease.body["job"]["id"], b);
+    let token = lease.body["fencing_token"].as_i64().expect("token");
+    let mut stranger = workflow_job("in_progress", 9103, &["nimbus"]);
+    stranger["workflow_job"]["runner_name"] = json!(format!("nimbus-{b}-{token}"));
+    api.webhook("workflow_job", &delivery(), &stranger).await;
+    assert_eq!(
+        store.get_github_job(9103).await.expect("get").map(|j| j.id),
+        Some(b)
+    );
+    assert!(store.get_github_job(9101).await.expect("get").is_none());
+    // 9101 is still queued on GitHub: the reconciler gives it a job again.
+    fake.state.lock().expect("lock").workflow_jobs = vec![rest_job(9101, "queued", &["nimbus"])];
+    let report = nimbus_core::control_plane::reconcile::reconcile_once(&api.state)
+        .await
+        .expect("reconcile");
+    assert_eq!(report.enqueued, 1);
+    let requeued = store
+        .get_github_job(9101)
+        .await
+        .expect("get")
+        .expect("queued again");
+    assert_eq!(requeued.status, nimbus_core::JobStatus::Queued);
+}
