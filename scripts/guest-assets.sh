@@ -47,5 +47,11 @@ fi
 
 guest=$(scripts/build-guest.sh)
 cargo build -q --locked -p nimbus >&2
-"$CARGO_TARGET_DIR/debug/nimbus" assets build "$assets" --guest "$guest" >&2
+# The test assets carry a STAND-IN for the GitHub Actions runner (the real one
+# cannot be downloaded here): tests/fixtures/actions-runner-standin/run.sh checks its
+# JIT config and prints what a runner prints. Operators pass the real release.
+runner_tarball=$(mktemp --suffix=.tar.gz)
+trap 'rm -f "$runner_tarball"' EXIT
+tar -czf "$runner_tarball" -C tests/fixtures/actions-runner-standin .
+"$CARGO_TARGET_DIR/debug/nimbus" assets build "$assets" --guest "$guest" --actions-runner "$runner_tarball" >&2
 echo "$assets"

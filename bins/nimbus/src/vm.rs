@@ -70,6 +70,10 @@ pub enum AssetsCommand {
         /// Skip extracting the ELF vmlinux (only Firecracker needs it).
         #[arg(long)]
         no_vmlinux: bool,
+        /// A GitHub Actions runner release (actions-runner-linux-x64-VERSION.tar.gz
+        /// from github.com/actions/runner/releases) to put at /opt/actions-runner.
+        #[arg(long, value_name = "TARBALL")]
+        actions_runner: Option<PathBuf>,
     },
     /// Checks every file of an asset directory against its manifest.
     Verify { dir: Option<PathBuf> },
@@ -269,6 +273,7 @@ pub fn assets(command: AssetsCommand) -> Result<(), String> {
             mirror,
             rebuild_rootfs,
             no_vmlinux,
+            actions_runner,
         } => {
             let dir = dir.unwrap_or(config.assets_dir);
             let guest = match guest {
@@ -284,6 +289,7 @@ pub fn assets(command: AssetsCommand) -> Result<(), String> {
             }
             options.rebuild_rootfs = rebuild_rootfs;
             options.vmlinux = !no_vmlinux;
+            options.actions_runner = actions_runner;
             let started = std::time::Instant::now();
             let builder = AssetBuilder::new(options, |message| eprintln!("assets: {message}"));
             let manifest = builder.build().map_err(|e| e.to_string())?;

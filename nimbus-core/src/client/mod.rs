@@ -111,6 +111,16 @@ impl ControlPlaneClient {
             .await
     }
 
+    /// The just-in-time runner config of a GitHub job the caller holds the lease of.
+    pub async fn runner_config(&self, job_id: JobId, fencing_token: i64) -> Result<RunnerConfig> {
+        let path = format!("/api/jobs/{job_id}/runner-config");
+        self.expect(
+            self.request(Method::GET, &path)
+                .query(&[("fencing_token", fencing_token.to_string())]),
+        )
+        .await
+    }
+
     pub async fn get_job(&self, job_id: JobId) -> Result<Job> {
         self.expect(self.request(Method::GET, &format!("/api/jobs/{job_id}")))
             .await
@@ -172,4 +182,13 @@ fn error_from_status(status: StatusCode, message: String, retry_after: Option<u6
         }
         s => Error::Internal(format!("unexpected status {s}: {message}")),
     }
+}
+
+/// `GET /api/jobs/{id}/runner-config`: what the guest starts the Actions runner with.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct RunnerConfig {
+    pub runner_name: String,
+    pub runner_id: i64,
+    /// A credential: never log it.
+    pub encoded_jit_config: String,
 }

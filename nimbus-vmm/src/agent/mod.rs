@@ -21,7 +21,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::{watch, Semaphore};
 
 use crate::assets::VerifiedAssets;
-use crate::protocol::{GuestJob, GuestStep};
+use crate::protocol::{GuestJob, GuestStep, RunnerJob};
 use crate::select::{self, VmmConfig};
 use crate::{launch, JobEvent, Outcome, VmmDriver};
 
@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub agent_id: String,
     pub max_vms: usize,
     pub logs_url: Option<String>,
+    /// Where the Actions runner is installed in the guest rootfs.
+    pub runner_dir: String,
     /// The cache proxy as the job VMs reach it (`NIMBUS_CACHE_URL`); jobs get it as
     /// `ACTIONS_CACHE_URL`/`ACTIONS_RESULTS_URL` with their lease's cache token.
     pub cache_url: Option<String>,
@@ -68,6 +70,7 @@ impl AgentConfig {
             logs_url: env
                 .get("NIMBUS_LOGS_URL")
                 .map(|u| u.trim_end_matches('/').to_string()),
+            runner_dir: "/opt/actions-runner".to_string(),
             cache_url: env
                 .get("NIMBUS_CACHE_URL")
                 .map(|u| u.trim_end_matches('/').to_string()),
@@ -284,21 +287,33 @@ fn guest_job(lease: &Lease, cache_url: Option<&str>) -> GuestJob {
 async fn run_job(agent: &Agent, lease: Lease) {
     let job = &lease.job;
     let token = lease.fencing_token;
-    if job.github.is_some() && job.spec.steps.is_empty() {
-        // A GitHub job runs the Actions runner with a just-in-time config, which
-        // the GitHub integration provides; running "nothing" must not pass as success.
-        let completion = Completion {
-            fencing_token: token,
-            status: CompletionStatus::Failed,
-            exit_code: None,
-            reason: Some("GitHub jobs need the runner config of the GitHub integration, which this agent does not have yet".into()),
-        };
-        if let Err(error) = agent.client.complete(job.id, &completion).await {
-            agent.metrics.lease_errors.inc();
-            tracing::warn!(job_id = job.id, %error, "completing the job failed");
+    // A GitHub job runs the Actions runner with a just-in-time config that only
+    // the holder of this lease can get.
+    let runner = if job.github.is_some() && job.spec.steps.is_empty() {
+        match agent.client.runner_config(job.id, token).await {
+            Ok(config) => Some(RunnerJob {
+                jit_config: config.encoded_jit_config,
+                runner_dir: agent.config.runner_dir.clone(),
+            }),
+            Err(error) => {
+                agent.metrics.lease_errors.inc();
+                tracing::warn!(job_id = job.id, %error, "no runner config for the GitHub job");
+                let completion = Completion {
+                    fencing_token: token,
+                    status: CompletionStatus::Failed,
+                    exit_code: None,
+                    reason: Some(format!("no runner config from the control plane: {error}")),
+                };
+                if let Err(error) = agent.client.complete(job.id, &completion).await {
+                    agent.metrics.lease_errors.inc();
+                    tracing::warn!(job_id = job.id, %error, "completing the job failed");
+                }
+                return;
+            }
         }
-        return;
-    }
+    } else {
+        None
+    };
     tracing::info!(job_id = job.id, attempt = job.attempt, "running job");
     agent.metrics.running_vms.inc();
     let shipper = logs::LogShipper::start(
@@ -321,7 +336,8 @@ async fn run_job(agent: &Agent, lease: Lease) {
         format!("job-{}-{}", job.id, token),
         timeout,
     );
-    let guest = guest_job(&lease, agent.config.cache_url.as_deref());
+    let mut guest = guest_job(&lease, agent.config.cache_url.as_deref());
+    guest.runner = runner;
     let lost = heartbeat_until_lost(agent, &lease);
     let mut on_event = |event: JobEvent| {
         if let JobEvent::Output(line) = event {

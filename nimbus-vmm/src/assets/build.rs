@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{
-    file_digest, initramfs, vmlinux, write_manifest, Manifest, GUEST_IN_ROOTFS, GUEST_IN_TREE,
-    INITRD, KERNEL, MANIFEST_FORMAT, ROOTFS_IMAGE, ROOTFS_TREE, VMLINUX,
+    file_digest, initramfs, vmlinux, write_manifest, Manifest, ACTIONS_RUNNER_IN_ROOTFS,
+    ACTIONS_RUNNER_TARBALL, GUEST_IN_ROOTFS, GUEST_IN_TREE, INITRD, KERNEL, MANIFEST_FORMAT,
+    ROOTFS_IMAGE, ROOTFS_TREE, VMLINUX,
 };
 use crate::{Error, Result};
 
@@ -53,6 +54,9 @@ pub struct BuildOptions {
     pub rebuild_rootfs: bool,
     /// Also extract the ELF vmlinux Firecracker needs (a second or two).
     pub vmlinux: bool,
+    /// A GitHub Actions runner release (`actions-runner-linux-x64-*.tar.gz`) to
+    /// unpack at /opt/actions-runner; its sha256 goes into the manifest.
+    pub actions_runner: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -67,6 +71,7 @@ impl BuildOptions {
             busybox: PathBuf::from("/bin/busybox"),
             rebuild_rootfs: false,
             vmlinux: true,
+            actions_runner: None,
         }
     }
 }
@@ -121,6 +126,7 @@ impl AssetBuilder {
         let tree = out.join(ROOTFS_TREE);
         self.rootfs_tree(&tree)?;
         self.install_guest(&tree)?;
+        let runner = self.install_actions_runner(&tree, out)?;
         self.rootfs_image(&tree, &out.join(ROOTFS_IMAGE))?;
 
         self.say("hashing the assets into manifest.json");
@@ -128,6 +134,9 @@ impl AssetBuilder {
         let mut names = vec![KERNEL, INITRD, ROOTFS_IMAGE, GUEST_IN_TREE];
         if o.vmlinux {
             names.push(VMLINUX);
+        }
+        if runner {
+            names.push(ACTIONS_RUNNER_TARBALL);
         }
         for name in names {
             files.insert(name.to_string(), file_digest(&out.join(name))?);
@@ -305,6 +314,42 @@ impl AssetBuilder {
                 .map_err(Error::io(format!("creating /{dir}")))?;
         }
         Ok(())
+    }
+
+    /// Unpacks the operator's runner release into the tree (or removes one left by
+    /// an earlier build) and keeps a copy of the tarball for the manifest.
+    fn install_actions_runner(&self, tree: &Path, out: &Path) -> Result<bool> {
+        let dir = tree.join(ACTIONS_RUNNER_IN_ROOTFS);
+        let kept = out.join(ACTIONS_RUNNER_TARBALL);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(Error::io("removing the old actions runner"))?;
+        }
+        let Some(tarball) = &self.options.actions_runner else {
+            let _ = std::fs::remove_file(&kept);
+            return Ok(false);
+        };
+        if !tarball.is_file() {
+            return Err(Error::Assets(format!(
+                "no Actions runner release at {} (download actions-runner-linux-x64-VERSION.tar.gz \
+                 from https://github.com/actions/runner/releases)",
+                tarball.display()
+            )));
+        }
+        self.say(&format!(
+            "rootfs: unpacking the Actions runner {}",
+            tarball.display()
+        ));
+        std::fs::create_dir_all(&dir).map_err(Error::io("creating /opt/actions-runner"))?;
+        tool("tar", &["-xzf", path_str(tarball)?, "-C", path_str(&dir)?])?;
+        if !dir.join("run.sh").is_file() {
+            return Err(Error::Assets(format!(
+                "{} has no run.sh at its top level: is it an actions/runner release?",
+                tarball.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&kept);
+        std::fs::copy(tarball, &kept).map_err(Error::io("keeping the runner tarball"))?;
+        Ok(true)
     }
 
     fn rootfs_image(&self, tree: &Path, image: &Path) -> Result<()> {

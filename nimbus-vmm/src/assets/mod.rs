@@ -38,6 +38,10 @@ pub const GUEST_IN_ROOTFS: &str = "usr/local/bin/nimbus-guest";
 /// The manifest key of the guest agent inside the tree (the sandbox boots the tree).
 pub const GUEST_IN_TREE: &str = "rootfs/usr/local/bin/nimbus-guest";
 pub const MANIFEST_FORMAT: u32 = 1;
+/// The operator-supplied GitHub Actions runner release, as given (kept for the manifest).
+pub const ACTIONS_RUNNER_TARBALL: &str = "actions-runner.tar.gz";
+/// Where the runner is unpacked in the rootfs (the guest starts `run.sh` there).
+pub const ACTIONS_RUNNER_IN_ROOTFS: &str = "opt/actions-runner";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

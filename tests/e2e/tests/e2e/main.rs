@@ -2,6 +2,7 @@
 
 mod cache;
 mod control_plane;
+mod github;
 mod host_agent;
 mod logging;
 mod policy;
