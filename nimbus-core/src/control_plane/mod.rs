@@ -410,6 +410,17 @@ pub async fn reap_once(state: &ControlPlane) -> Result<()> {
             .inc_by(report.failed.len() as u64);
         tracing::warn!(jobs = ?report.failed, "jobs failed: leases expired on their last attempt");
     }
+    // The runners of expired GitHub leases will never be used by their agents:
+    // remove them (the next lease registers a new one).
+    if state.github.is_some() {
+        for id in report.requeued.iter().chain(&report.failed) {
+            if let Some(job) = state.store.get_job(*id).await? {
+                if job.github.is_some() {
+                    state.remove_runner(&job, job.fencing_token);
+                }
+            }
+        }
+    }
     // Deliveries older than twice the tolerance can never be accepted again anyway
     // (their events are too old), so forgetting them is safe.
     let forget_before = now - state.config.webhook_tolerance * 2;
