@@ -86,6 +86,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_AGENT_ID", default: "(hostname)", meaning: "Name of this host agent (in logs and log lines)." },
     VarDoc { name: "NIMBUS_AGENT_MAX_VMS", default: "(cores/2, memory/2 GiB, at least 1)", meaning: "Jobs one host agent runs at once." },
     VarDoc { name: "NIMBUS_AGENT_MAX_JOB_TIMEOUT", default: "(none)", meaning: "Seconds no job may outlive on this host, whatever its `timeout_minutes` or `timeout:MINUTES` label." },
+    VarDoc { name: "NIMBUS_AGENT_DRAIN_SECONDS", default: "600", meaning: "After SIGTERM the host agent stops leasing and lets running jobs finish this long; then their VMs are stopped and they complete `cancelled`. A second SIGTERM exits at once." },
     VarDoc { name: "NIMBUS_HOST_AGENT_METRICS_ADDR", default: "127.0.0.1:9464", meaning: "Where `nimbus-host-agent` serves `/metrics`." },
     VarDoc { name: "NIMBUS_VMM", default: "auto", meaning: "VM driver: `auto` (firecracker with hardware KVM, else qemu with hardware KVM, else sandbox), `firecracker`, `qemu` or `sandbox`." },
     VarDoc { name: "NIMBUS_QEMU_ACCEL", default: "auto", meaning: "QEMU acceleration: `kvm` (hardware KVM only), `tcg` (software emulation) or `auto`." },

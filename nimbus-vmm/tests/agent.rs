@@ -1,7 +1,8 @@
 //! The host agent runtime against an in-process control plane: a lease lost while
 //! its job runs (the control plane gave the job back to the queue) stops that VM
 //! at once, is counted, and the job runs again under its new lease; a job past its
-//! timeout is killed and marked timed out.
+//! timeout is killed and marked timed out; on shutdown running jobs may finish
+//! within the drain, and are stopped and marked cancelled past it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ struct Setup {
     job: Job,
     metrics: AgentMetrics,
     agent: tokio::task::JoinHandle<nimbus_vmm::Result<()>>,
+    /// Sends the agent its shutdown (as SIGTERM would).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Setup {
@@ -95,11 +98,10 @@ async fn setup(name: &str, extra: &[(&str, &str)], job: Value) -> Option<Setup> 
     agent_config.logs_url = None;
     agent_config.lease_wait = Duration::from_secs(1);
     let metrics = AgentMetrics::new().expect("metrics");
-    let agent = tokio::spawn(agent::run(
-        agent_config,
-        metrics.clone(),
-        std::future::pending(),
-    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(agent_config, metrics.clone(), async {
+        let _ = stopped.await;
+    }));
     Some(Setup {
         dir,
         store,
@@ -107,6 +109,7 @@ async fn setup(name: &str, extra: &[(&str, &str)], job: Value) -> Option<Setup> 
         job,
         metrics,
         agent,
+        stop: Some(stop),
     })
 }
 
@@ -186,4 +189,73 @@ async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "the VM is destroyed: {left:?}");
+}
+
+/// Waits for the job to reach one of the final states; returns it.
+async fn final_job(s: &Setup) -> Job {
+    for _ in 0..400 {
+        let job = s.admin.get_job(s.job.id).await.expect("job");
+        if matches!(
+            job.status.to_string().as_str(),
+            "succeeded" | "failed" | "timed_out" | "cancelled"
+        ) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {} did not finish", s.job.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_finishing_within_the_drain_completes_normally() {
+    let job =
+        json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [{"run": "sleep 1; echo done"}]});
+    let Some(mut s) = setup("drain-ok", &[("NIMBUS_AGENT_DRAIN_SECONDS", "30")], job).await else {
+        return;
+    };
+    let vm = s.dir.join("vms").join(format!("job-{}-1", s.job.id));
+    wait_for("the VM", || vm.exists()).await;
+    let _ = s.stop.take().expect("stop").send(());
+    let job = final_job(&s).await;
+    assert_eq!(job.status.to_string(), "succeeded");
+    let agent = std::mem::replace(&mut s.agent, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("the agent returns once drained")
+        .expect("task")
+        .expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_outliving_the_drain_is_stopped_and_marked_cancelled() {
+    let job = json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [{"run": "echo started; sleep 120"}]});
+    let Some(mut s) = setup("drain-cancel", &[("NIMBUS_AGENT_DRAIN_SECONDS", "1")], job).await
+    else {
+        return;
+    };
+    let vm = s.dir.join("vms").join(format!("job-{}-1", s.job.id));
+    wait_for("the VM", || vm.exists()).await;
+    let started = std::time::Instant::now();
+    let _ = s.stop.take().expect("stop").send(());
+    let job = final_job(&s).await;
+    assert_eq!(job.status.to_string(), "cancelled");
+    assert!(
+        job.failure_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("drain"),
+        "{:?}",
+        job.failure_reason
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped at the deadline"
+    );
+    let agent = std::mem::replace(&mut s.agent, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("the agent returns")
+        .expect("task")
+        .expect("run");
+    assert!(!vm.exists(), "the VM is destroyed");
 }

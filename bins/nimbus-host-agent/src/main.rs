@@ -64,11 +64,18 @@ fn main() -> ExitCode {
                 tracing::warn!(%error, address = %metrics_addr, "metrics endpoint not served")
             }
         }
-        agent::run(
-            config,
-            metrics,
-            nimbus_core::control_plane::shutdown_signal(),
-        )
+        // The first SIGTERM (or Ctrl-C) drains; a second one exits at once.
+        let (first, first_seen) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            nimbus_core::control_plane::shutdown_signal().await;
+            let _ = first.send(());
+            nimbus_core::control_plane::shutdown_signal().await;
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        });
+        agent::run(config, metrics, async {
+            let _ = first_seen.await;
+        })
         .await
     });
     match result {

@@ -41,6 +41,9 @@ pub struct AgentConfig {
     pub lease_wait: Duration,
     /// Upper bound of any job's timeout on this host (`NIMBUS_AGENT_MAX_JOB_TIMEOUT`).
     pub max_job_timeout: Option<Duration>,
+    /// How long running jobs may go on after SIGTERM before their VMs are stopped and
+    /// they complete `cancelled` (`NIMBUS_AGENT_DRAIN_SECONDS`).
+    pub drain: Duration,
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
@@ -76,6 +79,7 @@ impl AgentConfig {
                 .map(|u| u.trim_end_matches('/').to_string()),
             vmm: VmmConfig::from_env(env)?,
             lease_wait: Duration::from_secs(20),
+            drain: env.seconds_or("NIMBUS_AGENT_DRAIN_SECONDS", Duration::from_secs(600))?,
             max_job_timeout: match env.get("NIMBUS_AGENT_MAX_JOB_TIMEOUT") {
                 None => None,
                 Some(_) => {
@@ -148,6 +152,8 @@ struct Agent {
     assets: VerifiedAssets,
     metrics: AgentMetrics,
     http: reqwest::Client,
+    /// Set when the drain deadline passes: running jobs stop and complete `cancelled`.
+    cancel: watch::Receiver<bool>,
 }
 
 /// Runs the agent until `shutdown` resolves, then drains running jobs.
@@ -168,6 +174,7 @@ pub async fn run(
     let assets = launch::verified_assets(&config.vmm, selection.driver.kind()).await?;
     let client = ControlPlaneClient::from_config(&config.client)
         .map_err(|e| crate::Error::Config(e.to_string()))?;
+    let (cancel_all, cancel) = watch::channel(false);
     let agent = Arc::new(Agent {
         client,
         driver: selection.driver,
@@ -175,6 +182,7 @@ pub async fn run(
         metrics,
         http: reqwest::Client::new(),
         config,
+        cancel,
     });
     let slots = Arc::new(Semaphore::new(agent.config.max_vms));
     let (stop, stopped) = watch::channel(false);
@@ -220,8 +228,18 @@ pub async fn run(
             let _ = stop.send(true);
         }
     }
-    // Drain: every slot free again means every job finished.
-    let _ = slots.acquire_many(agent.config.max_vms as u32).await;
+    // Drain: every slot free again means every job finished; past the deadline the
+    // remaining jobs are stopped and complete `cancelled`.
+    let all = agent.config.max_vms as u32;
+    let drained = tokio::time::timeout(agent.config.drain, slots.acquire_many(all)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            drain_seconds = agent.config.drain.as_secs(),
+            "drain deadline passed: stopping the running jobs' VMs"
+        );
+        let _ = cancel_all.send(true);
+        let _ = slots.acquire_many(all).await;
+    }
     Ok(())
 }
 
@@ -345,13 +363,35 @@ async fn run_job(agent: &Agent, lease: Lease) {
         }
     };
     let mut on_boot = |_: &crate::GuestInfo| {};
+    let mut cancel = agent.cancel.clone();
+    let mut cancelled = false;
     let outcome = tokio::select! {
         result = launch::run_once(&agent.driver, &spec, &guest, &mut on_boot, &mut on_event) => Some(result),
         // run_once's VM is dropped here, which kills it and removes its files.
         _ = lost => None,
+        _ = cancel.wait_for(|stop| *stop) => {
+            cancelled = true;
+            None
+        }
     };
     agent.metrics.running_vms.dec();
     shipper.finish(Duration::from_secs(60)).await;
+    if cancelled {
+        let completion = Completion {
+            fencing_token: token,
+            status: CompletionStatus::Cancelled,
+            exit_code: None,
+            reason: Some(format!(
+                "the host agent shut down; the job outlived the {} s drain",
+                agent.config.drain.as_secs()
+            )),
+        };
+        if let Err(error) = agent.client.complete(job.id, &completion).await {
+            agent.metrics.lease_errors.inc();
+            tracing::warn!(job_id = job.id, %error, "completing the cancelled job failed");
+        }
+        return;
+    }
     let Some(result) = outcome else {
         agent.metrics.lease_errors.inc();
         tracing::warn!(
