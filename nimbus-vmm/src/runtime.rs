@@ -173,7 +173,14 @@ pub async fn scratch_template(root: &Path, size_mib: u32) -> Result<PathBuf> {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    let temp = dir.join(format!(".scratch-{size_mib}m-{}.tmp", std::process::id()));
+    // Unique per call: VMs of one agent start concurrently, and two mkfs runs on one
+    // file corrupt it. The loser of the final rename just replaces an equal file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let temp = dir.join(format!(
+        ".scratch-{size_mib}m-{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let file = std::fs::File::create(&temp).map_err(Error::io("creating a scratch template"))?;
     file.set_len(u64::from(size_mib) << 20)
         .map_err(Error::io("sizing a scratch template"))?;
@@ -288,6 +295,47 @@ impl Drop for Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// VMs of one agent start at the same time: their scratch templates must not
+    /// share a temporary file (two mkfs runs on one file corrupt it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scratch_templates_are_all_valid() {
+        if crate::host::find_binary("mkfs.ext4", Some(Path::new("/sbin/mkfs.ext4"))).is_err() {
+            eprintln!("skipping: no mkfs.ext4");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("nimbus-scratch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let root = root.clone();
+                tokio::spawn(async move { scratch_template(&root, 8).await })
+            })
+            .collect();
+        for call in calls {
+            let path = call.await.expect("task").expect("template");
+            assert!(path.is_file());
+        }
+        let template = root.join(".templates/scratch-8m.ext4");
+        let check = std::process::Command::new("e2fsck")
+            .args(["-n", "-f"])
+            .arg(&template)
+            .output();
+        if let Ok(check) = check {
+            assert!(
+                check.status.success(),
+                "{}",
+                String::from_utf8_lossy(&check.stdout)
+            );
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(root.join(".templates"))
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn ids_are_plain_names() {

@@ -364,6 +364,11 @@ impl HostAgentProcess {
     pub fn start(env: &[(&str, String)]) -> Result<Self> {
         let runtime_dir =
             std::env::temp_dir().join(format!("nimbus-e2e-agent-{}", uuid::Uuid::new_v4()));
+        Self::start_in(runtime_dir, env)
+    }
+
+    /// Starts an agent on an existing VM runtime directory (a restart after a crash).
+    pub fn start_in(runtime_dir: PathBuf, env: &[(&str, String)]) -> Result<Self> {
         let mut command = Command::new(bin("nimbus-host-agent")?);
         command
             .env_clear()
@@ -382,6 +387,13 @@ impl HostAgentProcess {
         }
         let child = command.spawn().context("starting nimbus-host-agent")?;
         Ok(HostAgentProcess { child, runtime_dir })
+    }
+
+    /// `kill -9`: the agent gets no chance to stop its VMs or complete its jobs.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 }
 
