@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod cache;
 mod control_plane;
 mod logs;
@@ -30,6 +31,9 @@ enum Command {
     Logs(logs::Args),
     /// VM start-up per driver: boot call to first log line, and a `true` round trip.
     Vm(vm::Args),
+    /// Job pickup + boot per driver: POST /api/jobs to the first log line stored by
+    /// the logging pipeline, through control plane, host agent and pipeline.
+    Agent(agent::Args),
     /// Cache proxy throughput with the official @actions/cache client (v2), per
     /// backend, beside dd (fsync'd write) and nginx (download) on the same machine.
     Cache(cache::Args),
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
             Command::Vm(args) => vm::run(args).await,
             Command::Logs(args) => logs::run(args).await,
             Command::Cache(args) => cache::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {
