@@ -180,6 +180,23 @@ async fn a_job_past_its_timeout_is_killed_and_marked_timed_out() {
         "killed at the cap, not after the sleep"
     );
     assert_eq!(s.metrics.job_timeouts.get(), 1);
+    assert_eq!(
+        s.metrics
+            .job_duration
+            .with_label_values(&["timed_out"])
+            .get_sample_count(),
+        1,
+        "the job's duration is recorded under its status"
+    );
+    assert_eq!(
+        s.metrics.boot_seconds.get_sample_count(),
+        1,
+        "one boot measured"
+    );
+    wait_for("the slot to be free again", || {
+        s.metrics.slots_free.get() == 1
+    })
+    .await;
     let left: Vec<_> = std::fs::read_dir(s.dir.join("vms"))
         .map(|entries| {
             entries

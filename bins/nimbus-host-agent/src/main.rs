@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use nimbus_core::{telemetry, Env};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
@@ -27,11 +30,12 @@ fn main() -> ExitCode {
     };
     let metrics_addr: SocketAddr = match env.parse_or(
         "NIMBUS_HOST_AGENT_METRICS_ADDR",
-        SocketAddr::from(([127, 0, 0, 1], 9464)),
+        SocketAddr::from(([0, 0, 0, 0], 9460)),
     ) {
         Ok(addr) => addr,
         Err(e) => return fail(&e),
     };
+    let metrics_token = env.secret("NIMBUS_HOST_AGENT_METRICS_TOKEN");
     let metrics = match AgentMetrics::new() {
         Ok(metrics) => metrics,
         Err(e) => return fail(&e),
@@ -44,19 +48,19 @@ fn main() -> ExitCode {
         let registry = metrics.registry.clone();
         let app = axum::Router::new().route(
             "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    use prometheus::Encoder;
-                    let mut buffer = Vec::new();
-                    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buffer);
-                    String::from_utf8_lossy(&buffer).into_owned()
-                }
-            }),
+            get(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                      headers: axum::http::HeaderMap| {
+                    let registry = registry.clone();
+                    let token = metrics_token.clone();
+                    async move { metrics_text(&registry, token.as_ref(), peer, &headers) }
+                },
+            ),
         );
         match tokio::net::TcpListener::bind(metrics_addr).await {
             Ok(listener) => {
                 tokio::spawn(async move {
+                    let app = app.into_make_service_with_connect_info::<SocketAddr>();
                     let _ = axum::serve(listener, app).await;
                 });
             }
@@ -82,6 +86,34 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// `/metrics`: open to loopback peers; others need the metrics token (DESIGN.md).
+fn metrics_text(
+    registry: &prometheus::Registry,
+    token: Option<&nimbus_core::Secret>,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let allowed = peer.ip().is_loopback()
+        || matches!((token, presented), (Some(token), Some(given)) if token.expose() == given);
+    if !allowed {
+        return (
+            StatusCode::FORBIDDEN,
+            "metrics need Authorization: Bearer $NIMBUS_HOST_AGENT_METRICS_TOKEN from non-loopback peers\n",
+        )
+            .into_response();
+    }
+    use prometheus::Encoder;
+    let mut buffer = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buffer);
+    String::from_utf8_lossy(&buffer)
+        .into_owned()
+        .into_response()
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

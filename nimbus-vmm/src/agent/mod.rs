@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::client::ControlPlaneClient;
-use nimbus_core::domain::{Completion, CompletionStatus, Lease};
+use nimbus_core::domain::{Completion, CompletionStatus, JobStatus, Lease};
 use nimbus_core::{ClientConfig, Env};
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry};
 use tokio::sync::{watch, Semaphore};
 
 use crate::assets::VerifiedAssets;
@@ -116,6 +116,12 @@ pub struct AgentMetrics {
     pub jobs_run: IntCounter,
     pub log_lines_dropped: IntCounter,
     pub running_vms: IntGauge,
+    /// Free job slots (`NIMBUS_AGENT_MAX_VMS` minus running jobs).
+    pub slots_free: IntGauge,
+    /// Seconds from a job's lease to its completion report, by status.
+    pub job_duration: HistogramVec,
+    /// Seconds from the boot call to the guest agent's hello.
+    pub boot_seconds: Histogram,
 }
 
 impl AgentMetrics {
@@ -128,6 +134,32 @@ impl AgentMetrics {
         };
         let running_vms = IntGauge::new("nimbus_host_agent_running_vms", "VMs running jobs now.")?;
         registry.register(Box::new(running_vms.clone()))?;
+        let slots_free = IntGauge::new(
+            "nimbus_host_agent_slots_free",
+            "Job slots free on this host (NIMBUS_AGENT_MAX_VMS minus running jobs).",
+        )?;
+        registry.register(Box::new(slots_free.clone()))?;
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "nimbus_host_agent_job_duration_seconds",
+                "Seconds from a job's lease to its completion, by final status.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
+            ]),
+            &["status"],
+        )?;
+        registry.register(Box::new(job_duration.clone()))?;
+        let boot_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "nimbus_host_agent_vm_boot_seconds",
+                "Seconds from the boot call to the guest agent's hello.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0,
+            ]),
+        )?;
+        registry.register(Box::new(boot_seconds.clone()))?;
         Ok(AgentMetrics {
             job_timeouts: counter("nimbus_host_agent_job_timeouts_total", "Jobs killed at their timeout.")?,
             lease_errors: counter(
@@ -140,6 +172,9 @@ impl AgentMetrics {
                 "Job output lines dropped because the logging pipeline stayed unreachable (should be 0).",
             )?,
             running_vms,
+            slots_free,
+            job_duration,
+            boot_seconds,
             registry,
         })
     }
@@ -185,6 +220,7 @@ pub async fn run(
         cancel,
     });
     let slots = Arc::new(Semaphore::new(agent.config.max_vms));
+    agent.metrics.slots_free.set(agent.config.max_vms as i64);
     let (stop, stopped) = watch::channel(false);
     let leasing = {
         let agent = agent.clone();
@@ -202,9 +238,18 @@ pub async fn run(
                 match lease {
                     Ok(Some(lease)) => {
                         let agent = agent.clone();
+                        let slots = slots.clone();
+                        agent
+                            .metrics
+                            .slots_free
+                            .set(slots.available_permits() as i64);
                         tokio::spawn(async move {
                             run_job(&agent, lease).await;
                             drop(permit);
+                            agent
+                                .metrics
+                                .slots_free
+                                .set(slots.available_permits() as i64);
                         });
                     }
                     Ok(None) => drop(permit),
@@ -303,6 +348,7 @@ fn guest_job(lease: &Lease, cache_url: Option<&str>) -> GuestJob {
 }
 
 async fn run_job(agent: &Agent, lease: Lease) {
+    let leased_at = std::time::Instant::now();
     let job = &lease.job;
     let token = lease.fencing_token;
     // A GitHub job runs the Actions runner with a just-in-time config that only
@@ -362,7 +408,11 @@ async fn run_job(agent: &Agent, lease: Lease) {
             shipper.push(line);
         }
     };
-    let mut on_boot = |_: &crate::GuestInfo| {};
+    let boot_started = std::time::Instant::now();
+    let boot_seconds = agent.metrics.boot_seconds.clone();
+    let mut on_boot = move |_: &crate::GuestInfo| {
+        boot_seconds.observe(boot_started.elapsed().as_secs_f64());
+    };
     let mut cancel = agent.cancel.clone();
     let mut cancelled = false;
     let outcome = tokio::select! {
@@ -424,6 +474,11 @@ async fn run_job(agent: &Agent, lease: Lease) {
         ),
     };
     let (status, exit_code, reason) = completion;
+    agent
+        .metrics
+        .job_duration
+        .with_label_values(&[JobStatus::from(status).as_str()])
+        .observe(leased_at.elapsed().as_secs_f64());
     let completion = Completion {
         fencing_token: token,
         status,

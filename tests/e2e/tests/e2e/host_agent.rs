@@ -82,7 +82,8 @@ async fn jobs_run_end_to_end(driver: &str) {
     };
     let good = submit(json!([
         {"name": "hello", "run": "echo hello from $(hostname)"},
-        {"name": "warn", "run": "echo careful >&2"}
+        {"name": "warn", "run": "echo careful >&2"},
+        {"name": "third", "run": "echo step three in $PWD"}
     ]))
     .await;
     let bad = submit(json!([{"run": "echo failing; exit 3"}, {"run": "echo never"}])).await;
@@ -171,13 +172,15 @@ async fn jobs_run_end_to_end(driver: &str) {
             )
         })
         .collect();
-    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(texts.len(), 3, "{texts:?}");
     assert_eq!(texts[0].0, "info");
     assert!(texts[0].1.starts_with("hello from "), "{texts:?}");
     if driver == "sandbox" {
         assert_eq!(texts[0].1, "hello from nimbus-sandbox");
     }
     assert_eq!(texts[1], ("error", "careful"));
+    assert_eq!(texts[2].0, "info");
+    assert!(texts[2].1.starts_with("step three in /"), "{texts:?}");
     assert!(lines.iter().all(|l| l["agent_id"] == "host-e2e"));
     let bad_lines: Value = client
         .get(format!("{}/api/logs?job_id={bad}", pipeline.url))
