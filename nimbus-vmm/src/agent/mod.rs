@@ -238,18 +238,13 @@ pub async fn run(
                 match lease {
                     Ok(Some(lease)) => {
                         let agent = agent.clone();
-                        let slots = slots.clone();
-                        agent
-                            .metrics
-                            .slots_free
-                            .set(slots.available_permits() as i64);
+                        // The lease loop holds a permit while it waits for work, so
+                        // free slots are counted by jobs, not by permits.
+                        agent.metrics.slots_free.dec();
                         tokio::spawn(async move {
                             run_job(&agent, lease).await;
                             drop(permit);
-                            agent
-                                .metrics
-                                .slots_free
-                                .set(slots.available_permits() as i64);
+                            agent.metrics.slots_free.inc();
                         });
                     }
                     Ok(None) => drop(permit),
