@@ -84,6 +84,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_CACHE_EVICTION_INTERVAL", default: "60", meaning: "Seconds between eviction passes (they also run after each commit)." },
     VarDoc { name: "NIMBUS_CACHE_SCRUB_INTERVAL", default: "21600", meaning: "Seconds between integrity scrubs (every committed entry's sha256 re-checked; corrupt or missing entries are dropped)." },
     VarDoc { name: "NIMBUS_AGENT_ID", default: "(hostname)", meaning: "Name of this host agent (in logs and log lines)." },
+    VarDoc { name: "NIMBUS_AGENT_LABELS", default: "(any job)", meaning: "Comma-separated labels of this host agent; it leases only jobs whose runner labels are all among them (case-insensitive; `self-hosted`, `param:`, `meta:` and `timeout:` labels need no match)." },
     VarDoc { name: "NIMBUS_AGENT_MAX_VMS", default: "(cores/2, memory/2 GiB, at least 1)", meaning: "Jobs one host agent runs at once." },
     VarDoc { name: "NIMBUS_AGENT_MAX_JOB_TIMEOUT", default: "(none)", meaning: "Seconds no job may outlive on this host, whatever its `timeout_minutes` or `timeout:MINUTES` label." },
     VarDoc { name: "NIMBUS_AGENT_DRAIN_SECONDS", default: "600", meaning: "After SIGTERM the host agent stops leasing and lets running jobs finish this long; then their VMs are stopped and they complete `cancelled`. A second SIGTERM exits at once." },

@@ -89,10 +89,23 @@ impl ControlPlaneClient {
 
     /// `POST /api/jobs/lease`, waiting up to `wait` for a job.
     pub async fn lease(&self, wait: Duration) -> Result<Option<Lease>> {
+        self.lease_matching(wait, None).await
+    }
+
+    /// Leases a job whose runner labels are all among `labels` (`None`: any job).
+    pub async fn lease_matching(
+        &self,
+        wait: Duration,
+        labels: Option<&[String]>,
+    ) -> Result<Option<Lease>> {
+        let mut body = json!({"wait_seconds": wait.as_secs()});
+        if let Some(labels) = labels {
+            body["labels"] = json!(labels);
+        }
         let builder = self
             .request(Method::POST, "/api/jobs/lease")
             .timeout(wait + Duration::from_secs(30))
-            .json(&json!({"wait_seconds": wait.as_secs()}));
+            .json(&body);
         self.send(builder).await
     }
 

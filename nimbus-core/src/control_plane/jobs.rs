@@ -337,6 +337,9 @@ pub(super) struct LeaseBody {
     wait_seconds: Option<u64>,
     #[serde(default)]
     org_id: Option<OrgId>,
+    /// The agent's labels; jobs needing others are left to other agents.
+    #[serde(default)]
+    labels: Option<Vec<String>>,
 }
 
 pub(super) async fn lease(
@@ -358,9 +361,21 @@ pub(super) async fn lease(
             "wait_seconds must be at most {MAX_LEASE_WAIT_SECONDS}, got {wait}"
         )));
     }
+    if let Some(labels) = &body.labels {
+        if labels.len() > 100
+            || labels
+                .iter()
+                .any(|l| l.is_empty() || l.len() > MAX_LABEL_LEN)
+        {
+            return Err(Error::invalid(format!(
+                "labels: at most 100, each 1 to {MAX_LABEL_LEN} bytes"
+            )));
+        }
+    }
     let request = LeaseRequest {
         agent_id,
         org_id: body.org_id,
+        labels: body.labels,
         ttl: state.config.lease_ttl,
     };
     match super::lease_with_wait(&state, &request, Duration::from_secs(wait)).await? {

@@ -129,6 +129,10 @@ pub struct LeaseRequest {
     pub agent_id: String,
     /// Only lease jobs of this org (dedicated agents); `None` for any org.
     pub org_id: Option<OrgId>,
+    /// The agent's labels: only jobs whose runner labels are all among them (case
+    /// insensitive; `self-hosted` and the `param:`/`meta:`/`timeout:` labels, which
+    /// are not runner labels, excepted). `None` takes any job.
+    pub labels: Option<Vec<String>>,
     pub ttl: Duration,
 }
 

@@ -71,6 +71,20 @@ static LEASE_ANY_ORG: LazyLock<String> =
     LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", false));
 static LEASE_ONE_ORG: LazyLock<String> =
     LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", true));
+static LEASE_LABELS_ANY_ORG: LazyLock<String> = LazyLock::new(|| {
+    super::sql::lease_with_labels_sql(
+        " FOR UPDATE SKIP LOCKED",
+        false,
+        <PostgresStore as Dialect>::AGENT_LABELS_FILTER,
+    )
+});
+static LEASE_LABELS_ONE_ORG: LazyLock<String> = LazyLock::new(|| {
+    super::sql::lease_with_labels_sql(
+        " FOR UPDATE SKIP LOCKED",
+        true,
+        <PostgresStore as Dialect>::AGENT_LABELS_FILTER,
+    )
+});
 
 impl Dialect for PostgresStore {
     fn lease_sql(one_org: bool) -> &'static str {
@@ -85,6 +99,17 @@ impl Dialect for PostgresStore {
     }
     const LABEL_FILTER: (&'static str, &'static str) =
         (" AND jobs.labels::jsonb @> jsonb_build_array(", "::text)");
+    const AGENT_LABELS_FILTER: &'static str = " AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(jobs.labels::jsonb) AS l(value) \
+         WHERE lower(l.value) NOT IN (SELECT lower(a.value) FROM jsonb_array_elements_text($L::jsonb) AS a(value)) \
+         AND lower(l.value) <> 'self-hosted' AND l.value NOT LIKE 'param:%' \
+         AND l.value NOT LIKE 'meta:%' AND l.value NOT LIKE 'timeout:%')";
+    fn lease_with_labels_sql(one_org: bool) -> &'static str {
+        if one_org {
+            LEASE_LABELS_ONE_ORG.as_str()
+        } else {
+            LEASE_LABELS_ANY_ORG.as_str()
+        }
+    }
 }
 
 impl_shared_store!(PostgresStore, Postgres);

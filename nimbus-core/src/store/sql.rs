@@ -24,6 +24,24 @@ pub(crate) trait Dialect {
     }
     /// Text before and after the bound label in a `list_jobs` filter.
     const LABEL_FILTER: (&'static str, &'static str);
+    /// The lease condition "every runner label of the job is one of the agent's",
+    /// with `$L` standing for the parameter that holds the agent's labels (JSON).
+    const AGENT_LABELS_FILTER: &'static str;
+    /// The lease statement for agents with labels.
+    fn lease_with_labels_sql(one_org: bool) -> &'static str;
+}
+
+/// [`lease_sql`] that also requires the job's runner labels to be the agent's.
+pub(crate) fn lease_with_labels_sql(claim_suffix: &str, one_org: bool, filter: &str) -> String {
+    let parameter = if one_org { "$6" } else { "$5" };
+    let org_filter = if one_org { " AND org_id = $5" } else { "" };
+    let label_filter = filter.replace("$L", parameter);
+    format!(
+        "UPDATE jobs SET status = 'leased', fencing_token = fencing_token + 1, lease_id = $1, \
+         agent_id = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $4), updated_at = $4 \
+         WHERE id = (SELECT id FROM jobs WHERE status = 'queued'{org_filter}{label_filter} \
+         ORDER BY id LIMIT 1{claim_suffix}) RETURNING {JOB_COLUMNS}"
+    )
 }
 
 /// The lease statement, with the dialect's claim clause. Two variants, not one with
@@ -480,14 +498,24 @@ macro_rules! impl_shared_store {
             ) -> __Result<Option<__Lease>> {
                 let lease_id = uuid::Uuid::new_v4().to_string();
                 let expires_at = now + request.ttl;
-                let query =
-                    sqlx::query_as(<$store as __sql::Dialect>::lease_sql(request.org_id.is_some()))
-                        .bind(&lease_id)
-                        .bind(&request.agent_id)
-                        .bind(__to_millis(expires_at))
-                        .bind(__to_millis(now));
+                let sql = match &request.labels {
+                    Some(_) => <$store as __sql::Dialect>::lease_with_labels_sql(request.org_id.is_some()),
+                    None => <$store as __sql::Dialect>::lease_sql(request.org_id.is_some()),
+                };
+                let query = sqlx::query_as(sql)
+                    .bind(&lease_id)
+                    .bind(&request.agent_id)
+                    .bind(__to_millis(expires_at))
+                    .bind(__to_millis(now));
                 let query = match request.org_id {
                     Some(org_id) => query.bind(org_id),
+                    None => query,
+                };
+                let query = match &request.labels {
+                    Some(labels) => query.bind(
+                        serde_json::to_string(labels)
+                            .map_err(|e| __Error::Internal(format!("encoding labels: {e}")))?,
+                    ),
                     None => query,
                 };
                 let row: Option<__JobRow> = query.fetch_optional(&self.writer).await?;

@@ -77,6 +77,12 @@ impl SqliteStore {
 
 static LEASE_ANY_ORG: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", false));
 static LEASE_ONE_ORG: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", true));
+static LEASE_LABELS_ANY_ORG: LazyLock<String> = LazyLock::new(|| {
+    super::sql::lease_with_labels_sql("", false, <SqliteStore as Dialect>::AGENT_LABELS_FILTER)
+});
+static LEASE_LABELS_ONE_ORG: LazyLock<String> = LazyLock::new(|| {
+    super::sql::lease_with_labels_sql("", true, <SqliteStore as Dialect>::AGENT_LABELS_FILTER)
+});
 
 impl Dialect for SqliteStore {
     fn lease_sql(one_org: bool) -> &'static str {
@@ -90,6 +96,18 @@ impl Dialect for SqliteStore {
         " AND EXISTS (SELECT 1 FROM json_each(jobs.labels) WHERE json_each.value = ",
         ")",
     );
+    const AGENT_LABELS_FILTER: &'static str =
+        " AND NOT EXISTS (SELECT 1 FROM json_each(jobs.labels) l \
+         WHERE lower(l.value) NOT IN (SELECT lower(a.value) FROM json_each($L) a) \
+         AND lower(l.value) <> 'self-hosted' AND l.value NOT LIKE 'param:%' \
+         AND l.value NOT LIKE 'meta:%' AND l.value NOT LIKE 'timeout:%')";
+    fn lease_with_labels_sql(one_org: bool) -> &'static str {
+        if one_org {
+            LEASE_LABELS_ONE_ORG.as_str()
+        } else {
+            LEASE_LABELS_ANY_ORG.as_str()
+        }
+    }
 }
 
 impl_shared_store!(SqliteStore, Sqlite);

@@ -127,6 +127,7 @@ pub fn github_job(org_id: OrgId, github_job_id: i64) -> NewJob {
 
 fn lease_request(agent: &str, ttl_secs: u64) -> LeaseRequest {
     LeaseRequest {
+        labels: None,
         agent_id: agent.into(),
         org_id: None,
         ttl: Duration::from_secs(ttl_secs),
@@ -773,6 +774,70 @@ pub async fn leases_can_be_limited_to_one_org(store: Arc<dyn Store>) {
     assert_eq!(lease.job.id, other.id);
 }
 
+pub async fn agents_lease_only_jobs_their_labels_cover(store: Arc<dyn Store>) {
+    let enqueue = |labels: &'static [&'static str]| {
+        let store = store.clone();
+        async move {
+            store
+                .enqueue(
+                    direct_job(1, "acme/app", labels),
+                    &Admission::default(),
+                    t0(),
+                )
+                .await
+                .expect("enqueue")
+                .job
+        }
+    };
+    let gpu = enqueue(&["self-hosted", "nimbus", "gpu", "param:cuda=12"]).await;
+    let plain = enqueue(&["nimbus", "timeout:5", "meta:team=ml"]).await;
+    let arm = enqueue(&["nimbus", "ARM64"]).await;
+    let with = |labels: &[&str]| LeaseRequest {
+        labels: Some(labels.iter().map(|l| l.to_string()).collect()),
+        ..lease_request("labelled", 60)
+    };
+    // An agent without "gpu" skips the older GPU job and takes the plain one.
+    let lease = store
+        .lease(&with(&["nimbus"]), t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(
+        lease.job.id, plain.id,
+        "param:/meta:/timeout: labels need no match"
+    );
+    assert!(store
+        .lease(&with(&["nimbus"]), t0())
+        .await
+        .expect("lease")
+        .is_none());
+    // Labels match case-insensitively; self-hosted is implied.
+    let lease = store
+        .lease(&with(&["NIMBUS", "arm64"]), t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(lease.job.id, arm.id);
+    let lease = store
+        .lease(&with(&["nimbus", "gpu"]), t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(lease.job.id, gpu.id);
+    // With an org filter as well.
+    let later = enqueue(&["nimbus"]).await;
+    let request = LeaseRequest {
+        org_id: Some(1),
+        ..with(&["nimbus"])
+    };
+    let lease = store
+        .lease(&request, t0())
+        .await
+        .expect("lease")
+        .expect("job");
+    assert_eq!(lease.job.id, later.id);
+}
+
 pub async fn rate_limits_count_per_key_and_window(store: Arc<dyn Store>) {
     let interval = Duration::from_secs(60);
     let start = t0(); // aligned to a minute
@@ -936,6 +1001,7 @@ macro_rules! store_test_suite {
                 jobs_fail_after_max_attempts,
                 concurrent_leases_never_hand_out_a_job_twice,
                 leases_can_be_limited_to_one_org,
+                agents_lease_only_jobs_their_labels_cover,
                 concurrent_webhook_admissions_are_each_answered,
                 concurrent_admissions_respect_the_rate_limit,
                 rate_limits_count_per_key_and_window,

@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub logs_url: Option<String>,
     /// Where the Actions runner is installed in the guest rootfs.
     pub runner_dir: String,
+    /// `NIMBUS_AGENT_LABELS`: only jobs whose runner labels are all among these are
+    /// leased; `None` (unset) takes any job.
+    pub labels: Option<Vec<String>>,
     /// The cache proxy as the job VMs reach it (`NIMBUS_CACHE_URL`); jobs get it as
     /// `ACTIONS_CACHE_URL`/`ACTIONS_RESULTS_URL` with their lease's cache token.
     pub cache_url: Option<String>,
@@ -74,6 +77,13 @@ impl AgentConfig {
                 .get("NIMBUS_LOGS_URL")
                 .map(|u| u.trim_end_matches('/').to_string()),
             runner_dir: "/opt/actions-runner".to_string(),
+            labels: env.get("NIMBUS_AGENT_LABELS").map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
             cache_url: env
                 .get("NIMBUS_CACHE_URL")
                 .map(|u| u.trim_end_matches('/').to_string()),
@@ -232,7 +242,7 @@ pub async fn run(
                     return;
                 };
                 let lease = tokio::select! {
-                    lease = agent.client.lease(agent.config.lease_wait) => lease,
+                    lease = agent.client.lease_matching(agent.config.lease_wait, agent.config.labels.as_deref()) => lease,
                     _ = stopped.changed() => return,
                 };
                 match lease {
