@@ -52,6 +52,34 @@ impl VmNetwork {
         Ok(network)
     }
 
+    /// What `create(vm_id, …)` would have made, for removing what a crashed agent
+    /// left behind (namespace with its tap, host veth, NAT rule); names derive from
+    /// the VM id, so nothing needs to have been recorded.
+    pub fn leftover(vm_id: &str) -> VmNetwork {
+        let hash = fnv(vm_id);
+        let short = format!("{:08x}", hash as u32);
+        let x = (hash >> 8) as u8;
+        let y = (hash as u8) & 0xfc;
+        VmNetwork {
+            namespace: format!("nimbus-{short}"),
+            host_veth: Some(format!("nbh{short}")),
+            veth_subnet: Some(format!("10.213.{x}.{y}/30")),
+            mac: String::new(),
+        }
+    }
+
+    /// The host-side subnet NATed out (egress only).
+    pub fn egress_subnet(&self) -> Option<&str> {
+        self.veth_subnet.as_deref()
+    }
+
+    /// Whether this network's namespace exists on the host.
+    pub fn exists(&self) -> bool {
+        std::path::Path::new("/run/netns")
+            .join(&self.namespace)
+            .exists()
+    }
+
     fn clone_handle(&self) -> VmNetwork {
         VmNetwork {
             namespace: self.namespace.clone(),

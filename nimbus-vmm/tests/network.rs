@@ -170,3 +170,44 @@ async fn sandbox_egress_shares_the_host_network_and_isolated_has_none() {
         (Outcome::Exited { code: 0 }, vec!["unreachable".to_string()])
     );
 }
+
+/// What a crashed agent leaves (namespace, tap, host veth, NAT rule) is found from
+/// the VM id alone and removed.
+#[tokio::test]
+async fn a_network_left_by_a_crash_is_found_from_the_vm_id_and_removed() {
+    if ready().is_none() {
+        return;
+    }
+    use nimbus_vmm::network::VmNetwork;
+    let vm_id = format!("job-crash-{}", std::process::id());
+    let network = VmNetwork::create(&vm_id, true).await.expect("network");
+    let namespace = network.namespace().to_string();
+    std::mem::forget(network); // the agent died: nothing removed it
+    let leftover = VmNetwork::leftover(&vm_id);
+    assert_eq!(leftover.namespace(), namespace);
+    assert!(leftover.exists());
+    let subnet = leftover.egress_subnet().expect("subnet").to_string();
+    let nat_rules = || {
+        String::from_utf8_lossy(
+            &std::process::Command::new("iptables")
+                .args(["-t", "nat", "-S", "POSTROUTING"])
+                .output()
+                .expect("iptables")
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(nat_rules().contains(&subnet), "the crash left its NAT rule");
+    leftover.remove().await;
+    assert!(!VmNetwork::leftover(&vm_id).exists(), "namespace removed");
+    let links = std::process::Command::new("ip")
+        .args(["link"])
+        .output()
+        .expect("ip");
+    let veth = format!("nbh{}", namespace.trim_start_matches("nimbus-"));
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&veth),
+        "host veth removed"
+    );
+    assert!(!nat_rules().contains(&subnet), "NAT rule removed");
+}

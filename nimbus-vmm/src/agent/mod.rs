@@ -216,6 +216,14 @@ pub async fn run(
     if !reaped.is_empty() {
         tracing::warn!(vms = ?reaped, "removed VMs left behind by an earlier agent");
     }
+    // Their network namespaces, taps, veths and NAT rules (named after the VM id).
+    for vm_id in &reaped {
+        let network = crate::network::VmNetwork::leftover(vm_id);
+        if network.exists() {
+            tracing::warn!(vm = %vm_id, "removing the network an earlier agent's VM left behind");
+            network.remove().await;
+        }
+    }
     let assets = launch::verified_assets(&config.vmm, selection.driver.kind()).await?;
     let client = ControlPlaneClient::from_config(&config.client)
         .map_err(|e| crate::Error::Config(e.to_string()))?;
