@@ -30,6 +30,7 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_CONTROL_PLANE_ADDR", default: "0.0.0.0:8000", meaning: "Listen address of `nimbus-control-plane` (also `--listen`)." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_URL", default: "http://127.0.0.1:8000", meaning: "Where clients (CLI, host agent, benchmarks) reach the control plane." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_TOKEN", default: "(none)", meaning: "Bearer JWT clients send to the control plane (`nimbus token mint`)." },
+    VarDoc { name: "NIMBUS_TOKEN", default: "(none)", meaning: "An admin token `nimbus dev up` writes into `.nimbus/dev.env`, for curl and scripts against the local services." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for `/metrics` from non-loopback peers; unset means loopback only." },
     VarDoc { name: "NIMBUS_JWT_SECRET", default: "(generated)", meaning: "HS256 secret for API tokens. Unset: a random secret is generated once into `$NIMBUS_DATA_DIR/jwt-secret` (development only)." },
     VarDoc { name: "NIMBUS_GITHUB_WEBHOOK_SECRET", default: "(none)", meaning: "Secret of the GitHub webhook (`X-Hub-Signature-256`). Unset: `POST /webhooks/github` answers 503." },

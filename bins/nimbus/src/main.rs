@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dev_up;
 mod report;
 mod vm;
 use nimbus_core::auth::{JwtKeys, Role};
@@ -54,6 +55,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DevCommand {
+    /// Runs control plane (:8000), cache proxy (:8001), logging pipeline (:8002) and a
+    /// host agent in this process on the embedded defaults; state under ./.nimbus,
+    /// secrets and an admin token in ./.nimbus/dev.env. Ctrl-C stops everything.
+    Up,
     /// Signs a recorded GitHub webhook with NIMBUS_GITHUB_WEBHOOK_SECRET and sends it to
     /// the control plane at NIMBUS_CONTROL_PLANE_URL, so the GitHub path can be tried
     /// without GitHub. The action's timestamp is set to now (recordings are older than
@@ -336,12 +341,15 @@ fn read_facts(path: &PathBuf) -> Result<JobFacts, String> {
 }
 
 fn dev(command: DevCommand) -> Result<(), String> {
-    let DevCommand::Webhook {
-        file,
-        event,
-        delivery,
-        keep_timestamps,
-    } = command;
+    let (file, event, delivery, keep_timestamps) = match command {
+        DevCommand::Up => return dev_up::up(),
+        DevCommand::Webhook {
+            file,
+            event,
+            delivery,
+            keep_timestamps,
+        } => (file, event, delivery, keep_timestamps),
+    };
     let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut payload: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| format!("{}: invalid JSON: {e}", file.display()))?;

@@ -322,7 +322,7 @@ pub fn assets(command: AssetsCommand) -> Result<(), String> {
 
 /// `nimbus-guest` next to this binary (cargo puts both in one directory), or the
 /// static build of scripts/build-guest.sh.
-fn default_guest() -> Result<PathBuf, String> {
+pub(crate) fn default_guest() -> Result<PathBuf, String> {
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
