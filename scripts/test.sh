@@ -48,3 +48,6 @@ cargo test --workspace --locked
 # Examples for embedders: compiled by the line above; run the quick ones.
 cargo run -q --locked -p nimbus-examples --example embedded_control_plane
 cargo run -q --locked -p nimbus-examples --example memory_cache_backend
+cargo run -q --locked -p nimbus-examples --example tee_log_sink
+NIMBUS_ASSETS_DIR=$NIMBUS_TEST_ASSETS NIMBUS_VMM=sandbox NIMBUS_VM_NETWORK=none \
+  NIMBUS_VM_RUNTIME_DIR=$(mktemp -d) cargo run -q --locked -p nimbus-examples --example resource_capped_driver
