@@ -47,6 +47,8 @@ pub mod session;
 pub mod spec;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+#[cfg(feature = "host")]
+pub mod workflow;
 
 #[cfg(feature = "host")]
 pub use error::{Error, Result};

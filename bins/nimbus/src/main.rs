@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod dev_up;
 mod report;
+mod run;
 mod vm;
 use nimbus_core::auth::{JwtKeys, Role};
 use nimbus_core::cache_token::{CachePermission, CacheTokenKeys};
@@ -51,6 +52,16 @@ enum Command {
     /// Summaries from the services.
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Runs a GitHub Actions workflow's `run:` steps in a microVM here, one VM per job
+    /// (and matrix combination), with live output and a summary; exits with the first
+    /// failing job's code. `uses:` steps are listed as skipped.
+    Run {
+        /// The workflow file, e.g. .github/workflows/ci.yml.
+        workflow: PathBuf,
+        /// Only this job (its id or name).
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +180,15 @@ fn main() -> ExitCode {
         // These exit with the job's code (vm run) or the check's verdict (doctor).
         Command::Vm(command) => return vm::vm(command),
         Command::Doctor => return vm::doctor(),
+        Command::Run { workflow, job } => {
+            return match run::run(&workflow, job.as_deref()) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(message) => {
+                    eprintln!("nimbus: {message}");
+                    ExitCode::from(125)
+                }
+            }
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,4 +7,5 @@ mod github;
 mod host_agent;
 mod logging;
 mod policy;
+mod run_workflow;
 mod vm;

@@ -1,0 +1,89 @@
+//! `nimbus run WORKFLOW.yml`: a workflow's `run:` steps in fresh VMs (the sandbox
+//! here), per matrix combination, `uses:` steps reported as skipped, conditions
+//! honoured, and the exit code of the first failing job.
+
+use std::process::Command;
+
+fn nimbus_run(workflow: &std::path::Path, extra: &[&str]) -> Option<(i32, String, String)> {
+    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
+            );
+        }
+        eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
+        return None;
+    };
+    let runtime = std::env::temp_dir().join(format!("nimbus-e2e-run-{}", uuid::Uuid::new_v4()));
+    let output = Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
+        .arg("run")
+        .arg(workflow)
+        .args(extra)
+        .env("NIMBUS_ASSETS_DIR", assets)
+        .env("NIMBUS_VMM", "sandbox")
+        .env("NIMBUS_VM_NETWORK", "none")
+        .env("NIMBUS_VM_RUNTIME_DIR", &runtime)
+        .output()
+        .expect("nimbus run");
+    let _ = std::fs::remove_dir_all(&runtime);
+    Some((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn the_example_workflow_runs_every_matrix_combination() {
+    let workflow =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflows/ci.yml");
+    let Some((code, stdout, stderr)) = nimbus_run(&workflow, &[]) else {
+        return;
+    };
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for variant in ["debug", "release"] {
+        assert!(
+            stdout.contains(&format!("hello from a {variant} build on Linux")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("built with {variant}")),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("═══ build ({variant}) ═══")),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !stdout.contains("the build failed"),
+        "failure() steps stay skipped"
+    );
+    assert_eq!(stdout.matches("cleaned").count(), 2, "always() steps run");
+    assert!(stderr.contains("actions/checkout@v4: skipped"), "{stderr}");
+}
+
+#[test]
+fn a_failing_step_fails_the_run_with_its_code_and_runs_failure_steps() {
+    let dir = std::env::temp_dir().join(format!("nimbus-e2e-wf-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let workflow = dir.join("fail.yml");
+    std::fs::write(
+        &workflow,
+        "jobs:\n  broken:\n    steps:\n      - run: echo before; exit 7\n      - run: echo never\n      - if: failure()\n        run: echo reporting\n  other:\n    steps:\n      - run: echo other job\n",
+    )
+    .expect("write");
+    let Some((code, stdout, stderr)) = nimbus_run(&workflow, &["--job", "broken"]) else {
+        return;
+    };
+    assert_eq!(code, 7, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("before") && stdout.contains("reporting"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("never") && !stdout.contains("other job"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
