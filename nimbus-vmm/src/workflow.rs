@@ -110,9 +110,11 @@ fn condition(raw: Option<&Value>) -> Result<Option<StepCondition>, String> {
         "failure()" => Some(StepCondition::Failure),
         "success()" | "" | "true" => Some(StepCondition::Success),
         "cancelled()" | "false" => None,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "if: {other:?} is not supported locally (always(), failure(), success(), cancelled())"
-        )),
+        ))
+        }
     })
 }
 
@@ -414,15 +416,17 @@ jobs:
     #[test]
     fn bad_workflows_get_clear_errors() {
         assert!(plan("::: not yaml", None).is_err());
-        assert!(plan("name: x", None).unwrap_err().contains("no jobs"));
+        assert!(plan("name: x", None)
+            .expect_err("refused")
+            .contains("no jobs"));
         assert!(plan("jobs:\n  a:\n    steps:\n      - name: x\n", None)
-            .unwrap_err()
+            .expect_err("refused")
             .contains("neither run"));
         assert!(plan(
             "jobs:\n  a:\n    steps:\n      - run: x\n        if: github.ref == 'main'\n",
             None
         )
-        .unwrap_err()
+        .expect_err("refused")
         .contains("not supported"));
     }
 }
