@@ -214,6 +214,68 @@ async fn kill_9_during_20_concurrent_uploads_loses_no_committed_entry_and_lists_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_saves_a_cache_entry_and_the_next_job_of_the_repository_restores_it() {
+    cache_between_jobs(Vec::new(), Vec::new(), Vec::new()).await;
+}
+
+/// The same on the production backends: control plane on PostgreSQL, logs in
+/// ClickHouse, cache blobs in S3 (SeaweedFS) with its index on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_postgresql_clickhouse_and_s3() {
+    let required = |name: &str| match std::env::var(name) {
+        Ok(value) => Some(value),
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{name} is required under CI=true (scripts/test.sh starts the services)")
+        }
+        Err(_) => None,
+    };
+    let (Some(clickhouse), Some(s3)) = (
+        required("NIMBUS_TEST_CLICKHOUSE_URL"),
+        required("NIMBUS_TEST_S3_ENDPOINT"),
+    ) else {
+        eprintln!("skipping: ClickHouse or S3 is not available");
+        return;
+    };
+    let (Some(control_plane_db), Some(cache_db)) = (
+        nimbus_core::store::testsuite::postgres_schema_url().await,
+        nimbus_core::store::testsuite::postgres_schema_url().await,
+    ) else {
+        return;
+    };
+    cache_between_jobs(
+        vec![("NIMBUS_DATABASE_URL", control_plane_db)],
+        vec![
+            ("NIMBUS_LOGS_BACKEND", "clickhouse".to_string()),
+            ("NIMBUS_CLICKHOUSE_URL", clickhouse),
+            (
+                "NIMBUS_CLICKHOUSE_DATABASE",
+                format!("nimbus_e2e_cache_{}", std::process::id()),
+            ),
+        ],
+        vec![
+            ("NIMBUS_CACHE_BACKEND", "s3".to_string()),
+            ("NIMBUS_CACHE_S3_BUCKET", "nimbus-e2e".to_string()),
+            ("NIMBUS_CACHE_S3_ENDPOINT", s3),
+            ("NIMBUS_CACHE_S3_PATH_STYLE", "true".to_string()),
+            (
+                "NIMBUS_CACHE_S3_PREFIX",
+                format!("e2e-{}/", uuid::Uuid::new_v4().simple()),
+            ),
+            ("NIMBUS_CACHE_S3_ACCESS_KEY_ID", "testkey".to_string()),
+            (
+                "NIMBUS_CACHE_S3_SECRET_ACCESS_KEY",
+                "testsecret".to_string(),
+            ),
+            ("NIMBUS_CACHE_METRICS_DB", cache_db),
+        ],
+    )
+    .await;
+}
+
+async fn cache_between_jobs(
+    control_plane_env: Vec<(&str, String)>,
+    logs_env: Vec<(&str, String)>,
+    cache_env: Vec<(&str, String)>,
+) {
     let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!(
@@ -223,9 +285,13 @@ async fn a_job_saves_a_cache_entry_and_the_next_job_of_the_repository_restores_i
         eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
         return;
     };
-    let pipeline = LoggingPipelineProcess::start(&[]).await.expect("pipeline");
-    let cache = CacheProxyProcess::start(&[]).await.expect("cache proxy");
-    let control_plane = ControlPlaneProcess::start(&[])
+    let pipeline = LoggingPipelineProcess::start(&logs_env)
+        .await
+        .expect("pipeline");
+    let cache = CacheProxyProcess::start(&cache_env)
+        .await
+        .expect("cache proxy");
+    let control_plane = ControlPlaneProcess::start(&control_plane_env)
         .await
         .expect("control plane");
     let agent_token = mint_token(&["--role", "agent", "--sub", "cache-e2e"]).expect("agent");
