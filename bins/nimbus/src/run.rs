@@ -2,12 +2,20 @@
 //! in a microVM on this machine (the driver `NIMBUS_VMM` picks), one VM per job and
 //! matrix combination, output streamed live with step headers, then a summary.
 //! Exits with the first failing job's code (0 when all succeed).
+//!
+//! The jobs go through an in-process control plane like any job: submitted, leased
+//! with a fencing token, run, completed with their status and exit code (a SQLite
+//! database in memory, gone with the process).
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use nimbus_core::Env;
+use nimbus_core::auth::{JwtKeys, Role};
+use nimbus_core::client::ControlPlaneClient;
+use nimbus_core::control_plane::{self, ControlPlane};
+use nimbus_core::domain::{Completion, CompletionStatus};
+use nimbus_core::{ControlPlaneConfig, Env, Secret};
 use nimbus_vmm::launch;
 use nimbus_vmm::protocol::{StepOutcome, Stream};
 use nimbus_vmm::select::{self, VmmConfig};
@@ -50,10 +58,12 @@ pub fn run(file: &Path, only: Option<&str>) -> Result<i32, String> {
         let assets = launch::verified_assets(&config, kind)
             .await
             .map_err(|e| e.to_string())?;
+        let local = LocalControlPlane::start().await?;
         let mut rows = Vec::new();
         let mut exit = 0;
         for planned in &jobs {
             eprintln!("\n═══ {} ═══", planned.name);
+            let lease = local.submit_and_lease(planned).await?;
             let spec = launch::spec(&config, &assets, launch::unique_id("run"), planned.timeout);
             let mut cursor = 0;
             let mut job_rows: Vec<Row> = Vec::new();
@@ -148,6 +158,7 @@ pub fn run(file: &Path, only: Option<&str>) -> Result<i32, String> {
                     125
                 }
             };
+            local.complete(&lease, code).await?;
             rows.push(Row {
                 job: planned.name.clone(),
                 step: "(job)".into(),
@@ -188,6 +199,120 @@ pub fn run(file: &Path, only: Option<&str>) -> Result<i32, String> {
                 row.job, row.step, row.result, time
             );
         }
+        local.stop();
         Ok(exit)
     })
+}
+
+/// The in-process control plane the local jobs go through.
+struct LocalControlPlane {
+    org: ControlPlaneClient,
+    agent: ControlPlaneClient,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LocalControlPlane {
+    async fn start() -> Result<Self, String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let secret = format!("nimbus-run-{}", uuid::Uuid::new_v4().simple());
+        let data_dir = std::env::temp_dir().join(format!("nimbus-run-{}", std::process::id()));
+        let config = ControlPlaneConfig::from_env(&Env::from_map([
+            ("NIMBUS_JWT_SECRET", secret.clone()),
+            ("NIMBUS_DATA_DIR", data_dir.display().to_string()),
+        ]))
+        .map_err(|e| text(&e))?;
+        let store = nimbus_core::store::open("sqlite::memory:", 1)
+            .await
+            .map_err(|e| text(&e))?;
+        let state = ControlPlane::new(config, store).map_err(|e| text(&e))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| text(&e))?;
+        let url = format!("http://{}", listener.local_addr().map_err(|e| text(&e))?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(control_plane::serve(state, listener, async {
+            let _ = stopped.await;
+        }));
+        let keys = JwtKeys::new(&Secret::new(secret));
+        let client = |role, org| -> Result<ControlPlaneClient, String> {
+            let token = keys
+                .mint("nimbus-run", role, org, Duration::from_secs(7 * 86_400))
+                .map_err(|e| text(&e))?;
+            ControlPlaneClient::new(url.clone(), Some(Secret::new(token))).map_err(|e| text(&e))
+        };
+        client(Role::Admin, None)?
+            .upsert_org(1, "local")
+            .await
+            .map_err(|e| text(&e))?;
+        Ok(LocalControlPlane {
+            org: client(Role::Org, Some(1))?,
+            agent: client(Role::Agent, None)?,
+            stop,
+        })
+    }
+
+    /// Queues the job (its steps as the job record shows them) and leases it.
+    async fn submit_and_lease(
+        &self,
+        planned: &workflow::PlannedJob,
+    ) -> Result<nimbus_core::Lease, String> {
+        let steps: Vec<serde_json::Value> = planned
+            .job
+            .steps
+            .iter()
+            .map(|step| {
+                serde_json::json!({
+                    "name": step.name,
+                    "run": step.run,
+                    "env": step.env,
+                    "working_directory": step.working_directory,
+                })
+            })
+            .collect();
+        let minutes = planned.timeout.as_secs().div_ceil(60).max(1);
+        let job = self
+            .org
+            .submit_job(&serde_json::json!({
+                "repo": "local/workflow",
+                "labels": ["nimbus", format!("meta:job={}", planned.id)],
+                "steps": steps,
+                "env": planned.job.env,
+                "timeout_minutes": minutes,
+            }))
+            .await
+            .map_err(|e| format!("submitting {}: {e}", planned.name))?;
+        let lease = self
+            .agent
+            .lease(Duration::ZERO)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("job {} was not leasable", job.id))?;
+        eprintln!(
+            "queued as job {} and leased (fencing token {})",
+            lease.job.id, lease.fencing_token
+        );
+        Ok(lease)
+    }
+
+    async fn complete(&self, lease: &nimbus_core::Lease, code: i32) -> Result<(), String> {
+        let completion = Completion {
+            fencing_token: lease.fencing_token,
+            status: if code == 0 {
+                CompletionStatus::Succeeded
+            } else {
+                CompletionStatus::Failed
+            },
+            exit_code: Some(code),
+            reason: None,
+        };
+        self.agent
+            .complete(lease.job.id, &completion)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+    }
 }

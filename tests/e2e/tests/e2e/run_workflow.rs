@@ -61,6 +61,15 @@ fn the_example_workflow_runs_every_matrix_combination() {
     );
     assert_eq!(stdout.matches("cleaned").count(), 2, "always() steps run");
     assert!(stderr.contains("actions/checkout@v4: skipped"), "{stderr}");
+    // Each combination went through the (in-process) control plane as a job.
+    assert!(
+        stderr.contains("queued as job 1 and leased (fencing token 1)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("queued as job 2 and leased (fencing token 1)"),
+        "{stderr}"
+    );
 }
 
 #[test]
