@@ -172,6 +172,30 @@ impl JwtKeys {
     }
 }
 
+/// Whether a `/metrics` request may be served (DESIGN.md): always from a loopback
+/// peer, otherwise only with `Authorization: Bearer <token>` matching the service's
+/// metrics token (compared in constant time). No token configured: loopback only.
+pub fn metrics_access_allowed(
+    peer: Option<std::net::SocketAddr>,
+    headers: &axum::http::HeaderMap,
+    token: Option<&Secret>,
+) -> bool {
+    if peer.is_some_and(|peer| peer.ip().is_loopback()) {
+        return true;
+    }
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match (token, presented) {
+        (Some(expected), Some(given)) => {
+            use subtle::ConstantTimeEq;
+            bool::from(expected.expose().as_bytes().ct_eq(given.trim().as_bytes()))
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +325,35 @@ mod tests {
             .contains("signature"));
         assert!(keys.verify("not-a-token").is_err());
         assert!(keys.verify("").is_err());
+    }
+
+    #[test]
+    fn metrics_are_open_to_loopback_and_to_the_token_only() {
+        let token = Secret::new("metrics-token");
+        let mut headers = axum::http::HeaderMap::new();
+        let local: std::net::SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let remote: std::net::SocketAddr = "10.0.0.7:5000".parse().expect("addr");
+        assert!(metrics_access_allowed(Some(local), &headers, None));
+        assert!(!metrics_access_allowed(
+            Some(remote),
+            &headers,
+            Some(&token)
+        ));
+        assert!(!metrics_access_allowed(None, &headers, Some(&token)));
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer wrong".parse().expect("header"),
+        );
+        assert!(!metrics_access_allowed(
+            Some(remote),
+            &headers,
+            Some(&token)
+        ));
+        assert!(!metrics_access_allowed(Some(remote), &headers, None));
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer metrics-token".parse().expect("header"),
+        );
+        assert!(metrics_access_allowed(Some(remote), &headers, Some(&token)));
     }
 }

@@ -95,13 +95,7 @@ fn metrics_text(
     peer: SocketAddr,
     headers: &axum::http::HeaderMap,
 ) -> Response {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let allowed = peer.ip().is_loopback()
-        || matches!((token, presented), (Some(token), Some(given)) if token.expose() == given);
-    if !allowed {
+    if !nimbus_core::auth::metrics_access_allowed(Some(peer), headers, token) {
         return (
             StatusCode::FORBIDDEN,
             "metrics need Authorization: Bearer $NIMBUS_HOST_AGENT_METRICS_TOKEN from non-loopback peers\n",

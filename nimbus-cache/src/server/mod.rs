@@ -328,19 +328,16 @@ async fn count_requests(State(state): State<Proxy>, request: Request, next: Next
 
 /// `/metrics`: open to loopback peers; others need the metrics token.
 async fn metrics_endpoint(State(state): State<Proxy>, request: Request) -> Response {
-    let loopback = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip().is_loopback())
-        .unwrap_or(false);
-    if !loopback {
-        let allowed = matches!((&state.metrics_token, bearer(request.headers())), (Some(token), Some(given)) if token.expose() == given);
-        if !allowed {
-            return Error::Forbidden(
-                "metrics need Authorization: Bearer $NIMBUS_CACHE_PROXY_METRICS_TOKEN from non-loopback peers".into(),
-            )
-            .into_response();
-        }
+        .map(|info| info.0);
+    let token = state.metrics_token.as_ref();
+    if !nimbus_core::auth::metrics_access_allowed(peer, request.headers(), token) {
+        return Error::Forbidden(
+            "metrics need Authorization: Bearer $NIMBUS_CACHE_PROXY_METRICS_TOKEN from non-loopback peers".into(),
+        )
+        .into_response();
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -12,7 +12,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -346,29 +345,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 
 /// `/metrics`: open to loopback peers; others need the metrics token.
 async fn metrics_text(State(state): State<AppState>, request: Request) -> Result<Response> {
-    let from_loopback = request
+    let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip().is_loopback())
-        .unwrap_or(false);
-    if !from_loopback {
-        let presented = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        let allowed = match (&state.config.metrics_token, presented) {
-            (Some(expected), Some(given)) => {
-                use subtle::ConstantTimeEq;
-                bool::from(expected.expose().as_bytes().ct_eq(given.trim().as_bytes()))
-            }
-            _ => false,
-        };
-        if !allowed {
-            return Err(Error::Unauthenticated(
-                "metrics need Authorization: Bearer $NIMBUS_CONTROL_PLANE_METRICS_TOKEN from non-loopback peers".into(),
-            ));
-        }
+        .map(|info| info.0);
+    let token = state.config.metrics_token.as_ref();
+    if !crate::auth::metrics_access_allowed(peer, request.headers(), token) {
+        return Err(Error::Unauthenticated(
+            "metrics need Authorization: Bearer $NIMBUS_CONTROL_PLANE_METRICS_TOKEN from non-loopback peers".into(),
+        ));
     }
     match state.store.count_by_status().await {
         Ok(counts) => state.metrics.set_job_counts(&counts),

@@ -130,24 +130,16 @@ async fn count_requests(State(state): State<Pipeline>, request: Request, next: N
 
 /// `/metrics`: open to loopback peers; others need the metrics token.
 async fn metrics_endpoint(State(state): State<Pipeline>, request: Request) -> Response {
-    let loopback = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip().is_loopback())
-        .unwrap_or(false);
-    if !loopback {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let allowed = matches!((&state.metrics_token, presented), (Some(token), Some(given)) if token.expose() == given);
-        if !allowed {
-            return Error::Forbidden(
-                "metrics need Authorization: Bearer $NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN from non-loopback peers".into(),
-            )
-            .into_response();
-        }
+        .map(|info| info.0);
+    let token = state.metrics_token.as_ref();
+    if !nimbus_core::auth::metrics_access_allowed(peer, request.headers(), token) {
+        return Error::Forbidden(
+            "metrics need Authorization: Bearer $NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN from non-loopback peers".into(),
+        )
+        .into_response();
     }
     state
         .metrics
