@@ -1,0 +1,71 @@
+//! The `main` every service binary shares: `--listen ADDR` / `-h`, the
+//! environment (process + `.env`), telemetry, a tokio runtime, then the service's
+//! own config and run function. Exit codes: 0 clean stop, 1 failure, 2 bad usage.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::{telemetry, Env};
+
+/// Runs service `name`: `--listen ADDR` sets `listen_variable`; `load` reads the
+/// configuration; `run` serves until shutdown.
+pub fn main<C, E1, E2, F>(
+    name: &str,
+    listen_variable: &str,
+    load: impl FnOnce(&Env) -> Result<C, E1>,
+    run: impl FnOnce(C) -> F,
+) -> ExitCode
+where
+    E1: Display,
+    E2: Display,
+    F: Future<Output = Result<(), E2>>,
+{
+    let usage = format!(
+        "usage: {name} [--listen ADDR]\n\
+         Configuration comes from NIMBUS_* environment variables (see docs/configuration.md)."
+    );
+    let fail = |error: &dyn Display| {
+        eprintln!("{name}: {error}");
+        ExitCode::FAILURE
+    };
+    let mut env = match Env::from_process() {
+        Ok(env) => env,
+        Err(e) => return fail(&e),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => match args.next() {
+                Some(address) => env.set(listen_variable, address),
+                None => {
+                    eprintln!("{name}: --listen needs an address\n{usage}");
+                    return ExitCode::from(2);
+                }
+            },
+            "-h" | "--help" => {
+                println!("{usage}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("{name}: unknown argument {other:?}\n{usage}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Err(e) = telemetry::init(&env) {
+        return fail(&e);
+    }
+    let config = match load(&env) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
