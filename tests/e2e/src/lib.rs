@@ -404,3 +404,51 @@ impl Drop for HostAgentProcess {
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
+
+/// Polls `GET /api/jobs/{id}` until the job reaches a final status (succeeded,
+/// failed, timed_out, cancelled) or `limit` passes; returns the job as last seen.
+pub async fn final_job(
+    control_plane_url: &str,
+    token: &str,
+    id: i64,
+    limit: Duration,
+) -> Result<serde_json::Value> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let job: serde_json::Value = client
+            .get(format!("{control_plane_url}/api/jobs/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let done = matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "timed_out" | "cancelled")
+        );
+        if done || started.elapsed() > limit {
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The messages of a job's log lines in the logging pipeline, oldest first.
+pub async fn log_messages(logs_url: &str, token: &str, id: i64) -> Result<Vec<String>> {
+    let lines: serde_json::Value = reqwest::Client::new()
+        .get(format!("{logs_url}/api/logs?job_id={id}&order=oldest"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(lines["lines"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|r| r["message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}

@@ -340,25 +340,9 @@ async fn cache_between_jobs(
                 .await
                 .expect("job");
             let id = job["id"].as_i64().expect("id");
-            for _ in 0..600 {
-                let job: Value = client
-                    .get(format!("{url}/api/jobs/{id}"))
-                    .bearer_auth(&admin)
-                    .send()
-                    .await
-                    .expect("job")
-                    .json()
-                    .await
-                    .expect("json");
-                if matches!(
-                    job["status"].as_str(),
-                    Some("succeeded" | "failed" | "timed_out")
-                ) {
-                    return job;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("job {id} did not finish");
+            nimbus_e2e::final_job(&url, &admin, id, Duration::from_secs(60))
+                .await
+                .expect("job")
         }
     };
     let curl = r#"curl -sS -f -H "Authorization: Bearer $ACTIONS_RUNTIME_TOKEN""#;
@@ -388,23 +372,13 @@ async fn cache_between_jobs(
     assert_eq!(rival["exit_code"], 22);
 
     let id = restored["id"].as_i64().expect("id");
-    let lines: Value = client
-        .get(format!(
-            "{}/api/logs?job_id={id}&order=oldest",
-            pipeline.url
-        ))
-        .bearer_auth(admin.expose())
-        .send()
+    let messages = nimbus_e2e::log_messages(&pipeline.url, admin.expose(), id)
         .await
-        .expect("logs")
-        .json()
-        .await
-        .expect("json");
-    let messages: Vec<&str> = lines["lines"]
-        .as_array()
-        .map(|l| l.iter().filter_map(|r| r["message"].as_str()).collect())
-        .unwrap_or_default();
-    assert!(messages.contains(&"built-artifact-42"), "{messages:?}");
+        .expect("logs");
+    assert!(
+        messages.iter().any(|m| m == "built-artifact-42"),
+        "{messages:?}"
+    );
 
     let usage: Value = client
         .get(format!("{}/api/usage", cache.url))

@@ -106,34 +106,18 @@ async fn dev_up_runs_a_job_end_to_end_and_stops_on_ctrl_c() {
         .await
         .expect("job");
     let id = job["id"].as_i64().expect("id");
-    let mut status = Value::Null;
-    for _ in 0..300 {
-        let job: Value = client
-            .get(format!("{control_plane}/api/jobs/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("job")
-            .json()
-            .await
-            .expect("json");
-        status = job["status"].clone();
-        if status == "succeeded" || status == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, "succeeded");
-    let lines: Value = client
-        .get(format!("{}/api/logs?job_id={id}", vars["NIMBUS_LOGS_URL"]))
-        .bearer_auth(token)
-        .send()
+    let job = nimbus_e2e::final_job(control_plane, token, id, Duration::from_secs(30))
         .await
-        .expect("logs")
-        .json()
+        .expect("job");
+    assert_eq!(job["status"], "succeeded");
+    let messages = nimbus_e2e::log_messages(&vars["NIMBUS_LOGS_URL"], token, id)
         .await
-        .expect("json");
-    assert_eq!(lines["lines"][0]["message"], "hello from dev up", "{lines}");
+        .expect("logs");
+    assert_eq!(
+        messages.first().map(String::as_str),
+        Some("hello from dev up"),
+        "{messages:?}"
+    );
 
     // Ctrl-C: everything stops, exit 0.
     let _ = Command::new("kill")

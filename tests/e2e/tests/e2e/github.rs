@@ -143,48 +143,26 @@ async fn a_github_job_runs_the_stand_in_actions_runner_with_its_jit_config() {
             .expect("answer");
     let id = answer["job_id"].as_i64().expect("job id");
 
-    let client = reqwest::Client::new();
     let admin = mint_token(&["--role", "admin"]).expect("admin");
-    let mut job = Value::Null;
-    for _ in 0..300 {
-        job = client
-            .get(format!("{}/api/jobs/{id}", control_plane.url))
-            .bearer_auth(admin.expose())
-            .send()
-            .await
-            .expect("job")
-            .json()
-            .await
-            .expect("json");
-        if matches!(
-            job["status"].as_str(),
-            Some("succeeded" | "failed" | "timed_out")
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let job = nimbus_e2e::final_job(
+        &control_plane.url,
+        admin.expose(),
+        id,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("job");
     assert_eq!(job["status"], "succeeded", "{job}");
     let token = job["fencing_token"].as_i64().expect("token");
     let runner_name = format!("nimbus-{id}-{token}");
 
-    let lines: Value = client
-        .get(format!(
-            "{}/api/logs?job_id={id}&order=oldest",
-            pipeline.url
-        ))
-        .bearer_auth(admin.expose())
-        .send()
+    let messages = nimbus_e2e::log_messages(&pipeline.url, admin.expose(), id)
         .await
-        .expect("logs")
-        .json()
-        .await
-        .expect("json");
-    let messages: Vec<&str> = lines["lines"]
-        .as_array()
-        .map(|l| l.iter().filter_map(|r| r["message"].as_str()).collect())
-        .unwrap_or_default();
-    assert!(messages.contains(&"√ Connected to GitHub"), "{messages:?}");
+        .expect("logs");
+    assert!(
+        messages.iter().any(|m| m == "√ Connected to GitHub"),
+        "{messages:?}"
+    );
     assert!(
         messages
             .iter()

@@ -265,25 +265,14 @@ async fn a_killed_agents_job_is_re_leased_by_another_and_its_vm_cleaned_on_resta
     std::mem::forget(first); // its directory is inspected after the restart
 
     let _second = HostAgentProcess::start(&agent_env("agent-two")).expect("agent two");
-    let mut done = Value::Null;
-    for _ in 0..400 {
-        done = client
-            .get(format!("{}/api/jobs/{id}", control_plane.url))
-            .bearer_auth(admin.expose())
-            .send()
-            .await
-            .expect("job")
-            .json()
-            .await
-            .expect("json");
-        if matches!(
-            done["status"].as_str(),
-            Some("succeeded" | "failed" | "timed_out" | "cancelled")
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = nimbus_e2e::final_job(
+        &control_plane.url,
+        admin.expose(),
+        id,
+        Duration::from_secs(40),
+    )
+    .await
+    .expect("job");
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         done["attempt"], 2,
