@@ -459,10 +459,15 @@ impl CacheIndex {
         replace: bool,
     ) -> Result<Option<Entry>> {
         let mut tx = self.pool.begin().await?;
+        // Write first: on SQLite a transaction that reads and then writes cannot wait
+        // for the write lock (another commit in between fails it with
+        // SQLITE_BUSY_SNAPSHOT); one that starts with a write waits its turn.
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE id = $1 AND state = 'pending'"
+            "UPDATE cache_entries SET last_access = $2 WHERE id = $1 AND state = 'pending' \
+             RETURNING {COLUMNS}"
         ))
         .bind(entry_id)
+        .bind(now_millis())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(pending) = row.as_ref().map(entry_from).transpose()? else {
