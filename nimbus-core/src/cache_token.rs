@@ -51,7 +51,10 @@ pub struct CacheScope {
     /// Where saves go and restores look first, e.g. `refs/heads/feature`.
     #[serde(rename = "ref")]
     pub git_ref: String,
-    /// Where restores look second (GitHub: the default branch).
+    /// Where restores look next, for a pull request: its base branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ref: Option<String>,
+    /// Where restores look last (GitHub: the default branch).
     pub default_ref: String,
     pub permission: CachePermission,
     /// Expiry, Unix seconds.
@@ -59,11 +62,14 @@ pub struct CacheScope {
 }
 
 impl CacheScope {
-    /// The refs a restore searches, in order, without repeats.
+    /// The refs a restore searches, in order, without repeats: the job's own ref,
+    /// a pull request's base branch, the default branch (GitHub's order).
     pub fn restore_refs(&self) -> Vec<&str> {
         let mut refs = vec![self.git_ref.as_str()];
-        if self.default_ref != self.git_ref {
-            refs.push(self.default_ref.as_str());
+        for next in self.base_ref.iter().chain([&self.default_ref]) {
+            if !refs.contains(&next.as_str()) {
+                refs.push(next.as_str());
+            }
         }
         refs
     }
@@ -71,6 +77,19 @@ impl CacheScope {
     pub fn can_write(&self) -> bool {
         self.permission == CachePermission::Write
     }
+}
+
+/// What a job may do in the cache, before it is signed into a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheGrant {
+    pub org_id: OrgId,
+    pub repo: String,
+    /// Where saves go and restores look first.
+    pub git_ref: String,
+    /// A pull request's base branch, restored from after `git_ref`.
+    pub base_ref: Option<String>,
+    pub default_ref: String,
+    pub permission: CachePermission,
 }
 
 /// Mints and verifies cache tokens with one secret.
@@ -109,9 +128,28 @@ impl CacheTokenKeys {
         permission: CachePermission,
         ttl: Duration,
     ) -> Result<String> {
-        validate_repo(repo)?;
-        for (what, value) in [("ref", git_ref), ("default ref", default_ref)] {
-            if value.is_empty() || value.len() > 255 {
+        self.mint_grant(
+            &CacheGrant {
+                org_id,
+                repo: repo.to_string(),
+                git_ref: git_ref.to_string(),
+                base_ref: None,
+                default_ref: default_ref.to_string(),
+                permission,
+            },
+            ttl,
+        )
+    }
+
+    /// A token carrying `grant`, valid for `ttl`.
+    pub fn mint_grant(&self, grant: &CacheGrant, ttl: Duration) -> Result<String> {
+        validate_repo(&grant.repo)?;
+        for (what, value) in [
+            ("ref", Some(&grant.git_ref)),
+            ("base ref", grant.base_ref.as_ref()),
+            ("default ref", Some(&grant.default_ref)),
+        ] {
+            if value.is_some_and(|value| value.is_empty() || value.len() > 255) {
                 return Err(Error::invalid(format!(
                     "a cache token's {what} must be 1 to 255 bytes"
                 )));
@@ -119,11 +157,12 @@ impl CacheTokenKeys {
         }
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let scope = CacheScope {
-            org_id,
-            repo: repo.to_string(),
-            git_ref: git_ref.to_string(),
-            default_ref: default_ref.to_string(),
-            permission,
+            org_id: grant.org_id,
+            repo: grant.repo.clone(),
+            git_ref: grant.git_ref.clone(),
+            base_ref: grant.base_ref.clone(),
+            default_ref: grant.default_ref.clone(),
+            permission: grant.permission,
             exp: now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2)),
         };
         let claims = serde_json::to_vec(&scope)

@@ -288,6 +288,19 @@ impl NewJob {
     }
 }
 
+/// Line numbers one lease of a job may use for its log lines.
+pub const LOG_SEQS_PER_LEASE: u64 = 1 << 32;
+
+/// Where the log line numbers of the lease with `fencing_token` start: the first
+/// lease's lines are 1, 2, …; each later lease (a job run again after its agent
+/// was lost) writes above every earlier one, so its lines are kept apart from, and
+/// sort after, those of the attempts before it.
+pub fn log_seq_base(fencing_token: i64) -> u64 {
+    u64::try_from(fencing_token.saturating_sub(1))
+        .unwrap_or(0)
+        .saturating_mul(LOG_SEQS_PER_LEASE)
+}
+
 /// A granted lease: the job, plus what the agent must present to keep or finish it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -300,6 +313,14 @@ pub struct Lease {
     /// repository and ref, write permission, valid for the job's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_token: Option<String>,
+    /// A log ingest token for this lease's lines (`POST /api/logs` of the logging
+    /// pipeline): this job, org, repository and agent, line numbers from
+    /// `log_seq_base` on, valid for the job's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_token: Option<String>,
+    /// The lease's first log line is `log_seq_base + 1`.
+    #[serde(default)]
+    pub log_seq_base: u64,
 }
 
 impl Job {

@@ -12,6 +12,7 @@ pub mod control_plane;
 pub mod domain;
 pub mod error;
 pub mod github;
+pub mod route;
 pub mod service;
 pub mod store;
 pub mod telemetry;

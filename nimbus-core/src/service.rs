@@ -8,6 +8,15 @@ use std::process::ExitCode;
 
 use crate::{telemetry, Env};
 
+/// Makes every file and directory the process creates from here on private to its
+/// user (umask 077): the data directory holds databases, secrets, cache blobs,
+/// logs and VM disks of many tenants, none of which another local user may read.
+/// Every binary calls it first.
+pub fn private_files() {
+    use nix::sys::stat::{umask, Mode};
+    umask(Mode::from_bits_truncate(0o077));
+}
+
 /// Runs service `name`: `--listen ADDR` sets `listen_variable`; `load` reads the
 /// configuration; `run` serves until shutdown.
 pub fn main<C, E1, E2, F>(
@@ -21,6 +30,7 @@ where
     E2: Display,
     F: Future<Output = Result<(), E2>>,
 {
+    private_files();
     let usage = format!(
         "usage: {name} [--listen ADDR]\n\
          Configuration comes from NIMBUS_* environment variables (see docs/configuration.md)."

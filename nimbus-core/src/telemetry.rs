@@ -32,3 +32,20 @@ pub fn init(env: &Env) -> Result<()> {
     let _ = result;
     Ok(())
 }
+
+/// The metrics label of an HTTP method: the methods Nimbus serves by name, any
+/// other (clients can send arbitrary extension methods) as `other`, so label
+/// values come from a fixed set.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}

@@ -155,6 +155,16 @@ struct PingPayload {
     zen: Option<String>,
 }
 
+/// The metrics label of an `X-GitHub-Event` header: the events Nimbus handles by
+/// name, every other value (or none) as `other`, so senders cannot mint series.
+pub fn event_label(event: Option<&str>) -> &'static str {
+    match event {
+        Some("workflow_job") => "workflow_job",
+        Some("ping") => "ping",
+        _ => "other",
+    }
+}
+
 /// Parses a delivery by its `X-GitHub-Event` name. Malformed JSON, or a
 /// `workflow_job` payload missing a field Nimbus needs, is an `InvalidInput` error
 /// naming the problem; this never panics on any input.

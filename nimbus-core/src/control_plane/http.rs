@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::header::RETRY_AFTER;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -124,18 +124,12 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+        let token = crate::auth::bearer_token(&parts.headers).ok_or_else(|| {
             Error::Unauthenticated("missing Authorization: Bearer <token>".into())
         })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
-            })?;
-        let principal = state.keys.verify(token)?;
+        let principal = state
+            .keys
+            .verify(token, crate::auth::Audience::ControlPlane)?;
         if let Principal::Org { org_id, .. } = &principal {
             if !state.org_exists(*org_id).await? {
                 return Err(Error::Forbidden(format!(

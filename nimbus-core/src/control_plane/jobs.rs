@@ -44,13 +44,30 @@ fn require_agent(principal: &Principal) -> Result<String> {
     }
 }
 
-/// The job, if the principal may see it; another org's job is "not found".
+/// The job, if the principal may see it: an org its own jobs, an agent the jobs it
+/// holds (or held) the lease of, an admin every job. Anything else is "not found",
+/// so nobody learns which ids exist.
 async fn visible_job(state: &ControlPlane, principal: &Principal, id: i64) -> Result<Job> {
     let job = state.store.get_job(id).await?;
-    match (job, principal.org_scope()) {
-        (Some(job), Some(org)) if job.org_id != org => Err(Error::not_found(format!("job {id}"))),
-        (Some(job), _) => Ok(job),
-        (None, _) => Err(Error::not_found(format!("job {id}"))),
+    let visible = |job: &Job| match principal {
+        Principal::Admin { .. } => true,
+        Principal::Org { org_id, .. } => job.org_id == *org_id,
+        Principal::Agent { agent_id } => job.agent_id.as_deref() == Some(agent_id.as_str()),
+    };
+    match job {
+        Some(job) if visible(&job) => Ok(job),
+        _ => Err(Error::not_found(format!("job {id}"))),
+    }
+}
+
+/// Listing jobs, orgs and analytics is for orgs (their own) and admins; an agent
+/// gets what it needs with each lease.
+fn refuse_agents(principal: &Principal, what: &str) -> Result<()> {
+    match principal {
+        Principal::Agent { .. } => Err(Error::Forbidden(format!(
+            "agent tokens cannot read {what}; an agent gets its job with the lease"
+        ))),
+        Principal::Admin { .. } | Principal::Org { .. } => Ok(()),
     }
 }
 
@@ -160,6 +177,7 @@ pub(super) async fn list_orgs(
     State(state): State<AppState>,
     Auth(principal): Auth,
 ) -> Result<Response> {
+    refuse_agents(&principal, "orgs")?;
     let orgs = state.store.list_orgs().await?;
     let orgs: Vec<_> = match principal.org_scope() {
         Some(own) => orgs.into_iter().filter(|org| org.id == own).collect(),
@@ -274,6 +292,7 @@ pub(super) async fn list(
     Auth(principal): Auth,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Response> {
+    refuse_agents(&principal, "the job list")?;
     let limit = match &query.limit {
         None => 50,
         Some(raw) => {
@@ -380,7 +399,8 @@ pub(super) async fn lease(
     };
     match super::lease_with_wait(&state, &request, Duration::from_secs(wait)).await? {
         Some(mut lease) => {
-            lease.cache_token = state.mint_cache_token(&lease.job);
+            lease.cache_token = state.mint_cache_token(&lease.job).await;
+            lease.ingest_token = state.mint_ingest_token(&lease);
             state.metrics.leases_granted.inc();
             tracing::info!(job_id = lease.job.id, agent = %request.agent_id, fencing_token = lease.fencing_token, "lease granted");
             Ok(Json(lease).into_response())
@@ -401,11 +421,17 @@ pub(super) async fn heartbeat(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<HeartbeatBody>,
 ) -> Result<Response> {
-    require_agent(&principal)?;
+    let agent = require_agent(&principal)?;
     let id = parse_job_id(&id)?;
     let renewal = state
         .store
-        .heartbeat(id, body.fencing_token, state.config.lease_ttl, state.now())
+        .heartbeat(
+            id,
+            &agent,
+            body.fencing_token,
+            state.config.lease_ttl,
+            state.now(),
+        )
         .await?;
     Ok(Json(renewal).into_response())
 }
@@ -416,12 +442,15 @@ pub(super) async fn complete(
     Path(id): Path<String>,
     JsonBody(completion): JsonBody<Completion>,
 ) -> Result<Response> {
-    require_agent(&principal)?;
+    let agent = require_agent(&principal)?;
     let id = parse_job_id(&id)?;
     if completion.reason.as_ref().is_some_and(|r| r.len() > 4096) {
         return Err(Error::invalid("reason must be at most 4096 bytes"));
     }
-    let job = state.store.complete(id, &completion, state.now()).await?;
+    let job = state
+        .store
+        .complete(id, &agent, &completion, state.now())
+        .await?;
     state
         .metrics
         .jobs_completed
@@ -460,18 +489,16 @@ pub(super) async fn runner_config(
         .get_job(id)
         .await?
         .ok_or_else(|| Error::not_found(format!("job {id}")))?;
-    if job.status != JobStatus::Leased || job.fencing_token != token {
+    // Only the lease's holder learns anything about the lease.
+    if job.agent_id.as_deref() != Some(agent.as_str()) {
         return Err(Error::Conflict(format!(
-            "job {id} is not leased with fencing token {token} (status {}, token {})",
-            job.status.as_str(),
-            job.fencing_token
+            "job {id} is not leased to agent {agent:?}"
         )));
     }
-    if matches!(principal, Principal::Agent { .. })
-        && job.agent_id.as_deref() != Some(agent.as_str())
-    {
+    if job.status != JobStatus::Leased || job.fencing_token != token {
         return Err(Error::Conflict(format!(
-            "job {id} is leased by another agent"
+            "job {id} is not leased with fencing token {token} (status {})",
+            job.status.as_str()
         )));
     }
     if job.github.is_none() {
@@ -503,6 +530,7 @@ pub(super) async fn metadata_values(
     Auth(principal): Auth,
     QueryParams(query): QueryParams<MetadataQuery>,
 ) -> Result<Response> {
+    refuse_agents(&principal, "analytics")?;
     let asked = query
         .org_id
         .as_deref()

@@ -10,7 +10,7 @@ use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::auth::{JwtKeys, Role};
+use crate::auth::{Audience, JwtKeys, Role};
 use crate::domain::Job;
 
 /// Jobs waiting to be forwarded; beyond this new ones are dropped and counted.
@@ -93,25 +93,30 @@ async fn forward_loop(
         let mut delay = Duration::from_millis(200);
         let mut sent = false;
         for attempt in 1..=ATTEMPTS {
-            let result =
-                match keys.mint("control-plane", Role::Admin, None, Duration::from_secs(300)) {
-                    Ok(token) => client
-                        .post(&endpoint)
-                        .bearer_auth(token)
-                        .json(&rows)
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|response| {
-                            if response.status().is_success() {
-                                Ok(())
-                            } else {
-                                Err(format!("answered {}", response.status()))
-                            }
-                        }),
-                    Err(error) => Err(error.to_string()),
-                };
+            let result = match keys.mint_for(
+                "control-plane",
+                Role::Admin,
+                None,
+                &[Audience::LoggingPipeline],
+                Duration::from_secs(300),
+            ) {
+                Ok(token) => client
+                    .post(&endpoint)
+                    .bearer_auth(token)
+                    .json(&rows)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|response| {
+                        if response.status().is_success() {
+                            Ok(())
+                        } else {
+                            Err(format!("answered {}", response.status()))
+                        }
+                    }),
+                Err(error) => Err(error.to_string()),
+            };
             match result {
                 Ok(()) => {
                     sent = true;

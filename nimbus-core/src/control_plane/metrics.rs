@@ -26,6 +26,7 @@ pub struct Metrics {
     pub github_api_rate_limited: IntCounter,
     pub jobs_reconciled: IntCounter,
     pub runner_swaps: IntCounter,
+    pub runner_swaps_refused: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
 }
@@ -90,6 +91,11 @@ impl Metrics {
                 r,
                 "nimbus_control_plane_runner_swaps_total",
                 "Times GitHub gave a Nimbus runner another queued job than the one it was made for (the two jobs' records were swapped).",
+            )?,
+            runner_swaps_refused: counter(
+                r,
+                "nimbus_control_plane_runner_swaps_refused_total",
+                "in_progress events naming one of our runners on a job of another installation, org or repository (ignored: runner names are not proof).",
             )?,
             webhooks_received: counter_vec(
                 r,

@@ -14,21 +14,22 @@ use std::time::{Duration, Instant};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::auth::JwtKeys;
-use crate::cache_token::{CachePermission, CacheTokenKeys};
+use crate::cache_token::CacheTokenKeys;
 use crate::config::ControlPlaneConfig;
 use crate::domain::{Job, OrgId};
 use crate::error::{Error, Result};
 use crate::github::{GithubClient, JitConfig, RepoRef};
+use crate::route::{Access, Route};
 use crate::store::{self, Store};
 use nimbus_policy::Policy;
 
+pub mod cache_grant;
 pub mod http;
 mod jobs;
 mod metadata_sink;
@@ -54,6 +55,8 @@ pub struct ControlPlane {
     /// request within one lease gets the same runner.
     runner_configs:
         std::sync::Mutex<std::collections::HashMap<(crate::domain::JobId, i64), JitConfig>>,
+    /// Workflow run contexts looked up for cache scoping, by run id.
+    run_contexts: std::sync::Mutex<std::collections::HashMap<i64, cache_grant::RunContext>>,
     pub metrics: Metrics,
     /// Wakes long-polling lease requests when this replica queues a job.
     job_available: Notify,
@@ -102,6 +105,7 @@ impl ControlPlane {
             cache_keys: CacheTokenKeys::new(&config.cache_secret),
             github,
             runner_configs: std::sync::Mutex::new(std::collections::HashMap::new()),
+            run_contexts: std::sync::Mutex::new(std::collections::HashMap::new()),
             metrics,
             metadata_sink,
             config,
@@ -113,23 +117,96 @@ impl ControlPlane {
         }))
     }
 
-    /// A write cache token for `job`'s org, repository and ref, valid for the job's
-    /// timeout plus an hour (a job cannot outlive its timeout). `None` (and a log
-    /// line) if the job's repository is not one a token can name.
-    pub fn mint_cache_token(&self, job: &Job) -> Option<String> {
+    /// A cache token for a leased `job`, valid for the job's timeout plus an hour (a
+    /// job cannot outlive its timeout): a direct job writes the ref it names; a
+    /// GitHub job is scoped as GitHub scopes it ([`cache_grant`]). `None` (and a
+    /// log line) if the job's repository is not one a token can name.
+    pub async fn mint_cache_token(&self, job: &Job) -> Option<String> {
         let ttl = Duration::from_secs(u64::from(job.spec.timeout_minutes) * 60 + 3600);
-        let git_ref = job.git_ref();
-        match self.cache_keys.mint(
-            job.org_id,
-            &job.repo,
-            &git_ref,
-            crate::cache_token::DEFAULT_BRANCH,
-            CachePermission::Write,
-            ttl,
-        ) {
+        let grant = match &job.github {
+            None => cache_grant::direct_grant(job),
+            Some(_) => {
+                let run = self.run_context(job).await;
+                cache_grant::github_grant(job, run.as_ref())
+            }
+        };
+        match self.cache_keys.mint_grant(&grant, ttl) {
             Ok(token) => Some(token),
             Err(error) => {
                 tracing::warn!(job_id = job.id, %error, "no cache token for this job");
+                None
+            }
+        }
+    }
+
+    /// The context of a GitHub job's workflow run (event, fork, pull request), from
+    /// the GitHub API, remembered per run. `None` when GitHub is not configured or
+    /// did not answer: the job's cache token is then read-only.
+    async fn run_context(&self, job: &Job) -> Option<cache_grant::RunContext> {
+        let reference = job.github.as_ref()?;
+        let run_id = reference.run_id;
+        if let Ok(known) = self.run_contexts.lock() {
+            if let Some(context) = known.get(&run_id) {
+                return Some(context.clone());
+            }
+        }
+        let github = self.github.as_ref()?;
+        let repo = RepoRef::parse(&job.repo, reference.installation_id).ok()?;
+        let lookup = async {
+            let run = github.workflow_run(&repo, run_id).await?;
+            let mut context = cache_grant::RunContext::from_run(&run)
+                .ok_or_else(|| Error::invalid("the workflow run has no event"))?;
+            if context.needs_pull_request_lookup() {
+                if let Some(head) = cache_grant::RunContext::head_label(&run) {
+                    let pulls = github.pulls_with_head(&repo, &head).await?;
+                    context.pull_request = pulls.iter().find_map(cache_grant::pull_request_ref);
+                }
+            }
+            Ok::<_, Error>(context)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), lookup).await {
+            Ok(Ok(context)) => {
+                if let Ok(mut known) = self.run_contexts.lock() {
+                    // Runs are short-lived; a bound keeps the map from growing forever.
+                    if known.len() >= 10_000 {
+                        known.clear();
+                    }
+                    known.insert(run_id, context.clone());
+                }
+                Some(context)
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(job_id = job.id, run_id, %error, "no workflow run context: the job's cache token is read-only");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    job_id = job.id,
+                    run_id,
+                    "GitHub took too long for the workflow run: the job's cache token is read-only"
+                );
+                None
+            }
+        }
+    }
+
+    /// A log ingest token for `lease`: its job's lines only, under its org,
+    /// repository and agent, numbered from the lease's `log_seq_base`; valid for the
+    /// job's timeout plus an hour (lines are shipped after the job ends).
+    pub fn mint_ingest_token(&self, lease: &crate::domain::Lease) -> Option<String> {
+        let job = &lease.job;
+        let scope = crate::auth::IngestScope {
+            job_id: job.id,
+            org_id: job.org_id,
+            repo_id: job.repo_id,
+            agent_id: job.agent_id.clone().unwrap_or_default(),
+            seq_base: lease.log_seq_base,
+        };
+        let ttl = Duration::from_secs(u64::from(job.spec.timeout_minutes) * 60 + 3600);
+        match self.keys.mint_ingest(&scope, ttl) {
+            Ok(token) => Some(token),
+            Err(error) => {
+                tracing::warn!(job_id = job.id, %error, "no log ingest token for this job");
                 None
             }
         }
@@ -280,21 +357,81 @@ impl ControlPlane {
     }
 }
 
+/// The HTTP API, route by route, with who may call each (docs/api.md,
+/// docs/security.md). [`router`] is built from this table alone.
+pub fn routes() -> Vec<Route<AppState>> {
+    use crate::route::Foreign;
+    let token = |admin, org, agent, foreign| Access::Token {
+        admin,
+        org,
+        agent,
+        foreign,
+    };
+    vec![
+        Route::post(
+            "/webhooks/github",
+            Access::GithubSignature,
+            webhooks::github,
+        ),
+        Route::post(
+            "/api/orgs",
+            token(true, false, false, Foreign::NotFound),
+            jobs::upsert_org,
+        ),
+        Route::get(
+            "/api/orgs",
+            token(true, true, false, Foreign::Filtered),
+            jobs::list_orgs,
+        ),
+        Route::post(
+            "/api/jobs",
+            token(true, true, false, Foreign::NotFound),
+            jobs::submit,
+        ),
+        Route::get(
+            "/api/jobs",
+            token(true, true, false, Foreign::Filtered),
+            jobs::list,
+        ),
+        Route::post(
+            "/api/jobs/lease",
+            token(true, false, true, Foreign::Filtered),
+            jobs::lease,
+        ),
+        Route::get(
+            "/api/jobs/{id}",
+            token(true, true, true, Foreign::NotFound),
+            jobs::get,
+        ),
+        Route::post(
+            "/api/jobs/{id}/heartbeat",
+            token(true, false, true, Foreign::Conflict),
+            jobs::heartbeat,
+        ),
+        Route::post(
+            "/api/jobs/{id}/complete",
+            token(true, false, true, Foreign::Conflict),
+            jobs::complete,
+        ),
+        Route::get(
+            "/api/jobs/{id}/runner-config",
+            token(true, false, true, Foreign::Conflict),
+            jobs::runner_config,
+        ),
+        Route::get(
+            "/api/analytics/metadata",
+            token(true, true, false, Foreign::NotFound),
+            jobs::metadata_values,
+        ),
+        Route::get("/healthz", Access::Public, healthz),
+        Route::get("/readyz", Access::Public, readyz),
+        Route::get("/metrics", Access::Metrics, metrics_text),
+    ]
+}
+
 /// The HTTP API. See docs/api.md.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/webhooks/github", post(webhooks::github))
-        .route("/api/orgs", post(jobs::upsert_org).get(jobs::list_orgs))
-        .route("/api/jobs", post(jobs::submit).get(jobs::list))
-        .route("/api/jobs/lease", post(jobs::lease))
-        .route("/api/jobs/{id}", get(jobs::get))
-        .route("/api/jobs/{id}/heartbeat", post(jobs::heartbeat))
-        .route("/api/jobs/{id}/complete", post(jobs::complete))
-        .route("/api/jobs/{id}/runner-config", get(jobs::runner_config))
-        .route("/api/analytics/metadata", get(jobs::metadata_values))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+    crate::route::router(routes())
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async {
             (
@@ -309,7 +446,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = crate::telemetry::method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -319,11 +456,11 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
     let metrics = &state.metrics;
     metrics
         .http_requests
-        .with_label_values(&[&method, &route, response.status().as_str()])
+        .with_label_values(&[method, &route, response.status().as_str()])
         .inc();
     metrics
         .http_request_duration
-        .with_label_values(&[&method, &route])
+        .with_label_values(&[method, &route])
         .observe(started.elapsed().as_secs_f64());
     response
 }

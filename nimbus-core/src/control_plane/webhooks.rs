@@ -33,15 +33,15 @@ pub(super) async fn github(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let event = header(&headers, "x-github-event")
-        .unwrap_or("unknown")
-        .to_owned();
+    // A label value from a fixed set: the header is the sender's to choose (and is
+    // read before the signature is checked), so it never becomes a series name.
+    let event = webhook::event_label(header(&headers, "x-github-event"));
     match handle(&state, &headers, &body).await {
         Ok((status, outcome, answer)) => {
             state
                 .metrics
                 .webhooks_received
-                .with_label_values(&[&event, outcome])
+                .with_label_values(&[event, outcome])
                 .inc();
             (status, Json(answer)).into_response()
         }
@@ -58,7 +58,7 @@ pub(super) async fn github(
             state
                 .metrics
                 .webhooks_received
-                .with_label_values(&[&event, outcome])
+                .with_label_values(&[event, outcome])
                 .inc();
             tracing::info!(%event, %error, "webhook refused");
             error.into_response()
@@ -278,6 +278,26 @@ async fn bind_runner(
     };
     let running = event.workflow_job.id;
     if made_for == running {
+        return Ok(());
+    }
+    // Runner names are chosen by whoever registers the runner: another org can name
+    // its own runner after one of ours. Only a swap GitHub could really have made —
+    // a runner of the same installation, org and repository — is honoured.
+    let installation = event.installation.as_ref().map(|i| i.id);
+    let same_tenant = runner_job.github.as_ref().and_then(|g| g.installation_id) == installation
+        && runner_job.org_id == event.org().0
+        && runner_job.repo == event.repository.full_name
+        && runner_job
+            .repo_id
+            .is_none_or(|id| id == event.repository.id);
+    if !same_tenant {
+        state.metrics.runner_swaps_refused.inc();
+        tracing::warn!(
+            job_id = runner_job_id,
+            running,
+            repo = %event.repository.full_name,
+            "a runner named after one of our jobs ran a job of another installation, org or repository; ignored"
+        );
         return Ok(());
     }
     let repo = crate::domain::Repo {

@@ -498,6 +498,48 @@ impl GithubClient {
         Ok(answer)
     }
 
+    /// One workflow run: its `event`, `head_branch`, `head_repository`,
+    /// `repository` (with `default_branch`) and `pull_requests`.
+    pub async fn workflow_run(&self, repo: &RepoRef, run_id: i64) -> Result<Value> {
+        let token = self.token_for(repo.installation_id).await?;
+        let (status, answer) = self
+            .send(
+                Method::GET,
+                &format!("/repos/{}/{}/actions/runs/{run_id}", repo.owner, repo.name),
+                token.expose(),
+                None,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(github_error("get workflow run", status, &answer));
+        }
+        Ok(answer)
+    }
+
+    /// Open pull requests of `repo` whose head is `head` (`OWNER:BRANCH`): how a run
+    /// of a fork's pull request finds its pull request, which GitHub leaves out of
+    /// the run's `pull_requests`.
+    pub async fn pulls_with_head(&self, repo: &RepoRef, head: &str) -> Result<Vec<Value>> {
+        let token = self.token_for(repo.installation_id).await?;
+        let (status, answer) = self
+            .send(
+                Method::GET,
+                &format!(
+                    "/repos/{}/{}/pulls?state=open&per_page=10&head={}",
+                    repo.owner,
+                    repo.name,
+                    urlencode(head)
+                ),
+                token.expose(),
+                None,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(github_error("list pull requests", status, &answer));
+        }
+        Ok(answer.as_array().cloned().unwrap_or_default())
+    }
+
     /// Queued workflow jobs of `repo` (for the reconciler): the jobs of its queued
     /// and in-progress runs whose status is `queued`.
     pub async fn queued_jobs(&self, repo: &RepoRef) -> Result<Vec<Value>> {

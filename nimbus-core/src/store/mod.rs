@@ -221,20 +221,24 @@ pub trait LeaseStore: Send + Sync {
     /// even to concurrent callers on several replicas.
     async fn lease(&self, request: &LeaseRequest, now: OffsetDateTime) -> Result<Option<Lease>>;
 
-    /// Extends a lease. A stale token or a job no longer leased is a `Conflict`.
+    /// Extends `agent_id`'s lease. A stale token, a job no longer leased or a lease
+    /// held by another agent is a `Conflict` that tells nothing of the current lease.
     async fn heartbeat(
         &self,
         job_id: JobId,
+        agent_id: &str,
         fencing_token: i64,
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<LeaseRenewal>;
 
-    /// Finishes a leased job. Repeating the same completion returns the job unchanged;
-    /// a stale token is a `Conflict` and changes nothing.
+    /// Finishes `agent_id`'s leased job. The same agent repeating the same completion
+    /// gets the job unchanged; a stale token or another agent's lease is a `Conflict`
+    /// and changes nothing.
     async fn complete(
         &self,
         job_id: JobId,
+        agent_id: &str,
         completion: &Completion,
         now: OffsetDateTime,
     ) -> Result<Job>;
@@ -342,16 +346,21 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn stale_or_missing(job: Option<Job>, job_id: JobId, fencing_token: i64) -> Error {
+/// Why a heartbeat or completion by `agent_id` changed nothing. The lease's holder
+/// learns why; anyone else only that the job is not leased to them, never the
+/// current fencing token, holder or status (a token is all it takes to act on a lease).
+fn stale_or_missing(job: Option<Job>, job_id: JobId, agent_id: &str, fencing_token: i64) -> Error {
     match job {
         None => Error::not_found(format!("job {job_id}")),
+        Some(job) if job.agent_id.as_deref() != Some(agent_id) => {
+            Error::Conflict(format!("job {job_id} is not leased to agent {agent_id:?}"))
+        }
         Some(job) if job.status != JobStatus::Leased => Error::Conflict(format!(
             "job {job_id} is not leased (status {}); fencing token {fencing_token} is stale",
             job.status
         )),
-        Some(job) => Error::Conflict(format!(
-            "stale fencing token {fencing_token} for job {job_id}; the current lease holds {}",
-            job.fencing_token
+        Some(_) => Error::Conflict(format!(
+            "fencing token {fencing_token} of job {job_id} is stale: a newer lease exists"
         )),
     }
 }

@@ -119,14 +119,15 @@ pub(crate) const SET_GITHUB_REF: &str = "UPDATE jobs SET github_job_id = $1, git
      github_runner_name = $11, repo = $12, repo_id = $13, updated_at = $14 WHERE id = $15";
 
 pub(crate) const HEARTBEAT: &str = "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
-     WHERE id = $3 AND status = 'leased' AND fencing_token = $4 \
+     WHERE id = $3 AND status = 'leased' AND fencing_token = $4 AND agent_id = $5 \
      RETURNING lease_id, fencing_token, lease_expires_at";
 
 pub(crate) static COMPLETE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, finished_at = $4, \
          updated_at = $4, lease_expires_at = NULL \
-         WHERE id = $5 AND status = 'leased' AND fencing_token = $6 RETURNING {JOB_COLUMNS}"
+         WHERE id = $5 AND status = 'leased' AND fencing_token = $6 AND agent_id = $7 \
+         RETURNING {JOB_COLUMNS}"
     )
 });
 
@@ -525,14 +526,17 @@ macro_rules! impl_shared_store {
                     lease_id,
                     fencing_token: job.fencing_token,
                     expires_at: job.lease_expires_at.unwrap_or(expires_at),
+                    log_seq_base: $crate::domain::log_seq_base(job.fencing_token),
                     job,
                     cache_token: None,
+                    ingest_token: None,
                 }))
             }
 
             async fn heartbeat(
                 &self,
                 job_id: __JobId,
+                agent_id: &str,
                 fencing_token: i64,
                 ttl: std::time::Duration,
                 now: time::OffsetDateTime,
@@ -544,6 +548,7 @@ macro_rules! impl_shared_store {
                         .bind(__to_millis(now))
                         .bind(job_id)
                         .bind(fencing_token)
+                        .bind(agent_id)
                         .fetch_optional(&self.writer)
                         .await?;
                 match row {
@@ -555,7 +560,7 @@ macro_rules! impl_shared_store {
                     }),
                     None => {
                         let job = $crate::store::JobQueue::get_job(self, job_id).await?;
-                        Err($crate::store::stale_or_missing(job, job_id, fencing_token))
+                        Err($crate::store::stale_or_missing(job, job_id, agent_id, fencing_token))
                     }
                 }
             }
@@ -563,6 +568,7 @@ macro_rules! impl_shared_store {
             async fn complete(
                 &self,
                 job_id: __JobId,
+                agent_id: &str,
                 completion: &__Completion,
                 now: time::OffsetDateTime,
             ) -> __Result<__Job> {
@@ -574,6 +580,7 @@ macro_rules! impl_shared_store {
                     .bind(__to_millis(now))
                     .bind(job_id)
                     .bind(completion.fencing_token)
+                    .bind(agent_id)
                     .fetch_optional(&self.writer)
                     .await?;
                 if let Some(row) = row {
@@ -585,6 +592,7 @@ macro_rules! impl_shared_store {
                     Some(job)
                         if job.status.is_terminal()
                             && job.fencing_token == completion.fencing_token
+                            && job.agent_id.as_deref() == Some(agent_id)
                             && job.started_at.is_some() =>
                     {
                         Ok(job)
@@ -592,6 +600,7 @@ macro_rules! impl_shared_store {
                     other => Err($crate::store::stale_or_missing(
                         other,
                         job_id,
+                        agent_id,
                         completion.fencing_token,
                     )),
                 }

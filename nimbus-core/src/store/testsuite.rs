@@ -420,29 +420,29 @@ pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
 
     let later = t0() + Duration::from_secs(30);
     let renewal = store
-        .heartbeat(job.id, 1, Duration::from_secs(60), later)
+        .heartbeat(job.id, "a1", 1, Duration::from_secs(60), later)
         .await
         .expect("heartbeat");
     assert_eq!(renewal.expires_at, later + Duration::from_secs(60));
     assert_eq!(renewal.lease_id, lease.lease_id);
     let stale = store
-        .heartbeat(job.id, 0, Duration::from_secs(60), later)
+        .heartbeat(job.id, "a1", 0, Duration::from_secs(60), later)
         .await
         .expect_err("stale");
     assert_eq!(stale.kind(), ErrorKind::Conflict);
     let missing = store
-        .heartbeat(job.id + 99, 1, Duration::from_secs(60), later)
+        .heartbeat(job.id + 99, "a1", 1, Duration::from_secs(60), later)
         .await
         .expect_err("missing");
     assert_eq!(missing.kind(), ErrorKind::NotFound);
 
     let stale = store
-        .complete(job.id, &done(7), later)
+        .complete(job.id, "a1", &done(7), later)
         .await
         .expect_err("stale complete");
     assert_eq!(stale.kind(), ErrorKind::Conflict);
     let finished = store
-        .complete(job.id, &done(1), later)
+        .complete(job.id, "a1", &done(1), later)
         .await
         .expect("complete");
     assert_eq!(finished.status, JobStatus::Succeeded);
@@ -450,7 +450,7 @@ pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
     assert_eq!(finished.finished_at, Some(later));
     // Repeating the same completion is idempotent and changes nothing.
     let repeat = store
-        .complete(job.id, &done(1), later + Duration::from_secs(5))
+        .complete(job.id, "a1", &done(1), later + Duration::from_secs(5))
         .await
         .expect("repeat");
     assert_eq!(repeat, finished);
@@ -460,17 +460,76 @@ pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
     };
     assert_eq!(
         store
-            .complete(job.id, &failed_repeat, later)
+            .complete(job.id, "a1", &failed_repeat, later)
             .await
             .expect("repeat")
             .status,
         JobStatus::Succeeded
     );
     let heartbeat_after = store
-        .heartbeat(job.id, 1, Duration::from_secs(60), later)
+        .heartbeat(job.id, "a1", 1, Duration::from_secs(60), later)
         .await
         .expect_err("done");
     assert_eq!(heartbeat_after.kind(), ErrorKind::Conflict);
+}
+
+/// A lease is its agent's: another agent that knows the job id and the fencing
+/// token (job ids are sequential, tokens start at 1) can neither extend nor
+/// finish it, and the refusal does not tell it the current token.
+pub async fn leases_belong_to_the_agent_that_took_them(store: Arc<dyn Store>) {
+    let job = store
+        .enqueue(
+            direct_job(1, "acme/app", &["nimbus"]),
+            &Admission::default(),
+            t0(),
+        )
+        .await
+        .expect("enqueue")
+        .job;
+    let lease = store
+        .lease(&lease_request("owner", 60), t0())
+        .await
+        .expect("lease")
+        .expect("a job");
+    let later = t0() + Duration::from_secs(5);
+    let refused = store
+        .heartbeat(
+            job.id,
+            "intruder",
+            lease.fencing_token,
+            Duration::from_secs(60),
+            later,
+        )
+        .await
+        .expect_err("another agent's heartbeat");
+    assert_eq!(refused.kind(), ErrorKind::Conflict);
+    let refused = store
+        .complete(job.id, "intruder", &done(lease.fencing_token), later)
+        .await
+        .expect_err("another agent's completion");
+    assert_eq!(refused.kind(), ErrorKind::Conflict);
+    let guess = store
+        .complete(job.id, "intruder", &done(99), later)
+        .await
+        .expect_err("a guessed token");
+    assert!(
+        !guess.to_string().contains("token") && !guess.to_string().contains("owner"),
+        "the refusal tells of the current lease: {guess}"
+    );
+    let current = store.get_job(job.id).await.expect("get").expect("job");
+    assert_eq!(current.status, JobStatus::Leased, "nothing changed");
+    assert_eq!(current.lease_expires_at, Some(lease.expires_at));
+    let finished = store
+        .complete(job.id, "owner", &done(lease.fencing_token), later)
+        .await
+        .expect("the owner completes");
+    assert_eq!(finished.status, JobStatus::Succeeded);
+    // Once finished, another agent's repeat of the completion is still refused.
+    let refused = store
+        .complete(job.id, "intruder", &done(lease.fencing_token), later)
+        .await
+        .expect_err("repeat by another agent");
+    assert_eq!(refused.kind(), ErrorKind::Conflict);
 }
 
 pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>) {
@@ -516,17 +575,23 @@ pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>
     assert!(second.fencing_token > first.fencing_token);
     assert_eq!(second.job.attempt, 2);
     let stale = store
-        .complete(job.id, &done(first.fencing_token), after)
+        .complete(job.id, "dead-agent", &done(first.fencing_token), after)
         .await
         .expect_err("old token");
     assert_eq!(stale.kind(), ErrorKind::Conflict);
     let stale = store
-        .heartbeat(job.id, first.fencing_token, Duration::from_secs(10), after)
+        .heartbeat(
+            job.id,
+            "dead-agent",
+            first.fencing_token,
+            Duration::from_secs(10),
+            after,
+        )
         .await
         .expect_err("old token");
     assert_eq!(stale.kind(), ErrorKind::Conflict);
     let done = store
-        .complete(job.id, &done(second.fencing_token), after)
+        .complete(job.id, "new-agent", &done(second.fencing_token), after)
         .await
         .expect("new token completes");
     assert_eq!(done.status, JobStatus::Succeeded);
@@ -596,7 +661,12 @@ pub async fn concurrent_leases_never_hand_out_a_job_twice(store: Arc<dyn Store>)
             let request = lease_request(&format!("agent-{agent}"), 60);
             while let Some(lease) = store.lease(&request, t0()).await.expect("lease") {
                 store
-                    .complete(lease.job.id, &done(lease.fencing_token), t0())
+                    .complete(
+                        lease.job.id,
+                        &request.agent_id,
+                        &done(lease.fencing_token),
+                        t0(),
+                    )
                     .await
                     .expect("complete");
                 mine.push(lease.job.id);
@@ -997,6 +1067,7 @@ macro_rules! store_test_suite {
                 replayed_delivery_writes_nothing,
                 rate_limited_admission_writes_nothing,
                 lease_heartbeat_complete_are_fenced,
+                leases_belong_to_the_agent_that_took_them,
                 expired_lease_is_requeued_with_a_higher_token,
                 jobs_fail_after_max_attempts,
                 concurrent_leases_never_hand_out_a_job_twice,

@@ -1,0 +1,133 @@
+//! Route tables: each service's HTTP API is a list of [`Route`]s — method, path
+//! template, who may call it ([`Access`]) and handler — and its axum router is
+//! built from that list alone ([`router`]). The list is the documentation of the
+//! API's access rules (docs/security.md) and what the isolation matrix test walks:
+//! a route added to a service is in its table, so it is tested like every other.
+
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::MethodRouter;
+use axum::Router;
+
+/// What a caller of another org (or another agent, for lease routes) gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    /// The route names one resource; another tenant's is "not found" (404).
+    NotFound,
+    /// The route lists or counts; another tenant's rows are left out (2xx).
+    Filtered,
+    /// The route acts on a lease; a lease of another agent is a conflict (409)
+    /// that tells nothing of it.
+    Conflict,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health checks).
+    Public,
+    /// Loopback peers, or `Authorization: Bearer <the service's metrics token>`.
+    Metrics,
+    /// GitHub: an `X-Hub-Signature-256` over the body with the webhook secret.
+    GithubSignature,
+    /// API tokens (JWTs for this service) of the roles marked; other roles get 403.
+    Token {
+        admin: bool,
+        org: bool,
+        agent: bool,
+        foreign: Foreign,
+    },
+    /// A cache token of the resource's org and repository; `write` routes refuse
+    /// read-only tokens (403). Another org's entries are misses or "not found".
+    CacheToken { write: bool },
+    /// A link the cache proxy signed (expiry and HMAC in the query), no bearer.
+    CacheLink,
+    /// A cache token (its org), or an org or admin API token.
+    CacheUsage,
+    /// A log ingest token of the job's lease, or an admin token.
+    LogIngest,
+}
+
+/// One route of a service.
+pub struct Route<S> {
+    pub method: Method,
+    /// The path template, as axum matches it (`/api/jobs/{id}`).
+    pub path: &'static str,
+    pub access: Access,
+    handler: MethodRouter<S>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Route<S> {
+    fn new(method: Method, path: &'static str, access: Access, handler: MethodRouter<S>) -> Self {
+        Route {
+            method,
+            path,
+            access,
+            handler,
+        }
+    }
+
+    pub fn get<H: Handler<T, S>, T: 'static>(
+        path: &'static str,
+        access: Access,
+        handler: H,
+    ) -> Self {
+        Route::new(Method::GET, path, access, axum::routing::get(handler))
+    }
+
+    pub fn head<H: Handler<T, S>, T: 'static>(
+        path: &'static str,
+        access: Access,
+        handler: H,
+    ) -> Self {
+        Route::new(Method::HEAD, path, access, axum::routing::head(handler))
+    }
+
+    pub fn post<H: Handler<T, S>, T: 'static>(
+        path: &'static str,
+        access: Access,
+        handler: H,
+    ) -> Self {
+        Route::new(Method::POST, path, access, axum::routing::post(handler))
+    }
+
+    pub fn put<H: Handler<T, S>, T: 'static>(
+        path: &'static str,
+        access: Access,
+        handler: H,
+    ) -> Self {
+        Route::new(Method::PUT, path, access, axum::routing::put(handler))
+    }
+
+    pub fn patch<H: Handler<T, S>, T: 'static>(
+        path: &'static str,
+        access: Access,
+        handler: H,
+    ) -> Self {
+        Route::new(Method::PATCH, path, access, axum::routing::patch(handler))
+    }
+
+    pub fn delete<H: Handler<T, S>, T: 'static>(
+        path: &'static str,
+        access: Access,
+        handler: H,
+    ) -> Self {
+        Route::new(Method::DELETE, path, access, axum::routing::delete(handler))
+    }
+}
+
+/// The router of a route table (routes of one path share a method router, as
+/// axum merges them).
+pub fn router<S: Clone + Send + Sync + 'static>(routes: Vec<Route<S>>) -> Router<S> {
+    routes.into_iter().fold(Router::new(), |router, route| {
+        router.route(route.path, route.handler)
+    })
+}
+
+/// The method and path of every route, for listings and tests.
+pub fn describe<S>(routes: &[Route<S>]) -> Vec<(Method, &'static str, Access)> {
+    routes
+        .iter()
+        .map(|route| (route.method.clone(), route.path, route.access))
+        .collect()
+}
