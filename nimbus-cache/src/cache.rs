@@ -20,11 +20,22 @@ pub const MAX_KEY_BYTES: usize = 512;
 /// Longest version string (a sha256 hex is 64).
 const MAX_VERSION_BYTES: usize = 512;
 
-/// Byte limits applied to uploads (eviction enforces the same budgets over time).
+/// Most keys one restore may try (the key and its restore keys), as GitHub's.
+pub const MAX_RESTORE_KEYS: usize = 10;
+/// Most parts (blocks, chunks) one upload may stage (Azure's block limit).
+pub const MAX_PARTS: usize = 50_000;
+
+/// Limits applied to uploads (eviction enforces the budgets over time).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// No single entry may be larger (the smaller of the org and global budgets).
+    /// No single entry may be larger (the smaller of the org and global budgets);
+    /// nor may the parts one upload stages add up to more.
     pub max_entry_bytes: u64,
+    /// Bytes one org may hold staged in unfinished uploads at once (its budget):
+    /// staging is storage too, and is not evicted.
+    pub org_staging_bytes: u64,
+    /// Unfinished uploads one org may have at once.
+    pub max_pending_uploads: u32,
 }
 
 /// How the parts of an upload are put in order at commit.
@@ -118,6 +129,13 @@ impl Cache {
         check_version(version)?;
         if let Some(size) = expected_size {
             self.check_budget(size)?;
+        }
+        let pending = self.index.pending_count(scope.org_id).await?;
+        if pending >= u64::from(self.limits.max_pending_uploads) {
+            return Err(Error::TooMany(format!(
+                "org {} has {pending} unfinished cache uploads, the most allowed; finish or abandon some first",
+                scope.org_id
+            )));
         }
         if replace {
             // Last writer wins: an upload still pending for this key (a client that
@@ -216,14 +234,16 @@ impl Cache {
                 }
             }
         }
+        let allowance = match self.staging_allowance(entry, &part.name).await {
+            Ok(allowance) => allowance,
+            Err(error) => {
+                self.discard(entry).await;
+                return Err(error);
+            }
+        };
         let counted = Arc::new(AtomicU64::new(0));
         let exceeded = Arc::new(AtomicBool::new(false));
-        let body = limited(
-            body,
-            self.limits.max_entry_bytes,
-            counted.clone(),
-            exceeded.clone(),
-        );
+        let body = limited(body, allowance, counted.clone(), exceeded.clone());
         let written = self
             .backend
             .put_part(&entry.upload_id, &part.name, body)
@@ -234,8 +254,8 @@ impl Cache {
                 self.discard(entry).await;
                 return Err(if exceeded.load(Ordering::Relaxed) {
                     Error::TooLarge(format!(
-                        "the upload is over the cache budget of {} bytes; it is discarded",
-                        self.limits.max_entry_bytes
+                        "the upload's staged parts are over the cache budget (an entry may have {} bytes; an org's unfinished uploads {} together); it is discarded",
+                        self.limits.max_entry_bytes, self.limits.org_staging_bytes
                     ))
                 } else {
                     error
@@ -261,6 +281,32 @@ impl Cache {
             )
             .await?;
         Ok(size)
+    }
+
+    /// How many bytes the next part (`name`) of `entry` may have: what is left of
+    /// the entry's size limit after its other staged parts, and of the org's
+    /// staging allowance after all its unfinished uploads. Staged parts are
+    /// storage nobody evicts, so they count before a byte is written.
+    async fn staging_allowance(&self, entry: &Entry, name: &str) -> Result<u64> {
+        let parts = self.index.parts(entry.id).await?;
+        let replaced = parts.iter().find(|p| p.name == name).map_or(0, |p| p.size);
+        if replaced == 0 && parts.len() >= MAX_PARTS {
+            return Err(Error::TooLarge(format!(
+                "an upload may stage at most {MAX_PARTS} parts; it is discarded"
+            )));
+        }
+        let staged: u64 = parts.iter().map(|p| p.size).sum::<u64>() - replaced;
+        let org_staged = self
+            .index
+            .org_staged_bytes(entry.org_id)
+            .await?
+            .saturating_sub(replaced);
+        let allowance = self
+            .limits
+            .max_entry_bytes
+            .saturating_sub(staged)
+            .min(self.limits.org_staging_bytes.saturating_sub(org_staged));
+        Ok(allowance)
     }
 
     /// Stores a whole body as `entry` and commits it (single-shot uploads).
@@ -432,6 +478,51 @@ impl Cache {
         self.entry(entry.id).await
     }
 
+    /// The Actions v2 `FinalizeCacheEntryUpload`: the upload of `key` in the
+    /// token's scope is done. `Ok(Err(message))` when nothing complete arrived
+    /// (the reservation is dropped); a committed entry whose size differs from
+    /// `size` is removed. Needs a write token: finalizing discards and removes.
+    pub async fn finalize(
+        &self,
+        scope: &CacheScope,
+        key: &str,
+        version: &str,
+        size: Option<u64>,
+    ) -> Result<std::result::Result<Entry, String>> {
+        require_write(scope)?;
+        check_cache_key(key)?;
+        check_version(version)?;
+        let find = |wanted| {
+            self.index.find(
+                scope.org_id,
+                &scope.repo,
+                &scope.git_ref,
+                key,
+                version,
+                wanted,
+            )
+        };
+        if let Some(pending) = find(EntryState::Pending).await? {
+            self.discard(&pending).await;
+            return Ok(Err(format!(
+                "no complete upload arrived for {key:?}; the reservation is dropped"
+            )));
+        }
+        let entry = find(EntryState::Committed)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("cache upload for {key:?}")))?;
+        if let Some(size) = size {
+            if size != entry.size {
+                self.remove_entry(&entry).await?;
+                return Err(Error::InvalidInput(format!(
+                    "finalize says {size} bytes but {} arrived; the entry is discarded",
+                    entry.size
+                )));
+            }
+        }
+        Ok(Ok(entry))
+    }
+
     /// Drops a pending upload: its staged parts and its index row.
     pub async fn discard(&self, entry: &Entry) {
         self.metrics.uploads_discarded.inc();
@@ -453,6 +544,12 @@ impl Cache {
         version: &str,
     ) -> Result<Option<Entry>> {
         check_cache_key(key)?;
+        if restore_keys.len() >= MAX_RESTORE_KEYS {
+            return Err(Error::InvalidInput(format!(
+                "a restore may try at most {MAX_RESTORE_KEYS} keys (the key and {} restore keys)",
+                MAX_RESTORE_KEYS - 1
+            )));
+        }
         for restore_key in restore_keys {
             check_cache_key(restore_key)?;
         }

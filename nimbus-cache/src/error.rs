@@ -17,6 +17,9 @@ pub enum Error {
     /// A body over a budget or limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A count limit reached (unfinished uploads of an org).
+    #[error("{0}")]
+    TooMany(String),
     /// The client went away mid-body; the partial data was discarded.
     #[error("upload interrupted: {0}")]
     Truncated(String),

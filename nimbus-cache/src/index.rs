@@ -426,6 +426,31 @@ impl CacheIndex {
         Ok(())
     }
 
+    /// Unfinished uploads of `org_id`.
+    pub async fn pending_count(&self, org_id: OrgId) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM cache_entries \
+             WHERE org_id = $1 AND state = 'pending'",
+        )
+        .bind(org_id)
+        .fetch_one(&self.pool)
+        .await?;
+        numeric(&row, "n")
+    }
+
+    /// Bytes staged in the unfinished uploads of `org_id`.
+    pub async fn org_staged_bytes(&self, org_id: OrgId) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(p.size), 0) AS BIGINT) AS bytes FROM cache_parts p \
+             JOIN cache_entries e ON e.id = p.entry_id \
+             WHERE e.org_id = $1 AND e.state = 'pending'",
+        )
+        .bind(org_id)
+        .fetch_one(&self.pool)
+        .await?;
+        numeric(&row, "bytes")
+    }
+
     /// An entry's staged parts, by offset then name.
     pub async fn parts(&self, entry_id: i64) -> Result<Vec<Part>> {
         let rows = sqlx::query(
@@ -630,14 +655,21 @@ impl CacheIndex {
         rows.iter().map(entry_from).collect()
     }
 
-    /// Pending entries with no activity (reservation, part) since `before` (ms):
-    /// abandoned uploads.
-    pub async fn pending_since(&self, before: i64, limit: u32) -> Result<Vec<Entry>> {
+    /// Pending entries with no activity (reservation, part) since `idle_before`
+    /// (ms), or reserved before `reserved_before` whatever their activity: abandoned
+    /// uploads, and uploads kept alive by a trickle of parts.
+    pub async fn pending_since(
+        &self,
+        idle_before: i64,
+        reserved_before: i64,
+        limit: u32,
+    ) -> Result<Vec<Entry>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'pending' AND last_access < $1 \
-             ORDER BY last_access, id LIMIT $2"
+            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'pending' \
+             AND (last_access < $1 OR created_at < $2) ORDER BY last_access, id LIMIT $3"
         ))
-        .bind(before)
+        .bind(idle_before)
+        .bind(reserved_before)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -23,8 +23,11 @@ pub struct Budgets {
     pub org_bytes: Option<u64>,
     /// Entries not restored for this long go (`NIMBUS_CACHE_MAX_IDLE_DAYS`).
     pub max_idle: Duration,
-    /// Uploads reserved this long ago and never committed are dropped.
+    /// Uploads idle this long (no part arrived) and never committed are dropped.
     pub upload_ttl: Duration,
+    /// Uploads reserved this long ago are dropped however busy they are, so a
+    /// trickle of parts cannot keep staged bytes forever.
+    pub upload_max_age: Duration,
 }
 
 /// Entries removed per index query while evicting.
@@ -97,13 +100,23 @@ async fn shrink(
     Ok(evicted)
 }
 
-/// Drops uploads reserved before the TTL and never committed, and staging areas no
-/// pending entry owns (left by a crash). Returns how many uploads went.
-pub async fn sweep_abandoned(cache: &Cache, upload_ttl: Duration) -> Result<u64> {
+/// Drops uploads idle past `upload_ttl` or reserved more than `max_age` ago and
+/// never committed, and staging areas no pending entry owns (left by a crash).
+/// Returns how many uploads went.
+pub async fn sweep_abandoned(
+    cache: &Cache,
+    upload_ttl: Duration,
+    max_age: Duration,
+) -> Result<u64> {
     let mut dropped = 0;
-    let before = now_millis() - upload_ttl.as_millis() as i64;
+    let now = now_millis();
+    let idle_before = now - upload_ttl.as_millis() as i64;
+    let reserved_before = now - max_age.as_millis() as i64;
     loop {
-        let stale = cache.index.pending_since(before, BATCH).await?;
+        let stale = cache
+            .index
+            .pending_since(idle_before, reserved_before, BATCH)
+            .await?;
         if stale.is_empty() {
             break;
         }
@@ -206,7 +219,7 @@ pub async fn run(
     wake: Arc<Notify>,
 ) {
     let mut last_scrub = tokio::time::Instant::now();
-    if let Err(error) = sweep_abandoned(&cache, budgets.upload_ttl).await {
+    if let Err(error) = sweep_abandoned(&cache, budgets.upload_ttl, budgets.upload_max_age).await {
         tracing::warn!(%error, "sweeping abandoned uploads failed");
     }
     loop {
@@ -217,7 +230,9 @@ pub async fn run(
         if let Err(error) = evict_once(&cache, &budgets).await {
             tracing::warn!(%error, "cache eviction failed");
         }
-        if let Err(error) = sweep_abandoned(&cache, budgets.upload_ttl).await {
+        if let Err(error) =
+            sweep_abandoned(&cache, budgets.upload_ttl, budgets.upload_max_age).await
+        {
             tracing::warn!(%error, "sweeping abandoned uploads failed");
         }
         if last_scrub.elapsed() >= scrub_interval {

@@ -926,6 +926,7 @@ async fn eviction_keeps_each_org_under_its_budget_least_recently_used_first() {
         org_bytes: Some(3_000),
         max_idle: Duration::from_secs(7 * 86_400),
         upload_ttl: Duration::from_secs(3600),
+        upload_max_age: Duration::from_secs(3600),
     };
     // The proxy's own background pass keeps its default budgets; this test applies
     // the small ones itself, so it knows what each pass removes.
@@ -1042,9 +1043,10 @@ async fn abandoned_uploads_are_swept() {
     );
     assert_eq!(h.staged_uploads().await, 1);
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let dropped = maintenance::sweep_abandoned(&h.proxy.cache, Duration::ZERO)
-        .await
-        .expect("sweep");
+    let dropped =
+        maintenance::sweep_abandoned(&h.proxy.cache, Duration::ZERO, Duration::from_secs(3600))
+            .await
+            .expect("sweep");
     assert_eq!(dropped, 1);
     assert_eq!(h.staged_uploads().await, 0);
     assert_eq!(
@@ -1075,4 +1077,199 @@ async fn concurrent_commits_on_sqlite_all_succeed() {
     for status in futures::future::join_all(saves).await {
         assert_eq!(status, StatusCode::CREATED);
     }
+}
+
+// --- what a job's token may do, and how much it may hold (docs/security.md) -------
+
+/// Reserves `key` through v2 and answers its signed upload link.
+async fn create_v2(h: &Harness, token: &str, key: &str) -> String {
+    let (_, created) = h
+        .twirp(
+            token,
+            "CreateCacheEntry",
+            json!({"key": key, "version": "v"}),
+        )
+        .await;
+    assert_eq!(created["ok"], true, "{created}");
+    created["signed_upload_url"]
+        .as_str()
+        .expect("url")
+        .to_string()
+}
+
+async fn put_block(h: &Harness, url: &str, id: &str, bytes: Vec<u8>) -> StatusCode {
+    use base64::Engine;
+    let id = base64::engine::general_purpose::STANDARD.encode(id);
+    h.http
+        .put(format!("{url}&comp=block&blockid={id}"))
+        .body(bytes)
+        .send()
+        .await
+        .expect("put block")
+        .status()
+}
+
+/// A read-only token (a fork's pull request gets one) can restore but not
+/// finalize: finalizing discards a pending upload, and removes a committed entry
+/// whose size it contradicts.
+#[tokio::test]
+async fn a_read_only_token_cannot_finalize() {
+    let h = Harness::start(Stack::FsSqlite).await.expect("harness");
+    let writer = h.writer();
+    let reader = h.token(1, "acme/app", "refs/heads/feature", CachePermission::Read);
+    assert_eq!(
+        h.save_v2(&writer, "committed", "v", &data(1000, 1)).await,
+        StatusCode::CREATED
+    );
+    let (status, answer) = h
+        .twirp(
+            &reader,
+            "FinalizeCacheEntryUpload",
+            json!({"key": "committed", "version": "v", "size_bytes": "1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let url = create_v2(&h, &writer, "pending").await;
+    assert_eq!(
+        put_block(&h, &url, "block-0", data(100, 2)).await,
+        StatusCode::CREATED
+    );
+    let (status, _) = h
+        .twirp(
+            &reader,
+            "FinalizeCacheEntryUpload",
+            json!({"key": "pending", "version": "v"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.staged_uploads().await,
+        1,
+        "the pending upload is untouched"
+    );
+    let restored = h.restore_v2(&reader, "committed", &[], "v").await;
+    assert_eq!(
+        restored.map(|(_, bytes)| bytes.len()),
+        Some(1000),
+        "the committed entry is untouched"
+    );
+}
+
+/// A restore tries at most ten keys, as GitHub's; more is a clear 400.
+#[tokio::test]
+async fn restores_try_at_most_ten_keys() {
+    let h = Harness::start(Stack::FsSqlite).await.expect("harness");
+    let token = h.writer();
+    let nine: Vec<String> = (0..9).map(|i| format!("prefix-{i}-")).collect();
+    let (status, _) = h
+        .twirp(
+            &token,
+            "GetCacheEntryDownloadURL",
+            json!({"key": "k", "restore_keys": nine, "version": "v"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let many: Vec<String> = (0..10_000).map(|i| format!("prefix-{i}-")).collect();
+    let (status, answer) = h
+        .twirp(
+            &token,
+            "GetCacheEntryDownloadURL",
+            json!({"key": "k", "restore_keys": many, "version": "v"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let keys: Vec<String> = (0..11).map(|i| format!("k{i}")).collect();
+    assert_eq!(
+        h.lookup_v1(&token, &keys.join(",")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+/// Staged blocks are storage: the blocks of one upload may not add up to more than
+/// an entry may have, nor an org's unfinished uploads to more than its budget,
+/// however many block ids they use.
+#[tokio::test]
+async fn staged_blocks_count_against_the_budget() {
+    let h = Harness::start_with(Stack::FsSqlite, |config| {
+        config.budgets.org_bytes = Some(10_000);
+    })
+    .await
+    .expect("harness");
+    let token = h.writer();
+    let url = create_v2(&h, &token, "one-upload").await;
+    assert_eq!(
+        put_block(&h, &url, "block-0", data(6_000, 1)).await,
+        StatusCode::CREATED
+    );
+    // The same block again replaces it: still within the budget.
+    assert_eq!(
+        put_block(&h, &url, "block-0", data(6_000, 1)).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_block(&h, &url, "block-1", data(6_000, 2)).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(h.staged_uploads().await, 0, "the upload is discarded");
+
+    // Two uploads of one org, each within an entry's size, together over the budget.
+    let first = create_v2(&h, &token, "first").await;
+    let second = create_v2(&h, &token, "second").await;
+    assert_eq!(
+        put_block(&h, &first, "a", data(6_000, 3)).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_block(&h, &second, "a", data(6_000, 4)).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // Another org's staging is its own.
+    let other = h.token(2, "rival/app", "refs/heads/main", CachePermission::Write);
+    let theirs = create_v2(&h, &other, "theirs").await;
+    assert_eq!(
+        put_block(&h, &theirs, "a", data(6_000, 5)).await,
+        StatusCode::CREATED
+    );
+}
+
+/// An org has a bounded number of unfinished uploads, and an upload kept alive by
+/// a trickle of parts still goes once it is older than the longest allowed.
+#[tokio::test]
+async fn unfinished_uploads_are_bounded_in_number_and_age() {
+    let h = Harness::start_with(Stack::FsSqlite, |config| {
+        config.max_pending_uploads = 3;
+    })
+    .await
+    .expect("harness");
+    let token = h.writer();
+    for key in ["p1", "p2", "p3"] {
+        create_v2(&h, &token, key).await;
+    }
+    let (status, answer) = h
+        .twirp(
+            &token,
+            "CreateCacheEntry",
+            json!({"key": "p4", "version": "v"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    let other = h.token(2, "rival/app", "refs/heads/main", CachePermission::Write);
+    create_v2(&h, &other, "theirs").await;
+
+    // Parts keep the uploads busy (no idle sweep), but age catches them.
+    let swept = maintenance::sweep_abandoned(
+        &h.proxy.cache,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("sweep");
+    assert_eq!(swept, 0, "young, busy uploads stay");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let swept =
+        maintenance::sweep_abandoned(&h.proxy.cache, Duration::from_secs(3600), Duration::ZERO)
+            .await
+            .expect("sweep");
+    assert_eq!(swept, 4, "every upload past the longest age goes");
+    create_v2(&h, &token, "p4").await;
 }

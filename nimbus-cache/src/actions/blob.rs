@@ -8,6 +8,7 @@
 //!   joins the blocks in that order and commits.
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,12 +26,36 @@ const MAX_BLOCK_ID_BYTES: usize = 64;
 /// A block list names at most this many blocks (Azure: 50,000).
 const MAX_BLOCKS: usize = 50_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct LinkQuery {
-    exp: i64,
-    sig: String,
+    exp: Option<String>,
+    sig: Option<String>,
     comp: Option<String>,
     blockid: Option<String>,
+}
+
+impl LinkQuery {
+    /// The link's expiry and signature; a link without them is not one the
+    /// proxy signed (401, like any missing credential).
+    fn credentials(&self) -> Result<(i64, &str)> {
+        match (
+            self.exp.as_deref().and_then(|e| e.parse::<i64>().ok()),
+            self.sig.as_deref(),
+        ) {
+            (Some(exp), Some(sig)) => Ok((exp, sig)),
+            _ => Err(Error::Unauthenticated(
+                "this link carries no valid signature (exp, sig): use the link the cache API answered".into(),
+            )),
+        }
+    }
+}
+
+/// The query of a link: an unparsable one is a 400 JSON error.
+fn link_query(query: Result<Query<LinkQuery>, QueryRejection>) -> Result<LinkQuery> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|e| Error::InvalidInput(format!("invalid query: {}", e.body_text())))
 }
 
 /// A block id as a staging part name: the hex of its bytes (ids are base64 of up
@@ -144,11 +169,13 @@ fn created(entry_sha: Option<&str>) -> Response {
 pub async fn upload(
     State(state): State<Proxy>,
     Path(id): Path<i64>,
-    Query(query): Query<LinkQuery>,
+    query: Result<Query<LinkQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    state.check_link("upload", id, query.exp, &query.sig)?;
+    let query = link_query(query)?;
+    let (exp, sig) = query.credentials()?;
+    state.check_link("upload", id, exp, sig)?;
     let entry = state.cache.entry(id).await?;
     if entry.state != EntryState::Pending {
         return Err(Error::Conflict(format!(
@@ -216,11 +243,13 @@ pub async fn upload(
 pub async fn download(
     State(state): State<Proxy>,
     Path(id): Path<i64>,
-    Query(query): Query<LinkQuery>,
+    query: Result<Query<LinkQuery>, QueryRejection>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response> {
-    state.check_link("download", id, query.exp, &query.sig)?;
+    let query = link_query(query)?;
+    let (exp, sig) = query.credentials()?;
+    state.check_link("download", id, exp, sig)?;
     let entry = state.cache.entry(id).await?;
     if entry.state != EntryState::Committed {
         return Err(Error::NotFound(format!("cache entry {id}")));

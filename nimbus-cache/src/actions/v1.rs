@@ -96,9 +96,6 @@ pub async fn lookup(
     let Some((primary, restore)) = keys.split_first() else {
         return Err(Error::InvalidInput("keys= names no key".into()));
     };
-    if keys.len() > 10 {
-        return Err(Error::InvalidInput("at most 10 keys may be given".into()));
-    }
     match state
         .cache
         .lookup(&scope, primary, restore, &query.version)

@@ -14,7 +14,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::index::EntryState;
 use crate::server::{CacheAuth, Proxy};
 
 #[derive(Debug, Deserialize)]
@@ -75,42 +74,17 @@ pub async fn twirp(
         }
         "FinalizeCacheEntryUpload" => {
             let request: FinalizeRequest = parse(&body)?;
-            let index = &state.cache.index;
-            let find = |wanted| {
-                index.find(
-                    scope.org_id,
-                    &scope.repo,
-                    &scope.git_ref,
-                    &request.key,
-                    &request.version,
-                    wanted,
-                )
-            };
-            if let Some(pending) = find(EntryState::Pending).await? {
-                state.cache.discard(&pending).await;
-                return Ok(Json(json!({
-                    "ok": false,
-                    "message": format!("no complete upload arrived for {:?}; the reservation is dropped", request.key),
-                }))
-                .into_response());
-            }
-            let Some(entry) = find(EntryState::Committed).await? else {
-                return Err(Error::NotFound(format!(
-                    "cache upload for {:?}",
-                    request.key
-                )));
-            };
-            if let Some(size) = request.size_bytes {
-                if size != entry.size {
-                    state.cache.remove_entry(&entry).await?;
-                    return Err(Error::InvalidInput(format!(
-                        "finalize says {size} bytes but {} arrived; the entry is discarded",
-                        entry.size
-                    )));
+            match state
+                .cache
+                .finalize(&scope, &request.key, &request.version, request.size_bytes)
+                .await?
+            {
+                Ok(entry) => {
+                    state.wake_maintenance.notify_one();
+                    Ok(Json(json!({"ok": true, "entry_id": entry.id.to_string()})).into_response())
                 }
+                Err(message) => Ok(Json(json!({"ok": false, "message": message})).into_response()),
             }
-            state.wake_maintenance.notify_one();
-            Ok(Json(json!({"ok": true, "entry_id": entry.id.to_string()})).into_response())
         }
         "GetCacheEntryDownloadURL" => {
             let request: DownloadRequest = parse(&body)?;

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{bearer, body_stream, serve_entry, CacheAuth, Proxy};
+use nimbus_core::auth::{bearer_token, Audience, Principal};
+
+use super::{body_stream, serve_entry, CacheAuth, Proxy};
 use crate::error::{Error, Result};
 
 /// Artifacts have no version: one key, one entry.
@@ -78,16 +80,6 @@ pub async fn get(
     serve_entry(&state, &entry, &headers, method == Method::HEAD).await
 }
 
-/// `HEAD /api/cache/{key}` (axum routes HEAD to GET handlers too; kept explicit).
-pub async fn head(
-    state: State<Proxy>,
-    auth: CacheAuth,
-    key: Path<String>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    get(state, auth, key, Method::HEAD, headers).await
-}
-
 /// `DELETE /api/cache/{key}`
 pub async fn delete(
     State(state): State<Proxy>,
@@ -100,12 +92,19 @@ pub async fn delete(
 
 /// `GET /api/usage`: a cache token sees its org; a JWT sees what its role allows.
 pub async fn usage(State(state): State<Proxy>, headers: HeaderMap) -> Result<Response> {
-    let token = bearer(&headers)
+    let token = bearer_token(&headers)
         .ok_or_else(|| Error::Unauthenticated("missing Authorization: Bearer <token>".into()))?;
     let org = if token.starts_with("nct1.") {
         Some(state.tokens.verify(token)?.org_id)
     } else {
-        state.jwt.verify(token)?.org_scope()
+        match state.jwt.verify(token, Audience::CacheProxy)? {
+            Principal::Agent { .. } => {
+                return Err(Error::Forbidden(
+                    "agent tokens cannot read cache usage; use an org or admin token".into(),
+                ))
+            }
+            principal => principal.org_scope(),
+        }
     };
     let orgs = state.cache.usage(org).await?;
     Ok(Json(json!({"orgs": orgs})).into_response())

@@ -47,6 +47,9 @@ pub struct ProxyConfig {
     pub scrub_interval: Duration,
     /// How long upload/download links stay valid.
     pub link_ttl: Duration,
+    /// Unfinished uploads one org may have at once
+    /// (`NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS`).
+    pub max_pending_uploads: u32,
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> Error {
@@ -182,13 +185,27 @@ impl ProxyConfig {
                 ),
                 max_idle: Duration::from_secs(u64::from(max_idle_days) * 86_400),
                 upload_ttl: env.seconds_or("NIMBUS_CACHE_UPLOAD_TTL", Duration::from_secs(900))?,
+                upload_max_age: env
+                    .seconds_or("NIMBUS_CACHE_UPLOAD_MAX_AGE", Duration::from_secs(6 * 3600))?,
             },
             eviction_interval: env
                 .seconds_or("NIMBUS_CACHE_EVICTION_INTERVAL", Duration::from_secs(60))?,
             scrub_interval: env
                 .seconds_or("NIMBUS_CACHE_SCRUB_INTERVAL", Duration::from_secs(6 * 3600))?,
             link_ttl: Duration::from_secs(6 * 3600),
+            max_pending_uploads: env.parse_or("NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS", 64u32)?,
         })
+    }
+
+    /// What uploads may take: entries up to the budgets, staging up to the org's
+    /// budget, `NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS` unfinished uploads per org.
+    pub fn limits(&self) -> crate::cache::Limits {
+        let max_entry_bytes = self.max_entry_bytes();
+        crate::cache::Limits {
+            max_entry_bytes,
+            org_staging_bytes: self.budgets.org_bytes.unwrap_or(max_entry_bytes),
+            max_pending_uploads: self.max_pending_uploads,
+        }
     }
 
     /// The largest single entry the budgets allow.

@@ -19,6 +19,7 @@ impl IntoResponse for Error {
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
             Error::Backend(_) | Error::Index(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Config { .. } | Error::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

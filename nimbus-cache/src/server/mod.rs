@@ -6,7 +6,7 @@
 //! | `PUT /_blob/upload/{id}` (`comp=block`, `comp=blocklist`) | signed link | Azure Blob subset the v2 client uploads with |
 //! | `GET /_blob/download/{id}` | signed link | entry bytes (Range supported) |
 //! | `/_apis/artifactcache/*` | cache token | Actions cache v1 |
-//! | `PUT/GET/HEAD/DELETE /api/cache/{key}` | cache token | plain artifact API |
+//! | `PUT/GET/HEAD/DELETE /api/cache/{key}` | cache token (write for PUT, DELETE) | plain artifact API |
 //! | `GET /api/usage` | cache token (its org) or JWT | bytes, entries, hits, misses, evictions per org |
 //! | `GET /healthz`, `GET /metrics` | anyone / loopback or metrics token | |
 
@@ -27,17 +27,17 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::Router;
 use futures::StreamExt;
 use nimbus_core::auth::JwtKeys;
 use nimbus_core::cache_token::{CacheScope, CacheTokenKeys};
+use nimbus_core::route::{Access, Route};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::actions::{blob, v1, v2};
 use crate::backend::{fs::FsBackend, ByteRange, ByteStream, CacheBackend};
-use crate::cache::{Cache, Limits};
+use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::index::{CacheIndex, Entry};
 use crate::metrics::Metrics;
@@ -70,9 +70,7 @@ impl Proxy {
                 backend,
                 index,
                 metrics: Metrics::new()?,
-                limits: Limits {
-                    max_entry_bytes: config.max_entry_bytes(),
-                },
+                limits: config.limits(),
             },
             tokens: CacheTokenKeys::new(&config.shared_secret),
             jwt: JwtKeys::new(&config.jwt_secret),
@@ -142,22 +140,11 @@ impl FromRequestParts<Proxy> for CacheAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &Proxy) -> Result<Self, Error> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
+        let token = nimbus_core::auth::bearer_token(&parts.headers).ok_or_else(|| {
             Error::Unauthenticated("missing Authorization: Bearer <cache token>".into())
         })?;
         Ok(CacheAuth(state.tokens.verify(token)?))
     }
-}
-
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
 }
 
 /// A request body as a [`ByteStream`].
@@ -270,33 +257,35 @@ pub(crate) async fn serve_entry(
         .map_err(|e| Error::Backend(format!("building a response: {e}")))
 }
 
-pub fn router(state: Proxy) -> Router {
-    Router::new()
-        .route(
+/// The proxy's API, route by route, with who may call each (docs/cache.md,
+/// docs/security.md). [`router`] is built from this table alone.
+pub fn routes() -> Vec<Route<Proxy>> {
+    let read = Access::CacheToken { write: false };
+    let write = Access::CacheToken { write: true };
+    vec![
+        Route::post(
             "/twirp/github.actions.results.api.v1.CacheService/{method}",
-            post(v2::twirp),
-        )
-        .route("/_blob/upload/{id}", put(blob::upload))
-        .route("/_blob/download/{id}", get(blob::download))
-        .route("/_apis/artifactcache/cache", get(v1::lookup))
-        .route(
-            "/_apis/artifactcache/caches",
-            get(v1::list).post(v1::reserve),
-        )
-        .route(
-            "/_apis/artifactcache/caches/{id}",
-            axum::routing::patch(v1::upload_chunk).post(v1::commit),
-        )
-        .route(
-            "/api/cache/{*key}",
-            put(artifact::put)
-                .get(artifact::get)
-                .head(artifact::head)
-                .delete(artifact::delete),
-        )
-        .route("/api/usage", get(artifact::usage))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_endpoint))
+            read,
+            v2::twirp,
+        ),
+        Route::put("/_blob/upload/{id}", Access::CacheLink, blob::upload),
+        Route::get("/_blob/download/{id}", Access::CacheLink, blob::download),
+        Route::get("/_apis/artifactcache/cache", read, v1::lookup),
+        Route::get("/_apis/artifactcache/caches", read, v1::list),
+        Route::post("/_apis/artifactcache/caches", write, v1::reserve),
+        Route::patch("/_apis/artifactcache/caches/{id}", write, v1::upload_chunk),
+        Route::post("/_apis/artifactcache/caches/{id}", write, v1::commit),
+        Route::put("/api/cache/{*key}", write, artifact::put),
+        Route::get("/api/cache/{*key}", read, artifact::get),
+        Route::delete("/api/cache/{*key}", write, artifact::delete),
+        Route::get("/api/usage", Access::CacheUsage, artifact::usage),
+        Route::get("/healthz", Access::Public, || async { "ok" }),
+        Route::get("/metrics", Access::Metrics, metrics_endpoint),
+    ]
+}
+
+pub fn router(state: Proxy) -> Router {
+    nimbus_core::route::router(routes())
         .fallback(|| async { Error::NotFound("route".into()) })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -334,7 +323,7 @@ async fn metrics_endpoint(State(state): State<Proxy>, request: Request) -> Respo
         .map(|info| info.0);
     let token = state.metrics_token.as_ref();
     if !nimbus_core::auth::metrics_access_allowed(peer, request.headers(), token) {
-        return Error::Forbidden(
+        return Error::Unauthenticated(
             "metrics need Authorization: Bearer $NIMBUS_CACHE_PROXY_METRICS_TOKEN from non-loopback peers".into(),
         )
         .into_response();
