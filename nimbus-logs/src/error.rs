@@ -11,6 +11,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The caller holds as many of something (live follows) as it may.
+    #[error("{0}")]
+    TooMany(String),
     /// Too much is buffered already: the caller retries after `retry_after_secs`.
     #[error("the pipeline is saturated; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },

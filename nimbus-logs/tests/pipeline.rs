@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nimbus_core::auth::{JwtKeys, Role};
+use nimbus_core::auth::{IngestScope, JwtKeys, Role};
+use nimbus_core::domain::log_seq_base;
 use nimbus_core::Secret;
 use nimbus_logs::pipeline::{self, Backend, Pipeline, PipelineConfig};
 use nimbus_logs::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
@@ -22,7 +23,8 @@ const SECRET: &str = "logging-pipeline-test-secret";
 
 struct Server {
     base: String,
-    agent: String,
+    /// Writes anything (operators); jobs' lines go with their leases' tokens.
+    admin: String,
     client: reqwest::Client,
 }
 
@@ -31,6 +33,27 @@ impl Server {
         JwtKeys::new(&Secret::new(SECRET))
             .mint("test", role, org, Duration::from_secs(3600))
             .expect("token")
+    }
+
+    /// The ingest token the control plane hands out with the lease (first lease)
+    /// of `job` of `org`.
+    fn ingest(job: u64, org: u64) -> String {
+        Server::ingest_lease(job, org, 1)
+    }
+
+    fn ingest_lease(job: u64, org: u64, fencing_token: i64) -> String {
+        JwtKeys::new(&Secret::new(SECRET))
+            .mint_ingest(
+                &IngestScope {
+                    job_id: job as i64,
+                    org_id: org as i64,
+                    repo_id: Some(1),
+                    agent_id: "host-1".into(),
+                    seq_base: log_seq_base(fencing_token),
+                },
+                Duration::from_secs(3600),
+            )
+            .expect("ingest token")
     }
 
     async fn post_logs(&self, token: &str, body: String) -> reqwest::Response {
@@ -69,11 +92,15 @@ fn config(max_buffered_lines: usize) -> PipelineConfig {
         max_buffered_lines,
         flush_lines: 50_000.min(max_buffered_lines),
         flush_interval: Duration::from_millis(10),
+        follow: Default::default(),
     }
 }
 
 async fn start(sink: Arc<dyn LogSink>, max_buffered_lines: usize) -> Server {
-    let config = config(max_buffered_lines);
+    start_with(sink, config(max_buffered_lines)).await
+}
+
+async fn start_with(sink: Arc<dyn LogSink>, config: PipelineConfig) -> Server {
     let state = Pipeline::new(&config, sink).expect("pipeline");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -84,7 +111,7 @@ async fn start(sink: Arc<dyn LogSink>, max_buffered_lines: usize) -> Server {
     });
     Server {
         base,
-        agent: Server::token(Role::Agent, None),
+        admin: Server::token(Role::Admin, None),
         client: reqwest::Client::new(),
     }
 }
@@ -152,12 +179,13 @@ async fn api_behaves(sink: Arc<dyn LogSink>) {
         "{}\n{{\"job_id\": {job}, \"seq\": 3}}\n",
         ndjson(&[line(job, 1, 7, "a"), line(job, 2, 7, "b")])
     );
-    let response = server.post_logs(&server.agent, bad).await;
+    let writer = Server::ingest(job, 7);
+    let response = server.post_logs(&writer, bad).await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.expect("json");
     assert_eq!(error["index"], 2, "{error}");
     let (_, lines) = server
-        .get(&server.agent, &format!("/api/logs?job_id={job}"))
+        .get(&server.admin, &format!("/api/logs?job_id={job}"))
         .await;
     assert_eq!(lines["lines"].as_array().map(Vec::len), Some(0));
 
@@ -174,7 +202,7 @@ async fn api_behaves(sink: Arc<dyn LogSink>) {
     let response = server
         .client
         .post(format!("{}/api/logs", server.base))
-        .bearer_auth(&server.agent)
+        .bearer_auth(&writer)
         .body(body)
         .send()
         .await
@@ -208,7 +236,7 @@ async fn api_behaves(sink: Arc<dyn LogSink>) {
     let response = server
         .client
         .post(format!("{}/api/metadata", server.base))
-        .bearer_auth(&server.agent)
+        .bearer_auth(&server.admin)
         .json(&vec![metadata])
         .send()
         .await
@@ -228,9 +256,10 @@ async fn api_behaves(sink: Arc<dyn LogSink>) {
 async fn follow_receives_new_lines_in_seq_order(sink: Arc<dyn LogSink>) {
     let server = start(sink, 100_000).await;
     let job = fresh_job_id();
+    let writer = Server::ingest(job, 1);
     assert_eq!(
         server
-            .post_logs(&server.agent, ndjson(&[line(job, 1, 1, "before")]))
+            .post_logs(&writer, ndjson(&[line(job, 1, 1, "before")]))
             .await
             .status(),
         200
@@ -238,7 +267,7 @@ async fn follow_receives_new_lines_in_seq_order(sink: Arc<dyn LogSink>) {
     let mut response = server
         .client
         .get(format!("{}/api/logs/{job}/follow", server.base))
-        .bearer_auth(&server.agent)
+        .bearer_auth(Server::token(Role::Org, Some(1)))
         .header("last-event-id", "1")
         .send()
         .await
@@ -250,7 +279,7 @@ async fn follow_receives_new_lines_in_seq_order(sink: Arc<dyn LogSink>) {
         .starts_with("text/event-stream"));
     // Lines written after the follower connected, out of order across requests.
     let poster = reqwest::Client::new();
-    let (base, agent) = (server.base.clone(), server.agent.clone());
+    let (base, agent) = (server.base.clone(), writer.clone());
     tokio::spawn(async move {
         for seqs in [vec![2u64, 3], vec![5, 4], vec![6]] {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -284,6 +313,213 @@ async fn follow_receives_new_lines_in_seq_order(sink: Arc<dyn LogSink>) {
         }
     }
     assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+}
+
+/// Log ingest is tied to a lease: an agent token writes nothing; a lease's ingest
+/// token writes its own job's lines only, in its own seq range, and what a line
+/// says of its org, repository and agent is replaced by what the token says. So
+/// no one can plant lines in another job's log, nor pre-send seqs that would make
+/// the pipeline drop a later lease's real lines as duplicates.
+async fn writers_are_held_to_their_lease(sink: Arc<dyn LogSink>) {
+    let server = start(sink, 100_000).await;
+    let (job, other_job) = (fresh_job_id(), fresh_job_id());
+    let admin = &server.admin;
+
+    // An agent token (any agent's) is refused: lines need the lease's token.
+    let agent = Server::token(Role::Agent, None);
+    let response = server
+        .post_logs(&agent, ndjson(&[line(job, 1, 7, "planted")]))
+        .await;
+    assert_eq!(
+        response.status(),
+        401,
+        "an agent token is not for this service"
+    );
+    let agent_for_logs = JwtKeys::new(&Secret::new(SECRET))
+        .mint_for(
+            "host-9",
+            Role::Agent,
+            None,
+            &[nimbus_core::auth::Audience::LoggingPipeline],
+            Duration::from_secs(60),
+        )
+        .expect("token");
+    let response = server
+        .post_logs(&agent_for_logs, ndjson(&[line(job, 1, 7, "planted")]))
+        .await;
+    assert_eq!(response.status(), 403);
+
+    // The ingest token of another job's lease cannot write this job's lines.
+    let others = Server::ingest(other_job, 8);
+    let response = server
+        .post_logs(&others, ndjson(&[line(job, 1, 7, "planted")]))
+        .await;
+    assert_eq!(response.status(), 403);
+    let (_, lines) = server.get(admin, &format!("/api/logs?job_id={job}")).await;
+    assert_eq!(
+        lines["lines"].as_array().map(Vec::len),
+        Some(0),
+        "nothing planted"
+    );
+
+    // What a line claims of org, repository and agent is the token's.
+    let mine = Server::ingest(job, 7);
+    let mut claim = line(job, 1, 99, "hello");
+    claim.agent_id = "someone-else".into();
+    claim.repo_id = Some(4242);
+    assert_eq!(
+        server.post_logs(&mine, ndjson(&[claim])).await.status(),
+        200
+    );
+    let (_, lines) = server.get(admin, &format!("/api/logs?job_id={job}")).await;
+    assert_eq!(lines["lines"][0]["org_id"], 7, "{lines}");
+    assert_eq!(lines["lines"][0]["agent_id"], "host-1");
+    assert_eq!(lines["lines"][0]["repo_id"], 1);
+    let (_, seen) = server
+        .get(
+            &Server::token(Role::Org, Some(99)),
+            &format!("/api/logs?job_id={job}"),
+        )
+        .await;
+    assert_eq!(
+        seen["lines"].as_array().map(Vec::len),
+        Some(0),
+        "org 99 got nothing"
+    );
+
+    // The first lease cannot write into the second lease's range (pre-sending the
+    // seqs the next attempt will use), and the second writes its own lines.
+    let second_base = log_seq_base(2);
+    let response = server
+        .post_logs(&mine, ndjson(&[line(job, second_base + 1, 7, "pre-sent")]))
+        .await;
+    assert_eq!(response.status(), 400);
+    let second = Server::ingest_lease(job, 7, 2);
+    assert_eq!(
+        server
+            .post_logs(
+                &second,
+                ndjson(&[line(job, second_base + 1, 7, "attempt 2")])
+            )
+            .await
+            .status(),
+        200
+    );
+    let response = server
+        .post_logs(&second, ndjson(&[line(job, 2, 7, "back in time")]))
+        .await;
+    assert_eq!(
+        response.status(),
+        400,
+        "the second lease cannot rewrite the first's"
+    );
+    let (_, lines) = server
+        .get(admin, &format!("/api/logs?job_id={job}&order=oldest"))
+        .await;
+    let messages: Vec<&str> = lines["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert_eq!(messages, vec!["hello", "attempt 2"]);
+
+    // Agents read nothing: not lines, not stats, not metadata, not a follow.
+    let agent_reader = agent_for_logs;
+    for path in [
+        format!("/api/logs?job_id={job}"),
+        "/api/stats".to_string(),
+        format!("/api/metadata/{job}"),
+        format!("/api/logs/{job}/follow"),
+    ] {
+        let (status, _) = server.get(&agent_reader, &path).await;
+        assert_eq!(status, 403, "{path}");
+    }
+    // Nor do they, or orgs, write metadata: that is the control plane's (admin).
+    let row = serde_json::json!([{"job_id": job, "org_id": 7, "key": "k", "value": "v", "ts": T0}]);
+    for token in [&agent_reader, &Server::token(Role::Org, Some(7)), &mine] {
+        let response = server
+            .client
+            .post(format!("{}/api/metadata", server.base))
+            .bearer_auth(token)
+            .json(&row)
+            .send()
+            .await
+            .expect("metadata");
+        assert!(
+            matches!(response.status().as_u16(), 401 | 403),
+            "{}",
+            response.status()
+        );
+    }
+}
+
+/// Live follows are bounded: per org and in all, and in time (idle and total).
+async fn follows_are_bounded(sink: Arc<dyn LogSink>) {
+    let mut config = config(100_000);
+    config.follow = nimbus_logs::pipeline::FollowLimits {
+        max_total: 3,
+        max_per_org: 2,
+        idle: Duration::from_millis(800),
+        max_duration: Duration::from_secs(3600),
+    };
+    let server = start_with(sink, config).await;
+    let org = Server::token(Role::Org, Some(5));
+    let open = |token: String, job: u64| {
+        let client = server.client.clone();
+        let url = format!("{}/api/logs/{job}/follow", server.base);
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("follow")
+        }
+    };
+    // A job that does not exist: the follow ends once idle, saying so.
+    let missing = fresh_job_id();
+    let mut first = open(org.clone(), missing).await;
+    let second = open(org.clone(), missing).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open(org.clone(), missing).await;
+    assert_eq!(third.status(), 429, "a third follow of one org");
+    let other_org = open(Server::token(Role::Org, Some(6)), missing).await;
+    assert_eq!(other_org.status(), 200, "another org has its own share");
+    let over_total = open(Server::token(Role::Org, Some(7)), missing).await;
+    assert_eq!(over_total.status(), 429, "past the total");
+    drop(other_org);
+    let mut text = String::new();
+    while !text.contains("event: end") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), first.chunk())
+            .await
+            .expect("the idle follow ends within 10 s")
+            .expect("chunk");
+        match chunk {
+            Some(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            None => break,
+        }
+    }
+    assert!(
+        text.contains("event: end") && text.contains("idle"),
+        "{text}"
+    );
+    drop(first);
+    drop(second);
+    // Ended and dropped follows give their places back.
+    let mut freed = None;
+    for _ in 0..50 {
+        let response = open(org.clone(), missing).await;
+        if response.status() == 200 {
+            freed = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed.is_some(), "places came back");
 }
 
 /// A sink that holds writes until released: for backpressure.
@@ -337,14 +573,11 @@ async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
     });
     let server = start(gated.clone(), 1000).await;
     let job = fresh_job_id();
+    let writer = Server::ingest(job, 1);
     let first: Vec<LogRecord> = (1..=800).map(|s| line(job, s, 1, "m")).collect();
     let second: Vec<LogRecord> = (801..=1000).map(|s| line(job, s, 1, "m")).collect();
     let third: Vec<LogRecord> = (1001..=1300).map(|s| line(job, s, 1, "m")).collect();
-    let (c, b, a) = (
-        server.client.clone(),
-        server.base.clone(),
-        server.agent.clone(),
-    );
+    let (c, b, a) = (server.client.clone(), server.base.clone(), writer.clone());
     let body = ndjson(&first);
     let pending = tokio::spawn(async move {
         c.post(format!("{b}/api/logs"))
@@ -354,11 +587,7 @@ async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (c, b, a) = (
-        server.client.clone(),
-        server.base.clone(),
-        server.agent.clone(),
-    );
+    let (c, b, a) = (server.client.clone(), server.base.clone(), writer.clone());
     let body = ndjson(&second);
     let fits = tokio::spawn(async move {
         c.post(format!("{b}/api/logs"))
@@ -368,7 +597,7 @@ async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = server.post_logs(&server.agent, ndjson(&third)).await;
+    let refused = server.post_logs(&writer, ndjson(&third)).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
     gated.gate.add_permits(1000);
@@ -376,10 +605,7 @@ async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
     assert_eq!(fits.await.expect("task").expect("second").status(), 200);
     // The refused batch, retried, is accepted now.
     assert_eq!(
-        server
-            .post_logs(&server.agent, ndjson(&third))
-            .await
-            .status(),
+        server.post_logs(&writer, ndjson(&third)).await.status(),
         200
     );
     assert_eq!(inner.stored_seqs(job).await.expect("seqs").len(), 1300);
@@ -455,6 +681,7 @@ async fn a_million_lines_with_retries_leave_a_million_rows(inner: Arc<dyn LogSin
     for (index, &job) in jobs.iter().enumerate() {
         let server = server.clone();
         senders.push(tokio::spawn(async move {
+            let writer = Server::ingest(job, org);
             let mut retries = 0u64;
             let mut seq = 1;
             while seq <= LINES_PER_SENDER {
@@ -471,7 +698,7 @@ async fn a_million_lines_with_retries_leave_a_million_rows(inner: Arc<dyn LogSin
                 };
                 for _ in 0..sends {
                     loop {
-                        let response = server.post_logs(&server.agent, body.clone()).await;
+                        let response = server.post_logs(&writer, body.clone()).await;
                         if response.status() == 200 {
                             break;
                         }
@@ -512,6 +739,16 @@ mod on_sqlite {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_are_held_to_their_lease() {
+        super::writers_are_held_to_their_lease(sqlite().await.expect("sqlite")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_are_bounded() {
+        super::follows_are_bounded(sqlite().await.expect("sqlite")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn api_behaves() {
         super::api_behaves(sqlite().await.expect("sqlite")).await;
     }
@@ -530,6 +767,13 @@ mod on_sqlite {
 
 mod on_clickhouse {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_are_held_to_their_lease() {
+        if let Some(sink) = clickhouse().await {
+            super::writers_are_held_to_their_lease(sink).await;
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn api_behaves() {

@@ -12,14 +12,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
-use nimbus_core::auth::Principal;
+use nimbus_core::auth::{bearer_token, Audience, IngestScope, Principal};
+use nimbus_core::domain::LOG_SEQS_PER_LEASE;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Pipeline;
 use crate::decode::{decode_logs, decode_metadata};
 use crate::error::Error;
-use crate::record::parse_rfc3339;
+use crate::record::{parse_rfc3339, LogRecord};
 use crate::sink::{follow, LogQuery, Order};
 
 /// Most lines one query returns.
@@ -44,6 +45,10 @@ impl IntoResponse for Error {
                 StatusCode::FORBIDDEN,
                 json!({"code": "forbidden", "error": self.to_string()}),
             ),
+            Error::TooMany(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"code": "too_many", "error": self.to_string()}),
+            ),
             Error::Busy { .. } | Error::Sink(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"code": "unavailable", "error": self.to_string()}),
@@ -67,49 +72,127 @@ impl IntoResponse for Error {
     }
 }
 
-/// The verified caller (`Authorization: Bearer <JWT>`).
+/// The verified caller (`Authorization: Bearer <JWT>` for this service).
 pub struct Auth(pub Principal);
+
+fn bearer(parts: &Parts) -> Result<&str, Error> {
+    bearer_token(&parts.headers)
+        .ok_or_else(|| Error::Unauthenticated("missing Authorization: Bearer <token>".into()))
+}
 
 impl FromRequestParts<Pipeline> for Auth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &Pipeline) -> Result<Self, Error> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Error::Unauthenticated("missing Authorization: Bearer <token>".into())
-            })?;
-        Ok(Auth(state.keys.verify(token)?))
+        let token = bearer(parts)?;
+        Ok(Auth(state.keys.verify(token, Audience::LoggingPipeline)?))
     }
 }
 
-fn require_writer(principal: &Principal) -> Result<(), Error> {
+/// A caller that reads logs: an org (its own) or an admin (all). Agents write
+/// lines with their lease's ingest token and read none.
+pub struct Reader(pub Option<u64>);
+
+impl FromRequestParts<Pipeline> for Reader {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Pipeline) -> Result<Self, Error> {
+        let Auth(principal) = Auth::from_request_parts(parts, state).await?;
+        match principal {
+            Principal::Agent { .. } => Err(Error::Forbidden(
+                "agent tokens cannot read logs; use an org or admin token".into(),
+            )),
+            Principal::Org { org_id, .. } => Ok(Reader(Some(org_id as u64))),
+            Principal::Admin { .. } => Ok(Reader(None)),
+        }
+    }
+}
+
+/// Who writes log lines: one lease (its ingest token) or an admin.
+pub enum Writer {
+    Lease(IngestScope),
+    Admin,
+}
+
+impl FromRequestParts<Pipeline> for Writer {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Pipeline) -> Result<Self, Error> {
+        let token = bearer(parts)?;
+        let ingest_error = match state.keys.verify_ingest(token) {
+            Ok(scope) => return Ok(Writer::Lease(scope)),
+            Err(error) => error,
+        };
+        match state.keys.verify(token, Audience::LoggingPipeline) {
+            Ok(Principal::Admin { .. }) => Ok(Writer::Admin),
+            Ok(_) => Err(Error::Forbidden(
+                "log lines need the ingest token of the job's lease (or an admin token)".into(),
+            )),
+            // An ingest token that expired says so rather than "malformed".
+            Err(_) if ingest_error.to_string().contains("expired") => Err(ingest_error.into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+impl Writer {
+    /// Holds `records` to what the writer may write: a lease's lines are its job's
+    /// only, numbered in its range, and stored under the org, repository and agent
+    /// its token names (what a line claims about those is replaced).
+    fn admit(&self, records: &mut [LogRecord]) -> Result<(), Error> {
+        let Writer::Lease(scope) = self else {
+            return Ok(());
+        };
+        for (index, record) in records.iter_mut().enumerate() {
+            if record.job_id != scope.job_id as u64 {
+                return Err(Error::Forbidden(format!(
+                    "record {index}: this ingest token writes job {} only, not job {}",
+                    scope.job_id, record.job_id
+                )));
+            }
+            if !scope.owns_seq(record.seq) {
+                return Err(Error::InvalidRecord {
+                    index,
+                    reason: format!(
+                        "seq {} is outside this lease's range ({} to {})",
+                        record.seq,
+                        scope.seq_base + 1,
+                        scope.seq_base + (LOG_SEQS_PER_LEASE - 1)
+                    ),
+                });
+            }
+            record.org_id = Some(scope.org_id as u64);
+            record.repo_id = scope.repo_id.and_then(|id| u64::try_from(id).ok());
+            record.agent_id.clone_from(&scope.agent_id);
+        }
+        Ok(())
+    }
+}
+
+fn require_admin(principal: &Principal, what: &str) -> Result<(), Error> {
     match principal {
-        Principal::Agent { .. } | Principal::Admin { .. } => Ok(()),
-        Principal::Org { .. } => Err(Error::Forbidden(
-            "writing logs needs an agent or admin token".into(),
-        )),
+        Principal::Admin { .. } => Ok(()),
+        _ => Err(Error::Forbidden(format!("{what} needs an admin token"))),
     }
 }
 
 /// `POST /api/logs`: a JSON array or NDJSON of lines; 200 once they are durable.
 pub async fn ingest(
     State(state): State<Pipeline>,
-    Auth(principal): Auth,
+    writer: Writer,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Error> {
-    require_writer(&principal)?;
-    let records = match decode_logs(&body) {
+    let mut records = match decode_logs(&body) {
         Ok(records) => records,
         Err(error) => {
             state.metrics.batches_rejected.inc();
             return Err(error);
         }
     };
+    if let Err(error) = writer.admit(&mut records) {
+        state.metrics.batches_rejected.inc();
+        return Err(error);
+    }
     let count = records.len() as u64;
     state.metrics.lines_received.inc_by(count);
     let result = state.ingestor.ingest(records).await;
@@ -149,7 +232,7 @@ fn parse_since(text: &str) -> Result<i64, Error> {
 /// `GET /api/logs?job_id=&limit=&level=&since=`: org tokens see their org only.
 pub async fn query(
     State(state): State<Pipeline>,
-    Auth(principal): Auth,
+    Reader(org): Reader,
     params: Result<Query<LogsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, Error> {
     let Query(params) =
@@ -173,7 +256,7 @@ pub async fn query(
     };
     let query = LogQuery {
         job_id: params.job_id,
-        org_id: principal.org_scope().map(|org| org as u64),
+        org_id: org,
         level,
         since: params.since.as_deref().map(parse_since).transpose()?,
         after_seq: params.after_seq,
@@ -192,10 +275,12 @@ pub struct FollowParams {
 
 /// `GET /api/logs/{job_id}/follow`: Server-Sent Events, one `line` event per log
 /// line (its `id` is the seq, so a reconnecting client resumes with
-/// `Last-Event-ID`), backlog first, then live.
+/// `Last-Event-ID`), backlog first, then live. Bounded (`FollowLimits`): a caller
+/// over its share gets 429; a follow that sees no new line for the idle time, or
+/// reaches the longest duration, ends with an `end` event saying why.
 pub async fn follow_job(
     State(state): State<Pipeline>,
-    Auth(principal): Auth,
+    Reader(org): Reader,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     params: Result<Query<FollowParams>, axum::extract::rejection::QueryRejection>,
@@ -210,8 +295,9 @@ pub async fn follow_job(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = resume.or(params.after_seq).unwrap_or(0);
-    let org = principal.org_scope().map(|org| org as u64);
-    let stream = follow(
+    let permit = state.follows.admit(org)?;
+    let limits = state.follows.limits;
+    let lines = follow(
         state.sink.clone(),
         job_id,
         org,
@@ -219,15 +305,34 @@ pub async fn follow_job(
         Duration::from_millis(250),
         state.wake.clone(),
     )
-    .map(|item| {
-        Ok(match item {
-            Ok(record) => Event::default()
-                .event("line")
-                .id(record.seq.to_string())
-                .json_data(&record)
-                .unwrap_or_else(|_| Event::default().event("error").data("unserialisable line")),
-            Err(error) => Event::default().event("error").data(error.to_string()),
-        })
+    .map(|item| match item {
+        Ok(record) => Event::default()
+            .event("line")
+            .id(record.seq.to_string())
+            .json_data(&record)
+            .unwrap_or_else(|_| Event::default().event("error").data("unserialisable line")),
+        Err(error) => Event::default().event("error").data(error.to_string()),
+    });
+    let deadline = tokio::time::Instant::now() + limits.max_duration;
+    // The permit lives in the stream's state: dropped when the client goes away.
+    let stream = futures::stream::unfold(Some((lines.boxed(), permit)), move |state| async move {
+        let (mut lines, permit) = state?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(limits.idle.min(left), lines.next()).await {
+            Ok(Some(event)) => Some((Ok(event), Some((lines, permit)))),
+            Ok(None) => None,
+            Err(_) => {
+                let reason = if left <= limits.idle {
+                    "max_duration"
+                } else {
+                    "idle"
+                };
+                let end = Event::default()
+                    .event("end")
+                    .data(json!({"reason": reason}).to_string());
+                Some((Ok(end), None))
+            }
+        }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
@@ -238,7 +343,7 @@ pub async fn ingest_metadata(
     Auth(principal): Auth,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Error> {
-    require_writer(&principal)?;
+    require_admin(&principal, "writing job metadata")?;
     let rows = decode_metadata(&body)?;
     let written = state.sink.write_metadata(&rows).await?;
     Ok(Json(json!({"accepted": rows.len(), "written": written})))
@@ -247,28 +352,22 @@ pub async fn ingest_metadata(
 /// `GET /api/metadata/{job_id}`.
 pub async fn job_metadata(
     State(state): State<Pipeline>,
-    Auth(principal): Auth,
+    Reader(org): Reader,
     Path(job_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, Error> {
     let job_id: u64 = job_id
         .parse()
         .map_err(|_| Error::InvalidInput(format!("job id {job_id:?} is not a number")))?;
-    let rows = state
-        .sink
-        .query_metadata(job_id, principal.org_scope().map(|org| org as u64))
-        .await?;
+    let rows = state.sink.query_metadata(job_id, org).await?;
     Ok(Json(json!({"metadata": rows})))
 }
 
 /// `GET /api/stats`: lines and bytes ingested, per level and org, last ingest.
 pub async fn stats(
     State(state): State<Pipeline>,
-    Auth(principal): Auth,
+    Reader(org): Reader,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let stats = state
-        .sink
-        .stats(principal.org_scope().map(|org| org as u64))
-        .await?;
+    let stats = state.sink.stats(org).await?;
     Ok(Json(json!({
         "backend": state.sink.name(),
         "lines": stats.lines,

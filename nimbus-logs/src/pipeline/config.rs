@@ -29,6 +29,34 @@ pub struct PipelineConfig {
     pub flush_lines: usize,
     /// ...and waits at most this long for more before writing what it has.
     pub flush_interval: Duration,
+    /// Bounds on live follows (SSE streams).
+    pub follow: FollowLimits,
+}
+
+/// What live follows (`GET /api/logs/{job}/follow`) may hold: each is a connection
+/// and a polling task, so their number and life are bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowLimits {
+    /// Follows open at once, all callers together (`NIMBUS_LOGS_MAX_FOLLOWS`).
+    pub max_total: usize,
+    /// Follows one org (or one admin) may have open (`NIMBUS_LOGS_MAX_FOLLOWS_PER_ORG`).
+    pub max_per_org: usize,
+    /// A follow that saw no new line for this long ends (`NIMBUS_LOGS_FOLLOW_IDLE_SECONDS`);
+    /// the client resumes with `Last-Event-ID`.
+    pub idle: Duration,
+    /// No follow lasts longer (`NIMBUS_LOGS_FOLLOW_MAX_SECONDS`).
+    pub max_duration: Duration,
+}
+
+impl Default for FollowLimits {
+    fn default() -> Self {
+        FollowLimits {
+            max_total: 1024,
+            max_per_org: 32,
+            idle: Duration::from_secs(600),
+            max_duration: Duration::from_secs(6 * 3600),
+        }
+    }
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
@@ -65,7 +93,7 @@ impl PipelineConfig {
                     .unwrap_or("http://127.0.0.1:8123")
                     .to_string(),
                 user: env.get("NIMBUS_CLICKHOUSE_USER").map(str::to_string),
-                password: env.get("NIMBUS_CLICKHOUSE_PASSWORD").map(str::to_string),
+                password: env.secret("NIMBUS_CLICKHOUSE_PASSWORD"),
                 database: env
                     .get("NIMBUS_CLICKHOUSE_DATABASE")
                     .unwrap_or("nimbus")
@@ -98,6 +126,17 @@ impl PipelineConfig {
             flush_lines: 50_000.min(max_buffered_lines),
             flush_interval: env
                 .seconds_or("NIMBUS_LOGS_FLUSH_INTERVAL", Duration::from_millis(1))?,
+            follow: {
+                let defaults = FollowLimits::default();
+                FollowLimits {
+                    max_total: env.parse_or("NIMBUS_LOGS_MAX_FOLLOWS", defaults.max_total)?,
+                    max_per_org: env
+                        .parse_or("NIMBUS_LOGS_MAX_FOLLOWS_PER_ORG", defaults.max_per_org)?,
+                    idle: env.seconds_or("NIMBUS_LOGS_FOLLOW_IDLE_SECONDS", defaults.idle)?,
+                    max_duration: env
+                        .seconds_or("NIMBUS_LOGS_FOLLOW_MAX_SECONDS", defaults.max_duration)?,
+                }
+            },
         })
     }
 }

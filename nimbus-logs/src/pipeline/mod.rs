@@ -2,12 +2,12 @@
 //!
 //! | route | who | what |
 //! |---|---|---|
-//! | `POST /api/logs` | agent, admin | lines (JSON array or NDJSON); 200 when durable, 503 + Retry-After when saturated |
-//! | `GET /api/logs` | any; org tokens see their org | `job_id`, `limit`, `level`, `since`, `after_seq`, `order` |
-//! | `GET /api/logs/{job_id}/follow` | any | Server-Sent Events, backlog then live |
-//! | `POST /api/metadata` | agent, admin | job metadata rows |
-//! | `GET /api/metadata/{job_id}` | any | a job's metadata |
-//! | `GET /api/stats` | any | lines, bytes, per level, per org, last ingest |
+//! | `POST /api/logs` | a lease's ingest token, admin | lines (JSON array or NDJSON); 200 when durable, 503 + Retry-After when saturated |
+//! | `GET /api/logs` | org (its own), admin | `job_id`, `limit`, `level`, `since`, `after_seq`, `order` |
+//! | `GET /api/logs/{job_id}/follow` | org (its own), admin | Server-Sent Events, backlog then live; bounded in number and time |
+//! | `POST /api/metadata` | admin (the control plane) | job metadata rows |
+//! | `GET /api/metadata/{job_id}` | org (its own), admin | a job's metadata |
+//! | `GET /api/stats` | org (its own), admin | lines, bytes, per level, per org, last ingest |
 //! | `GET /healthz`, `GET /metrics` | anyone / loopback or metrics token | |
 
 mod api;
@@ -15,7 +15,7 @@ pub mod config;
 mod ingest;
 pub mod metrics;
 
-pub use config::{Backend, PipelineConfig};
+pub use config::{Backend, FollowLimits, PipelineConfig};
 pub use ingest::Ingestor;
 
 use std::future::Future;
@@ -27,9 +27,9 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use nimbus_core::auth::JwtKeys;
+use nimbus_core::route::{Access, Route};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -50,7 +50,80 @@ pub struct Pipeline {
     pub keys: JwtKeys,
     pub metrics: Metrics,
     pub wake: Arc<Notify>,
+    /// Admits live follows within their bounds.
+    pub follows: FollowGate,
     metrics_token: Option<nimbus_core::Secret>,
+}
+
+/// Counts live follows, all together and per org (admins share one count).
+#[derive(Clone)]
+pub struct FollowGate {
+    pub limits: FollowLimits,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<Option<u64>, usize>>>,
+}
+
+/// One admitted follow; dropping it (the client went away, the stream ended)
+/// gives its place back.
+pub struct FollowPermit {
+    org: Option<u64>,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<Option<u64>, usize>>>,
+}
+
+impl FollowGate {
+    pub fn new(limits: FollowLimits) -> Self {
+        FollowGate {
+            limits,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more follow by `org` (`None`: an admin), or `TooMany`.
+    pub fn admit(&self, org: Option<u64>) -> Result<FollowPermit> {
+        let mut open = match self.open.lock() {
+            Ok(open) => open,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let total: usize = open.values().sum();
+        if total >= self.limits.max_total {
+            return Err(Error::TooMany(format!(
+                "{total} live follows are open, the most this pipeline serves; try again later"
+            )));
+        }
+        let mine = open.entry(org).or_insert(0);
+        if *mine >= self.limits.max_per_org {
+            return Err(Error::TooMany(format!(
+                "you have {mine} live follows open, the most allowed; close one first"
+            )));
+        }
+        *mine += 1;
+        Ok(FollowPermit {
+            org,
+            open: self.open.clone(),
+        })
+    }
+
+    /// Follows open now.
+    pub fn open(&self) -> usize {
+        self.open
+            .lock()
+            .map(|open| open.values().sum())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for FollowPermit {
+    fn drop(&mut self) {
+        let mut open = match self.open.lock() {
+            Ok(open) => open,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(count) = open.get_mut(&self.org) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.org);
+            }
+        }
+    }
 }
 
 impl Pipeline {
@@ -72,6 +145,7 @@ impl Pipeline {
             keys: JwtKeys::new(&config.jwt_secret),
             metrics,
             wake,
+            follows: FollowGate::new(config.follow),
             metrics_token: config.metrics_token.clone(),
         })
     }
@@ -85,15 +159,47 @@ pub async fn open_sink(config: &PipelineConfig) -> Result<Arc<dyn LogSink>> {
     })
 }
 
+/// The pipeline's API, route by route, with who may call each (docs/logging.md,
+/// docs/security.md). [`router`] is built from this table alone.
+pub fn routes() -> Vec<Route<Pipeline>> {
+    use nimbus_core::route::Foreign;
+    let reader = |foreign| Access::Token {
+        admin: true,
+        org: true,
+        agent: false,
+        foreign,
+    };
+    vec![
+        Route::post("/api/logs", Access::LogIngest, api::ingest),
+        Route::get("/api/logs", reader(Foreign::Filtered), api::query),
+        Route::get(
+            "/api/logs/{job_id}/follow",
+            reader(Foreign::Filtered),
+            api::follow_job,
+        ),
+        Route::post(
+            "/api/metadata",
+            Access::Token {
+                admin: true,
+                org: false,
+                agent: false,
+                foreign: Foreign::Filtered,
+            },
+            api::ingest_metadata,
+        ),
+        Route::get(
+            "/api/metadata/{job_id}",
+            reader(Foreign::Filtered),
+            api::job_metadata,
+        ),
+        Route::get("/api/stats", reader(Foreign::Filtered), api::stats),
+        Route::get("/healthz", Access::Public, || async { "ok" }),
+        Route::get("/metrics", Access::Metrics, metrics_endpoint),
+    ]
+}
+
 pub fn router(state: Pipeline) -> Router {
-    Router::new()
-        .route("/api/logs", post(api::ingest).get(api::query))
-        .route("/api/logs/{job_id}/follow", get(api::follow_job))
-        .route("/api/metadata", post(api::ingest_metadata))
-        .route("/api/metadata/{job_id}", get(api::job_metadata))
-        .route("/api/stats", get(api::stats))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_endpoint))
+    nimbus_core::route::router(routes())
         .fallback(|| async {
             Error::InvalidInput("no such route".into()).into_response_with(StatusCode::NOT_FOUND)
         })
@@ -136,7 +242,7 @@ async fn metrics_endpoint(State(state): State<Pipeline>, request: Request) -> Re
         .map(|info| info.0);
     let token = state.metrics_token.as_ref();
     if !nimbus_core::auth::metrics_access_allowed(peer, request.headers(), token) {
-        return Error::Forbidden(
+        return Error::Unauthenticated(
             "metrics need Authorization: Bearer $NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN from non-loopback peers".into(),
         )
         .into_response();
