@@ -47,6 +47,11 @@ pub struct VmmConfig {
     /// `NIMBUS_VM_NETWORK`: none, isolated (a tap of its own, no route out) or
     /// egress (routed out through NAT).
     pub network: NetworkSpec,
+    /// `NIMBUS_VM_EGRESS_ALLOW` / `NIMBUS_VM_EGRESS_DENY`.
+    pub egress_policy: crate::network::EgressPolicy,
+    /// Whether `auto` may pick the namespace sandbox: not in production
+    /// (`NIMBUS_MODE=production`) unless `NIMBUS_ALLOW_SANDBOX=1`.
+    pub sandbox_allowed_by_auto: bool,
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
@@ -101,7 +106,30 @@ impl VmmConfig {
                 ));
             }
         }
+        let cidrs = |name: &str| -> nimbus_core::Result<Vec<crate::network::Cidr>> {
+            env.get(name)
+                .map(crate::network::EgressPolicy::parse_list)
+                .transpose()
+                .map(Option::unwrap_or_default)
+                .map_err(|message| config_error(name, message))
+        };
+        let production = nimbus_core::config::production_mode(env)?;
+        let allow_sandbox = match env.get("NIMBUS_ALLOW_SANDBOX").unwrap_or("0") {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            other => {
+                return Err(config_error(
+                    "NIMBUS_ALLOW_SANDBOX",
+                    format!("invalid value {other:?}: expected 1 or 0"),
+                ))
+            }
+        };
         Ok(VmmConfig {
+            egress_policy: crate::network::EgressPolicy {
+                allow: cidrs("NIMBUS_VM_EGRESS_ALLOW")?,
+                deny: cidrs("NIMBUS_VM_EGRESS_DENY")?,
+            },
+            sandbox_allowed_by_auto: !production || allow_sandbox,
             choice,
             qemu_accel,
             qemu_binary: path("NIMBUS_QEMU_BIN"),
@@ -196,7 +224,11 @@ pub async fn select(config: &VmmConfig) -> Result<Selection> {
                 config.qemu_accel != Some(Accel::Tcg) && crate::host::hardware_kvm().is_ok();
             let mut passed_over = Vec::new();
             for probe in &probes {
-                let usable = probe.available && (probe.driver != DriverKind::Qemu || qemu_on_kvm);
+                let refused_sandbox =
+                    probe.driver == DriverKind::Sandbox && !config.sandbox_allowed_by_auto;
+                let usable = probe.available
+                    && (probe.driver != DriverKind::Qemu || qemu_on_kvm)
+                    && !refused_sandbox;
                 if usable {
                     let reason = if passed_over.is_empty() {
                         format!("auto: {} ({})", probe.driver, probe.reason)
@@ -213,7 +245,9 @@ pub async fn select(config: &VmmConfig) -> Result<Selection> {
                         reason,
                     });
                 }
-                let why = if probe.available {
+                let why = if refused_sandbox && probe.available {
+                    "shares the host kernel: refused in production (NIMBUS_MODE=production) unless NIMBUS_ALLOW_SANDBOX=1".to_string()
+                } else if probe.available {
                     "only TCG emulation here".to_string()
                 } else {
                     probe.reason.clone()

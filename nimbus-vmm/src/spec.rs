@@ -59,6 +59,16 @@ pub struct VmSpec {
     pub scratch_disk_mib: u32,
     /// Network of the VM: none, or a tap in a namespace of its own.
     pub network: NetworkSpec,
+    /// Where the job's traffic may go with egress on (on top of the defaults).
+    #[serde(default)]
+    pub egress_policy: crate::network::EgressPolicy,
+    /// Host services (`host:port`) the job reaches at `172.30.0.1:port` through a
+    /// relay in its namespace (the cache proxy), with any network but `none`.
+    #[serde(default)]
+    pub forwards: Vec<String>,
+    /// The `nimbus-guest` the host starts a sandbox with (sandbox driver).
+    #[serde(default)]
+    pub guest: Option<PathBuf>,
     /// vsock CID of the guest (Firecracker).
     pub vsock_cid: u32,
     /// Appended to the driver's kernel command line.

@@ -1,7 +1,9 @@
-//! Per-VM networking for real: with `egress` the guest reaches a server on the
-//! host through its tap, namespace and NAT; `isolated` has the same tap and no way
-//! out; either way the namespace is gone with the VM. Needs root, iproute2 and
-//! iptables (scripts/guest-assets.sh installs them); QEMU and the sandbox both run.
+//! Per-VM networking for real, under QEMU and in the sandbox: with `egress` a job
+//! reaches "the internet" (a stand-in) but not the host's services, the cloud
+//! metadata address or a private network (stand-ins the test makes in a namespace
+//! of its own, which the host reaches); `isolated` reaches nothing; both reach a
+//! host service through their relay; the namespace is gone with the VM. Needs
+//! root, iproute2, iptables and python3 (scripts/guest-assets.sh installs them).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use nimbus_vmm::protocol::GuestJob;
 use nimbus_vmm::qemu::{QemuConfig, QemuDriver};
 use nimbus_vmm::sandbox::{SandboxConfig, SandboxDriver};
 use nimbus_vmm::spec::NetworkSpec;
+use nimbus_vmm::testsuite::standins;
 use nimbus_vmm::{DriverKind, JobEvent, Outcome, VmmDriver};
 
 fn ready() -> Option<PathBuf> {
@@ -45,16 +48,10 @@ fn host_address() -> Ipv4Addr {
     }
 }
 
-async fn fetch_from_guest(
-    driver: Arc<dyn VmmDriver>,
-    kind: DriverKind,
-    network: NetworkSpec,
-) -> (Outcome, Vec<String>) {
-    let assets = AssetSet::open(&ready().expect("checked"))
-        .expect("assets")
-        .verify(kind, None)
-        .expect("verified");
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+/// A host service answering `pong` to any request (what a relay forwards to, or
+/// what a job must not reach directly).
+async fn pong_server(address: &str) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(address)
         .await
         .expect("listen");
     let port = listener.local_addr().expect("addr").port();
@@ -66,6 +63,24 @@ async fn fetch_from_guest(
                 .await;
         }
     });
+    (port, server)
+}
+
+/// Runs a job in a VM of `driver` that tries every kind of destination and prints
+/// `NAME: ANSWER` (or `NAME: refused`) for each.
+async fn probe_from_guest(
+    driver: Arc<dyn VmmDriver>,
+    kind: DriverKind,
+    network: NetworkSpec,
+) -> (Outcome, Vec<String>) {
+    let assets = AssetSet::open(&ready().expect("checked"))
+        .expect("assets")
+        .verify(kind, None)
+        .expect("verified");
+    // A service on all the host's addresses (like a control plane on 0.0.0.0:8000)
+    // and one on its loopback that the job may use through its relay.
+    let (open_port, open_server) = pong_server("0.0.0.0:0").await;
+    let (relayed_port, relayed_server) = pong_server("127.0.0.1:0").await;
     let env = nimbus_core::Env::from_map([
         ("NIMBUS_VM_SCRATCH_MIB", "64"),
         ("NIMBUS_VM_VCPUS", "1"),
@@ -77,11 +92,26 @@ async fn fetch_from_guest(
         &config,
         &assets,
         launch::unique_id("net"),
-        Duration::from_secs(60),
+        Duration::from_secs(90),
     );
     spec.boot_timeout = Duration::from_secs(90);
-    let url = format!("http://{}:{port}/", host_address());
-    let job = GuestJob::from_commands(&[format!("curl -s -m 5 {url} || echo unreachable")]);
+    spec.forwards = vec![format!("127.0.0.1:{relayed_port}")];
+    let script = format!(
+        r#"try() {{ if out=$(curl -s -m 4 "$2"); then echo "$1: $out"; else echo "$1: refused"; fi; }}
+gateway=$(ip route | awk '/^default/ {{print $3}}')
+try public http://{public}/
+try metadata http://{metadata}/
+try private http://{private}/
+try host http://{host}:{open_port}/
+try gateway "http://$gateway:{open_port}/"
+try loopback http://127.0.0.1:{open_port}/
+try relay http://172.30.0.1:{relayed_port}/"#,
+        public = standins::PUBLIC,
+        metadata = standins::METADATA,
+        private = standins::PRIVATE,
+        host = host_address(),
+    );
+    let job = GuestJob::from_commands(&[script]);
     let mut lines = Vec::new();
     let mut on_event = |event: JobEvent| {
         if let JobEvent::Output(line) = event {
@@ -91,8 +121,24 @@ async fn fetch_from_guest(
     let (_, report) = launch::run_once(&driver, &spec, &job, &mut |_| {}, &mut on_event)
         .await
         .expect("runs");
-    server.abort();
+    open_server.abort();
+    relayed_server.abort();
     (report.outcome, lines)
+}
+
+fn expected(public: &str) -> Vec<String> {
+    [
+        ("public", public),
+        ("metadata", "refused"),
+        ("private", "refused"),
+        ("host", "refused"),
+        ("gateway", "refused"),
+        ("loopback", "refused"),
+        ("relay", "pong"),
+    ]
+    .iter()
+    .map(|(name, answer)| format!("{name}: {answer}"))
+    .collect()
 }
 
 fn namespaces() -> String {
@@ -106,8 +152,44 @@ fn namespaces() -> String {
     .into_owned()
 }
 
+/// Egress reaches the internet (a stand-in in a documentation range) but not the
+/// host's own services, the metadata service or a private network (stand-ins the
+/// host itself reaches); the cache-like host service is reached through the relay.
+/// Isolated reaches nothing but the relay.
+async fn egress_is_filtered(driver: Arc<dyn VmmDriver>, kind: DriverKind) {
+    let stand_ins = standins::StandIns::start().expect("stand-ins");
+    let refused_before = nimbus_vmm::network::egress_refused().get();
+    let (outcome, lines) =
+        probe_from_guest(driver.clone(), kind, NetworkSpec::Tap { egress: true }).await;
+    assert_eq!(
+        (outcome, lines),
+        (Outcome::Exited { code: 0 }, expected("public"))
+    );
+    assert!(
+        nimbus_vmm::network::egress_refused().get() > refused_before,
+        "refused connections are counted"
+    );
+    let (outcome, lines) = probe_from_guest(driver, kind, NetworkSpec::Tap { egress: false }).await;
+    assert_eq!(
+        (outcome, lines),
+        (Outcome::Exited { code: 0 }, expected("refused"))
+    );
+    // The stand-ins were up all along: the host reaches each.
+    for address in [standins::METADATA, standins::PRIVATE, standins::PUBLIC] {
+        assert!(standins::StandIns::fetch(address).is_some(), "{address}");
+    }
+    drop(stand_ins);
+    assert!(
+        !namespaces()
+            .lines()
+            .any(|l| l.starts_with("nimbus-") && !l.starts_with("nimbus-standin")),
+        "VM namespaces are removed: {}",
+        namespaces()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_egress_reaches_the_host_and_isolated_does_not() {
+async fn qemu_egress_is_filtered_and_isolated_reaches_only_the_relay() {
     if ready().is_none() {
         return;
     }
@@ -118,57 +200,18 @@ async fn qemu_egress_reaches_the_host_and_isolated_does_not() {
         runtime_dir,
         transport: Default::default(),
     }));
-    let (outcome, lines) = fetch_from_guest(
-        driver.clone(),
-        DriverKind::Qemu,
-        NetworkSpec::Tap { egress: true },
-    )
-    .await;
-    assert_eq!(
-        (outcome, lines),
-        (Outcome::Exited { code: 0 }, vec!["pong".to_string()])
-    );
-    let (outcome, lines) =
-        fetch_from_guest(driver, DriverKind::Qemu, NetworkSpec::Tap { egress: false }).await;
-    assert_eq!(
-        (outcome, lines),
-        (Outcome::Exited { code: 0 }, vec!["unreachable".to_string()])
-    );
-    assert!(
-        !namespaces().contains("nimbus-"),
-        "VM namespaces are removed: {}",
-        namespaces()
-    );
+    egress_is_filtered(driver, DriverKind::Qemu).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sandbox_egress_shares_the_host_network_and_isolated_has_none() {
+async fn sandbox_egress_is_filtered_and_isolated_reaches_only_the_relay() {
     if ready().is_none() {
         return;
     }
     let runtime_dir =
         std::env::temp_dir().join(format!("nimbus-net-sandbox-{}", std::process::id()));
     let driver: Arc<dyn VmmDriver> = Arc::new(SandboxDriver::new(SandboxConfig { runtime_dir }));
-    let (outcome, lines) = fetch_from_guest(
-        driver.clone(),
-        DriverKind::Sandbox,
-        NetworkSpec::Tap { egress: true },
-    )
-    .await;
-    assert_eq!(
-        (outcome, lines),
-        (Outcome::Exited { code: 0 }, vec!["pong".to_string()])
-    );
-    let (outcome, lines) = fetch_from_guest(
-        driver,
-        DriverKind::Sandbox,
-        NetworkSpec::Tap { egress: false },
-    )
-    .await;
-    assert_eq!(
-        (outcome, lines),
-        (Outcome::Exited { code: 0 }, vec!["unreachable".to_string()])
-    );
+    egress_is_filtered(driver, DriverKind::Sandbox).await;
 }
 
 /// What a crashed agent leaves (namespace, tap, host veth, NAT rule) is found from
@@ -180,7 +223,13 @@ async fn a_network_left_by_a_crash_is_found_from_the_vm_id_and_removed() {
     }
     use nimbus_vmm::network::VmNetwork;
     let vm_id = format!("job-crash-{}", std::process::id());
-    let network = VmNetwork::create(&vm_id, true).await.expect("network");
+    let plan = nimbus_vmm::network::NetworkPlan {
+        egress: true,
+        tap: true,
+        policy: &Default::default(),
+        forwards: &[],
+    };
+    let network = VmNetwork::create(&vm_id, &plan).await.expect("network");
     let namespace = network.namespace().to_string();
     std::mem::forget(network); // the agent died: nothing removed it
     let leftover = VmNetwork::leftover(&vm_id);

@@ -6,10 +6,15 @@
 //! then powers the machine off. See nimbus_vmm::protocol for the wire format.
 //!
 //!     nimbus-guest [--transport stdio|virtio-serial[:NAME]|vsock[:PORT]]
-//!                  [--vm | --sandbox-root DIR --scratch DIR]
+//!                  [--vm | --sandbox-root TREE --sandbox-dir DIR --id-base N [--netns PATH]]
 //!
 //! `--vm`: mount /proc, /sys, /tmp, /run, /dev/pts, /dev/shm, set the hostname and
 //! the network from `nimbus.net=` first (what an init system would do).
+//!
+//! `--sandbox-root`: the sandbox's first stage (real root, pid 1 of a fresh pid
+//! namespace): builds the job's mounts, then runs this binary again as the second
+//! stage (`--sandbox-job`), which becomes root of its own user namespace, confines
+//! itself and serves the job (nimbus_vmm::guest::sandbox).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +24,10 @@ use nimbus_vmm::guest::{serve, GuestError, Transport, TransportKind};
 struct Args {
     transport: Option<String>,
     sandbox_root: Option<PathBuf>,
-    scratch: Option<PathBuf>,
+    sandbox_dir: Option<PathBuf>,
+    netns: Option<PathBuf>,
+    id_base: Option<u32>,
+    sandbox_job: bool,
     vm: bool,
 }
 
@@ -27,7 +35,10 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         transport: None,
         sandbox_root: None,
-        scratch: None,
+        sandbox_dir: None,
+        netns: None,
+        id_base: None,
+        sandbox_job: false,
         vm: false,
     };
     let mut words = std::env::args().skip(1);
@@ -36,7 +47,16 @@ fn parse_args() -> Result<Args, String> {
         match word.as_str() {
             "--transport" => args.transport = Some(value("--transport")?),
             "--sandbox-root" => args.sandbox_root = Some(value("--sandbox-root")?.into()),
-            "--scratch" => args.scratch = Some(value("--scratch")?.into()),
+            "--sandbox-dir" => args.sandbox_dir = Some(value("--sandbox-dir")?.into()),
+            "--netns" => args.netns = Some(value("--netns")?.into()),
+            "--id-base" => {
+                let text = value("--id-base")?;
+                args.id_base = Some(
+                    text.parse()
+                        .map_err(|_| format!("--id-base {text:?} is not a number"))?,
+                )
+            }
+            "--sandbox-job" => args.sandbox_job = true,
             "--vm" => args.vm = true,
             "--version" => {
                 println!("nimbus-guest {}", env!("CARGO_PKG_VERSION"));
@@ -53,10 +73,25 @@ fn run(args: Args) -> Result<i32, GuestError> {
         nimbus_vmm::guest::prepare_vm()?;
     }
     if let Some(root) = args.sandbox_root {
-        let scratch = args
-            .scratch
-            .ok_or_else(|| GuestError::Sandbox("--sandbox-root needs --scratch".into()))?;
-        nimbus_vmm::guest::enter_sandbox(&nimbus_vmm::guest::SandboxMounts { root, scratch })?;
+        let (Some(dir), Some(id_base)) = (args.sandbox_dir, args.id_base) else {
+            return Err(GuestError::Sandbox(
+                "--sandbox-root needs --sandbox-dir and --id-base".into(),
+            ));
+        };
+        nimbus_vmm::guest::enter_sandbox(&nimbus_vmm::guest::SandboxMounts {
+            root,
+            dir,
+            netns: args.netns,
+            id_base,
+        })?;
+        let mut stage_two = vec!["--sandbox-job".to_string()];
+        if let Some(transport) = args.transport {
+            stage_two.extend(["--transport".to_string(), transport]);
+        }
+        return nimbus_vmm::guest::run_stage_two(id_base, &stage_two);
+    }
+    if args.sandbox_job {
+        nimbus_vmm::guest::become_job_root()?;
     }
     let kind = match args.transport {
         Some(text) => TransportKind::parse(&text)?,

@@ -4,6 +4,11 @@
 //! only past the disk bound are lines dropped, and counted (the metric should
 //! stay 0). Order is kept: once lines spill, new ones follow them to disk until
 //! the spool has been sent.
+//!
+//! Lines go out with the lease's ingest token, which lets them be stored for this
+//! job only, and are numbered here, from the lease's `log_seq_base`, in the order
+//! they arrive: the guest's own numbering is not trusted (a job could otherwise
+//! skip, repeat or scatter numbers).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -139,15 +144,21 @@ pub struct LogShipper {
     org_id: i64,
     repo_id: Option<i64>,
     agent_id: String,
+    /// The next line's number.
+    next_seq: std::sync::atomic::AtomicU64,
     dropped: IntCounter,
 }
 
 impl LogShipper {
+    /// Ships `job`'s lines to `url` with `token` (the lease's ingest token),
+    /// numbering them from `seq_base + 1`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         http: reqwest::Client,
         url: Option<String>,
         token: Option<Secret>,
         job: &Job,
+        seq_base: u64,
         agent_id: &str,
         dropped: IntCounter,
         bounds: Bounds,
@@ -172,6 +183,7 @@ impl LogShipper {
                 queue.clone(),
                 wake.clone(),
                 done.clone(),
+                dropped.clone(),
             ))
         });
         LogShipper {
@@ -183,6 +195,7 @@ impl LogShipper {
             org_id: job.org_id,
             repo_id: job.repo_id,
             agent_id: agent_id.to_string(),
+            next_seq: std::sync::atomic::AtomicU64::new(seq_base + 1),
             dropped,
         }
     }
@@ -191,6 +204,9 @@ impl LogShipper {
         if self.task.is_none() {
             return;
         }
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let record = json!({
             "job_id": self.job_id,
             "agent_id": self.agent_id,
@@ -199,7 +215,7 @@ impl LogShipper {
             "level": match line.stream { Stream::Stdout => "info", Stream::Stderr => "error" },
             "message": line.line,
             "ts": line.ts_millis.max(946_684_800_001),
-            "seq": line.seq,
+            "seq": seq,
         })
         .to_string();
         if let Ok(mut queue) = self.queue.lock() {
@@ -234,6 +250,7 @@ async fn ship_loop(
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
     done: Arc<Notify>,
+    dropped: IntCounter,
 ) {
     let mut finishing = false;
     let mut delay = Duration::from_millis(100);
@@ -265,17 +282,35 @@ async fn ship_loop(
         if let Some(token) = &token {
             request = request.bearer_auth(token.expose());
         }
-        let sent = matches!(request.send().await, Ok(response) if response.status().is_success());
-        if sent {
-            if let Ok(mut queue) = queue.lock() {
-                let n = batch.len().min(queue.memory.len());
-                queue.memory.drain(..n);
+        let answer = request.send().await.map(|response| response.status());
+        match answer {
+            Ok(status) if status.is_success() => {
+                if let Ok(mut queue) = queue.lock() {
+                    let n = batch.len().min(queue.memory.len());
+                    queue.memory.drain(..n);
+                }
+                delay = Duration::from_millis(100);
             }
-            delay = Duration::from_millis(100);
-        } else {
-            // Retried as is: the pipeline drops lines it already stored.
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            // A refusal that sending again cannot change (a bad batch, a token the
+            // pipeline does not accept): drop the batch, count it and go on, so one
+            // bad batch never blocks the rest of the job's lines.
+            Ok(status)
+                if status.is_client_error()
+                    && status != reqwest::StatusCode::REQUEST_TIMEOUT
+                    && status != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                tracing::warn!(%status, lines = batch.len(), "the logging pipeline refused a batch of log lines; dropped");
+                dropped.inc_by(batch.len() as u64);
+                if let Ok(mut queue) = queue.lock() {
+                    let n = batch.len().min(queue.memory.len());
+                    queue.memory.drain(..n);
+                }
+            }
+            _ => {
+                // Retried as is: the pipeline drops lines it already stored.
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -389,6 +424,7 @@ mod tests {
             Some(url),
             None,
             &job,
+            0,
             "agent",
             dropped.clone(),
             Bounds {

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::assets::VerifiedAssets;
 use crate::protocol::{GuestJob, GuestStep, RunnerJob};
 use crate::select::{self, VmmConfig};
+use crate::spec::NetworkSpec;
 use crate::{launch, JobEvent, Outcome, VmmDriver};
 
 #[derive(Debug, Clone)]
@@ -170,6 +171,8 @@ impl AgentMetrics {
             ]),
         )?;
         registry.register(Box::new(boot_seconds.clone()))?;
+        // Counted by the networks of this process's VMs as they go.
+        registry.register(Box::new(crate::network::egress_refused().clone()))?;
         Ok(AgentMetrics {
             job_timeouts: counter("nimbus_host_agent_job_timeouts_total", "Jobs killed at their timeout.")?,
             lease_errors: counter(
@@ -334,6 +337,27 @@ fn cache_env(cache_url: Option<&str>, lease: &Lease) -> BTreeMap<String, String>
     env
 }
 
+/// Where a VM reaches the cache proxy, and what the VM's network relays for it.
+/// With a network of its own the job talks to a relay at its gateway
+/// (`172.30.0.1`), forwarded to `NIMBUS_CACHE_URL` from the host: it needs no
+/// route to the host (which the egress policy refuses). Without a network there
+/// is no cache; an `https` proxy is passed as it is (the relay would break its name).
+fn cache_route(cache_url: Option<&str>, network: NetworkSpec) -> (Option<String>, Vec<String>) {
+    let Some(url) = cache_url else {
+        return (None, Vec::new());
+    };
+    if network == NetworkSpec::None {
+        return (None, Vec::new());
+    }
+    match crate::network::relay::http_upstream(url) {
+        Some((upstream, port)) => (
+            crate::network::relay::rewrite_authority(url, crate::network::SERVICES_ADDRESS, port),
+            vec![upstream],
+        ),
+        None => (Some(url.to_string()), Vec::new()),
+    }
+}
+
 fn guest_job(lease: &Lease, cache_url: Option<&str>) -> GuestJob {
     let spec = &lease.job.spec;
     // The job's own env wins over what Nimbus provides.
@@ -393,11 +417,18 @@ async fn run_job(agent: &Agent, lease: Lease) {
     };
     tracing::info!(job_id = job.id, attempt = job.attempt, "running job");
     agent.metrics.running_vms.inc();
+    if agent.config.logs_url.is_some() && lease.ingest_token.is_none() {
+        tracing::warn!(
+            job_id = job.id,
+            "the lease carries no log ingest token: the pipeline will refuse this job's lines"
+        );
+    }
     let shipper = logs::LogShipper::start(
         agent.http.clone(),
         agent.config.logs_url.clone(),
-        agent.config.client.token.clone(),
+        lease.ingest_token.clone().map(nimbus_core::Secret::new),
         job,
+        lease.log_seq_base,
         &agent.config.agent_id,
         agent.metrics.log_lines_dropped.clone(),
         logs::Bounds {
@@ -407,13 +438,15 @@ async fn run_job(agent: &Agent, lease: Lease) {
         },
     );
     let timeout = job_timeout(job, agent.config.max_job_timeout);
-    let spec = launch::spec(
+    let mut spec = launch::spec(
         &agent.config.vmm,
         &agent.assets,
         format!("job-{}-{}", job.id, token),
         timeout,
     );
-    let mut guest = guest_job(&lease, agent.config.cache_url.as_deref());
+    let (cache_url, forwards) = cache_route(agent.config.cache_url.as_deref(), spec.network);
+    spec.forwards = forwards;
+    let mut guest = guest_job(&lease, cache_url.as_deref());
     guest.runner = runner;
     let lost = heartbeat_until_lost(agent, &lease);
     let mut on_event = |event: JobEvent| {

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{
-    file_digest, initramfs, vmlinux, write_manifest, Manifest, ACTIONS_RUNNER_IN_ROOTFS,
-    ACTIONS_RUNNER_TARBALL, GUEST_IN_ROOTFS, GUEST_IN_TREE, INITRD, KERNEL, MANIFEST_FORMAT,
-    ROOTFS_IMAGE, ROOTFS_TREE, VMLINUX,
+    file_digest, initramfs, tree_digest, vmlinux, write_manifest, Manifest,
+    ACTIONS_RUNNER_IN_ROOTFS, ACTIONS_RUNNER_TARBALL, GUEST_BINARY, GUEST_IN_ROOTFS, GUEST_IN_TREE,
+    INITRD, KERNEL, MANIFEST_FORMAT, ROOTFS_IMAGE, ROOTFS_TREE, SANDBOX_DIR, SANDBOX_ROOT, VMLINUX,
 };
 use crate::{Error, Result};
 
@@ -128,10 +128,11 @@ impl AssetBuilder {
         self.install_guest(&tree)?;
         let runner = self.install_actions_runner(&tree, out)?;
         self.rootfs_image(&tree, &out.join(ROOTFS_IMAGE))?;
+        self.sandbox_tree(&tree, out)?;
 
         self.say("hashing the assets into manifest.json");
         let mut files = BTreeMap::new();
-        let mut names = vec![KERNEL, INITRD, ROOTFS_IMAGE, GUEST_IN_TREE];
+        let mut names = vec![KERNEL, INITRD, ROOTFS_IMAGE, GUEST_IN_TREE, GUEST_BINARY];
         if o.vmlinux {
             names.push(VMLINUX);
         }
@@ -139,14 +140,29 @@ impl AssetBuilder {
             names.push(ACTIONS_RUNNER_TARBALL);
         }
         for name in names {
-            files.insert(name.to_string(), file_digest(&out.join(name))?);
+            let path = out.join(name);
+            if !name.contains('/') && name != GUEST_BINARY {
+                // Public artifacts, read by VMMs that may run as another user
+                // (Firecracker's jailer): readable by all, writable by root only,
+                // whatever the builder's umask.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                    .map_err(Error::io(format!("chmod 644 {}", path.display())))?;
+            }
+            files.insert(name.to_string(), file_digest(&path)?);
         }
+        let mut trees = BTreeMap::new();
+        trees.insert(
+            SANDBOX_ROOT.to_string(),
+            tree_digest(&out.join(SANDBOX_ROOT))?,
+        );
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             created_at: now_rfc3339(),
             kernel_release: release,
             debian_suite: o.suite.clone(),
             files,
+            trees,
         };
         write_manifest(out, &manifest)?;
         Ok(manifest)
@@ -290,6 +306,34 @@ impl AssetBuilder {
             self.say("rootfs: reusing the Debian base (--rebuild-rootfs to start afresh)");
         }
         Ok(())
+    }
+
+    /// The sandbox's root: the tree copied with its owners shifted into the sandbox's
+    /// id range, in a directory only root can enter; and the guest agent the host
+    /// starts sandboxes with, root-owned, outside every tree.
+    fn sandbox_tree(&self, tree: &Path, out: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.say("sandbox: copying the rootfs with owners shifted into the sandbox's id range");
+        let dir = out.join(SANDBOX_DIR);
+        std::fs::create_dir_all(&dir).map_err(Error::io("creating the sandbox directory"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(Error::io("chmod 700 the sandbox directory"))?;
+        let root = out.join(SANDBOX_ROOT);
+        let partial = dir.join("rootfs.partial");
+        for old in [&root, &partial] {
+            if old.exists() {
+                std::fs::remove_dir_all(old)
+                    .map_err(Error::io(format!("removing {}", old.display())))?;
+            }
+        }
+        super::copy_tree_shifted(tree, &partial, super::SANDBOX_ID_BASE)?;
+        std::fs::rename(&partial, &root).map_err(Error::io("moving the sandbox tree in place"))?;
+        let guest = out.join(GUEST_BINARY);
+        let _ = std::fs::remove_file(&guest);
+        std::fs::copy(&self.options.guest, &guest)
+            .map_err(Error::io("copying nimbus-guest beside the assets"))?;
+        std::fs::set_permissions(&guest, std::fs::Permissions::from_mode(0o755))
+            .map_err(Error::io("chmod 755 nimbus-guest"))
     }
 
     fn install_guest(&self, tree: &Path) -> Result<()> {

@@ -7,6 +7,14 @@
 //! Hashes are remembered per (path, size, mtime, ctime, inode), so a long-running
 //! agent hashes each asset once, and any change to a file — even a flipped byte
 //! written in place — makes it hash again.
+//!
+//! The sandbox boots a directory tree rather than an image: `sandbox/rootfs`, a
+//! copy of the rootfs whose owners are shifted into the sandbox's id range
+//! ([`SANDBOX_ID_BASE`]: the job's root is that unprivileged host uid), attested
+//! as a whole by [`tree_digest`] (every path, type, mode, owner, link target and
+//! file content). The host starts the sandbox with `nimbus-guest` from the top of
+//! the asset directory (root-owned, attested), never with a binary from a tree a
+//! job's uid owns.
 
 pub mod build;
 mod elf;
@@ -35,8 +43,20 @@ pub const ROOTFS_IMAGE: &str = "rootfs.ext4";
 pub const ROOTFS_TREE: &str = "rootfs";
 /// Where the guest agent lives inside the rootfs.
 pub const GUEST_IN_ROOTFS: &str = "usr/local/bin/nimbus-guest";
-/// The manifest key of the guest agent inside the tree (the sandbox boots the tree).
+/// The manifest key of the guest agent inside the tree.
 pub const GUEST_IN_TREE: &str = "rootfs/usr/local/bin/nimbus-guest";
+/// The guest agent the host runs to start a sandbox (root-owned, outside any tree).
+pub const GUEST_BINARY: &str = "nimbus-guest";
+/// The sandbox's directory (mode 0700: no host user but root reaches the tree).
+pub const SANDBOX_DIR: &str = "sandbox";
+/// The sandbox's root tree, owners shifted by [`SANDBOX_ID_BASE`].
+pub const SANDBOX_ROOT: &str = "sandbox/rootfs";
+/// Host uid (and gid) that uid 0 of a sandbox job maps to; the job's ids
+/// `0..SANDBOX_ID_COUNT` are host ids `SANDBOX_ID_BASE..`. 0x70000000 lies above
+/// the range systemd hands to containers and below 2^31, in ids no distribution
+/// assigns: the job's root is nobody on the host.
+pub const SANDBOX_ID_BASE: u32 = 0x7000_0000;
+pub const SANDBOX_ID_COUNT: u32 = 65_536;
 pub const MANIFEST_FORMAT: u32 = 1;
 /// The operator-supplied GitHub Actions runner release, as given (kept for the manifest).
 pub const ACTIONS_RUNNER_TARBALL: &str = "actions-runner.tar.gz";
@@ -52,6 +72,9 @@ pub struct Manifest {
     pub debian_suite: String,
     /// File name (relative to the asset directory) → digest.
     pub files: BTreeMap<String, FileDigest>,
+    /// Directory (relative to the asset directory) → [`tree_digest`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trees: BTreeMap<String, FileDigest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +99,8 @@ pub struct VerifiedAssets {
     pub initrd: Option<PathBuf>,
     pub rootfs: PathBuf,
     pub rootfs_tree: Option<PathBuf>,
+    /// The `nimbus-guest` the host runs to start a sandbox.
+    pub guest: Option<PathBuf>,
     pub kernel_release: String,
 }
 
@@ -131,10 +156,13 @@ impl AssetSet {
             DriverKind::Qemu if has_vmlinux => &[VMLINUX, INITRD, ROOTFS_IMAGE],
             DriverKind::Qemu => &[KERNEL, INITRD, ROOTFS_IMAGE],
             DriverKind::Firecracker => &[VMLINUX, ROOTFS_IMAGE],
-            DriverKind::Sandbox => &[GUEST_IN_TREE],
+            DriverKind::Sandbox => &[GUEST_BINARY],
         };
         for name in needed {
             self.check(name)?;
+        }
+        if driver == DriverKind::Sandbox {
+            self.check_tree(SANDBOX_ROOT)?;
         }
         let has = |name: &str| {
             self.manifest
@@ -147,7 +175,8 @@ impl AssetSet {
             vmlinux: has(VMLINUX),
             initrd: has(INITRD),
             rootfs: self.dir.join(ROOTFS_IMAGE),
-            rootfs_tree: (driver == DriverKind::Sandbox).then(|| self.dir.join(ROOTFS_TREE)),
+            rootfs_tree: (driver == DriverKind::Sandbox).then(|| self.dir.join(SANDBOX_ROOT)),
+            guest: (driver == DriverKind::Sandbox).then(|| self.dir.join(GUEST_BINARY)),
             kernel_release: self.manifest.kernel_release.clone(),
         })
     }
@@ -178,6 +207,144 @@ impl AssetSet {
         }
         Ok(())
     }
+}
+
+impl AssetSet {
+    /// Compares a tree with the manifest's digest of it.
+    pub fn check_tree(&self, name: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        let expected = self.manifest.trees.get(name).ok_or_else(|| Error::Attestation {
+            path: path.clone(),
+            reason: "not listed in the manifest (assets built by an older Nimbus: rebuild them with `nimbus assets build`)".into(),
+        })?;
+        let actual = tree_digest(&path)?;
+        if !actual.sha256.eq_ignore_ascii_case(&expected.sha256) {
+            return Err(Error::Attestation {
+                path,
+                reason: format!(
+                    "tree digest {} does not match the manifest's {} (a file, mode or owner \
+                     changed after `nimbus assets build`; rebuild the assets)",
+                    actual.sha256, expected.sha256
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The digest of a directory tree: sha256 over one line per entry, in path order —
+/// its type, path, mode, owner and group, and a regular file's size and content
+/// sha256 or a symbolic link's target. Device nodes, fifos and sockets are not part
+/// of a tree (the sandbox mounts its own `/dev`) and make it fail. `size` is the
+/// total of the files' sizes. File contents are hashed through the stamp cache, so
+/// checking an unchanged tree again costs one `lstat` per entry.
+pub fn tree_digest(root: &Path) -> Result<FileDigest> {
+    fn walk(root: &Path, relative: &Path, hasher: &mut Sha256, total: &mut u64) -> Result<()> {
+        let dir = root.join(relative);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(Error::io(format!("listing {}", dir.display())))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(Error::io(format!("listing {}", dir.display())))?;
+        names.sort();
+        for name in names {
+            let path = relative.join(&name);
+            let full = root.join(&path);
+            let meta = std::fs::symlink_metadata(&full)
+                .map_err(Error::io(format!("reading {}", full.display())))?;
+            let kind = meta.file_type();
+            let shown = path.to_string_lossy();
+            let (mode, uid, gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+            let line = if kind.is_dir() {
+                format!("d {shown} {mode:o} {uid} {gid}\n")
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&full)
+                    .map_err(Error::io(format!("reading {}", full.display())))?;
+                format!("l {shown} {uid} {gid} {}\n", target.to_string_lossy())
+            } else if kind.is_file() {
+                *total += meta.len();
+                let sha = sha256_file_cached(&full)?;
+                format!("f {shown} {mode:o} {uid} {gid} {} {sha}\n", meta.len())
+            } else {
+                return Err(Error::Attestation {
+                    path: full,
+                    reason: "a device node, fifo or socket has no place in a rootfs tree".into(),
+                });
+            };
+            hasher.update(line.as_bytes());
+            if kind.is_dir() {
+                walk(root, &path, hasher, total)?;
+            }
+        }
+        Ok(())
+    }
+    let meta = std::fs::symlink_metadata(root).map_err(|e| Error::Attestation {
+        path: root.to_path_buf(),
+        reason: format!("missing: {e}"),
+    })?;
+    let mut hasher = Sha256::new();
+    hasher.update(
+        format!(
+            "d . {:o} {} {}\n",
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid()
+        )
+        .as_bytes(),
+    );
+    let mut total = 0;
+    walk(root, Path::new(""), &mut hasher, &mut total)?;
+    Ok(FileDigest {
+        sha256: hex::encode(hasher.finalize()),
+        size: total,
+    })
+}
+
+/// Copies the tree `from` to `to` (which must not exist) with every owner and group
+/// shifted by `base`: `root:root` becomes `base:base`. Modes, set-id bits included,
+/// are kept (set after the owner, which clears them); device nodes, fifos and
+/// sockets are left out. Hard links become separate files.
+pub fn copy_tree_shifted(from: &Path, to: &Path, base: u32) -> Result<()> {
+    use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+    let shift = |id: u32| -> Result<u32> {
+        if id >= SANDBOX_ID_COUNT {
+            return Err(Error::Assets(format!(
+                "{}: owner id {id} is beyond the {SANDBOX_ID_COUNT} ids a sandbox maps",
+                from.display()
+            )));
+        }
+        Ok(base + id)
+    };
+    let meta = std::fs::symlink_metadata(from)
+        .map_err(Error::io(format!("reading {}", from.display())))?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        std::fs::create_dir(to).map_err(Error::io(format!("creating {}", to.display())))?;
+        let mut names: Vec<_> = std::fs::read_dir(from)
+            .map_err(Error::io(format!("listing {}", from.display())))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(Error::io(format!("listing {}", from.display())))?;
+        names.sort();
+        for name in names {
+            copy_tree_shifted(&from.join(&name), &to.join(&name), base)?;
+        }
+    } else if kind.is_symlink() {
+        let target =
+            std::fs::read_link(from).map_err(Error::io(format!("reading {}", from.display())))?;
+        symlink(&target, to).map_err(Error::io(format!("creating {}", to.display())))?;
+        lchown(to, Some(shift(meta.uid())?), Some(shift(meta.gid())?))
+            .map_err(Error::io(format!("chown {}", to.display())))?;
+        return Ok(());
+    } else if kind.is_file() {
+        std::fs::copy(from, to).map_err(Error::io(format!("copying {}", from.display())))?;
+    } else {
+        return Ok(());
+    }
+    lchown(to, Some(shift(meta.uid())?), Some(shift(meta.gid())?))
+        .map_err(Error::io(format!("chown {}", to.display())))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(Error::io(format!("chmod {}", to.display())))
 }
 
 /// sha256 of a file, hex.
@@ -260,6 +427,11 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
         .map_err(|e| Error::Assets(format!("serializing the manifest: {e}")))?;
     let temp = dir.join(".manifest.json.tmp");
     std::fs::write(&temp, text + "\n").map_err(Error::io("writing the manifest"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644))
+            .map_err(Error::io("chmod 644 the manifest"))?;
+    }
     std::fs::rename(&temp, dir.join(MANIFEST)).map_err(Error::io("writing the manifest"))
 }
 
@@ -289,12 +461,27 @@ mod tests {
                 file_digest(&dir.join(name)).expect("digest"),
             );
         }
+        std::fs::write(dir.join(GUEST_BINARY), b"guest").expect("guest");
+        files.insert(
+            GUEST_BINARY.to_string(),
+            file_digest(&dir.join(GUEST_BINARY)).expect("digest"),
+        );
+        std::fs::create_dir_all(dir.join(SANDBOX_ROOT).join("etc")).expect("tree");
+        std::fs::write(dir.join(SANDBOX_ROOT).join("etc/hostname"), b"x").expect("file");
+        std::os::unix::fs::symlink("hostname", dir.join(SANDBOX_ROOT).join("etc/name"))
+            .expect("link");
+        let mut trees = BTreeMap::new();
+        trees.insert(
+            SANDBOX_ROOT.to_string(),
+            tree_digest(&dir.join(SANDBOX_ROOT)).expect("tree digest"),
+        );
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             created_at: "2026-11-27T00:00:00Z".into(),
             kernel_release: "6.1.0-test".into(),
             debian_suite: "bookworm".into(),
             files,
+            trees,
         };
         write_manifest(&dir, &manifest).expect("manifest");
         dir
@@ -324,6 +511,60 @@ mod tests {
         );
         // The sandbox does not boot the image, so it still verifies.
         assert!(set.verify(DriverKind::Sandbox, None).is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_sandbox_tree_is_attested_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = fake_assets();
+        let set = AssetSet::open(&dir).expect("opens");
+        let verified = set.verify(DriverKind::Sandbox, None).expect("verifies");
+        assert_eq!(verified.rootfs_tree, Some(dir.join(SANDBOX_ROOT)));
+        assert_eq!(verified.guest, Some(dir.join(GUEST_BINARY)));
+        let file = dir.join(SANDBOX_ROOT).join("etc/hostname");
+        // A mode change is a change.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        assert!(set.verify(DriverKind::Sandbox, None).is_err(), "mode");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(set.verify(DriverKind::Sandbox, None).is_ok());
+        // So is a new file, and a changed link target.
+        std::fs::write(dir.join(SANDBOX_ROOT).join("etc/planted"), b"x").expect("plant");
+        assert!(set.verify(DriverKind::Sandbox, None).is_err(), "new file");
+        std::fs::remove_file(dir.join(SANDBOX_ROOT).join("etc/planted")).expect("rm");
+        std::fs::remove_file(dir.join(SANDBOX_ROOT).join("etc/name")).expect("rm");
+        std::os::unix::fs::symlink("/etc/shadow", dir.join(SANDBOX_ROOT).join("etc/name"))
+            .expect("link");
+        assert!(
+            set.verify(DriverKind::Sandbox, None).is_err(),
+            "link target"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn shifted_copies_keep_everything_but_the_owners() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: giving files to another owner needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("nimbus-shift-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src/bin")).expect("dir");
+        std::fs::write(dir.join("src/bin/tool"), b"#!/bin/sh\n").expect("file");
+        std::os::unix::fs::symlink("bin/tool", dir.join("src/link")).expect("link");
+        copy_tree_shifted(&dir.join("src"), &dir.join("dst"), 5000).expect("copy");
+        let meta = std::fs::symlink_metadata(dir.join("dst/bin/tool")).expect("meta");
+        let source = std::fs::symlink_metadata(dir.join("src/bin/tool")).expect("meta");
+        assert_eq!(meta.mode(), source.mode());
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (5000 + source.uid(), 5000 + source.gid())
+        );
+        assert_eq!(
+            std::fs::read_link(dir.join("dst/link")).expect("link"),
+            PathBuf::from("bin/tool")
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

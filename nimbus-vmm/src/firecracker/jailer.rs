@@ -72,7 +72,18 @@ impl JailerConfig {
     }
 
     /// Places `file` inside the jail as `name` and returns its in-chroot path.
-    pub fn stage(&self, layout: &JailLayout, file: &Path, name: &str) -> Result<String> {
+    /// A `private` file (the VM's own disks) is handed to the jail's uid, which must
+    /// write it; a shared one (the attested kernel and initramfs, the seccomp
+    /// filter) is linked in as it is — root-owned and read-only to the jail — since
+    /// a hard link shares its inode, and handing that to the jail's uid would let
+    /// every later VM boot what one escaped VM wrote.
+    pub fn stage(
+        &self,
+        layout: &JailLayout,
+        file: &Path,
+        name: &str,
+        private: bool,
+    ) -> Result<String> {
         std::fs::create_dir_all(&layout.root)
             .map_err(Error::io(format!("creating {}", layout.root.display())))?;
         let target = layout.root.join(name);
@@ -83,8 +94,10 @@ impl JailerConfig {
                 file.display()
             )))?;
         }
-        std::os::unix::fs::chown(&target, Some(self.uid), Some(self.gid))
-            .map_err(Error::io(format!("chown {}", target.display())))?;
+        if private {
+            std::os::unix::fs::chown(&target, Some(self.uid), Some(self.gid))
+                .map_err(Error::io(format!("chown {}", target.display())))?;
+        }
         Ok(format!("/{name}"))
     }
 }

@@ -24,7 +24,6 @@ use crate::network::VmNetwork;
 use crate::protocol::{GuestJob, VSOCK_PORT};
 use crate::runtime::{self, Machine, VmDir};
 use crate::session::GuestChannel;
-use crate::spec::NetworkSpec;
 use crate::{
     DriverKind, Error, GuestInfo, JobEvent, JobReport, Outcome, Probe, Result, Vm, VmSpec,
     VmmDriver,
@@ -154,9 +153,7 @@ impl FirecrackerVm {
                 runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
             sparse_copy(&template, &self.machine.dir.join(SCRATCH)).await?;
         }
-        if let NetworkSpec::Tap { egress } = self.spec.network {
-            self.network = Some(VmNetwork::create(&self.spec.id, egress).await?);
-        }
+        self.network = VmNetwork::for_spec(&self.spec, true).await?;
         Ok(())
     }
 
@@ -281,9 +278,13 @@ impl Vm for FirecrackerVm {
                     ]);
                 }
                 if let Some(filter) = &jailer.seccomp_filter {
-                    jailer.stage(&layout, filter, "seccomp.bpf")?;
+                    jailer.stage(&layout, filter, "seccomp.bpf", false)?;
                 }
-                let stage = |file: &Path, name: &str| jailer.stage(&layout, file, name);
+                // Files in the VM's own directory are its own; the rest is shared.
+                let own = self.machine.dir.path().to_path_buf();
+                let stage = |file: &Path, name: &str| {
+                    jailer.stage(&layout, file, name, file.starts_with(&own))
+                };
                 let plan = self.plan(&stage, "/v.sock".into())?;
                 (
                     command,

@@ -12,7 +12,7 @@ mod transport;
 
 pub use run::{run_job, JobSink};
 #[cfg(target_os = "linux")]
-pub use sandbox::{enter_sandbox, SandboxMounts};
+pub use sandbox::{become_job_root, enter_sandbox, run_stage_two, SandboxMounts};
 pub use system::prepare_vm;
 pub use transport::{Transport, TransportKind};
 

@@ -19,7 +19,6 @@ use crate::network::VmNetwork;
 use crate::protocol::{GuestJob, VIRTIO_PORT_NAME};
 use crate::runtime::{self, Machine, VmDir};
 use crate::session::GuestChannel;
-use crate::spec::NetworkSpec;
 use crate::{
     DriverKind, Error, GuestInfo, JobEvent, JobReport, Outcome, Probe, Result, Vm, VmSpec,
     VmmDriver,
@@ -187,9 +186,7 @@ impl QemuVm {
                 runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
             overlay(&template, &self.machine.dir.join(SCRATCH_OVERLAY)).await?;
         }
-        if let NetworkSpec::Tap { egress } = self.spec.network {
-            self.network = Some(VmNetwork::create(&self.spec.id, egress).await?);
-        }
+        self.network = VmNetwork::for_spec(&self.spec, true).await?;
         Ok(())
     }
 

@@ -1,11 +1,22 @@
-//! The namespace sandbox, for hosts without KVM: the job runs in fresh user, pid,
-//! mount, net, uts and ipc namespaces (`unshare(1)`), with the attested rootfs tree
-//! mounted read-only, a per-job scratch directory at `/scratch` and tmpfs `/tmp`.
-//! The kernel is the host's, so the isolation is much weaker than a VM's: the
-//! driver says so when it is picked and in docs/FIRECRACKER_SECURITY.md.
+//! The namespace sandbox, for hosts without KVM. The kernel is the host's, so the
+//! isolation is weaker than a VM's (the driver says so when it is picked, and
+//! docs/security.md says what is shared); within that, a job gets:
 //!
-//! `nimbus-guest` itself sets up the mounts (it runs as root of the new user
-//! namespace) and then speaks the same protocol as in a VM, over its stdin/stdout.
+//! - its own mount, pid, uts and ipc namespaces, made by root (`unshare(1)`), and
+//!   the VM network namespace every driver gets ([`crate::network`]): mounts,
+//!   routes and firewall rules a job cannot change, because it holds no
+//!   capability in namespaces it does not own;
+//! - a root that is a per-job overlay: the attested tree (`sandbox/rootfs`, owners
+//!   shifted into the sandbox id range) read-only beneath, the job's writes in
+//!   `upper/` of its VM directory, gone with the VM;
+//! - uid 0 in a user namespace of its own that maps to the unprivileged host uid
+//!   [`SANDBOX_ID_BASE`](crate::assets::SANDBOX_ID_BASE): root to the job, nobody
+//!   to the host; a capability set cut to what package installs need,
+//!   `no_new_privs`, and a seccomp filter against mounts, namespaces, kernel
+//!   modules, keyrings, BPF and friends ([`crate::guest`]).
+//!
+//! The host starts `nimbus-guest` from the top of the asset directory (root-owned
+//! and attested), never from a tree a job's uid owns. Root is needed for all of it.
 
 mod cgroup;
 
@@ -16,12 +27,12 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tokio::process::Command;
 
-use crate::assets::GUEST_IN_ROOTFS;
+use crate::assets::SANDBOX_ID_BASE;
 use crate::host;
+use crate::network::VmNetwork;
 use crate::protocol::GuestJob;
 use crate::runtime::{self, Machine, VmDir};
 use crate::session::GuestChannel;
-use crate::spec::NetworkSpec;
 use crate::{
     DriverKind, Error, GuestInfo, JobEvent, JobReport, Outcome, Probe, Result, Vm, VmSpec,
     VmmDriver,
@@ -42,22 +53,22 @@ impl SandboxDriver {
     }
 }
 
-/// Whether this host lets us create the namespaces (binary present, user
-/// namespaces allowed).
+/// Whether this host can run sandboxes: root (namespaces the job does not own,
+/// the overlay, the id mapping), `unshare(1)` and overlayfs.
 async fn check_host() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("the sandbox needs root: it sets up the job's mounts, ids and network in namespaces the job does not own".into());
+    }
     let unshare = host::find_binary("unshare", None)?;
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|line| line.trim_end().ends_with("overlay"))
+    {
+        return Err("the kernel has no overlayfs (modprobe overlay)".into());
+    }
     let output = Command::new(&unshare)
-        .args([
-            "--user",
-            "--map-root-user",
-            "--pid",
-            "--mount",
-            "--net",
-            "--uts",
-            "--ipc",
-            "--fork",
-            "true",
-        ])
+        .args(["--mount", "--pid", "--uts", "--ipc", "--fork", "true"])
         .stdin(Stdio::null())
         .output()
         .await
@@ -72,6 +83,18 @@ async fn check_host() -> Result<(), String> {
     }
 }
 
+/// A directory for the job (its scratch, its overlay's upper layer), owned by the
+/// job's root.
+fn job_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(path).map_err(Error::io(format!("creating {}", path.display())))?;
+    let id = Some(SANDBOX_ID_BASE);
+    std::os::unix::fs::chown(path, id, id)
+        .map_err(Error::io(format!("chown {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(Error::io(format!("chmod {}", path.display())))
+}
+
 #[async_trait]
 impl VmmDriver for SandboxDriver {
     fn kind(&self) -> DriverKind {
@@ -84,36 +107,69 @@ impl VmmDriver for SandboxDriver {
             driver: DriverKind::Sandbox,
             available: result.is_ok(),
             reason: match result {
-                Ok(()) => "Linux namespaces (user, pid, mount, net, uts, ipc); shares the host kernel: weaker isolation than a VM".into(),
+                Ok(()) => "Linux namespaces, per-job overlay root, unprivileged uid, seccomp; shares the host kernel: weaker isolation than a VM".into(),
                 Err(reason) => reason,
             },
         }
     }
 
     async fn prepare(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
-        let tree = spec.rootfs_tree.clone().ok_or_else(|| {
+        let needs_assets = || {
             Error::Config(
-                "the sandbox driver needs the rootfs tree (assets verified for the sandbox)".into(),
+                "the sandbox driver needs the sandbox tree and nimbus-guest (assets verified for the sandbox)".into(),
             )
-        })?;
+        };
+        let tree = spec.rootfs_tree.clone().ok_or_else(needs_assets)?;
+        let guest = spec.guest.clone().ok_or_else(needs_assets)?;
         let tree = std::path::absolute(&tree).map_err(Error::io("resolving the rootfs tree"))?;
+        let guest = std::path::absolute(&guest).map_err(Error::io("resolving nimbus-guest"))?;
         let dir = VmDir::create(&self.config.runtime_dir, &spec.id)?;
-        let scratch = dir.join("scratch");
-        std::fs::create_dir(&scratch).map_err(Error::io("creating the scratch directory"))?;
-        Ok(Box::new(SandboxVm {
+        let dir_path =
+            std::path::absolute(dir.path()).map_err(Error::io("resolving the VM directory"))?;
+        for (name, path) in [("sandbox tree", &tree), ("VM directory", &dir_path)] {
+            // Paths go into overlayfs's option string, where these are separators.
+            if path.to_string_lossy().contains([',', ':', '\\']) {
+                return Err(Error::Config(format!(
+                    "the {name} path {} may not contain ',', ':' or '\\'",
+                    path.display()
+                )));
+            }
+        }
+        job_dir(&dir.join("scratch"))?;
+        job_dir(&dir.join("upper"))?;
+        for name in ["work", "root"] {
+            std::fs::create_dir(dir.join(name))
+                .map_err(Error::io(format!("creating {name} in the VM directory")))?;
+        }
+        let mut vm = SandboxVm {
             spec: spec.clone(),
             tree,
+            guest,
+            dir: dir_path,
             machine: Machine::new(dir, LOG),
             cgroup: None,
-        }))
+            network: None,
+        };
+        match VmNetwork::for_spec(spec, false).await {
+            Ok(network) => vm.network = network,
+            Err(error) => {
+                let _ = vm.machine.destroy().await;
+                return Err(error);
+            }
+        }
+        Ok(Box::new(vm))
     }
 }
 
 pub struct SandboxVm {
     spec: VmSpec,
     tree: PathBuf,
+    guest: PathBuf,
+    /// The VM directory, absolute (the guest's mounts are made from it).
+    dir: PathBuf,
     machine: Machine,
     cgroup: Option<cgroup::Cgroup>,
+    network: Option<VmNetwork>,
 }
 
 const LOG: &str = "sandbox.log";
@@ -121,27 +177,26 @@ const LOG: &str = "sandbox.log";
 impl SandboxVm {
     fn command(&self) -> Result<Command> {
         let mut command = Command::new("unshare");
-        command.args([
-            "--user",
-            "--map-root-user",
-            "--pid",
-            "--mount",
-            "--uts",
-            "--ipc",
-        ]);
-        // Egress shares the host's network stack; without it the job sees only a
-        // loopback device of its own.
-        if !matches!(self.spec.network, NetworkSpec::Tap { egress: true }) {
+        // Made by root: the job holds no capability over these namespaces.
+        command.args(["--mount", "--pid", "--uts", "--ipc"]);
+        if self.network.is_none() {
+            // No network: an empty namespace of its own (loopback only).
             command.arg("--net");
         }
         command
             .args(["--fork", "--kill-child"])
             .arg("--")
-            .arg(self.tree.join(GUEST_IN_ROOTFS))
+            .arg(&self.guest)
             .arg("--sandbox-root")
             .arg(&self.tree)
-            .arg("--scratch")
-            .arg(self.machine.dir.join("scratch"))
+            .arg("--sandbox-dir")
+            .arg(&self.dir)
+            .arg("--id-base")
+            .arg(SANDBOX_ID_BASE.to_string());
+        if let Some(network) = &self.network {
+            command.arg("--netns").arg(network.namespace_path());
+        }
+        command
             .args(["--transport", "stdio"])
             .env_clear()
             .env(
@@ -208,6 +263,9 @@ impl Vm for SandboxVm {
     async fn destroy(&mut self) -> Result<()> {
         // The process first: what else the VM holds is released once it is gone.
         let removed = self.machine.destroy().await;
+        if let Some(network) = self.network.take() {
+            network.remove().await;
+        }
         if let Some(mut cgroup) = self.cgroup.take() {
             // The namespace's processes die with its init, a moment after it.
             for _ in 0..50 {
@@ -242,7 +300,7 @@ impl SandboxVm {
     }
 }
 
-/// The rootfs tree a sandbox would use inside an asset directory.
+/// The rootfs tree a sandbox boots inside an asset directory.
 pub fn tree_in(assets: &Path) -> PathBuf {
-    assets.join(crate::assets::ROOTFS_TREE)
+    assets.join(crate::assets::SANDBOX_ROOT)
 }

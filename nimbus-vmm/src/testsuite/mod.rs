@@ -10,6 +10,8 @@
 //! A harness of `None` means the driver cannot run here; the suite then skips,
 //! unless `CI=true`, where that is a failure (a missing service never passes CI).
 
+pub mod standins;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
