@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nimbus_core::auth::{JwtKeys, Role};
+use nimbus_core::auth::{IngestScope, JwtKeys};
 use nimbus_core::Secret;
 use nimbus_logs::pipeline::{self, Backend, Pipeline, PipelineConfig};
 use nimbus_logs::sink::sqlite::SqliteSink;
@@ -100,6 +100,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         max_buffered_lines: 10_000,
         flush_lines: 1_000,
         flush_interval: Duration::from_millis(1),
+        follow: Default::default(),
     };
     let state = Pipeline::new(&config, sink.clone())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -107,10 +108,15 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(async move {
         pipeline::serve(&config, state, listener, std::future::pending()).await
     });
-    let token = JwtKeys::new(&Secret::new(secret)).mint(
-        "example",
-        Role::Agent,
-        None,
+    // What a host agent gets with its lease: the right to write job 7's lines.
+    let token = JwtKeys::new(&Secret::new(secret)).mint_ingest(
+        &IngestScope {
+            job_id: 7,
+            org_id: 1,
+            repo_id: None,
+            agent_id: "host-1".into(),
+            seq_base: 0,
+        },
         Duration::from_secs(60),
     )?;
     let lines = serde_json::json!([

@@ -103,6 +103,7 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
         max_buffered_lines: 500_000,
         flush_lines: 50_000,
         flush_interval: Duration::from_millis(1),
+        follow: Default::default(),
     };
     let pipeline_state = Pipeline::new(&pipeline_config, sink.clone())?;
     let wake = pipeline_state.wake.clone();

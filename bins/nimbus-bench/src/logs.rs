@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nimbus_core::auth::{JwtKeys, Role};
+use nimbus_core::auth::{IngestScope, JwtKeys};
 use nimbus_core::Secret;
 use nimbus_logs::pipeline::{self, Backend, Pipeline, PipelineConfig};
 use nimbus_logs::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
@@ -148,6 +148,7 @@ async fn measure(name: &str, sink: Arc<dyn LogSink>, args: &Args) -> Result<Sink
         max_buffered_lines: 500_000,
         flush_lines: 50_000,
         flush_interval: Duration::from_millis(args.flush_ms),
+        follow: Default::default(),
     };
     let state = Pipeline::new(&config, sink.clone())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -155,18 +156,26 @@ async fn measure(name: &str, sink: Arc<dyn LogSink>, args: &Args) -> Result<Sink
     let serving = tokio::spawn(async move {
         let _ = pipeline::serve(&config, state, listener, std::future::pending()).await;
     });
-    let token = JwtKeys::new(&Secret::new(SECRET)).mint(
-        "bench",
-        Role::Agent,
-        None,
-        Duration::from_secs(3600),
-    )?;
+    let keys = JwtKeys::new(&Secret::new(SECRET));
     let client = reqwest::Client::new();
     // Bodies are built before the clock starts: the figure is the pipeline's.
     let per_sender = args.lines / args.senders;
     let mut bodies = Vec::new();
+    let mut tokens = Vec::new();
     for sender in 0..args.senders {
         let job = 1_000_000 + sender;
+        // Each sender writes one job's lines, with that job's ingest token, as a
+        // host agent does with its lease's.
+        tokens.push(keys.mint_ingest(
+            &IngestScope {
+                job_id: job as i64,
+                org_id: 1,
+                repo_id: None,
+                agent_id: "bench".into(),
+                seq_base: 0,
+            },
+            Duration::from_secs(3600),
+        )?);
         let mut mine = Vec::new();
         let mut seq = 1;
         while seq <= per_sender {
@@ -178,8 +187,8 @@ async fn measure(name: &str, sink: Arc<dyn LogSink>, args: &Args) -> Result<Sink
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for mine in bodies {
-        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+    for (mine, token) in bodies.into_iter().zip(tokens) {
+        let (client, base) = (client.clone(), base.clone());
         tasks.push(tokio::spawn(async move {
             for body in mine {
                 loop {

@@ -13,6 +13,7 @@ use nimbus_core::{telemetry, Env};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
 
 fn main() -> ExitCode {
+    nimbus_core::service::private_files();
     if std::env::args().any(|a| a == "-h" || a == "--help") {
         println!("usage: nimbus-host-agent\nConfiguration comes from NIMBUS_* environment variables (see docs/configuration.md).");
         return ExitCode::SUCCESS;

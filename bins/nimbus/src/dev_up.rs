@@ -45,7 +45,17 @@ struct Addresses {
 fn dev_env(data_dir: &Path, at: &Addresses) -> Result<BTreeMap<String, String>, String> {
     let path = data_dir.join("dev.env");
     if path.is_file() {
-        return read_env_file(&path);
+        let vars = read_env_file(&path)?;
+        if admin_token_works(&vars) {
+            return Ok(vars);
+        }
+        // Written by an older Nimbus (tokens without an audience) or expired: the
+        // secrets stay, the admin token is minted again.
+        eprintln!(
+            "dev up: the admin token in {} no longer verifies; minting a new one",
+            path.display()
+        );
+        return rewrite_admin_token(&path, vars);
     }
     std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let random = || {
@@ -57,14 +67,7 @@ fn dev_env(data_dir: &Path, at: &Addresses) -> Result<BTreeMap<String, String>, 
         })
     };
     let jwt_secret = random();
-    let admin = JwtKeys::new(&Secret::new(&jwt_secret))
-        .mint(
-            "dev-admin",
-            Role::Admin,
-            None,
-            Duration::from_secs(365 * 86_400),
-        )
-        .map_err(|e| e.to_string())?;
+    let admin = mint_dev_admin(&jwt_secret)?;
     let mut vars = BTreeMap::new();
     vars.insert("NIMBUS_JWT_SECRET".to_string(), jwt_secret);
     vars.insert("NIMBUS_CACHE_SHARED_SECRET".to_string(), random());
@@ -80,14 +83,55 @@ fn dev_env(data_dir: &Path, at: &Addresses) -> Result<BTreeMap<String, String>, 
         format!("http://{}", at.cache),
     );
     vars.insert("NIMBUS_LOGS_URL".to_string(), format!("http://{}", at.logs));
+    write_env_file(&path, &vars)?;
+    Ok(vars)
+}
+
+fn mint_dev_admin(jwt_secret: &str) -> Result<String, String> {
+    JwtKeys::new(&Secret::new(jwt_secret))
+        .mint(
+            "dev-admin",
+            Role::Admin,
+            None,
+            Duration::from_secs(365 * 86_400),
+        )
+        .map_err(|e| e.to_string())
+}
+
+fn admin_token_works(vars: &BTreeMap<String, String>) -> bool {
+    match (vars.get("NIMBUS_JWT_SECRET"), vars.get("NIMBUS_TOKEN")) {
+        (Some(secret), Some(token)) => nimbus_core::auth::Audience::ALL.iter().all(|audience| {
+            JwtKeys::new(&Secret::new(secret))
+                .verify(token, *audience)
+                .is_ok()
+        }),
+        _ => false,
+    }
+}
+
+fn rewrite_admin_token(
+    path: &Path,
+    mut vars: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let secret = vars
+        .get("NIMBUS_JWT_SECRET")
+        .ok_or_else(|| format!("{} has no NIMBUS_JWT_SECRET", path.display()))?;
+    let admin = mint_dev_admin(secret)?;
+    vars.insert("NIMBUS_TOKEN".to_string(), admin.clone());
+    vars.insert("NIMBUS_CONTROL_PLANE_TOKEN".to_string(), admin);
+    std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_env_file(path, &vars)?;
+    Ok(vars)
+}
+
+fn write_env_file(path: &Path, vars: &BTreeMap<String, String>) -> Result<(), String> {
     let mut text = String::from(
         "# Written by `nimbus dev up`; `set -a; . .nimbus/dev.env` prepares a shell.\n",
     );
-    for (key, value) in &vars {
+    for (key, value) in vars {
         text.push_str(&format!("{key}={value}\n"));
     }
-    write_private(&path, &text)?;
-    Ok(vars)
+    write_private(path, &text)
 }
 
 fn rand_bytes() -> [u8; 32] {

@@ -11,7 +11,7 @@ mod dev_up;
 mod report;
 mod run;
 mod vm;
-use nimbus_core::auth::{JwtKeys, Role};
+use nimbus_core::auth::{Audience, JwtKeys, Role};
 use nimbus_core::cache_token::{CachePermission, CacheTokenKeys};
 use nimbus_core::{config, Env};
 use nimbus_policy::{describe_error, JobFacts, Policy};
@@ -121,6 +121,11 @@ enum TokenCommand {
         /// Lifetime, e.g. `1h`, `30m`, `7d`.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The services the token is for, comma-separated: control-plane,
+        /// cache-proxy, logging-pipeline. Default: the role's (admin and org: all
+        /// three; agent: control-plane).
+        #[arg(long, value_delimiter = ',')]
+        aud: Vec<String>,
     },
     /// Prints a cache token (HMAC-SHA256 with NIMBUS_CACHE_SHARED_SECRET) for one
     /// org, repository and ref: what the cache proxy takes as ACTIONS_RUNTIME_TOKEN.
@@ -169,6 +174,7 @@ impl From<RoleArg> for Role {
 }
 
 fn main() -> ExitCode {
+    nimbus_core::service::private_files();
     let outcome = match Cli::parse().command {
         // Policy commands have exit codes of their own (0 allow, 1 deny, 2 invalid).
         Command::Policy(command) => return policy(command),
@@ -206,6 +212,7 @@ fn token(command: TokenCommand) -> Result<(), String> {
             org_id,
             sub,
             ttl,
+            aud,
         } => {
             let role = Role::from(role);
             if role == Role::Org && org_id.is_none() {
@@ -220,8 +227,18 @@ fn token(command: TokenCommand) -> Result<(), String> {
                 Some(id) => format!("org-{id}"),
                 None => role.to_string(),
             });
+            let audiences = aud
+                .iter()
+                .map(|name| name.parse::<Audience>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let audiences = if audiences.is_empty() {
+                role.default_audiences().to_vec()
+            } else {
+                audiences
+            };
             let token = JwtKeys::new(&secret)
-                .mint(&sub, role, org_id, ttl)
+                .mint_for(&sub, role, org_id, &audiences, ttl)
                 .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())

@@ -1,5 +1,5 @@
-//! The logging pipeline binary with the control plane binary: an agent's lines
-//! are stored and followed; a job's metadata reaches the pipeline through
+//! The logging pipeline binary with the control plane binary: an agent's lines,
+//! sent with its lease's ingest token, are stored and followed; a job's metadata reaches the pipeline through
 //! NIMBUS_METADATA_SINK_URL; on ClickHouse too when the suite has one.
 
 use std::time::Duration;
@@ -61,7 +61,19 @@ async fn lines_and_metadata_flow(pipeline: LoggingPipelineProcess) {
     assert_eq!(metadata["metadata"][0]["value"], "3.12");
     assert_eq!(metadata["metadata"][1]["key"], "team");
 
-    // The agent's lines, as NDJSON; the org sees them, in order.
+    // An agent leases the job; its lines go out with the lease's ingest token (its
+    // own API token is not for the pipeline), as NDJSON; the org sees them, in order.
+    let lease: Value = client
+        .post(format!("{}/api/jobs/lease", control_plane.url))
+        .bearer_auth(agent.expose())
+        .send()
+        .await
+        .expect("lease")
+        .json()
+        .await
+        .expect("lease json");
+    assert_eq!(lease["job"]["id"], job_id, "{lease}");
+    let ingest = lease["ingest_token"].as_str().expect("an ingest token");
     let body: String = (1..=3)
         .map(|seq| {
             json!({"job_id": job_id, "agent_id": "host-1", "org_id": 3, "level": "info",
@@ -70,9 +82,21 @@ async fn lines_and_metadata_flow(pipeline: LoggingPipelineProcess) {
                 + "\n"
         })
         .collect();
-    let response = client
+    let refused = client
         .post(format!("{}/api/logs", pipeline.url))
         .bearer_auth(agent.expose())
+        .body(body.clone())
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(
+        refused.status(),
+        401,
+        "an agent's API token writes no lines"
+    );
+    let response = client
+        .post(format!("{}/api/logs", pipeline.url))
+        .bearer_auth(ingest)
         .body(body)
         .send()
         .await

@@ -125,7 +125,7 @@ fn vm_run_on_the_sandbox_and_drivers_listing() {
             "--driver",
             "sandbox",
             "--",
-            "hostname; test -w / || echo read-only root",
+            "hostname; id -u; echo changed > /etc/motd && echo writable root; cat /etc/motd",
         ],
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -137,8 +137,20 @@ fn vm_run_on_the_sandbox_and_drivers_listing() {
     );
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
-        ["nimbus-sandbox", "read-only root"]
+        ["nimbus-sandbox", "0", "writable root", "changed"]
     );
+    // The root was the job's own: the next sandbox starts from the attested tree.
+    let output = vm_run(
+        &assets,
+        &runtime,
+        &[
+            "--driver",
+            "sandbox",
+            "--",
+            "grep -c changed /etc/motd || true",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "0");
     assert!(String::from_utf8_lossy(&output.stderr).contains("weaker isolation"));
 
     let drivers = Command::new(bin("nimbus").expect("nimbus is built"))
