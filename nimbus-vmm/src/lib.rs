@@ -47,7 +47,7 @@ pub mod session;
 pub mod spec;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
-#[cfg(feature = "host")]
+#[cfg(feature = "workflow")]
 pub mod workflow;
 
 #[cfg(feature = "host")]

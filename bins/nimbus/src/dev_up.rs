@@ -157,13 +157,23 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 
 /// Builds the guest assets on first use (shows progress); `Err` says what to do.
 fn ensure_assets(dir: &Path) -> Result<(), String> {
-    if dir.join(nimbus_vmm::assets::MANIFEST).is_file() {
-        return Ok(());
+    use nimbus_vmm::assets::{AssetSet, GUEST_BINARY, SANDBOX_ROOT};
+    match AssetSet::open(dir) {
+        Ok(set)
+            if set.manifest.trees.contains_key(SANDBOX_ROOT)
+                && set.manifest.files.contains_key(GUEST_BINARY) =>
+        {
+            return Ok(());
+        }
+        Ok(_) => eprintln!(
+            "dev up: the guest assets in {} come from an older Nimbus (no attested sandbox tree): rebuilding them",
+            dir.display()
+        ),
+        Err(_) => eprintln!(
+            "dev up: no guest assets in {} yet: building them (first run only)",
+            dir.display()
+        ),
     }
-    eprintln!(
-        "dev up: no guest assets in {} yet: building them (first run only)",
-        dir.display()
-    );
     // In a clone of the repository the script does it all: the packages the build
     // needs, the static nimbus-guest, then the assets (about a minute, once).
     let script = Path::new("scripts/guest-assets.sh");

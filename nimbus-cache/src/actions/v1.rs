@@ -160,6 +160,12 @@ fn content_range(headers: &HeaderMap) -> Result<(u64, u64)> {
         .ok_or_else(|| {
             Error::InvalidInput("a chunk needs Content-Range: bytes START-END/*".into())
         })?;
+    parse_content_range(raw)
+}
+
+/// Parses a chunk's `Content-Range` value, `bytes START-END/*` (or `/TOTAL`), into
+/// (start, length). Any text gets an answer, never a panic (fuzzed).
+pub fn parse_content_range(raw: &str) -> Result<(u64, u64)> {
     let bad = || Error::InvalidInput(format!("Content-Range {raw:?} is not bytes START-END/*"));
     let range = raw.trim().strip_prefix("bytes ").ok_or_else(bad)?;
     let (span, _total) = range.split_once('/').ok_or_else(bad)?;
@@ -169,7 +175,9 @@ fn content_range(headers: &HeaderMap) -> Result<(u64, u64)> {
     if end < start {
         return Err(bad());
     }
-    Ok((start, end - start + 1))
+    // END is inclusive: bytes 0-18446744073709551615 has no length that fits.
+    let length = (end - start).checked_add(1).ok_or_else(bad)?;
+    Ok((start, length))
 }
 
 /// `PATCH /_apis/artifactcache/caches/{id}` with one chunk.
@@ -230,4 +238,27 @@ pub async fn commit(
         .map_err(v1_error)?;
     state.wake_maintenance.notify_one();
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_range;
+
+    #[test]
+    fn content_range_ends_are_bounded() {
+        assert_eq!(parse_content_range("bytes 0-9/*").ok(), Some((0, 10)));
+        assert_eq!(parse_content_range("bytes 5-5/100").ok(), Some((5, 1)));
+        // An inclusive end of 2^64 - 1 has no length that fits: refused, no overflow.
+        assert!(parse_content_range("bytes 0-18446744073709551615/*").is_err());
+        for bad in [
+            "",
+            "bytes 9-3/*",
+            "bytes x-3/*",
+            "items 0-1/*",
+            "bytes 0-1",
+            "bytes -1/*",
+        ] {
+            assert!(parse_content_range(bad).is_err(), "{bad:?}");
+        }
+    }
 }

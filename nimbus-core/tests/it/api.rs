@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 const JWT_SECRET: &str = "api-test-secret-0123456789";
-const CACHE_SECRET: &str = "api-test-cache-secret-0123456789";
+pub(crate) const CACHE_SECRET: &str = "api-test-cache-secret-0123456789";
 const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 const METRICS_TOKEN: &str = "metrics-token";
 
@@ -1230,7 +1230,8 @@ macro_rules! api_suite {
                 runner_configs_go_to_the_lease_holder_and_runners_are_removed,
                 runner_configs_need_github_configured,
                 a_missed_webhook_is_found_by_the_reconciler_exactly_once,
-                a_runner_swap_rebinds_both_jobs
+                a_runner_swap_rebinds_both_jobs,
+                github_cache_tokens_follow_githubs_scoping
             );
         }
     };

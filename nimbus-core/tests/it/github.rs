@@ -58,6 +58,10 @@ struct FakeState {
     requests: Vec<String>,
     /// Workflow jobs of acme/app (run 4242) as the REST API shows them.
     workflow_jobs: Vec<Value>,
+    /// Workflow runs by id, as `GET /repos/{o}/{r}/actions/runs/{id}` shows them.
+    runs: HashMap<i64, Value>,
+    /// Open pull requests, as `GET /repos/{o}/{r}/pulls?head=OWNER:BRANCH` finds them.
+    pulls: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -322,6 +326,40 @@ async fn one_job(
     }
 }
 
+async fn one_run(
+    State(fake): State<Fake>,
+    Path((_owner, _repo, id)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, format!("run {id}")) {
+        return *response;
+    }
+    let state = fake.state.lock().expect("lock");
+    match state.runs.get(&id) {
+        Some(run) => Json(run.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn pulls(
+    State(fake): State<Fake>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, "pulls".into()) {
+        return *response;
+    }
+    let state = fake.state.lock().expect("lock");
+    let head = query.get("head").cloned().unwrap_or_default();
+    let found: Vec<Value> = state
+        .pulls
+        .iter()
+        .filter(|pull| pull["head"]["label"].as_str() == Some(head.as_str()))
+        .cloned()
+        .collect();
+    Json(Value::Array(found)).into_response()
+}
+
 /// A workflow job as `GET /repos/{o}/{r}/actions/runs/{id}/jobs` lists it.
 fn rest_job(id: i64, status: &str, labels: &[&str]) -> Value {
     json!({
@@ -356,6 +394,8 @@ async fn start_fake(base_path: &str, token_lifetime: i64) -> (String, Fake) {
             get(run_jobs),
         )
         .route("/repos/{owner}/{repo}/actions/jobs/{id}", get(one_job))
+        .route("/repos/{owner}/{repo}/actions/runs/{id}", get(one_run))
+        .route("/repos/{owner}/{repo}/pulls", get(pulls))
         .route(
             "/repos/{owner}/{repo}/actions/runners/{id}",
             delete(delete_runner),
@@ -898,4 +938,128 @@ pub async fn a_runner_swap_rebinds_both_jobs(store: Arc<dyn nimbus_core::Store>)
         .expect("get")
         .expect("queued again");
     assert_eq!(requeued.status, nimbus_core::JobStatus::Queued);
+}
+
+/// A workflow run as GitHub's API shows it: `event`, head repository and branch,
+/// the repository's default branch, its pull requests (empty for a fork's).
+fn run(id: i64, event: &str, head_repo: &str, head_branch: &str, pulls: Value) -> Value {
+    json!({
+        "id": id, "event": event, "head_branch": head_branch,
+        "repository": {"full_name": "acme/app", "default_branch": "main"},
+        "head_repository": {"full_name": head_repo,
+                            "owner": {"login": head_repo.split('/').next().unwrap_or("")}},
+        "pull_requests": pulls,
+    })
+}
+
+/// Hole 6: the cache ref came from the webhook's `head_branch` and every job got a
+/// write token, so a fork's pull request from a branch named `main` wrote the
+/// default branch's cache. Now the scope is GitHub's: from the run's event, head
+/// repository and pull request.
+pub async fn github_cache_tokens_follow_githubs_scoping(store: Arc<dyn nimbus_core::Store>) {
+    use nimbus_core::cache_token::{CachePermission, CacheTokenKeys};
+    let (url, fake) = start_fake("", 3600).await;
+    {
+        let mut state = fake.state.lock().expect("lock");
+        state
+            .runs
+            .insert(5001, run(5001, "push", "acme/app", "feature", json!([])));
+        state.runs.insert(
+            5002,
+            run(
+                5002,
+                "pull_request",
+                "acme/app",
+                "topic",
+                json!([{"number": 8, "base": {"ref": "release"}, "head": {"ref": "topic"}}]),
+            ),
+        );
+        state.runs.insert(
+            5003,
+            run(5003, "pull_request", "mallory/app", "main", json!([])),
+        );
+        state.runs.insert(
+            5004,
+            run(5004, "pull_request_target", "eve/app", "main", json!([])),
+        );
+        state
+            .pulls
+            .push(json!({"number": 9, "base": {"ref": "main"},
+                                "head": {"label": "mallory:main", "ref": "main"}}));
+    }
+    let api = Api::new(
+        store,
+        &[
+            ("NIMBUS_GITHUB_APP_ID", &APP_ID.to_string()),
+            ("NIMBUS_GITHUB_APP_PRIVATE_KEY", &key_pair().0),
+            ("NIMBUS_GITHUB_API_URL", &url),
+        ],
+    )
+    .await;
+    let keys = CacheTokenKeys::new(&nimbus_core::Secret::new(crate::api::CACHE_SECRET));
+    // run id → (ref written, base ref, permission)
+    let cases = [
+        (5001, "refs/heads/feature", None, CachePermission::Write),
+        (
+            5002,
+            "refs/pull/8/merge",
+            Some("refs/heads/release"),
+            CachePermission::Write,
+        ),
+        // The fork's pull request (its branch is called main): found through the
+        // pulls API; writes its merge ref only.
+        (
+            5003,
+            "refs/pull/9/merge",
+            Some("refs/heads/main"),
+            CachePermission::Write,
+        ),
+        // A run GitHub shows no pull request for: restore only.
+        (5004, "refs/heads/main", None, CachePermission::Read),
+        // A run GitHub does not know: restore only.
+        (5999, "refs/heads/main", None, CachePermission::Read),
+    ];
+    for (index, (run_id, git_ref, base_ref, permission)) in cases.into_iter().enumerate() {
+        let mut payload = workflow_job("queued", 9100 + index as i64, &["nimbus"]);
+        payload["workflow_job"]["run_id"] = json!(run_id);
+        payload["workflow_job"]["head_branch"] = json!("main");
+        let queued = api
+            .webhook("workflow_job", &uuid::Uuid::new_v4().to_string(), &payload)
+            .await;
+        assert_eq!(queued.status, StatusCode::CREATED, "{:?}", queued.body);
+        let lease = api
+            .call(
+                "POST",
+                "/api/jobs/lease",
+                Some(&api.agent()),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            lease.body["job"]["github"]["run_id"], run_id,
+            "{:?}",
+            lease.body
+        );
+        let token = lease.body["cache_token"].as_str().expect("cache token");
+        let scope = keys.verify(token).expect("verifies");
+        assert_eq!(
+            (
+                scope.git_ref.as_str(),
+                scope.base_ref.as_deref(),
+                scope.permission
+            ),
+            (git_ref, base_ref, permission),
+            "run {run_id}"
+        );
+        assert_eq!(scope.default_ref, "refs/heads/main");
+        let done = api
+            .call(
+                "POST",
+                &format!("/api/jobs/{}/complete", lease.body["job"]["id"]),
+                Some(&api.agent()),
+                Some(json!({"fencing_token": lease.body["fencing_token"], "status": "succeeded", "exit_code": 0})),
+            )
+            .await;
+        assert_eq!(done.status, StatusCode::OK);
+    }
 }

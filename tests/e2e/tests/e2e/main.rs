@@ -5,6 +5,7 @@ mod control_plane;
 mod dev_up;
 mod github;
 mod host_agent;
+mod isolation;
 mod isolation_matrix;
 mod logging;
 mod policy;
