@@ -155,10 +155,14 @@ pub(crate) fn body_stream(body: Body) -> ByteStream {
     )
 }
 
+/// A `Range` no byte of the object satisfies (416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// Parses `Range: bytes=S-E | S- | -N` against an object of `size` bytes.
 /// `Ok(None)`: no (or an ignorable) Range header; `Err`: unsatisfiable. Any
 /// header gets an answer, never a panic (fuzzed).
-pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<ByteRange>, ()> {
+pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<ByteRange>, Unsatisfiable> {
     let Some(raw) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
@@ -173,24 +177,24 @@ pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<ByteRange>, 
     };
     let (start, end) = match (start.trim(), end.trim()) {
         ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
+            let n: u64 = suffix.parse().map_err(|_| Unsatisfiable)?;
             if n == 0 {
-                return Err(());
+                return Err(Unsatisfiable);
             }
             (size.saturating_sub(n), size)
         }
-        (start, "") => (start.parse().map_err(|_| ())?, size),
+        (start, "") => (start.parse().map_err(|_| Unsatisfiable)?, size),
         (start, end) => {
-            let start: u64 = start.parse().map_err(|_| ())?;
-            let end: u64 = end.parse().map_err(|_| ())?;
+            let start: u64 = start.parse().map_err(|_| Unsatisfiable)?;
+            let end: u64 = end.parse().map_err(|_| Unsatisfiable)?;
             if end < start {
-                return Err(());
+                return Err(Unsatisfiable);
             }
             (start, end.saturating_add(1).min(size))
         }
     };
     if start >= size {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some(ByteRange { start, end }))
 }
@@ -204,7 +208,7 @@ pub(crate) async fn serve_entry(
 ) -> Result<Response> {
     let range = match parse_range(headers, entry.size) {
         Ok(range) => range,
-        Err(()) => {
+        Err(Unsatisfiable) => {
             let mut response = Error::InvalidInput(format!(
                 "the requested range is outside the entry's {} bytes",
                 entry.size
@@ -401,7 +405,7 @@ pub async fn run(config: ProxyConfig) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn range(value: &str, size: u64) -> Result<Option<ByteRange>, ()> {
+    fn range(value: &str, size: u64) -> Result<Option<ByteRange>, Unsatisfiable> {
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, HeaderValue::from_str(value).expect("header"));
         parse_range(&headers, size)
@@ -434,9 +438,9 @@ mod tests {
                 end: 100
             }))
         );
-        assert_eq!(range("bytes=100-", 100), Err(()));
-        assert_eq!(range("bytes=9-3", 100), Err(()));
-        assert_eq!(range("bytes=x-3", 100), Err(()));
+        assert_eq!(range("bytes=100-", 100), Err(Unsatisfiable));
+        assert_eq!(range("bytes=9-3", 100), Err(Unsatisfiable));
+        assert_eq!(range("bytes=x-3", 100), Err(Unsatisfiable));
         assert_eq!(range("items=0-3", 100), Ok(None));
     }
 }
