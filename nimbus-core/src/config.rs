@@ -46,6 +46,8 @@ pub const VARIABLES: &[VarDoc] = &[
     VarDoc { name: "NIMBUS_RUNNER_LABELS", default: "nimbus", meaning: "Comma-separated labels; a `workflow_job` is taken when its `labels` include one of them." },
     VarDoc { name: "NIMBUS_JOB_LEASE_TTL", default: "300", meaning: "Seconds a lease lives without a heartbeat." },
     VarDoc { name: "NIMBUS_JOB_MAX_ATTEMPTS", default: "3", meaning: "Leases a job may lose (expire) before it is marked `failed`." },
+    VarDoc { name: "NIMBUS_SCHEDULER", default: "fair", meaning: "Which queued job an agent gets: `fair` (weighted fair share across the orgs with queued work; oldest first within an org) or `fifo` (the oldest job of any org)." },
+    VarDoc { name: "NIMBUS_SCHEDULER_WEIGHTS", default: "(all 1)", meaning: "Fair-share weights, `ORG=WEIGHT` comma-separated (e.g. `1=3,2=1`: org 1 gets three leases for each of org 2's while both have work); 1 to 1000." },
     VarDoc { name: "NIMBUS_REAPER_INTERVAL", default: "5", meaning: "Seconds between sweeps that return expired leases to the queue (fractions allowed)." },
     VarDoc { name: "NIMBUS_JOB_POLICY_PATH", default: "(none)", meaning: "YAML admission policy every job passes before it is queued (docs/policy-as-code.md); reloaded on change and on SIGHUP. Unset: every job is admitted." },
     VarDoc { name: "NIMBUS_ORG_JOB_RATE_LIMIT", default: "100", meaning: "Jobs one org may submit per interval (webhooks and direct submissions together)." },
@@ -274,6 +276,8 @@ pub struct ControlPlaneConfig {
     pub metadata_sink_url: Option<String>,
     /// GitHub API access (App or token); `None` leaves GitHub jobs without runners.
     pub github: Option<crate::github::GithubConfig>,
+    /// Which queued job an asking agent gets (`NIMBUS_SCHEDULER`, `…_WEIGHTS`).
+    pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
 impl ControlPlaneConfig {
@@ -313,6 +317,7 @@ impl ControlPlaneConfig {
             runner_labels,
             lease_ttl: env.seconds_or("NIMBUS_JOB_LEASE_TTL", Duration::from_secs(300))?,
             max_attempts: env.positive_u32("NIMBUS_JOB_MAX_ATTEMPTS", 3)?,
+            scheduler: crate::scheduler::SchedulerConfig::from_env(env)?,
             reaper_interval: env.seconds_or("NIMBUS_REAPER_INTERVAL", Duration::from_secs(5))?,
             org_job_rate_limit: env.positive_u32("NIMBUS_ORG_JOB_RATE_LIMIT", 100)?,
             org_rate_interval: env

@@ -123,6 +123,13 @@ pub struct GithubJobUpdate {
     pub runner_name: Option<String>,
 }
 
+/// An org with queued work, and its oldest queued job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedOrg {
+    pub org_id: OrgId,
+    pub oldest_job: JobId,
+}
+
 /// Who asks for a lease, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRequest {
@@ -211,6 +218,15 @@ pub trait JobQueue: Send + Sync {
 
     /// Number of jobs per status (for gauges and reports).
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>>;
+
+    /// The orgs that have queued jobs, with the id of each one's oldest (what a
+    /// scheduler chooses among), in org order.
+    async fn queued_orgs(&self) -> Result<Vec<QueuedOrg>>;
+
+    /// Cancels job `job_id` if it is queued or leased (a lease ends with it: its
+    /// holder's next heartbeat is refused). `None` if it had already ended.
+    async fn cancel(&self, job_id: JobId, reason: &str, now: OffsetDateTime)
+        -> Result<Option<Job>>;
 }
 
 /// Fenced leases on queued jobs.

@@ -58,6 +58,19 @@ pub(crate) fn lease_sql(claim_suffix: &str, one_org: bool) -> String {
     )
 }
 
+/// The orgs with queued jobs, by a skip scan of the `jobs_queued_by_org` partial
+/// index (one probe per org, not one row per job: an org with 100,000 queued jobs
+/// costs what an org with one does), each with its oldest queued job.
+pub(crate) const QUEUED_ORGS: &str = "WITH RECURSIVE busy(org_id) AS ( \
+       SELECT MIN(org_id) FROM jobs WHERE status = 'queued' \
+       UNION ALL \
+       SELECT (SELECT MIN(j.org_id) FROM jobs j WHERE j.status = 'queued' AND j.org_id > busy.org_id) \
+       FROM busy WHERE busy.org_id IS NOT NULL \
+     ) \
+     SELECT busy.org_id, \
+       (SELECT MIN(j.id) FROM jobs j WHERE j.status = 'queued' AND j.org_id = busy.org_id) AS oldest \
+     FROM busy WHERE busy.org_id IS NOT NULL";
+
 pub(crate) const INSERT_DELIVERY: &str =
     "INSERT INTO webhook_deliveries (delivery_id, received_at) \
      VALUES ($1, $2) ON CONFLICT (delivery_id) DO NOTHING";
@@ -117,6 +130,14 @@ pub(crate) const SET_GITHUB_REF: &str = "UPDATE jobs SET github_job_id = $1, git
      github_run_attempt = $3, github_workflow_name = $4, github_job_name = $5, github_head_sha = $6, \
      github_head_branch = $7, github_installation_id = $8, github_status = $9, github_conclusion = $10, \
      github_runner_name = $11, repo = $12, repo_id = $13, updated_at = $14 WHERE id = $15";
+
+pub(crate) static CANCEL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET status = 'cancelled', failure_reason = $1, finished_at = $2, \
+         updated_at = $2, lease_expires_at = NULL \
+         WHERE id = $3 AND status IN ('queued', 'leased') RETURNING {JOB_COLUMNS}"
+    )
+});
 
 pub(crate) const HEARTBEAT: &str = "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
      WHERE id = $3 AND status = 'leased' AND fencing_token = $4 AND agent_id = $5 \
@@ -477,6 +498,33 @@ macro_rules! impl_shared_store {
                     .await?;
                 tx.commit().await?;
                 Ok(other.map(|job| job.id))
+            }
+
+            async fn cancel(
+                &self,
+                job_id: __JobId,
+                reason: &str,
+                now: time::OffsetDateTime,
+            ) -> __Result<Option<__Job>> {
+                let row: Option<__JobRow> = sqlx::query_as(__sql::CANCEL.as_str())
+                    .bind(reason)
+                    .bind(__to_millis(now))
+                    .bind(job_id)
+                    .fetch_optional(&self.writer)
+                    .await?;
+                row.map(__Job::try_from).transpose()
+            }
+
+            async fn queued_orgs(&self) -> __Result<Vec<$crate::store::QueuedOrg>> {
+                let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(__sql::QUEUED_ORGS)
+                    .fetch_all(&self.reader)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(org_id, oldest)| {
+                        oldest.map(|oldest_job| $crate::store::QueuedOrg { org_id, oldest_job })
+                    })
+                    .collect())
             }
 
             async fn count_by_status(&self) -> __Result<Vec<(__JobStatus, i64)>> {

@@ -532,6 +532,73 @@ pub async fn leases_belong_to_the_agent_that_took_them(store: Arc<dyn Store>) {
     assert_eq!(refused.kind(), ErrorKind::Conflict);
 }
 
+/// Queues `count` direct jobs of `org` (in one go where the store allows).
+pub async fn queue_many(store: &Arc<dyn Store>, org: OrgId, count: usize) {
+    for _ in 0..count {
+        store
+            .enqueue(
+                direct_job(org, "acme/app", &["nimbus"]),
+                &Admission::default(),
+                t0(),
+            )
+            .await
+            .expect("enqueue");
+    }
+}
+
+/// The fair-share scheduler over this store: org A queues 1,000 jobs, then org B
+/// queues one; B's job is among the next two leases, and the two orgs then take
+/// turns instead of B waiting behind A's thousand.
+pub async fn fair_share_serves_a_newcomer_at_once(store: Arc<dyn Store>) {
+    use crate::scheduler::{FairShare, Scheduler};
+    let fair = FairShare::new(Default::default());
+    queue_many(&store, 1, 1000).await;
+    queue_many(&store, 2, 1).await;
+    let mut orgs = Vec::new();
+    for _ in 0..2 {
+        let lease = fair
+            .lease(store.as_ref(), &lease_request("agent", 60), t0())
+            .await
+            .expect("lease")
+            .expect("a job");
+        orgs.push(lease.job.org_id);
+    }
+    assert!(
+        orgs.contains(&2),
+        "B's job is among the next two leases: {orgs:?}"
+    );
+    assert_eq!(
+        store
+            .queued_orgs()
+            .await
+            .expect("orgs")
+            .iter()
+            .map(|org| org.org_id)
+            .collect::<Vec<_>>(),
+        vec![1],
+        "only A has work left"
+    );
+}
+
+/// With weights 3:1 and both orgs busy, 400 leases go 3:1 (within 5 %).
+pub async fn fair_share_follows_the_weights(store: Arc<dyn Store>) {
+    use crate::scheduler::{FairShare, Scheduler};
+    let fair = FairShare::new([(1, 3), (2, 1)].into_iter().collect());
+    queue_many(&store, 2, 400).await;
+    queue_many(&store, 1, 400).await;
+    let mut served = std::collections::HashMap::new();
+    for _ in 0..400 {
+        let lease = fair
+            .lease(store.as_ref(), &lease_request("agent", 60), t0())
+            .await
+            .expect("lease")
+            .expect("a job");
+        *served.entry(lease.job.org_id).or_insert(0u32) += 1;
+    }
+    let (a, b) = (served[&1], served[&2]);
+    assert!((285..=315).contains(&a) && a + b == 400, "A {a}, B {b}");
+}
+
 pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>) {
     let job = store
         .enqueue(
@@ -1068,6 +1135,8 @@ macro_rules! store_test_suite {
                 rate_limited_admission_writes_nothing,
                 lease_heartbeat_complete_are_fenced,
                 leases_belong_to_the_agent_that_took_them,
+                fair_share_serves_a_newcomer_at_once,
+                fair_share_follows_the_weights,
                 expired_lease_is_requeued_with_a_higher_token,
                 jobs_fail_after_max_attempts,
                 concurrent_leases_never_hand_out_a_job_twice,
