@@ -1,52 +1,58 @@
-//! A Nimbus control plane embedded in another tokio program.
+//! A Nimbus control plane embedded in another tokio program, called in-process:
+//! the API's methods take the caller (a `Principal`) and typed requests, apply
+//! the same rules as the HTTP API, and need no server and no tokens. The agent
+//! side goes through `JobSource`, the seam a host agent leases through.
 //!
 //! `cargo run -p nimbus-examples --example embedded_control_plane`
 
 use std::time::Duration;
 
-use nimbus_core::auth::{JwtKeys, Role};
-use nimbus_core::client::ControlPlaneClient;
-use nimbus_core::control_plane::{self, ControlPlane};
-use nimbus_core::domain::{Completion, CompletionStatus};
-use nimbus_core::{ControlPlaneConfig, Env, Secret};
+use nimbus_core::auth::Principal;
+use nimbus_core::control_plane::{ControlPlane, JobRequest};
+use nimbus_core::domain::{Completion, CompletionStatus, Step};
+use nimbus_core::{ControlPlaneConfig, Env, JobSource};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Configuration comes from a map here, not the process environment.
-    let secret = "example-secret-0123456789";
-    let config = ControlPlaneConfig::from_env(&Env::from_map([("NIMBUS_JWT_SECRET", secret)]))?;
+    let config = ControlPlaneConfig::from_env(&Env::from_map([(
+        "NIMBUS_JWT_SECRET",
+        "example-secret-0123456789",
+    )]))?;
     // Any `Arc<dyn Store>` works: an in-memory SQLite database for this example.
     let store = nimbus_core::store::open("sqlite::memory:", 1).await?;
-    let state = ControlPlane::new(config, store)?;
+    let control_plane = ControlPlane::new(config, store)?;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(control_plane::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
-
-    let keys = JwtKeys::new(&Secret::new(secret));
-    let token = |sub: &str, role, org| {
-        keys.mint(sub, role, org, Duration::from_secs(300))
-            .map(Secret::new)
+    let admin = Principal::Admin {
+        sub: "example-admin".into(),
     };
-    let admin = ControlPlaneClient::new(&url, Some(token("example-admin", Role::Admin, None)?))?;
-    let org = ControlPlaneClient::new(&url, Some(token("example-org", Role::Org, Some(1))?))?;
-    let agent = ControlPlaneClient::new(&url, Some(token("example-agent", Role::Agent, None)?))?;
-
-    admin.upsert_org(1, "acme").await?;
-    let job = org
-        .submit_job(&serde_json::json!({
-            "repo": "acme/app",
-            "labels": ["nimbus", "param:python=3.12"],
-            "steps": [{"name": "hello", "run": "echo hello"}]
-        }))
+    let org = Principal::Org {
+        org_id: 1,
+        sub: "example-org".into(),
+    };
+    control_plane.upsert_org(&admin, 1, "acme").await?;
+    let job = control_plane
+        .submit(
+            &org,
+            JobRequest {
+                repo: "acme/app".into(),
+                labels: vec!["nimbus".into(), "param:python=3.12".into()],
+                steps: vec![Step {
+                    name: Some("hello".into()),
+                    run: "echo hello".into(),
+                    env: Default::default(),
+                    working_directory: None,
+                }],
+                ..JobRequest::default()
+            },
+        )
         .await?;
     println!("submitted job {} ({})", job.id, job.status);
 
+    // What a host agent in this process holds: the in-process JobSource.
+    let agent = control_plane.agent("example-agent");
     let lease = agent
-        .lease(Duration::from_secs(5))
+        .lease(Duration::from_secs(5), None)
         .await?
         .ok_or("no job to lease")?;
     println!(
@@ -65,8 +71,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     println!("job {} is {}", done.id, done.status);
-
-    let _ = stop.send(());
-    server.await??;
+    let analytics = control_plane
+        .metadata_values(&org, "python", None, 10)
+        .await?;
+    println!("jobs by python version: {analytics:?}");
     Ok(())
 }

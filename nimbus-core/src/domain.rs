@@ -342,6 +342,26 @@ impl Job {
     }
 }
 
+/// What the guest starts a GitHub job's Actions runner with
+/// (`GET /api/jobs/{id}/runner-config`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerConfig {
+    pub runner_name: String,
+    pub runner_id: i64,
+    /// A credential: never log it.
+    pub encoded_jit_config: String,
+}
+
+impl fmt::Debug for RunnerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerConfig")
+            .field("runner_name", &self.runner_name)
+            .field("runner_id", &self.runner_id)
+            .field("encoded_jit_config", &"***")
+            .finish()
+    }
+}
+
 /// A host agent, as named by the `sub` of its token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agent {

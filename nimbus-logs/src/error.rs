@@ -29,6 +29,20 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether sending the same thing again can never succeed: a bad batch, a
+    /// credential that is not accepted. Busy and unavailable sinks are worth a retry.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidRecord { .. }
+                | Error::InvalidInput(_)
+                | Error::Unauthenticated(_)
+                | Error::Forbidden(_)
+        )
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
         Error::Sink(format!("sqlite: {error}"))

@@ -13,7 +13,7 @@ use nimbus_core::client::ControlPlaneClient;
 use nimbus_core::control_plane::{self, ControlPlane};
 use nimbus_core::domain::Job;
 use nimbus_core::store::Store;
-use nimbus_core::{store, ClientConfig, ControlPlaneConfig, Env, Secret};
+use nimbus_core::{store, ControlPlaneConfig, Env, Secret};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
 use serde_json::{json, Value};
 
@@ -89,19 +89,24 @@ async fn setup(name: &str, extra: &[(&str, &str)], job: Value) -> Option<Setup> 
     let job = org.submit_job(&job).await.expect("submit");
 
     let mut agent_config = AgentConfig::from_env(&env).expect("agent config");
-    agent_config.client = ClientConfig {
-        control_plane_url: url,
-        token: Some(token(Role::Agent, None)),
-    };
+    let jobs: std::sync::Arc<dyn nimbus_core::JobSource> = std::sync::Arc::new(
+        ControlPlaneClient::new(url, Some(token(Role::Agent, None))).expect("client"),
+    );
     agent_config.agent_id = "agent-it".into();
     agent_config.max_vms = 1;
     agent_config.logs_url = None;
     agent_config.lease_wait = Duration::from_secs(1);
     let metrics = AgentMetrics::new().expect("metrics");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::run(agent_config, metrics.clone(), async {
-        let _ = stopped.await;
-    }));
+    let agent = tokio::spawn(agent::run(
+        agent_config,
+        jobs,
+        agent::LogDestination::Nowhere,
+        metrics.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Some(Setup {
         dir,
         store,

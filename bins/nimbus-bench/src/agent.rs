@@ -1,22 +1,23 @@
-//! Job pickup + boot: from `POST /api/jobs` to the job's first log line stored by the
-//! logging pipeline, per driver, through the real control plane, host agent and
-//! pipeline (in-process, over loopback HTTP). Median of N jobs run one at a time.
+//! Job pickup + boot: from a job's submission to its first log line stored, per
+//! driver, through the real control plane, host agent and log sink, all in this
+//! process and composed as an embedder would: the agent leases through the
+//! in-process API (`ControlPlane::agent`) and writes lines to the sink directly.
+//! Median of N jobs run one at a time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nimbus_core::auth::{JwtKeys, Role};
-use nimbus_core::client::ControlPlaneClient;
-use nimbus_core::control_plane::{self, ControlPlane};
-use nimbus_core::{ClientConfig, ControlPlaneConfig, Env, Secret};
-use nimbus_logs::pipeline::{self, Backend, Pipeline, PipelineConfig};
+use async_trait::async_trait;
+use nimbus_core::auth::Principal;
+use nimbus_core::control_plane::{ControlPlane, JobRequest};
+use nimbus_core::domain::Step;
+use nimbus_core::{ControlPlaneConfig, Env};
 use nimbus_logs::sink::sqlite::SqliteSink;
-use nimbus_logs::{LogQuery, LogSink, Order};
+use nimbus_logs::{LogQuery, LogRecord, LogSink, MetadataRecord, Order, Stats};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
 use serde::Serialize;
-use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,7 +45,50 @@ struct Report {
     drivers: Vec<DriverReport>,
 }
 
-const SECRET: &str = "nimbus-bench-agent-secret";
+const SECRET: &str = "nimbus-bench-agent-secret-0123456789";
+
+/// A sink that says when lines were written (a layer over any sink).
+struct Notifying<S> {
+    inner: S,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl<S: LogSink> LogSink for Notifying<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn write(&self, batch: &[LogRecord]) -> nimbus_logs::Result<u64> {
+        let written = self.inner.write(batch).await?;
+        self.wake.notify_waiters();
+        Ok(written)
+    }
+    async fn stored_seqs(&self, job_id: u64) -> nimbus_logs::Result<Vec<u64>> {
+        self.inner.stored_seqs(job_id).await
+    }
+    async fn query(&self, query: &LogQuery) -> nimbus_logs::Result<Vec<LogRecord>> {
+        self.inner.query(query).await
+    }
+    async fn prune(&self, older_than: i64) -> nimbus_logs::Result<u64> {
+        self.inner.prune(older_than).await
+    }
+    async fn write_metadata(&self, rows: &[MetadataRecord]) -> nimbus_logs::Result<u64> {
+        self.inner.write_metadata(rows).await
+    }
+    async fn query_metadata(
+        &self,
+        job_id: u64,
+        org_id: Option<u64>,
+    ) -> nimbus_logs::Result<Vec<MetadataRecord>> {
+        self.inner.query_metadata(job_id, org_id).await
+    }
+    async fn prune_metadata(&self, older_than: i64) -> nimbus_logs::Result<u64> {
+        self.inner.prune_metadata(older_than).await
+    }
+    async fn stats(&self, org_id: Option<u64>) -> nimbus_logs::Result<Stats> {
+        self.inner.stats(org_id).await
+    }
+}
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
@@ -81,78 +125,50 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
     let config = ControlPlaneConfig::from_env(&env)?;
     let store = nimbus_core::store::open(&config.database_url, 4).await?;
     let state = ControlPlane::new(config, store)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let control_plane_url = format!("http://{}", listener.local_addr()?);
-    let serving = tokio::spawn(control_plane::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
-
-    // Logging pipeline; its wake-up tells us when lines are stored.
-    let sink: Arc<dyn LogSink> = Arc::new(SqliteSink::open(&dir.join("logs.db")).await?);
-    let pipeline_config = PipelineConfig {
-        listen: "127.0.0.1:0".parse()?,
-        backend: Backend::Sqlite {
-            path: dir.join("logs.db"),
-        },
-        jwt_secret: Secret::new(SECRET),
-        metrics_token: None,
-        log_retention_days: 30,
-        metadata_retention_days: 90,
-        max_buffered_lines: 500_000,
-        flush_lines: 50_000,
-        flush_interval: Duration::from_millis(1),
-        follow: Default::default(),
+    let admin = Principal::Admin {
+        sub: "bench".into(),
     };
-    let pipeline_state = Pipeline::new(&pipeline_config, sink.clone())?;
-    let wake = pipeline_state.wake.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let logs_url = format!("http://{}", listener.local_addr()?);
-    let pipeline_serving = tokio::spawn(async move {
-        let _ = pipeline::serve(
-            &pipeline_config,
-            pipeline_state,
-            listener,
-            std::future::pending(),
-        )
-        .await;
+    let org = Principal::Org {
+        org_id: 1,
+        sub: "bench".into(),
+    };
+    state.upsert_org(&admin, 1, "bench").await?;
+
+    // Where the agent's lines go; the wrapper says when they are stored.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let sink: Arc<dyn LogSink> = Arc::new(Notifying {
+        inner: SqliteSink::open(&dir.join("logs.db")).await?,
+        wake: wake.clone(),
     });
-
-    let keys = JwtKeys::new(&Secret::new(SECRET));
-    let token = |role, org| -> Result<Secret> {
-        Ok(Secret::new(keys.mint(
-            "bench",
-            role,
-            org,
-            Duration::from_secs(3600),
-        )?))
-    };
-    let admin =
-        ControlPlaneClient::new(control_plane_url.clone(), Some(token(Role::Admin, None)?))?;
-    admin.upsert_org(1, "bench").await?;
-    let org = ControlPlaneClient::new(control_plane_url.clone(), Some(token(Role::Org, Some(1))?))?;
 
     // Host agent.
     let mut agent_config = AgentConfig::from_env(&env)?;
-    agent_config.client = ClientConfig {
-        control_plane_url,
-        token: Some(token(Role::Agent, None)?),
-    };
     agent_config.agent_id = "bench-host".into();
     agent_config.max_vms = 1;
-    agent_config.logs_url = Some(logs_url);
     let agent = tokio::spawn(agent::run(
         agent_config,
+        Arc::new(state.agent("bench-host")),
+        agent::LogDestination::Sink(sink.clone()),
         AgentMetrics::new()?,
         std::future::pending(),
     ));
 
-    let job = json!({"repo": "bench/app", "labels": ["nimbus"], "steps": [{"run": "echo first line"}], "timeout_minutes": 5});
+    let job = JobRequest {
+        repo: "bench/app".into(),
+        labels: vec!["nimbus".into()],
+        steps: vec![Step {
+            name: None,
+            run: "echo first line".into(),
+            env: Default::default(),
+            working_directory: None,
+        }],
+        timeout_minutes: Some(5),
+        ..JobRequest::default()
+    };
     let mut samples = Vec::with_capacity(runs + 1);
     for run in 0..=runs {
         let started = Instant::now();
-        let submitted = org.submit_job(&job).await?;
+        let submitted = state.submit(&org, job.clone()).await?;
         let query = LogQuery {
             job_id: Some(submitted.id as u64),
             limit: 1,
@@ -175,7 +191,7 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
         let elapsed = started.elapsed();
         // Let the job finish before the next (one VM at a time).
         for _ in 0..2400 {
-            let status = admin.get_job(submitted.id).await?.status.to_string();
+            let status = state.job(&admin, submitted.id).await?.status.to_string();
             if matches!(
                 status.as_str(),
                 "succeeded" | "failed" | "timed_out" | "cancelled"
@@ -189,8 +205,7 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
         }
     }
     agent.abort();
-    serving.abort();
-    pipeline_serving.abort();
+    state.begin_shutdown();
     let _ = std::fs::remove_dir_all(&dir);
     samples.sort_by(|a, b| a.total_cmp(b));
     let n = samples.len();

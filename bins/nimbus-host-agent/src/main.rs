@@ -78,7 +78,12 @@ fn main() -> ExitCode {
             tracing::warn!("second signal: exiting without draining");
             std::process::exit(130);
         });
-        agent::run(config, metrics, async {
+        let jobs: std::sync::Arc<dyn nimbus_core::JobSource> = std::sync::Arc::new(
+            nimbus_core::client::ControlPlaneClient::from_config(&config.client)
+                .map_err(|e| nimbus_vmm::Error::Config(e.to_string()))?,
+        );
+        let logs = agent::LogDestination::from_config(&config);
+        agent::run(config, jobs, logs, metrics, async {
             let _ = first_seen.await;
         })
         .await

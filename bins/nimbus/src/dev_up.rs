@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::auth::{JwtKeys, Role};
 use nimbus_core::control_plane::{self, ControlPlane};
-use nimbus_core::{ClientConfig, ControlPlaneConfig, Env, Secret};
+use nimbus_core::{ControlPlaneConfig, Env, Secret};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -261,6 +262,8 @@ async fn run(env: Env, data_dir: PathBuf) -> Result<(), String> {
     let listener = bind(&config.listen.to_string()).await?;
     let control_plane_url = format!("http://{}", config.listen);
     let state = ControlPlane::new(config, store).map_err(|e| text(&e))?;
+    // The agent below leases through the API in this process, not over HTTP.
+    let agent_jobs: Arc<dyn nimbus_core::JobSource> = Arc::new(state.agent("dev-agent"));
     let control_plane = tokio::spawn(control_plane::serve(state, listener, until_stopped()));
 
     // Logging pipeline.
@@ -271,6 +274,8 @@ async fn run(env: Env, data_dir: PathBuf) -> Result<(), String> {
         .map_err(|e| text(&e))?;
     let listener = bind(&pipeline_config.listen.to_string()).await?;
     let logs_url = format!("http://{}", pipeline_config.listen);
+    // The agent below writes its jobs' lines to the pipeline's sink directly.
+    let agent_logs = nimbus_vmm::agent::LogDestination::Sink(sink.clone());
     let pipeline_state =
         nimbus_logs::pipeline::Pipeline::new(&pipeline_config, sink).map_err(|e| text(&e))?;
     let shutdown = until_stopped();
@@ -296,22 +301,7 @@ async fn run(env: Env, data_dir: PathBuf) -> Result<(), String> {
 
     // Host agent, once the assets are there.
     let mut agent_config = nimbus_vmm::agent::AgentConfig::from_env(&env).map_err(|e| text(&e))?;
-    let agent_secret = env
-        .secret("NIMBUS_JWT_SECRET")
-        .ok_or("NIMBUS_JWT_SECRET is missing from dev.env")?;
-    let agent_token = JwtKeys::new(&agent_secret)
-        .mint(
-            "dev-agent",
-            Role::Agent,
-            None,
-            Duration::from_secs(365 * 86_400),
-        )
-        .map_err(|e| text(&e))?;
-    agent_config.client = ClientConfig {
-        control_plane_url: control_plane_url.clone(),
-        token: Some(Secret::new(agent_token)),
-    };
-    agent_config.logs_url = Some(logs_url.clone());
+    agent_config.agent_id = "dev-agent".into();
     agent_config.cache_url = Some(cache_url.clone());
     let assets_dir = agent_config.vmm.assets_dir.clone();
     let assets_ready = match tokio::task::spawn_blocking(move || ensure_assets(&assets_dir)).await {
@@ -323,6 +313,8 @@ async fn run(env: Env, data_dir: PathBuf) -> Result<(), String> {
             let metrics = nimbus_vmm::agent::AgentMetrics::new().map_err(|e| text(&e))?;
             Some(tokio::spawn(nimbus_vmm::agent::run(
                 agent_config,
+                agent_jobs,
+                agent_logs,
                 metrics,
                 until_stopped(),
             )))

@@ -11,11 +11,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use nimbus_core::auth::{JwtKeys, Role};
-use nimbus_core::client::ControlPlaneClient;
-use nimbus_core::control_plane::{self, ControlPlane};
+use nimbus_core::auth::Principal;
+use nimbus_core::control_plane::{ControlPlane, JobRequest, LeaseOptions};
 use nimbus_core::domain::{Completion, CompletionStatus};
-use nimbus_core::{ControlPlaneConfig, Env, Secret};
+use nimbus_core::{ControlPlaneConfig, Env};
 use nimbus_vmm::launch;
 use nimbus_vmm::protocol::{StepOutcome, Stream};
 use nimbus_vmm::select::{self, VmmConfig};
@@ -204,20 +203,23 @@ pub fn run(file: &Path, only: Option<&str>) -> Result<i32, String> {
     })
 }
 
-/// The in-process control plane the local jobs go through.
+/// The in-process control plane the local jobs go through: its API, called
+/// directly (no server, no tokens), as org 1 submitting and an agent leasing.
 struct LocalControlPlane {
-    org: ControlPlaneClient,
-    agent: ControlPlaneClient,
-    stop: tokio::sync::oneshot::Sender<()>,
+    state: nimbus_core::control_plane::AppState,
+    org: Principal,
+    agent: Principal,
 }
 
 impl LocalControlPlane {
     async fn start() -> Result<Self, String> {
         let text = |e: &dyn std::fmt::Display| e.to_string();
+        // A secret of its own: the API is called in-process, but leases still mint
+        // cache and log tokens with it.
         let secret = format!("nimbus-run-{}", uuid::Uuid::new_v4().simple());
         let data_dir = std::env::temp_dir().join(format!("nimbus-run-{}", std::process::id()));
         let config = ControlPlaneConfig::from_env(&Env::from_map([
-            ("NIMBUS_JWT_SECRET", secret.clone()),
+            ("NIMBUS_JWT_SECRET", secret),
             ("NIMBUS_DATA_DIR", data_dir.display().to_string()),
         ]))
         .map_err(|e| text(&e))?;
@@ -225,29 +227,22 @@ impl LocalControlPlane {
             .await
             .map_err(|e| text(&e))?;
         let state = ControlPlane::new(config, store).map_err(|e| text(&e))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| text(&e))?;
-        let url = format!("http://{}", listener.local_addr().map_err(|e| text(&e))?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(control_plane::serve(state, listener, async {
-            let _ = stopped.await;
-        }));
-        let keys = JwtKeys::new(&Secret::new(secret));
-        let client = |role, org| -> Result<ControlPlaneClient, String> {
-            let token = keys
-                .mint("nimbus-run", role, org, Duration::from_secs(7 * 86_400))
-                .map_err(|e| text(&e))?;
-            ControlPlaneClient::new(url.clone(), Some(Secret::new(token))).map_err(|e| text(&e))
+        let admin = Principal::Admin {
+            sub: "nimbus-run".into(),
         };
-        client(Role::Admin, None)?
-            .upsert_org(1, "local")
+        state
+            .upsert_org(&admin, 1, "local")
             .await
             .map_err(|e| text(&e))?;
         Ok(LocalControlPlane {
-            org: client(Role::Org, Some(1))?,
-            agent: client(Role::Agent, None)?,
-            stop,
+            state,
+            org: Principal::Org {
+                org_id: 1,
+                sub: "nimbus-run".into(),
+            },
+            agent: Principal::Agent {
+                agent_id: "nimbus-run".into(),
+            },
         })
     }
 
@@ -256,34 +251,35 @@ impl LocalControlPlane {
         &self,
         planned: &workflow::PlannedJob,
     ) -> Result<nimbus_core::Lease, String> {
-        let steps: Vec<serde_json::Value> = planned
+        let steps = planned
             .job
             .steps
             .iter()
-            .map(|step| {
-                serde_json::json!({
-                    "name": step.name,
-                    "run": step.run,
-                    "env": step.env,
-                    "working_directory": step.working_directory,
-                })
+            .map(|step| nimbus_core::domain::Step {
+                name: Some(step.name.clone()),
+                run: step.run.clone(),
+                env: step.env.clone(),
+                working_directory: step.working_directory.clone(),
             })
             .collect();
         let minutes = planned.timeout.as_secs().div_ceil(60).max(1);
+        let request = JobRequest {
+            org_id: None,
+            repo: "local/workflow".into(),
+            labels: vec!["nimbus".into(), format!("meta:job={}", planned.id)],
+            steps,
+            env: planned.job.env.clone(),
+            timeout_minutes: Some(u32::try_from(minutes).unwrap_or(u32::MAX)),
+            metadata: Default::default(),
+        };
         let job = self
-            .org
-            .submit_job(&serde_json::json!({
-                "repo": "local/workflow",
-                "labels": ["nimbus", format!("meta:job={}", planned.id)],
-                "steps": steps,
-                "env": planned.job.env,
-                "timeout_minutes": minutes,
-            }))
+            .state
+            .submit(&self.org, request)
             .await
             .map_err(|e| format!("submitting {}: {e}", planned.name))?;
         let lease = self
-            .agent
-            .lease(Duration::ZERO)
+            .state
+            .lease(&self.agent, &LeaseOptions::default())
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("job {} was not leasable", job.id))?;
@@ -305,14 +301,14 @@ impl LocalControlPlane {
             exit_code: Some(code),
             reason: None,
         };
-        self.agent
-            .complete(lease.job.id, &completion)
+        self.state
+            .complete(&self.agent, lease.job.id, &completion)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
     }
 
     fn stop(self) {
-        let _ = self.stop.send(());
+        self.state.begin_shutdown();
     }
 }

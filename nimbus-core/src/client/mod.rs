@@ -197,11 +197,23 @@ fn error_from_status(status: StatusCode, message: String, retry_after: Option<u6
     }
 }
 
-/// `GET /api/jobs/{id}/runner-config`: what the guest starts the Actions runner with.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-pub struct RunnerConfig {
-    pub runner_name: String,
-    pub runner_id: i64,
-    /// A credential: never log it.
-    pub encoded_jit_config: String,
+pub use crate::domain::RunnerConfig;
+
+#[async_trait::async_trait]
+impl crate::job_source::JobSource for ControlPlaneClient {
+    async fn lease(&self, wait: Duration, labels: Option<&[String]>) -> Result<Option<Lease>> {
+        self.lease_matching(wait, labels).await
+    }
+
+    async fn heartbeat(&self, job_id: JobId, fencing_token: i64) -> Result<LeaseRenewal> {
+        ControlPlaneClient::heartbeat(self, job_id, fencing_token).await
+    }
+
+    async fn complete(&self, job_id: JobId, completion: &Completion) -> Result<Job> {
+        ControlPlaneClient::complete(self, job_id, completion).await
+    }
+
+    async fn runner_config(&self, job_id: JobId, fencing_token: i64) -> Result<RunnerConfig> {
+        ControlPlaneClient::runner_config(self, job_id, fencing_token).await
+    }
 }

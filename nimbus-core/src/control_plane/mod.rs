@@ -29,15 +29,17 @@ use crate::route::{Access, Route};
 use crate::store::{self, Store};
 use nimbus_policy::Policy;
 
+mod api;
 pub mod cache_grant;
 pub mod http;
-mod jobs;
 mod metadata_sink;
 pub mod metrics;
 pub mod reconcile;
 mod webhooks;
 
+pub use api::{JobRequest, LeaseOptions, LocalAgent, MAX_LEASE_WAIT};
 pub use metrics::Metrics;
+pub use webhooks::{WebhookAnswer, WebhookDelivery};
 
 /// Largest request body accepted on any route (webhooks included).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -68,6 +70,8 @@ pub struct ControlPlane {
     shutdown: watch::Sender<bool>,
     /// Copies job metadata to NIMBUS_METADATA_SINK_URL, when set.
     metadata_sink: Option<metadata_sink::MetadataForwarder>,
+    /// Which queued job an asking agent gets.
+    pub scheduler: Arc<dyn crate::scheduler::Scheduler>,
 }
 
 pub type AppState = Arc<ControlPlane>;
@@ -101,6 +105,7 @@ impl ControlPlane {
             )
         });
         Ok(Arc::new(ControlPlane {
+            scheduler: config.scheduler.build(),
             keys,
             cache_keys: CacheTokenKeys::new(&config.cache_secret),
             github,
@@ -220,7 +225,7 @@ impl ControlPlane {
     /// The just-in-time runner config for `job`'s current lease, registered with
     /// GitHub on first request (labels: the job's own plus `nimbus-job-<id>`, so the
     /// runner can only match this job's label set).
-    pub async fn runner_config(&self, job: &Job) -> Result<JitConfig> {
+    async fn jit_config(&self, job: &Job) -> Result<JitConfig> {
         let github = self.github.as_ref().ok_or_else(|| {
             Error::Unavailable(
                 "GitHub is not configured: set NIMBUS_GITHUB_APP_ID and its key, or NIMBUS_GITHUB_TOKEN".into(),
@@ -371,57 +376,62 @@ pub fn routes() -> Vec<Route<AppState>> {
         Route::post(
             "/webhooks/github",
             Access::GithubSignature,
-            webhooks::github,
+            http::webhooks::github,
         ),
         Route::post(
             "/api/orgs",
             token(true, false, false, Foreign::NotFound),
-            jobs::upsert_org,
+            http::jobs::upsert_org,
         ),
         Route::get(
             "/api/orgs",
             token(true, true, false, Foreign::Filtered),
-            jobs::list_orgs,
+            http::jobs::list_orgs,
         ),
         Route::post(
             "/api/jobs",
             token(true, true, false, Foreign::NotFound),
-            jobs::submit,
+            http::jobs::submit,
         ),
         Route::get(
             "/api/jobs",
             token(true, true, false, Foreign::Filtered),
-            jobs::list,
+            http::jobs::list,
         ),
         Route::post(
             "/api/jobs/lease",
             token(true, false, true, Foreign::Filtered),
-            jobs::lease,
+            http::jobs::lease,
         ),
         Route::get(
             "/api/jobs/{id}",
             token(true, true, true, Foreign::NotFound),
-            jobs::get,
+            http::jobs::get,
         ),
         Route::post(
             "/api/jobs/{id}/heartbeat",
             token(true, false, true, Foreign::Conflict),
-            jobs::heartbeat,
+            http::jobs::heartbeat,
         ),
         Route::post(
             "/api/jobs/{id}/complete",
             token(true, false, true, Foreign::Conflict),
-            jobs::complete,
+            http::jobs::complete,
+        ),
+        Route::post(
+            "/api/jobs/{id}/cancel",
+            token(true, true, false, Foreign::NotFound),
+            http::jobs::cancel,
         ),
         Route::get(
             "/api/jobs/{id}/runner-config",
             token(true, false, true, Foreign::Conflict),
-            jobs::runner_config,
+            http::jobs::runner_config,
         ),
         Route::get(
             "/api/analytics/metadata",
             token(true, true, false, Foreign::NotFound),
-            jobs::metadata_values,
+            http::jobs::metadata_values,
         ),
         Route::get("/healthz", Access::Public, healthz),
         Route::get("/readyz", Access::Public, readyz),
@@ -693,7 +703,11 @@ async fn lease_with_wait(
         let notified = state.job_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(lease) = state.store.lease(request, state.now()).await? {
+        if let Some(lease) = state
+            .scheduler
+            .lease(state.store.as_ref(), request, state.now())
+            .await?
+        {
             return Ok(Some(lease));
         }
         let now = tokio::time::Instant::now();

@@ -57,7 +57,7 @@ pub async fn reconcile_once(state: &ControlPlane) -> Result<ReconcileReport> {
                     .await?;
                 state.remember_org(org_id);
             }
-            let enqueued = super::jobs::admit(state, event.to_new_job(), None).await?;
+            let enqueued = state.admit(event.to_new_job(), None).await?;
             if enqueued.created {
                 report.enqueued += 1;
                 state.metrics.jobs_reconciled.inc();

@@ -8,14 +8,10 @@
 //! look-up per webhook on the hot path), others when they are recorded or, for job
 //! updates, by a look-up before the update.
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::control_plane::{AppState, ControlPlane};
+use crate::control_plane::ControlPlane;
 use crate::domain::JobStatus;
 use crate::error::{Error, Result};
 use crate::store::{Delivery, GithubJobUpdate};
@@ -24,69 +20,95 @@ use crate::webhook::{self, WebhookEvent, WorkflowJobAction, WorkflowJobEvent};
 /// Longest `X-GitHub-Delivery` accepted (GitHub sends a 36-character GUID).
 const MAX_DELIVERY_ID: usize = 128;
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|value| value.to_str().ok())
+/// One delivery as it came: the headers that matter and the raw body (the
+/// signature is over the exact bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookDelivery<'a> {
+    /// `X-GitHub-Event`.
+    pub event: Option<&'a str>,
+    /// `X-GitHub-Delivery`.
+    pub delivery_id: Option<&'a str>,
+    /// `X-Hub-Signature-256`.
+    pub signature: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
 }
 
-pub(super) async fn github(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    // A label value from a fixed set: the header is the sender's to choose (and is
-    // read before the signature is checked), so it never becomes a series name.
-    let event = webhook::event_label(header(&headers, "x-github-event"));
-    match handle(&state, &headers, &body).await {
-        Ok((status, outcome, answer)) => {
-            state
-                .metrics
-                .webhooks_received
-                .with_label_values(&[event, outcome])
-                .inc();
-            (status, Json(answer)).into_response()
-        }
-        Err(error) => {
-            let outcome = match &error {
-                Error::ReplayedDelivery { .. } => {
-                    state.metrics.webhook_replays_blocked.inc();
-                    "replayed"
-                }
-                Error::RateLimited { .. } => "rate_limited",
-                Error::Unauthenticated(_) => "bad_signature",
-                _ => "error",
-            };
-            state
-                .metrics
-                .webhooks_received
-                .with_label_values(&[event, outcome])
-                .inc();
-            tracing::info!(%event, %error, "webhook refused");
-            error.into_response()
+/// What a delivery did: the HTTP status to answer, the outcome counted in
+/// `nimbus_control_plane_webhooks_received_total`, and the answer's body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookAnswer {
+    pub status: StatusCode,
+    pub outcome: &'static str,
+    pub body: serde_json::Value,
+}
+
+impl ControlPlane {
+    /// Takes one GitHub delivery: signature, replay and age checks, then the
+    /// `workflow_job` it carries (queued → admission; in progress and completed →
+    /// the job's GitHub state). Counted by event and outcome either way.
+    pub async fn receive_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookAnswer> {
+        // A label value from a fixed set: the header is the sender's to choose (and
+        // is read before the signature is checked), so it never becomes a series name.
+        let event = webhook::event_label(delivery.event);
+        match handle(self, delivery).await {
+            Ok(answer) => {
+                self.metrics
+                    .webhooks_received
+                    .with_label_values(&[event, answer.outcome])
+                    .inc();
+                Ok(answer)
+            }
+            Err(error) => {
+                let outcome = match &error {
+                    Error::ReplayedDelivery { .. } => {
+                        self.metrics.webhook_replays_blocked.inc();
+                        "replayed"
+                    }
+                    Error::RateLimited { .. } => "rate_limited",
+                    Error::Unauthenticated(_) => "bad_signature",
+                    _ => "error",
+                };
+                self.metrics
+                    .webhooks_received
+                    .with_label_values(&[event, outcome])
+                    .inc();
+                tracing::info!(%event, %error, "webhook refused");
+                Err(error)
+            }
         }
     }
 }
 
-type Answer = (StatusCode, &'static str, serde_json::Value);
+fn answer(status: StatusCode, outcome: &'static str, body: serde_json::Value) -> WebhookAnswer {
+    WebhookAnswer {
+        status,
+        outcome,
+        body,
+    }
+}
 
-async fn handle(state: &ControlPlane, headers: &HeaderMap, body: &[u8]) -> Result<Answer> {
+async fn handle(state: &ControlPlane, delivery: &WebhookDelivery<'_>) -> Result<WebhookAnswer> {
     let secret = state.config.webhook_secret.as_ref().ok_or_else(|| {
         Error::Unavailable("webhooks are not configured: set NIMBUS_GITHUB_WEBHOOK_SECRET".into())
     })?;
     webhook::verify_signature(
         secret.expose().as_bytes(),
-        body,
-        header(headers, "x-hub-signature-256"),
+        delivery.body,
+        delivery.signature,
     )?;
 
-    let content_type = header(headers, "content-type").unwrap_or_default();
+    let content_type = delivery.content_type.unwrap_or_default();
     if !content_type.starts_with("application/json") {
         return Err(Error::UnsupportedMediaType(format!(
             "webhook content type must be application/json (set it in the webhook settings), got {content_type:?}"
         )));
     }
-    let event = header(headers, "x-github-event")
+    let event = delivery
+        .event
         .ok_or_else(|| Error::invalid("missing X-GitHub-Event header"))?;
-    let delivery_id = header(headers, "x-github-delivery")
+    let delivery_id = delivery
+        .delivery_id
         .map(str::trim)
         .filter(|id| !id.is_empty())
         .ok_or_else(|| Error::invalid("missing X-GitHub-Delivery header"))?;
@@ -95,32 +117,34 @@ async fn handle(state: &ControlPlane, headers: &HeaderMap, body: &[u8]) -> Resul
             "X-GitHub-Delivery is longer than {MAX_DELIVERY_ID} bytes"
         )));
     }
-    let now = state.now();
-    let delivery = Delivery {
+    let receipt = Delivery {
         id: delivery_id.to_owned(),
-        received_at: now,
+        received_at: state.now(),
     };
 
-    match webhook::parse_event(event, body)? {
+    let (status, outcome, body) = match webhook::parse_event(event, delivery.body)? {
         WebhookEvent::Ping { zen, hook_id } => {
-            record(state, &delivery).await?;
-            Ok((
+            record(state, &receipt).await?;
+            (
                 StatusCode::OK,
                 "ping",
                 json!({"ok": true, "zen": zen, "hook_id": hook_id}),
-            ))
+            )
         }
         WebhookEvent::Ignored { event, action } => {
-            record(state, &delivery).await?;
-            Ok((
+            record(state, &receipt).await?;
+            (
                 StatusCode::ACCEPTED,
                 "ignored",
                 json!({"ignored": format!("event {event} action {}", action.as_deref().unwrap_or("-"))}),
-            ))
+            )
         }
-        WebhookEvent::WorkflowJob(job_event) => workflow_job(state, &job_event, &delivery).await,
-    }
+        WebhookEvent::WorkflowJob(job_event) => workflow_job(state, &job_event, &receipt).await?,
+    };
+    Ok(answer(status, outcome, body))
 }
+
+type Answer = (StatusCode, &'static str, serde_json::Value);
 
 async fn record(state: &ControlPlane, delivery: &Delivery) -> Result<()> {
     if state.store.record_delivery(delivery).await? {
@@ -172,8 +196,9 @@ async fn workflow_job(
                 state.store.upsert_org(org_id, org_name, now).await?;
                 state.remember_org(org_id);
             }
-            let enqueued =
-                super::jobs::admit(state, event.to_new_job(), Some(delivery.clone())).await?;
+            let enqueued = state
+                .admit(event.to_new_job(), Some(delivery.clone()))
+                .await?;
             if enqueued.created {
                 tracing::info!(job_id = enqueued.job.id, github_job_id, repo = %enqueued.job.repo, "queued GitHub job");
             }

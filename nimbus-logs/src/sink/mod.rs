@@ -1,7 +1,9 @@
 //! Where log lines and metadata rows are stored: the [`LogSink`] trait and its
-//! backends, [`sqlite`] (embedded default) and [`clickhouse`].
+//! backends, [`sqlite`] (embedded default), [`clickhouse`], and [`http`] (the
+//! logging pipeline itself, for writers on other machines).
 
 pub mod clickhouse;
+pub mod http;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

@@ -1,72 +1,215 @@
-//! Shipping a job's output lines to the logging pipeline: batched, retried with
-//! backoff, never blocking the job. Lines wait in memory up to a bound, then in a
-//! spool file on disk (so a pipeline that is down for a while loses nothing);
-//! only past the disk bound are lines dropped, and counted (the metric should
-//! stay 0). Order is kept: once lines spill, new ones follow them to disk until
-//! the spool has been sent.
+//! Shipping a job's output lines to a [`LogSink`]: the logging pipeline over HTTP
+//! (with the lease's ingest token), or a sink in this process. Batched, retried
+//! with backoff, never blocking the job: [`LogShipper::push`] only hands the line
+//! to the shipper's task. Lines wait in memory up to a bound, then in a spool file
+//! (written and read with tokio's file I/O, off the async threads), so a pipeline
+//! that is down for a while loses nothing; only past the disk bound are lines
+//! dropped, and counted (the metric should stay 0). Order is kept: once lines
+//! spill, new ones follow them to disk until the spool has been sent.
 //!
-//! Lines go out with the lease's ingest token, which lets them be stored for this
-//! job only, and are numbered here, from the lease's `log_seq_base`, in the order
-//! they arrive: the guest's own numbering is not trusted (a job could otherwise
-//! skip, repeat or scatter numbers).
+//! Lines are numbered here, from the lease's `log_seq_base`, in the order they
+//! arrive: the guest's own numbering is not trusted (a job could skip, repeat or
+//! scatter numbers). A batch the sink refuses for good (a 4xx other than 408/429)
+//! goes to a dead-letter file beside the spool and is counted, so one bad batch
+//! never holds up the lines after it.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::domain::Job;
-use nimbus_core::Secret;
+use nimbus_logs::{LogRecord, LogSink};
 use prometheus::IntCounter;
-use serde_json::json;
-use tokio::sync::Notify;
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use crate::protocol::{OutputLine, Stream};
 
+/// Lines per write.
 const BATCH: usize = 2_000;
+/// Most bytes of dead letters kept per job; more are only counted.
+const MAX_DEAD_LETTER_BYTES: u64 = 16 << 20;
 
 /// How much a shipper holds before spilling, and before dropping.
 #[derive(Debug, Clone)]
 pub struct Bounds {
     pub memory_lines: usize,
     pub disk_lines: usize,
-    /// Directory of spool files (one per job, removed when sent).
+    /// Directory of spool files (one per job, removed when sent) and, under
+    /// `dead-letter/`, of the batches the sink refused for good.
     pub spool_dir: PathBuf,
 }
 
-/// Lines not yet acknowledged by the pipeline.
-struct Queue {
-    memory: VecDeque<String>,
-    spool: Option<Spool>,
-    bounds: Bounds,
-    spool_path: PathBuf,
+/// What a shipper counts.
+#[derive(Clone)]
+pub struct ShipperMetrics {
+    /// Lines lost: past the disk bound, or unsent when the job's patience ran out.
+    pub dropped: IntCounter,
+    /// Lines the sink refused for good, kept in the dead-letter file.
+    pub dead_lettered: IntCounter,
 }
 
-/// Lines on disk: appended at the end, read from `offset`.
+/// The identity every line of one lease carries.
+#[derive(Debug, Clone)]
+struct Origin {
+    job_id: u64,
+    org_id: Option<u64>,
+    repo_id: Option<u64>,
+    agent_id: String,
+}
+
+pub struct LogShipper {
+    lines: Option<mpsc::UnboundedSender<LogRecord>>,
+    spool_path: PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+    origin: Origin,
+    next_seq: u64,
+    metrics: ShipperMetrics,
+    left: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LogShipper {
+    /// Ships `job`'s lines to `sink` (`None`: nowhere), numbering them from
+    /// `seq_base + 1`.
+    pub fn start(
+        sink: Option<Arc<dyn LogSink>>,
+        job: &Job,
+        seq_base: u64,
+        agent_id: &str,
+        metrics: ShipperMetrics,
+        bounds: Bounds,
+    ) -> Self {
+        let origin = Origin {
+            job_id: u64::try_from(job.id).unwrap_or_default(),
+            org_id: u64::try_from(job.org_id).ok(),
+            repo_id: job.repo_id.and_then(|id| u64::try_from(id).ok()),
+            agent_id: agent_id.to_string(),
+        };
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (lines, task) = match sink {
+            Some(sink) => {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                let queue = Queue::new(&bounds, origin.job_id);
+                let task = tokio::spawn(ship(
+                    sink,
+                    receiver,
+                    queue,
+                    metrics.clone(),
+                    bounds.spool_dir.join("dead-letter"),
+                    origin.job_id,
+                    left.clone(),
+                ));
+                (Some(sender), Some(task))
+            }
+            None => (None, None),
+        };
+        LogShipper {
+            spool_path: Queue::new(&bounds, origin.job_id).spool_path,
+            lines,
+            task,
+            origin,
+            next_seq: seq_base + 1,
+            metrics,
+            left,
+        }
+    }
+
+    /// Hands one line to the shipper (never waits).
+    pub fn push(&mut self, line: OutputLine) {
+        let Some(lines) = &self.lines else {
+            return;
+        };
+        let record = LogRecord {
+            job_id: self.origin.job_id,
+            agent_id: self.origin.agent_id.clone(),
+            org_id: self.origin.org_id,
+            repo_id: self.origin.repo_id,
+            level: match line.stream {
+                Stream::Stdout => "info",
+                Stream::Stderr => "error",
+            }
+            .to_string(),
+            message: line.line,
+            ts: line.ts_millis.max(946_684_800_001),
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        if lines.send(record).is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+
+    /// Sends what is left (retrying for up to `patience`), then stops; whatever
+    /// could not be sent by then is counted as dropped.
+    pub async fn finish(mut self, patience: Duration) {
+        // Closing the channel tells the task no more lines come.
+        self.lines.take();
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(patience, &mut task).await.is_err() {
+                task.abort();
+                let left = self.left.load(std::sync::atomic::Ordering::Relaxed);
+                self.metrics.dropped.inc_by(left as u64);
+                let _ = tokio::fs::remove_file(&self.spool_path).await;
+            }
+        }
+    }
+}
+
+/// Lines not yet acknowledged: memory first, then the spool file.
+struct Queue {
+    memory: VecDeque<LogRecord>,
+    memory_lines: usize,
+    disk_lines: usize,
+    spool_path: PathBuf,
+    spool: Option<Spool>,
+}
+
 struct Spool {
-    writer: std::io::BufWriter<std::fs::File>,
+    writer: tokio::io::BufWriter<tokio::fs::File>,
+    /// Where the next unread line starts.
     offset: u64,
     pending: usize,
 }
 
 impl Queue {
-    fn push(&mut self, line: String, dropped: &IntCounter) {
-        if self.spool.is_none() && self.memory.len() < self.bounds.memory_lines {
-            self.memory.push_back(line);
+    fn new(bounds: &Bounds, job_id: u64) -> Self {
+        Queue {
+            memory: VecDeque::new(),
+            memory_lines: bounds.memory_lines,
+            disk_lines: bounds.disk_lines,
+            spool_path: bounds
+                .spool_dir
+                .join(format!("job-{job_id}-{}.ndjson", std::process::id())),
+            spool: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.memory.len() + self.spool.as_ref().map_or(0, |s| s.pending)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spool.is_none()
+    }
+
+    async fn push(&mut self, record: LogRecord, dropped: &IntCounter) {
+        if self.spool.is_none() && self.memory.len() < self.memory_lines {
+            self.memory.push_back(record);
             return;
         }
         if self.spool.is_none() {
-            match std::fs::create_dir_all(&self.bounds.spool_dir).and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(&self.spool_path)
-            }) {
+            let opened = async {
+                if let Some(dir) = self.spool_path.parent() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
+                tokio::fs::File::create(&self.spool_path).await
+            }
+            .await;
+            match opened {
                 Ok(file) => {
                     self.spool = Some(Spool {
-                        writer: std::io::BufWriter::new(file),
+                        writer: tokio::io::BufWriter::new(file),
                         offset: 0,
                         pending: 0,
                     })
@@ -79,7 +222,9 @@ impl Queue {
             }
         }
         if let Some(spool) = self.spool.as_mut() {
-            if spool.pending >= self.bounds.disk_lines || writeln!(spool.writer, "{line}").is_err()
+            let line = serde_json::to_string(&record).unwrap_or_default() + "\n";
+            if spool.pending >= self.disk_lines
+                || spool.writer.write_all(line.as_bytes()).await.is_err()
             {
                 dropped.inc();
             } else {
@@ -89,228 +234,148 @@ impl Queue {
     }
 
     /// Moves up to a batch of spooled lines into memory once memory is empty.
-    fn refill(&mut self) {
+    async fn refill(&mut self) {
         if !self.memory.is_empty() {
             return;
         }
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
-        if spool.writer.flush().is_err() {
+        if spool.writer.flush().await.is_err() {
             return;
         }
-        let Ok(mut file) = std::fs::File::open(&self.spool_path) else {
+        let Ok(mut file) = tokio::fs::File::open(&self.spool_path).await else {
             return;
         };
-        if file.seek(SeekFrom::Start(spool.offset)).is_err() {
+        if file
+            .seek(std::io::SeekFrom::Start(spool.offset))
+            .await
+            .is_err()
+        {
             return;
         }
-        let mut reader = BufReader::new(file);
+        let mut reader = tokio::io::BufReader::new(file);
         let mut line = String::new();
         while self.memory.len() < BATCH {
             line.clear();
-            match reader.read_line(&mut line) {
+            match reader.read_line(&mut line).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     spool.offset += n as u64;
                     spool.pending = spool.pending.saturating_sub(1);
-                    self.memory
-                        .push_back(line.trim_end_matches('\n').to_string());
+                    if let Ok(record) = serde_json::from_str(line.trim_end()) {
+                        self.memory.push_back(record);
+                    }
                 }
             }
         }
         if spool.pending == 0 {
             // Everything spooled is in memory now: new lines may go to memory again.
             self.spool = None;
-            let _ = std::fs::remove_file(&self.spool_path);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.memory.is_empty() && self.spool.is_none()
-    }
-
-    fn len(&self) -> usize {
-        self.memory.len() + self.spool.as_ref().map_or(0, |s| s.pending)
-    }
-}
-
-pub struct LogShipper {
-    queue: Arc<Mutex<Queue>>,
-    wake: Arc<Notify>,
-    done: Arc<Notify>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    job_id: i64,
-    org_id: i64,
-    repo_id: Option<i64>,
-    agent_id: String,
-    /// The next line's number.
-    next_seq: std::sync::atomic::AtomicU64,
-    dropped: IntCounter,
-}
-
-impl LogShipper {
-    /// Ships `job`'s lines to `url` with `token` (the lease's ingest token),
-    /// numbering them from `seq_base + 1`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        http: reqwest::Client,
-        url: Option<String>,
-        token: Option<Secret>,
-        job: &Job,
-        seq_base: u64,
-        agent_id: &str,
-        dropped: IntCounter,
-        bounds: Bounds,
-    ) -> Self {
-        let spool_path =
-            bounds
-                .spool_dir
-                .join(format!("job-{}-{}.ndjson", job.id, std::process::id()));
-        let queue = Arc::new(Mutex::new(Queue {
-            memory: VecDeque::new(),
-            spool: None,
-            bounds,
-            spool_path,
-        }));
-        let wake = Arc::new(Notify::new());
-        let done = Arc::new(Notify::new());
-        let task = url.map(|url| {
-            tokio::spawn(ship_loop(
-                http,
-                format!("{url}/api/logs"),
-                token,
-                queue.clone(),
-                wake.clone(),
-                done.clone(),
-                dropped.clone(),
-            ))
-        });
-        LogShipper {
-            queue,
-            wake,
-            done,
-            task,
-            job_id: job.id,
-            org_id: job.org_id,
-            repo_id: job.repo_id,
-            agent_id: agent_id.to_string(),
-            next_seq: std::sync::atomic::AtomicU64::new(seq_base + 1),
-            dropped,
-        }
-    }
-
-    pub fn push(&self, line: OutputLine) {
-        if self.task.is_none() {
-            return;
-        }
-        let seq = self
-            .next_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let record = json!({
-            "job_id": self.job_id,
-            "agent_id": self.agent_id,
-            "org_id": self.org_id,
-            "repo_id": self.repo_id,
-            "level": match line.stream { Stream::Stdout => "info", Stream::Stderr => "error" },
-            "message": line.line,
-            "ts": line.ts_millis.max(946_684_800_001),
-            "seq": seq,
-        })
-        .to_string();
-        if let Ok(mut queue) = self.queue.lock() {
-            queue.push(record, &self.dropped);
-            if queue.memory.len() >= BATCH {
-                self.wake.notify_one();
-            }
-        }
-    }
-
-    /// Sends what is left (retrying for up to `patience`), then stops; whatever
-    /// could not be sent by then is counted as dropped.
-    pub async fn finish(mut self, patience: Duration) {
-        if let Some(task) = self.task.take() {
-            self.done.notify_one();
-            if tokio::time::timeout(patience, task).await.is_err() {
-                if let Ok(mut queue) = self.queue.lock() {
-                    self.dropped.inc_by(queue.len() as u64);
-                    if queue.spool.take().is_some() {
-                        let _ = std::fs::remove_file(&queue.spool_path);
-                    }
-                }
-            }
+            let _ = tokio::fs::remove_file(&self.spool_path).await;
         }
     }
 }
 
-async fn ship_loop(
-    http: reqwest::Client,
-    endpoint: String,
-    token: Option<Secret>,
-    queue: Arc<Mutex<Queue>>,
-    wake: Arc<Notify>,
-    done: Arc<Notify>,
-    dropped: IntCounter,
+/// Appends a refused batch to the job's dead-letter file (bounded).
+async fn dead_letter(dir: &std::path::Path, job_id: u64, batch: &[LogRecord]) -> bool {
+    let path = dir.join(format!("job-{job_id}.ndjson"));
+    let result = async {
+        tokio::fs::create_dir_all(dir).await?;
+        let size = tokio::fs::metadata(&path)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size > MAX_DEAD_LETTER_BYTES {
+            return Ok(false);
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await?;
+        let mut text = String::new();
+        for record in batch {
+            text.push_str(&serde_json::to_string(record).unwrap_or_default());
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes()).await?;
+        Ok::<_, std::io::Error>(true)
+    }
+    .await;
+    matches!(result, Ok(true))
+}
+
+async fn ship(
+    sink: Arc<dyn LogSink>,
+    mut lines: mpsc::UnboundedReceiver<LogRecord>,
+    mut queue: Queue,
+    metrics: ShipperMetrics,
+    dead_letters: PathBuf,
+    job_id: u64,
+    left: Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let mut finishing = false;
+    let mut open = true;
     let mut delay = Duration::from_millis(100);
     loop {
-        if !finishing {
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = done.notified() => finishing = true,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        // Take in what arrived (waiting a moment when there is nothing to send).
+        if open && queue.is_empty() {
+            match tokio::time::timeout(Duration::from_millis(200), lines.recv()).await {
+                Ok(Some(record)) => queue.push(record, &metrics.dropped).await,
+                Ok(None) => open = false,
+                Err(_) => {}
             }
         }
-        let batch: Vec<String> = match queue.lock() {
-            Ok(mut queue) => {
-                queue.refill();
-                if queue.is_empty() && finishing {
-                    return;
-                }
-                queue.memory.iter().take(BATCH).cloned().collect()
+        while open {
+            match lines.try_recv() {
+                Ok(record) => queue.push(record, &metrics.dropped).await,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
-            Err(_) => return,
-        };
-        if batch.is_empty() {
+        }
+        queue.refill().await;
+        left.store(queue.len(), std::sync::atomic::Ordering::Relaxed);
+        if queue.is_empty() {
+            if !open {
+                return;
+            }
             continue;
         }
-        let mut request = http
-            .post(&endpoint)
-            .body(batch.join("\n"))
-            .timeout(Duration::from_secs(30));
-        if let Some(token) = &token {
-            request = request.bearer_auth(token.expose());
-        }
-        let answer = request.send().await.map(|response| response.status());
-        match answer {
-            Ok(status) if status.is_success() => {
-                if let Ok(mut queue) = queue.lock() {
-                    let n = batch.len().min(queue.memory.len());
-                    queue.memory.drain(..n);
-                }
+        let batch: Vec<LogRecord> = queue.memory.iter().take(BATCH).cloned().collect();
+        match sink.write(&batch).await {
+            Ok(_) => {
+                queue.memory.drain(..batch.len());
                 delay = Duration::from_millis(100);
             }
-            // A refusal that sending again cannot change (a bad batch, a token the
-            // pipeline does not accept): drop the batch, count it and go on, so one
-            // bad batch never blocks the rest of the job's lines.
-            Ok(status)
-                if status.is_client_error()
-                    && status != reqwest::StatusCode::REQUEST_TIMEOUT
-                    && status != reqwest::StatusCode::TOO_MANY_REQUESTS =>
-            {
-                tracing::warn!(%status, lines = batch.len(), "the logging pipeline refused a batch of log lines; dropped");
-                dropped.inc_by(batch.len() as u64);
-                if let Ok(mut queue) = queue.lock() {
-                    let n = batch.len().min(queue.memory.len());
-                    queue.memory.drain(..n);
+            Err(error) if error.is_permanent() => {
+                tracing::warn!(job_id, %error, lines = batch.len(), "the log sink refused a batch for good; kept in the dead-letter file");
+                if dead_letter(&dead_letters, job_id, &batch).await {
+                    metrics.dead_lettered.inc_by(batch.len() as u64);
+                } else {
+                    metrics.dropped.inc_by(batch.len() as u64);
                 }
+                queue.memory.drain(..batch.len());
             }
-            _ => {
-                // Retried as is: the pipeline drops lines it already stored.
-                tokio::time::sleep(delay).await;
+            Err(error) => {
+                // Sent again as is: the pipeline drops lines it already stored.
+                tracing::debug!(job_id, %error, "log batch not taken; retrying");
+                let wait = match error {
+                    nimbus_logs::Error::Busy { retry_after_secs } => {
+                        Duration::from_secs(retry_after_secs.clamp(1, 5))
+                    }
+                    _ => delay,
+                };
+                tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+impl Drop for LogShipper {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }
@@ -318,84 +383,83 @@ async fn ship_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn queue(memory_lines: usize, disk_lines: usize) -> Queue {
-        let dir = std::env::temp_dir().join(format!(
-            "nimbus-spool-{}-{memory_lines}-{disk_lines}",
-            std::process::id()
-        ));
-        Queue {
-            memory: VecDeque::new(),
-            spool: None,
-            spool_path: dir.join("job.ndjson"),
-            bounds: Bounds {
-                memory_lines,
-                disk_lines,
-                spool_dir: dir,
-            },
+    fn job() -> Job {
+        serde_json::from_value(json!({
+            "id": 7, "org_id": 1, "repo": "acme/app", "source": "direct", "status": "leased",
+            "labels": [], "metadata": {}, "spec": {"steps": [], "timeout_minutes": 5},
+            "attempt": 1, "fencing_token": 1, "policy_reasons": [], "repo_id": null,
+            "agent_id": "agent", "lease_id": null, "lease_expires_at": null, "exit_code": null,
+            "failure_reason": null, "started_at": null, "finished_at": null,
+            "created_at": "2026-11-27T08:00:00Z", "updated_at": "2026-11-27T08:00:00Z"
+        }))
+        .expect("job")
+    }
+
+    fn metrics(name: &str) -> ShipperMetrics {
+        ShipperMetrics {
+            dropped: IntCounter::new(format!("{name}_dropped"), "t").expect("counter"),
+            dead_lettered: IntCounter::new(format!("{name}_dead"), "t").expect("counter"),
         }
     }
 
-    fn drain(q: &mut Queue) -> Vec<String> {
-        let mut out = Vec::new();
-        loop {
-            q.refill();
-            if q.memory.is_empty() {
-                return out;
-            }
-            out.extend(q.memory.drain(..));
+    fn line(n: u64) -> OutputLine {
+        OutputLine {
+            // The guest's numbering is ignored: the shipper numbers lines itself.
+            seq: n % 3,
+            step: 0,
+            stream: Stream::Stdout,
+            ts_millis: 1_795_766_400_000,
+            line: format!("line {n}"),
         }
     }
 
-    #[test]
-    fn lines_spill_to_disk_and_come_back_in_order() {
-        let dropped = IntCounter::new("t1", "t").expect("counter");
-        let mut q = queue(10, 100_000);
-        for n in 0..5_000 {
-            q.push(format!("line {n}"), &dropped);
-        }
-        assert!(q.spool.is_some(), "past 10 lines the queue spools");
-        let out = drain(&mut q);
-        assert_eq!(out.len(), 5_000);
-        assert!(
-            out.iter()
-                .enumerate()
-                .all(|(n, l)| *l == format!("line {n}")),
-            "order is kept"
-        );
-        assert!(
-            q.spool.is_none() && !q.spool_path.exists(),
-            "the spool file is removed once sent"
-        );
-        assert_eq!(dropped.get(), 0);
+    fn spool_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nimbus-spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 
-    /// A pipeline that is down for the first requests: every line still arrives,
-    /// once, in order, through the spool.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_pipeline_that_is_down_for_a_while_loses_nothing() {
+    /// A pipeline over HTTP that answers the first `down` requests 503, and 400 to
+    /// any batch holding a line whose message is `poison`.
+    async fn fake_pipeline(down: usize) -> (String, Arc<std::sync::Mutex<Vec<u64>>>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let received: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let received: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let app = {
             let received = received.clone();
-            let calls = calls.clone();
             axum::Router::new().route(
                 "/api/logs",
                 axum::routing::post(move |body: String| {
                     let received = received.clone();
                     let calls = calls.clone();
                     async move {
-                        if calls.fetch_add(1, Ordering::SeqCst) < 5 {
-                            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                        if calls.fetch_add(1, Ordering::SeqCst) < down {
+                            return (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                "{}".to_string(),
+                            );
                         }
-                        let mut seen = received.lock().expect("lock");
-                        for line in body.lines() {
-                            let value: serde_json::Value =
-                                serde_json::from_str(line).expect("json line");
-                            seen.push(value["seq"].as_u64().expect("seq"));
+                        let records: Vec<LogRecord> = body
+                            .lines()
+                            .map(|l| serde_json::from_str(l).expect("a LogRecord per line"))
+                            .collect();
+                        if records.iter().any(|r| r.message == "poison") {
+                            return (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                json!({"code": "invalid_record", "error": "no", "index": 0})
+                                    .to_string(),
+                            );
                         }
-                        axum::http::StatusCode::OK
+                        received
+                            .lock()
+                            .expect("lock")
+                            .extend(records.iter().map(|r| r.seq));
+                        (
+                            axum::http::StatusCode::OK,
+                            json!({"accepted": records.len()}).to_string(),
+                        )
                     }
                 }),
             )
@@ -407,40 +471,38 @@ mod tests {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let job: Job = serde_json::from_value(json!({
-            "id": 7, "org_id": 1, "repo": "acme/app", "source": "direct", "status": "leased",
-            "labels": [], "metadata": {}, "spec": {"steps": [], "timeout_minutes": 5},
-            "attempt": 1, "fencing_token": 1, "policy_reasons": [], "repo_id": null,
-            "agent_id": "agent", "lease_id": null, "lease_expires_at": null, "exit_code": null,
-            "failure_reason": null, "started_at": null, "finished_at": null,
-            "created_at": "2026-11-27T08:00:00Z", "updated_at": "2026-11-27T08:00:00Z"
-        }))
-        .expect("job");
-        let dropped = IntCounter::new("t3", "t").expect("counter");
-        let spool_dir =
-            std::env::temp_dir().join(format!("nimbus-spool-ship-{}", std::process::id()));
-        let shipper = LogShipper::start(
+        (url, received)
+    }
+
+    fn http_sink(url: &str) -> Option<Arc<dyn LogSink>> {
+        Some(Arc::new(nimbus_logs::sink::http::HttpSink::new(
             reqwest::Client::new(),
-            Some(url),
+            url,
             None,
-            &job,
+        )))
+    }
+
+    /// A pipeline down for the first requests: every line still arrives, once, in
+    /// order, numbered by the shipper, through the spool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipeline_that_is_down_for_a_while_loses_nothing() {
+        let (url, received) = fake_pipeline(5).await;
+        let metrics = metrics("down");
+        let dir = spool_dir("down");
+        let mut shipper = LogShipper::start(
+            http_sink(&url),
+            &job(),
             0,
             "agent",
-            dropped.clone(),
+            metrics.clone(),
             Bounds {
                 memory_lines: 100,
                 disk_lines: 1_000_000,
-                spool_dir: spool_dir.clone(),
+                spool_dir: dir.clone(),
             },
         );
-        for seq in 1..=10_000u64 {
-            shipper.push(OutputLine {
-                seq,
-                step: 0,
-                stream: Stream::Stdout,
-                ts_millis: 1_795_766_400_000,
-                line: format!("line {seq}"),
-            });
+        for n in 1..=10_000u64 {
+            shipper.push(line(n));
         }
         shipper.finish(Duration::from_secs(60)).await;
         let received = received.lock().expect("lock").clone();
@@ -449,25 +511,98 @@ mod tests {
             (1..=10_000).collect::<Vec<_>>(),
             "every line once, in order"
         );
-        assert_eq!(dropped.get(), 0);
-        assert!(
-            std::fs::read_dir(&spool_dir)
-                .map(|d| d.count())
-                .unwrap_or(0)
-                == 0,
-            "the spool is gone"
-        );
-        let _ = std::fs::remove_dir_all(spool_dir);
+        assert_eq!(metrics.dropped.get(), 0);
+        let left = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(left, 0, "the spool is gone");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[test]
-    fn only_past_the_disk_bound_are_lines_dropped() {
+    /// A batch the pipeline answers 400 goes to the dead-letter file and is counted;
+    /// the lines after it still arrive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_batch_does_not_stop_the_lines_after_it() {
+        let (url, received) = fake_pipeline(0).await;
+        let metrics = metrics("poison");
+        let dir = spool_dir("poison");
+        let mut shipper = LogShipper::start(
+            http_sink(&url),
+            &job(),
+            0,
+            "agent",
+            metrics.clone(),
+            Bounds {
+                memory_lines: 100_000,
+                disk_lines: 1_000_000,
+                spool_dir: dir.clone(),
+            },
+        );
+        shipper.push(OutputLine {
+            line: "poison".into(),
+            ..line(0)
+        });
+        // The poisoned batch is on its way before the rest arrive.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for n in 1..=50u64 {
+            shipper.push(line(n));
+        }
+        shipper.finish(Duration::from_secs(30)).await;
+        let received = received.lock().expect("lock").clone();
+        assert_eq!(
+            received,
+            (2..=51).collect::<Vec<_>>(),
+            "the later lines arrived"
+        );
+        assert_eq!(metrics.dead_lettered.get(), 1);
+        let dead =
+            std::fs::read_to_string(dir.join("dead-letter/job-7.ndjson")).expect("dead letters");
+        assert!(dead.contains("poison"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn only_past_the_disk_bound_are_lines_dropped() {
         let dropped = IntCounter::new("t2", "t").expect("counter");
-        let mut q = queue(5, 20);
-        for n in 0..40 {
-            q.push(format!("line {n}"), &dropped);
+        let dir = spool_dir("bound");
+        let mut queue = Queue::new(
+            &Bounds {
+                memory_lines: 5,
+                disk_lines: 20,
+                spool_dir: dir.clone(),
+            },
+            1,
+        );
+        for n in 0..40u64 {
+            let record = LogRecord {
+                job_id: 1,
+                agent_id: "a".into(),
+                org_id: None,
+                repo_id: None,
+                level: "info".into(),
+                message: format!("line {n}"),
+                ts: 1,
+                seq: n + 1,
+            };
+            queue.push(record, &dropped).await;
         }
         assert_eq!(dropped.get(), 15);
-        assert_eq!(drain(&mut q).len(), 25);
+        let mut out = Vec::new();
+        loop {
+            queue.refill().await;
+            if queue.memory.is_empty() {
+                break;
+            }
+            out.extend(queue.memory.drain(..).map(|r| r.seq));
+        }
+        assert_eq!(
+            out,
+            (1..=25).collect::<Vec<_>>(),
+            "order is kept across the spool"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

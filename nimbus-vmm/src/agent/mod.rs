@@ -2,6 +2,11 @@
 //! plane, run each in a fresh VM, stream its output to the logging pipeline,
 //! heartbeat the lease, enforce the timeout, complete with the fencing token.
 //!
+//! It is composed of the SDK's seams only: a [`JobSource`] (the control plane's
+//! HTTP client, or an in-process control plane), a [`VmmDriver`], and where its
+//! jobs' lines go ([`LogDestination`]: the pipeline's HTTP API with each lease's
+//! ingest token, or any [`nimbus_logs::LogSink`] in this process).
+//!
 //! A lease lost while its job runs (409 on heartbeat: the job belongs to someone
 //! else now) stops the VM at once and is counted in
 //! `nimbus_host_agent_lease_errors_total`. On shutdown the agent stops leasing and
@@ -14,8 +19,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nimbus_core::client::ControlPlaneClient;
 use nimbus_core::domain::{Completion, CompletionStatus, JobStatus, Lease};
+use nimbus_core::JobSource;
 use nimbus_core::{ClientConfig, Env};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry};
 use tokio::sync::{watch, Semaphore};
@@ -126,6 +131,7 @@ pub struct AgentMetrics {
     pub lease_errors: IntCounter,
     pub jobs_run: IntCounter,
     pub log_lines_dropped: IntCounter,
+    pub log_lines_dead_lettered: IntCounter,
     pub running_vms: IntGauge,
     /// Free job slots (`NIMBUS_AGENT_MAX_VMS` minus running jobs).
     pub slots_free: IntGauge,
@@ -180,6 +186,10 @@ impl AgentMetrics {
                 "Lease requests, heartbeats or completions that failed (409 or network).",
             )?,
             jobs_run: counter("nimbus_host_agent_jobs_total", "Jobs this agent ran to an outcome.")?,
+            log_lines_dead_lettered: counter(
+                "nimbus_host_agent_log_lines_dead_lettered_total",
+                "Job output lines the log sink refused for good (kept in the spool's dead-letter directory).",
+            )?,
             log_lines_dropped: counter(
                 "nimbus_host_agent_log_lines_dropped_total",
                 "Job output lines dropped because the logging pipeline stayed unreachable (should be 0).",
@@ -193,9 +203,34 @@ impl AgentMetrics {
     }
 }
 
+/// Where the agent's jobs' output lines go.
+#[derive(Clone, Default)]
+pub enum LogDestination {
+    /// The logging pipeline at this URL, each job's lines with its lease's ingest
+    /// token (`NIMBUS_LOGS_URL`).
+    Pipeline { url: String },
+    /// A sink in this process (an embedder's ClickHouse or SQLite sink, or the
+    /// pipeline's own sink when it runs in the same process).
+    Sink(Arc<dyn nimbus_logs::LogSink>),
+    /// Nowhere (the lines are only the VM's).
+    #[default]
+    Nowhere,
+}
+
+impl LogDestination {
+    /// `NIMBUS_LOGS_URL` if set.
+    pub fn from_config(config: &AgentConfig) -> Self {
+        match &config.logs_url {
+            Some(url) => LogDestination::Pipeline { url: url.clone() },
+            None => LogDestination::Nowhere,
+        }
+    }
+}
+
 struct Agent {
     config: AgentConfig,
-    client: ControlPlaneClient,
+    jobs: Arc<dyn JobSource>,
+    logs: LogDestination,
     driver: Arc<dyn VmmDriver>,
     assets: VerifiedAssets,
     metrics: AgentMetrics,
@@ -204,9 +239,12 @@ struct Agent {
     cancel: watch::Receiver<bool>,
 }
 
-/// Runs the agent until `shutdown` resolves, then drains running jobs.
+/// Runs the agent until `shutdown` resolves, then drains running jobs: jobs from
+/// `jobs`, their lines to `logs`.
 pub async fn run(
     config: AgentConfig,
+    jobs: Arc<dyn JobSource>,
+    logs: LogDestination,
     metrics: AgentMetrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> crate::Result<()> {
@@ -228,11 +266,10 @@ pub async fn run(
         }
     }
     let assets = launch::verified_assets(&config.vmm, selection.driver.kind()).await?;
-    let client = ControlPlaneClient::from_config(&config.client)
-        .map_err(|e| crate::Error::Config(e.to_string()))?;
     let (cancel_all, cancel) = watch::channel(false);
     let agent = Arc::new(Agent {
-        client,
+        jobs,
+        logs,
         driver: selection.driver,
         assets,
         metrics,
@@ -253,7 +290,7 @@ pub async fn run(
                     return;
                 };
                 let lease = tokio::select! {
-                    lease = agent.client.lease_matching(agent.config.lease_wait, agent.config.labels.as_deref()) => lease,
+                    lease = agent.jobs.lease(agent.config.lease_wait, agent.config.labels.as_deref()) => lease,
                     _ = stopped.changed() => return,
                 };
                 match lease {
@@ -391,7 +428,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
     // A GitHub job runs the Actions runner with a just-in-time config that only
     // the holder of this lease can get.
     let runner = if job.github.is_some() && job.spec.steps.is_empty() {
-        match agent.client.runner_config(job.id, token).await {
+        match agent.jobs.runner_config(job.id, token).await {
             Ok(config) => Some(RunnerJob {
                 jit_config: config.encoded_jit_config,
                 runner_dir: agent.config.runner_dir.clone(),
@@ -405,7 +442,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
                     exit_code: None,
                     reason: Some(format!("no runner config from the control plane: {error}")),
                 };
-                if let Err(error) = agent.client.complete(job.id, &completion).await {
+                if let Err(error) = agent.jobs.complete(job.id, &completion).await {
                     agent.metrics.lease_errors.inc();
                     tracing::warn!(job_id = job.id, %error, "completing the job failed");
                 }
@@ -417,20 +454,29 @@ async fn run_job(agent: &Agent, lease: Lease) {
     };
     tracing::info!(job_id = job.id, attempt = job.attempt, "running job");
     agent.metrics.running_vms.inc();
-    if agent.config.logs_url.is_some() && lease.ingest_token.is_none() {
-        tracing::warn!(
-            job_id = job.id,
-            "the lease carries no log ingest token: the pipeline will refuse this job's lines"
-        );
-    }
-    let shipper = logs::LogShipper::start(
-        agent.http.clone(),
-        agent.config.logs_url.clone(),
-        lease.ingest_token.clone().map(nimbus_core::Secret::new),
+    let sink: Option<Arc<dyn nimbus_logs::LogSink>> = match &agent.logs {
+        LogDestination::Pipeline { url } => {
+            if lease.ingest_token.is_none() {
+                tracing::warn!(job_id = job.id, "the lease carries no log ingest token: the pipeline will refuse this job's lines");
+            }
+            Some(Arc::new(nimbus_logs::sink::http::HttpSink::new(
+                agent.http.clone(),
+                url,
+                lease.ingest_token.clone().map(nimbus_core::Secret::new),
+            )))
+        }
+        LogDestination::Sink(sink) => Some(sink.clone()),
+        LogDestination::Nowhere => None,
+    };
+    let mut shipper = logs::LogShipper::start(
+        sink,
         job,
         lease.log_seq_base,
         &agent.config.agent_id,
-        agent.metrics.log_lines_dropped.clone(),
+        logs::ShipperMetrics {
+            dropped: agent.metrics.log_lines_dropped.clone(),
+            dead_lettered: agent.metrics.log_lines_dead_lettered.clone(),
+        },
         logs::Bounds {
             memory_lines: 20_000,
             disk_lines: 2_000_000,
@@ -482,7 +528,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
                 agent.config.drain.as_secs()
             )),
         };
-        if let Err(error) = agent.client.complete(job.id, &completion).await {
+        if let Err(error) = agent.jobs.complete(job.id, &completion).await {
             agent.metrics.lease_errors.inc();
             tracing::warn!(job_id = job.id, %error, "completing the cancelled job failed");
         }
@@ -531,7 +577,7 @@ async fn run_job(agent: &Agent, lease: Lease) {
         exit_code,
         reason,
     };
-    if let Err(error) = agent.client.complete(job.id, &completion).await {
+    if let Err(error) = agent.jobs.complete(job.id, &completion).await {
         agent.metrics.lease_errors.inc();
         tracing::warn!(job_id = job.id, %error, "completing the job failed");
     }
@@ -547,7 +593,7 @@ async fn heartbeat_until_lost(agent: &Agent, lease: &Lease) {
     loop {
         tokio::time::sleep(interval).await;
         match agent
-            .client
+            .jobs
             .heartbeat(lease.job.id, lease.fencing_token)
             .await
         {

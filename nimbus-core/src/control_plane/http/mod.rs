@@ -1,5 +1,10 @@
-//! The HTTP edge: how errors become responses (the one place), and extractors that
-//! turn bad requests into those errors instead of axum's plain-text rejections.
+//! The HTTP edge (the axum adapter of the API in [`super::api`]): how errors become
+//! responses (the one place), extractors that turn bad requests into those errors
+//! instead of axum's plain-text rejections, and the route handlers, which only
+//! parse, call the API and answer.
+
+pub(super) mod jobs;
+pub(super) mod webhooks;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

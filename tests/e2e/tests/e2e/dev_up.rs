@@ -119,6 +119,32 @@ async fn dev_up_runs_a_job_end_to_end_and_stops_on_ctrl_c() {
         "{messages:?}"
     );
 
+    // The agent in the process went through the API and the sink in the process,
+    // not through its own HTTP servers.
+    let metrics = |url: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let control_metrics = metrics(control_plane.clone()).await;
+    assert!(
+        !control_metrics.contains("route=\"/api/jobs/lease\""),
+        "the in-process agent leased over HTTP:\n{control_metrics}"
+    );
+    let pipeline_metrics = metrics(vars["NIMBUS_LOGS_URL"].clone()).await;
+    assert!(
+        pipeline_metrics.contains("nimbus_logging_pipeline_lines_received_total 0"),
+        "the in-process agent posted lines over HTTP:\n{pipeline_metrics}"
+    );
+
     // Ctrl-C: everything stops, exit 0.
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

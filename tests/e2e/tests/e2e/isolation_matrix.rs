@@ -491,6 +491,7 @@ impl World {
                 format!("/api/jobs/{a}/complete"),
                 Some(json!({"fencing_token": fencing, "status": "failed", "exit_code": 1})),
             ),
+            ("POST", "/api/jobs/{id}/cancel") => (format!("/api/jobs/{a}/cancel"), None),
             ("GET", "/api/jobs/{id}/runner-config") => (
                 format!("/api/jobs/{a}/runner-config?fencing_token={fencing}"),
                 None,

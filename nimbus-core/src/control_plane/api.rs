@@ -1,0 +1,524 @@
+//! The control plane's API as plain async methods on [`ControlPlane`]: each takes
+//! the verified caller (a [`Principal`]) and typed arguments, applies every rule
+//! — who may do it, validation, admission, tokens, metrics — and answers domain
+//! types or the crate's [`Error`]. The HTTP layer ([`super::http`]) only parses,
+//! calls and maps; in-process callers (`nimbus run`, `nimbus dev up`, the bench,
+//! the examples, the Python bindings) call these directly, and a host agent in the
+//! same process leases through [`LocalAgent`], the in-process [`JobSource`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, ControlPlane};
+use crate::auth::Principal;
+use crate::domain::{
+    metadata_from_labels, validate_labels, validate_repo_name, Completion, Job, JobId,
+    JobSource as Source, JobSpec, JobStatus, Lease, NewJob, Org, OrgId, Repo, RunnerConfig, Step,
+    DEFAULT_TIMEOUT_MINUTES, MAX_LABEL_LEN,
+};
+use crate::error::{Error, Result};
+use crate::job_source::JobSource;
+use crate::store::{
+    Admission, Delivery, Enqueued, JobFilter, JobPage, LeaseRenewal, LeaseRequest, RateLimit,
+    MAX_PAGE_SIZE,
+};
+
+/// Longest a lease request may wait for a job.
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);
+/// Most labels an agent may name when it leases.
+const MAX_AGENT_LABELS: usize = 100;
+/// Longest completion reason kept.
+const MAX_REASON_BYTES: usize = 4096;
+
+/// A job submission (`POST /api/jobs`, docs/api.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Required with an admin token; with an org token it defaults to (and must
+    /// be) the token's org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<OrgId>,
+    pub repo: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_minutes: Option<u32>,
+    /// Extra metadata rows, besides those from `param:`/`meta:` labels.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What an agent asks a lease for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// How long to wait for a job (at most [`MAX_LEASE_WAIT`]).
+    pub wait: Duration,
+    /// Only this org's jobs (a dedicated agent).
+    pub org_id: Option<OrgId>,
+    /// The agent's labels: only jobs whose runner labels are all among them.
+    pub labels: Option<Vec<String>>,
+}
+
+fn require_admin(principal: &Principal) -> Result<()> {
+    match principal {
+        Principal::Admin { .. } => Ok(()),
+        other => Err(Error::Forbidden(format!(
+            "this needs an admin token, not {}",
+            other.role()
+        ))),
+    }
+}
+
+/// The lease holder a principal acts as: an agent by its id, an admin by its sub.
+fn lease_holder(principal: &Principal) -> Result<&str> {
+    match principal {
+        Principal::Agent { agent_id } => Ok(agent_id),
+        Principal::Admin { sub } => Ok(sub),
+        Principal::Org { .. } => Err(Error::Forbidden(
+            "org tokens cannot lease or report on jobs; use an agent token".into(),
+        )),
+    }
+}
+
+/// Listing jobs, orgs and analytics is for orgs (their own) and admins; an agent
+/// gets what it needs with each lease.
+fn refuse_agents(principal: &Principal, what: &str) -> Result<()> {
+    match principal {
+        Principal::Agent { .. } => Err(Error::Forbidden(format!(
+            "agent tokens cannot read {what}; an agent gets its job with the lease"
+        ))),
+        Principal::Admin { .. } | Principal::Org { .. } => Ok(()),
+    }
+}
+
+/// The org a principal may read: its own for an org (asking for another is "not
+/// found"), any (or the one asked) for an admin.
+fn readable_org(principal: &Principal, asked: Option<OrgId>) -> Result<Option<OrgId>> {
+    match (principal.org_scope(), asked) {
+        (Some(own), Some(asked)) if own != asked => Err(Error::not_found(format!("org {asked}"))),
+        (Some(own), _) => Ok(Some(own)),
+        (None, asked) => Ok(asked),
+    }
+}
+
+impl ControlPlane {
+    /// Creates or renames an org (admin).
+    pub async fn upsert_org(&self, who: &Principal, id: OrgId, name: &str) -> Result<Org> {
+        require_admin(who)?;
+        if id <= 0 {
+            return Err(Error::invalid("org id must be a positive integer"));
+        }
+        let name = name.trim();
+        if name.is_empty() || name.len() > MAX_LABEL_LEN {
+            return Err(Error::invalid(format!(
+                "org name must be 1 to {MAX_LABEL_LEN} bytes"
+            )));
+        }
+        let org = self.store.upsert_org(id, name, self.now()).await?;
+        self.remember_org(org.id);
+        Ok(org)
+    }
+
+    /// The orgs the caller may see: all (admin) or its own.
+    pub async fn orgs(&self, who: &Principal) -> Result<Vec<Org>> {
+        refuse_agents(who, "orgs")?;
+        let orgs = self.store.list_orgs().await?;
+        Ok(match who.org_scope() {
+            Some(own) => orgs.into_iter().filter(|org| org.id == own).collect(),
+            None => orgs,
+        })
+    }
+
+    /// Queues a job through admission (policy, rate limit).
+    pub async fn submit(&self, who: &Principal, request: JobRequest) -> Result<Job> {
+        let org_id = match (who, request.org_id) {
+            (Principal::Org { org_id, .. }, None) => *org_id,
+            (Principal::Org { org_id, .. }, Some(asked)) if asked == *org_id => asked,
+            (Principal::Org { .. }, Some(asked)) => {
+                return Err(Error::not_found(format!("org {asked}")));
+            }
+            (Principal::Admin { .. }, Some(asked)) => {
+                if !self.org_exists(asked).await? {
+                    return Err(Error::not_found(format!("org {asked}")));
+                }
+                asked
+            }
+            (Principal::Admin { .. }, None) => {
+                return Err(Error::invalid("org_id is required with an admin token"));
+            }
+            (Principal::Agent { .. }, _) => {
+                return Err(Error::Forbidden("agent tokens cannot submit jobs".into()));
+            }
+        };
+        validate_repo_name(&request.repo)?;
+        validate_labels(&request.labels)?;
+        let spec = JobSpec {
+            steps: request.steps,
+            env: request.env,
+            timeout_minutes: request.timeout_minutes.unwrap_or(DEFAULT_TIMEOUT_MINUTES),
+        };
+        spec.validate_direct()?;
+        let mut metadata = metadata_from_labels(&request.labels);
+        for (key, value) in request.metadata {
+            if key.is_empty() || key.len() > MAX_LABEL_LEN || value.len() > MAX_LABEL_LEN {
+                return Err(Error::invalid(format!(
+                    "metadata key {key:?}: keys must be 1 to {MAX_LABEL_LEN} bytes, values at most {MAX_LABEL_LEN}"
+                )));
+            }
+            metadata.insert(key, value);
+        }
+        let job = NewJob {
+            org_id,
+            repo: Repo {
+                id: None,
+                full_name: request.repo,
+            },
+            source: Source::Direct,
+            labels: request.labels,
+            metadata,
+            spec,
+            github: None,
+            rejected: false,
+            policy_reasons: Vec::new(),
+        };
+        let enqueued = self.admit(job, None).await?;
+        tracing::info!(job_id = enqueued.job.id, org_id, "queued direct job");
+        Ok(enqueued.job)
+    }
+
+    /// A page of the jobs the caller may see (an org's own; an admin's any org).
+    pub async fn jobs(&self, who: &Principal, mut filter: JobFilter) -> Result<JobPage> {
+        refuse_agents(who, "the job list")?;
+        if !(1..=MAX_PAGE_SIZE).contains(&filter.limit) {
+            return Err(Error::invalid(format!(
+                "limit must be between 1 and {MAX_PAGE_SIZE}, got {}",
+                filter.limit
+            )));
+        }
+        if filter.metadata_value.is_some() && filter.metadata_key.is_none() {
+            return Err(Error::invalid("metadata_value needs metadata_key"));
+        }
+        filter.org_id = readable_org(who, filter.org_id)?;
+        self.store.list_jobs(&filter).await
+    }
+
+    /// One job, if the caller may see it: an org its own jobs, an agent the jobs it
+    /// holds (or held) the lease of, an admin every job. Anything else is "not
+    /// found", so nobody learns which ids exist.
+    pub async fn job(&self, who: &Principal, id: JobId) -> Result<Job> {
+        let visible = |job: &Job| match who {
+            Principal::Admin { .. } => true,
+            Principal::Org { org_id, .. } => job.org_id == *org_id,
+            Principal::Agent { agent_id } => job.agent_id.as_deref() == Some(agent_id.as_str()),
+        };
+        match self.store.get_job(id).await? {
+            Some(job) if visible(&job) => Ok(job),
+            _ => Err(Error::not_found(format!("job {id}"))),
+        }
+    }
+
+    /// Leases the job the scheduler picks for this agent, waiting up to
+    /// `options.wait` for one; the lease carries the job's cache and log tokens.
+    pub async fn lease(&self, who: &Principal, options: &LeaseOptions) -> Result<Option<Lease>> {
+        let agent_id = lease_holder(who)?.to_string();
+        if options.wait > MAX_LEASE_WAIT {
+            return Err(Error::invalid(format!(
+                "wait_seconds must be at most {}, got {}",
+                MAX_LEASE_WAIT.as_secs(),
+                options.wait.as_secs()
+            )));
+        }
+        if let Some(labels) = &options.labels {
+            if labels.len() > MAX_AGENT_LABELS
+                || labels
+                    .iter()
+                    .any(|l| l.is_empty() || l.len() > MAX_LABEL_LEN)
+            {
+                return Err(Error::invalid(format!(
+                    "labels: at most {MAX_AGENT_LABELS}, each 1 to {MAX_LABEL_LEN} bytes"
+                )));
+            }
+        }
+        let request = LeaseRequest {
+            agent_id,
+            org_id: options.org_id,
+            labels: options.labels.clone(),
+            ttl: self.config.lease_ttl,
+        };
+        let Some(mut lease) = super::lease_with_wait(self, &request, options.wait).await? else {
+            return Ok(None);
+        };
+        lease.cache_token = self.mint_cache_token(&lease.job).await;
+        lease.ingest_token = self.mint_ingest_token(&lease);
+        self.metrics.leases_granted.inc();
+        tracing::info!(job_id = lease.job.id, agent = %request.agent_id, fencing_token = lease.fencing_token, "lease granted");
+        Ok(Some(lease))
+    }
+
+    /// Extends the caller's lease of `id`.
+    pub async fn heartbeat(
+        &self,
+        who: &Principal,
+        id: JobId,
+        fencing_token: i64,
+    ) -> Result<LeaseRenewal> {
+        let agent = lease_holder(who)?;
+        self.store
+            .heartbeat(id, agent, fencing_token, self.config.lease_ttl, self.now())
+            .await
+    }
+
+    /// Finishes the caller's leased job `id` (idempotent for its holder).
+    pub async fn complete(
+        &self,
+        who: &Principal,
+        id: JobId,
+        completion: &Completion,
+    ) -> Result<Job> {
+        let agent = lease_holder(who)?;
+        if completion
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REASON_BYTES)
+        {
+            return Err(Error::invalid(format!(
+                "reason must be at most {MAX_REASON_BYTES} bytes"
+            )));
+        }
+        let job = self
+            .store
+            .complete(id, agent, completion, self.now())
+            .await?;
+        self.metrics
+            .jobs_completed
+            .with_label_values(&[job.status.as_str()])
+            .inc();
+        if job.github.is_some() {
+            self.remove_runner(&job, completion.fencing_token);
+        }
+        Ok(job)
+    }
+
+    /// Cancels a queued or running job of the caller's org (an admin's: any). A
+    /// running job's lease ends at once: its agent's next heartbeat is refused and
+    /// it stops the VM. Cancelling a cancelled job again is fine; a job that already
+    /// ended otherwise is a conflict.
+    pub async fn cancel(&self, who: &Principal, id: JobId) -> Result<Job> {
+        refuse_agents(who, "jobs to cancel")?;
+        let job = self.job(who, id).await?;
+        let reason = match who {
+            Principal::Admin { sub } => format!("cancelled by {sub}"),
+            _ => "cancelled by its org".to_string(),
+        };
+        match self.store.cancel(id, &reason, self.now()).await? {
+            Some(cancelled) => {
+                self.metrics
+                    .jobs_completed
+                    .with_label_values(&[JobStatus::Cancelled.as_str()])
+                    .inc();
+                if job.status == JobStatus::Leased && cancelled.github.is_some() {
+                    self.remove_runner(&cancelled, job.fencing_token);
+                }
+                tracing::info!(job_id = id, %reason, "job cancelled");
+                Ok(cancelled)
+            }
+            None => {
+                let current = self.job(who, id).await?;
+                if current.status == JobStatus::Cancelled {
+                    Ok(current)
+                } else {
+                    Err(Error::Conflict(format!(
+                        "job {id} has already ended ({})",
+                        current.status
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The just-in-time runner config of a GitHub job, for the agent holding its
+    /// current lease `fencing_token` only.
+    pub async fn runner_config(
+        &self,
+        who: &Principal,
+        id: JobId,
+        fencing_token: i64,
+    ) -> Result<RunnerConfig> {
+        let agent = lease_holder(who)?;
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job {id}")))?;
+        // Only the lease's holder learns anything about the lease.
+        if job.agent_id.as_deref() != Some(agent) {
+            return Err(Error::Conflict(format!(
+                "job {id} is not leased to agent {agent:?}"
+            )));
+        }
+        if job.status != JobStatus::Leased || job.fencing_token != fencing_token {
+            return Err(Error::Conflict(format!(
+                "job {id} is not leased with fencing token {fencing_token} (status {})",
+                job.status.as_str()
+            )));
+        }
+        if job.github.is_none() {
+            return Err(Error::invalid(format!(
+                "job {id} did not come from GitHub: it runs its steps, not a runner"
+            )));
+        }
+        let config = self.jit_config(&job).await?;
+        tracing::info!(job_id = id, runner = %config.runner_name, runner_id = config.runner_id, "runner config handed out");
+        Ok(RunnerConfig {
+            runner_name: config.runner_name,
+            runner_id: config.runner_id,
+            encoded_jit_config: config.encoded_jit_config,
+        })
+    }
+
+    /// How many jobs carry each value of metadata `key`, most frequent first (of
+    /// the caller's org; an admin's: all, or `org_id`).
+    pub async fn metadata_values(
+        &self,
+        who: &Principal,
+        key: &str,
+        org_id: Option<OrgId>,
+        limit: u32,
+    ) -> Result<Vec<(String, i64)>> {
+        refuse_agents(who, "analytics")?;
+        let org_id = readable_org(who, org_id)?;
+        if !(1..=10_000).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "limit must be between 1 and 10000, got {limit}"
+            )));
+        }
+        self.store.metadata_values(org_id, key, limit).await
+    }
+
+    /// The admission checks for a job of `org_id`: the org rate limit, and the
+    /// webhook delivery when there is one. The store applies them in the job's
+    /// transaction.
+    fn admission(&self, org_id: OrgId, delivery: Option<Delivery>) -> Admission {
+        Admission {
+            delivery,
+            rate_limit: Some(RateLimit {
+                key: format!("org-jobs:{org_id}"),
+                limit: self.config.org_job_rate_limit,
+                interval: self.config.org_rate_interval,
+            }),
+        }
+    }
+
+    /// Queues a job through admission — the policy, then the rate limit and replay
+    /// checks — counting what is refused. A job the policy denies is recorded as
+    /// `rejected` (with its reasons) and does not count against the rate limit.
+    pub(crate) async fn admit(
+        &self,
+        mut job: NewJob,
+        delivery: Option<Delivery>,
+    ) -> Result<Enqueued> {
+        let decision = self.policy().evaluate(&job.policy_facts());
+        let denials = if decision.dry_run {
+            &self.metrics.policy_dry_run_denials
+        } else {
+            &self.metrics.policy_denials
+        };
+        for reason in &decision.reasons {
+            denials.with_label_values(&[&reason.rule]).inc();
+        }
+        if decision.would_deny() {
+            tracing::info!(
+                org_id = job.org_id,
+                repo = %job.repo.full_name,
+                dry_run = decision.dry_run,
+                rules = ?decision.reasons.iter().map(|r| r.rule.as_str()).collect::<Vec<_>>(),
+                "admission policy matched"
+            );
+        }
+        job.rejected = !decision.allowed;
+        job.policy_reasons = decision.reasons;
+        let mut admission = self.admission(job.org_id, delivery);
+        if job.rejected {
+            admission.rate_limit = None;
+        }
+        match self.store.enqueue(job, &admission, self.now()).await {
+            Ok(enqueued) => {
+                if enqueued.created {
+                    if let Some(sink) = &self.metadata_sink {
+                        sink.forward(&enqueued.job);
+                    }
+                }
+                if enqueued.created && enqueued.job.status == JobStatus::Queued {
+                    self.scheduler.queued(enqueued.job.org_id);
+                    self.metrics
+                        .jobs_enqueued
+                        .with_label_values(&[enqueued.job.source.as_str()])
+                        .inc();
+                    self.job_available.notify_waiters();
+                }
+                Ok(enqueued)
+            }
+            Err(error) => {
+                if matches!(error, Error::RateLimited { .. }) {
+                    self.metrics.org_rate_limits_hit.inc();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The in-process [`JobSource`] of agent `agent_id`: a host agent in this
+    /// process leases, heartbeats and completes through the API directly.
+    pub fn agent(self: &Arc<Self>, agent_id: impl Into<String>) -> LocalAgent {
+        LocalAgent {
+            control_plane: self.clone(),
+            principal: Principal::Agent {
+                agent_id: agent_id.into(),
+            },
+        }
+    }
+}
+
+/// An agent of an in-process control plane: [`JobSource`] over the API, no HTTP.
+#[derive(Clone)]
+pub struct LocalAgent {
+    control_plane: AppState,
+    principal: Principal,
+}
+
+#[async_trait]
+impl JobSource for LocalAgent {
+    async fn lease(&self, wait: Duration, labels: Option<&[String]>) -> Result<Option<Lease>> {
+        let options = LeaseOptions {
+            wait,
+            org_id: None,
+            labels: labels.map(<[String]>::to_vec),
+        };
+        self.control_plane.lease(&self.principal, &options).await
+    }
+
+    async fn heartbeat(&self, job_id: JobId, fencing_token: i64) -> Result<LeaseRenewal> {
+        self.control_plane
+            .heartbeat(&self.principal, job_id, fencing_token)
+            .await
+    }
+
+    async fn complete(&self, job_id: JobId, completion: &Completion) -> Result<Job> {
+        self.control_plane
+            .complete(&self.principal, job_id, completion)
+            .await
+    }
+
+    async fn runner_config(&self, job_id: JobId, fencing_token: i64) -> Result<RunnerConfig> {
+        self.control_plane
+            .runner_config(&self.principal, job_id, fencing_token)
+            .await
+    }
+}
