@@ -6,7 +6,9 @@
 //! every time an org of weight 1 is, whatever either has queued. The clock is the
 //! start time of the last job handed out: an org that was idle, or is new, starts
 //! level with the busy ones instead of being owed the time it was away. Ties go
-//! to the org whose oldest queued job is older.
+//! to the org with fewer jobs running (which every replica sees in the store, so a
+//! replica that has not served anyone yet still does not pile onto the busiest
+//! org), then to the org whose oldest queued job is older.
 //!
 //! Which orgs have queued work is read from the store (one index walk per org,
 //! `JobQueue::queued_orgs`) at most every [`REFRESH`], and at once when this
@@ -102,13 +104,20 @@ impl FairShare {
             state.noted.clear();
         }
         let state = self.state();
-        let mut busy: Vec<(u64, i64, OrgId)> = state
+        let mut busy: Vec<(u64, i64, i64, OrgId)> = state
             .busy
             .iter()
-            .map(|org| (state.start(org.org_id), org.oldest_job, org.org_id))
+            .map(|org| {
+                (
+                    state.start(org.org_id),
+                    org.running,
+                    org.oldest_job,
+                    org.org_id,
+                )
+            })
             .collect();
         busy.sort_unstable();
-        Ok(busy.into_iter().map(|(_, _, org)| org).collect())
+        Ok(busy.into_iter().map(|(_, _, _, org)| org).collect())
     }
 }
 

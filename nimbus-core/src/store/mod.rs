@@ -123,11 +123,13 @@ pub struct GithubJobUpdate {
     pub runner_name: Option<String>,
 }
 
-/// An org with queued work, and its oldest queued job.
+/// An org with queued work: its oldest queued job and how many of its jobs run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueuedOrg {
     pub org_id: OrgId,
     pub oldest_job: JobId,
+    /// Jobs of the org leased right now (on any replica).
+    pub running: i64,
 }
 
 /// Who asks for a lease, and for how long.

@@ -60,7 +60,8 @@ pub(crate) fn lease_sql(claim_suffix: &str, one_org: bool) -> String {
 
 /// The orgs with queued jobs, by a skip scan of the `jobs_queued_by_org` partial
 /// index (one probe per org, not one row per job: an org with 100,000 queued jobs
-/// costs what an org with one does), each with its oldest queued job.
+/// costs what an org with one does), each with its oldest queued job and its
+/// number of running (leased) jobs.
 pub(crate) const QUEUED_ORGS: &str = "WITH RECURSIVE busy(org_id) AS ( \
        SELECT MIN(org_id) FROM jobs WHERE status = 'queued' \
        UNION ALL \
@@ -68,7 +69,8 @@ pub(crate) const QUEUED_ORGS: &str = "WITH RECURSIVE busy(org_id) AS ( \
        FROM busy WHERE busy.org_id IS NOT NULL \
      ) \
      SELECT busy.org_id, \
-       (SELECT MIN(j.id) FROM jobs j WHERE j.status = 'queued' AND j.org_id = busy.org_id) AS oldest \
+       (SELECT MIN(j.id) FROM jobs j WHERE j.status = 'queued' AND j.org_id = busy.org_id) AS oldest, \
+       (SELECT COUNT(*) FROM jobs j WHERE j.status = 'leased' AND j.org_id = busy.org_id) AS running \
      FROM busy WHERE busy.org_id IS NOT NULL";
 
 pub(crate) const INSERT_DELIVERY: &str =
@@ -516,13 +518,17 @@ macro_rules! impl_shared_store {
             }
 
             async fn queued_orgs(&self) -> __Result<Vec<$crate::store::QueuedOrg>> {
-                let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(__sql::QUEUED_ORGS)
+                let rows: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(__sql::QUEUED_ORGS)
                     .fetch_all(&self.reader)
                     .await?;
                 Ok(rows
                     .into_iter()
-                    .filter_map(|(org_id, oldest)| {
-                        oldest.map(|oldest_job| $crate::store::QueuedOrg { org_id, oldest_job })
+                    .filter_map(|(org_id, oldest, running)| {
+                        oldest.map(|oldest_job| $crate::store::QueuedOrg {
+                            org_id,
+                            oldest_job,
+                            running,
+                        })
                     })
                     .collect())
             }
