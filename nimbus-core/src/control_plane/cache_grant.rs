@@ -9,10 +9,9 @@
 //! answer is missing, the job still gets a token, read-only: it can restore but
 //! never poison.
 
-use serde_json::Value;
-
 use crate::cache_token::{CacheGrant, CachePermission, DEFAULT_BRANCH};
 use crate::domain::Job;
+use crate::github::model::{PullRequest, RunRepository, WorkflowRun};
 
 /// The facts about a workflow run the cache scope depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,31 +43,26 @@ fn is_pull_request_event(event: &str) -> bool {
 }
 
 impl RunContext {
-    /// Reads a `GET /repos/{owner}/{repo}/actions/runs/{id}` answer. `None` when
-    /// it lacks the event.
-    pub fn from_run(run: &Value) -> Option<RunContext> {
-        let event = run["event"].as_str()?.to_string();
-        let repo = run["repository"]["full_name"].as_str();
-        let head_repo = run["head_repository"]["full_name"].as_str();
-        let from_fork = match (repo, head_repo) {
-            (Some(repo), Some(head)) => !repo.eq_ignore_ascii_case(head),
+    /// Reads a workflow run. `None` when it lacks the event.
+    pub fn from_run(run: &WorkflowRun) -> Option<RunContext> {
+        let event = run.event.clone()?;
+        let name = |repo: &Option<RunRepository>| repo.as_ref().and_then(|r| r.full_name.clone());
+        let from_fork = match (name(&run.repository), name(&run.head_repository)) {
+            (Some(repo), Some(head)) => !repo.eq_ignore_ascii_case(&head),
             // Without both names the run cannot be proven to be the repository's own.
             _ => true,
         };
-        let pull_request = run["pull_requests"]
-            .as_array()
-            .and_then(|pulls| pulls.first())
-            .and_then(pull_request_ref);
         Some(RunContext {
             event,
-            head_branch: run["head_branch"].as_str().map(str::to_string),
+            head_branch: run.head_branch.clone(),
             from_fork,
-            default_branch: run["repository"]["default_branch"]
-                .as_str()
+            default_branch: run
+                .repository
+                .as_ref()
+                .and_then(|r| r.default_branch.clone())
                 .filter(|b| !b.is_empty())
-                .unwrap_or("main")
-                .to_string(),
-            pull_request,
+                .unwrap_or_else(|| "main".to_string()),
+            pull_request: run.pull_requests.first().and_then(pull_request_ref),
         })
     }
 
@@ -79,18 +73,18 @@ impl RunContext {
     }
 
     /// `OWNER:BRANCH` of the run's head, for the pull request search.
-    pub fn head_label(run: &Value) -> Option<String> {
-        let owner = run["head_repository"]["owner"]["login"].as_str()?;
-        let branch = run["head_branch"].as_str()?;
+    pub fn head_label(run: &WorkflowRun) -> Option<String> {
+        let owner = &run.head_repository.as_ref()?.owner.as_ref()?.login;
+        let branch = run.head_branch.as_ref()?;
         Some(format!("{owner}:{branch}"))
     }
 }
 
-/// A pull request object (of a run's `pull_requests`, or of the pulls API).
-pub fn pull_request_ref(pull: &Value) -> Option<PullRequestRef> {
-    Some(PullRequestRef {
-        number: pull["number"].as_i64().filter(|n| *n > 0)?,
-        base_branch: pull["base"]["ref"].as_str()?.to_string(),
+/// A pull request (of a run's `pull_requests`, or of the pulls API).
+pub fn pull_request_ref(pull: &PullRequest) -> Option<PullRequestRef> {
+    (pull.number > 0).then(|| PullRequestRef {
+        number: pull.number,
+        base_branch: pull.base.git_ref.clone(),
     })
 }
 
@@ -158,7 +152,7 @@ pub fn github_grant(job: &Job, run: Option<&RunContext>) -> CacheGrant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn job() -> Job {
         serde_json::from_value(json!({
@@ -174,13 +168,14 @@ mod tests {
         .expect("job")
     }
 
-    fn run(event: &str, head_repo: &str, head_branch: &str, pulls: Value) -> Value {
-        json!({
+    fn run(event: &str, head_repo: &str, head_branch: &str, pulls: Value) -> WorkflowRun {
+        serde_json::from_value(json!({
             "id": 6, "event": event, "head_branch": head_branch,
             "repository": {"full_name": "acme/app", "default_branch": "trunk"},
             "head_repository": {"full_name": head_repo, "owner": {"login": head_repo.split('/').next()}},
             "pull_requests": pulls,
-        })
+        }))
+        .expect("run")
     }
 
     #[test]
@@ -247,6 +242,7 @@ mod tests {
         let grant = github_grant(&job(), None);
         assert_eq!(grant.permission, CachePermission::Read);
         assert_eq!(grant.git_ref, DEFAULT_BRANCH);
-        assert!(RunContext::from_run(&json!({"id": 1})).is_none());
+        let no_event: WorkflowRun = serde_json::from_value(json!({"id": 1})).expect("run");
+        assert!(RunContext::from_run(&no_event).is_none());
     }
 }

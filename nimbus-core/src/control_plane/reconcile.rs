@@ -4,14 +4,12 @@
 //! closes jobs GitHub finished while they were still waiting here. Calls go
 //! through the GitHub client's rate-limit back-off.
 
-use serde_json::{json, Value};
-
 use super::{AppState, ControlPlane};
 use crate::domain::JobStatus;
-use crate::error::Result;
-use crate::github::RepoRef;
+use crate::error::{Error, Result};
+use crate::github::{ReachableRepository, RepoRef, WorkflowJob};
 use crate::store::{GithubJobUpdate, JobFilter};
-use crate::webhook::WorkflowJobEvent;
+use crate::webhook::{self, Account, WorkflowJobAction, WorkflowJobEvent};
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,23 +27,16 @@ pub async fn reconcile_once(state: &ControlPlane) -> Result<ReconcileReport> {
     let Some(github) = state.github.clone() else {
         return Ok(report);
     };
-    for repository in github.repositories().await? {
+    for reachable in github.repositories().await? {
         report.repositories += 1;
-        let Some(full_name) = repository["full_name"].as_str() else {
-            continue;
-        };
-        let installation = repository["installation"]["id"].as_i64();
-        let repo = RepoRef::parse(full_name, installation)?;
+        let repository = &reachable.repository;
+        let repo = RepoRef::parse(&repository.full_name, reachable.installation_id)?;
         for job in github.queued_jobs(&repo).await? {
-            let Some(github_job_id) = job["id"].as_i64() else {
-                continue;
-            };
+            let github_job_id = job.id;
             if state.store.get_github_job(github_job_id).await?.is_some() {
                 continue;
             }
-            let Some(event) = as_queued_event(&repository, &job) else {
-                continue;
-            };
+            let event = as_queued_event(&reachable, job);
             if !event.wants_runner_with(&state.config.runner_labels) {
                 continue;
             }
@@ -57,16 +48,28 @@ pub async fn reconcile_once(state: &ControlPlane) -> Result<ReconcileReport> {
                     .await?;
                 state.remember_org(org_id);
             }
-            let enqueued = state.admit(event.to_new_job(), None).await?;
-            if enqueued.created {
-                report.enqueued += 1;
-                state.metrics.jobs_reconciled.inc();
-                tracing::warn!(
-                    job_id = enqueued.job.id,
-                    github_job_id,
-                    repo = full_name,
-                    "queued a GitHub job no webhook brought (missed delivery)"
-                );
+            match state.admit(event.to_new_job(), None).await {
+                Ok(enqueued) if enqueued.created => {
+                    report.enqueued += 1;
+                    state.metrics.jobs_reconciled.inc();
+                    tracing::warn!(
+                        job_id = enqueued.job.id,
+                        github_job_id,
+                        repo = %repository.full_name,
+                        "queued a GitHub job no webhook brought (missed delivery)"
+                    );
+                }
+                Ok(_) => {}
+                // One org over its rate limit waits for the next pass; the others
+                // are still reconciled.
+                Err(Error::RateLimited { .. }) => {
+                    tracing::warn!(
+                        github_job_id,
+                        org_id,
+                        "the org is over its job rate limit; the reconciler retries next pass"
+                    );
+                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -75,26 +78,24 @@ pub async fn reconcile_once(state: &ControlPlane) -> Result<ReconcileReport> {
 }
 
 /// A `workflow_job.queued` event built from GitHub's REST answers.
-fn as_queued_event(repository: &Value, job: &Value) -> Option<WorkflowJobEvent> {
-    let owner = &repository["owner"];
-    let organization = if owner["type"].as_str() == Some("Organization") {
-        json!({"id": owner["id"], "login": owner["login"]})
-    } else {
-        Value::Null
+fn as_queued_event(reachable: &ReachableRepository, job: WorkflowJob) -> WorkflowJobEvent {
+    let repository = &reachable.repository;
+    let owner = Account {
+        id: repository.owner.id,
+        login: repository.owner.login.clone(),
     };
-    let event = json!({
-        "action": "queued",
-        "workflow_job": job,
-        "repository": {"id": repository["id"], "full_name": repository["full_name"], "owner": {"id": owner["id"], "login": owner["login"]}},
-        "organization": organization,
-        "installation": repository["installation"],
-    });
-    match serde_json::from_value(event) {
-        Ok(event) => Some(event),
-        Err(error) => {
-            tracing::warn!(%error, job = %job["id"], "a queued GitHub job could not be read");
-            None
-        }
+    WorkflowJobEvent {
+        action: WorkflowJobAction::Queued,
+        workflow_job: job,
+        repository: webhook::Repository {
+            id: repository.id,
+            full_name: repository.full_name.clone(),
+            owner: owner.clone(),
+        },
+        organization: repository.owner.is_organization().then_some(owner),
+        installation: reachable
+            .installation_id
+            .map(|id| webhook::Installation { id }),
     }
 }
 
@@ -124,14 +125,14 @@ async fn close_finished(state: &ControlPlane) -> Result<u64> {
                 continue;
             }
         };
-        if remote["status"].as_str() != Some("completed") {
+        if remote.status.as_deref() != Some("completed") {
             continue;
         }
         let update = GithubJobUpdate {
             github_job_id: reference.job_id,
             status: "completed".into(),
-            conclusion: remote["conclusion"].as_str().map(str::to_string),
-            runner_name: remote["runner_name"].as_str().map(str::to_string),
+            conclusion: remote.conclusion,
+            runner_name: remote.runner_name,
         };
         if state
             .store

@@ -1,12 +1,18 @@
 //! GitHub's REST API as the control plane uses it: GitHub App auth (an RS256 app
 //! JWT exchanged for installation tokens, cached until shortly before expiry) or a
 //! personal token, just-in-time runner configs and runner removal, with rate-limit
-//! back-off. The base URL is configurable, so GitHub Enterprise Server works by
-//! changing `NIMBUS_GITHUB_API_URL`.
+//! back-off. Answers are read into the typed views of [`model`]; every list follows
+//! GitHub's `Link` pagination. The base URL is configurable, so GitHub Enterprise
+//! Server works by changing `NIMBUS_GITHUB_API_URL`.
 
 mod app;
+pub mod model;
 
 pub use app::{AppCredentials, AppJwtClaims};
+pub use model::{
+    AppInstallation, Owner, PullRequest, ReachableRepository, Repository, Runner, WorkflowJob,
+    WorkflowRun,
+};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,12 +20,14 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::config::{Env, Secret};
 use crate::error::{Error, Result};
+use model::{Items, JitConfigAnswer};
 
 /// How Nimbus authenticates to GitHub.
 #[derive(Debug, Clone)]
@@ -177,6 +185,8 @@ pub struct GithubClient {
 const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(300);
 /// Attempts of one call through rate limits and server errors.
 const MAX_ATTEMPTS: u32 = 4;
+/// Pages of 100 items followed in one list: 10,000 runs, jobs or repositories.
+const MAX_PAGES: usize = 100;
 
 impl GithubClient {
     pub fn new(config: GithubConfig, rate_limited: IntCounter) -> Result<Self> {
@@ -215,7 +225,11 @@ impl GithubClient {
                     }
                 }
                 let jwt = app.jwt(now)?;
-                let (status, answer) = self
+                let Answer {
+                    status,
+                    body: answer,
+                    ..
+                } = self
                     .send(
                         Method::POST,
                         &format!("/app/installations/{installation}/access_tokens"),
@@ -245,23 +259,35 @@ impl GithubClient {
         }
     }
 
-    /// One REST call with back-off: a 403/429 with `Retry-After` or an exhausted
-    /// `X-RateLimit-Remaining` waits (bounded) and retries; 5xx retries with
-    /// exponential back-off. Answers (status, JSON body) for any other status.
+    /// One REST call to `path` (under the API URL) with back-off: see [`Self::send_url`].
     async fn send(
         &self,
         method: Method,
         path: &str,
         bearer: &str,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value)> {
+    ) -> Result<Answer> {
         let url = format!("{}{path}", self.config.api_url);
+        self.send_url(method, &url, bearer, body).await
+    }
+
+    /// One REST call with back-off: a 403/429 with `Retry-After` or an exhausted
+    /// `X-RateLimit-Remaining` waits (bounded) and retries; 5xx retries with
+    /// exponential back-off. Answers (status, JSON body, `Link`) for any other status.
+    async fn send_url(
+        &self,
+        method: Method,
+        url: &str,
+        bearer: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer> {
+        let path = url.strip_prefix(&self.config.api_url).unwrap_or(url);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut request = self
                 .http
-                .request(method.clone(), &url)
+                .request(method.clone(), url)
                 .bearer_auth(bearer)
                 .header("Accept", "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28");
@@ -298,14 +324,99 @@ impl GithubClient {
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 continue;
             }
+            let link = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let text = response.text().await.unwrap_or_default();
-            let value = if text.trim().is_empty() {
+            let body = if text.trim().is_empty() {
                 Value::Null
             } else {
                 serde_json::from_str(&text).unwrap_or(Value::String(text))
             };
-            return Ok((status, value));
+            return Ok(Answer { status, body, link });
         }
+    }
+
+    /// Every item of a list, following GitHub's `Link: <…>; rel="next"` from page
+    /// to page (100 items a page, at most [`MAX_PAGES`] pages). A next link that
+    /// leaves the API URL is refused: the bearer token goes only to GitHub. An item
+    /// that does not read as `T` is skipped with a warning, not the whole list.
+    async fn list<T: DeserializeOwned>(
+        &self,
+        call: &str,
+        path: &str,
+        bearer: &str,
+        items: Items,
+    ) -> Result<Vec<T>> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut url = format!("{}{path}{separator}per_page=100", self.config.api_url);
+        let mut all = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let answer = self.send_url(Method::GET, &url, bearer, None).await?;
+            if !answer.status.is_success() {
+                return Err(github_error(call, answer.status, &answer.body));
+            }
+            let page = match items {
+                Items::Bare => &answer.body,
+                Items::Field(field) => &answer.body[field],
+            };
+            let Some(page) = page.as_array() else {
+                return Err(Error::Unavailable(format!(
+                    "GitHub {call}: the answer is not a list"
+                )));
+            };
+            for item in page {
+                match T::deserialize(item) {
+                    Ok(item) => all.push(item),
+                    Err(error) => {
+                        tracing::warn!(call, %error, "GitHub listed an item Nimbus cannot read; skipped")
+                    }
+                }
+            }
+            match self.next_page(call, answer.link.as_deref())? {
+                Some(next) => url = next,
+                None => return Ok(all),
+            }
+        }
+        tracing::warn!(
+            call,
+            items = all.len(),
+            "GitHub list longer than {MAX_PAGES} pages; read the first {MAX_PAGES}"
+        );
+        Ok(all)
+    }
+
+    /// The `rel="next"` URL of a `Link` header, if it stays under the API URL.
+    fn next_page(&self, call: &str, link: Option<&str>) -> Result<Option<String>> {
+        let Some(link) = link else {
+            return Ok(None);
+        };
+        let links = parse_link_header::parse_with_rel(link).map_err(|error| {
+            Error::Unavailable(format!("GitHub {call}: unreadable Link header: {error}"))
+        })?;
+        let Some(next) = links.get("next") else {
+            return Ok(None);
+        };
+        let next = &next.uri;
+        let base = reqwest::Url::parse(&self.config.api_url).map_err(|error| {
+            Error::Internal(format!("the GitHub API URL does not parse: {error}"))
+        })?;
+        let base_path = base.path().trim_end_matches('/');
+        let within = next.scheme() == base.scheme()
+            && next.host_str() == base.host_str()
+            && next.port_or_known_default() == base.port_or_known_default()
+            && next
+                .path()
+                .strip_prefix(base_path)
+                .is_some_and(|rest| rest.starts_with('/'));
+        if !within {
+            return Err(Error::Unavailable(format!(
+                "GitHub {call}: the next page ({next}) is not under {base}; not followed"
+            )));
+        }
+        Ok(Some(next.to_string()))
     }
 
     fn runners_path(&self, repo: &RepoRef) -> String {
@@ -341,33 +452,31 @@ impl GithubClient {
         });
         let path = format!("{}/generate-jitconfig", self.runners_path(repo));
         for retry in 0..2 {
-            let (status, answer) = self
+            let answer = self
                 .send(Method::POST, &path, token.expose(), Some(&body))
                 .await?;
-            match status {
+            match answer.status {
                 StatusCode::CREATED | StatusCode::OK => {
-                    let runner_id = answer["runner"]["id"].as_i64().ok_or_else(|| {
-                        Error::Unavailable("GitHub's jitconfig answer has no runner.id".into())
-                    })?;
-                    let encoded = answer["encoded_jit_config"]
-                        .as_str()
-                        .filter(|s| !s.is_empty())
-                        .ok_or_else(|| {
-                            Error::Unavailable(
-                                "GitHub's jitconfig answer has no encoded_jit_config".into(),
-                            )
+                    let config: JitConfigAnswer =
+                        serde_json::from_value(answer.body).map_err(|error| {
+                            Error::Unavailable(format!("GitHub's jitconfig answer: {error}"))
                         })?;
+                    if config.encoded_jit_config.is_empty() {
+                        return Err(Error::Unavailable(
+                            "GitHub's jitconfig answer has an empty encoded_jit_config".into(),
+                        ));
+                    }
                     return Ok(JitConfig {
-                        runner_id,
+                        runner_id: config.runner.id,
                         runner_name: name.to_string(),
-                        encoded_jit_config: encoded.to_string(),
+                        encoded_jit_config: config.encoded_jit_config,
                     });
                 }
                 StatusCode::CONFLICT if retry == 0 => {
                     // "Already exists": a previous attempt registered this name.
                     self.delete_runner_named(repo, name).await?;
                 }
-                _ => return Err(github_error("generate-jitconfig", status, &answer)),
+                status => return Err(github_error("generate-jitconfig", status, &answer.body)),
             }
         }
         Err(Error::Unavailable(format!(
@@ -379,31 +488,18 @@ impl GithubClient {
     /// that is gone — GitHub removes a used JIT runner itself — is fine).
     pub async fn delete_runner_named(&self, repo: &RepoRef, name: &str) -> Result<bool> {
         let token = self.token_for(repo.installation_id).await?;
-        let base = self.runners_path(repo);
-        let (status, answer) = self
-            .send(
-                Method::GET,
-                &format!("{base}?name={}", urlencode(name)),
+        let path = format!("{}?name={}", self.runners_path(repo), urlencode(name));
+        let runners: Vec<Runner> = self
+            .list(
+                "list runners",
+                &path,
                 token.expose(),
-                None,
+                Items::Field("runners"),
             )
             .await?;
-        if !status.is_success() {
-            return Err(github_error("list runners", status, &answer));
-        }
-        let ids: Vec<i64> = answer["runners"]
-            .as_array()
-            .map(|runners| {
-                runners
-                    .iter()
-                    .filter(|r| r["name"].as_str() == Some(name))
-                    .filter_map(|r| r["id"].as_i64())
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut removed = false;
-        for id in ids {
-            removed |= self.delete_runner(repo, id).await?;
+        for runner in runners.iter().filter(|r| r.name == name) {
+            removed |= self.delete_runner(repo, runner.id).await?;
         }
         Ok(removed)
     }
@@ -412,181 +508,155 @@ impl GithubClient {
     pub async fn delete_runner(&self, repo: &RepoRef, runner_id: i64) -> Result<bool> {
         let token = self.token_for(repo.installation_id).await?;
         let path = format!("{}/{runner_id}", self.runners_path(repo));
-        let (status, answer) = self
+        let answer = self
             .send(Method::DELETE, &path, token.expose(), None)
             .await?;
-        match status {
+        match answer.status {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(github_error("delete runner", status, &answer)),
+            status => Err(github_error("delete runner", status, &answer.body)),
         }
     }
 
-    /// The repositories Nimbus can see, with what a `workflow_job` payload says of
-    /// them (`repository`, `organization`, `installation`): every installation's
-    /// repositories (App auth), or the token's own (personal token).
-    pub async fn repositories(&self) -> Result<Vec<Value>> {
-        let mut repositories = Vec::new();
+    /// The repositories Nimbus can reach: every installation's (App auth), or the
+    /// token's own (personal token).
+    pub async fn repositories(&self) -> Result<Vec<ReachableRepository>> {
+        let mut reachable = Vec::new();
         match &self.config.auth {
             GithubAuth::App(app) => {
                 let jwt = app.jwt(OffsetDateTime::now_utc())?;
-                let (status, installations) = self
-                    .send(Method::GET, "/app/installations?per_page=100", &jwt, None)
+                let installations: Vec<AppInstallation> = self
+                    .list(
+                        "list installations",
+                        "/app/installations",
+                        &jwt,
+                        Items::Bare,
+                    )
                     .await?;
-                if !status.is_success() {
-                    return Err(github_error("list installations", status, &installations));
-                }
-                for installation in installations.as_array().into_iter().flatten() {
-                    let Some(id) = installation["id"].as_i64() else {
-                        continue;
-                    };
-                    let token = self.token_for(Some(id)).await?;
-                    let (status, answer) = self
-                        .send(
-                            Method::GET,
-                            "/installation/repositories?per_page=100",
+                for installation in installations {
+                    let token = self.token_for(Some(installation.id)).await?;
+                    let repositories: Vec<Repository> = self
+                        .list(
+                            "list installation repositories",
+                            "/installation/repositories",
                             token.expose(),
-                            None,
+                            Items::Field("repositories"),
                         )
                         .await?;
-                    if !status.is_success() {
-                        return Err(github_error(
-                            "list installation repositories",
-                            status,
-                            &answer,
-                        ));
-                    }
-                    for repo in answer["repositories"].as_array().into_iter().flatten() {
-                        let mut repo = repo.clone();
-                        repo["installation"] = json!({"id": id});
-                        repositories.push(repo);
-                    }
+                    reachable.extend(repositories.into_iter().map(|repository| {
+                        ReachableRepository {
+                            repository,
+                            installation_id: Some(installation.id),
+                        }
+                    }));
                 }
             }
             GithubAuth::Token(token) => {
-                let (status, answer) = self
-                    .send(
-                        Method::GET,
-                        "/user/repos?affiliation=owner,organization_member&per_page=100",
+                let repositories: Vec<Repository> = self
+                    .list(
+                        "list repositories",
+                        "/user/repos?affiliation=owner,organization_member",
                         token.expose(),
-                        None,
+                        Items::Bare,
                     )
                     .await?;
-                if !status.is_success() {
-                    return Err(github_error("list repositories", status, &answer));
-                }
-                repositories.extend(answer.as_array().into_iter().flatten().cloned());
+                reachable.extend(
+                    repositories
+                        .into_iter()
+                        .map(|repository| ReachableRepository {
+                            repository,
+                            installation_id: None,
+                        }),
+                );
             }
         }
-        Ok(repositories)
+        Ok(reachable)
+    }
+
+    /// One GET of a single object, read as `T`.
+    async fn get<T: DeserializeOwned>(&self, call: &str, repo: &RepoRef, path: &str) -> Result<T> {
+        let token = self.token_for(repo.installation_id).await?;
+        let answer = self.send(Method::GET, path, token.expose(), None).await?;
+        if !answer.status.is_success() {
+            return Err(github_error(call, answer.status, &answer.body));
+        }
+        serde_json::from_value(answer.body)
+            .map_err(|error| Error::Unavailable(format!("GitHub {call}: {error}")))
     }
 
     /// One workflow job as GitHub sees it now.
-    pub async fn workflow_job(&self, repo: &RepoRef, job_id: i64) -> Result<Value> {
-        let token = self.token_for(repo.installation_id).await?;
-        let (status, answer) = self
-            .send(
-                Method::GET,
-                &format!("/repos/{}/{}/actions/jobs/{job_id}", repo.owner, repo.name),
-                token.expose(),
-                None,
-            )
-            .await?;
-        if !status.is_success() {
-            return Err(github_error("get workflow job", status, &answer));
-        }
-        Ok(answer)
+    pub async fn workflow_job(&self, repo: &RepoRef, job_id: i64) -> Result<WorkflowJob> {
+        let path = format!("/repos/{}/{}/actions/jobs/{job_id}", repo.owner, repo.name);
+        self.get("get workflow job", repo, &path).await
     }
 
-    /// One workflow run: its `event`, `head_branch`, `head_repository`,
-    /// `repository` (with `default_branch`) and `pull_requests`.
-    pub async fn workflow_run(&self, repo: &RepoRef, run_id: i64) -> Result<Value> {
-        let token = self.token_for(repo.installation_id).await?;
-        let (status, answer) = self
-            .send(
-                Method::GET,
-                &format!("/repos/{}/{}/actions/runs/{run_id}", repo.owner, repo.name),
-                token.expose(),
-                None,
-            )
-            .await?;
-        if !status.is_success() {
-            return Err(github_error("get workflow run", status, &answer));
-        }
-        Ok(answer)
+    /// One workflow run: its event, head branch and repository, repository (with
+    /// its default branch) and pull requests.
+    pub async fn workflow_run(&self, repo: &RepoRef, run_id: i64) -> Result<WorkflowRun> {
+        let path = format!("/repos/{}/{}/actions/runs/{run_id}", repo.owner, repo.name);
+        self.get("get workflow run", repo, &path).await
     }
 
     /// Open pull requests of `repo` whose head is `head` (`OWNER:BRANCH`): how a run
     /// of a fork's pull request finds its pull request, which GitHub leaves out of
     /// the run's `pull_requests`.
-    pub async fn pulls_with_head(&self, repo: &RepoRef, head: &str) -> Result<Vec<Value>> {
+    pub async fn pulls_with_head(&self, repo: &RepoRef, head: &str) -> Result<Vec<PullRequest>> {
         let token = self.token_for(repo.installation_id).await?;
-        let (status, answer) = self
-            .send(
-                Method::GET,
-                &format!(
-                    "/repos/{}/{}/pulls?state=open&per_page=10&head={}",
-                    repo.owner,
-                    repo.name,
-                    urlencode(head)
-                ),
-                token.expose(),
-                None,
-            )
-            .await?;
-        if !status.is_success() {
-            return Err(github_error("list pull requests", status, &answer));
-        }
-        Ok(answer.as_array().cloned().unwrap_or_default())
+        let path = format!(
+            "/repos/{}/{}/pulls?state=open&head={}",
+            repo.owner,
+            repo.name,
+            urlencode(head)
+        );
+        self.list("list pull requests", &path, token.expose(), Items::Bare)
+            .await
     }
 
     /// Queued workflow jobs of `repo` (for the reconciler): the jobs of its queued
     /// and in-progress runs whose status is `queued`.
-    pub async fn queued_jobs(&self, repo: &RepoRef) -> Result<Vec<Value>> {
+    pub async fn queued_jobs(&self, repo: &RepoRef) -> Result<Vec<WorkflowJob>> {
         let token = self.token_for(repo.installation_id).await?;
-        let mut jobs = Vec::new();
+        let mut queued = Vec::new();
         for run_status in ["queued", "in_progress"] {
-            let (status, runs) = self
-                .send(
-                    Method::GET,
+            let runs: Vec<WorkflowRun> = self
+                .list(
+                    "list workflow runs",
                     &format!(
-                        "/repos/{}/{}/actions/runs?status={run_status}&per_page=100",
+                        "/repos/{}/{}/actions/runs?status={run_status}",
                         repo.owner, repo.name
                     ),
                     token.expose(),
-                    None,
+                    Items::Field("workflow_runs"),
                 )
                 .await?;
-            if !status.is_success() {
-                return Err(github_error("list workflow runs", status, &runs));
-            }
-            for run in runs["workflow_runs"].as_array().into_iter().flatten() {
-                let Some(run_id) = run["id"].as_i64() else {
-                    continue;
-                };
-                let (status, run_jobs) = self
-                    .send(
-                        Method::GET,
+            for run in runs {
+                let jobs: Vec<WorkflowJob> = self
+                    .list(
+                        "list run jobs",
                         &format!(
-                            "/repos/{}/{}/actions/runs/{run_id}/jobs?per_page=100",
-                            repo.owner, repo.name
+                            "/repos/{}/{}/actions/runs/{}/jobs",
+                            repo.owner, repo.name, run.id
                         ),
                         token.expose(),
-                        None,
+                        Items::Field("jobs"),
                     )
                     .await?;
-                if !status.is_success() {
-                    return Err(github_error("list run jobs", status, &run_jobs));
-                }
-                for job in run_jobs["jobs"].as_array().into_iter().flatten() {
-                    if job["status"].as_str() == Some("queued") {
-                        jobs.push(job.clone());
-                    }
-                }
+                queued.extend(
+                    jobs.into_iter()
+                        .filter(|job| job.status.as_deref() == Some("queued")),
+                );
             }
         }
-        Ok(jobs)
+        Ok(queued)
     }
+}
+
+/// One answer of the REST API: its status, JSON body (`Null` when empty, a string
+/// when not JSON) and `Link` header.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    link: Option<String>,
 }
 
 fn github_error(call: &str, status: StatusCode, answer: &Value) -> Error {
@@ -635,4 +705,49 @@ fn urlencode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(api_url: &str) -> GithubClient {
+        let config = GithubConfig {
+            api_url: api_url.into(),
+            auth: GithubAuth::Token(Secret::new("t")),
+            runner_scope: RunnerScope::Repository,
+            runner_group_id: 1,
+            reconcile_interval: Duration::from_secs(60),
+            max_rate_limit_wait: Duration::from_secs(1),
+        };
+        GithubClient::new(config, IntCounter::new("t", "t").expect("counter")).expect("client")
+    }
+
+    #[test]
+    fn the_next_page_is_followed_under_the_api_url_only() {
+        let github = client("https://ghe.example.com/api/v3");
+        let next = |link: &str| github.next_page("list", Some(link));
+        assert_eq!(
+            next(r#"<https://GHE.example.com:443/api/v3/user/repos?page=2>; rel="next", <https://ghe.example.com/api/v3/user/repos?page=9>; rel="last""#)
+                .expect("next"),
+            Some("https://ghe.example.com/api/v3/user/repos?page=2".to_string())
+        );
+        assert_eq!(
+            next(r#"<https://ghe.example.com/api/v3/user/repos?page=1>; rel="prev""#)
+                .expect("no next"),
+            None
+        );
+        assert_eq!(github.next_page("list", None).expect("no link"), None);
+        // The bearer token never follows a link elsewhere.
+        for elsewhere in [
+            r#"<https://attacker.example/api/v3/user/repos?page=2>; rel="next""#,
+            r#"<http://ghe.example.com/api/v3/user/repos?page=2>; rel="next""#,
+            r#"<https://ghe.example.com:8443/api/v3/user/repos?page=2>; rel="next""#,
+            r#"<https://ghe.example.com/api/v3x/user/repos?page=2>; rel="next""#,
+            r#"<https://ghe.example.com/other/user/repos?page=2>; rel="next""#,
+            "not a link header",
+        ] {
+            assert!(next(elsewhere).is_err(), "{elsewhere} was followed");
+        }
+    }
 }

@@ -1230,6 +1230,7 @@ macro_rules! api_suite {
                 runner_configs_go_to_the_lease_holder_and_runners_are_removed,
                 runner_configs_need_github_configured,
                 a_missed_webhook_is_found_by_the_reconciler_exactly_once,
+                the_reconciler_reads_every_page_of_every_list,
                 a_runner_swap_rebinds_both_jobs,
                 github_cache_tokens_follow_githubs_scoping
             );

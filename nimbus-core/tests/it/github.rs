@@ -1,15 +1,16 @@
 //! The GitHub integration against a local server implementing the GitHub endpoints
 //! Nimbus uses, with their documented shapes and status codes: app JWT checks
 //! (RS256, claims), installation tokens, generate-jitconfig (201), runner listing
-//! and deletion (404 for a gone runner), rate limits (403 + X-RateLimit-*), and a
-//! GitHub Enterprise Server base path.
+//! and deletion (404 for a gone runner), rate limits (403 + X-RateLimit-*), a
+//! GitHub Enterprise Server base path, and GitHub's pagination of every list
+//! (`page`/`per_page`, `Link: <…>; rel="next"`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -62,6 +63,127 @@ struct FakeState {
     runs: HashMap<i64, Value>,
     /// Open pull requests, as `GET /repos/{o}/{r}/pulls?head=OWNER:BRANCH` finds them.
     pulls: Vec<Value>,
+    /// `http://HOST:PORT/BASE` of the fake, for absolute `Link` URLs (axum hands a
+    /// nested router the path below the base).
+    origin: String,
+    /// Serve [`Wide`] lists instead of the one installation, repository and run.
+    wide: bool,
+}
+
+/// The wide data set: every list 250 long, with the interesting item always past
+/// the first two pages of 100. Installations 1..=250; installation 250 has
+/// repositories `acme/app-1`..`acme/app-250`; `acme/app-250` has queued runs
+/// 1..=250; run 250 has jobs 250_001..=250_250, every other run `r` the one job
+/// `r * 1000`.
+struct Wide;
+
+impl Wide {
+    const LEN: i64 = 250;
+
+    fn installations() -> Vec<Value> {
+        (1..=Self::LEN)
+            .map(|id| json!({"id": id, "account": {"id": 42, "login": "acme", "type": "Organization"}}))
+            .collect()
+    }
+
+    fn repositories(installation: i64) -> Vec<Value> {
+        if installation != Self::LEN {
+            return Vec::new();
+        }
+        (1..=Self::LEN)
+            .map(|n| json!({"id": 1000 + n, "full_name": format!("acme/app-{n}"), "owner": {"id": 42, "login": "acme", "type": "Organization"}}))
+            .collect()
+    }
+
+    fn runs(repo: &str, status: &str) -> Vec<Value> {
+        if repo != format!("app-{}", Self::LEN) || status != "queued" {
+            return Vec::new();
+        }
+        (1..=Self::LEN)
+            .map(|id| json!({"id": id, "status": "queued"}))
+            .collect()
+    }
+
+    fn jobs(run: i64) -> Vec<Value> {
+        let ids: Vec<i64> = if run == Self::LEN {
+            (1..=Self::LEN).map(|n| 250_000 + n).collect()
+        } else {
+            vec![run * 1000]
+        };
+        ids.into_iter()
+            .map(|id| {
+                let mut job = rest_job(id, "queued", &["nimbus"]);
+                job["run_id"] = json!(run);
+                job
+            })
+            .collect()
+    }
+
+    /// Every GitHub job id the reconciler must queue.
+    fn job_ids() -> Vec<i64> {
+        let mut ids: Vec<i64> = (1..Self::LEN).map(|run| run * 1000).collect();
+        ids.extend((1..=Self::LEN).map(|n| 250_000 + n));
+        ids
+    }
+}
+
+/// One page of `items` the way GitHub pages a list: `per_page` (default 30, at
+/// most 100) and `page` (from 1) from the query, and while more remain a `Link`
+/// header with `next` and `last` (absolute URLs, other query parameters kept).
+/// `wrap` builds the body from the total and the page's items.
+fn paged(
+    origin: &str,
+    uri: &Uri,
+    items: Vec<Value>,
+    wrap: impl FnOnce(usize, Vec<Value>) -> Value,
+) -> Response {
+    let query: Vec<(String, String)> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key.to_string(), value.to_string())
+        })
+        .collect();
+    let number = |key: &str, default: usize| {
+        query
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let per_page = number("per_page", 30).clamp(1, 100);
+    let page = number("page", 1).max(1);
+    let total = items.len();
+    let last = total.div_ceil(per_page).max(1);
+    let page_items: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let link_to = |page: usize| {
+        let mut pairs: Vec<String> = query
+            .iter()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        pairs.push(format!("page={page}"));
+        format!("{origin}{}?{}", uri.path(), pairs.join("&"))
+    };
+    let mut response = Json(wrap(total, page_items)).into_response();
+    if page < last {
+        let link = format!(
+            "<{}>; rel=\"next\", <{}>; rel=\"last\"",
+            link_to(page + 1),
+            link_to(last)
+        );
+        response
+            .headers_mut()
+            .insert("link", link.parse().expect("header"));
+    }
+    response
 }
 
 #[derive(Clone)]
@@ -224,6 +346,7 @@ async fn list_runners(
     State(fake): State<Fake>,
     Path((owner, repo)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     if let Err(response) = fake.admit(&headers, format!("list {owner}/{repo}")) {
@@ -236,7 +359,12 @@ async fn list_runners(
         .filter(|(_, (name, _))| query.get("name").is_none_or(|wanted| wanted == name))
         .map(|(id, (name, _))| json!({"id": id, "name": name, "status": "offline", "busy": false}))
         .collect();
-    Json(json!({"total_count": runners.len(), "runners": runners})).into_response()
+    paged(
+        &state.origin,
+        &uri,
+        runners,
+        |total, runners| json!({"total_count": total, "runners": runners}),
+    )
 }
 
 async fn delete_runner(
@@ -256,7 +384,7 @@ async fn delete_runner(
     }
 }
 
-async fn installations(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+async fn installations(State(fake): State<Fake>, uri: Uri, headers: HeaderMap) -> Response {
     // App-level: needs the app JWT, not an installation token.
     if bearer(&headers).is_none_or(|t| t.starts_with("ghs_")) {
         return error(
@@ -264,51 +392,93 @@ async fn installations(State(fake): State<Fake>, headers: HeaderMap) -> Response
             "A JSON web token could not be decoded",
         );
     }
-    fake.state
-        .lock()
-        .expect("lock")
-        .requests
-        .push("installations".into());
-    Json(json!([{"id": 5, "account": {"id": 42, "login": "acme", "type": "Organization"}}]))
-        .into_response()
+    let mut state = fake.state.lock().expect("lock");
+    state.requests.push(format!("installations {uri}"));
+    let installations = if state.wide {
+        Wide::installations()
+    } else {
+        vec![json!({"id": 5, "account": {"id": 42, "login": "acme", "type": "Organization"}})]
+    };
+    paged(&state.origin, &uri, installations, |_, page| {
+        Value::Array(page)
+    })
 }
 
-async fn installation_repositories(State(fake): State<Fake>, headers: HeaderMap) -> Response {
-    if let Err(response) = fake.admit(&headers, "installation repositories".into()) {
+async fn installation_repositories(
+    State(fake): State<Fake>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, format!("installation repositories {uri}")) {
         return *response;
     }
-    Json(json!({"total_count": 1, "repositories": [
-        {"id": 77, "full_name": "acme/app", "owner": {"id": 42, "login": "acme", "type": "Organization"}}
-    ]}))
-    .into_response()
+    let state = fake.state.lock().expect("lock");
+    let repositories = if state.wide {
+        let installation = bearer(&headers)
+            .and_then(|token| state.tokens.get(&token).copied())
+            .unwrap_or(0);
+        Wide::repositories(installation)
+    } else {
+        vec![
+            json!({"id": 77, "full_name": "acme/app", "owner": {"id": 42, "login": "acme", "type": "Organization"}}),
+        ]
+    };
+    paged(
+        &state.origin,
+        &uri,
+        repositories,
+        |total, page| json!({"total_count": total, "repositories": page}),
+    )
 }
 
 async fn workflow_runs(
     State(fake): State<Fake>,
+    Path((_owner, repo)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = fake.admit(&headers, "runs".into()) {
+    if let Err(response) = fake.admit(&headers, format!("runs {uri}")) {
         return *response;
     }
     let state = fake.state.lock().expect("lock");
-    let any_queued = state.workflow_jobs.iter().any(|j| j["status"] == "queued");
-    let runs = if query.get("status").map(String::as_str) == Some("queued") && any_queued {
-        json!([{"id": 4242, "status": "queued"}])
+    let status = query.get("status").map(String::as_str).unwrap_or("");
+    let runs = if state.wide {
+        Wide::runs(&repo, status)
+    } else if status == "queued" && state.workflow_jobs.iter().any(|j| j["status"] == "queued") {
+        vec![json!({"id": 4242, "status": "queued"})]
     } else {
-        json!([])
+        Vec::new()
     };
-    Json(json!({"total_count": runs.as_array().map_or(0, Vec::len), "workflow_runs": runs}))
-        .into_response()
+    paged(
+        &state.origin,
+        &uri,
+        runs,
+        |total, page| json!({"total_count": total, "workflow_runs": page}),
+    )
 }
 
-async fn run_jobs(State(fake): State<Fake>, headers: HeaderMap) -> Response {
-    if let Err(response) = fake.admit(&headers, "run jobs".into()) {
+async fn run_jobs(
+    State(fake): State<Fake>,
+    Path((_owner, _repo, run)): Path<(String, String, i64)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = fake.admit(&headers, format!("run jobs {uri}")) {
         return *response;
     }
     let state = fake.state.lock().expect("lock");
-    Json(json!({"total_count": state.workflow_jobs.len(), "jobs": state.workflow_jobs}))
-        .into_response()
+    let jobs = if state.wide {
+        Wide::jobs(run)
+    } else {
+        state.workflow_jobs.clone()
+    };
+    paged(
+        &state.origin,
+        &uri,
+        jobs,
+        |total, page| json!({"total_count": total, "jobs": page}),
+    )
 }
 
 async fn one_job(
@@ -344,6 +514,7 @@ async fn one_run(
 async fn pulls(
     State(fake): State<Fake>,
     Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     if let Err(response) = fake.admit(&headers, "pulls".into()) {
@@ -357,7 +528,7 @@ async fn pulls(
         .filter(|pull| pull["head"]["label"].as_str() == Some(head.as_str()))
         .cloned()
         .collect();
-    Json(Value::Array(found)).into_response()
+    paged(&state.origin, &uri, found, |_, page| Value::Array(page))
 }
 
 /// A workflow job as `GET /repos/{o}/{r}/actions/runs/{id}/jobs` lists it.
@@ -410,6 +581,7 @@ async fn start_fake(base_path: &str, token_lifetime: i64) -> (String, Fake) {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
+    fake.state.lock().expect("lock").origin = format!("http://{address}{base_path}");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -828,6 +1000,62 @@ pub async fn a_missed_webhook_is_found_by_the_reconciler_exactly_once(
         .expect("get")
         .expect("job");
     assert_eq!(closed.status, nimbus_core::JobStatus::Cancelled);
+}
+
+/// Every list the reconciler reads is 250 long: installations, an installation's
+/// repositories, a repository's runs and a run's jobs. The jobs it queues are the
+/// ones past the first 100 of each list too: it followed GitHub's `Link` headers.
+pub async fn the_reconciler_reads_every_page_of_every_list(store: Arc<dyn nimbus_core::Store>) {
+    let (url, fake) = start_fake("", 3600).await;
+    fake.state.lock().expect("lock").wide = true;
+    let api = Api::new(
+        store,
+        &[
+            ("NIMBUS_GITHUB_APP_ID", &APP_ID.to_string()),
+            ("NIMBUS_GITHUB_APP_PRIVATE_KEY", &key_pair().0),
+            ("NIMBUS_GITHUB_API_URL", &url),
+            ("NIMBUS_ORG_JOB_RATE_LIMIT", "10000"),
+        ],
+    )
+    .await;
+    let report = nimbus_core::control_plane::reconcile::reconcile_once(&api.state)
+        .await
+        .expect("reconcile");
+    let expected = Wide::job_ids();
+    assert_eq!(
+        (report.repositories, report.enqueued),
+        (Wide::LEN as u64, expected.len() as u64),
+        "{report:?}"
+    );
+    for github_job_id in expected {
+        let job = api
+            .state
+            .store
+            .get_github_job(github_job_id)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("GitHub job {github_job_id} was not queued"));
+        assert_eq!(job.repo, "acme/app-250");
+        assert_eq!(
+            job.github.as_ref().and_then(|g| g.installation_id),
+            Some(Wide::LEN)
+        );
+    }
+    // Each list was read to its third page, through the link GitHub sent.
+    let requests = fake.state.lock().expect("lock").requests.clone();
+    for list in [
+        "installations /app/installations?",
+        "installation repositories /installation/repositories?",
+        "runs /repos/acme/app-250/actions/runs?",
+        "run jobs /repos/acme/app-250/actions/runs/250/jobs?",
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.starts_with(list) && r.contains("page=3")),
+            "{list} page 3 not asked for"
+        );
+    }
 }
 
 /// GitHub gives the runner made for job A the queued job B: A's record now stands
