@@ -72,9 +72,9 @@ fn main() -> ExitCode {
         // The first SIGTERM (or Ctrl-C) drains; a second one exits at once.
         let (first, first_seen) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            nimbus_core::control_plane::shutdown_signal().await;
+            nimbus_core::service::shutdown_signal().await;
             let _ = first.send(());
-            nimbus_core::control_plane::shutdown_signal().await;
+            nimbus_core::service::shutdown_signal().await;
             tracing::warn!("second signal: exiting without draining");
             std::process::exit(130);
         });
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `/metrics`: open to loopback peers; others need the metrics token (DESIGN.md).
+/// `/metrics`: open to loopback peers; others need the metrics token (docs/host-agent.md).
 fn metrics_text(
     registry: &prometheus::Registry,
     token: Option<&nimbus_core::Secret>,

@@ -350,7 +350,7 @@ async fn run(env: Env, data_dir: PathBuf) -> Result<(), String> {
     println!("  nimbus report logs");
     println!("Ctrl-C stops everything.");
 
-    control_plane::shutdown_signal().await;
+    nimbus_core::service::shutdown_signal().await;
     eprintln!("dev up: stopping (running jobs drain first)");
     let _ = stop.send(true);
     if let Some(agent) = agent {

@@ -396,7 +396,7 @@ pub async fn run(config: ProxyConfig) -> Result<()> {
         &config,
         state,
         listener,
-        nimbus_core::control_plane::shutdown_signal(),
+        nimbus_core::service::shutdown_signal(),
     )
     .await
 }

@@ -1,5 +1,8 @@
 //! HTTP client of the control plane, shared by the host agent, the CLI, the
-//! benchmark harness and the Python bindings.
+//! benchmark harness and the Python bindings. It implements the same seams as the
+//! in-process control plane — [`ControlPlaneApi`] for one caller and
+//! [`JobSource`](crate::job_source::JobSource) for an agent — over the routes of
+//! docs/api.md.
 
 use std::time::Duration;
 
@@ -9,9 +12,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{ClientConfig, Secret};
-use crate::domain::{Completion, Job, JobId, Lease};
+use crate::control_plane::{ControlPlaneApi, JobRequest, MetadataCount};
+use crate::domain::{Completion, Job, JobId, Lease, Org, OrgId};
 use crate::error::{Error, Result};
-use crate::store::{JobPage, LeaseRenewal};
+use crate::store::{JobFilter, JobPage, LeaseRenewal};
 
 #[derive(Debug, Clone)]
 pub struct ControlPlaneClient {
@@ -215,5 +219,87 @@ impl crate::job_source::JobSource for ControlPlaneClient {
 
     async fn runner_config(&self, job_id: JobId, fencing_token: i64) -> Result<RunnerConfig> {
         ControlPlaneClient::runner_config(self, job_id, fencing_token).await
+    }
+}
+
+/// `GET /api/orgs`.
+#[derive(serde::Deserialize)]
+struct OrgList {
+    orgs: Vec<Org>,
+}
+
+/// `GET /api/analytics/metadata`.
+#[derive(serde::Deserialize)]
+struct MetadataAnswer {
+    values: Vec<MetadataCount>,
+}
+
+/// A job filter as `GET /api/jobs` query parameters.
+fn filter_query(filter: &JobFilter) -> Vec<(&'static str, String)> {
+    let mut query = vec![("limit", filter.limit.to_string())];
+    let mut add = |name: &'static str, value: Option<String>| {
+        if let Some(value) = value {
+            query.push((name, value));
+        }
+    };
+    add("org_id", filter.org_id.map(|id| id.to_string()));
+    add("status", filter.status.map(|s| s.as_str().to_string()));
+    add("repo", filter.repo.clone());
+    add("label", filter.label.clone());
+    add("metadata_key", filter.metadata_key.clone());
+    add("metadata_value", filter.metadata_value.clone());
+    add("cursor", filter.cursor.map(|c| c.to_string()));
+    query
+}
+
+#[async_trait::async_trait]
+impl ControlPlaneApi for ControlPlaneClient {
+    async fn upsert_org(&self, id: OrgId, name: &str) -> Result<Org> {
+        ControlPlaneClient::upsert_org(self, id, name).await
+    }
+
+    async fn orgs(&self) -> Result<Vec<Org>> {
+        let list: OrgList = self.expect(self.request(Method::GET, "/api/orgs")).await?;
+        Ok(list.orgs)
+    }
+
+    async fn submit(&self, request: JobRequest) -> Result<Job> {
+        self.submit_job(&request).await
+    }
+
+    async fn jobs(&self, filter: JobFilter) -> Result<JobPage> {
+        self.expect(
+            self.request(Method::GET, "/api/jobs")
+                .query(&filter_query(&filter)),
+        )
+        .await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job> {
+        self.get_job(id).await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Job> {
+        self.expect(self.request(Method::POST, &format!("/api/jobs/{id}/cancel")))
+            .await
+    }
+
+    async fn metadata_values(
+        &self,
+        key: &str,
+        org_id: Option<OrgId>,
+        limit: u32,
+    ) -> Result<Vec<MetadataCount>> {
+        let mut query = vec![("key", key.to_string()), ("limit", limit.to_string())];
+        if let Some(org_id) = org_id {
+            query.push(("org_id", org_id.to_string()));
+        }
+        let answer: MetadataAnswer = self
+            .expect(
+                self.request(Method::GET, "/api/analytics/metadata")
+                    .query(&query),
+            )
+            .await?;
+        Ok(answer.values)
     }
 }

@@ -55,6 +55,42 @@ pub struct JobRequest {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// How many jobs carry one value of a metadata key (`GET /api/analytics/metadata`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataCount {
+    pub value: String,
+    pub jobs: i64,
+}
+
+/// The control plane as one caller sees it: the org, job and analytics calls of
+/// [`ControlPlane`] with the caller's credential already bound. Implemented in
+/// process by [`Session`] (a [`ControlPlane`] and a verified [`Principal`]) and
+/// remotely by [`crate::client::ControlPlaneClient`] (a URL and a token), so a tool
+/// written against `Arc<dyn ControlPlaneApi>` — the CLI, the Python bindings, an
+/// embedder's — works on either. Agents use the narrower [`JobSource`].
+#[async_trait]
+pub trait ControlPlaneApi: Send + Sync {
+    /// Creates or renames an org (admin).
+    async fn upsert_org(&self, id: OrgId, name: &str) -> Result<Org>;
+    /// The orgs the caller may see.
+    async fn orgs(&self) -> Result<Vec<Org>>;
+    /// Queues a job through admission.
+    async fn submit(&self, request: JobRequest) -> Result<Job>;
+    /// A page of the jobs the caller may see.
+    async fn jobs(&self, filter: JobFilter) -> Result<JobPage>;
+    /// One job the caller may see ("not found" otherwise).
+    async fn job(&self, id: JobId) -> Result<Job>;
+    /// Cancels a queued or running job the caller may see.
+    async fn cancel(&self, id: JobId) -> Result<Job>;
+    /// How many jobs carry each value of metadata `key`, most frequent first.
+    async fn metadata_values(
+        &self,
+        key: &str,
+        org_id: Option<OrgId>,
+        limit: u32,
+    ) -> Result<Vec<MetadataCount>>;
+}
+
 /// What an agent asks a lease for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseOptions {
@@ -391,7 +427,7 @@ impl ControlPlane {
         key: &str,
         org_id: Option<OrgId>,
         limit: u32,
-    ) -> Result<Vec<(String, i64)>> {
+    ) -> Result<Vec<MetadataCount>> {
         refuse_agents(who, "analytics")?;
         let org_id = readable_org(who, org_id)?;
         if !(1..=10_000).contains(&limit) {
@@ -399,7 +435,11 @@ impl ControlPlane {
                 "limit must be between 1 and 10000, got {limit}"
             )));
         }
-        self.store.metadata_values(org_id, key, limit).await
+        let values = self.store.metadata_values(org_id, key, limit).await?;
+        Ok(values
+            .into_iter()
+            .map(|(value, jobs)| MetadataCount { value, jobs })
+            .collect())
     }
 
     /// The admission checks for a job of `org_id`: the org rate limit, and the
@@ -474,6 +514,14 @@ impl ControlPlane {
         }
     }
 
+    /// The API as `who` sees it, in process: [`ControlPlaneApi`] without HTTP.
+    pub fn session(self: &Arc<Self>, who: Principal) -> Session {
+        Session {
+            control_plane: self.clone(),
+            principal: who,
+        }
+    }
+
     /// The in-process [`JobSource`] of agent `agent_id`: a host agent in this
     /// process leases, heartbeats and completes through the API directly.
     pub fn agent(self: &Arc<Self>, agent_id: impl Into<String>) -> LocalAgent {
@@ -519,6 +567,60 @@ impl JobSource for LocalAgent {
     async fn runner_config(&self, job_id: JobId, fencing_token: i64) -> Result<RunnerConfig> {
         self.control_plane
             .runner_config(&self.principal, job_id, fencing_token)
+            .await
+    }
+}
+
+/// One caller of an in-process control plane: [`ControlPlaneApi`] over the API's
+/// methods with a fixed [`Principal`].
+#[derive(Clone)]
+pub struct Session {
+    control_plane: AppState,
+    principal: Principal,
+}
+
+impl Session {
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+#[async_trait]
+impl ControlPlaneApi for Session {
+    async fn upsert_org(&self, id: OrgId, name: &str) -> Result<Org> {
+        self.control_plane
+            .upsert_org(&self.principal, id, name)
+            .await
+    }
+
+    async fn orgs(&self) -> Result<Vec<Org>> {
+        self.control_plane.orgs(&self.principal).await
+    }
+
+    async fn submit(&self, request: JobRequest) -> Result<Job> {
+        self.control_plane.submit(&self.principal, request).await
+    }
+
+    async fn jobs(&self, filter: JobFilter) -> Result<JobPage> {
+        self.control_plane.jobs(&self.principal, filter).await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job> {
+        self.control_plane.job(&self.principal, id).await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Job> {
+        self.control_plane.cancel(&self.principal, id).await
+    }
+
+    async fn metadata_values(
+        &self,
+        key: &str,
+        org_id: Option<OrgId>,
+        limit: u32,
+    ) -> Result<Vec<MetadataCount>> {
+        self.control_plane
+            .metadata_values(&self.principal, key, org_id, limit)
             .await
     }
 }

@@ -35,9 +35,13 @@ pub mod http;
 mod metadata_sink;
 pub mod metrics;
 pub mod reconcile;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 mod webhooks;
 
-pub use api::{JobRequest, LeaseOptions, LocalAgent, MAX_LEASE_WAIT};
+pub use api::{
+    ControlPlaneApi, JobRequest, LeaseOptions, LocalAgent, MetadataCount, Session, MAX_LEASE_WAIT,
+};
 pub use metrics::Metrics;
 pub use webhooks::{WebhookAnswer, WebhookDelivery};
 
@@ -663,30 +667,7 @@ pub async fn run(config: ControlPlaneConfig) -> Result<()> {
         );
     }
     let state = ControlPlane::new(config, store)?;
-    serve(state, listener, shutdown_signal()).await
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutdown requested; finishing in-flight requests");
+    serve(state, listener, crate::service::shutdown_signal()).await
 }
 
 /// Polls for a lease until one is granted, `wait` passes, or shutdown begins.

@@ -14,7 +14,7 @@ use nimbus_core::{ControlPlaneConfig, Env, Secret, Store};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const JWT_SECRET: &str = "api-test-secret-0123456789";
+pub(crate) const JWT_SECRET: &str = "api-test-secret-0123456789";
 pub(crate) const CACHE_SECRET: &str = "api-test-cache-secret-0123456789";
 const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 const METRICS_TOKEN: &str = "metrics-token";

@@ -1,6 +1,8 @@
-//! Integration tests of nimbus-core: the store suite on SQLite and PostgreSQL, and
-//! the control-plane HTTP API driven through its router.
+//! Integration tests of nimbus-core: the store suite on SQLite and PostgreSQL, the
+//! control-plane HTTP API driven through its router, and the seam suite in process
+//! and over HTTP.
 
 mod api;
 mod github;
+mod seams;
 mod store;

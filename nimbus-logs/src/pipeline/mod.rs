@@ -326,7 +326,7 @@ pub async fn run(config: PipelineConfig) -> Result<()> {
         &config,
         state,
         listener,
-        nimbus_core::control_plane::shutdown_signal(),
+        nimbus_core::service::shutdown_signal(),
     )
     .await
 }

@@ -218,10 +218,6 @@ pub(in crate::control_plane) async fn metadata_values(
     let values = state
         .metadata_values(&principal, &query.key, org_id, limit)
         .await?;
-    let values: Vec<_> = values
-        .into_iter()
-        .map(|(value, jobs)| serde_json::json!({"value": value, "jobs": jobs}))
-        .collect();
     let mut answer = BTreeMap::new();
     answer.insert("key", serde_json::json!(query.key));
     answer.insert("values", serde_json::json!(values));
