@@ -1,8 +1,9 @@
-//! `nimbus-core`: the domain, configuration, auth, GitHub webhook verification,
-//! the durable job queue with fenced leases, and the control plane service.
+//! `nimbus-core`: what every part shares — the domain, configuration, auth and
+//! tokens, the durable job queue with fenced leases and its scheduler — and the
+//! control plane: its in-process API, the HTTP adapter, the GitHub client.
 //!
-//! Start at [`store::Store`] (the traits and their SQLite/PostgreSQL backends) and
-//! [`control_plane::router`] (the HTTP API over them).
+//! Start at [`store::Store`] (the traits and their SQLite/PostgreSQL backends),
+//! [`control_plane::ControlPlane`] (the API) and docs/architecture.md (the map).
 
 pub mod auth;
 pub mod cache_token;
@@ -13,11 +14,14 @@ pub mod domain;
 pub mod error;
 pub mod github;
 pub mod job_source;
+pub mod retry;
 pub mod route;
 pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 pub mod webhook;
 
 pub use config::{ClientConfig, ControlPlaneConfig, Env, Secret};

@@ -12,10 +12,27 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Audience, JwtKeys, Role};
 use crate::domain::Job;
+use crate::retry::{self, Retryable};
 
 /// Jobs waiting to be forwarded; beyond this new ones are dropped and counted.
 const QUEUE: usize = 10_000;
-const ATTEMPTS: u32 = 6;
+const ATTEMPTS: usize = 6;
+
+/// Why the pipeline did not take a batch.
+enum Refused {
+    /// Worth another try (connection, 5xx, 408, 429).
+    Transient(String),
+    /// It will be refused again.
+    Permanent(String),
+}
+
+impl Refused {
+    fn message(&self) -> &str {
+        match self {
+            Refused::Transient(message) | Refused::Permanent(message) => message,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
@@ -90,48 +107,53 @@ async fn forward_loop(
                 break;
             }
         }
-        let mut delay = Duration::from_millis(200);
-        let mut sent = false;
-        for attempt in 1..=ATTEMPTS {
-            let result = match keys.mint_for(
-                "control-plane",
-                Role::Admin,
-                None,
-                &[Audience::LoggingPipeline],
-                Duration::from_secs(300),
-            ) {
-                Ok(token) => client
-                    .post(&endpoint)
-                    .bearer_auth(token)
-                    .json(&rows)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|response| {
-                        if response.status().is_success() {
-                            Ok(())
-                        } else {
-                            Err(format!("answered {}", response.status()))
-                        }
-                    }),
-                Err(error) => Err(error.to_string()),
-            };
-            match result {
-                Ok(()) => {
-                    sent = true;
-                    break;
+        let send = || async {
+            let token = keys
+                .mint_for(
+                    "control-plane",
+                    Role::Admin,
+                    None,
+                    &[Audience::LoggingPipeline],
+                    Duration::from_secs(300),
+                )
+                .map_err(|error| Refused::Permanent(error.to_string()))?;
+            let response = client
+                .post(&endpoint)
+                .bearer_auth(token)
+                .json(&rows)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|error| Refused::Transient(error.to_string()))?;
+            let status = response.status();
+            match status.as_u16() {
+                200..=299 => Ok(()),
+                // The pipeline will refuse these rows again: retrying only delays the rest.
+                400..=499 if !matches!(status.as_u16(), 408 | 429) => {
+                    Err(Refused::Permanent(format!("answered {status}")))
                 }
-                Err(error) if attempt < ATTEMPTS => {
-                    tracing::debug!(%error, attempt, "forwarding metadata failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, endpoint = %endpoint, "forwarding metadata failed; giving up")
-                }
+                _ => Err(Refused::Transient(format!("answered {status}"))),
             }
-        }
+        };
+        let outcome = send
+            .retry(retry::exponential(
+                Duration::from_millis(200),
+                Duration::from_secs(10),
+                ATTEMPTS,
+            ))
+            .sleep(tokio::time::sleep)
+            .when(|refused| matches!(refused, Refused::Transient(_)))
+            .notify(|refused, _| {
+                tracing::debug!(error = %refused.message(), "forwarding metadata failed; retrying")
+            })
+            .await;
+        let sent = match outcome {
+            Ok(()) => true,
+            Err(refused) => {
+                tracing::warn!(error = %refused.message(), endpoint = %endpoint, "forwarding metadata failed; giving up");
+                false
+            }
+        };
         if !sent {
             failures.inc_by(jobs);
         }

@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 
 use crate::config::{Env, Secret};
 use crate::error::{Error, Result};
+use crate::retry::{self, Retryable};
 use model::{Items, JitConfigAnswer};
 
 /// How Nimbus authenticates to GitHub.
@@ -184,7 +185,7 @@ pub struct GithubClient {
 /// Installation tokens are renewed this long before GitHub says they expire.
 const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(300);
 /// Attempts of one call through rate limits and server errors.
-const MAX_ATTEMPTS: u32 = 4;
+const MAX_ATTEMPTS: usize = 4;
 /// Pages of 100 items followed in one list: 10,000 runs, jobs or repositories.
 const MAX_PAGES: usize = 100;
 
@@ -271,9 +272,11 @@ impl GithubClient {
         self.send_url(method, &url, bearer, body).await
     }
 
-    /// One REST call with back-off: a 403/429 with `Retry-After` or an exhausted
-    /// `X-RateLimit-Remaining` waits (bounded) and retries; 5xx retries with
-    /// exponential back-off. Answers (status, JSON body, `Link`) for any other status.
+    /// One REST call with back-off ([`crate::retry`]): a 403/429 with `Retry-After`
+    /// or an exhausted `X-RateLimit-Remaining` waits until the reset (up to
+    /// `max_rate_limit_wait`) and retries; a connection error or a 5xx retries with
+    /// exponential back-off. Answers (status, JSON body, `Link`) for any other
+    /// status, and for the last 5xx.
     async fn send_url(
         &self,
         method: Method,
@@ -282,9 +285,7 @@ impl GithubClient {
         body: Option<&Value>,
     ) -> Result<Answer> {
         let path = url.strip_prefix(&self.config.api_url).unwrap_or(url);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        let attempt = || async {
             let mut request = self
                 .http
                 .request(method.clone(), url)
@@ -294,48 +295,52 @@ impl GithubClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) if attempt < MAX_ATTEMPTS => {
-                    tracing::warn!(%error, %url, attempt, "GitHub call failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    continue;
-                }
-                Err(error) => {
-                    return Err(Error::Unavailable(format!(
-                        "GitHub {method} {path}: {error}"
-                    )))
-                }
-            };
+            let response = request.send().await.map_err(Failed::Transport)?;
             let status = response.status();
             if let Some(wait) = rate_limit_wait(status, response.headers()) {
                 self.rate_limited.inc();
-                if attempt < MAX_ATTEMPTS && wait <= self.config.max_rate_limit_wait {
-                    tracing::warn!(%url, wait_ms = wait.as_millis() as u64, "GitHub rate limit: backing off");
-                    tokio::time::sleep(wait).await;
-                    continue;
+                return Err(Failed::RateLimited(wait));
+            }
+            let answer = Answer::read(response).await;
+            if status.is_server_error() {
+                return Err(Failed::Server(answer));
+            }
+            Ok(answer)
+        };
+        let max_wait = self.config.max_rate_limit_wait;
+        let outcome = attempt
+            .retry(retry::exponential(
+                Duration::from_millis(400),
+                Duration::from_secs(5),
+                MAX_ATTEMPTS,
+            ))
+            .sleep(tokio::time::sleep)
+            // A rate limit waits as long as GitHub asks, if that is not too long.
+            .adjust(|failed: &Failed, next| match failed {
+                Failed::RateLimited(wait) => next.and((*wait <= max_wait).then_some(*wait)),
+                _ => next,
+            })
+            .notify(|failed, wait| match failed {
+                Failed::RateLimited(_) => {
+                    tracing::warn!(%url, wait_ms = wait.as_millis() as u64, "GitHub rate limit: backing off")
                 }
-                return Err(Error::Unavailable(format!(
-                    "GitHub {method} {path}: rate limited for another {} s",
-                    wait.as_secs()
-                )));
-            }
-            if status.is_server_error() && attempt < MAX_ATTEMPTS {
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                continue;
-            }
-            let link = response
-                .headers()
-                .get(reqwest::header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let text = response.text().await.unwrap_or_default();
-            let body = if text.trim().is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            };
-            return Ok(Answer { status, body, link });
+                Failed::Transport(error) => {
+                    tracing::warn!(%error, %url, "GitHub call failed; retrying")
+                }
+                Failed::Server(answer) => {
+                    tracing::warn!(status = %answer.status, %url, "GitHub answered a server error; retrying")
+                }
+            })
+            .await;
+        match outcome {
+            Ok(answer) | Err(Failed::Server(answer)) => Ok(answer),
+            Err(Failed::Transport(error)) => Err(Error::Unavailable(format!(
+                "GitHub {method} {path}: {error}"
+            ))),
+            Err(Failed::RateLimited(wait)) => Err(Error::Unavailable(format!(
+                "GitHub {method} {path}: rate limited for another {} s",
+                wait.as_secs()
+            ))),
         }
     }
 
@@ -657,6 +662,31 @@ struct Answer {
     status: StatusCode,
     body: Value,
     link: Option<String>,
+}
+
+impl Answer {
+    async fn read(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let link = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = response.text().await.unwrap_or_default();
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer { status, body, link }
+    }
+}
+
+/// Why one attempt of a call did not give an answer to keep.
+enum Failed {
+    Transport(reqwest::Error),
+    RateLimited(Duration),
+    Server(Answer),
 }
 
 fn github_error(call: &str, status: StatusCode, answer: &Value) -> Error {

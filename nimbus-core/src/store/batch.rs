@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::domain::{to_millis, Job, NewJob};
 use crate::error::{Error, Result};
+use crate::retry::{self, Retryable};
 use crate::store::row::{JobRow, JOB_COLUMNS};
 use crate::store::sql::RATE_LIMIT_ADD;
 use crate::store::sql::{INSERT_METADATA_OF_INSERTED, JOB_INSERT_COLUMNS, SELECT_JOB_BY_GITHUB_ID};
@@ -307,9 +308,8 @@ async fn admit_batch(pool: &PgPool, items: &[&BatchJob]) -> Result<Vec<Result<En
     let number =
         |f: &dyn Fn(&BatchJob) -> Option<i64>| items.iter().map(|i| f(i)).collect::<Vec<_>>();
     let github = |i: &BatchJob| i.job.github.clone();
-    let mut attempt = 0u32;
-    let rows = loop {
-        let result = sqlx::query(ADMIT_BATCH.as_str())
+    let insert = || {
+        sqlx::query(ADMIT_BATCH.as_str())
             .bind(number(&|i| Some(i.job.org_id)))
             .bind(column(&|i| Some(i.job.repo.full_name.clone())))
             .bind(number(&|i| i.job.repo.id))
@@ -340,22 +340,23 @@ async fn admit_batch(pool: &PgPool, items: &[&BatchJob]) -> Result<Vec<Result<En
             }))
             .bind((0..items.len() as i32).collect::<Vec<i32>>())
             .fetch_all(pool)
-            .await;
-        match result {
-            // Two batches may race for the same GitHub job (a first and a second
-            // delivery of it) or delivery id; rows are inserted in key order so
-            // that this is rare, and PostgreSQL breaking a deadlock rolls one
-            // statement back whole, so running it again is safe: it then sees the
-            // other batch's rows and answers accordingly.
-            Err(sqlx::Error::Database(error))
-                if matches!(error.code().as_deref(), Some("40P01" | "40001")) && attempt < 5 =>
-            {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(1 << attempt)).await;
-            }
-            other => break other?,
-        }
     };
+    // Two batches may race for the same GitHub job (a first and a second delivery
+    // of it) or delivery id; rows are inserted in key order so that this is rare,
+    // and PostgreSQL breaking a deadlock rolls one statement back whole, so running
+    // it again is safe: it then sees the other batch's rows and answers accordingly.
+    let rows = insert
+        .retry(retry::exponential(
+            std::time::Duration::from_millis(2),
+            std::time::Duration::from_millis(50),
+            6,
+        ))
+        .sleep(tokio::time::sleep)
+        .when(|error| {
+            matches!(error, sqlx::Error::Database(error)
+                if matches!(error.code().as_deref(), Some("40P01" | "40001")))
+        })
+        .await?;
     if rows.len() != items.len() {
         return Err(Error::Internal(format!(
             "batched admission returned {} rows for {} jobs",

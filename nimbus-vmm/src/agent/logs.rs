@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::domain::Job;
+use nimbus_core::retry;
 use nimbus_logs::{LogRecord, LogSink};
 use prometheus::IntCounter;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -316,7 +317,8 @@ async fn ship(
     left: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut open = true;
-    let mut delay = Duration::from_millis(100);
+    let backoff = || retry::forever(Duration::from_millis(100), Duration::from_secs(5));
+    let mut waits = backoff();
     loop {
         // Take in what arrived (waiting a moment when there is nothing to send).
         if open && queue.is_empty() {
@@ -345,7 +347,7 @@ async fn ship(
         match sink.write(&batch).await {
             Ok(_) => {
                 queue.memory.drain(..batch.len());
-                delay = Duration::from_millis(100);
+                waits = backoff();
             }
             Err(error) if error.is_permanent() => {
                 tracing::warn!(job_id, %error, lines = batch.len(), "the log sink refused a batch for good; kept in the dead-letter file");
@@ -363,10 +365,9 @@ async fn ship(
                     nimbus_logs::Error::Busy { retry_after_secs } => {
                         Duration::from_secs(retry_after_secs.clamp(1, 5))
                     }
-                    _ => delay,
+                    _ => waits.next().unwrap_or(Duration::from_secs(5)),
                 };
                 tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
