@@ -46,12 +46,7 @@ mod s3 {
     }
 
     pub fn s3_config(prefix: &str) -> Option<S3Config> {
-        let Ok(endpoint) = std::env::var("NIMBUS_TEST_S3_ENDPOINT") else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("S3 (NIMBUS_TEST_S3_ENDPOINT) is not available and CI=true (scripts/test.sh starts it)");
-            }
-            return None;
-        };
+        let endpoint = nimbus_core::testsuite::setting("NIMBUS_TEST_S3_ENDPOINT")?;
         Some(S3Config {
             bucket: "nimbus-test".into(),
             endpoint: Some(endpoint),

@@ -22,10 +22,6 @@ const SECRET: &str = "official-client-secret-0123456789";
 const FILES: usize = 200;
 const FILE_BYTES: usize = 1 << 20;
 
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients")
 }
@@ -36,16 +32,11 @@ fn client_available() -> bool {
         .join("node_modules/@actions/cache/package.json")
         .exists();
     let node = Command::new("node").arg("--version").output().is_ok();
-    if !(installed && node) {
-        if in_ci() {
-            panic!("node or @actions/cache is missing and CI=true (.ci/run runs npm ci in tests/clients)");
-        }
-        eprintln!(
-            "skipping: node or tests/clients/node_modules is missing (npm ci in tests/clients)"
-        );
-        return false;
-    }
-    true
+    nimbus_core::testsuite::require(
+        (installed && node).then_some(()),
+        "node or @actions/cache (npm ci in tests/clients)",
+    )
+    .is_some()
 }
 
 /// Fills `dir` with incompressible files (a fixed xorshift stream, so runs agree).
@@ -234,11 +225,7 @@ async fn official_client_round_trips_through_v2_and_v1_on_the_s3_backend() {
     if !client_available() {
         return;
     }
-    let Ok(endpoint) = std::env::var("NIMBUS_TEST_S3_ENDPOINT") else {
-        if in_ci() {
-            panic!("S3 (NIMBUS_TEST_S3_ENDPOINT) is not available and CI=true");
-        }
-        eprintln!("skipping: S3 is not available");
+    let Some(endpoint) = nimbus_core::testsuite::setting("NIMBUS_TEST_S3_ENDPOINT") else {
         return;
     };
     let s3 = S3Config {

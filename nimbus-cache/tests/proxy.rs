@@ -35,12 +35,7 @@ struct Harness {
 }
 
 fn s3_config(prefix: &str) -> Option<S3Config> {
-    let Ok(endpoint) = std::env::var("NIMBUS_TEST_S3_ENDPOINT") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("S3 (NIMBUS_TEST_S3_ENDPOINT) is not available and CI=true");
-        }
-        return None;
-    };
+    let endpoint = nimbus_core::testsuite::setting("NIMBUS_TEST_S3_ENDPOINT")?;
     Some(S3Config {
         bucket: "nimbus-test".into(),
         endpoint: Some(endpoint),
@@ -54,12 +49,7 @@ fn s3_config(prefix: &str) -> Option<S3Config> {
 
 /// A fresh PostgreSQL schema for one test's index, as a URL that selects it.
 async fn postgres_index_url() -> Option<String> {
-    let Ok(url) = std::env::var("NIMBUS_TEST_DATABASE_URL") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("PostgreSQL (NIMBUS_TEST_DATABASE_URL) is not available and CI=true");
-        }
-        return None;
-    };
+    let url = nimbus_core::testsuite::setting("NIMBUS_TEST_DATABASE_URL")?;
     sqlx::any::install_default_drivers();
     let schema = format!("nimbus_t_cache_{}", uuid::Uuid::new_v4().simple());
     let pool = sqlx::AnyPool::connect(&url).await.expect("postgres");

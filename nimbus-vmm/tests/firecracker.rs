@@ -35,13 +35,10 @@ fn guest_binary() -> Option<PathBuf> {
 }
 
 fn fixture(name: &str, fault_path: Option<&str>) -> Option<Fixture> {
-    let Some(guest) = guest_binary() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("no nimbus-guest binary for the Firecracker conversation test");
-        }
-        eprintln!("skipping: no nimbus-guest binary (cargo build -p nimbus-guest)");
-        return None;
-    };
+    let guest = nimbus_core::testsuite::require(
+        guest_binary(),
+        "a nimbus-guest binary (cargo build -p nimbus-guest)",
+    )?;
     let dir = std::env::temp_dir().join(format!("nimbus-fc-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("fixture dir");

@@ -26,16 +26,10 @@ fn ready() -> Option<PathBuf> {
         .arg("--version")
         .output()
         .is_ok();
-    match (assets, root && iptables) {
-        (Some(assets), true) => Some(assets),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the network test needs NIMBUS_TEST_ASSETS, root and iptables under CI=true")
-        }
-        _ => {
-            eprintln!("skipping: needs NIMBUS_TEST_ASSETS, root and iptables");
-            None
-        }
-    }
+    nimbus_core::testsuite::require(
+        assets.filter(|_| root && iptables),
+        "NIMBUS_TEST_ASSETS, root and iptables",
+    )
 }
 
 /// The host's address on its default route: reachable from a VM only through egress.

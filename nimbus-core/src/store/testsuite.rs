@@ -34,16 +34,7 @@ pub async fn sqlite_store() -> Arc<dyn Store> {
 /// The PostgreSQL URL tests use: `NIMBUS_TEST_DATABASE_URL`. Unset means skip,
 /// except under `CI=true`, where a missing database fails the run.
 pub fn postgres_test_url() -> Option<String> {
-    match std::env::var("NIMBUS_TEST_DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-                panic!("CI=true but NIMBUS_TEST_DATABASE_URL is not set: PostgreSQL tests cannot be skipped in CI");
-            }
-            eprintln!("skipping: NIMBUS_TEST_DATABASE_URL is not set");
-            None
-        }
-    }
+    crate::testsuite::setting("NIMBUS_TEST_DATABASE_URL")
 }
 
 /// Creates a fresh schema in the test database and returns a URL whose

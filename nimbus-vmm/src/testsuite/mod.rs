@@ -36,13 +36,7 @@ pub struct Harness {
 
 /// `None` → skip, or panic under CI=true.
 pub fn require(harness: Option<Harness>, what: &str) -> Option<Harness> {
-    if harness.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{what} is not available and CI=true: the driver suite must run (see scripts/test.sh)");
-        }
-        eprintln!("skipping: {what} is not available here");
-    }
-    harness
+    nimbus_core::testsuite::require(harness, what)
 }
 
 fn unique(prefix: &str) -> String {

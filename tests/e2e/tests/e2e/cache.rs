@@ -221,18 +221,10 @@ async fn a_job_saves_a_cache_entry_and_the_next_job_of_the_repository_restores_i
 /// ClickHouse, cache blobs in S3 (SeaweedFS) with its index on PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_on_postgresql_clickhouse_and_s3() {
-    let required = |name: &str| match std::env::var(name) {
-        Ok(value) => Some(value),
-        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{name} is required under CI=true (scripts/test.sh starts the services)")
-        }
-        Err(_) => None,
-    };
     let (Some(clickhouse), Some(s3)) = (
-        required("NIMBUS_TEST_CLICKHOUSE_URL"),
-        required("NIMBUS_TEST_S3_ENDPOINT"),
+        nimbus_core::testsuite::setting("NIMBUS_TEST_CLICKHOUSE_URL"),
+        nimbus_core::testsuite::setting("NIMBUS_TEST_S3_ENDPOINT"),
     ) else {
-        eprintln!("skipping: ClickHouse or S3 is not available");
         return;
     };
     let (Some(control_plane_db), Some(cache_db)) = (
@@ -276,13 +268,7 @@ async fn cache_between_jobs(
     logs_env: Vec<(&str, String)>,
     cache_env: Vec<(&str, String)>,
 ) {
-    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
-            );
-        }
-        eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
+    let Some(assets) = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS") else {
         return;
     };
     let pipeline = LoggingPipelineProcess::start(&logs_env)
@@ -305,7 +291,7 @@ async fn cache_between_jobs(
         ("NIMBUS_CACHE_URL", cache.url.clone()),
         ("NIMBUS_AGENT_ID", "cache-e2e".to_string()),
         ("NIMBUS_VMM", "sandbox".to_string()),
-        ("NIMBUS_ASSETS_DIR", assets.to_string_lossy().into_owned()),
+        ("NIMBUS_ASSETS_DIR", assets.clone()),
         // The sandbox shares the host's network, where the proxy listens.
         ("NIMBUS_VM_NETWORK", "egress".to_string()),
     ])

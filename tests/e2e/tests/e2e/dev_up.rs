@@ -10,13 +10,7 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_up_runs_a_job_end_to_end_and_stops_on_ctrl_c() {
-    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
-            );
-        }
-        eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
+    let Some(assets) = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS") else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("nimbus-e2e-devup-{}", uuid::Uuid::new_v4()));

@@ -20,13 +20,7 @@ async fn jobs_run_end_to_end_through_agent_vm_and_pipeline_under_qemu() {
 }
 
 async fn jobs_run_end_to_end(driver: &str) {
-    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
-            );
-        }
-        eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
+    let Some(assets) = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS") else {
         return;
     };
     let pipeline = LoggingPipelineProcess::start(&[]).await.expect("pipeline");
@@ -44,7 +38,7 @@ async fn jobs_run_end_to_end(driver: &str) {
         ("NIMBUS_AGENT_ID", "host-e2e".to_string()),
         ("NIMBUS_VMM", driver.to_string()),
         ("NIMBUS_QEMU_ACCEL", "auto".to_string()),
-        ("NIMBUS_ASSETS_DIR", assets.to_string_lossy().into_owned()),
+        ("NIMBUS_ASSETS_DIR", assets.clone()),
         ("NIMBUS_VM_NETWORK", "none".to_string()),
         ("NIMBUS_VM_MEMORY_MIB", "512".to_string()),
         ("NIMBUS_VM_SCRATCH_MIB", "64".to_string()),
@@ -203,13 +197,7 @@ async fn jobs_run_end_to_end(driver: &str) {
 /// left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agents_job_is_re_leased_by_another_and_its_vm_cleaned_on_restart() {
-    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
-            );
-        }
-        eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
+    let Some(assets) = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS") else {
         return;
     };
     let control_plane = ControlPlaneProcess::start(&[
@@ -225,7 +213,7 @@ async fn a_killed_agents_job_is_re_leased_by_another_and_its_vm_cleaned_on_resta
             ("NIMBUS_CONTROL_PLANE_TOKEN", token.expose().to_string()),
             ("NIMBUS_AGENT_ID", name.to_string()),
             ("NIMBUS_VMM", "sandbox".to_string()),
-            ("NIMBUS_ASSETS_DIR", assets.to_string_lossy().into_owned()),
+            ("NIMBUS_ASSETS_DIR", assets.clone()),
             ("NIMBUS_VM_NETWORK", "none".to_string()),
             ("NIMBUS_AGENT_MAX_VMS", "1".to_string()),
         ]

@@ -40,13 +40,7 @@ fn listening_sockets(pid: u32) -> Vec<String> {
 /// on no port of its own, at any point of the run.
 #[test]
 fn nimbus_run_opens_no_server_to_reach_its_own_control_plane() {
-    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
-            );
-        }
-        eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
+    let Some(assets) = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS") else {
         return;
     };
     let workflow =
@@ -107,15 +101,7 @@ fn examples_and_the_agent_bench_use_the_api_in_process() {
 }
 
 fn nimbus_run(workflow: &std::path::Path, extra: &[&str]) -> Option<(i32, String, String)> {
-    let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
-            );
-        }
-        eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
-        return None;
-    };
+    let assets = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS")?;
     let runtime = std::env::temp_dir().join(format!("nimbus-e2e-run-{}", uuid::Uuid::new_v4()));
     let output = Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
         .arg("run")

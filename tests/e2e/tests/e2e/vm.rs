@@ -8,18 +8,7 @@ use std::process::Command;
 use nimbus_e2e::bin;
 
 fn assets() -> Option<PathBuf> {
-    match std::env::var_os("NIMBUS_TEST_ASSETS") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!(
-                "NIMBUS_TEST_ASSETS is required under CI=true (scripts/test.sh builds the assets)"
-            )
-        }
-        None => {
-            eprintln!("skipping: NIMBUS_TEST_ASSETS is not set");
-            None
-        }
-    }
+    nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS").map(PathBuf::from)
 }
 
 fn vm_run(
