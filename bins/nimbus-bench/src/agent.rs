@@ -19,6 +19,8 @@ use nimbus_logs::{LogQuery, LogRecord, LogSink, MetadataRecord, Order, Stats};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
 use serde::Serialize;
 
+use crate::stats::{ms, percentile, sorted};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Jobs per driver.
@@ -88,10 +90,6 @@ impl<S: LogSink> LogSink for Notifying<S> {
     async fn stats(&self, org_id: Option<u64>) -> nimbus_logs::Result<Stats> {
         self.inner.stats(org_id).await
     }
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }
 
 async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
@@ -207,18 +205,13 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
     agent.abort();
     state.begin_shutdown();
     let _ = std::fs::remove_dir_all(&dir);
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let n = samples.len();
+    let samples = sorted(samples);
     Ok(DriverReport {
         driver: driver.into(),
-        runs: n,
-        first_line_median_ms: if n % 2 == 1 {
-            samples[n / 2]
-        } else {
-            (samples[n / 2 - 1] + samples[n / 2]) / 2.0
-        },
-        first_line_min_ms: samples[0],
-        first_line_max_ms: samples[n - 1],
+        runs: samples.len(),
+        first_line_median_ms: percentile(&samples, 0.5),
+        first_line_min_ms: percentile(&samples, 0.0),
+        first_line_max_ms: percentile(&samples, 1.0),
     })
 }
 

@@ -14,6 +14,8 @@ use nimbus_core::{ControlPlaneConfig, Env, Secret};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::stats::{ms, percentile, sorted};
+
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789";
 
@@ -51,14 +53,6 @@ struct Report {
     agents: usize,
     lease_cycles_per_second: f64,
     lease_cycle_p99_ms: f64,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
 fn webhook_payload(github_job_id: usize, created_at: &str) -> Vec<u8> {
@@ -154,10 +148,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let mut latencies = Vec::with_capacity(args.webhooks);
     for sender in senders {
-        latencies.extend(sender.await??);
+        latencies.extend(sender.await??.into_iter().map(ms));
     }
     let webhook_elapsed = started.elapsed();
-    latencies.sort_unstable();
+    let latencies = sorted(latencies);
 
     // Phase 2: lease + complete cycles by concurrent agents over the queued jobs.
     let keys = JwtKeys::new(&Secret::new(JWT_SECRET));
@@ -200,10 +194,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let mut cycle_latencies = Vec::with_capacity(cycles);
     for agent in agents {
-        cycle_latencies.extend(agent.await??);
+        cycle_latencies.extend(agent.await??.into_iter().map(ms));
     }
     let cycle_elapsed = started.elapsed();
-    cycle_latencies.sort_unstable();
+    let cycle_latencies = sorted(cycle_latencies);
 
     let _ = stop.send(());
     server.await??;

@@ -16,6 +16,8 @@ use nimbus_logs::sink::sqlite::SqliteSink;
 use nimbus_logs::{LogQuery, LogRecord, LogSink, Order};
 use serde::Serialize;
 
+use crate::stats::{percentile, sorted};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Lines sent over HTTP per sink.
@@ -240,14 +242,14 @@ async fn measure(name: &str, sink: Arc<dyn LogSink>, args: &Args) -> Result<Sink
             bail!("{name}: the tail query returned {} lines", lines.len());
         }
     }
-    latencies.sort_by(|a, b| a.total_cmp(b));
+    let latencies = sorted(latencies);
     Ok(SinkReport {
         sink: name.into(),
         lines: sent,
         lines_per_second: sent as f64 / elapsed.as_secs_f64(),
         rows_for_query: stored,
-        query_p50_ms: latencies[latencies.len() / 2],
-        query_p99_ms: latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)],
+        query_p50_ms: percentile(&latencies, 0.5),
+        query_p99_ms: percentile(&latencies, 0.99),
     })
 }
 

@@ -11,6 +11,7 @@ mod cache;
 mod control_plane;
 mod logs;
 mod policy;
+mod stats;
 mod vm;
 
 #[derive(Parser)]

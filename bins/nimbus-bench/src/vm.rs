@@ -13,6 +13,8 @@ use nimbus_vmm::spec::NetworkSpec;
 use nimbus_vmm::{DriverKind, JobEvent, Outcome, VmmDriver};
 use serde::Serialize;
 
+use crate::stats::{ms, percentile, sorted};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Runs per measurement and driver.
@@ -42,22 +44,6 @@ struct DriverReport {
 struct Report {
     drivers: Vec<DriverReport>,
     unavailable: Vec<(String, String)>,
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -114,18 +100,18 @@ pub async fn run(args: Args) -> Result<()> {
             one_job(&driver, &spec("bench-true"), "true").await?;
             round_trips.push(ms(started.elapsed()));
         }
-        let (fl_min, fl_max) = bounds(&first_lines);
-        let (rt_min, rt_max) = bounds(&round_trips);
+        let first_lines = sorted(first_lines);
+        let round_trips = sorted(round_trips);
         report.drivers.push(DriverReport {
             driver: kind.to_string(),
             detail: probe.reason,
             runs: args.runs,
-            first_line_median_ms: median(&mut first_lines),
-            first_line_min_ms: fl_min,
-            first_line_max_ms: fl_max,
-            round_trip_median_ms: median(&mut round_trips),
-            round_trip_min_ms: rt_min,
-            round_trip_max_ms: rt_max,
+            first_line_median_ms: percentile(&first_lines, 0.5),
+            first_line_min_ms: percentile(&first_lines, 0.0),
+            first_line_max_ms: percentile(&first_lines, 1.0),
+            round_trip_median_ms: percentile(&round_trips, 0.5),
+            round_trip_min_ms: percentile(&round_trips, 0.0),
+            round_trip_max_ms: percentile(&round_trips, 1.0),
         });
     }
     if args.json {
@@ -150,12 +136,6 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn bounds(values: &[f64]) -> (f64, f64) {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    (min, max)
 }
 
 async fn one_job(
