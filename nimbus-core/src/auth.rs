@@ -351,7 +351,7 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Whether a `/metrics` request may be served (DESIGN.md): always from a loopback
+/// Whether a `/metrics` request may be served (docs/security.md): always from a loopback
 /// peer, otherwise only with `Authorization: Bearer <token>` matching the service's
 /// metrics token (compared in constant time). No token configured: loopback only.
 pub fn metrics_access_allowed(

@@ -76,7 +76,7 @@ impl FromStr for JobSource {
     }
 }
 
-/// The lifecycle of a job (see DESIGN.md "Job lifecycle").
+/// The lifecycle of a job (docs/architecture.md, "Job lifecycle").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {

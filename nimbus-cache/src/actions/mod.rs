@@ -1,5 +1,5 @@
 //! The GitHub Actions cache protocols as the official `@actions/cache` client
-//! speaks them (wire facts: PROTOCOLS.md): v2 over Twirp with signed blob links,
+//! speaks them (wire facts: docs/cache.md, "Protocols"): v2 over Twirp with signed blob links,
 //! v1 under `_apis/artifactcache/`. Both are adapters over [`crate::Cache`].
 
 pub mod blob;

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the control plane (names fixed by DESIGN.md).
+//! Prometheus metrics of the control plane. The names are user-facing (dashboards
+//! and alerts use them; docs/api.md lists them): keep them.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
