@@ -24,7 +24,8 @@ pub mod telemetry;
 pub mod testsuite;
 pub mod webhook;
 
-pub use config::{ClientConfig, ControlPlaneConfig, Env, Secret};
+pub use config::{ClientConfig, Env, Secret};
+pub use control_plane::ControlPlaneConfig;
 pub use domain::{Job, JobId, JobSpec, JobStatus, Lease, NewJob, Org, OrgId};
 pub use error::{Error, ErrorKind, Result};
 pub use job_source::JobSource;

@@ -18,6 +18,34 @@ use crate::sandbox::{SandboxConfig, SandboxDriver};
 use crate::spec::NetworkSpec;
 use crate::{DriverKind, Error, Probe, Result, VmmDriver};
 
+/// The variables of the job VMs and their drivers (a section of docs/configuration.md).
+pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Settings {
+    service: "Job VMs (host agent, nimbus vm run, nimbus run)",
+    variables: &[
+        nimbus_core::config::VarDoc { name: "NIMBUS_VMM", default: "auto", meaning: "VM driver: `auto` (firecracker with hardware KVM, else qemu with hardware KVM, else sandbox), `firecracker`, `qemu` or `sandbox`." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_QEMU_ACCEL", default: "auto", meaning: "QEMU acceleration: `kvm` (hardware KVM only), `tcg` (software emulation) or `auto`." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_QEMU_TRANSPORT", default: "virtio-serial", meaning: "Host ⇄ guest channel under QEMU: `virtio-serial`, or `serial` (the serial console shared with kernel messages: the last resort for guests without virtio-console)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_QEMU_BIN", default: "qemu-system-x86_64 on PATH", meaning: "QEMU binary." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_FIRECRACKER_BIN", default: "firecracker on PATH", meaning: "Firecracker binary." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_JAILER_BIN", default: "(none)", meaning: "Firecracker's jailer; set to run every Firecracker VM jailed (docs/FIRECRACKER_SECURITY.md)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_JAILER_UID", default: "65534", meaning: "uid the jailed Firecracker runs as." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_JAILER_GID", default: "65534", meaning: "gid the jailed Firecracker runs as." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_JAILER_CHROOT_BASE", default: "/srv/jailer", meaning: "Base directory of the jailer's per-VM chroots." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_SECCOMP_FILTER", default: "(built-in)", meaning: "Compiled seccomp BPF filter for Firecracker; unset keeps Firecracker's built-in filter." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_ASSETS_DIR", default: "$NIMBUS_DATA_DIR/assets", meaning: "Guest assets built by `nimbus assets build` (kernel, initramfs, rootfs, manifest.json)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_ROOTFS_SHA256", default: "(none)", meaning: "Pins the rootfs: assets whose manifest names another rootfs sha256 are refused." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_RUNTIME_DIR", default: "$NIMBUS_DATA_DIR/vms", meaning: "Per-VM directories (disk overlays, sockets, console logs); removed with each VM." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_VCPUS", default: "2", meaning: "vCPUs per job VM." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_MEMORY_MIB", default: "1024", meaning: "Memory per job VM, MiB." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_SCRATCH_MIB", default: "4096", meaning: "Per-job scratch disk mounted at `/scratch` (the workspace), MiB; 0 gives a tmpfs." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_NETWORK", default: "egress", meaning: "Network of each job VM or sandbox: `none` (no device), `isolated` (a namespace of its own with no route out; host services such as the cache through a relay at 172.30.0.1) or `egress` (that, routed out through NAT under the egress policy). Needs root, iproute2 and iptables." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_EGRESS_ALLOW", default: "(none)", meaning: "CIDRs jobs may reach even inside a denied range (comma-separated), e.g. an internal artifact server. Checked before every denial." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_EGRESS_DENY", default: "(none)", meaning: "CIDRs jobs may not reach, besides the defaults: the host's own addresses, loopback, private, shared, link-local (cloud metadata), multicast and reserved ranges." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_ALLOW_SANDBOX", default: "0", meaning: "`1` lets `NIMBUS_VMM=auto` pick the namespace sandbox when NIMBUS_MODE=production (it shares the host kernel; docs/security.md)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VM_BOOT_TIMEOUT", default: "60", meaning: "Seconds a VM may take from boot to the guest agent's hello." },
+    ],
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmmChoice {
     Auto,

@@ -279,10 +279,22 @@ fn full_ref(name: &str) -> String {
     }
 }
 
+/// Every part's settings, in the order docs/configuration.md lists them.
+fn settings() -> [&'static config::Settings; 6] {
+    [
+        &config::SHARED,
+        &nimbus_core::control_plane::config::SETTINGS,
+        &nimbus_logs::pipeline::config::SETTINGS,
+        &nimbus_cache::server::config::SETTINGS,
+        &nimbus_vmm::agent::SETTINGS,
+        &nimbus_vmm::select::SETTINGS,
+    ]
+}
+
 fn config_command(command: ConfigCommand) -> Result<(), String> {
     match command {
         ConfigCommand::Docs => {
-            print!("{}", config::render_variables_table());
+            print!("{}", config::render_variables(&settings()));
             Ok(())
         }
     }
@@ -445,5 +457,98 @@ fn refresh_action_timestamp(payload: &mut serde_json::Value) {
         .and_then(|j| j.as_object_mut())
     {
         job.insert(field.to_string(), serde_json::Value::String(now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::settings;
+
+    /// Names that look like settings but are not read from the environment: the
+    /// bare prefix, the guest's runner config variable and test-only knobs.
+    fn not_a_setting(name: &str) -> bool {
+        name == "NIMBUS_"
+            || name.starts_with("NIMBUS_TEST_")
+            || matches!(name, "NIMBUS_JIT_CONFIG" | "NIMBUS_JAILER_WRAPPER_CONF")
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() {
+                if name != "target"
+                    && name != "node_modules"
+                    && !name.to_string_lossy().starts_with('.')
+                {
+                    rust_files(&path, out);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn docs_configuration_lists_every_setting_as_the_code_does() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let rendered = nimbus_core::config::render_variables(&settings());
+        assert!(
+            doc.contains(&rendered),
+            "docs/configuration.md is out of date; run scripts/config-docs.sh:\n{rendered}"
+        );
+    }
+
+    #[test]
+    fn every_variable_in_the_code_belongs_to_a_part() {
+        let documented: BTreeSet<&str> = settings()
+            .iter()
+            .flat_map(|s| s.variables.iter().map(|v| v.name))
+            .collect();
+        let total: usize = settings().iter().map(|s| s.variables.len()).sum();
+        assert_eq!(total, documented.len(), "a variable is listed by two parts");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = Vec::new();
+        for dir in [
+            "nimbus-core",
+            "nimbus-vmm",
+            "nimbus-cache",
+            "nimbus-logs",
+            "nimbus-policy",
+            "bins",
+        ] {
+            rust_files(&root.join(dir).join("src"), &mut files);
+            for bin in std::fs::read_dir(root.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                rust_files(&bin.path().join("src"), &mut files);
+            }
+        }
+        assert!(files.len() > 50, "found only {} source files", files.len());
+        let mut missing = BTreeSet::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            for (at, _) in text.match_indices("\"NIMBUS_") {
+                let name: String = text[at + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !documented.contains(name.as_str()) && !not_a_setting(&name) {
+                    missing.insert(format!("{name} ({})", file.display()));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "read in the code but listed by no part's SETTINGS: {missing:?}"
+        );
     }
 }

@@ -10,6 +10,34 @@ use nimbus_core::Env;
 use crate::error::{Error, Result};
 use crate::maintenance::Budgets;
 
+/// The variables the cache proxy reads (a section of docs/configuration.md).
+pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Settings {
+    service: "Cache proxy (nimbus-cache-proxy)",
+    variables: &[
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_PROXY_ADDR", default: "0.0.0.0:8001", meaning: "Listen address of `nimbus-cache-proxy` (also `--listen`)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_PUBLIC_URL", default: "(the request's Host)", meaning: "Base of the upload/download links the cache proxy hands out; set it when clients reach the proxy through another name." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_PROXY_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for the cache proxy's `/metrics` from non-loopback peers; unset means loopback only." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_BACKEND", default: "fs", meaning: "Where cache blobs live: `fs` (a local directory) or `s3` (any S3-compatible store)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_DIR", default: "$NIMBUS_DATA_DIR/cache", meaning: "Directory of the `fs` cache backend." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_S3_BUCKET", default: "(none)", meaning: "Bucket of the `s3` cache backend (required with it)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_S3_ENDPOINT", default: "(AWS)", meaning: "Endpoint of an S3-compatible store, e.g. `http://127.0.0.1:8333`." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_S3_REGION", default: "us-east-1", meaning: "Region of the bucket." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_S3_PREFIX", default: "(none)", meaning: "Prefix of every object key the cache writes, e.g. `nimbus-cache/`." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_S3_PATH_STYLE", default: "false", meaning: "`true` for path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_S3_ACCESS_KEY_ID", default: "$AWS_ACCESS_KEY_ID", meaning: "Access key of the bucket." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_S3_SECRET_ACCESS_KEY", default: "$AWS_SECRET_ACCESS_KEY", meaning: "Secret key of the bucket." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_METRICS_DB", default: "$NIMBUS_DATA_DIR/cache-index.db (dev only)", meaning: "The cache index (entries, sizes, last access, hit/miss/eviction counters): a SQLite path or a `postgres://` URL. Required when NIMBUS_MODE=production." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_MAX_BYTES", default: "(none)", meaning: "Byte budget of all orgs together (`10GiB`, `500GB` or bytes); least recently used entries are evicted beyond it." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_ORG_MAX_BYTES", default: "10GiB", meaning: "Byte budget of each org; least recently used entries are evicted beyond it, and no entry may be larger." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_MAX_IDLE_DAYS", default: "7", meaning: "Entries not restored for this many days are evicted." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_UPLOAD_TTL", default: "900", meaning: "Seconds an upload may go without activity (reservation, chunk, block) before it is dropped and its key freed." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_UPLOAD_MAX_AGE", default: "21600", meaning: "Seconds an upload may stay unfinished however busy it is (a trickle of parts cannot keep staged bytes forever)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS", default: "64", meaning: "Unfinished uploads one org may have at once; more are refused with 429. Their staged bytes together count against the org's budget." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_EVICTION_INTERVAL", default: "60", meaning: "Seconds between eviction passes (they also run after each commit)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_SCRUB_INTERVAL", default: "21600", meaning: "Seconds between integrity scrubs (every committed entry's sha256 re-checked; corrupt or missing entries are dropped)." },
+    ],
+};
+
 /// Where blobs live.
 #[derive(Debug, Clone)]
 pub enum BackendConfig {

@@ -21,16 +21,17 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::JwtKeys;
 use crate::cache_token::CacheTokenKeys;
-use crate::config::ControlPlaneConfig;
 use crate::domain::{Job, OrgId};
 use crate::error::{Error, Result};
 use crate::github::{GithubClient, JitConfig, RepoRef};
 use crate::route::{Access, Route};
 use crate::store::{self, Store};
+pub use config::ControlPlaneConfig;
 use nimbus_policy::Policy;
 
 mod api;
 pub mod cache_grant;
+pub mod config;
 pub mod http;
 mod metadata_sink;
 pub mod metrics;

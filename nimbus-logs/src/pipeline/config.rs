@@ -9,6 +9,28 @@ use nimbus_core::Env;
 
 use crate::sink::clickhouse::ClickHouseConfig;
 
+/// The variables the logging pipeline reads (a section of docs/configuration.md).
+pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Settings {
+    service: "Logging pipeline (nimbus-logging-pipeline)",
+    variables: &[
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGGING_PIPELINE_ADDR", default: "0.0.0.0:8002", meaning: "Listen address of `nimbus-logging-pipeline` (also `--listen`)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for the pipeline's `/metrics` from non-loopback peers; unset means loopback only." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGS_BACKEND", default: "sqlite", meaning: "Where job logs go: `sqlite` (`$NIMBUS_DATA_DIR/logs.db`) or `clickhouse`." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CLICKHOUSE_URL", default: "http://127.0.0.1:8123", meaning: "ClickHouse HTTP interface of the `clickhouse` log backend." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CLICKHOUSE_USER", default: "(server default)", meaning: "ClickHouse user." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CLICKHOUSE_PASSWORD", default: "(none)", meaning: "ClickHouse password." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CLICKHOUSE_DATABASE", default: "nimbus", meaning: "ClickHouse database of `ci_logs` and `job_metadata` (created if missing; docs/CLICKHOUSE_SCHEMA.md)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOG_RETENTION_DAYS", default: "30", meaning: "Job log lines older than this are pruned (ClickHouse table TTL; hourly delete on SQLite)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_METADATA_RETENTION_DAYS", default: "90", meaning: "Job metadata rows older than this are pruned by the logging pipeline." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGS_MAX_BUFFERED_LINES", default: "500000", meaning: "Lines the pipeline holds before they are durable; beyond it `POST /api/logs` answers 503 with Retry-After." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGS_MAX_FOLLOWS", default: "1024", meaning: "Live follows (`GET /api/logs/{job}/follow`) open at once, all callers together; more answer 429." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGS_MAX_FOLLOWS_PER_ORG", default: "32", meaning: "Live follows one org (or the admins together) may have open at once; more answer 429." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGS_FOLLOW_IDLE_SECONDS", default: "600", meaning: "A follow that saw no new line for this long ends with an `end` event (resume with `Last-Event-ID`)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGS_FOLLOW_MAX_SECONDS", default: "21600", meaning: "No follow lasts longer; it ends with an `end` event." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_LOGS_FLUSH_INTERVAL", default: "0.001", meaning: "Seconds the pipeline waits for more lines before writing a batch (batches also flush at 50,000 lines); lines arriving during a write are batched anyway." },
+    ],
+};
+
 #[derive(Debug, Clone)]
 pub enum Backend {
     Sqlite { path: PathBuf },

@@ -31,6 +31,21 @@ use crate::select::{self, VmmConfig};
 use crate::spec::NetworkSpec;
 use crate::{launch, JobEvent, Outcome, VmmDriver};
 
+/// The variables the host agent reads besides the VMs' ([`crate::select::SETTINGS`]); a section of docs/configuration.md.
+pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Settings {
+    service: "Host agent (nimbus-host-agent)",
+    variables: &[
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_URL", default: "http://127.0.0.1:8001", meaning: "Where clients (host agent, job VMs, `nimbus report cache`) reach the cache proxy." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_ID", default: "(hostname)", meaning: "Name of this host agent (in logs and log lines)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_LABELS", default: "(any job)", meaning: "Comma-separated labels of this host agent; it leases only jobs whose runner labels are all among them (case-insensitive; `self-hosted`, `param:`, `meta:` and `timeout:` labels need no match)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_MAX_VMS", default: "(cores/2, memory/2 GiB, at least 1)", meaning: "Jobs one host agent runs at once." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_MAX_JOB_TIMEOUT", default: "(none)", meaning: "Seconds no job may outlive on this host, whatever its `timeout_minutes` or `timeout:MINUTES` label." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_DRAIN_SECONDS", default: "600", meaning: "After SIGTERM the host agent stops leasing and lets running jobs finish this long; then their VMs are stopped and they complete `cancelled`. A second SIGTERM exits at once." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_HOST_AGENT_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for the host agent's `/metrics` from non-loopback peers; unset means loopback only." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_HOST_AGENT_METRICS_ADDR", default: "0.0.0.0:9460", meaning: "Where `nimbus-host-agent` serves `/metrics`; non-loopback peers need NIMBUS_HOST_AGENT_METRICS_TOKEN." },
+    ],
+};
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub client: ClientConfig,

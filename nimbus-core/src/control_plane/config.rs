@@ -1,0 +1,182 @@
+//! The control plane's settings: [`ControlPlaneConfig`], parsed once from the
+//! environment, and the variables it reads ([`SETTINGS`], a section of
+//! docs/configuration.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{cache_shared_secret, jwt_secret, Env, Secret, Settings, VarDoc};
+use crate::error::{Error, Result};
+
+/// The variables the control plane reads, besides [`crate::config::SHARED`].
+pub const SETTINGS: Settings = Settings {
+    service: "Control plane (nimbus-control-plane)",
+    variables: &[
+    VarDoc { name: "NIMBUS_DATABASE_URL", default: "sqlite://$NIMBUS_DATA_DIR/control-plane.db", meaning: "Control-plane store: `sqlite://PATH` (single node) or `postgres://…` (several replicas on one database)." },
+    VarDoc { name: "NIMBUS_DATABASE_MAX_CONNECTIONS", default: "16", meaning: "Connection pool size of the control-plane store." },
+    VarDoc { name: "NIMBUS_CONTROL_PLANE_ADDR", default: "0.0.0.0:8000", meaning: "Listen address of `nimbus-control-plane` (also `--listen`)." },
+    VarDoc { name: "NIMBUS_CONTROL_PLANE_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for `/metrics` from non-loopback peers; unset means loopback only." },
+    VarDoc { name: "NIMBUS_GITHUB_WEBHOOK_SECRET", default: "(none)", meaning: "Secret of the GitHub webhook (`X-Hub-Signature-256`). Unset: `POST /webhooks/github` answers 503." },
+    VarDoc { name: "NIMBUS_GITHUB_APP_ID", default: "(none)", meaning: "GitHub App id: the control plane mints installation tokens from the app's key to register just-in-time runners." },
+    VarDoc { name: "NIMBUS_GITHUB_APP_PRIVATE_KEY", default: "(none)", meaning: "The GitHub App's private key (PEM; `\\n` escapes allowed)." },
+    VarDoc { name: "NIMBUS_GITHUB_APP_PRIVATE_KEY_PATH", default: "(none)", meaning: "File holding the GitHub App's private key (instead of NIMBUS_GITHUB_APP_PRIVATE_KEY)." },
+    VarDoc { name: "NIMBUS_GITHUB_TOKEN", default: "(none)", meaning: "A personal access token instead of an App (small setups; needs admin rights on the repositories)." },
+    VarDoc { name: "NIMBUS_GITHUB_API_URL", default: "https://api.github.com", meaning: "GitHub's REST API; `https://HOST/api/v3` for GitHub Enterprise Server." },
+    VarDoc { name: "NIMBUS_GITHUB_RUNNER_SCOPE", default: "repo", meaning: "Where just-in-time runners are registered: `repo` (works for every repository) or `org`." },
+    VarDoc { name: "NIMBUS_GITHUB_RUNNER_GROUP_ID", default: "1", meaning: "Runner group of the just-in-time runners (1 is the default group)." },
+    VarDoc { name: "NIMBUS_GITHUB_RECONCILE_SECONDS", default: "60", meaning: "How often queued GitHub jobs that no webhook brought are looked for." },
+    VarDoc { name: "NIMBUS_WEBHOOK_TOLERANCE_SECONDS", default: "300", meaning: "Webhook events whose action timestamp is older than this are refused; delivery ids are remembered for twice as long." },
+    VarDoc { name: "NIMBUS_RUNNER_LABELS", default: "nimbus", meaning: "Comma-separated labels; a `workflow_job` is taken when its `labels` include one of them." },
+    VarDoc { name: "NIMBUS_JOB_LEASE_TTL", default: "300", meaning: "Seconds a lease lives without a heartbeat." },
+    VarDoc { name: "NIMBUS_JOB_MAX_ATTEMPTS", default: "3", meaning: "Leases a job may lose (expire) before it is marked `failed`." },
+    VarDoc { name: "NIMBUS_SCHEDULER", default: "fair", meaning: "Which queued job an agent gets: `fair` (weighted fair share across the orgs with queued work; oldest first within an org) or `fifo` (the oldest job of any org)." },
+    VarDoc { name: "NIMBUS_SCHEDULER_WEIGHTS", default: "(all 1)", meaning: "Fair-share weights, `ORG=WEIGHT` comma-separated (e.g. `1=3,2=1`: org 1 gets three leases for each of org 2's while both have work); 1 to 1000." },
+    VarDoc { name: "NIMBUS_REAPER_INTERVAL", default: "5", meaning: "Seconds between sweeps that return expired leases to the queue (fractions allowed)." },
+    VarDoc { name: "NIMBUS_JOB_POLICY_PATH", default: "(none)", meaning: "YAML admission policy every job passes before it is queued (docs/policy-as-code.md); reloaded on change and on SIGHUP. Unset: every job is admitted." },
+    VarDoc { name: "NIMBUS_ORG_JOB_RATE_LIMIT", default: "100", meaning: "Jobs one org may submit per interval (webhooks and direct submissions together)." },
+    VarDoc { name: "NIMBUS_ORG_RATE_INTERVAL", default: "60", meaning: "Length in seconds of the org rate-limit window." },
+    VarDoc { name: "NIMBUS_METADATA_SINK_URL", default: "(none)", meaning: "Logging pipeline the control plane copies every admitted job's metadata to (`POST /api/metadata`, with an admin token signed by NIMBUS_JWT_SECRET, retried in the background)." },
+    ],
+};
+
+/// Configuration of the control plane service.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub jwt_secret: Secret,
+    /// Signs the per-job cache tokens (NIMBUS_CACHE_SHARED_SECRET).
+    pub cache_secret: Secret,
+    pub webhook_secret: Option<Secret>,
+    pub webhook_tolerance: Duration,
+    pub runner_labels: Vec<String>,
+    pub lease_ttl: Duration,
+    pub max_attempts: u32,
+    pub reaper_interval: Duration,
+    pub org_job_rate_limit: u32,
+    pub org_rate_interval: Duration,
+    pub metrics_token: Option<Secret>,
+    pub policy_path: Option<PathBuf>,
+    /// The logging pipeline that receives a copy of every job's metadata.
+    pub metadata_sink_url: Option<String>,
+    /// GitHub API access (App or token); `None` leaves GitHub jobs without runners.
+    pub github: Option<crate::github::GithubConfig>,
+    /// Which queued job an asking agent gets (`NIMBUS_SCHEDULER`, `…_WEIGHTS`).
+    pub scheduler: crate::scheduler::SchedulerConfig,
+}
+
+impl ControlPlaneConfig {
+    /// Reads and checks every variable; the first bad one is reported by name.
+    pub fn from_env(env: &Env) -> Result<Self> {
+        let data_dir = env.data_dir();
+        let listen = env.parse_or(
+            "NIMBUS_CONTROL_PLANE_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 8000)),
+        )?;
+        let database_url = match env.get("NIMBUS_DATABASE_URL") {
+            Some(url) => url.to_string(),
+            None => format!("sqlite://{}", data_dir.join("control-plane.db").display()),
+        };
+        let runner_labels: Vec<String> = env
+            .get("NIMBUS_RUNNER_LABELS")
+            .unwrap_or("nimbus")
+            .split(',')
+            .map(|label| label.trim().to_string())
+            .filter(|label| !label.is_empty())
+            .collect();
+        if runner_labels.is_empty() {
+            return Err(Error::Config {
+                variable: "NIMBUS_RUNNER_LABELS".into(),
+                message: "needs at least one label".into(),
+            });
+        }
+        Ok(ControlPlaneConfig {
+            listen,
+            database_max_connections: env.positive_u32("NIMBUS_DATABASE_MAX_CONNECTIONS", 16)?,
+            jwt_secret: jwt_secret(env, &data_dir)?,
+            cache_secret: cache_shared_secret(env, &data_dir)?,
+            github: crate::github::GithubConfig::from_env(env)?,
+            webhook_secret: env.secret("NIMBUS_GITHUB_WEBHOOK_SECRET"),
+            webhook_tolerance: env
+                .seconds_or("NIMBUS_WEBHOOK_TOLERANCE_SECONDS", Duration::from_secs(300))?,
+            runner_labels,
+            lease_ttl: env.seconds_or("NIMBUS_JOB_LEASE_TTL", Duration::from_secs(300))?,
+            max_attempts: env.positive_u32("NIMBUS_JOB_MAX_ATTEMPTS", 3)?,
+            scheduler: crate::scheduler::SchedulerConfig::from_env(env)?,
+            reaper_interval: env.seconds_or("NIMBUS_REAPER_INTERVAL", Duration::from_secs(5))?,
+            org_job_rate_limit: env.positive_u32("NIMBUS_ORG_JOB_RATE_LIMIT", 100)?,
+            org_rate_interval: env
+                .seconds_or("NIMBUS_ORG_RATE_INTERVAL", Duration::from_secs(60))?,
+            metrics_token: env.secret("NIMBUS_CONTROL_PLANE_METRICS_TOKEN"),
+            policy_path: env.get("NIMBUS_JOB_POLICY_PATH").map(PathBuf::from),
+            metadata_sink_url: env.get("NIMBUS_METADATA_SINK_URL").map(str::to_string),
+            database_url,
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let mut env = Env::from_map(pairs.iter().copied());
+        env.set("NIMBUS_JWT_SECRET", "0123456789abcdef0123");
+        env
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = ControlPlaneConfig::from_env(&env(&[])).expect("defaults parse");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.lease_ttl, Duration::from_secs(300));
+        assert_eq!(config.max_attempts, 3);
+        assert_eq!(config.org_job_rate_limit, 100);
+        assert_eq!(config.org_rate_interval, Duration::from_secs(60));
+        assert_eq!(config.webhook_tolerance, Duration::from_secs(300));
+        assert_eq!(config.runner_labels, vec!["nimbus".to_string()]);
+        assert!(config.database_url.starts_with("sqlite://"));
+        for var in SETTINGS.variables {
+            assert!(!var.meaning.is_empty(), "{} has no meaning", var.name);
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        for (name, value) in [
+            ("NIMBUS_JOB_LEASE_TTL", "soon"),
+            ("NIMBUS_JOB_LEASE_TTL", "-1"),
+            ("NIMBUS_ORG_JOB_RATE_LIMIT", "0"),
+            ("NIMBUS_CONTROL_PLANE_ADDR", "localhost"),
+            ("NIMBUS_JOB_MAX_ATTEMPTS", "many"),
+            ("NIMBUS_RUNNER_LABELS", " , "),
+        ] {
+            let err = ControlPlaneConfig::from_env(&env(&[(name, value)]))
+                .expect_err("bad value must fail");
+            assert!(err.to_string().contains(name), "{err} should name {name}");
+        }
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused() {
+        let env = Env::from_map([("NIMBUS_JWT_SECRET", "short")]);
+        let err = ControlPlaneConfig::from_env(&env).expect_err("short secret");
+        assert!(err.to_string().contains("NIMBUS_JWT_SECRET"));
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let config = ControlPlaneConfig::from_env(&env(&[(
+            "NIMBUS_GITHUB_WEBHOOK_SECRET",
+            "hunter2hunter2",
+        )]))
+        .expect("parses");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("0123456789abcdef"));
+    }
+}
