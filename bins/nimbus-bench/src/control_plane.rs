@@ -36,6 +36,9 @@ pub struct Args {
     /// Concurrent agents in the lease phase.
     #[arg(long, default_value_t = 8)]
     agents: usize,
+    /// Which scheduler hands out the leases (`fair`, the default, or `fifo`).
+    #[arg(long, default_value = "fair")]
+    scheduler: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -87,6 +90,7 @@ pub async fn run(args: Args) -> Result<()> {
         ("NIMBUS_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
         ("NIMBUS_ORG_JOB_RATE_LIMIT", "1000000000"),
         ("NIMBUS_LOG_LEVEL", "warn"),
+        ("NIMBUS_SCHEDULER", args.scheduler.as_str()),
     ]);
     let config = ControlPlaneConfig::from_env(&env)?;
     let store = nimbus_core::store::open(&url, config.database_max_connections).await?;

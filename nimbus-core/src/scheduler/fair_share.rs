@@ -13,9 +13,11 @@
 //! Which orgs have queued work is read from the store (one index walk per org,
 //! `JobQueue::queued_orgs`) at most every [`REFRESH`], and at once when this
 //! replica queued a job of an org it did not know to be busy; a stale read costs
-//! one empty claim, after which it is read again.
+//! one empty claim, after which it is read again. One lease reads it at a time;
+//! the others meanwhile go on with the list they have.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,18 @@ const MAX_TAGS: usize = 100_000;
 pub struct FairShare {
     weights: HashMap<OrgId, u32>,
     state: Mutex<State>,
+    /// A read of the busy orgs is under way: other leases go on with the list they
+    /// have instead of all reading it at once.
+    refreshing: AtomicBool,
+}
+
+/// Clears [`FairShare::refreshing`] when the read ends, however it ends.
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 #[derive(Default)]
@@ -64,6 +78,7 @@ impl FairShare {
         FairShare {
             weights,
             state: Mutex::new(State::default()),
+            refreshing: AtomicBool::new(false),
         }
     }
 
@@ -96,7 +111,8 @@ impl FairShare {
             let state = self.state();
             !state.noted.is_empty() || state.read_at.is_none_or(|at| at.elapsed() > REFRESH)
         };
-        if stale {
+        if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
+            let _reading = Refreshing(&self.refreshing);
             let busy = store.queued_orgs().await?;
             let mut state = self.state();
             state.busy = busy;

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use crate::error::{Error, Result};
-use crate::store::sql::Dialect;
+use crate::store::sql::{planner_picks, Dialect};
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -68,14 +68,15 @@ impl PostgresStore {
 }
 
 static LEASE_ANY_ORG: LazyLock<String> =
-    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", false));
+    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", false, planner_picks));
 static LEASE_ONE_ORG: LazyLock<String> =
-    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", true));
+    LazyLock::new(|| super::sql::lease_sql(" FOR UPDATE SKIP LOCKED", true, planner_picks));
 static LEASE_LABELS_ANY_ORG: LazyLock<String> = LazyLock::new(|| {
     super::sql::lease_with_labels_sql(
         " FOR UPDATE SKIP LOCKED",
         false,
         <PostgresStore as Dialect>::AGENT_LABELS_FILTER,
+        planner_picks,
     )
 });
 static LEASE_LABELS_ONE_ORG: LazyLock<String> = LazyLock::new(|| {
@@ -83,8 +84,10 @@ static LEASE_LABELS_ONE_ORG: LazyLock<String> = LazyLock::new(|| {
         " FOR UPDATE SKIP LOCKED",
         true,
         <PostgresStore as Dialect>::AGENT_LABELS_FILTER,
+        planner_picks,
     )
 });
+static QUEUED_ORGS: LazyLock<String> = LazyLock::new(|| super::sql::queued_orgs_sql(planner_picks));
 
 impl Dialect for PostgresStore {
     fn lease_sql(one_org: bool) -> &'static str {
@@ -109,6 +112,9 @@ impl Dialect for PostgresStore {
         } else {
             LEASE_LABELS_ANY_ORG.as_str()
         }
+    }
+    fn queued_orgs_sql() -> &'static str {
+        QUEUED_ORGS.as_str()
     }
 }
 

@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
-use crate::store::sql::Dialect;
+use crate::store::sql::{indexed_by, Dialect};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -75,14 +75,27 @@ impl SqliteStore {
     }
 }
 
-static LEASE_ANY_ORG: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", false));
-static LEASE_ONE_ORG: LazyLock<String> = LazyLock::new(|| super::sql::lease_sql("", true));
+static LEASE_ANY_ORG: LazyLock<String> =
+    LazyLock::new(|| super::sql::lease_sql("", false, indexed_by));
+static LEASE_ONE_ORG: LazyLock<String> =
+    LazyLock::new(|| super::sql::lease_sql("", true, indexed_by));
 static LEASE_LABELS_ANY_ORG: LazyLock<String> = LazyLock::new(|| {
-    super::sql::lease_with_labels_sql("", false, <SqliteStore as Dialect>::AGENT_LABELS_FILTER)
+    super::sql::lease_with_labels_sql(
+        "",
+        false,
+        <SqliteStore as Dialect>::AGENT_LABELS_FILTER,
+        indexed_by,
+    )
 });
 static LEASE_LABELS_ONE_ORG: LazyLock<String> = LazyLock::new(|| {
-    super::sql::lease_with_labels_sql("", true, <SqliteStore as Dialect>::AGENT_LABELS_FILTER)
+    super::sql::lease_with_labels_sql(
+        "",
+        true,
+        <SqliteStore as Dialect>::AGENT_LABELS_FILTER,
+        indexed_by,
+    )
 });
+static QUEUED_ORGS: LazyLock<String> = LazyLock::new(|| super::sql::queued_orgs_sql(indexed_by));
 
 impl Dialect for SqliteStore {
     fn lease_sql(one_org: bool) -> &'static str {
@@ -108,6 +121,9 @@ impl Dialect for SqliteStore {
             LEASE_LABELS_ANY_ORG.as_str()
         }
     }
+    fn queued_orgs_sql() -> &'static str {
+        QUEUED_ORGS.as_str()
+    }
 }
 
 impl_shared_store!(SqliteStore, Sqlite);
@@ -121,5 +137,58 @@ impl super::Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With statistics of a table full of one org's queued jobs, SQLite would walk
+    /// the table in id order for the org's oldest queued job (later skipping every
+    /// job finished since, on each lease) and `jobs_by_status` for the busy orgs:
+    /// the fair-share statements must name their index.
+    #[tokio::test]
+    async fn fair_share_statements_walk_the_queued_by_org_index() {
+        let store = SqliteStore::connect("sqlite::memory:", 1)
+            .await
+            .expect("store");
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
+             INSERT INTO jobs (org_id, repo, source, status, labels, metadata, spec, attempt, \
+             fencing_token, created_at, updated_at) \
+             SELECT 1, 'acme/app', 'direct', 'queued', '[]', '{}', '{}', 1, 0, i, i FROM n",
+        )
+        .execute(&store.writer)
+        .await
+        .expect("jobs");
+        sqlx::query("ANALYZE")
+            .execute(&store.writer)
+            .await
+            .expect("analyze");
+        for sql in [
+            <SqliteStore as Dialect>::lease_sql(true),
+            <SqliteStore as Dialect>::lease_with_labels_sql(true),
+            <SqliteStore as Dialect>::queued_orgs_sql(),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .fetch_all(&store.writer)
+                    .await
+                    .expect("plan");
+            let steps: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            assert!(
+                steps.iter().any(|s| s.contains("jobs_queued_by_org")),
+                "{steps:?}"
+            );
+            // Not the table in id order, not every queued job, not every job of the
+            // org to count its running ones.
+            assert!(
+                !steps.iter().any(|s| *s == "SCAN jobs"
+                    || s.contains("jobs_by_status")
+                    || s.contains("jobs_by_org")),
+                "{steps:?}"
+            );
+        }
     }
 }
