@@ -171,8 +171,8 @@ async fn measure(name: &str, sink: Arc<dyn LogSink>, args: &Args) -> Result<Sink
         tokens.push(keys.mint_ingest(
             &IngestScope {
                 job_id: job as i64,
-                org_id: 1,
-                repo_id: None,
+                org_id: (job % 16 + 1) as i64,
+                repo_id: Some((job % 64 + 1) as i64),
                 agent_id: "bench".into(),
                 seq_base: 0,
             },
