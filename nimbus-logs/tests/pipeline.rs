@@ -14,9 +14,10 @@ use nimbus_core::domain::log_seq_base;
 use nimbus_core::Secret;
 use nimbus_logs::pipeline::{self, Backend, Pipeline, PipelineConfig};
 use nimbus_logs::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
+use nimbus_logs::sink::layer::{Layered, WriteLayer};
 use nimbus_logs::sink::sqlite::SqliteSink;
 use nimbus_logs::testsuite::{fresh_job_id, T0};
-use nimbus_logs::{LogQuery, LogRecord, LogSink, MetadataRecord, Stats};
+use nimbus_logs::{LogRecord, LogSink, MetadataRecord};
 use serde_json::Value;
 
 const SECRET: &str = "logging-pipeline-test-secret";
@@ -522,55 +523,24 @@ async fn follows_are_bounded(sink: Arc<dyn LogSink>) {
     assert!(freed.is_some(), "places came back");
 }
 
-/// A sink that holds writes until released: for backpressure.
-struct GatedSink {
-    inner: Arc<dyn LogSink>,
-    gate: tokio::sync::Semaphore,
-}
+/// Holds writes until released: for backpressure.
+struct Gate(tokio::sync::Semaphore);
 
 #[async_trait]
-impl LogSink for GatedSink {
-    fn name(&self) -> &'static str {
-        "gated"
-    }
-    async fn write(&self, batch: &[LogRecord]) -> nimbus_logs::Result<u64> {
-        let _permit = self.gate.acquire().await;
-        self.inner.write(batch).await
-    }
-    async fn stored_seqs(&self, job_id: u64) -> nimbus_logs::Result<Vec<u64>> {
-        self.inner.stored_seqs(job_id).await
-    }
-    async fn query(&self, query: &LogQuery) -> nimbus_logs::Result<Vec<LogRecord>> {
-        self.inner.query(query).await
-    }
-    async fn prune(&self, older_than: i64) -> nimbus_logs::Result<u64> {
-        self.inner.prune(older_than).await
-    }
-    async fn write_metadata(&self, rows: &[MetadataRecord]) -> nimbus_logs::Result<u64> {
-        self.inner.write_metadata(rows).await
-    }
-    async fn query_metadata(
-        &self,
-        job_id: u64,
-        org_id: Option<u64>,
-    ) -> nimbus_logs::Result<Vec<MetadataRecord>> {
-        self.inner.query_metadata(job_id, org_id).await
-    }
-    async fn prune_metadata(&self, older_than: i64) -> nimbus_logs::Result<u64> {
-        self.inner.prune_metadata(older_than).await
-    }
-    async fn stats(&self, org_id: Option<u64>) -> nimbus_logs::Result<Stats> {
-        self.inner.stats(org_id).await
+impl WriteLayer for Gate {
+    async fn write(&self, inner: &dyn LogSink, batch: &[LogRecord]) -> nimbus_logs::Result<u64> {
+        let _permit = self.0.acquire().await;
+        inner.write(batch).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
     let inner = sqlite().await.expect("sqlite");
-    let gated = Arc::new(GatedSink {
-        inner: inner.clone(),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    let gated = Arc::new(Layered::new(
+        inner.clone(),
+        Gate(tokio::sync::Semaphore::new(0)),
+    ));
     let server = start(gated.clone(), 1000).await;
     let job = fresh_job_id();
     let writer = Server::ingest(job, 1);
@@ -600,7 +570,7 @@ async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
     let refused = server.post_logs(&writer, ndjson(&third)).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
-    gated.gate.add_permits(1000);
+    gated.layer().0.add_permits(1000);
     assert_eq!(pending.await.expect("task").expect("first").status(), 200);
     assert_eq!(fits.await.expect("task").expect("second").status(), 200);
     // The refused batch, retried, is accepted now.
@@ -613,55 +583,26 @@ async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
 
 /// Fails some writes before writing and some after (the ack is lost), like a
 /// flaky database or network: every failure answers 503 and the sender retries.
-struct FlakySink {
-    inner: Arc<dyn LogSink>,
+struct Flaky {
     writes: AtomicU64,
 }
 
 #[async_trait]
-impl LogSink for FlakySink {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-    async fn write(&self, batch: &[LogRecord]) -> nimbus_logs::Result<u64> {
+impl WriteLayer for Flaky {
+    async fn write(&self, inner: &dyn LogSink, batch: &[LogRecord]) -> nimbus_logs::Result<u64> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst);
         if n % 11 == 5 {
             return Err(nimbus_logs::Error::Sink(
                 "injected: failed before writing".into(),
             ));
         }
-        let written = self.inner.write(batch).await?;
+        let written = inner.write(batch).await?;
         if n % 7 == 3 {
             return Err(nimbus_logs::Error::Sink(
                 "injected: written, acknowledgement lost".into(),
             ));
         }
         Ok(written)
-    }
-    async fn stored_seqs(&self, job_id: u64) -> nimbus_logs::Result<Vec<u64>> {
-        self.inner.stored_seqs(job_id).await
-    }
-    async fn query(&self, query: &LogQuery) -> nimbus_logs::Result<Vec<LogRecord>> {
-        self.inner.query(query).await
-    }
-    async fn prune(&self, older_than: i64) -> nimbus_logs::Result<u64> {
-        self.inner.prune(older_than).await
-    }
-    async fn write_metadata(&self, rows: &[MetadataRecord]) -> nimbus_logs::Result<u64> {
-        self.inner.write_metadata(rows).await
-    }
-    async fn query_metadata(
-        &self,
-        job_id: u64,
-        org_id: Option<u64>,
-    ) -> nimbus_logs::Result<Vec<MetadataRecord>> {
-        self.inner.query_metadata(job_id, org_id).await
-    }
-    async fn prune_metadata(&self, older_than: i64) -> nimbus_logs::Result<u64> {
-        self.inner.prune_metadata(older_than).await
-    }
-    async fn stats(&self, org_id: Option<u64>) -> nimbus_logs::Result<Stats> {
-        self.inner.stats(org_id).await
     }
 }
 
@@ -670,10 +611,12 @@ const LINES_PER_SENDER: u64 = 250_000;
 const BATCH: u64 = 2_000;
 
 async fn a_million_lines_with_retries_leave_a_million_rows(inner: Arc<dyn LogSink>) {
-    let sink = Arc::new(FlakySink {
-        inner: inner.clone(),
-        writes: AtomicU64::new(0),
-    });
+    let sink = Arc::new(Layered::new(
+        inner.clone(),
+        Flaky {
+            writes: AtomicU64::new(0),
+        },
+    ));
     let server = Arc::new(start(sink, 200_000).await);
     let org = fresh_job_id() % 1_000_000 + 1_000;
     let jobs: Vec<u64> = (0..SENDERS).map(|_| fresh_job_id()).collect();

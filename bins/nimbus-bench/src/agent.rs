@@ -14,8 +14,9 @@ use nimbus_core::auth::Principal;
 use nimbus_core::control_plane::{ControlPlane, JobRequest};
 use nimbus_core::domain::Step;
 use nimbus_core::{ControlPlaneConfig, Env};
+use nimbus_logs::sink::layer::{Layered, WriteLayer};
 use nimbus_logs::sink::sqlite::SqliteSink;
-use nimbus_logs::{LogQuery, LogRecord, LogSink, MetadataRecord, Order, Stats};
+use nimbus_logs::{LogQuery, LogRecord, LogSink, Order};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
 use serde::Serialize;
 
@@ -49,46 +50,17 @@ struct Report {
 
 const SECRET: &str = "nimbus-bench-agent-secret-0123456789";
 
-/// A sink that says when lines were written (a layer over any sink).
-struct Notifying<S> {
-    inner: S,
+/// Says when lines were written (a layer over any sink).
+struct Notifying {
     wake: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
-impl<S: LogSink> LogSink for Notifying<S> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    async fn write(&self, batch: &[LogRecord]) -> nimbus_logs::Result<u64> {
-        let written = self.inner.write(batch).await?;
+impl WriteLayer for Notifying {
+    async fn write(&self, inner: &dyn LogSink, batch: &[LogRecord]) -> nimbus_logs::Result<u64> {
+        let written = inner.write(batch).await?;
         self.wake.notify_waiters();
         Ok(written)
-    }
-    async fn stored_seqs(&self, job_id: u64) -> nimbus_logs::Result<Vec<u64>> {
-        self.inner.stored_seqs(job_id).await
-    }
-    async fn query(&self, query: &LogQuery) -> nimbus_logs::Result<Vec<LogRecord>> {
-        self.inner.query(query).await
-    }
-    async fn prune(&self, older_than: i64) -> nimbus_logs::Result<u64> {
-        self.inner.prune(older_than).await
-    }
-    async fn write_metadata(&self, rows: &[MetadataRecord]) -> nimbus_logs::Result<u64> {
-        self.inner.write_metadata(rows).await
-    }
-    async fn query_metadata(
-        &self,
-        job_id: u64,
-        org_id: Option<u64>,
-    ) -> nimbus_logs::Result<Vec<MetadataRecord>> {
-        self.inner.query_metadata(job_id, org_id).await
-    }
-    async fn prune_metadata(&self, older_than: i64) -> nimbus_logs::Result<u64> {
-        self.inner.prune_metadata(older_than).await
-    }
-    async fn stats(&self, org_id: Option<u64>) -> nimbus_logs::Result<Stats> {
-        self.inner.stats(org_id).await
     }
 }
 
@@ -134,10 +106,10 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
 
     // Where the agent's lines go; the wrapper says when they are stored.
     let wake = Arc::new(tokio::sync::Notify::new());
-    let sink: Arc<dyn LogSink> = Arc::new(Notifying {
-        inner: SqliteSink::open(&dir.join("logs.db")).await?,
-        wake: wake.clone(),
-    });
+    let sink: Arc<dyn LogSink> = Arc::new(Layered::new(
+        Arc::new(SqliteSink::open(&dir.join("logs.db")).await?),
+        Notifying { wake: wake.clone() },
+    ));
 
     // Host agent.
     let mut agent_config = AgentConfig::from_env(&env)?;

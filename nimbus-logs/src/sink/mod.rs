@@ -1,9 +1,11 @@
 //! Where log lines and metadata rows are stored: the [`LogSink`] trait and its
 //! backends, [`sqlite`] (embedded default), [`clickhouse`], and [`http`] (the
-//! logging pipeline itself, for writers on other machines).
+//! logging pipeline itself, for writers on other machines); [`layer`] wraps any
+//! of them to act around its writes.
 
 pub mod clickhouse;
 pub mod http;
+pub mod layer;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
