@@ -56,6 +56,10 @@ impl From<nimbus_core::Error> for Error {
     fn from(error: nimbus_core::Error) -> Self {
         match error {
             nimbus_core::Error::Config { variable, message } => Error::Config { variable, message },
+            nimbus_core::Error::Io { context, source } => Error::Io { context, source },
+            error @ (nimbus_core::Error::Database(_) | nimbus_core::Error::Migration(_)) => {
+                Error::Index(error.to_string())
+            }
             other => match other.kind() {
                 nimbus_core::ErrorKind::Unauthenticated => {
                     Error::Unauthenticated(other.to_string())

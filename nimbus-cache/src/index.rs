@@ -1,16 +1,16 @@
 //! The cache index: entries, their parts while uploading, sizes, last access and
 //! per-org hit/miss/eviction counters (`NIMBUS_CACHE_METRICS_DB`).
 //!
-//! One implementation for SQLite and PostgreSQL through sqlx's `Any` driver: the
-//! queries are written in the dialect both share (`$N` parameters, `ON CONFLICT`,
-//! `RETURNING`, `substr`/`length` for prefix matches instead of `LIKE` escaping);
-//! only the table definitions differ.
+//! One implementation for SQLite and PostgreSQL, the way every part does it
+//! (`nimbus-core/src/db.rs`): statements in the dialect both share (`$N`
+//! parameters, `ON CONFLICT`, `RETURNING`, `substr`/`length` for prefix matches
+//! instead of `LIKE` escaping) run on typed pools; the tables are migrations
+//! (`migrations/sqlite`, `migrations/postgres`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nimbus_core::OrgId;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use nimbus_core::db::{self, is_unique_violation, Backend, Pool};
+use nimbus_core::{with_pool, OrgId};
 
 use crate::error::{Error, Result};
 
@@ -94,165 +94,87 @@ pub(crate) fn now_millis() -> i64 {
 const COLUMNS: &str = "id, org_id, repo, git_ref, cache_key, version, state, upload_id, blob_key, \
      size, expected_size, sha256, created_at, last_access, hits";
 
-const SQLITE_SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS cache_entries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        org_id INTEGER NOT NULL,
-        repo TEXT NOT NULL,
-        git_ref TEXT NOT NULL,
-        cache_key TEXT NOT NULL,
-        version TEXT NOT NULL,
-        state TEXT NOT NULL,
-        upload_id TEXT NOT NULL,
-        blob_key TEXT NOT NULL,
-        size INTEGER NOT NULL DEFAULT 0,
-        expected_size INTEGER,
-        sha256 TEXT,
-        created_at INTEGER NOT NULL,
-        last_access INTEGER NOT NULL,
-        hits INTEGER NOT NULL DEFAULT 0,
-        verified_at INTEGER
-    )",
-    "CREATE TABLE IF NOT EXISTS cache_parts (
-        entry_id INTEGER NOT NULL,
-        part TEXT NOT NULL,
-        start_offset INTEGER,
-        size INTEGER NOT NULL,
-        PRIMARY KEY (entry_id, part)
-    )",
-    "CREATE TABLE IF NOT EXISTS cache_org_counters (
-        org_id INTEGER PRIMARY KEY,
-        hits INTEGER NOT NULL DEFAULT 0,
-        misses INTEGER NOT NULL DEFAULT 0,
-        evictions INTEGER NOT NULL DEFAULT 0
-    )",
-];
-
-const POSTGRES_SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS cache_entries (
-        id BIGSERIAL PRIMARY KEY,
-        org_id BIGINT NOT NULL,
-        repo TEXT NOT NULL,
-        git_ref TEXT NOT NULL,
-        cache_key TEXT NOT NULL,
-        version TEXT NOT NULL,
-        state TEXT NOT NULL,
-        upload_id TEXT NOT NULL,
-        blob_key TEXT NOT NULL,
-        size BIGINT NOT NULL DEFAULT 0,
-        expected_size BIGINT,
-        sha256 TEXT,
-        created_at BIGINT NOT NULL,
-        last_access BIGINT NOT NULL,
-        hits BIGINT NOT NULL DEFAULT 0,
-        verified_at BIGINT
-    )",
-    "CREATE TABLE IF NOT EXISTS cache_parts (
-        entry_id BIGINT NOT NULL,
-        part TEXT NOT NULL,
-        start_offset BIGINT,
-        size BIGINT NOT NULL,
-        PRIMARY KEY (entry_id, part)
-    )",
-    "CREATE TABLE IF NOT EXISTS cache_org_counters (
-        org_id BIGINT PRIMARY KEY,
-        hits BIGINT NOT NULL DEFAULT 0,
-        misses BIGINT NOT NULL DEFAULT 0,
-        evictions BIGINT NOT NULL DEFAULT 0
-    )",
-];
-
-/// Indexes shared by both dialects. The unique one makes "one upload per key at a
-/// time" and "one committed entry per key" hold across proxy replicas.
-const INDEXES: &[&str] = &[
-    "CREATE UNIQUE INDEX IF NOT EXISTS cache_entries_key
-        ON cache_entries (org_id, repo, git_ref, cache_key, version, state)",
-    "CREATE INDEX IF NOT EXISTS cache_entries_lru ON cache_entries (state, last_access)",
-    "CREATE INDEX IF NOT EXISTS cache_entries_org ON cache_entries (org_id, state, last_access)",
-];
-
 /// The index over one database.
 #[derive(Debug, Clone)]
 pub struct CacheIndex {
-    pool: AnyPool,
+    writer: Pool,
+    reader: Pool,
 }
 
-fn entry_from(row: &AnyRow) -> Result<Entry> {
-    let state: String = row.try_get("state")?;
-    let expected: Option<i64> = row.try_get("expected_size")?;
-    Ok(Entry {
-        id: row.try_get("id")?,
-        org_id: row.try_get::<i64, _>("org_id")?,
-        repo: row.try_get("repo")?,
-        git_ref: row.try_get("git_ref")?,
-        key: row.try_get("cache_key")?,
-        version: row.try_get("version")?,
-        state: if state == "committed" {
-            EntryState::Committed
-        } else {
-            EntryState::Pending
-        },
-        upload_id: row.try_get("upload_id")?,
-        blob_key: row.try_get("blob_key")?,
-        size: row.try_get::<i64, _>("size")?.max(0) as u64,
-        expected_size: expected.map(|v| v.max(0) as u64),
-        sha256: row.try_get("sha256")?,
-        created_at: row.try_get("created_at")?,
-        last_access: row.try_get("last_access")?,
-        hits: row.try_get::<i64, _>("hits")?.max(0) as u64,
-    })
+/// An entry as stored.
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    id: i64,
+    org_id: i64,
+    repo: String,
+    git_ref: String,
+    cache_key: String,
+    version: String,
+    state: String,
+    upload_id: String,
+    blob_key: String,
+    size: i64,
+    expected_size: Option<i64>,
+    sha256: Option<String>,
+    created_at: i64,
+    last_access: i64,
+    hits: i64,
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+impl From<EntryRow> for Entry {
+    fn from(row: EntryRow) -> Entry {
+        Entry {
+            id: row.id,
+            org_id: row.org_id,
+            repo: row.repo,
+            git_ref: row.git_ref,
+            key: row.cache_key,
+            version: row.version,
+            state: if row.state == "committed" {
+                EntryState::Committed
+            } else {
+                EntryState::Pending
+            },
+            upload_id: row.upload_id,
+            blob_key: row.blob_key,
+            size: count(row.size),
+            expected_size: row.expected_size.map(count),
+            sha256: row.sha256,
+            created_at: row.created_at,
+            last_access: row.last_access,
+            hits: count(row.hits),
+        }
+    }
+}
+
+/// A stored size or count (never negative; clamped if a row says otherwise).
+fn count(value: i64) -> u64 {
+    value.max(0) as u64
 }
 
 impl CacheIndex {
-    /// Opens `url` (`sqlite://PATH`, a bare path, or `postgres://…`), creating tables.
+    /// Opens `url` (`sqlite://PATH`, a bare path, or `postgres://…`) and applies
+    /// the migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        let url = if postgres || url.starts_with("sqlite:") {
-            url.to_string()
-        } else {
-            if let Some(parent) = std::path::Path::new(url).parent() {
-                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                    context: format!("creating {}", parent.display()),
-                    source,
-                })?;
+        const VARIABLE: &str = "NIMBUS_CACHE_METRICS_DB";
+        let (writer, reader) = match Backend::of(url, VARIABLE, true)? {
+            Backend::Sqlite => {
+                let pools = db::open_sqlite(url, VARIABLE, 8).await?;
+                (pools.writer, pools.reader)
             }
-            format!("sqlite://{url}?mode=rwc")
+            Backend::Postgres => {
+                let options = db::postgres_options(url, VARIABLE)?;
+                let pool = Pool::Postgres(db::open_postgres(options, 16).await?);
+                (pool.clone(), pool)
+            }
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if postgres { 16 } else { 8 })
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if !postgres {
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *connection)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *connection)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *connection)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(|e| Error::Index(format!("opening {}: {e}", redact(&url))))?;
-        let schema = if postgres {
-            POSTGRES_SCHEMA
-        } else {
-            SQLITE_SCHEMA
-        };
-        for statement in schema.iter().chain(INDEXES) {
-            sqlx::query(statement).execute(&pool).await?;
-        }
-        Ok(CacheIndex { pool })
+        writer
+            .migrate(
+                sqlx::migrate!("migrations/sqlite"),
+                sqlx::migrate!("migrations/postgres"),
+            )
+            .await?;
+        Ok(CacheIndex { writer, reader })
     }
 
     /// Reserves `entry` for upload. Fails with [`Error::Conflict`] when another upload
@@ -279,24 +201,26 @@ impl CacheIndex {
         let upload_id = uuid::Uuid::new_v4().simple().to_string();
         let blob_key = format!("org-{}/{}", entry.org_id, upload_id);
         let now = now_millis();
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO cache_entries (org_id, repo, git_ref, cache_key, version, state, \
-             upload_id, blob_key, expected_size, created_at, last_access) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9) RETURNING {COLUMNS}"
-        ))
-        .bind(entry.org_id)
-        .bind(entry.repo)
-        .bind(entry.git_ref)
-        .bind(entry.key)
-        .bind(entry.version)
-        .bind(&upload_id)
-        .bind(&blob_key)
-        .bind(entry.expected_size.map(|v| v as i64))
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await;
+        let inserted: sqlx::Result<EntryRow> = with_pool!(&self.writer, pool => {
+            sqlx::query_as(&format!(
+                "INSERT INTO cache_entries (org_id, repo, git_ref, cache_key, version, state, \
+                 upload_id, blob_key, expected_size, created_at, last_access) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $9) RETURNING {COLUMNS}"
+            ))
+            .bind(entry.org_id)
+            .bind(entry.repo)
+            .bind(entry.git_ref)
+            .bind(entry.key)
+            .bind(entry.version)
+            .bind(&upload_id)
+            .bind(&blob_key)
+            .bind(entry.expected_size.map(|v| v as i64))
+            .bind(now)
+            .fetch_one(pool)
+            .await
+        });
         match inserted {
-            Ok(row) => entry_from(&row),
+            Ok(row) => Ok(row.into()),
             Err(error) if is_unique_violation(&error) => Err(Error::Conflict(format!(
                 "another job is uploading cache entry {:?}",
                 entry.key
@@ -315,30 +239,32 @@ impl CacheIndex {
         version: &str,
         state: EntryState,
     ) -> Result<Option<Entry>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE org_id = $1 AND repo = $2 \
-             AND git_ref = $3 AND cache_key = $4 AND version = $5 AND state = $6"
-        ))
-        .bind(org_id)
-        .bind(repo)
-        .bind(git_ref)
-        .bind(key)
-        .bind(version)
-        .bind(state.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(entry_from).transpose()
+        let row: Option<EntryRow> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM cache_entries WHERE org_id = $1 AND repo = $2 \
+                 AND git_ref = $3 AND cache_key = $4 AND version = $5 AND state = $6"
+            ))
+            .bind(org_id)
+            .bind(repo)
+            .bind(git_ref)
+            .bind(key)
+            .bind(version)
+            .bind(state.as_str())
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row.map(Entry::from))
     }
 
     /// The entry `id`, whatever its state.
     pub async fn get(&self, id: i64) -> Result<Option<Entry>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(entry_from).transpose()
+        let row: Option<EntryRow> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM cache_entries WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(row.map(Entry::from))
     }
 
     /// The newest committed entry for a restore: for each ref in `refs`, the exact
@@ -357,20 +283,22 @@ impl CacheIndex {
                     self.find(org_id, repo, git_ref, key, version, EntryState::Committed)
                         .await?
                 } else {
-                    let row = sqlx::query(&format!(
-                        "SELECT {COLUMNS} FROM cache_entries WHERE org_id = $1 AND repo = $2 \
-                         AND git_ref = $3 AND version = $4 AND state = 'committed' \
-                         AND substr(cache_key, 1, length($5)) = $5 \
-                         ORDER BY created_at DESC, id DESC LIMIT 1"
-                    ))
-                    .bind(org_id)
-                    .bind(repo)
-                    .bind(*git_ref)
-                    .bind(version)
-                    .bind(*key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                    row.as_ref().map(entry_from).transpose()?
+                    let row: Option<EntryRow> = with_pool!(&self.reader, pool => {
+                        sqlx::query_as(&format!(
+                            "SELECT {COLUMNS} FROM cache_entries WHERE org_id = $1 AND repo = $2 \
+                             AND git_ref = $3 AND version = $4 AND state = 'committed' \
+                             AND substr(cache_key, 1, length($5)) = $5 \
+                             ORDER BY created_at DESC, id DESC LIMIT 1"
+                        ))
+                        .bind(org_id)
+                        .bind(repo)
+                        .bind(*git_ref)
+                        .bind(version)
+                        .bind(*key)
+                        .fetch_optional(pool)
+                        .await
+                    })?;
+                    row.map(Entry::from)
                 };
                 if found.is_some() {
                     return Ok(found);
@@ -389,88 +317,95 @@ impl CacheIndex {
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<Entry>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE org_id = $1 AND repo = $2 \
-             AND git_ref = $3 AND state = 'committed' \
-             AND substr(cache_key, 1, length($4)) = $4 \
-             ORDER BY created_at DESC, id DESC LIMIT $5"
-        ))
-        .bind(org_id)
-        .bind(repo)
-        .bind(git_ref)
-        .bind(prefix)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from).collect()
+        let rows: Vec<EntryRow> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM cache_entries WHERE org_id = $1 AND repo = $2 \
+                 AND git_ref = $3 AND state = 'committed' \
+                 AND substr(cache_key, 1, length($4)) = $4 \
+                 ORDER BY created_at DESC, id DESC LIMIT $5"
+            ))
+            .bind(org_id)
+            .bind(repo)
+            .bind(git_ref)
+            .bind(prefix)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(Entry::from).collect())
     }
 
     /// Records a staged part (the same name again replaces it) and the upload's activity.
     pub async fn add_part(&self, entry_id: i64, part: &Part) -> Result<()> {
-        sqlx::query("UPDATE cache_entries SET last_access = $2 WHERE id = $1")
+        with_pool!(&self.writer, pool => {
+            sqlx::query("UPDATE cache_entries SET last_access = $2 WHERE id = $1")
+                .bind(entry_id)
+                .bind(now_millis())
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO cache_parts (entry_id, part, start_offset, size) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (entry_id, part) DO UPDATE \
+                 SET start_offset = excluded.start_offset, size = excluded.size",
+            )
             .bind(entry_id)
-            .bind(now_millis())
-            .execute(&self.pool)
+            .bind(&part.name)
+            .bind(part.start.map(|v| v as i64))
+            .bind(part.size as i64)
+            .execute(pool)
             .await?;
-        sqlx::query(
-            "INSERT INTO cache_parts (entry_id, part, start_offset, size) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (entry_id, part) DO UPDATE SET start_offset = excluded.start_offset, \
-             size = excluded.size",
-        )
-        .bind(entry_id)
-        .bind(&part.name)
-        .bind(part.start.map(|v| v as i64))
-        .bind(part.size as i64)
-        .execute(&self.pool)
-        .await?;
+        });
         Ok(())
     }
 
     /// Unfinished uploads of `org_id`.
     pub async fn pending_count(&self, org_id: OrgId) -> Result<u64> {
-        let row = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM cache_entries \
-             WHERE org_id = $1 AND state = 'pending'",
-        )
-        .bind(org_id)
-        .fetch_one(&self.pool)
-        .await?;
-        numeric(&row, "n")
+        let (pending,): (i64,) = with_pool!(&self.reader, pool => {
+            sqlx::query_as(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM cache_entries \
+                 WHERE org_id = $1 AND state = 'pending'",
+            )
+            .bind(org_id)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(count(pending))
     }
 
     /// Bytes staged in the unfinished uploads of `org_id`.
     pub async fn org_staged_bytes(&self, org_id: OrgId) -> Result<u64> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(p.size), 0) AS BIGINT) AS bytes FROM cache_parts p \
-             JOIN cache_entries e ON e.id = p.entry_id \
-             WHERE e.org_id = $1 AND e.state = 'pending'",
-        )
-        .bind(org_id)
-        .fetch_one(&self.pool)
-        .await?;
-        numeric(&row, "bytes")
+        let (bytes,): (i64,) = with_pool!(&self.reader, pool => {
+            sqlx::query_as(
+                "SELECT CAST(COALESCE(SUM(p.size), 0) AS BIGINT) FROM cache_parts p \
+                 JOIN cache_entries e ON e.id = p.entry_id \
+                 WHERE e.org_id = $1 AND e.state = 'pending'",
+            )
+            .bind(org_id)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(count(bytes))
     }
 
     /// An entry's staged parts, by offset then name.
     pub async fn parts(&self, entry_id: i64) -> Result<Vec<Part>> {
-        let rows = sqlx::query(
-            "SELECT part, start_offset, size FROM cache_parts WHERE entry_id = $1 \
-             ORDER BY start_offset, part",
-        )
-        .bind(entry_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Part {
-                    name: row.try_get("part")?,
-                    start: row
-                        .try_get::<Option<i64>, _>("start_offset")?
-                        .map(|v| v.max(0) as u64),
-                    size: row.try_get::<i64, _>("size")?.max(0) as u64,
-                })
+        let rows: Vec<(String, Option<i64>, i64)> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(
+                "SELECT part, start_offset, size FROM cache_parts WHERE entry_id = $1 \
+                 ORDER BY start_offset, part",
+            )
+            .bind(entry_id)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, start, size)| Part {
+                name,
+                start: start.map(count),
+                size: count(size),
             })
-            .collect()
+            .collect())
     }
 
     /// Marks a pending entry committed with what the backend stored. When `replace`,
@@ -483,89 +418,97 @@ impl CacheIndex {
         sha256: &str,
         replace: bool,
     ) -> Result<Option<Entry>> {
-        let mut tx = self.pool.begin().await?;
-        // Write first: on SQLite a transaction that reads and then writes cannot wait
-        // for the write lock (another commit in between fails it with
-        // SQLITE_BUSY_SNAPSHOT); one that starts with a write waits its turn.
-        let row = sqlx::query(&format!(
-            "UPDATE cache_entries SET last_access = $2 WHERE id = $1 AND state = 'pending' \
-             RETURNING {COLUMNS}"
-        ))
-        .bind(entry_id)
-        .bind(now_millis())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(pending) = row.as_ref().map(entry_from).transpose()? else {
-            return Err(Error::NotFound(format!("pending cache entry {entry_id}")));
-        };
-        let mut replaced = None;
-        if replace {
-            let row = sqlx::query(&format!(
-                "DELETE FROM cache_entries WHERE org_id = $1 AND repo = $2 AND git_ref = $3 \
-                 AND cache_key = $4 AND version = $5 AND state = 'committed' RETURNING {COLUMNS}"
+        with_pool!(&self.writer, pool => {
+            let mut tx = pool.begin().await?;
+            // Write first: on SQLite a transaction that reads and then writes cannot
+            // wait for the write lock (another commit in between fails it with
+            // SQLITE_BUSY_SNAPSHOT); one that starts with a write waits its turn.
+            let row: Option<EntryRow> = sqlx::query_as(&format!(
+                "UPDATE cache_entries SET last_access = $2 WHERE id = $1 AND state = 'pending' \
+                 RETURNING {COLUMNS}"
             ))
-            .bind(pending.org_id)
-            .bind(&pending.repo)
-            .bind(&pending.git_ref)
-            .bind(&pending.key)
-            .bind(&pending.version)
+            .bind(entry_id)
+            .bind(now_millis())
             .fetch_optional(&mut *tx)
             .await?;
-            replaced = row.as_ref().map(entry_from).transpose()?;
-        }
-        let now = now_millis();
-        let updated = sqlx::query(
-            "UPDATE cache_entries SET state = 'committed', size = $2, sha256 = $3, \
-             created_at = $4, last_access = $4, verified_at = $4 WHERE id = $1",
-        )
-        .bind(entry_id)
-        .bind(size as i64)
-        .bind(sha256)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match updated {
-            Ok(_) => {}
-            Err(error) if is_unique_violation(&error) => {
-                return Err(Error::Conflict(format!(
-                    "cache entry {:?} was committed by another upload",
-                    pending.key
-                )))
+            let Some(pending) = row.map(Entry::from) else {
+                return Err(Error::NotFound(format!("pending cache entry {entry_id}")));
+            };
+            let mut replaced = None;
+            if replace {
+                let row: Option<EntryRow> = sqlx::query_as(&format!(
+                    "DELETE FROM cache_entries WHERE org_id = $1 AND repo = $2 AND git_ref = $3 \
+                     AND cache_key = $4 AND version = $5 AND state = 'committed' \
+                     RETURNING {COLUMNS}"
+                ))
+                .bind(pending.org_id)
+                .bind(&pending.repo)
+                .bind(&pending.git_ref)
+                .bind(&pending.key)
+                .bind(&pending.version)
+                .fetch_optional(&mut *tx)
+                .await?;
+                replaced = row.map(Entry::from);
             }
-            Err(error) => return Err(error.into()),
-        }
-        sqlx::query("DELETE FROM cache_parts WHERE entry_id = $1")
+            let now = now_millis();
+            let updated = sqlx::query(
+                "UPDATE cache_entries SET state = 'committed', size = $2, sha256 = $3, \
+                 created_at = $4, last_access = $4, verified_at = $4 WHERE id = $1",
+            )
             .bind(entry_id)
+            .bind(size as i64)
+            .bind(sha256)
+            .bind(now)
             .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(replaced)
+            .await;
+            match updated {
+                Ok(_) => {}
+                Err(error) if is_unique_violation(&error) => {
+                    return Err(Error::Conflict(format!(
+                        "cache entry {:?} was committed by another upload",
+                        pending.key
+                    )))
+                }
+                Err(error) => return Err(error.into()),
+            }
+            sqlx::query("DELETE FROM cache_parts WHERE entry_id = $1")
+                .bind(entry_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(replaced)
+        })
     }
 
     /// Drops an entry (pending or committed) and its parts from the index.
     pub async fn remove(&self, entry_id: i64) -> Result<Option<Entry>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "DELETE FROM cache_entries WHERE id = $1 RETURNING {COLUMNS}"
-        ))
-        .bind(entry_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM cache_parts WHERE entry_id = $1")
+        with_pool!(&self.writer, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<EntryRow> = sqlx::query_as(&format!(
+                "DELETE FROM cache_entries WHERE id = $1 RETURNING {COLUMNS}"
+            ))
             .bind(entry_id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        tx.commit().await?;
-        row.as_ref().map(entry_from).transpose()
+            sqlx::query("DELETE FROM cache_parts WHERE entry_id = $1")
+                .bind(entry_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(row.map(Entry::from))
+        })
     }
 
     /// A restore served `entry_id`: count the hit and refresh its last access.
     pub async fn record_hit(&self, entry: &Entry) -> Result<()> {
-        sqlx::query("UPDATE cache_entries SET hits = hits + 1, last_access = $2 WHERE id = $1")
-            .bind(entry.id)
-            .bind(now_millis())
-            .execute(&self.pool)
-            .await?;
+        with_pool!(&self.writer, pool => {
+            sqlx::query("UPDATE cache_entries SET hits = hits + 1, last_access = $2 WHERE id = $1")
+                .bind(entry.id)
+                .bind(now_millis())
+                .execute(pool)
+                .await
+                .map(drop)
+        })?;
         self.bump_counter(entry.org_id, "hits").await
     }
 
@@ -578,81 +521,96 @@ impl CacheIndex {
     }
 
     async fn bump_counter(&self, org_id: OrgId, column: &'static str) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO cache_org_counters (org_id, {column}) VALUES ($1, 1) \
-             ON CONFLICT (org_id) DO UPDATE SET {column} = cache_org_counters.{column} + 1"
-        ))
-        .bind(org_id)
-        .execute(&self.pool)
-        .await?;
+        with_pool!(&self.writer, pool => {
+            sqlx::query(&format!(
+                "INSERT INTO cache_org_counters (org_id, {column}) VALUES ($1, 1) \
+                 ON CONFLICT (org_id) DO UPDATE SET {column} = cache_org_counters.{column} + 1"
+            ))
+            .bind(org_id)
+            .execute(pool)
+            .await
+            .map(drop)
+        })?;
         Ok(())
     }
 
     /// Usage per org (only `org` when given), ordered by org id.
     pub async fn usage(&self, org: Option<OrgId>) -> Result<Vec<OrgUsage>> {
-        let rows = sqlx::query(
-            "SELECT o.org_id AS org_id, \
-                CAST(COALESCE((SELECT SUM(size) FROM cache_entries e WHERE e.org_id = o.org_id AND e.state = 'committed'), 0) AS BIGINT) AS bytes, \
-                (SELECT COUNT(*) FROM cache_entries e WHERE e.org_id = o.org_id AND e.state = 'committed') AS entries, \
-                COALESCE(c.hits, 0) AS hits, COALESCE(c.misses, 0) AS misses, COALESCE(c.evictions, 0) AS evictions \
-             FROM (SELECT org_id FROM cache_entries UNION SELECT org_id FROM cache_org_counters) o \
-             LEFT JOIN cache_org_counters c ON c.org_id = o.org_id \
-             WHERE ($1 < 0 OR o.org_id = $1) ORDER BY o.org_id",
-        )
-        .bind(org.unwrap_or(-1))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OrgUsage {
-                    org_id: row.try_get("org_id")?,
-                    bytes: numeric(row, "bytes")?,
-                    entries: numeric(row, "entries")?,
-                    hits: numeric(row, "hits")?,
-                    misses: numeric(row, "misses")?,
-                    evictions: numeric(row, "evictions")?,
-                })
-            })
-            .collect()
+        let rows: Vec<(i64, i64, i64, i64, i64, i64)> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(
+                "SELECT o.org_id, \
+                    CAST(COALESCE((SELECT SUM(size) FROM cache_entries e \
+                      WHERE e.org_id = o.org_id AND e.state = 'committed'), 0) AS BIGINT), \
+                    (SELECT COUNT(*) FROM cache_entries e \
+                      WHERE e.org_id = o.org_id AND e.state = 'committed'), \
+                    COALESCE(c.hits, 0), COALESCE(c.misses, 0), COALESCE(c.evictions, 0) \
+                 FROM (SELECT org_id FROM cache_entries UNION SELECT org_id FROM cache_org_counters) o \
+                 LEFT JOIN cache_org_counters c ON c.org_id = o.org_id \
+                 WHERE ($1 < 0 OR o.org_id = $1) ORDER BY o.org_id",
+            )
+            .bind(org.unwrap_or(-1))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(org_id, bytes, entries, hits, misses, evictions)| OrgUsage {
+                    org_id,
+                    bytes: count(bytes),
+                    entries: count(entries),
+                    hits: count(hits),
+                    misses: count(misses),
+                    evictions: count(evictions),
+                },
+            )
+            .collect())
     }
 
     /// Committed bytes per org.
     pub async fn org_bytes(&self) -> Result<Vec<(OrgId, u64)>> {
-        let rows = sqlx::query(
-            "SELECT org_id, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM cache_entries \
-             WHERE state = 'committed' GROUP BY org_id ORDER BY org_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("org_id")?, numeric(row, "bytes")?)))
-            .collect()
+        let rows: Vec<(i64, i64)> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(
+                "SELECT org_id, CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM cache_entries \
+                 WHERE state = 'committed' GROUP BY org_id ORDER BY org_id",
+            )
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(org_id, bytes)| (org_id, count(bytes)))
+            .collect())
     }
 
     /// Committed entries, least recently used first (of one org when given).
     pub async fn least_recently_used(&self, org: Option<OrgId>, limit: u32) -> Result<Vec<Entry>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'committed' \
-             AND ($1 < 0 OR org_id = $1) ORDER BY last_access, id LIMIT $2"
-        ))
-        .bind(org.unwrap_or(-1))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from).collect()
+        let rows: Vec<EntryRow> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM cache_entries WHERE state = 'committed' \
+                 AND ($1 < 0 OR org_id = $1) ORDER BY last_access, id LIMIT $2"
+            ))
+            .bind(org.unwrap_or(-1))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(Entry::from).collect())
     }
 
     /// Committed entries not read since `before` (ms), oldest first.
     pub async fn idle_since(&self, before: i64, limit: u32) -> Result<Vec<Entry>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'committed' AND last_access < $1 \
-             ORDER BY last_access, id LIMIT $2"
-        ))
-        .bind(before)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from).collect()
+        let rows: Vec<EntryRow> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM cache_entries WHERE state = 'committed' \
+                 AND last_access < $1 ORDER BY last_access, id LIMIT $2"
+            ))
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(Entry::from).collect())
     }
 
     /// Pending entries with no activity (reservation, part) since `idle_before`
@@ -664,80 +622,66 @@ impl CacheIndex {
         reserved_before: i64,
         limit: u32,
     ) -> Result<Vec<Entry>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'pending' \
-             AND (last_access < $1 OR created_at < $2) ORDER BY last_access, id LIMIT $3"
-        ))
-        .bind(idle_before)
-        .bind(reserved_before)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from).collect()
+        let rows: Vec<EntryRow> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM cache_entries WHERE state = 'pending' \
+                 AND (last_access < $1 OR created_at < $2) ORDER BY last_access, id LIMIT $3"
+            ))
+            .bind(idle_before)
+            .bind(reserved_before)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(Entry::from).collect())
     }
 
     /// Whether an upload id belongs to a pending entry (staging areas of others are garbage).
     pub async fn upload_is_pending(&self, upload_id: &str) -> Result<bool> {
-        let row =
-            sqlx::query("SELECT id FROM cache_entries WHERE upload_id = $1 AND state = 'pending'")
+        let row: Option<(i64,)> = with_pool!(&self.reader, pool => {
+            sqlx::query_as("SELECT id FROM cache_entries WHERE upload_id = $1 AND state = 'pending'")
                 .bind(upload_id)
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(pool)
+                .await
+        })?;
         Ok(row.is_some())
     }
 
     /// Committed entries last verified before `before` (ms), longest ago first.
     pub async fn verified_before(&self, before: i64, limit: u32) -> Result<Vec<Entry>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM cache_entries WHERE state = 'committed' \
-             AND COALESCE(verified_at, 0) < $1 ORDER BY COALESCE(verified_at, 0), id LIMIT $2"
-        ))
-        .bind(before)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from).collect()
+        let rows: Vec<EntryRow> = with_pool!(&self.reader, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM cache_entries WHERE state = 'committed' \
+                 AND COALESCE(verified_at, 0) < $1 ORDER BY COALESCE(verified_at, 0), id LIMIT $2"
+            ))
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(Entry::from).collect())
     }
 
     pub async fn mark_verified(&self, entry_id: i64) -> Result<()> {
-        sqlx::query("UPDATE cache_entries SET verified_at = $2 WHERE id = $1")
-            .bind(entry_id)
-            .bind(now_millis())
-            .execute(&self.pool)
-            .await?;
+        with_pool!(&self.writer, pool => {
+            sqlx::query("UPDATE cache_entries SET verified_at = $2 WHERE id = $1")
+                .bind(entry_id)
+                .bind(now_millis())
+                .execute(pool)
+                .await
+                .map(drop)
+        })?;
         Ok(())
     }
 
     /// Whether any committed entry points at `blob_key`.
     pub async fn blob_is_indexed(&self, blob_key: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT id FROM cache_entries WHERE blob_key = $1")
-            .bind(blob_key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(i64,)> = with_pool!(&self.reader, pool => {
+            sqlx::query_as("SELECT id FROM cache_entries WHERE blob_key = $1")
+                .bind(blob_key)
+                .fetch_optional(pool)
+                .await
+        })?;
         Ok(row.is_some())
-    }
-}
-
-/// SUM/COUNT come back as integers on SQLite and as NUMERIC/BIGINT on PostgreSQL.
-fn numeric(row: &AnyRow, column: &str) -> Result<u64> {
-    if let Ok(value) = row.try_get::<i64, _>(column) {
-        return Ok(value.max(0) as u64);
-    }
-    if let Ok(value) = row.try_get::<f64, _>(column) {
-        return Ok(value.max(0.0) as u64);
-    }
-    let text: String = row.try_get(column)?;
-    text.parse::<f64>()
-        .map(|v| v.max(0.0) as u64)
-        .map_err(|_| Error::Index(format!("{column}: not a number: {text}")))
-}
-
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_and_user, host)) => match scheme_and_user.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://***@{host}"),
-            None => format!("***@{host}"),
-        },
-        None => url.to_string(),
     }
 }

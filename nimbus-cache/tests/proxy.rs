@@ -50,9 +50,8 @@ fn s3_config(prefix: &str) -> Option<S3Config> {
 /// A fresh PostgreSQL schema for one test's index, as a URL that selects it.
 async fn postgres_index_url() -> Option<String> {
     let url = nimbus_core::testsuite::setting("NIMBUS_TEST_DATABASE_URL")?;
-    sqlx::any::install_default_drivers();
     let schema = format!("nimbus_t_cache_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::AnyPool::connect(&url).await.expect("postgres");
+    let pool = sqlx::PgPool::connect(&url).await.expect("postgres");
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
         .await
@@ -62,6 +61,26 @@ async fn postgres_index_url() -> Option<String> {
     Some(format!(
         "{url}{separator}options=-c%20search_path%3D{schema}"
     ))
+}
+
+/// The cache index may live in the control plane's PostgreSQL database: both keep
+/// their migrations in sqlx's one table, and each opens beside the other.
+#[tokio::test]
+async fn index_shares_a_postgres_database_with_the_control_plane() {
+    let Some(url) = postgres_index_url().await else {
+        return;
+    };
+    let store = nimbus_core::store::open(&url, 2)
+        .await
+        .expect("control plane store");
+    let index = CacheIndex::open(&url).await.expect("cache index beside it");
+    // Reopening both (another replica starting) applies nothing twice.
+    nimbus_core::store::open(&url, 2)
+        .await
+        .expect("store again");
+    CacheIndex::open(&url).await.expect("index again");
+    assert_eq!(store.backend(), "postgres");
+    assert!(index.usage(None).await.expect("usage").is_empty());
 }
 
 impl Harness {

@@ -10,6 +10,7 @@ pub mod cache_token;
 pub mod client;
 pub mod config;
 pub mod control_plane;
+pub mod db;
 pub mod domain;
 pub mod error;
 pub mod github;

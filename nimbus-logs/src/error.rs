@@ -65,6 +65,9 @@ impl From<nimbus_core::Error> for Error {
     fn from(error: nimbus_core::Error) -> Self {
         match error {
             nimbus_core::Error::Config { variable, message } => Error::Config { variable, message },
+            nimbus_core::Error::Io { context, source } => Error::Io { context, source },
+            nimbus_core::Error::Database(error) => error.into(),
+            nimbus_core::Error::Migration(error) => error.into(),
             other => match other.kind() {
                 nimbus_core::ErrorKind::Unauthenticated => {
                     Error::Unauthenticated(other.to_string())

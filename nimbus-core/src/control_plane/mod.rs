@@ -659,7 +659,7 @@ pub async fn run(config: ControlPlaneConfig) -> Result<()> {
     tracing::info!(
         address = %local,
         store = store.backend(),
-        database = %store::redact_url(&config.database_url),
+        database = %crate::db::redact_url(&config.database_url),
         "nimbus-control-plane listening"
     );
     if config.webhook_secret.is_none() {

@@ -20,8 +20,10 @@ use crate::domain::{to_millis, Job, NewJob};
 use crate::error::{Error, Result};
 use crate::retry::{self, Retryable};
 use crate::store::row::{JobRow, JOB_COLUMNS};
-use crate::store::sql::RATE_LIMIT_ADD;
-use crate::store::sql::{INSERT_METADATA_OF_INSERTED, JOB_INSERT_COLUMNS, SELECT_JOB_BY_GITHUB_ID};
+use crate::store::sql::statements::RATE_LIMIT_ADD;
+use crate::store::sql::statements::{
+    INSERT_METADATA_OF_INSERTED, JOB_INSERT_COLUMNS, SELECT_JOB_BY_GITHUB_ID,
+};
 use crate::store::{rate_window, Delivery, Enqueued, RateLimit};
 
 /// Most admissions in one statement.

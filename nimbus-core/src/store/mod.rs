@@ -3,10 +3,11 @@
 //!
 //! Each concern is its own object-safe trait, so an embedder can replace one; the
 //! [`Store`] super-trait bundles them for the control plane, which holds an
-//! `Arc<dyn Store>`. Two implementations share their SQL where the dialects agree
-//! ([`sql`]) and differ where they must: [`sqlite`] (embedded default, one node,
-//! one writer connection) and [`postgres`] (several replicas; leases claimed with
-//! `FOR UPDATE SKIP LOCKED`). [`open`] picks one from a URL.
+//! `Arc<dyn Store>`. [`SqlStore`] implements them once for both databases (`db.rs`
+//! says how): [`sqlite`] (embedded default, one node, one writer connection) and
+//! [`postgres`] (several replicas; leases claimed with `FOR UPDATE SKIP LOCKED`)
+//! open its pools and hold the statements that differ. [`open`] picks one from a
+//! URL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,20 +18,17 @@ use time::OffsetDateTime;
 use crate::domain::{Completion, Job, JobId, JobStatus, Lease, Metadata, NewJob, Org, OrgId};
 use crate::error::{Error, Result};
 
-#[macro_use]
-mod sql;
 #[cfg(feature = "postgres")]
 mod batch;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod row;
+mod sql;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
-#[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 
 /// Most jobs one page of `list_jobs` returns.
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -328,39 +326,16 @@ pub trait Store:
 /// Opens the store a URL names: `sqlite://PATH`, `sqlite::memory:`, or
 /// `postgres://…` / `postgresql://…`. Migrations are applied before it returns.
 pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteStore::connect(url, max_connections).await?));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    match crate::db::Backend::of(url, "NIMBUS_DATABASE_URL", false)? {
+        crate::db::Backend::Sqlite => Ok(Arc::new(SqlStore::sqlite(url, max_connections).await?)),
         #[cfg(feature = "postgres")]
-        return Ok(Arc::new(
-            PostgresStore::connect(url, max_connections).await?,
-        ));
-        #[cfg(not(feature = "postgres"))]
-        return Err(Error::Unavailable(
-            "this build of nimbus-core has no PostgreSQL support (feature `postgres`)".into(),
-        ));
-    }
-    Err(Error::Config {
-        variable: "NIMBUS_DATABASE_URL".into(),
-        message: format!(
-            "unsupported URL {:?}: expected sqlite://PATH or postgres://…",
-            redact_url(url)
-        ),
-    })
-}
-
-/// Hides a password in a database URL for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
+        crate::db::Backend::Postgres => {
+            Ok(Arc::new(SqlStore::postgres(url, max_connections).await?))
         }
-        _ => url.to_string(),
+        #[cfg(not(feature = "postgres"))]
+        crate::db::Backend::Postgres => Err(Error::Unavailable(
+            "this build of nimbus-core has no PostgreSQL support (feature `postgres`)".into(),
+        )),
     }
 }
 
@@ -380,20 +355,5 @@ fn stale_or_missing(job: Option<Job>, job_id: JobId, agent_id: &str, fencing_tok
         Some(_) => Error::Conflict(format!(
             "fencing token {fencing_token} of job {job_id} is stale: a newer lease exists"
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://user:pw@host/db"),
-            "postgres://user:***@host/db"
-        );
-        assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
-        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
 }

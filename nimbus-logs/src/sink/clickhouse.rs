@@ -149,7 +149,7 @@ impl ClickHouseSink {
                 Error::Sink(redact(
                     &format!(
                         "clickhouse at {}: {e} (running: {sql})",
-                        nimbus_core::store::redact_url(&config.url)
+                        nimbus_core::db::redact_url(&config.url)
                     ),
                     config,
                 ))

@@ -3,45 +3,14 @@
 //! a duplicate line is dropped by the database itself (`INSERT OR IGNORE`).
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row};
 
 use super::{LogQuery, LogSink, Order, Stats};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::record::{LogRecord, MetadataRecord};
-
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS ci_logs (
-        job_id INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        agent_id TEXT NOT NULL,
-        org_id INTEGER,
-        repo_id INTEGER,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL,
-        ts INTEGER NOT NULL,
-        inserted_at INTEGER NOT NULL,
-        PRIMARY KEY (job_id, seq)
-    ) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS ci_logs_ts ON ci_logs (ts)",
-    "CREATE INDEX IF NOT EXISTS ci_logs_org_ts ON ci_logs (org_id, ts)",
-    "CREATE TABLE IF NOT EXISTS job_metadata (
-        job_id INTEGER NOT NULL,
-        key TEXT NOT NULL,
-        org_id INTEGER,
-        repo_id INTEGER,
-        value TEXT NOT NULL,
-        ts INTEGER NOT NULL,
-        PRIMARY KEY (job_id, key)
-    )",
-    "CREATE INDEX IF NOT EXISTS job_metadata_ts ON job_metadata (ts)",
-];
 
 /// Rows per INSERT statement (9 parameters each, under SQLite's 32766 limit).
 const ROWS_PER_STATEMENT: usize = 3000;
@@ -52,32 +21,14 @@ pub struct SqliteSink {
 }
 
 impl SqliteSink {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`: WAL, synchronous
+    /// `NORMAL` (a committed batch survives a crash of the process; an OS crash may
+    /// lose the last commits, like ClickHouse's default fsync policy).
     pub async fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                context: format!("creating {}", dir.display()),
-                source,
-            })?;
-        }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL: a committed batch survives a crash of the process; an OS
-            // crash may lose the last commits, like ClickHouse's default fsync policy.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&writer).await?;
-        }
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await?;
+        let (writer, reader) =
+            nimbus_core::db::connect_sqlite(&path.display().to_string(), "NIMBUS_DATA_DIR", 4)
+                .await?;
+        nimbus_core::db::migrate_sqlite(&writer, sqlx::migrate!("migrations/sqlite")).await?;
         Ok(SqliteSink { writer, reader })
     }
 }
