@@ -37,13 +37,14 @@ if command -v npm >/dev/null; then
 fi
 
 # The end-to-end suite runs the real binaries: build them with the tests, once.
-cargo build --workspace --bins --tests --locked
+# The Python bindings are built by maturin (scripts/python.sh, below), not here.
+cargo build --workspace --exclude nimbus-python --bins --tests --locked
 
 # Guest assets (kernel, initramfs, rootfs with the static nimbus-guest) that the VM
 # tests boot for real under QEMU; cached, so only the first run is slow.
 NIMBUS_TEST_ASSETS=$(scripts/guest-assets.sh)
 export NIMBUS_TEST_ASSETS
-cargo test --workspace --locked
+cargo test --workspace --exclude nimbus-python --locked
 
 # Examples for embedders: compiled by the line above; run the quick ones.
 cargo run -q --locked -p nimbus-examples --example embedded_control_plane
@@ -51,3 +52,6 @@ cargo run -q --locked -p nimbus-examples --example memory_cache_backend
 cargo run -q --locked -p nimbus-examples --example tee_log_sink
 NIMBUS_ASSETS_DIR=$NIMBUS_TEST_ASSETS NIMBUS_VMM=sandbox NIMBUS_VM_NETWORK=none \
   NIMBUS_VM_RUNTIME_DIR=$(mktemp -d) cargo run -q --locked -p nimbus-examples --example resource_capped_driver
+
+# The Python package: a wheel built by maturin, installed and tested with pytest.
+scripts/python.sh
