@@ -17,10 +17,27 @@ pub fn private_files() {
     umask(Mode::from_bits_truncate(0o077));
 }
 
-/// Runs service `name`: `--listen ADDR` sets `listen_variable`; `load` reads the
-/// configuration; `run` serves until shutdown.
+/// Runs service `name` with the process's arguments: `--listen ADDR` sets
+/// `listen_variable`; `load` reads the configuration; `run` serves until shutdown.
 pub fn main<C, E1, E2, F>(
     name: &str,
+    listen_variable: &str,
+    load: impl FnOnce(&Env) -> Result<C, E1>,
+    run: impl FnOnce(C) -> F,
+) -> ExitCode
+where
+    E1: Display,
+    E2: Display,
+    F: Future<Output = Result<(), E2>>,
+{
+    main_with_args(name, std::env::args().skip(1), listen_variable, load, run)
+}
+
+/// [`main`] with the arguments given (the Python entry points pass `sys.argv`'s,
+/// which the process's own are not: they start with `python -m …`).
+pub fn main_with_args<C, E1, E2, F>(
+    name: &str,
+    args: impl IntoIterator<Item = String>,
     listen_variable: &str,
     load: impl FnOnce(&Env) -> Result<C, E1>,
     run: impl FnOnce(C) -> F,
@@ -43,7 +60,7 @@ where
         Ok(env) => env,
         Err(e) => return fail(&e),
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => match args.next() {

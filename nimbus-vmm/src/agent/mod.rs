@@ -13,6 +13,7 @@
 //! lets running jobs finish (drain).
 
 mod logs;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::future::Future;
