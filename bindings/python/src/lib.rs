@@ -13,8 +13,10 @@ mod control_plane;
 mod convert;
 mod errors;
 mod functions;
+mod logs;
 mod policy;
 mod runtime;
+mod service;
 
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -27,11 +29,14 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<client::AsyncControlPlaneClient>()?;
     module.add_class::<control_plane::ControlPlane>()?;
     module.add_class::<control_plane::EmbeddedControlPlane>()?;
+    module.add_class::<logs::LoggingPipeline>()?;
+    module.add_class::<logs::EmbeddedLoggingPipeline>()?;
     module.add_function(wrap_pyfunction!(
         functions::verify_github_signature,
         module
     )?)?;
     module.add_function(wrap_pyfunction!(functions::parse_metadata_labels, module)?)?;
     module.add_function(wrap_pyfunction!(functions::mint_token, module)?)?;
+    module.add_function(wrap_pyfunction!(service::serve, module)?)?;
     Ok(())
 }

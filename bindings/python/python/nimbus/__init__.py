@@ -13,7 +13,9 @@ from nimbus._native import (
     ControlPlaneClient,
     Decision,
     EmbeddedControlPlane,
+    EmbeddedLoggingPipeline,
     InvalidInput,
+    LoggingPipeline,
     NimbusError,
     NotFound,
     Policy,
@@ -26,6 +28,7 @@ from nimbus._native import (
     parse_metadata_labels,
     verify_github_signature,
 )
+from nimbus.logs import LogSink
 
 __all__ = [
     "AsyncControlPlaneClient",
@@ -35,7 +38,10 @@ __all__ = [
     "ControlPlaneClient",
     "Decision",
     "EmbeddedControlPlane",
+    "EmbeddedLoggingPipeline",
     "InvalidInput",
+    "LogSink",
+    "LoggingPipeline",
     "NimbusError",
     "NotFound",
     "Policy",

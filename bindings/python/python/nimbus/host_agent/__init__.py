@@ -1,0 +1,1 @@
+"""The host agent; ``python -m nimbus.host_agent.main`` runs it."""
