@@ -257,7 +257,7 @@ macro_rules! client_methods {
 
             /// A page of jobs, newest first: `{"jobs": [...], "next_cursor": ...}`.
             #[pyo3(signature = (*, status=None, repo=None, label=None, metadata_key=None,
-                                metadata_value=None, org_id=None, limit=50, cursor=None))]
+                                        metadata_value=None, org_id=None, limit=50, cursor=None))]
             #[allow(clippy::too_many_arguments)]
             fn list<'py>(
                 &self,

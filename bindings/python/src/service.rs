@@ -43,9 +43,11 @@ pub fn serve(py: Python<'_>, name: &str, args: Vec<String>) -> PyResult<u8> {
             )
         }),
         "host-agent" => py.detach(|| nimbus_vmm::agent::service::main(args)),
-        other => return Err(InvalidInput::new_err(format!(
+        other => {
+            return Err(InvalidInput::new_err(format!(
             "unknown service {other:?}: control-plane, cache-proxy, logging-pipeline or host-agent"
-        ))),
+        )))
+        }
     };
     Ok(if code == ExitCode::SUCCESS {
         0
