@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 
 use crate::convert::{from_python, result_to_python};
 use crate::errors::{core_error, AuthError, InvalidInput};
-use crate::runtime::{awaitable, block_on};
+use crate::runtime::{run_async, run_blocking, Call};
 
 /// What one client may call: the API of its caller, and the job source of an
 /// agent (absent for an in-process org or admin session).
@@ -126,10 +126,6 @@ impl Calls {
         })
     }
 }
-
-/// One client call as a future resolving to a Python value; the sync class blocks
-/// on it, the async class awaits it.
-type Call = std::pin::Pin<Box<dyn std::future::Future<Output = PyResult<Py<PyAny>>> + Send>>;
 
 impl Calls {
     fn submit(&self, job: &Bound<'_, PyAny>) -> PyResult<Call> {
@@ -256,8 +252,7 @@ macro_rules! client_methods {
             }
 
             /// A page of jobs, newest first: `{"jobs": [...], "next_cursor": ...}`.
-            #[pyo3(signature = (*, status=None, repo=None, label=None, metadata_key=None,
-                                        metadata_value=None, org_id=None, limit=50, cursor=None))]
+            #[pyo3(signature = (*, status=None, repo=None, label=None, metadata_key=None, metadata_value=None, org_id=None, limit=50, cursor=None))]
             #[allow(clippy::too_many_arguments)]
             fn list<'py>(
                 &self,
@@ -346,14 +341,6 @@ macro_rules! client_methods {
             }
         }
     };
-}
-
-fn run_blocking(py: Python<'_>, call: Call) -> PyResult<Py<PyAny>> {
-    block_on(py, call)
-}
-
-fn run_async(py: Python<'_>, call: Call) -> PyResult<Bound<'_, PyAny>> {
-    awaitable(py, call)
 }
 
 client_methods!(ControlPlaneClient, PyResult<Py<PyAny>>, run_blocking);

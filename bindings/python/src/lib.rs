@@ -14,6 +14,7 @@ mod convert;
 mod errors;
 mod functions;
 mod logs;
+mod logs_client;
 mod policy;
 mod runtime;
 mod service;
@@ -31,6 +32,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<control_plane::EmbeddedControlPlane>()?;
     module.add_class::<logs::LoggingPipeline>()?;
     module.add_class::<logs::EmbeddedLoggingPipeline>()?;
+    module.add_class::<logs_client::LogsClient>()?;
+    module.add_class::<logs_client::AsyncLogsClient>()?;
     module.add_function(wrap_pyfunction!(
         functions::verify_github_signature,
         module

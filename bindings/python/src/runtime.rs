@@ -28,3 +28,15 @@ where
 {
     pyo3_async_runtimes::tokio::future_into_py(py, future)
 }
+
+/// One call of a client, as a future resolving to a Python value: the blocking
+/// classes wait for it ([`run_blocking`]), the asyncio ones await it ([`run_async`]).
+pub type Call = std::pin::Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
+
+pub fn run_blocking(py: Python<'_>, call: Call) -> PyResult<Py<PyAny>> {
+    block_on(py, call)
+}
+
+pub fn run_async(py: Python<'_>, call: Call) -> PyResult<Bound<'_, PyAny>> {
+    awaitable(py, call)
+}

@@ -88,3 +88,34 @@ def test_a_failing_python_sink_fails_the_batch_and_loses_nothing():
 def test_a_sink_must_have_a_write_method():
     with pytest.raises(nimbus.InvalidInput, match="write"):
         nimbus.LoggingPipeline({"NIMBUS_JWT_SECRET": SECRET}, sink=object())
+
+
+def test_logs_clients_write_and_read_through_the_pipeline(tmp_path):
+    token = nimbus.mint_token(SECRET, "admin")
+    config = {"NIMBUS_JWT_SECRET": SECRET, "NIMBUS_DATA_DIR": str(tmp_path)}
+    with nimbus.LoggingPipeline(config).start() as pipeline:
+        client = nimbus.LogsClient(pipeline.base_url, token)
+        assert client.write(lines(9, [1, 2, 3])) == 3
+        # A line sent again is accepted (the sender may stop retrying) and stored once.
+        assert client.write(lines(9, [3])) == 1
+        got = client.query(job_id=9, order="oldest")
+        assert [(line["seq"], line["message"]) for line in got] == [(1, "line 1"), (2, "line 2"), (3, "line 3")]
+        assert [line["seq"] for line in client.query(job_id=9, limit=1)] == [3]
+        assert client.stats()["lines"] == 3
+
+        async def read_async():
+            reader = nimbus.AsyncLogsClient(pipeline.base_url, token)
+            return await reader.query(job_id=9, after_seq=2)
+
+        import asyncio
+
+        assert [line["seq"] for line in asyncio.run(read_async())] == [3]
+
+        with pytest.raises(nimbus.InvalidInput, match="order"):
+            client.query(order="sideways")
+        with pytest.raises(nimbus.InvalidInput):
+            client.write([{"job_id": 9, "message": "no seq"}])
+        with pytest.raises(nimbus.AuthError):
+            nimbus.LogsClient(pipeline.base_url, nimbus.mint_token("wrong-secret-0123456789", "admin")).stats()
+    with pytest.raises(nimbus.Unavailable):
+        nimbus.LogsClient(pipeline.base_url, token).stats()

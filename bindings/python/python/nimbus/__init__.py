@@ -7,6 +7,7 @@ over HTTP or embedded in this process. docs/python.md is the guide.
 
 from nimbus._native import (
     AsyncControlPlaneClient,
+    AsyncLogsClient,
     AuthError,
     Conflict,
     ControlPlane,
@@ -16,6 +17,7 @@ from nimbus._native import (
     EmbeddedLoggingPipeline,
     InvalidInput,
     LoggingPipeline,
+    LogsClient,
     NimbusError,
     NotFound,
     Policy,
@@ -32,6 +34,7 @@ from nimbus.logs import LogSink
 
 __all__ = [
     "AsyncControlPlaneClient",
+    "AsyncLogsClient",
     "AuthError",
     "Conflict",
     "ControlPlane",
@@ -42,6 +45,7 @@ __all__ = [
     "InvalidInput",
     "LogSink",
     "LoggingPipeline",
+    "LogsClient",
     "NimbusError",
     "NotFound",
     "Policy",

@@ -183,6 +183,46 @@ class EmbeddedLoggingPipeline:
         traceback: Optional[TracebackType],
     ) -> bool: ...
 
+LogOrder = Literal["newest", "oldest"]
+
+class LogsClient:
+    """The logging pipeline's API (docs/logging.md); each call blocks without the GIL."""
+
+    def __init__(self, base_url: str, token: Optional[str] = None) -> None: ...
+    def write(self, records: Sequence[Mapping[str, Any]]) -> int: ...
+    def query(
+        self,
+        *,
+        job_id: Optional[int] = None,
+        level: Optional[str] = None,
+        since: Optional[int] = None,
+        after_seq: Optional[int] = None,
+        limit: int = 100,
+        order: LogOrder = "newest",
+    ) -> List[Dict[str, Any]]: ...
+    def write_metadata(self, rows: Sequence[Mapping[str, Any]]) -> int: ...
+    def metadata(self, job_id: int) -> List[Dict[str, Any]]: ...
+    def stats(self) -> Dict[str, Any]: ...
+
+class AsyncLogsClient:
+    """LogsClient for asyncio: every call returns an awaitable."""
+
+    def __init__(self, base_url: str, token: Optional[str] = None) -> None: ...
+    def write(self, records: Sequence[Mapping[str, Any]]) -> Awaitable[int]: ...
+    def query(
+        self,
+        *,
+        job_id: Optional[int] = None,
+        level: Optional[str] = None,
+        since: Optional[int] = None,
+        after_seq: Optional[int] = None,
+        limit: int = 100,
+        order: LogOrder = "newest",
+    ) -> Awaitable[List[Dict[str, Any]]]: ...
+    def write_metadata(self, rows: Sequence[Mapping[str, Any]]) -> Awaitable[int]: ...
+    def metadata(self, job_id: int) -> Awaitable[List[Dict[str, Any]]]: ...
+    def stats(self) -> Awaitable[Dict[str, Any]]: ...
+
 class LoggingPipeline:
     """The logging pipeline to run in this process, storing into a Python LogSink
     (or the configured backend)."""
