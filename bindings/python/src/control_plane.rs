@@ -5,19 +5,18 @@
 //! process, with no HTTP and no tokens.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::auth::{JwtKeys, Principal, Role};
 use nimbus_core::control_plane::{self, AppState};
 use nimbus_core::{ControlPlaneConfig, Env, Secret};
 use pyo3::prelude::*;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::client::{AsyncControlPlaneClient, Calls, ControlPlaneClient};
-use crate::errors::{core_error, InvalidInput, NimbusError};
-use crate::runtime::{block_on, runtime};
+use crate::errors::{core_error, InvalidInput};
+use crate::runtime::block_on;
+use crate::serving::Serving;
 
 /// A control plane to run in this process, configured by `NIMBUS_*` settings
 /// given as a dict (docs/configuration.md; the process environment is not read).
@@ -68,26 +67,22 @@ impl ControlPlane {
                 .local_addr()
                 .map_err(|e| nimbus_core::Error::io("reading the bound address", e))?;
             let state = control_plane::ControlPlane::new(config, store)?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let serving = runtime().spawn(control_plane::serve(state.clone(), listener, async {
-                let _ = stopped.await;
-            }));
-            Ok::<_, nimbus_core::Error>((state, address, stop, serving))
+            let serving = Serving::spawn(|stopped| {
+                control_plane::serve(state.clone(), listener, async {
+                    let _ = stopped.await;
+                })
+            });
+            Ok::<_, nimbus_core::Error>((state, address, serving))
         })
         .map_err(core_error)?;
-        let (state, address, stop, serving) = started;
+        let (state, address, serving) = started;
         Ok(EmbeddedControlPlane {
             state,
             base_url: format!("http://{address}"),
             jwt_secret,
-            running: Mutex::new(Some(Running { stop, serving })),
+            serving,
         })
     }
-}
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    serving: JoinHandle<nimbus_core::Result<()>>,
 }
 
 /// A running embedded control plane (from `ControlPlane.start()`).
@@ -96,7 +91,7 @@ pub struct EmbeddedControlPlane {
     state: AppState,
     base_url: String,
     jwt_secret: Secret,
-    running: Mutex<Option<Running>>,
+    serving: Serving<nimbus_core::Error>,
 }
 
 #[pymethods]
@@ -110,7 +105,7 @@ impl EmbeddedControlPlane {
     /// Whether it is still serving.
     #[getter]
     fn running(&self) -> bool {
-        self.running.lock().map(|r| r.is_some()).unwrap_or(false)
+        self.serving.running()
     }
 
     /// A client that calls this control plane in process as org `org_id`, or as
@@ -153,21 +148,7 @@ impl EmbeddedControlPlane {
 
     /// Stops serving: ends long polls, waits for requests in flight.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let running = self
-            .running
-            .lock()
-            .map_err(|_| NimbusError::new_err("the control plane's state is poisoned"))?
-            .take();
-        let Some(Running { stop, serving }) = running else {
-            return Ok(());
-        };
-        let _ = stop.send(());
-        match block_on(py, serving) {
-            Ok(result) => result.map_err(core_error),
-            Err(join) => Err(NimbusError::new_err(format!(
-                "the control plane's server task failed: {join}"
-            ))),
-        }
+        self.serving.stop(py, core_error)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -201,16 +182,5 @@ impl EmbeddedControlPlane {
             },
         };
         Calls::api(Arc::new(self.state.session(principal)))
-    }
-}
-
-impl Drop for EmbeddedControlPlane {
-    /// A handle dropped while serving stops the server (without waiting for it).
-    fn drop(&mut self) {
-        if let Ok(mut running) = self.running.lock() {
-            if let Some(Running { stop, .. }) = running.take() {
-                let _ = stop.send(());
-            }
-        }
     }
 }

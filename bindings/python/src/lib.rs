@@ -18,6 +18,7 @@ mod logs_client;
 mod policy;
 mod runtime;
 mod service;
+mod serving;
 
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {

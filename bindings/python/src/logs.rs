@@ -8,7 +8,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use nimbus_core::Env;
@@ -17,12 +17,12 @@ use nimbus_logs::{LogQuery, LogRecord, LogSink, MetadataRecord, Order, Stats};
 use pyo3::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::convert::{from_python, to_python};
-use crate::errors::{InvalidInput, NimbusError};
-use crate::runtime::{block_on, runtime};
+use crate::errors::{core_error, InvalidInput};
+use crate::logs_client::logs_error;
+use crate::runtime::block_on;
+use crate::serving::Serving;
 
 /// A Python object with the methods of `nimbus.LogSink`, as a Rust `LogSink`.
 pub struct PythonLogSink {
@@ -216,8 +216,8 @@ impl LoggingPipeline {
     /// Starts serving the pipeline's API; returns the running pipeline (a context
     /// manager that stops it on exit).
     fn start(&self, py: Python<'_>) -> PyResult<EmbeddedLoggingPipeline> {
-        let config = PipelineConfig::from_env(&Env::from_map(self.settings.clone()))
-            .map_err(|e| NimbusError::new_err(e.to_string()))?;
+        let config =
+            PipelineConfig::from_env(&Env::from_map(self.settings.clone())).map_err(core_error)?;
         let sink = self.sink.clone();
         let started = block_on(py, async move {
             let sink: Arc<dyn LogSink> = match sink {
@@ -238,34 +238,28 @@ impl LoggingPipeline {
                     source,
                 })?;
             let state = Pipeline::new(&config, sink)?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let serving = runtime().spawn(async move {
+            let serving = Serving::spawn(|stopped| async move {
                 pipeline::serve(&config, state, listener, async {
                     let _ = stopped.await;
                 })
                 .await
             });
-            Ok::<_, nimbus_logs::Error>((address, stop, serving))
+            Ok::<_, nimbus_logs::Error>((address, serving))
         })
-        .map_err(|e| NimbusError::new_err(e.to_string()))?;
-        let (address, stop, serving) = started;
+        .map_err(logs_error)?;
+        let (address, serving) = started;
         Ok(EmbeddedLoggingPipeline {
             base_url: format!("http://{address}"),
-            running: Mutex::new(Some(Running { stop, serving })),
+            serving,
         })
     }
-}
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    serving: JoinHandle<nimbus_logs::Result<()>>,
 }
 
 /// A running embedded logging pipeline (from `LoggingPipeline.start()`).
 #[pyclass(module = "nimbus._native", frozen)]
 pub struct EmbeddedLoggingPipeline {
     base_url: String,
-    running: Mutex<Option<Running>>,
+    serving: Serving<nimbus_logs::Error>,
 }
 
 #[pymethods]
@@ -279,21 +273,7 @@ impl EmbeddedLoggingPipeline {
     /// Stops serving. Every batch the pipeline acknowledged is in the sink already
     /// (it answers only once the sink's `write` returned).
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let running = self
-            .running
-            .lock()
-            .map_err(|_| NimbusError::new_err("the pipeline's state is poisoned"))?
-            .take();
-        let Some(Running { stop, serving }) = running else {
-            return Ok(());
-        };
-        let _ = stop.send(());
-        match block_on(py, serving) {
-            Ok(result) => result.map_err(|e| NimbusError::new_err(e.to_string())),
-            Err(join) => Err(NimbusError::new_err(format!(
-                "the pipeline's server task failed: {join}"
-            ))),
-        }
+        self.serving.stop(py, logs_error)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -304,15 +284,5 @@ impl EmbeddedLoggingPipeline {
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
         self.stop(py)?;
         Ok(false)
-    }
-}
-
-impl Drop for EmbeddedLoggingPipeline {
-    fn drop(&mut self) {
-        if let Ok(mut running) = self.running.lock() {
-            if let Some(Running { stop, .. }) = running.take() {
-                let _ = stop.send(());
-            }
-        }
     }
 }

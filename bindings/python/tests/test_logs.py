@@ -44,9 +44,12 @@ def post_lines(base_url, lines, token):
 
 
 def lines(job_id, seqs):
+    # Timestamps of now: the pipeline's retention deletes lines older than its
+    # NIMBUS_LOG_RETENTION_DAYS, and may run at any moment.
+    now_ms = int(time.time() * 1000)
     return [
         {"job_id": job_id, "seq": seq, "agent_id": "agent-1", "org_id": 1, "level": "info",
-         "message": f"line {seq}", "ts": 1_700_000_000_000 + seq}
+         "message": f"line {seq}", "ts": now_ms + seq}
         for seq in seqs
     ]
 
