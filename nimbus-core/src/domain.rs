@@ -401,6 +401,17 @@ pub fn metadata_from_labels<'a>(labels: impl IntoIterator<Item = &'a String>) ->
     metadata
 }
 
+/// Checks a metadata key named in a query or setting: 1 to [`MAX_LABEL_LEN`]
+/// bytes without `=` and without spaces at either end (no label makes such a key).
+pub fn validate_metadata_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_LABEL_LEN || key.contains('=') || key.trim() != key {
+        return Err(Error::invalid(format!(
+            "metadata key {key:?} must be 1 to {MAX_LABEL_LEN} bytes, without `=` or spaces at either end"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a repository name has the `owner/name` form GitHub uses.
 pub fn validate_repo_name(repo: &str) -> Result<()> {
     let valid_part = |part: &str| {

@@ -11,8 +11,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::analytics::{JobSummary, MetadataHistogram, MetadataPresets, MetadataTrend, OrgsReport};
 use crate::config::{ClientConfig, Secret};
-use crate::control_plane::{ControlPlaneApi, JobRequest, MetadataCount};
+use crate::control_plane::{
+    ControlPlaneApi, HistogramQuery, JobRequest, MetadataCount, OrgsQuery, SummaryQuery, TrendQuery,
+};
 use crate::domain::{Completion, Job, JobId, Lease, Org, OrgId};
 use crate::error::{Error, Result};
 use crate::store::{JobFilter, JobPage, LeaseRenewal};
@@ -301,5 +304,42 @@ impl ControlPlaneApi for ControlPlaneClient {
             )
             .await?;
         Ok(answer.values)
+    }
+
+    async fn observability_orgs(&self, query: &OrgsQuery) -> Result<OrgsReport> {
+        self.expect(
+            self.request(Method::GET, "/api/observability/orgs")
+                .query(&query.params()),
+        )
+        .await
+    }
+
+    async fn metadata_presets(&self) -> Result<MetadataPresets> {
+        self.expect(self.request(Method::GET, "/api/jobs/metadata/presets"))
+            .await
+    }
+
+    async fn metadata_histogram(&self, query: &HistogramQuery) -> Result<MetadataHistogram> {
+        self.expect(
+            self.request(Method::GET, "/api/jobs/metadata/histogram")
+                .query(&query.params()),
+        )
+        .await
+    }
+
+    async fn metadata_trend(&self, query: &TrendQuery) -> Result<MetadataTrend> {
+        self.expect(
+            self.request(Method::GET, "/api/jobs/metadata/trend")
+                .query(&query.params()),
+        )
+        .await
+    }
+
+    async fn job_summary(&self, query: &SummaryQuery) -> Result<JobSummary> {
+        self.expect(
+            self.request(Method::GET, "/api/jobs/summary")
+                .query(&query.params()),
+        )
+        .await
     }
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::analytics::{HistogramQuery, OrgsQuery, SummaryQuery, TrendQuery};
 use super::{AppState, ControlPlane};
+use crate::analytics::{JobSummary, MetadataHistogram, MetadataPresets, MetadataTrend, OrgsReport};
 use crate::auth::Principal;
 use crate::domain::{
     metadata_from_labels, validate_labels, validate_repo_name, Completion, Job, JobId,
@@ -89,6 +91,17 @@ pub trait ControlPlaneApi: Send + Sync {
         org_id: Option<OrgId>,
         limit: u32,
     ) -> Result<Vec<MetadataCount>>;
+    /// Per org: jobs by status, success rate, queue wait and run time, active
+    /// leases, rate-limit hits (and a metadata key's values).
+    async fn observability_orgs(&self, query: &OrgsQuery) -> Result<OrgsReport>;
+    /// The analytics of NIMBUS_METADATA_DEFAULT_KEYS, kept warm.
+    async fn metadata_presets(&self) -> Result<MetadataPresets>;
+    /// Jobs per value of a metadata key.
+    async fn metadata_histogram(&self, query: &HistogramQuery) -> Result<MetadataHistogram>;
+    /// Jobs per value of a metadata key, per time bucket.
+    async fn metadata_trend(&self, query: &TrendQuery) -> Result<MetadataTrend>;
+    /// Jobs by status and their most frequent metadata tags.
+    async fn job_summary(&self, query: &SummaryQuery) -> Result<JobSummary>;
 }
 
 /// What an agent asks a lease for.
@@ -125,7 +138,7 @@ fn lease_holder(principal: &Principal) -> Result<&str> {
 
 /// Listing jobs, orgs and analytics is for orgs (their own) and admins; an agent
 /// gets what it needs with each lease.
-fn refuse_agents(principal: &Principal, what: &str) -> Result<()> {
+pub(super) fn refuse_agents(principal: &Principal, what: &str) -> Result<()> {
     match principal {
         Principal::Agent { .. } => Err(Error::Forbidden(format!(
             "agent tokens cannot read {what}; an agent gets its job with the lease"
@@ -136,7 +149,7 @@ fn refuse_agents(principal: &Principal, what: &str) -> Result<()> {
 
 /// The org a principal may read: its own for an org (asking for another is "not
 /// found"), any (or the one asked) for an admin.
-fn readable_org(principal: &Principal, asked: Option<OrgId>) -> Result<Option<OrgId>> {
+pub(super) fn readable_org(principal: &Principal, asked: Option<OrgId>) -> Result<Option<OrgId>> {
     match (principal.org_scope(), asked) {
         (Some(own), Some(asked)) if own != asked => Err(Error::not_found(format!("org {asked}"))),
         (Some(own), _) => Ok(Some(own)),
@@ -506,8 +519,13 @@ impl ControlPlane {
                 Ok(enqueued)
             }
             Err(error) => {
-                if matches!(error, Error::RateLimited { .. }) {
+                if let Error::RateLimited { org_id, .. } = &error {
                     self.metrics.org_rate_limits_hit.inc();
+                    // For the per-org figure of the analytics; the refusal stands
+                    // whether or not it could be counted.
+                    if let Err(e) = self.store.record_rate_limit_hit(*org_id, self.now()).await {
+                        tracing::warn!(org_id, error = %e, "could not count a rate-limit hit");
+                    }
                 }
                 Err(error)
             }
@@ -622,5 +640,31 @@ impl ControlPlaneApi for Session {
         self.control_plane
             .metadata_values(&self.principal, key, org_id, limit)
             .await
+    }
+
+    async fn observability_orgs(&self, query: &OrgsQuery) -> Result<OrgsReport> {
+        self.control_plane
+            .observability_orgs(&self.principal, query)
+            .await
+    }
+
+    async fn metadata_presets(&self) -> Result<MetadataPresets> {
+        self.control_plane.metadata_presets(&self.principal).await
+    }
+
+    async fn metadata_histogram(&self, query: &HistogramQuery) -> Result<MetadataHistogram> {
+        self.control_plane
+            .metadata_histogram(&self.principal, query)
+            .await
+    }
+
+    async fn metadata_trend(&self, query: &TrendQuery) -> Result<MetadataTrend> {
+        self.control_plane
+            .metadata_trend(&self.principal, query)
+            .await
+    }
+
+    async fn job_summary(&self, query: &SummaryQuery) -> Result<JobSummary> {
+        self.control_plane.job_summary(&self.principal, query).await
     }
 }

@@ -37,6 +37,8 @@ pub const SETTINGS: Settings = Settings {
     VarDoc { name: "NIMBUS_ORG_JOB_RATE_LIMIT", default: "100", meaning: "Jobs one org may submit per interval (webhooks and direct submissions together)." },
     VarDoc { name: "NIMBUS_ORG_RATE_INTERVAL", default: "60", meaning: "Length in seconds of the org rate-limit window." },
     VarDoc { name: "NIMBUS_METADATA_SINK_URL", default: "(none)", meaning: "Logging pipeline the control plane copies every admitted job's metadata to (`POST /api/metadata`, with an admin token signed by NIMBUS_JWT_SECRET, retried in the background)." },
+    VarDoc { name: "NIMBUS_METADATA_DEFAULT_KEYS", default: "(none)", meaning: "Comma-separated metadata keys (e.g. `lr,batch`) whose analytics `GET /api/jobs/metadata/presets` serves, kept warm in the background (at most 20)." },
+    VarDoc { name: "NIMBUS_ANALYTICS_INTERVAL", default: "30", meaning: "Seconds between folds of finished jobs into the analytics rollups and refreshes of the metadata presets (docs/analytics.md)." },
     ],
 };
 
@@ -66,6 +68,37 @@ pub struct ControlPlaneConfig {
     pub github: Option<crate::github::GithubConfig>,
     /// Which queued job an asking agent gets (`NIMBUS_SCHEDULER`, `…_WEIGHTS`).
     pub scheduler: crate::scheduler::SchedulerConfig,
+    /// The metadata keys of `GET /api/jobs/metadata/presets`.
+    pub metadata_default_keys: Vec<String>,
+    /// How often rollups are folded and presets refreshed.
+    pub analytics_interval: Duration,
+}
+
+/// Most keys NIMBUS_METADATA_DEFAULT_KEYS may name (each is one query per refresh).
+const MAX_DEFAULT_KEYS: usize = 20;
+
+fn metadata_default_keys(env: &Env) -> Result<Vec<String>> {
+    let keys: Vec<String> = env
+        .get("NIMBUS_METADATA_DEFAULT_KEYS")
+        .unwrap_or("")
+        .split(',')
+        .map(|key| key.trim().to_string())
+        .filter(|key| !key.is_empty())
+        .collect();
+    let bad = |message: String| Error::Config {
+        variable: "NIMBUS_METADATA_DEFAULT_KEYS".into(),
+        message,
+    };
+    if keys.len() > MAX_DEFAULT_KEYS {
+        return Err(bad(format!(
+            "names {} keys; at most {MAX_DEFAULT_KEYS}",
+            keys.len()
+        )));
+    }
+    for key in &keys {
+        crate::domain::validate_metadata_key(key).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(keys)
 }
 
 impl ControlPlaneConfig {
@@ -113,6 +146,9 @@ impl ControlPlaneConfig {
             metrics_token: env.secret("NIMBUS_CONTROL_PLANE_METRICS_TOKEN"),
             policy_path: env.get("NIMBUS_JOB_POLICY_PATH").map(PathBuf::from),
             metadata_sink_url: env.get("NIMBUS_METADATA_SINK_URL").map(str::to_string),
+            metadata_default_keys: metadata_default_keys(env)?,
+            analytics_interval: env
+                .seconds_or("NIMBUS_ANALYTICS_INTERVAL", Duration::from_secs(30))?,
             database_url,
             data_dir,
         })
@@ -154,6 +190,8 @@ mod tests {
             ("NIMBUS_CONTROL_PLANE_ADDR", "localhost"),
             ("NIMBUS_JOB_MAX_ATTEMPTS", "many"),
             ("NIMBUS_RUNNER_LABELS", " , "),
+            ("NIMBUS_METADATA_DEFAULT_KEYS", "lr,a=b"),
+            ("NIMBUS_ANALYTICS_INTERVAL", "often"),
         ] {
             let err = ControlPlaneConfig::from_env(&env(&[(name, value)]))
                 .expect_err("bad value must fail");

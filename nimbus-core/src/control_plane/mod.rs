@@ -29,6 +29,7 @@ use crate::store::{self, Store};
 pub use config::ControlPlaneConfig;
 use nimbus_policy::Policy;
 
+mod analytics;
 mod api;
 pub mod cache_grant;
 pub mod config;
@@ -40,6 +41,7 @@ pub mod reconcile;
 pub mod testsuite;
 mod webhooks;
 
+pub use analytics::{HistogramQuery, OrgsQuery, SummaryQuery, TrendQuery};
 pub use api::{
     ControlPlaneApi, JobRequest, LeaseOptions, LocalAgent, MetadataCount, Session, MAX_LEASE_WAIT,
 };
@@ -77,6 +79,8 @@ pub struct ControlPlane {
     metadata_sink: Option<metadata_sink::MetadataForwarder>,
     /// Which queued job an asking agent gets.
     pub scheduler: Arc<dyn crate::scheduler::Scheduler>,
+    /// The metadata presets, kept warm.
+    analytics: analytics::AnalyticsState,
 }
 
 pub type AppState = Arc<ControlPlane>;
@@ -124,6 +128,7 @@ impl ControlPlane {
             known_orgs: RwLock::new(HashSet::new()),
             policy: RwLock::new(Arc::new(policy)),
             shutdown,
+            analytics: analytics::AnalyticsState::default(),
         }))
     }
 
@@ -438,6 +443,31 @@ pub fn routes() -> Vec<Route<AppState>> {
             token(true, true, false, Foreign::NotFound),
             http::jobs::metadata_values,
         ),
+        Route::get(
+            "/api/observability/orgs",
+            token(true, true, false, Foreign::NotFound),
+            http::analytics::orgs,
+        ),
+        Route::get(
+            "/api/jobs/metadata/presets",
+            token(true, true, false, Foreign::Filtered),
+            http::analytics::presets,
+        ),
+        Route::get(
+            "/api/jobs/metadata/histogram",
+            token(true, true, false, Foreign::NotFound),
+            http::analytics::histogram,
+        ),
+        Route::get(
+            "/api/jobs/metadata/trend",
+            token(true, true, false, Foreign::NotFound),
+            http::analytics::trend,
+        ),
+        Route::get(
+            "/api/jobs/summary",
+            token(true, true, false, Foreign::NotFound),
+            http::analytics::summary,
+        ),
         Route::get("/healthz", Access::Public, healthz),
         Route::get("/readyz", Access::Public, readyz),
         Route::get("/metrics", Access::Metrics, metrics_text),
@@ -630,6 +660,7 @@ pub async fn serve(
     let reaper = tokio::spawn(reaper_loop(state.clone()));
     let policy_watch = tokio::spawn(policy_watch_loop(state.clone()));
     let reconciler = tokio::spawn(reconcile::reconcile_loop(state.clone()));
+    let analytics = tokio::spawn(analytics::analytics_loop(state.clone()));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = state.clone();
     let result = axum::serve(listener, app)
@@ -643,6 +674,7 @@ pub async fn serve(
     let _ = reaper.await;
     let _ = policy_watch.await;
     let _ = reconciler.await;
+    let _ = analytics.await;
     result
 }
 

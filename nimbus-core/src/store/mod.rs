@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use crate::analytics::{GroupStats, MetadataTag, StatsQuery, TrendRow};
 use crate::domain::{Completion, Job, JobId, JobStatus, Lease, Metadata, NewJob, Org, OrgId};
 use crate::error::{Error, Result};
 
@@ -291,6 +292,53 @@ pub trait MetadataStore: Send + Sync {
     ) -> Result<Vec<(String, i64)>>;
 }
 
+/// Fleet analytics over the jobs (`crate::analytics`, docs/analytics.md).
+#[async_trait]
+pub trait AnalyticsStore: Send + Sync {
+    /// The jobs created in the query's window, grouped as it asks. A report reads
+    /// one consistent snapshot: every job counts exactly once, whether it was
+    /// rolled up already or not.
+    async fn job_stats(&self, query: &StatsQuery) -> Result<Vec<GroupStats>>;
+
+    /// Folds the jobs that finished before `now` less a grace period into the
+    /// rollups; returns how many. Safe to run concurrently on several replicas.
+    async fn roll_up(&self, now: OffsetDateTime) -> Result<u64>;
+
+    /// Counts one submission of `org_id` refused by the org rate limit.
+    async fn record_rate_limit_hit(&self, org_id: OrgId, now: OffsetDateTime) -> Result<()>;
+
+    /// Refused submissions per org in the hours that overlap `[since, until)`.
+    async fn rate_limit_hits(
+        &self,
+        org_id: Option<OrgId>,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<(OrgId, i64)>>;
+
+    /// Jobs leased right now, per org.
+    async fn active_leases(&self, org_id: Option<OrgId>) -> Result<Vec<(OrgId, i64)>>;
+
+    /// Jobs carrying metadata `key`, created in `[since, until)`, per time bucket
+    /// of `bucket` (aligned to the epoch), value and status.
+    async fn metadata_trend(
+        &self,
+        org_id: Option<OrgId>,
+        key: &str,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        bucket: Duration,
+    ) -> Result<Vec<TrendRow>>;
+
+    /// The most frequent metadata tags among the jobs that carry `key` = `value`.
+    async fn tags_with(
+        &self,
+        org_id: Option<OrgId>,
+        key: &str,
+        value: &str,
+        limit: u32,
+    ) -> Result<Vec<MetadataTag>>;
+}
+
 /// Webhook delivery ids already processed (replay protection shared by replicas).
 #[async_trait]
 pub trait DeliveryLog: Send + Sync {
@@ -315,7 +363,7 @@ pub trait OrgStore: Send + Sync {
 /// Everything the control plane needs from its database.
 #[async_trait]
 pub trait Store:
-    JobQueue + LeaseStore + RateLimiter + MetadataStore + DeliveryLog + OrgStore
+    JobQueue + LeaseStore + RateLimiter + MetadataStore + AnalyticsStore + DeliveryLog + OrgStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -1111,6 +1111,405 @@ pub async fn orgs_are_upserted(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
 }
 
+/// Runs one job through the store: queued at `created`, leased after `wait_s`,
+/// finished after `run_s` more with `status`. Returns the job id.
+async fn run_job(
+    store: &Arc<dyn Store>,
+    org_id: OrgId,
+    labels: &[&str],
+    created: OffsetDateTime,
+    wait_s: u64,
+    run_s: u64,
+    status: CompletionStatus,
+) -> crate::domain::JobId {
+    let job = store
+        .enqueue(
+            direct_job(org_id, "acme/app", labels),
+            &Admission::default(),
+            created,
+        )
+        .await
+        .expect("enqueue")
+        .job;
+    let leased_at = created + Duration::from_secs(wait_s);
+    let lease = store
+        .lease(&lease_request("analytics", 3600), leased_at)
+        .await
+        .expect("lease")
+        .expect("the job just queued");
+    assert_eq!(lease.job.id, job.id, "no other job may be queued meanwhile");
+    let completion = Completion {
+        status,
+        ..done(lease.fencing_token)
+    };
+    store
+        .complete(
+            job.id,
+            "analytics",
+            &completion,
+            leased_at + Duration::from_secs(run_s),
+        )
+        .await
+        .expect("complete");
+    job.id
+}
+
+/// The analytics data set: two orgs over two days (2026-11-27 and -28), in
+/// every state; see `analytics_count_every_job_once` for what it must report.
+async fn seed_analytics(store: &Arc<dyn Store>) {
+    use CompletionStatus::*;
+    let day1 = time::macros::datetime!(2026-11-27 00:00 UTC);
+    let day2 = time::macros::datetime!(2026-11-28 00:00 UTC);
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    run_job(
+        store,
+        1,
+        &["param:lr=0.1"],
+        day1 + hours(12),
+        2,
+        60,
+        Succeeded,
+    )
+    .await;
+    run_job(
+        store,
+        1,
+        &["param:lr=0.1"],
+        day1 + hours(13),
+        4,
+        120,
+        Failed,
+    )
+    .await;
+    run_job(
+        store,
+        1,
+        &["param:lr=0.01"],
+        day1 + hours(14),
+        6,
+        30,
+        Succeeded,
+    )
+    .await;
+    run_job(
+        store,
+        2,
+        &["meta:batch=64"],
+        day1 + hours(15),
+        1,
+        10,
+        Succeeded,
+    )
+    .await;
+    let mut rejected = direct_job(2, "acme/app", &["meta:batch=64"]);
+    rejected.rejected = true;
+    store
+        .enqueue(rejected, &Admission::default(), day1 + hours(16))
+        .await
+        .expect("enqueue a rejected job");
+    run_job(
+        store,
+        1,
+        &["param:lr=0.01", "param:batch=32"],
+        day2 + hours(9),
+        8,
+        45,
+        TimedOut,
+    )
+    .await;
+    store
+        .enqueue(
+            direct_job(1, "acme/app", &["param:lr=0.1"]),
+            &Admission::default(),
+            day2 + hours(10),
+        )
+        .await
+        .expect("enqueue the job left queued");
+    store
+        .enqueue(
+            direct_job(2, "acme/app", &[]),
+            &Admission::default(),
+            day2 + hours(11),
+        )
+        .await
+        .expect("enqueue the job left leased");
+    let only_org_2 = LeaseRequest {
+        org_id: Some(2),
+        ..lease_request("analytics", 3600)
+    };
+    store
+        .lease(&only_org_2, day2 + hours(11) + Duration::from_secs(3))
+        .await
+        .expect("lease")
+        .expect("org 2's job");
+}
+
+/// Each group's figures in a comparable form: (org, tag, counts, p50/p95 of
+/// queue wait and run time).
+type Figures = Vec<(
+    OrgId,
+    Option<(String, String)>,
+    crate::analytics::StatusCounts,
+    crate::analytics::Percentiles,
+    crate::analytics::Percentiles,
+)>;
+
+async fn figures(
+    store: &Arc<dyn Store>,
+    org_id: Option<OrgId>,
+    window: (Option<OffsetDateTime>, Option<OffsetDateTime>),
+    grouping: crate::analytics::Grouping,
+) -> Figures {
+    let query = crate::analytics::StatsQuery {
+        org_id,
+        since: window.0,
+        until: window.1,
+        grouping,
+    };
+    store
+        .job_stats(&query)
+        .await
+        .expect("job stats")
+        .into_iter()
+        .map(|g| {
+            (
+                g.org_id,
+                g.metadata,
+                g.jobs,
+                g.queue_wait.percentiles(),
+                g.run_time.percentiles(),
+            )
+        })
+        .collect()
+}
+
+pub async fn analytics_count_every_job_once(store: Arc<dyn Store>) {
+    use crate::analytics::{Grouping, Percentiles, StatusCounts};
+    seed_analytics(&store).await;
+    let at = |s: &str| {
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).expect("time")
+    };
+    let all = (None, None);
+    let partial_days = (
+        Some(at("2026-11-27T13:30:00Z")),
+        Some(at("2026-11-28T09:30:00Z")),
+    );
+    let day_one = (
+        Some(at("2026-11-27T00:00:00Z")),
+        Some(at("2026-11-28T00:00:00Z")),
+    );
+    let since_day_two = (Some(at("2026-11-27T23:00:00Z")), None);
+    let percentiles = |jobs, p50, p95| Percentiles {
+        jobs,
+        p50: Some(p50),
+        p95: Some(p95),
+    };
+    let counts = |pairs: &[(JobStatus, i64)]| {
+        let mut counts = StatusCounts::default();
+        for (status, jobs) in pairs {
+            counts.add(*status, *jobs);
+        }
+        counts
+    };
+    use JobStatus::*;
+    let expected_all: Figures = vec![
+        (
+            1,
+            None,
+            counts(&[(Queued, 1), (Succeeded, 2), (Failed, 1), (TimedOut, 1)]),
+            // Waits 2, 4, 6, 8 s; runs 60, 120, 30, 45 s (nearest rank).
+            percentiles(4, 4000, 8000),
+            percentiles(4, 45_000, 120_000),
+        ),
+        (
+            2,
+            None,
+            counts(&[(Leased, 1), (Succeeded, 1), (Rejected, 1)]),
+            percentiles(2, 1000, 3000),
+            percentiles(1, 10_000, 10_000),
+        ),
+    ];
+    let expected_partial: Figures = vec![
+        (
+            1,
+            None,
+            counts(&[(Succeeded, 1), (TimedOut, 1)]),
+            percentiles(2, 6000, 8000),
+            percentiles(2, 30_000, 45_000),
+        ),
+        (
+            2,
+            None,
+            counts(&[(Succeeded, 1), (Rejected, 1)]),
+            percentiles(1, 1000, 1000),
+            percentiles(1, 10_000, 10_000),
+        ),
+    ];
+    let tag = |k: &str, v: &str| Some((k.to_string(), v.to_string()));
+    let no_time = Percentiles::default();
+    let expected_lr: Figures = vec![
+        (
+            1,
+            tag("lr", "0.01"),
+            counts(&[(Succeeded, 1), (TimedOut, 1)]),
+            no_time,
+            no_time,
+        ),
+        (
+            1,
+            tag("lr", "0.1"),
+            counts(&[(Queued, 1), (Succeeded, 1), (Failed, 1)]),
+            no_time,
+            no_time,
+        ),
+    ];
+    let expected_batch: Figures = vec![
+        (
+            1,
+            tag("batch", "32"),
+            counts(&[(TimedOut, 1)]),
+            no_time,
+            no_time,
+        ),
+        (
+            2,
+            tag("batch", "64"),
+            counts(&[(Succeeded, 1), (Rejected, 1)]),
+            no_time,
+            no_time,
+        ),
+    ];
+
+    // The same figures whether the jobs are rolled up or not, and while a fold
+    // runs on another connection (twice at once: replicas).
+    for round in ["unfolded", "folded", "folded again"] {
+        assert_eq!(
+            figures(&store, None, all, Grouping::Org).await,
+            expected_all,
+            "{round}"
+        );
+        assert_eq!(
+            figures(&store, None, partial_days, Grouping::Org).await,
+            expected_partial,
+            "{round}: a window starting and ending inside days"
+        );
+        let day_one_figures = figures(&store, None, day_one, Grouping::Org).await;
+        assert_eq!(
+            day_one_figures
+                .iter()
+                .map(|g| (g.0, g.2.total()))
+                .collect::<Vec<_>>(),
+            vec![(1, 3), (2, 2)],
+            "{round}: exactly day one"
+        );
+        let late = figures(&store, Some(1), since_day_two, Grouping::Org).await;
+        assert_eq!(late.len(), 1);
+        assert_eq!(
+            late[0].2,
+            counts(&[(Queued, 1), (TimedOut, 1)]),
+            "{round}: open until"
+        );
+        assert_eq!(
+            figures(&store, None, all, Grouping::MetadataKey("lr".into())).await,
+            expected_lr,
+            "{round}"
+        );
+        let every_tag = figures(&store, None, all, Grouping::AllMetadata).await;
+        let batches: Figures = every_tag
+            .into_iter()
+            .filter(|g| g.1.as_ref().is_some_and(|(k, _)| k == "batch"))
+            .collect();
+        assert_eq!(batches, expected_batch, "{round}");
+        assert_eq!(
+            figures(&store, Some(2), all, Grouping::MetadataKey("lr".into())).await,
+            Vec::new(),
+            "{round}: org 2 has no lr"
+        );
+        let fold_at = time::macros::datetime!(2026-12-01 00:00 UTC);
+        let (first, second) = tokio::join!(store.roll_up(fold_at), store.roll_up(fold_at));
+        let folded = first.expect("fold") + second.expect("fold");
+        let expected_folded = if round == "unfolded" { 6 } else { 0 };
+        assert_eq!(folded, expected_folded, "{round}: finished jobs fold once");
+    }
+
+    let trend = store
+        .metadata_trend(
+            Some(1),
+            "lr",
+            at("2026-11-27T00:00:00Z"),
+            at("2026-11-29T00:00:00Z"),
+            Duration::from_secs(24 * 3600),
+        )
+        .await
+        .expect("trend");
+    let day = |d: &str| crate::domain::to_millis(at(d));
+    let trend: Vec<_> = trend
+        .into_iter()
+        .map(|r| (r.bucket_start, r.value, r.status, r.jobs))
+        .collect();
+    assert_eq!(
+        trend,
+        vec![
+            (
+                day("2026-11-27T00:00:00Z"),
+                "0.01".to_string(),
+                Succeeded,
+                1
+            ),
+            (day("2026-11-27T00:00:00Z"), "0.1".to_string(), Failed, 1),
+            (day("2026-11-27T00:00:00Z"), "0.1".to_string(), Succeeded, 1),
+            (day("2026-11-28T00:00:00Z"), "0.01".to_string(), TimedOut, 1),
+            (day("2026-11-28T00:00:00Z"), "0.1".to_string(), Queued, 1),
+        ]
+    );
+    let tags = store.tags_with(None, "lr", "0.01", 10).await.expect("tags");
+    assert_eq!(
+        tags,
+        vec![crate::analytics::MetadataTag {
+            key: "batch".into(),
+            value: "32".into(),
+            jobs: 1
+        }]
+    );
+    assert!(store
+        .tags_with(Some(2), "lr", "0.01", 10)
+        .await
+        .expect("tags")
+        .is_empty());
+    assert_eq!(
+        store.active_leases(None).await.expect("leases"),
+        vec![(2, 1)]
+    );
+    assert_eq!(store.active_leases(Some(1)).await.expect("leases"), vec![]);
+
+    let hit_at = at("2026-11-28T10:15:00Z");
+    store.record_rate_limit_hit(1, hit_at).await.expect("hit");
+    store
+        .record_rate_limit_hit(1, hit_at + Duration::from_secs(60))
+        .await
+        .expect("hit");
+    store.record_rate_limit_hit(2, hit_at).await.expect("hit");
+    assert_eq!(
+        store.rate_limit_hits(None, None, None).await.expect("hits"),
+        vec![(1, 2), (2, 1)]
+    );
+    // Counted per hour: a window that overlaps the hour counts its hits.
+    assert_eq!(
+        store
+            .rate_limit_hits(Some(1), Some(at("2026-11-28T10:30:00Z")), None)
+            .await
+            .expect("hits"),
+        vec![(1, 2)]
+    );
+    assert_eq!(
+        store
+            .rate_limit_hits(None, Some(at("2026-11-28T11:00:00Z")), None)
+            .await
+            .expect("hits"),
+        vec![]
+    );
+}
+
 /// Expands to one test per suite case for a store constructor (an `async` block
 /// evaluating to `Option<Arc<dyn Store>>`; `None` skips).
 #[macro_export]
@@ -1138,7 +1537,8 @@ macro_rules! store_test_suite {
                 rate_limits_count_per_key_and_window,
                 github_updates_follow_the_job,
                 deliveries_are_recorded_and_pruned,
-                orgs_are_upserted
+                orgs_are_upserted,
+                analytics_count_every_job_once
             );
         }
     };

@@ -70,7 +70,10 @@ fn parse_number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T> {
     })
 }
 
-fn optional_number<T: std::str::FromStr>(name: &str, raw: Option<&str>) -> Result<Option<T>> {
+pub(super) fn optional_number<T: std::str::FromStr>(
+    name: &str,
+    raw: Option<&str>,
+) -> Result<Option<T>> {
     raw.map(|raw| parse_number(name, raw)).transpose()
 }
 

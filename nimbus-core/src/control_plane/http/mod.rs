@@ -3,6 +3,7 @@
 //! instead of axum's plain-text rejections, and the route handlers, which only
 //! parse, call the API and answer.
 
+pub(super) mod analytics;
 pub(super) mod jobs;
 pub(super) mod webhooks;
 

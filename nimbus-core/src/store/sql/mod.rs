@@ -3,6 +3,7 @@
 //! live in [`statements`]; the backends (`store/sqlite.rs`, `store/postgres.rs`)
 //! open the pools and pick the [`Dialect`] for the few that differ.
 
+mod analytics;
 pub(crate) mod statements;
 
 use async_trait::async_trait;
