@@ -219,6 +219,118 @@ pub async fn callers_see_only_their_org(connect: &dyn Connect) {
     );
 }
 
+/// The analytics answer alike in process and on the wire, each org seeing its own.
+pub async fn analytics_answer_alike(connect: &dyn Connect) {
+    use crate::control_plane::{HistogramQuery, OrgsQuery, SummaryQuery, TrendQuery};
+    let admin = connect.caller(admin());
+    admin.upsert_org(1, "acme").await.expect("org 1");
+    admin.upsert_org(2, "globex").await.expect("org 2");
+    let acme = connect.caller(org(1));
+    let globex = connect.caller(org(2));
+    acme.submit(request("acme/app", &["param:lr=0.1"]))
+        .await
+        .expect("submit");
+    acme.submit(request("acme/app", &["param:lr=0.2"]))
+        .await
+        .expect("submit");
+    globex
+        .submit(request("globex/app", &["param:lr=0.1"]))
+        .await
+        .expect("submit");
+
+    let report = admin
+        .observability_orgs(&OrgsQuery {
+            metadata_key: Some("lr".into()),
+            ..OrgsQuery::default()
+        })
+        .await
+        .expect("report");
+    let totals: Vec<(OrgId, i64, usize)> = report
+        .orgs
+        .iter()
+        .map(|o| {
+            (
+                o.org_id,
+                o.jobs.queued,
+                o.metadata.as_ref().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    assert_eq!(totals, vec![(1, 2, 2), (2, 1, 1)]);
+    let own = acme
+        .observability_orgs(&OrgsQuery::default())
+        .await
+        .expect("own report");
+    assert_eq!(
+        own.orgs.iter().map(|o| o.org_id).collect::<Vec<_>>(),
+        vec![1]
+    );
+    let foreign = OrgsQuery {
+        org_id: Some(2),
+        ..OrgsQuery::default()
+    };
+    assert_eq!(
+        acme.observability_orgs(&foreign)
+            .await
+            .expect_err("foreign")
+            .kind(),
+        ErrorKind::NotFound
+    );
+    let histogram = globex
+        .metadata_histogram(&HistogramQuery {
+            key: "lr".into(),
+            ..HistogramQuery::default()
+        })
+        .await
+        .expect("histogram");
+    let values: Vec<(&str, i64)> = histogram
+        .buckets
+        .iter()
+        .map(|b| (b.value.as_str(), b.total))
+        .collect();
+    assert_eq!(values, vec![("0.1", 1)]);
+    let trend = acme
+        .metadata_trend(&TrendQuery {
+            key: "lr".into(),
+            bucket_hours: Some(1),
+            ..TrendQuery::default()
+        })
+        .await
+        .expect("trend");
+    assert_eq!(
+        trend.buckets.iter().map(|b| b.values.len()).sum::<usize>(),
+        2
+    );
+    let summary = admin
+        .job_summary(&SummaryQuery {
+            metadata_key: Some("lr".into()),
+            metadata_value: Some("0.1".into()),
+            ..SummaryQuery::default()
+        })
+        .await
+        .expect("summary");
+    assert_eq!(summary.total, 2);
+    assert_eq!(
+        admin
+            .metadata_trend(&TrendQuery {
+                key: "lr".into(),
+                bucket_hours: Some(0),
+                ..TrendQuery::default()
+            })
+            .await
+            .expect_err("bucket_hours")
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    let agent = connect.caller(Principal::Agent {
+        agent_id: "a1".into(),
+    });
+    assert_eq!(
+        agent.metadata_presets().await.expect_err("agent").kind(),
+        ErrorKind::Forbidden
+    );
+}
+
 /// Bad input is refused with the same kind of error in process and on the wire.
 pub async fn bad_input_is_refused_alike(connect: &dyn Connect) {
     let admin = connect.caller(admin());

@@ -1156,7 +1156,7 @@ async fn run_job(
 
 /// The analytics data set: two orgs over two days (2026-11-27 and -28), in
 /// every state; see `analytics_count_every_job_once` for what it must report.
-async fn seed_analytics(store: &Arc<dyn Store>) {
+pub async fn seed_analytics(store: &Arc<dyn Store>) {
     use CompletionStatus::*;
     let day1 = time::macros::datetime!(2026-11-27 00:00 UTC);
     let day2 = time::macros::datetime!(2026-11-28 00:00 UTC);

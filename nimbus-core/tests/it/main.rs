@@ -2,6 +2,7 @@
 //! control-plane HTTP API driven through its router, and the seam suite in process
 //! and over HTTP.
 
+mod analytics;
 mod api;
 mod github;
 mod seams;

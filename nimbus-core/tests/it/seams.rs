@@ -24,7 +24,8 @@ macro_rules! seam_suite {
             seam_suite!(@cases $store, $connect;
                 callers_see_only_their_org,
                 bad_input_is_refused_alike,
-                a_job_from_submit_to_complete
+                a_job_from_submit_to_complete,
+                analytics_answer_alike
             );
         }
     };
