@@ -398,7 +398,7 @@ mod tests {
         histogram.record(-5);
         assert_eq!(histogram.percentile(0.01), Some(0));
         let encoded = histogram.encode();
-        assert_eq!(Histogram::decode(&encoded).unwrap(), histogram);
+        assert_eq!(Histogram::decode(&encoded).expect("decodes"), histogram);
         assert!(Histogram::decode("[1,2]").is_err());
     }
 
@@ -434,14 +434,14 @@ mod tests {
 
     #[test]
     fn time_bounds_take_three_forms() {
-        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let at = parse_time_bound("since", "2026-11-30T12:00:00Z", now).unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+        let at = parse_time_bound("since", "2026-11-30T12:00:00Z", now).expect("parses");
         assert_eq!(at.unix_timestamp(), 1_796_040_000);
-        let day = parse_time_bound("since", "2026-11-30", now).unwrap();
+        let day = parse_time_bound("since", "2026-11-30", now).expect("parses");
         assert_eq!(day.unix_timestamp(), 1_795_996_800);
-        let age = parse_time_bound("since", "7d", now).unwrap();
+        let age = parse_time_bound("since", "7d", now).expect("parses");
         assert_eq!(age.unix_timestamp(), 1_800_000_000 - 7 * 86_400);
-        let error = parse_time_bound("since", "yesterday", now).unwrap_err();
+        let error = parse_time_bound("since", "yesterday", now).expect_err("refused");
         assert!(error.to_string().contains("since must be"), "{error}");
     }
 }

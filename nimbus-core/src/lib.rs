@@ -16,6 +16,8 @@ pub mod domain;
 pub mod error;
 pub mod github;
 pub mod job_source;
+#[cfg(feature = "cli")]
+pub mod report;
 pub mod retry;
 pub mod route;
 pub mod scheduler;

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dev_up;
-mod report;
 mod run;
 mod vm;
 use nimbus_core::auth::{Audience, JwtKeys, Role};
@@ -49,9 +48,11 @@ enum Command {
     Assets(vm::AssetsCommand),
     /// Checks this host: KVM, hypervisor binaries, drivers, assets.
     Doctor,
-    /// Summaries from the services.
-    #[command(subcommand)]
-    Report(report::ReportCommand),
+    /// Fleet reports from the services: orgs, jobs, metadata, cache, logs
+    /// (docs/reporting.md).
+    Report(nimbus_core::report::ReportArgs),
+    /// Jobs of the control plane.
+    Jobs(nimbus_core::report::JobsArgs),
     /// Runs a GitHub Actions workflow's `run:` steps in a microVM here, one VM per job
     /// (and matrix combination), with live output and a summary; exits with the first
     /// failing job's code. `uses:` steps are listed as skipped.
@@ -173,6 +174,10 @@ impl From<RoleArg> for Role {
     }
 }
 
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
 fn main() -> ExitCode {
     nimbus_core::service::private_files();
     let outcome = match Cli::parse().command {
@@ -182,7 +187,17 @@ fn main() -> ExitCode {
         Command::Config(command) => config_command(command),
         Command::Dev(command) => dev(command),
         Command::Assets(command) => vm::assets(command),
-        Command::Report(command) => report::report(command),
+        // Reports print one line and exit 1 when a service is down or refuses.
+        Command::Report(args) => {
+            return exit(nimbus_core::report::run(
+                nimbus_core::report::Invocation::Report(args),
+            ))
+        }
+        Command::Jobs(args) => {
+            return exit(nimbus_core::report::run(
+                nimbus_core::report::Invocation::Jobs(args),
+            ))
+        }
         // These exit with the job's code (vm run) or the check's verdict (doctor).
         Command::Vm(command) => return vm::vm(command),
         Command::Doctor => return vm::doctor(),

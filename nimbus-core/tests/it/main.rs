@@ -5,5 +5,6 @@
 mod analytics;
 mod api;
 mod github;
+mod report;
 mod seams;
 mod store;
