@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nimbus_core::analytics::parse_time_bound;
 use nimbus_core::client::ControlPlaneClient as HttpClient;
-use nimbus_core::control_plane::{ControlPlaneApi, JobRequest};
+use nimbus_core::control_plane::{ControlPlaneApi, JobRequest, OrgsQuery, SummaryQuery};
 use nimbus_core::domain::{Completion, CompletionStatus};
 use nimbus_core::store::JobFilter;
 use nimbus_core::{JobSource, JobStatus, Secret};
@@ -56,6 +57,12 @@ impl ListFilter {
             cursor: self.cursor,
         })
     }
+}
+
+fn time_bound(name: &str, raw: Option<String>) -> PyResult<Option<time::OffsetDateTime>> {
+    raw.map(|raw| parse_time_bound(name, &raw, time::OffsetDateTime::now_utc()))
+        .transpose()
+        .map_err(core_error)
 }
 
 fn completion(
@@ -174,6 +181,20 @@ impl Calls {
         let api = self.api_or_err()?;
         Ok(Box::pin(async move {
             result_to_python(api.metadata_values(&key, org_id, limit).await)
+        }))
+    }
+
+    fn observability(&self, query: OrgsQuery) -> PyResult<Call> {
+        let api = self.api_or_err()?;
+        Ok(Box::pin(async move {
+            result_to_python(api.observability_orgs(&query).await)
+        }))
+    }
+
+    fn job_summary(&self, query: SummaryQuery) -> PyResult<Call> {
+        let api = self.api_or_err()?;
+        Ok(Box::pin(async move {
+            result_to_python(api.job_summary(&query).await)
         }))
     }
 
@@ -310,6 +331,29 @@ macro_rules! client_methods {
                 limit: u32,
             ) -> $ret {
                 $run(py, self.calls.metadata_values(key, org_id, limit)?)
+            }
+
+            /// Per org: jobs by status, success rate, queue wait and run time
+            /// percentiles (ms), active leases, rate-limit hits; with `metadata_key`,
+            /// that key's values per org. `since`/`until`: RFC 3339, a date or an
+            /// age (`"7d"`). What `GET /api/observability/orgs` answers.
+            #[pyo3(signature = (*, metadata_key=None, since=None, until=None, org_id=None))]
+            fn observability<'py>(&self, py: Python<'py>, metadata_key: Option<String>, since: Option<String>, until: Option<String>, org_id: Option<i64>) -> $ret {
+                let query = OrgsQuery {
+                    org_id,
+                    metadata_key,
+                    since: time_bound("since", since)?,
+                    until: time_bound("until", until)?,
+                };
+                $run(py, self.calls.observability(query)?)
+            }
+
+            /// Jobs by status and their most frequent metadata tags (all jobs, or
+            /// those with `metadata_key`, or with `metadata_key` = `metadata_value`).
+            #[pyo3(signature = (*, metadata_key=None, metadata_value=None, org_id=None))]
+            fn job_summary<'py>(&self, py: Python<'py>, metadata_key: Option<String>, metadata_value: Option<String>, org_id: Option<i64>) -> $ret {
+                let query = SummaryQuery { org_id, metadata_key, metadata_value };
+                $run(py, self.calls.job_summary(query)?)
             }
 
             /// Leases a job (agent), waiting up to `wait` seconds; `None` if none came.

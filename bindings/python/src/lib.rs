@@ -42,5 +42,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(functions::parse_metadata_labels, module)?)?;
     module.add_function(wrap_pyfunction!(functions::mint_token, module)?)?;
     module.add_function(wrap_pyfunction!(service::serve, module)?)?;
+    module.add_function(wrap_pyfunction!(service::cli, module)?)?;
     Ok(())
 }

@@ -57,3 +57,12 @@ pub fn serve(py: Python<'_>, name: &str, args: Vec<String>) -> PyResult<u8> {
         1
     })
 }
+
+/// Runs `nimbus report …` or `nimbus jobs …` (`args` without the program name)
+/// as the `nimbus` binary does: prints the tables or JSON, returns the exit code
+/// (0, 1 with one line on standard error, 2 for a command line it refuses).
+#[pyfunction]
+pub fn cli(py: Python<'_>, args: Vec<String>) -> i32 {
+    let argv = std::iter::once("nimbus".to_string()).chain(args);
+    py.detach(|| nimbus_core::report::main(argv))
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod analytics;
 mod cache;
 mod control_plane;
 mod logs;
@@ -35,6 +36,9 @@ enum Command {
     /// Job pickup + boot per driver: POST /api/jobs to the first log line stored by
     /// the logging pipeline, through control plane, host agent and pipeline.
     Agent(agent::Args),
+    /// `GET /api/observability/orgs` over many jobs (default a million in 100 orgs),
+    /// before and after the rollup fold, with the seeding time.
+    Analytics(analytics::Args),
     /// Cache proxy throughput with the official @actions/cache client (v2), per
     /// backend, beside dd (fsync'd write) and nginx (download) on the same machine.
     Cache(cache::Args),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
             Command::Logs(args) => logs::run(args).await,
             Command::Cache(args) => cache::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Analytics(args) => analytics::run(args).await,
         }
     });
     match result {

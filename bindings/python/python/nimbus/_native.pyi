@@ -97,6 +97,21 @@ class ControlPlaneClient:
     def orgs(self) -> List[Dict[str, Any]]: ...
     def upsert_org(self, org_id: int, name: str) -> Dict[str, Any]: ...
     def metadata_values(self, key: str, *, org_id: Optional[int] = None, limit: int = 100) -> List[Dict[str, Any]]: ...
+    def observability(
+        self,
+        *,
+        metadata_key: Optional[str] = None,
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+        org_id: Optional[int] = None,
+    ) -> Dict[str, Any]: ...
+    def job_summary(
+        self,
+        *,
+        metadata_key: Optional[str] = None,
+        metadata_value: Optional[str] = None,
+        org_id: Optional[int] = None,
+    ) -> Dict[str, Any]: ...
     def lease(self, *, wait: float = 0.0, labels: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]: ...
     def heartbeat(self, job_id: int, fencing_token: int) -> Dict[str, Any]: ...
     def complete(
@@ -131,6 +146,21 @@ class AsyncControlPlaneClient:
     def orgs(self) -> Awaitable[List[Dict[str, Any]]]: ...
     def upsert_org(self, org_id: int, name: str) -> Awaitable[Dict[str, Any]]: ...
     def metadata_values(self, key: str, *, org_id: Optional[int] = None, limit: int = 100) -> Awaitable[List[Dict[str, Any]]]: ...
+    def observability(
+        self,
+        *,
+        metadata_key: Optional[str] = None,
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+        org_id: Optional[int] = None,
+    ) -> Awaitable[Dict[str, Any]]: ...
+    def job_summary(
+        self,
+        *,
+        metadata_key: Optional[str] = None,
+        metadata_value: Optional[str] = None,
+        org_id: Optional[int] = None,
+    ) -> Awaitable[Dict[str, Any]]: ...
     def lease(self, *, wait: float = 0.0, labels: Optional[Sequence[str]] = None) -> Awaitable[Optional[Dict[str, Any]]]: ...
     def heartbeat(self, job_id: int, fencing_token: int) -> Awaitable[Dict[str, Any]]: ...
     def complete(
@@ -241,3 +271,7 @@ def mint_token(
 ) -> str: ...
 def serve(name: Literal["control-plane", "cache-proxy", "logging-pipeline", "host-agent"], args: Sequence[str]) -> int:
     """Runs a service in this process until SIGTERM or Ctrl-C; its exit status."""
+
+def cli(args: Sequence[str]) -> int:
+    """Runs ``nimbus report …`` or ``nimbus jobs …`` (``args`` without the program
+    name); its exit code."""
