@@ -499,6 +499,16 @@ impl World {
             ("GET", "/api/analytics/metadata") => {
                 ("/api/analytics/metadata?key=note&org_id=1".into(), None)
             }
+            ("GET", "/api/observability/orgs") => ("/api/observability/orgs?org_id=1".into(), None),
+            ("GET", "/api/jobs/metadata/presets") => (path.into(), None),
+            ("GET", "/api/jobs/metadata/histogram") => (
+                "/api/jobs/metadata/histogram?key=note&org_id=1".into(),
+                None,
+            ),
+            ("GET", "/api/jobs/metadata/trend") => {
+                ("/api/jobs/metadata/trend?key=note&org_id=1".into(), None)
+            }
+            ("GET", "/api/jobs/summary") => ("/api/jobs/summary?org_id=1".into(), None),
             ("GET", "/healthz")
             | ("GET", "/readyz")
             | ("GET", "/metrics")
