@@ -346,6 +346,32 @@ pub struct JobSummary {
     pub top_metadata: Vec<MetadataTag>,
 }
 
+/// One UTC day of the dashboard's chart: the jobs created that day and their
+/// durations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayFigures {
+    #[serde(with = "time::serde::rfc3339")]
+    pub day: OffsetDateTime,
+    pub jobs: StatusCounts,
+    pub queue_wait_ms: Percentiles,
+    pub run_time_ms: Percentiles,
+}
+
+/// A duration in milliseconds as people read it: `850ms`, `4.5s`, `45s`,
+/// `2m05s`, `3h20m`; `-` for none.
+pub fn human_duration(ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=9_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        10_000..=59_999 => format!("{}s", ms / 1000),
+        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
 /// Parses a `since`/`until` bound: an RFC 3339 time, a date (`2026-11-30`,
 /// midnight UTC), or an age (`7d`, `24h`, `90m`: that long before `now`).
 pub fn parse_time_bound(name: &str, raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime> {

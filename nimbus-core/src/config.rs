@@ -45,7 +45,7 @@ pub const SHARED: Settings = Settings {
     VarDoc { name: "NIMBUS_CONTROL_PLANE_TOKEN", default: "(none)", meaning: "Bearer JWT clients send to the control plane (`nimbus token mint`)." },
     VarDoc { name: "NIMBUS_TOKEN", default: "(none)", meaning: "An admin token `nimbus dev up` writes into `.nimbus/dev.env`, for curl and scripts against the local services." },
     VarDoc { name: "NIMBUS_JWT_SECRET", default: "(generated)", meaning: "HS256 secret for API tokens. Unset: a random secret is generated once into `$NIMBUS_DATA_DIR/jwt-secret` (development only)." },
-    VarDoc { name: "NIMBUS_LOGS_URL", default: "http://127.0.0.1:8002", meaning: "Where clients (host agent, `nimbus report logs`) reach the logging pipeline." },
+    VarDoc { name: "NIMBUS_LOGS_URL", default: "http://127.0.0.1:8002", meaning: "Where clients (host agent, `nimbus report logs`, the dashboard's live logs) reach the logging pipeline." },
     VarDoc { name: "NIMBUS_CACHE_SHARED_SECRET", default: "(derived)", meaning: "HMAC-SHA256 secret of cache tokens, shared by the control plane (mints) and the cache proxy (verifies). Unset: derived from the JWT secret (development only; required when NIMBUS_MODE=production)." },
     VarDoc { name: "NIMBUS_LOG_LEVEL", default: "info", meaning: "Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as `nimbus_core=debug`)." },
     VarDoc { name: "NIMBUS_LOG_FORMAT", default: "text", meaning: "`text` or `json` log lines on stderr." },

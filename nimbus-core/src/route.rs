@@ -46,6 +46,9 @@ pub enum Access {
     CacheUsage,
     /// A log ingest token of the job's lease, or an admin token.
     LogIngest,
+    /// The dashboard's sign-in form: anyone may post it; the credential is the
+    /// token in the form (never a header), so a request without one is 401.
+    DashboardLogin,
 }
 
 /// One route of a service.

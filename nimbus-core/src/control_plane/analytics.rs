@@ -14,7 +14,7 @@ use tokio::sync::RwLock;
 
 use super::ControlPlane;
 use crate::analytics::{
-    sort_buckets, GroupStats, Grouping, JobSummary, MetadataBucket, MetadataHistogram,
+    sort_buckets, DayFigures, GroupStats, Grouping, JobSummary, MetadataBucket, MetadataHistogram,
     MetadataPreset, MetadataPresets, MetadataTag, MetadataTrend, OrgBuckets, OrgReport, OrgsReport,
     StatsQuery, StatusCounts, TrendBucket, HOUR_MS,
 };
@@ -28,6 +28,8 @@ pub const MAX_BUCKET_HOURS: u32 = 720;
 pub const MAX_TREND_BUCKETS: i64 = 2000;
 /// Trend buckets of the default window (ending now).
 const DEFAULT_TREND_BUCKETS: u32 = 30;
+/// Longest chart of the dashboard.
+pub const MAX_CHART_DAYS: u32 = 90;
 /// Tags a summary lists.
 const TOP_TAGS: usize = 10;
 
@@ -516,6 +518,73 @@ impl ControlPlane {
             jobs,
             top_metadata,
         })
+    }
+
+    /// The last `days` UTC days (today included), oldest first: per day the jobs
+    /// created and their queue wait and run time percentiles (the dashboard's chart).
+    pub async fn daily_figures(
+        &self,
+        who: &Principal,
+        org_id: Option<OrgId>,
+        days: u32,
+    ) -> Result<Vec<DayFigures>> {
+        let org_id = scope(who, org_id)?;
+        if !(1..=MAX_CHART_DAYS).contains(&days) {
+            return Err(Error::invalid(format!(
+                "days must be between 1 and {MAX_CHART_DAYS}, got {days}"
+            )));
+        }
+        let today = self.now().date().midnight().assume_utc();
+        let mut figures = Vec::with_capacity(days as usize);
+        for back in (0..days).rev() {
+            let day = today - time::Duration::days(i64::from(back));
+            let groups = self
+                .store
+                .job_stats(&StatsQuery {
+                    org_id,
+                    since: Some(day),
+                    until: Some(day + time::Duration::days(1)),
+                    grouping: Grouping::Org,
+                })
+                .await?;
+            let mut merged = GroupStats::default();
+            for group in &groups {
+                merged.jobs.merge(&group.jobs);
+                merged.queue_wait.merge(&group.queue_wait);
+                merged.run_time.merge(&group.run_time);
+            }
+            figures.push(DayFigures {
+                day,
+                jobs: merged.jobs,
+                queue_wait_ms: merged.queue_wait.percentiles(),
+                run_time_ms: merged.run_time.percentiles(),
+            });
+        }
+        Ok(figures)
+    }
+
+    /// The metadata keys of the jobs created since `since` (at most 100, sorted).
+    pub async fn metadata_keys(
+        &self,
+        who: &Principal,
+        org_id: Option<OrgId>,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<String>> {
+        let org_id = scope(who, org_id)?;
+        let groups = self
+            .store
+            .job_stats(&StatsQuery {
+                org_id,
+                since,
+                until: None,
+                grouping: Grouping::AllMetadata,
+            })
+            .await?;
+        let keys: BTreeSet<String> = groups
+            .into_iter()
+            .filter_map(|group| group.metadata.map(|(key, _)| key))
+            .collect();
+        Ok(keys.into_iter().take(100).collect())
     }
 
     /// Folds finished jobs into the rollups and refreshes the presets: what the

@@ -72,6 +72,10 @@ pub struct ControlPlaneConfig {
     pub metadata_default_keys: Vec<String>,
     /// How often rollups are folded and presets refreshed.
     pub analytics_interval: Duration,
+    /// The logging pipeline the dashboard follows live logs from.
+    pub logs_url: String,
+    /// The cache proxy the dashboard reads cache usage from.
+    pub cache_url: String,
 }
 
 /// Most keys NIMBUS_METADATA_DEFAULT_KEYS may name (each is one query per refresh).
@@ -149,6 +153,16 @@ impl ControlPlaneConfig {
             metadata_default_keys: metadata_default_keys(env)?,
             analytics_interval: env
                 .seconds_or("NIMBUS_ANALYTICS_INTERVAL", Duration::from_secs(30))?,
+            logs_url: env
+                .get("NIMBUS_LOGS_URL")
+                .unwrap_or("http://127.0.0.1:8002")
+                .trim_end_matches('/')
+                .to_string(),
+            cache_url: env
+                .get("NIMBUS_CACHE_URL")
+                .unwrap_or("http://127.0.0.1:8001")
+                .trim_end_matches('/')
+                .to_string(),
             database_url,
             data_dir,
         })

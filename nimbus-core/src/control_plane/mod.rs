@@ -33,6 +33,7 @@ mod analytics;
 mod api;
 pub mod cache_grant;
 pub mod config;
+mod dashboard;
 pub mod http;
 mod metadata_sink;
 pub mod metrics;
@@ -468,6 +469,21 @@ pub fn routes() -> Vec<Route<AppState>> {
             token(true, true, false, Foreign::NotFound),
             http::analytics::summary,
         ),
+        // The dashboard (docs/dashboard.md): a signed-in org or admin (cookie or
+        // bearer); the page, the log relay, sign-in and sign-out, the assets.
+        Route::get(
+            "/dashboard",
+            token(true, true, false, Foreign::Filtered),
+            dashboard::dashboard,
+        ),
+        Route::get(
+            "/dashboard/jobs/{id}/log",
+            token(true, true, false, Foreign::NotFound),
+            dashboard::follow_log,
+        ),
+        Route::post("/dashboard/login", Access::DashboardLogin, dashboard::login),
+        Route::post("/dashboard/logout", Access::Public, dashboard::logout),
+        Route::get("/dashboard/assets/{file}", Access::Public, dashboard::asset),
         Route::get("/healthz", Access::Public, healthz),
         Route::get("/readyz", Access::Public, readyz),
         Route::get("/metrics", Access::Metrics, metrics_text),

@@ -111,20 +111,7 @@ impl Table {
     }
 }
 
-/// A duration in milliseconds as people read it: `850ms`, `4.5s`, `45s`,
-/// `2m05s`, `3h20m`; `-` for none.
-pub fn duration(ms: Option<u64>) -> String {
-    let Some(ms) = ms else {
-        return "-".into();
-    };
-    match ms {
-        0..=999 => format!("{ms}ms"),
-        1_000..=9_999 => format!("{:.1}s", ms as f64 / 1000.0),
-        10_000..=59_999 => format!("{}s", ms / 1000),
-        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
-        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
-    }
-}
+pub use crate::analytics::human_duration as duration;
 
 /// A rate as a percentage with one decimal, toned green from 90 %, red below
 /// 50 %; `-` when there is none.

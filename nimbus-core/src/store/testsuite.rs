@@ -1113,7 +1113,7 @@ pub async fn orgs_are_upserted(store: Arc<dyn Store>) {
 
 /// Runs one job through the store: queued at `created`, leased after `wait_s`,
 /// finished after `run_s` more with `status`. Returns the job id.
-async fn run_job(
+pub async fn run_job(
     store: &Arc<dyn Store>,
     org_id: OrgId,
     labels: &[&str],

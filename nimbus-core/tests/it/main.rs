@@ -4,6 +4,7 @@
 
 mod analytics;
 mod api;
+mod dashboard;
 mod github;
 mod report;
 mod seams;

@@ -36,7 +36,7 @@ use crate::{launch, JobEvent, Outcome, VmmDriver};
 pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Settings {
     service: "Host agent (nimbus-host-agent)",
     variables: &[
-        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_URL", default: "http://127.0.0.1:8001", meaning: "Where clients (host agent, job VMs, `nimbus report cache`) reach the cache proxy." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_URL", default: "http://127.0.0.1:8001", meaning: "Where clients (host agent, job VMs, `nimbus report cache`, the dashboard's cache usage) reach the cache proxy." },
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_ID", default: "(hostname)", meaning: "Name of this host agent (in logs and log lines)." },
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_LABELS", default: "(any job)", meaning: "Comma-separated labels of this host agent; it leases only jobs whose runner labels are all among them (case-insensitive; `self-hosted`, `param:`, `meta:` and `timeout:` labels need no match)." },
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_MAX_VMS", default: "(cores/2, memory/2 GiB, at least 1)", meaning: "Jobs one host agent runs at once." },

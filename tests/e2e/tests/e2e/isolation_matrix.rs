@@ -509,6 +509,10 @@ impl World {
                 ("/api/jobs/metadata/trend?key=note&org_id=1".into(), None)
             }
             ("GET", "/api/jobs/summary") => ("/api/jobs/summary?org_id=1".into(), None),
+            ("GET", "/dashboard") => ("/dashboard?days=7&metadata_key=note".into(), None),
+            ("GET", "/dashboard/jobs/{id}/log") => (format!("/dashboard/jobs/{a}/log"), None),
+            ("POST", "/dashboard/login") | ("POST", "/dashboard/logout") => (path.into(), None),
+            ("GET", "/dashboard/assets/{file}") => ("/dashboard/assets/dashboard.js".into(), None),
             ("GET", "/healthz")
             | ("GET", "/readyz")
             | ("GET", "/metrics")
@@ -622,6 +626,8 @@ fn expected(access: Access, case: Case, method: &Method, path: &str) -> Vec<u16>
             OtherOrg | ReadOnlyCacheToken => vec![200],
             _ => unreachable!(),
         },
+        // The sign-in form's credential is in its body, which no case sends.
+        Access::DashboardLogin => vec![401],
         Access::LogIngest => match case {
             _ if refused => vec![401],
             ReadOnlyCacheToken => vec![401],
