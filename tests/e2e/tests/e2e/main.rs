@@ -2,6 +2,7 @@
 
 mod cache;
 mod control_plane;
+mod dashboard;
 mod dev_up;
 mod github;
 mod host_agent;
