@@ -54,5 +54,18 @@ cargo run -q --locked -p nimbus-examples --example tee_log_sink
 NIMBUS_ASSETS_DIR=$NIMBUS_TEST_ASSETS NIMBUS_VMM=sandbox NIMBUS_VM_NETWORK=none \
   NIMBUS_VM_RUNTIME_DIR=$(mktemp -d) cargo run -q --locked -p nimbus-examples --example resource_capped_driver
 
+# The shipped monitoring: the alerting rules' syntax and unit tests, the scrape
+# config's syntax (promtool, from Debian's prometheus package).
+if command -v promtool >/dev/null; then
+  promtool check rules deploy/prometheus/alerts.yml
+  (cd deploy/prometheus && promtool test rules alerts_test.yml)
+  promtool check config --syntax-only deploy/prometheus/prometheus.yml
+elif [[ "${CI:-}" == true ]]; then
+  echo "test: promtool is missing (apt-get install prometheus)" >&2
+  exit 1
+else
+  echo "test: promtool is missing; the alerting rules are not checked" >&2
+fi
+
 # The Python package: a wheel built by maturin, installed and tested with pytest.
 scripts/python.sh

@@ -307,6 +307,12 @@ impl ControlPlane {
         lease.cache_token = self.mint_cache_token(&lease.job).await;
         lease.ingest_token = self.mint_ingest_token(&lease);
         self.metrics.leases_granted.inc();
+        if lease.job.attempt == 1 {
+            let waited = self.now() - lease.job.created_at;
+            self.metrics
+                .queue_wait
+                .observe(waited.as_seconds_f64().max(0.0));
+        }
         tracing::info!(job_id = lease.job.id, agent = %request.agent_id, fencing_token = lease.fencing_token, "lease granted");
         Ok(Some(lease))
     }

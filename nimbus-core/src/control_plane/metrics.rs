@@ -2,8 +2,8 @@
 //! and alerts use them; docs/api.md lists them): keep them.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::domain::JobStatus;
@@ -30,6 +30,8 @@ pub struct Metrics {
     pub runner_swaps_refused: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
+    /// Created to first lease (the analytics' queue wait, as a histogram).
+    pub queue_wait: Histogram,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -173,6 +175,20 @@ impl Metrics {
                         5.0, 10.0, 30.0, 60.0,
                     ]),
                     &["method", "route"],
+                )
+                .map_err(|e| Error::Internal(e.to_string()))?,
+            )?,
+            queue_wait: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "nimbus_control_plane_queue_wait_seconds",
+                        "Time from a job's creation to its first lease.",
+                    )
+                    .buckets(vec![
+                        0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+                        3600.0,
+                    ]),
                 )
                 .map_err(|e| Error::Internal(e.to_string()))?,
             )?,

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the logging pipeline (`GET /metrics`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use crate::error::{Error, Result};
 
@@ -16,6 +18,9 @@ pub struct Metrics {
     pub buffered_lines: IntGauge,
     pub flush_seconds: Histogram,
     pub requests: IntCounterVec,
+    /// Latency to the response head by route template (a live follow counts
+    /// until its stream starts).
+    pub request_seconds: HistogramVec,
 }
 
 fn metric_error(error: prometheus::Error) -> Error {
@@ -50,6 +55,17 @@ impl Metrics {
             &["route", "status"],
         )
         .map_err(metric_error)?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "nimbus_logging_pipeline_request_seconds",
+                "HTTP request latency (to the response head) by route.",
+            ),
+            &["route"],
+        )
+        .map_err(metric_error)?;
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .map_err(metric_error)?;
         registry
             .register(Box::new(buffered_lines.clone()))
             .map_err(metric_error)?;
@@ -87,6 +103,7 @@ impl Metrics {
             buffered_lines,
             flush_seconds,
             requests,
+            request_seconds,
             registry,
         })
     }

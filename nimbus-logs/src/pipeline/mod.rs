@@ -225,12 +225,18 @@ async fn count_requests(State(state): State<Pipeline>, request: Request, next: N
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
     state
         .metrics
         .requests
         .with_label_values(&[route.as_str(), response.status().as_str()])
         .inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 

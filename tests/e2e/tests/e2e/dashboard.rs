@@ -58,7 +58,8 @@ async fn a_person_signs_in_picks_keys_and_watches_a_live_log() {
     .await
     .expect("control plane");
     let admin_token = mint_token(&["--role", "admin"]).expect("admin");
-    let admin = ControlPlaneClient::new(&control_plane.url, Some(admin_token.clone())).expect("client");
+    let admin =
+        ControlPlaneClient::new(&control_plane.url, Some(admin_token.clone())).expect("client");
     admin.upsert_org(1, "acme").await.expect("org 1");
     admin.upsert_org(2, "globex").await.expect("org 2");
     let acme = ControlPlaneClient::new(
@@ -81,7 +82,11 @@ async fn a_person_signs_in_picks_keys_and_watches_a_live_log() {
     for labels in [["param:lr=0.1"], ["param:lr=0.1"], ["param:lr=0.1"]] {
         submit(&acme, "acme/app", &labels).await;
     }
-    for status in [CompletionStatus::Succeeded, CompletionStatus::Succeeded, CompletionStatus::Failed] {
+    for status in [
+        CompletionStatus::Succeeded,
+        CompletionStatus::Succeeded,
+        CompletionStatus::Failed,
+    ] {
         let lease = agent
             .lease(Duration::from_secs(5))
             .await
@@ -93,7 +98,10 @@ async fn a_person_signs_in_picks_keys_and_watches_a_live_log() {
             exit_code: Some(i32::from(status != CompletionStatus::Succeeded)),
             reason: None,
         };
-        agent.complete(lease.job.id, &completion).await.expect("complete");
+        agent
+            .complete(lease.job.id, &completion)
+            .await
+            .expect("complete");
     }
     submit(&acme, "acme/app", &["param:lr=0.01"]).await;
     let followed = submit(&acme, "acme/app", &["param:lr=0.01"]).await;
@@ -148,7 +156,10 @@ async fn a_person_signs_in_picks_keys_and_watches_a_live_log() {
         .await
         .expect("the browser finished within two minutes");
     let status = browser.wait().await.expect("node exit");
-    assert!(status.success(), "the browser script failed; steps so far: {steps:#?}");
+    assert!(
+        status.success(),
+        "the browser script failed; steps so far: {steps:#?}"
+    );
     let step = |name: &str| {
         steps
             .iter()
@@ -158,7 +169,10 @@ async fn a_person_signs_in_picks_keys_and_watches_a_live_log() {
     };
 
     let login = step("login-page");
-    assert_eq!((login["status"].as_u64(), login["form"].as_bool()), (Some(401), Some(true)));
+    assert_eq!(
+        (login["status"].as_u64(), login["form"].as_bool()),
+        (Some(401), Some(true))
+    );
     let signed_in = step("signed-in");
     let orgs = signed_in["orgs"].as_array().expect("rows");
     // Columns: org, name, jobs, queued, running, succeeded, failed, …
@@ -168,30 +182,58 @@ async fn a_person_signs_in_picks_keys_and_watches_a_live_log() {
             .unwrap_or_else(|| panic!("no org {org} in {orgs:?}"))
     };
     assert_eq!(row("1")[1], "acme");
-    assert_eq!((&row("1")[2], &row("1")[3], &row("1")[5], &row("1")[6]), (&json!("5"), &json!("2"), &json!("2"), &json!("1")));
-    assert_eq!((&row("2")[1], &row("2")[2]), (&json!("globex"), &json!("1")));
+    assert_eq!(
+        (&row("1")[2], &row("1")[3], &row("1")[5], &row("1")[6]),
+        (&json!("5"), &json!("2"), &json!("2"), &json!("1"))
+    );
+    assert_eq!(
+        (&row("2")[1], &row("2")[2]),
+        (&json!("globex"), &json!("1"))
+    );
     assert_eq!(signed_in["charts"], json!(3));
-    assert_eq!(signed_in["cookieVisibleToScript"], json!(""), "the cookie is HttpOnly");
+    assert_eq!(
+        signed_in["cookieVisibleToScript"],
+        json!(""),
+        "the cookie is HttpOnly"
+    );
 
     let lr = step("picked-lr");
-    assert!(lr["url"].as_str().unwrap_or_default().contains("metadata_key=lr"));
+    assert!(lr["url"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("metadata_key=lr"));
     let buckets: Vec<(String, String)> = lr["buckets"]
         .as_array()
         .expect("buckets")
         .iter()
-        .map(|r| (r[0].as_str().unwrap_or_default().into(), r[1].as_str().unwrap_or_default().into()))
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or_default().into(),
+                r[1].as_str().unwrap_or_default().into(),
+            )
+        })
         .collect();
-    assert_eq!(buckets, vec![("0.01".into(), "2".into()), ("0.1".into(), "3".into())]);
+    assert_eq!(
+        buckets,
+        vec![("0.01".into(), "2".into()), ("0.1".into(), "3".into())]
+    );
     let batch = step("picked-batch");
     assert_eq!(batch["buckets"][0][0], "64");
     assert_eq!(batch["buckets"][0][1], "1");
 
     let live = step("live-line");
     assert!(
-        live["lines"].as_array().expect("lines").iter().any(|l| l == &json!(marker)),
+        live["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .any(|l| l == &json!(marker)),
         "{live:#}"
     );
     assert_eq!(live["problems"], json!([]), "no script errors on the page");
     let png = std::fs::read(&screenshot).expect("the screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
 }

@@ -9,6 +9,7 @@ mod host_agent;
 mod isolation;
 mod isolation_matrix;
 mod logging;
+mod observability;
 mod policy;
 mod run_workflow;
 mod vm;
