@@ -49,6 +49,9 @@ pub const SHARED: Settings = Settings {
     VarDoc { name: "NIMBUS_CACHE_SHARED_SECRET", default: "(derived)", meaning: "HMAC-SHA256 secret of cache tokens, shared by the control plane (mints) and the cache proxy (verifies). Unset: derived from the JWT secret (development only; required when NIMBUS_MODE=production)." },
     VarDoc { name: "NIMBUS_LOG_LEVEL", default: "info", meaning: "Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as `nimbus_core=debug`)." },
     VarDoc { name: "NIMBUS_LOG_FORMAT", default: "text", meaning: "`text` or `json` log lines on stderr." },
+    VarDoc { name: "NIMBUS_OTEL_EXPORTER_ENDPOINT", default: "(none)", meaning: "OTLP/HTTP collector (e.g. `http://collector:4318`; `/v1/traces` is appended): each service exports its spans there, one trace per job (docs/observability.md). Unset: no export." },
+    VarDoc { name: "NIMBUS_OTEL_EXPORTER_HEADERS", default: "(none)", meaning: "Headers sent with every export, `name=value` comma-separated (e.g. an API key of a hosted collector)." },
+    VarDoc { name: "NIMBUS_OTEL_SAMPLER_RATIO", default: "1.0", meaning: "Share of job traces sampled, 0.0 to 1.0 (by trace id, so every service keeps or drops the same jobs; a trace's children follow its root)." },
     ],
 };
 

@@ -257,6 +257,10 @@ pub struct Job {
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// The W3C trace context of the job's admission, when spans are exported
+    /// (docs/observability.md): what its lease, run and log lines continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Everything needed to put a job in the queue.
@@ -272,6 +276,8 @@ pub struct NewJob {
     /// Recorded as `rejected` instead of queued (the policy denied it).
     pub rejected: bool,
     pub policy_reasons: Vec<PolicyReason>,
+    /// The admission's trace context (`Job::traceparent`).
+    pub traceparent: Option<String>,
 }
 
 impl NewJob {
@@ -321,6 +327,10 @@ pub struct Lease {
     /// The lease's first log line is `log_seq_base + 1`.
     #[serde(default)]
     pub log_seq_base: u64,
+    /// The trace context of this lease's span in the job's trace: the agent's
+    /// run of the job continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Job {
@@ -518,6 +528,7 @@ mod tests {
             updated_at: now,
             started_at: None,
             finished_at: None,
+            traceparent: None,
         }
     }
 

@@ -80,7 +80,7 @@ where
             }
         }
     }
-    if let Err(e) = telemetry::init(&env) {
+    if let Err(e) = telemetry::init(&env, name) {
         return fail(&e);
     }
     let config = match load(&env) {
@@ -91,7 +91,10 @@ where
         Ok(runtime) => runtime,
         Err(e) => return fail(&e),
     };
-    match runtime.block_on(run(config)) {
+    let outcome = runtime.block_on(run(config));
+    drop(runtime);
+    telemetry::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

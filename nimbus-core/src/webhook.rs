@@ -271,6 +271,7 @@ impl WorkflowJobEvent {
             github: Some(self.github_ref()),
             rejected: false,
             policy_reasons: Vec::new(),
+            traceparent: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::analytics::{HistogramQuery, OrgsQuery, SummaryQuery, TrendQuery};
 use super::{AppState, ControlPlane};
@@ -236,6 +237,7 @@ impl ControlPlane {
             github: None,
             rejected: false,
             policy_reasons: Vec::new(),
+            traceparent: None,
         };
         let enqueued = self.admit(job, None).await?;
         tracing::info!(job_id = enqueued.job.id, org_id, "queued direct job");
@@ -313,7 +315,19 @@ impl ControlPlane {
                 .queue_wait
                 .observe(waited.as_seconds_f64().max(0.0));
         }
-        tracing::info!(job_id = lease.job.id, agent = %request.agent_id, fencing_token = lease.fencing_token, "lease granted");
+        // The lease in the job's trace; the agent's run of the job continues it.
+        let span = tracing::info_span!(
+            "job.lease",
+            job_id = lease.job.id,
+            agent = %request.agent_id,
+            fencing_token = lease.fencing_token,
+            attempt = lease.job.attempt,
+        );
+        crate::telemetry::set_parent(&span, lease.job.traceparent.as_deref());
+        lease.traceparent = crate::telemetry::traceparent_of(&span);
+        span.in_scope(|| {
+            tracing::info!(job_id = lease.job.id, agent = %request.agent_id, fencing_token = lease.fencing_token, "lease granted");
+        });
         Ok(Some(lease))
     }
 
@@ -483,6 +497,27 @@ impl ControlPlane {
         mut job: NewJob,
         delivery: Option<Delivery>,
     ) -> Result<Enqueued> {
+        // The root of the job's trace (under the request that brought it): the
+        // job keeps its context for the lease, the agent and the log lines.
+        let span = tracing::info_span!(
+            "job.admit",
+            org_id = job.org_id,
+            repo = %job.repo.full_name,
+            source = job.source.as_str(),
+            job_id = tracing::field::Empty,
+        );
+        job.traceparent = crate::telemetry::traceparent_of(&span);
+        let result = self
+            .admit_in_span(job, delivery)
+            .instrument(span.clone())
+            .await;
+        if let Ok(enqueued) = &result {
+            span.record("job_id", enqueued.job.id);
+        }
+        result
+    }
+
+    async fn admit_in_span(&self, mut job: NewJob, delivery: Option<Delivery>) -> Result<Enqueued> {
         let decision = self.policy().evaluate(&job.policy_facts());
         let denials = if decision.dry_run {
             &self.metrics.policy_dry_run_denials

@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use tracing::Instrument;
 
 use crate::auth::JwtKeys;
 use crate::cache_token::CacheTokenKeys;
@@ -513,7 +514,9 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
+    // Each request is a span (the root of a webhook's or submission's job trace).
+    let span = tracing::info_span!("http.request", http.method = method, http.route = %route);
+    let response = next.run(request).instrument(span).await;
     let metrics = &state.metrics;
     metrics
         .http_requests

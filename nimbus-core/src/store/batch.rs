@@ -273,12 +273,12 @@ static ADMIT_BATCH: LazyLock<String> = LazyLock::new(|| {
              $6::TEXT[], $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], \
              $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::BIGINT[], $17::TEXT[], \
              $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::TEXT[], $22::BIGINT[], $23::TEXT[], \
-             $24::BIGINT[], $25::INT[]) \
+             $24::BIGINT[], $25::INT[], $26::TEXT[]) \
            AS i(org_id, repo, repo_id, source, labels, metadata, spec, now_ms, github_job_id, \
              github_run_id, github_run_attempt, github_workflow_name, github_job_name, \
              github_head_sha, github_head_branch, github_installation_id, github_status, \
              github_conclusion, github_runner_name, status, policy_reasons, finished_at, \
-             delivery_id, received_at, ord) \
+             delivery_id, received_at, ord, traceparent) \
          ), delivery AS ( \
            INSERT INTO webhook_deliveries (delivery_id, received_at) \
            SELECT delivery_id, received_at FROM input WHERE delivery_id IS NOT NULL \
@@ -289,7 +289,8 @@ static ADMIT_BATCH: LazyLock<String> = LazyLock::new(|| {
            SELECT org_id, repo, repo_id, source, status, labels, metadata, spec, 1, 0, now_ms, \
              now_ms, github_job_id, github_run_id, github_run_attempt, github_workflow_name, \
              github_job_name, github_head_sha, github_head_branch, github_installation_id, \
-             github_status, github_conclusion, github_runner_name, policy_reasons, finished_at \
+             github_status, github_conclusion, github_runner_name, policy_reasons, finished_at, \
+             traceparent \
            FROM input \
            WHERE input.delivery_id IS NULL \
               OR EXISTS (SELECT 1 FROM delivery d WHERE d.delivery_id = input.delivery_id) \
@@ -341,6 +342,7 @@ async fn admit_batch(pool: &PgPool, items: &[&BatchJob]) -> Result<Vec<Result<En
                 i.delivery.as_ref().map(|d| to_millis(d.received_at))
             }))
             .bind((0..items.len() as i32).collect::<Vec<i32>>())
+            .bind(column(&|i| i.job.traceparent.clone()))
             .fetch_all(pool)
     };
     // Two batches may race for the same GitHub job (a first and a second delivery

@@ -10,7 +10,7 @@ pub(crate) const JOB_COLUMNS: &str =
     policy_reasons, created_at, updated_at, started_at, finished_at, github_job_id, github_run_id, \
     github_run_attempt, github_workflow_name, github_job_name, github_head_sha, \
     github_head_branch, github_installation_id, github_status, github_conclusion, \
-    github_runner_name";
+    github_runner_name, traceparent";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct JobRow {
@@ -46,6 +46,7 @@ pub(crate) struct JobRow {
     github_status: Option<String>,
     github_conclusion: Option<String>,
     github_runner_name: Option<String>,
+    traceparent: Option<String>,
 }
 
 fn corrupt(column: &str, id: i64, e: impl std::fmt::Display) -> Error {
@@ -103,6 +104,7 @@ impl TryFrom<JobRow> for Job {
             updated_at: from_millis(row.updated_at),
             started_at: row.started_at.map(from_millis),
             finished_at: row.finished_at.map(from_millis),
+            traceparent: row.traceparent,
         })
     }
 }

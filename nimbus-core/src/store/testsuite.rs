@@ -98,6 +98,7 @@ pub fn direct_job(org_id: OrgId, repo: &str, labels: &[&str]) -> NewJob {
         github: None,
         rejected: false,
         policy_reasons: Vec::new(),
+        traceparent: None,
     }
 }
 

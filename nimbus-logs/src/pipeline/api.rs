@@ -16,6 +16,7 @@ use nimbus_core::auth::{bearer_token, Audience, IngestScope, Principal};
 use nimbus_core::domain::LOG_SEQS_PER_LEASE;
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::Pipeline;
 use crate::decode::{decode_logs, decode_metadata};
@@ -180,7 +181,25 @@ fn require_admin(principal: &Principal, what: &str) -> Result<(), Error> {
 pub async fn ingest(
     State(state): State<Pipeline>,
     writer: Writer,
+    headers: axum::http::HeaderMap,
     body: Bytes,
+) -> Result<Json<serde_json::Value>, Error> {
+    // A job's lines continue its trace when the agent sends its context.
+    let span = tracing::info_span!("logs.ingest", lines = tracing::field::Empty);
+    nimbus_core::telemetry::set_parent(
+        &span,
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+    );
+    ingest_in_span(state, writer, body, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn ingest_in_span(
+    state: Pipeline,
+    writer: Writer,
+    body: Bytes,
+    span: tracing::Span,
 ) -> Result<Json<serde_json::Value>, Error> {
     let mut records = match decode_logs(&body) {
         Ok(records) => records,
@@ -194,6 +213,7 @@ pub async fn ingest(
         return Err(error);
     }
     let count = records.len() as u64;
+    span.record("lines", count);
     state.metrics.lines_received.inc_by(count);
     let result = state.ingestor.ingest(records).await;
     state

@@ -20,6 +20,9 @@ pub struct HttpSink {
     http: reqwest::Client,
     base_url: String,
     token: Option<Secret>,
+    /// Sent as the W3C `traceparent` header, so the pipeline's spans join the
+    /// trace of the job whose lines these are.
+    traceparent: Option<String>,
 }
 
 impl std::fmt::Debug for HttpSink {
@@ -37,7 +40,14 @@ impl HttpSink {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
             token,
+            traceparent: None,
         }
+    }
+
+    /// Requests carry `traceparent` (a job run's trace context).
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -45,6 +55,10 @@ impl HttpSink {
             .http
             .request(method, format!("{}{path}", self.base_url))
             .timeout(Duration::from_secs(30));
+        let request = match &self.traceparent {
+            Some(traceparent) => request.header("traceparent", traceparent),
+            None => request,
+        };
         match &self.token {
             Some(token) => request.bearer_auth(token.expose()),
             None => request,

@@ -31,6 +31,7 @@ use crate::protocol::{GuestJob, GuestStep, RunnerJob};
 use crate::select::{self, VmmConfig};
 use crate::spec::NetworkSpec;
 use crate::{launch, JobEvent, Outcome, VmmDriver};
+use tracing::Instrument;
 
 /// The variables the host agent reads besides the VMs' ([`crate::select::SETTINGS`]); a section of docs/configuration.md.
 pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Settings {
@@ -437,7 +438,22 @@ fn guest_job(lease: &Lease, cache_url: Option<&str>) -> GuestJob {
     }
 }
 
+/// Runs a leased job in the span of its run, which continues the job's trace
+/// from the lease (docs/observability.md).
 async fn run_job(agent: &Agent, lease: Lease) {
+    let span = tracing::info_span!(
+        "job.run",
+        job_id = lease.job.id,
+        attempt = lease.job.attempt,
+        agent = %agent.config.agent_id,
+    );
+    nimbus_core::telemetry::set_parent(&span, lease.traceparent.as_deref());
+    run_leased_job(agent, lease, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
     let leased_at = std::time::Instant::now();
     let job = &lease.job;
     let token = lease.fencing_token;
@@ -475,11 +491,14 @@ async fn run_job(agent: &Agent, lease: Lease) {
             if lease.ingest_token.is_none() {
                 tracing::warn!(job_id = job.id, "the lease carries no log ingest token: the pipeline will refuse this job's lines");
             }
-            Some(Arc::new(nimbus_logs::sink::http::HttpSink::new(
-                agent.http.clone(),
-                url,
-                lease.ingest_token.clone().map(nimbus_core::Secret::new),
-            )))
+            Some(Arc::new(
+                nimbus_logs::sink::http::HttpSink::new(
+                    agent.http.clone(),
+                    url,
+                    lease.ingest_token.clone().map(nimbus_core::Secret::new),
+                )
+                .with_traceparent(nimbus_core::telemetry::traceparent_of(&span)),
+            ))
         }
         LogDestination::Sink(sink) => Some(sink.clone()),
         LogDestination::Nowhere => None,
@@ -511,15 +530,28 @@ async fn run_job(agent: &Agent, lease: Lease) {
     let mut guest = guest_job(&lease, cache_url.as_deref());
     guest.runner = runner;
     let lost = heartbeat_until_lost(agent, &lease);
-    let mut on_event = |event: JobEvent| {
-        if let JobEvent::Output(line) = event {
-            shipper.push(line);
+    // A span per step, from its start to its end as the guest reports them.
+    let mut step_spans: std::collections::HashMap<usize, tracing::Span> =
+        std::collections::HashMap::new();
+    let mut on_event = |event: JobEvent| match event {
+        JobEvent::Output(line) => shipper.push(line),
+        JobEvent::StepStarted { index, name } => {
+            let step = tracing::info_span!(parent: &span, "job.step", index, name = %name, outcome = tracing::field::Empty);
+            step_spans.insert(index, step);
+        }
+        JobEvent::StepFinished { index, outcome, .. } => {
+            if let Some(step) = step_spans.remove(&index) {
+                step.record("outcome", tracing::field::debug(&outcome));
+            }
         }
     };
     let boot_started = std::time::Instant::now();
     let boot_seconds = agent.metrics.boot_seconds.clone();
+    // From the boot call to the guest agent's hello.
+    let mut boot_span = Some(tracing::info_span!(parent: &span, "vm.boot"));
     let mut on_boot = move |_: &crate::GuestInfo| {
         boot_seconds.observe(boot_started.elapsed().as_secs_f64());
+        boot_span.take();
     };
     let mut cancel = agent.cancel.clone();
     let mut cancelled = false;

@@ -33,7 +33,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         Ok(env) => env,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = telemetry::init(&env) {
+    if let Err(e) = telemetry::init(&env, "nimbus-host-agent") {
         return fail(&e);
     }
     let config = match AgentConfig::from_env(&env) {
@@ -99,6 +99,8 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         })
         .await
     });
+    drop(runtime);
+    telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

@@ -79,7 +79,7 @@ struct Encoded {
     now_ms: i64,
 }
 
-/// Binds $1..$22 of `INSERT_JOB`.
+/// Binds $1..$23 of `INSERT_JOB`.
 fn bind_new_job<'q, DB: sqlx::Database>(
     query: Query<'q, DB, DB::Arguments<'q>>,
     job: &'q NewJob,
@@ -115,6 +115,7 @@ where
         .bind(if job.rejected { "rejected" } else { "queued" })
         .bind(encoded.policy_reasons.as_deref())
         .bind(job.rejected.then_some(encoded.now_ms))
+        .bind(job.traceparent.as_deref())
 }
 
 #[async_trait]
@@ -454,6 +455,7 @@ impl crate::store::LeaseStore for SqlStore {
             fencing_token: job.fencing_token,
             expires_at: job.lease_expires_at.unwrap_or(expires_at),
             log_seq_base: crate::domain::log_seq_base(job.fencing_token),
+            traceparent: None,
             job,
             cache_token: None,
             ingest_token: None,

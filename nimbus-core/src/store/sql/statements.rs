@@ -155,10 +155,10 @@ pub(crate) const JOB_INSERT_COLUMNS: &str =
      attempt, fencing_token, created_at, updated_at, github_job_id, github_run_id, \
      github_run_attempt, github_workflow_name, github_job_name, github_head_sha, \
      github_head_branch, github_installation_id, github_status, github_conclusion, \
-     github_runner_name, policy_reasons, finished_at";
+     github_runner_name, policy_reasons, finished_at, traceparent";
 const JOB_INSERT_VALUES: &str =
     "$1, $2, $3, $4, $20, $5, $6, $7, 1, 0, $8, $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18, $19, $21, $22";
+     $13, $14, $15, $16, $17, $18, $19, $21, $22, $23";
 
 /// A `WITH` item writing the metadata rows of the jobs in the `inserted` item.
 #[cfg(feature = "postgres")]

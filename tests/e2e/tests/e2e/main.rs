@@ -12,4 +12,5 @@ mod logging;
 mod observability;
 mod policy;
 mod run_workflow;
+mod tracing;
 mod vm;
