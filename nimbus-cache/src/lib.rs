@@ -8,7 +8,8 @@
 //! - [`cache`]: [`Cache`], the rules every protocol shares;
 //! - [`actions`]: the v1 and v2 protocols and the blob subset v2 uploads with;
 //! - [`maintenance`]: eviction, abandoned uploads, scrub;
-//! - [`server`]: the axum router and the service (`bins/nimbus-cache-proxy`).
+//! - [`server`]: the axum router and the service (`bins/nimbus-cache-proxy`);
+//! - [`client`]: an HTTP client of the artifact API and usage report.
 //!
 //! Cache tokens are minted by the control plane and verified here; their format
 //! lives in [`nimbus_core::cache_token`].
@@ -16,6 +17,7 @@
 pub mod actions;
 pub mod backend;
 pub mod cache;
+pub mod client;
 pub mod error;
 pub mod index;
 pub mod maintenance;

@@ -73,3 +73,42 @@ pub fn mint_token(
         .mint(&subject, role, org_id, Duration::from_secs(ttl))
         .map_err(core_error)
 }
+
+/// A cache token for the cache proxy (`ACTIONS_RUNTIME_TOKEN`), signed with
+/// `secret` (`NIMBUS_CACHE_SHARED_SECRET`): org `org_id`, repository `repo`
+/// (`OWNER/NAME`), saves to `ref`, restores from `ref` then `default_ref`;
+/// `read_only` tokens cannot save. Valid for `ttl` seconds.
+#[pyfunction]
+#[pyo3(signature = (secret, org_id, repo, *, r#ref="refs/heads/main", default_ref="refs/heads/main", read_only=false, ttl=21600))]
+pub fn mint_cache_token(
+    secret: &str,
+    org_id: i64,
+    repo: &str,
+    r#ref: &str,
+    default_ref: &str,
+    read_only: bool,
+    ttl: u64,
+) -> PyResult<String> {
+    use nimbus_core::cache_token::{CachePermission, CacheTokenKeys};
+    if secret.is_empty() {
+        return Err(InvalidInput::new_err("the signing secret is empty"));
+    }
+    if ttl == 0 {
+        return Err(InvalidInput::new_err("ttl must be at least one second"));
+    }
+    let permission = if read_only {
+        CachePermission::Read
+    } else {
+        CachePermission::Write
+    };
+    CacheTokenKeys::new(&Secret::new(secret.to_string()))
+        .mint(
+            org_id,
+            repo,
+            r#ref,
+            default_ref,
+            permission,
+            Duration::from_secs(ttl),
+        )
+        .map_err(core_error)
+}

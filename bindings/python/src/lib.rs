@@ -8,6 +8,7 @@
 
 use pyo3::prelude::*;
 
+mod cache;
 mod client;
 mod control_plane;
 mod convert;
@@ -35,12 +36,17 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<logs::EmbeddedLoggingPipeline>()?;
     module.add_class::<logs_client::LogsClient>()?;
     module.add_class::<logs_client::AsyncLogsClient>()?;
+    module.add_class::<cache::CacheClient>()?;
+    module.add_class::<cache::AsyncCacheClient>()?;
+    module.add_class::<cache::CacheProxy>()?;
+    module.add_class::<cache::EmbeddedCacheProxy>()?;
     module.add_function(wrap_pyfunction!(
         functions::verify_github_signature,
         module
     )?)?;
     module.add_function(wrap_pyfunction!(functions::parse_metadata_labels, module)?)?;
     module.add_function(wrap_pyfunction!(functions::mint_token, module)?)?;
+    module.add_function(wrap_pyfunction!(functions::mint_cache_token, module)?)?;
     module.add_function(wrap_pyfunction!(service::serve, module)?)?;
     module.add_function(wrap_pyfunction!(service::cli, module)?)?;
     Ok(())

@@ -2,17 +2,22 @@
 
 Everything here is the Rust code the services run (``nimbus._native``, built with
 maturin): the admission policy, webhook signatures, tokens, the control plane's API
-over HTTP or embedded in this process. docs/python.md is the guide.
+over HTTP or embedded in this process, the logging pipeline and the cache proxy.
+docs/python.md is the guide.
 """
 
 from nimbus._native import (
+    AsyncCacheClient,
     AsyncControlPlaneClient,
     AsyncLogsClient,
     AuthError,
+    CacheClient,
+    CacheProxy,
     Conflict,
     ControlPlane,
     ControlPlaneClient,
     Decision,
+    EmbeddedCacheProxy,
     EmbeddedControlPlane,
     EmbeddedLoggingPipeline,
     InvalidInput,
@@ -26,26 +31,34 @@ from nimbus._native import (
     Reason,
     Unavailable,
     __version__,
+    mint_cache_token,
     mint_token,
     parse_metadata_labels,
     verify_github_signature,
 )
+from nimbus.cache import CacheBackend, MemoryCacheBackend
 from nimbus.logs import LogSink
 
 __all__ = [
+    "AsyncCacheClient",
     "AsyncControlPlaneClient",
     "AsyncLogsClient",
     "AuthError",
+    "CacheBackend",
+    "CacheClient",
+    "CacheProxy",
     "Conflict",
     "ControlPlane",
     "ControlPlaneClient",
     "Decision",
+    "EmbeddedCacheProxy",
     "EmbeddedControlPlane",
     "EmbeddedLoggingPipeline",
     "InvalidInput",
     "LogSink",
     "LoggingPipeline",
     "LogsClient",
+    "MemoryCacheBackend",
     "NimbusError",
     "NotFound",
     "Policy",
@@ -54,6 +67,7 @@ __all__ = [
     "Reason",
     "Unavailable",
     "__version__",
+    "mint_cache_token",
     "mint_token",
     "parse_metadata_labels",
     "verify_github_signature",
