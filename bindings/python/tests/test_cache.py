@@ -51,7 +51,9 @@ def test_scopes_and_errors(tmp_path):
         with pytest.raises(nimbus.InvalidInput, match="comma"):
             nimbus.CacheClient(proxy.base_url, token()).put("a,b", b"x")
         usage = nimbus.CacheClient(proxy.base_url, nimbus.mint_token(JWT, "admin")).usage()
-        assert [(org["org_id"], org["entries"]) for org in usage["orgs"]] == [(1, 1)]
+        by_org = {org["org_id"]: org for org in usage["orgs"]}
+        assert (by_org[1]["entries"], by_org[1]["hits"]) == (1, 1)
+        assert (by_org[2]["entries"], by_org[2]["misses"]) == (0, 1), "org 2's miss is its own"
 
 
 def test_a_python_backend_holds_the_bytes(tmp_path):
