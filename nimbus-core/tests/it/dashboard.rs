@@ -145,6 +145,22 @@ async fn sign_in_keeps_the_token_in_a_strict_http_only_cookie() {
     assert_eq!(agent.status, StatusCode::FORBIDDEN);
     let empty = sign_in(&api, "").await;
     assert_eq!(empty.status, StatusCode::UNAUTHORIZED);
+    // Another site's form cannot sign a visitor in; the dashboard's own page can.
+    let cross_site = |origin: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/dashboard/login")
+            .header(header::HOST, "nimbus.example:8000")
+            .header(header::ORIGIN, origin)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={}", api.admin())))
+            .expect("request")
+    };
+    let foreign = api.send(cross_site("https://evil.example")).await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+    assert!(foreign.headers.get(header::SET_COOKIE).is_none());
+    let own = api.send(cross_site("http://nimbus.example:8000")).await;
+    assert_eq!(own.status, StatusCode::SEE_OTHER);
 
     let out = api
         .send(

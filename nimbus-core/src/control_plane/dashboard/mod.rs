@@ -41,7 +41,8 @@ const CACHE_TIMEOUT: Duration = Duration::from_secs(2);
 const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// The page may load its own script, stylesheet and nothing else; it may not be
-/// framed (clickjacking) and sends no referrer (job ids in URLs).
+/// framed (clickjacking); its referrer (job ids in URLs) stays on this site, while
+/// its own form posts still carry the `Origin` the sign-in checks.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -52,7 +53,7 @@ fn html(status: StatusCode, markup: Markup) -> Response {
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -282,6 +283,14 @@ pub(in crate::control_plane) async fn login(
     headers: HeaderMap,
     form: std::result::Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    // Another site's page cannot sign a visitor in (with the other site's
+    // token, showing that org's figures as if they were the visitor's).
+    if !same_origin(&headers) {
+        return html(
+            StatusCode::FORBIDDEN,
+            page::login(Some("Sign in from the dashboard's own page.")),
+        );
+    }
     let Some(token) = form
         .ok()
         .map(|Form(form)| form.token.trim().to_string())
@@ -318,6 +327,18 @@ pub(in crate::control_plane) async fn login(
             page::login(Some("That token has characters no token has.")),
         ),
     }
+}
+
+/// Whether a form post comes from a page of this host: browsers send `Origin`
+/// with every POST; a request without one (a script, curl) is not a browser's
+/// cross-site post.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, host)| host);
+    matches!((origin_host, host), (Some(origin), Some(host)) if origin.eq_ignore_ascii_case(host))
 }
 
 /// `POST /dashboard/logout`: forgets the cookie.
