@@ -39,7 +39,9 @@ pub enum VmCommand {
         /// Further steps, run after COMMAND (repeatable).
         #[arg(long = "step")]
         steps: Vec<String>,
-        /// The command, run by bash in the guest's workspace.
+        /// The command, run in the guest's workspace: its words as given (`-- sh -c
+        /// 'echo a; exit 3'` runs sh with those two arguments), or one word as a
+        /// bash script (`-- 'make && make test'`).
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -107,6 +109,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn vmm_config() -> Result<VmmConfig, String> {
     let env = Env::from_process().map_err(|e| e.to_string())?;
     VmmConfig::from_env(&env).map_err(|e| e.to_string())
+}
+
+/// The shell command line of `vm run`'s COMMAND: one word is a script; several
+/// are an argv, quoted so the shell hands each word over unchanged.
+fn command_line(words: &[String]) -> Result<Option<String>, String> {
+    match words {
+        [] => Ok(None),
+        [script] => Ok(Some(script.clone())),
+        words => shlex::try_join(words.iter().map(String::as_str))
+            .map(Some)
+            .map_err(|e| format!("the command cannot be passed to the guest's shell: {e}")),
+    }
 }
 
 pub fn vm(command: VmCommand) -> ExitCode {
@@ -186,9 +200,7 @@ fn vm_run(
     config.vcpus = cpus.unwrap_or(config.vcpus);
     config.memory_mib = memory.unwrap_or(config.memory_mib);
     let mut commands = Vec::new();
-    if !command.is_empty() {
-        commands.push(command.join(" "));
-    }
+    commands.extend(command_line(&command)?);
     commands.extend(steps);
     if commands.is_empty() {
         return Err("nothing to run: nimbus vm run [OPTIONS] -- COMMAND…".into());
@@ -402,5 +414,33 @@ pub fn doctor() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    fn words(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn commands_keep_their_words() {
+        assert_eq!(command_line(&[]), Ok(None));
+        assert_eq!(
+            command_line(&words(&["sh", "-c", "echo a; exit 3"])),
+            Ok(Some("sh -c 'echo a; exit 3'".into()))
+        );
+        assert_eq!(
+            command_line(&words(&["echo", "hello", "from", "the", "guest"])),
+            Ok(Some("echo hello from the guest".into()))
+        );
+        assert_eq!(
+            command_line(&words(&["make && make test"])),
+            Ok(Some("make && make test".into()))
+        );
+        // No shell word holds a NUL byte.
+        assert!(command_line(&words(&["printf", "a\0b"])).is_err());
     }
 }

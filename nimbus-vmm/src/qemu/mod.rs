@@ -404,7 +404,12 @@ impl Vm for QemuVm {
     }
 }
 
+/// A copy-on-write qcow2 `overlay` of `base`. qemu-img resolves a relative
+/// backing path against the overlay's own folder, not the working directory, so
+/// the base is named by its absolute path (a relative NIMBUS_VM_RUNTIME_DIR, such
+/// as the default `./.nimbus/vms`, would otherwise point nowhere).
 async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
+    let base = absolute(base)?;
     runtime::run_tool(
         "qemu-img",
         &[
@@ -425,4 +430,40 @@ async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(Error::io(format!("resolving {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_overlay_of_a_relative_base_opens_from_anywhere() {
+        let qemu_img = host::find_binary("qemu-img", None).ok();
+        if nimbus_core::testsuite::require(qemu_img, "qemu-img (apt-get install qemu-utils)")
+            .is_none()
+        {
+            return;
+        }
+        // Relative to the working directory, as `./.nimbus/vms` is.
+        let scratch = PathBuf::from(format!("target-overlay-test-{}", std::process::id()));
+        std::fs::create_dir_all(scratch.join("vm")).expect("dirs");
+        let base = scratch.join("base.raw");
+        std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
+        let image = scratch.join("vm").join("root.qcow2");
+        overlay(&base, &image).await.expect("overlay");
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--backing-chain", "--output=json"])
+            .arg(&image)
+            .output()
+            .expect("qemu-img info");
+        let _ = std::fs::remove_dir_all(&scratch);
+        assert!(
+            info.status.success(),
+            "{}",
+            String::from_utf8_lossy(&info.stderr)
+        );
+        let chain: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+        let backing = chain[0]["backing-filename"].as_str().expect("backing file");
+        assert!(Path::new(backing).is_absolute(), "{backing}");
+    }
 }
