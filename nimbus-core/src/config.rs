@@ -39,7 +39,8 @@ pub struct Settings {
 pub const SHARED: Settings = Settings {
     service: "Every service and client",
     variables: &[
-    VarDoc { name: "NIMBUS_MODE", default: "dev", meaning: "`dev` or `production`. Production refuses to start with generated secrets or a cache index under the data directory chosen by default." },
+    VarDoc { name: "NIMBUS_MODE", default: "dev", meaning: "`dev` or `production`. Production refuses to start with generated or short (< 32 bytes) secrets, without explicit databases (NIMBUS_DATABASE_URL, NIMBUS_CACHE_METRICS_DB, NIMBUS_LOGS_BACKEND) or without NIMBUS_TRUSTED_PROXIES." },
+    VarDoc { name: "NIMBUS_TRUSTED_PROXIES", default: "(none)", meaning: "The TLS-terminating reverse proxies in front of the services (IP addresses or CIDR ranges, comma-separated). Required when NIMBUS_MODE=production: the services speak plain HTTP." },
     VarDoc { name: "NIMBUS_DATA_DIR", default: "./.nimbus", meaning: "Directory for embedded state (SQLite files, generated dev secrets)." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_URL", default: "http://127.0.0.1:8000", meaning: "Where clients (CLI, host agent, benchmarks) reach the control plane." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_TOKEN", default: "(none)", meaning: "Bearer JWT clients send to the control plane (`nimbus token mint`)." },
@@ -220,12 +221,7 @@ pub fn jwt_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
 pub fn cache_shared_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
     use hmac::{Hmac, Mac};
     if let Some(secret) = env.secret("NIMBUS_CACHE_SHARED_SECRET") {
-        if secret.expose().len() < 16 {
-            return Err(Error::Config {
-                variable: "NIMBUS_CACHE_SHARED_SECRET".into(),
-                message: "must be at least 16 bytes long".into(),
-            });
-        }
+        check_secret_length(env, "NIMBUS_CACHE_SHARED_SECRET", &secret)?;
         return Ok(secret);
     }
     if production_mode(env)? {
@@ -239,6 +235,109 @@ pub fn cache_shared_secret(env: &Env, data_dir: &Path) -> Result<Secret> {
         .map_err(|e| Error::Internal(format!("deriving the cache secret: {e}")))?;
     mac.update(b"nimbus cache token secret v1");
     Ok(Secret::new(hex::encode(mac.finalize().into_bytes())))
+}
+
+/// Secrets need 16 bytes, 32 in production (what an HMAC-SHA256 key should hold).
+fn check_secret_length(env: &Env, variable: &str, secret: &Secret) -> Result<()> {
+    let least = if production_mode(env)? { 32 } else { 16 };
+    if secret.expose().len() < least {
+        let mode = if least == 32 {
+            " when NIMBUS_MODE=production"
+        } else {
+            ""
+        };
+        return Err(Error::Config {
+            variable: variable.into(),
+            message: format!("must be at least {least} bytes long{mode}"),
+        });
+    }
+    Ok(())
+}
+
+/// A setting production must name: outside production the caller's embedded
+/// default applies (`None`); in production a missing one is refused, saying `why`.
+pub fn explicit<'a>(env: &'a Env, variable: &str, why: &str) -> Result<Option<&'a str>> {
+    let value = env.get(variable).filter(|v| !v.trim().is_empty());
+    if value.is_none() && production_mode(env)? {
+        return Err(Error::Config {
+            variable: variable.into(),
+            message: format!("must be set when NIMBUS_MODE=production ({why})"),
+        });
+    }
+    Ok(value)
+}
+
+/// The TLS-terminating proxies in front of a service (`NIMBUS_TRUSTED_PROXIES`:
+/// addresses or CIDR ranges, comma-separated). The services speak plain HTTP, so
+/// production refuses to start until the proxy that gives them TLS is declared.
+pub fn trusted_proxies(env: &Env) -> Result<Vec<String>> {
+    let bad = |message: String| Error::Config {
+        variable: "NIMBUS_TRUSTED_PROXIES".into(),
+        message,
+    };
+    let mut proxies = Vec::new();
+    for entry in env
+        .get("NIMBUS_TRUSTED_PROXIES")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let (address, prefix) = match entry.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (entry, None),
+        };
+        let ip: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| bad(format!("{entry:?} is not an IP address or CIDR range")))?;
+        let longest = if ip.is_ipv4() { 32 } else { 128 };
+        if let Some(prefix) = prefix {
+            match prefix.parse::<u8>() {
+                Ok(bits) if bits <= longest => {}
+                _ => {
+                    return Err(bad(format!(
+                        "{entry:?}: the prefix length must be 0 to {longest}"
+                    )))
+                }
+            }
+        }
+        proxies.push(entry.to_string());
+    }
+    if proxies.is_empty() && production_mode(env)? {
+        return Err(bad(
+            "must name the TLS-terminating proxy when NIMBUS_MODE=production (the services serve plain HTTP)"
+                .into(),
+        ));
+    }
+    Ok(proxies)
+}
+
+/// `text` with the passwords of URLs in it (`scheme://user:password@host`) masked,
+/// for printing configurations.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after.find(['/', '"', ' ', ',', ')']).unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                out.push_str(user);
+                if userinfo.contains(':') {
+                    out.push_str(":***");
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether `NIMBUS_MODE=production`: generated secrets and embedded defaults that
@@ -256,12 +355,7 @@ pub fn production_mode(env: &Env) -> Result<bool> {
 
 fn secret_or_generated(env: &Env, data_dir: &Path, variable: &str, file: &str) -> Result<Secret> {
     if let Some(secret) = env.secret(variable) {
-        if secret.expose().len() < 16 {
-            return Err(Error::Config {
-                variable: variable.into(),
-                message: "must be at least 16 bytes long".into(),
-            });
-        }
+        check_secret_length(env, variable, &secret)?;
         return Ok(secret);
     }
     if production_mode(env)? {
@@ -331,6 +425,68 @@ pub fn render_variables(sections: &[&Settings]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn production_needs_long_secrets_proxies_and_explicit_settings() {
+        let prod = |pairs: &[(&'static str, &'static str)]| {
+            let mut env = Env::from_map([("NIMBUS_MODE", "production")]);
+            for (k, v) in pairs {
+                env.set(*k, *v);
+            }
+            env
+        };
+        let dir = std::path::Path::new("/nonexistent");
+        let short = prod(&[("NIMBUS_JWT_SECRET", "0123456789abcdef0123")]);
+        let error = jwt_secret(&short, dir).expect_err("20 bytes");
+        assert!(error.to_string().contains("at least 32 bytes"), "{error}");
+        let dev = Env::from_map([("NIMBUS_JWT_SECRET", "0123456789abcdef0123")]);
+        assert!(
+            jwt_secret(&dev, dir).is_ok(),
+            "16 bytes do outside production"
+        );
+
+        let error = trusted_proxies(&prod(&[])).expect_err("no proxy");
+        assert!(
+            error.to_string().contains("NIMBUS_TRUSTED_PROXIES"),
+            "{error}"
+        );
+        let proxies = trusted_proxies(&prod(&[(
+            "NIMBUS_TRUSTED_PROXIES",
+            "10.0.0.5, 10.1.0.0/16,fd00::/8",
+        )]))
+        .expect("valid");
+        assert_eq!(proxies, ["10.0.0.5", "10.1.0.0/16", "fd00::/8"]);
+        for bad in ["proxy.example", "10.0.0.0/33", "::1/129"] {
+            let env = Env::from_map([("NIMBUS_TRUSTED_PROXIES", bad)]);
+            assert!(trusted_proxies(&env).is_err(), "{bad}");
+        }
+        assert!(trusted_proxies(&Env::from_map([("X", "y")]))
+            .expect("dev")
+            .is_empty());
+
+        let error =
+            explicit(&prod(&[]), "NIMBUS_DATABASE_URL", "no SQLite default").expect_err("missing");
+        assert!(error.to_string().contains("no SQLite default"), "{error}");
+        assert_eq!(
+            explicit(&Env::from_map([("X", "y")]), "NIMBUS_DATABASE_URL", "").expect("dev"),
+            None
+        );
+    }
+
+    #[test]
+    fn printed_configurations_hide_url_passwords() {
+        assert_eq!(
+            redact_credentials(
+                r#"Config { database_url: "postgres://nimbus:hunter2@db:5432/nimbus", x: "http://plain/" }"#
+            ),
+            r#"Config { database_url: "postgres://nimbus:***@db:5432/nimbus", x: "http://plain/" }"#
+        );
+        assert_eq!(
+            redact_credentials("sqlite://./.nimbus/cp.db"),
+            "sqlite://./.nimbus/cp.db"
+        );
+        assert_eq!(redact_credentials("http://token@host"), "http://token@host");
+    }
+
     use super::*;
 
     #[test]

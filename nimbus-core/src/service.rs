@@ -26,6 +26,7 @@ pub fn main<C, E1, E2, F>(
     run: impl FnOnce(C) -> F,
 ) -> ExitCode
 where
+    C: std::fmt::Debug,
     E1: Display,
     E2: Display,
     F: Future<Output = Result<(), E2>>,
@@ -43,6 +44,7 @@ pub fn main_with_args<C, E1, E2, F>(
     run: impl FnOnce(C) -> F,
 ) -> ExitCode
 where
+    C: std::fmt::Debug,
     E1: Display,
     E2: Display,
     F: Future<Output = Result<(), E2>>,
@@ -87,6 +89,11 @@ where
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
+    // What the service runs with, secrets and URL passwords redacted.
+    tracing::info!(
+        "{name}: effective configuration: {}",
+        crate::config::redact_credentials(&format!("{config:?}"))
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&e),

@@ -60,6 +60,8 @@ pub struct S3Config {
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
+    pub trusted_proxies: Vec<String>,
     pub listen: SocketAddr,
     pub backend: BackendConfig,
     /// `NIMBUS_CACHE_METRICS_DB`: SQLite path or PostgreSQL URL of the index.
@@ -204,6 +206,7 @@ impl ProxyConfig {
             index_url,
             shared_secret: cache_shared_secret(env, &data_dir)?,
             jwt_secret: jwt_secret(env, &data_dir)?,
+            trusted_proxies: nimbus_core::config::trusted_proxies(env)?,
             metrics_token: env.secret("NIMBUS_CACHE_PROXY_METRICS_TOKEN"),
             public_url,
             budgets: Budgets {

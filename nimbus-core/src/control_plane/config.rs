@@ -76,6 +76,10 @@ pub struct ControlPlaneConfig {
     pub logs_url: String,
     /// The cache proxy the dashboard reads cache usage from.
     pub cache_url: String,
+    /// NIMBUS_MODE=production (the dashboard's cookie is then always Secure).
+    pub production: bool,
+    /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Most keys NIMBUS_METADATA_DEFAULT_KEYS may name (each is one query per refresh).
@@ -113,7 +117,11 @@ impl ControlPlaneConfig {
             "NIMBUS_CONTROL_PLANE_ADDR",
             SocketAddr::from(([0, 0, 0, 0], 8000)),
         )?;
-        let database_url = match env.get("NIMBUS_DATABASE_URL") {
+        let database_url = match crate::config::explicit(
+            env,
+            "NIMBUS_DATABASE_URL",
+            "the control plane's PostgreSQL; no SQLite default in production",
+        )? {
             Some(url) => url.to_string(),
             None => format!("sqlite://{}", data_dir.join("control-plane.db").display()),
         };
@@ -163,6 +171,8 @@ impl ControlPlaneConfig {
                 .unwrap_or("http://127.0.0.1:8001")
                 .trim_end_matches('/')
                 .to_string(),
+            production: crate::config::production_mode(env)?,
+            trusted_proxies: crate::config::trusted_proxies(env)?,
             database_url,
             data_dir,
         })
@@ -210,6 +220,39 @@ mod tests {
             let err = ControlPlaneConfig::from_env(&env(&[(name, value)]))
                 .expect_err("bad value must fail");
             assert!(err.to_string().contains(name), "{err} should name {name}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_the_development_defaults() {
+        let complete = [
+            ("NIMBUS_MODE", "production"),
+            (
+                "NIMBUS_JWT_SECRET",
+                "production-jwt-secret-0123456789abcdef",
+            ),
+            (
+                "NIMBUS_CACHE_SHARED_SECRET",
+                "production-cache-secret-0123456789abcd",
+            ),
+            (
+                "NIMBUS_DATABASE_URL",
+                "postgres://nimbus@db.internal/nimbus",
+            ),
+            ("NIMBUS_TRUSTED_PROXIES", "10.0.0.0/24"),
+        ];
+        let config = ControlPlaneConfig::from_env(&Env::from_map(complete)).expect("complete");
+        assert!(config.production);
+        assert_eq!(config.trusted_proxies, ["10.0.0.0/24"]);
+        for missing in [
+            "NIMBUS_DATABASE_URL",
+            "NIMBUS_TRUSTED_PROXIES",
+            "NIMBUS_JWT_SECRET",
+            "NIMBUS_CACHE_SHARED_SECRET",
+        ] {
+            let env = Env::from_map(complete.into_iter().filter(|(name, _)| *name != missing));
+            let error = ControlPlaneConfig::from_env(&env).expect_err("refused");
+            assert!(error.to_string().contains(missing), "{missing}: {error}");
         }
     }
 

@@ -39,6 +39,8 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
+    pub trusted_proxies: Vec<String>,
     pub listen: SocketAddr,
     pub backend: Backend,
     pub jwt_secret: Secret,
@@ -105,15 +107,24 @@ impl PipelineConfig {
                 return Err(config_error(name, "must be at least 1 day"));
             }
         }
-        let backend = match env.get("NIMBUS_LOGS_BACKEND").unwrap_or("sqlite") {
+        let backend_name = nimbus_core::config::explicit(
+            env,
+            "NIMBUS_LOGS_BACKEND",
+            "sqlite or clickhouse: no log store is chosen for production",
+        )?
+        .unwrap_or("sqlite");
+        let backend = match backend_name {
             "sqlite" => Backend::Sqlite {
                 path: data_dir.join("logs.db"),
             },
             "clickhouse" => Backend::ClickHouse(ClickHouseConfig {
-                url: env
-                    .get("NIMBUS_CLICKHOUSE_URL")
-                    .unwrap_or("http://127.0.0.1:8123")
-                    .to_string(),
+                url: nimbus_core::config::explicit(
+                    env,
+                    "NIMBUS_CLICKHOUSE_URL",
+                    "the ClickHouse HTTP interface; no localhost default in production",
+                )?
+                .unwrap_or("http://127.0.0.1:8123")
+                .to_string(),
                 user: env.get("NIMBUS_CLICKHOUSE_USER").map(str::to_string),
                 password: env.secret("NIMBUS_CLICKHOUSE_PASSWORD"),
                 database: env
@@ -141,6 +152,7 @@ impl PipelineConfig {
             listen,
             backend,
             jwt_secret: jwt_secret(env, &data_dir)?,
+            trusted_proxies: nimbus_core::config::trusted_proxies(env)?,
             metrics_token: env.secret("NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN"),
             log_retention_days,
             metadata_retention_days,
@@ -160,5 +172,35 @@ impl PipelineConfig {
                 }
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_core::Env;
+
+    #[test]
+    fn production_needs_an_explicit_log_store_and_proxy() {
+        let complete = [
+            ("NIMBUS_MODE", "production"),
+            (
+                "NIMBUS_JWT_SECRET",
+                "production-jwt-secret-0123456789abcdef",
+            ),
+            ("NIMBUS_LOGS_BACKEND", "clickhouse"),
+            ("NIMBUS_CLICKHOUSE_URL", "http://clickhouse.internal:8123"),
+            ("NIMBUS_TRUSTED_PROXIES", "10.0.0.7"),
+        ];
+        assert!(PipelineConfig::from_env(&Env::from_map(complete)).is_ok());
+        for missing in [
+            "NIMBUS_LOGS_BACKEND",
+            "NIMBUS_CLICKHOUSE_URL",
+            "NIMBUS_TRUSTED_PROXIES",
+        ] {
+            let env = Env::from_map(complete.into_iter().filter(|(name, _)| *name != missing));
+            let error = PipelineConfig::from_env(&env).expect_err("refused");
+            assert!(error.to_string().contains(missing), "{missing}: {error}");
+        }
     }
 }

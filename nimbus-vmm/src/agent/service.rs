@@ -40,6 +40,11 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
+    // What the agent runs with, secrets and URL passwords redacted.
+    tracing::info!(
+        "nimbus-host-agent: effective configuration: {}",
+        nimbus_core::config::redact_credentials(&format!("{config:?}"))
+    );
     let metrics_addr: SocketAddr = match env.parse_or(
         "NIMBUS_HOST_AGENT_METRICS_ADDR",
         SocketAddr::from(([0, 0, 0, 0], 9460)),

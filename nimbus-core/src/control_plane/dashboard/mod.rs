@@ -305,11 +305,13 @@ pub(in crate::control_plane) async fn login(
         let status = super::http::status_of(error.kind());
         return html(status, page::login(Some(&error.to_string())));
     }
-    // Behind a TLS-terminating proxy the cookie is marked Secure.
-    let secure = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
+    // In production (behind its declared TLS proxy), or when a proxy says the
+    // request came over TLS, the cookie is marked Secure.
+    let secure = state.config.production
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
     let cookie = format!(
         "{COOKIE}={token}; Path=/dashboard; HttpOnly; SameSite=Strict{}",
         if secure { "; Secure" } else { "" }
