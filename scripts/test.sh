@@ -67,5 +67,25 @@ else
   echo "test: promtool is missing; the alerting rules are not checked" >&2
 fi
 
+# The systemd units (deploy/systemd): every directive known and the binaries they
+# start there (their ExecStart pointed at the ones just built). systemd-analyze
+# only warns about unknown directives, so any output fails the check.
+if command -v systemd-analyze >/dev/null; then
+  units=$(mktemp -d)
+  for unit in deploy/systemd/*.service; do
+    sed "s|/usr/local/bin/|$CARGO_TARGET_DIR/debug/|" "$unit" >"$units/$(basename "$unit")"
+  done
+  verdict=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$units"/*.service 2>&1) || true
+  rm -rf "$units"
+  if [[ -n "$verdict" ]]; then
+    echo "test: systemd-analyze verify deploy/systemd:" >&2
+    echo "$verdict" >&2
+    exit 1
+  fi
+elif [[ "${CI:-}" == true ]]; then
+  echo "test: systemd-analyze is missing (apt-get install systemd)" >&2
+  exit 1
+fi
+
 # The Python package: a wheel built by maturin, installed and tested with pytest.
 scripts/python.sh

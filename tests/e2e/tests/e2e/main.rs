@@ -3,6 +3,7 @@
 mod cache;
 mod control_plane;
 mod dashboard;
+mod deploy;
 mod dev_up;
 mod github;
 mod host_agent;
