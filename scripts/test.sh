@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/nimbus-target}
 export NIMBUS_TEST_DATABASE_URL=${NIMBUS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 
-scripts/services.sh start postgres clickhouse s3 chromium
+scripts/services.sh start postgres clickhouse s3 chromium registry
 export NIMBUS_TEST_CLICKHOUSE_URL=${NIMBUS_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123}
 export NIMBUS_TEST_S3_ENDPOINT=${NIMBUS_TEST_S3_ENDPOINT:-http://127.0.0.1:8333}
 

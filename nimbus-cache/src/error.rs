@@ -29,6 +29,9 @@ pub enum Error {
     Index(String),
     #[error("configuration: {variable}: {message}")]
     Config { variable: String, message: String },
+    /// A registry failure with its OCI error code (rendered by `registry::http`).
+    #[error("{0}")]
+    Registry(#[from] crate::registry::OciError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -35,7 +35,11 @@ const BATCH: u32 = 200;
 
 async fn evict(cache: &Cache, entry: &Entry, why: &str) -> Result<()> {
     cache.remove_entry(entry).await?;
-    cache.metrics.evictions.inc();
+    cache
+        .metrics
+        .evictions
+        .with_label_values(&["actions"])
+        .inc();
     cache.index.record_eviction(entry.org_id).await?;
     tracing::info!(
         entry = entry.id,
@@ -126,6 +130,10 @@ pub async fn sweep_abandoned(
         }
     }
     for upload in cache.backend.list_uploads().await? {
+        // The registry's uploads are its own to sweep (registry::gc).
+        if upload.starts_with(crate::registry::UPLOAD_PREFIX) {
+            continue;
+        }
         if !cache.index.upload_is_pending(&upload).await? {
             cache.backend.abort(&upload).await?;
             dropped += 1;

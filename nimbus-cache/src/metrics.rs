@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    /// Entries removed by the byte budgets or the idle age (`nimbus_cache_evictions_total`).
-    pub evictions: IntCounter,
+    /// What eviction and garbage collection removed, by `kind`: `actions`
+    /// (cache entries: byte budgets, idle age) or `registry` (blobs).
+    pub evictions: IntCounterVec,
+    /// Requests the registry sent its upstream, by `kind` (`manifest`, `blob`).
+    pub registry_upstream_requests: IntCounterVec,
     pub hits: IntCounter,
     pub misses: IntCounter,
     pub bytes_uploaded: IntCounter,
@@ -37,9 +40,26 @@ impl Metrics {
                 .map_err(metric_error)?;
             Ok(counter)
         };
-        let evictions = counter(
+        let counter_vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec> {
+            let counter =
+                IntCounterVec::new(Opts::new(name, help), &[label]).map_err(metric_error)?;
+            registry
+                .register(Box::new(counter.clone()))
+                .map_err(metric_error)?;
+            Ok(counter)
+        };
+        let evictions = counter_vec(
             "nimbus_cache_evictions_total",
-            "Cache entries evicted (byte budgets, idle age).",
+            "What eviction removed: cache entries (kind=actions; byte budgets, idle age) and registry blobs (kind=registry).",
+            "kind",
+        )?;
+        // Both kinds are exported from the start, so rate() has a series at zero.
+        evictions.with_label_values(&["actions"]);
+        evictions.with_label_values(&["registry"]);
+        let registry_upstream_requests = counter_vec(
+            "nimbus_cache_registry_upstream_requests_total",
+            "Requests the registry mirror sent its upstream, by kind (manifest, blob).",
+            "kind",
         )?;
         let hits = counter("nimbus_cache_hits_total", "Restores that found an entry.")?;
         let misses = counter("nimbus_cache_misses_total", "Restores that found nothing.")?;
@@ -84,6 +104,7 @@ impl Metrics {
         Ok(Metrics {
             registry,
             evictions,
+            registry_upstream_requests,
             hits,
             misses,
             bytes_uploaded,

@@ -973,7 +973,7 @@ async fn eviction_keeps_each_org_under_its_budget_least_recently_used_first() {
     assert_eq!(evicted, 1, "6000 bytes over a 5000 budget: one entry goes");
     let metrics = h.proxy.cache.metrics.render();
     assert!(
-        metrics.contains("nimbus_cache_evictions_total 2"),
+        metrics.contains("nimbus_cache_evictions_total{kind=\"actions\"} 2"),
         "{metrics}"
     );
     let usage = h.proxy.cache.usage(Some(1)).await.expect("usage");

@@ -46,6 +46,12 @@ pub enum Access {
     CacheUsage,
     /// A log ingest token of the job's lease, or an admin token.
     LogIngest,
+    /// The cache proxy's OCI registry: a registry token from its `/v2/token`, or
+    /// an org or admin API token or a cache token (Bearer, or the password of
+    /// Basic). Rights follow the repository's name: mirrors are pulled by all and
+    /// pushed by none, `org-{id}/` is its org's; another org's repository is
+    /// unknown (pull) or denied (push). Failures are the OCI spec's errors.
+    Registry,
     /// The dashboard's sign-in form: anyone may post it; the credential is the
     /// token in the form (never a header), so a request without one is 401.
     DashboardLogin,

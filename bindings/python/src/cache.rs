@@ -382,6 +382,8 @@ impl CacheProxy {
                 None => server::open_backend(&config).await?,
             };
             let index = CacheIndex::open(&config.index_url).await?;
+            let registry_index =
+                nimbus_cache::registry::RegistryIndex::open(&config.registry_index_url).await?;
             let listener =
                 tokio::net::TcpListener::bind(config.listen)
                     .await
@@ -395,7 +397,8 @@ impl CacheProxy {
                     context: "reading the bound address".into(),
                     source,
                 })?;
-            let state = Proxy::new(&config, backend, index)?;
+            let state =
+                Proxy::new(&config, backend, index)?.with_registry(&config, registry_index)?;
             let serving = Serving::spawn(|stopped| async move {
                 server::serve(&config, state, listener, async {
                     let _ = stopped.await;

@@ -285,15 +285,11 @@ async fn run(env: Env, data_dir: PathBuf) -> Result<(), String> {
 
     // Cache proxy.
     let cache_config = nimbus_cache::ProxyConfig::from_env(&env).map_err(|e| text(&e))?;
-    let backend = nimbus_cache::server::open_backend(&cache_config)
-        .await
-        .map_err(|e| text(&e))?;
-    let index = nimbus_cache::CacheIndex::open(&cache_config.index_url)
+    let proxy = nimbus_cache::server::open(&cache_config)
         .await
         .map_err(|e| text(&e))?;
     let listener = bind(&cache_config.listen.to_string()).await?;
     let cache_url = format!("http://{}", cache_config.listen);
-    let proxy = nimbus_cache::Proxy::new(&cache_config, backend, index).map_err(|e| text(&e))?;
     let shutdown = until_stopped();
     let cache = tokio::spawn(async move {
         nimbus_cache::server::serve(&cache_config, proxy, listener, shutdown).await

@@ -34,6 +34,12 @@ pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Setting
         nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_UPLOAD_MAX_AGE", default: "21600", meaning: "Seconds an upload may stay unfinished however busy it is (a trickle of parts cannot keep staged bytes forever)." },
         nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS", default: "64", meaning: "Unfinished uploads one org may have at once; more are refused with 429. Their staged bytes together count against the org's budget." },
         nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_EVICTION_INTERVAL", default: "60", meaning: "Seconds between eviction passes (they also run after each commit)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_DOCKER_CACHE_DB_PATH", default: "$NIMBUS_DATA_DIR/registry-index.db (dev only)", meaning: "The registry index (repositories and owners, tags, manifests, blobs, last pull): a SQLite path or a `postgres://` URL. Required when NIMBUS_MODE=production." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_DOCKER_UPSTREAM", default: "https://registry-1.docker.io", meaning: "The registry that `library/…` and `mirror/…` repositories copy (Docker Hub's by default); `none` serves mirrors only from what they hold." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_DOCKER_UPSTREAM_USERNAME", default: "(anonymous)", meaning: "User for the upstream registry (its token realm or Basic auth), e.g. to lift Docker Hub's anonymous pull limit." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_DOCKER_UPSTREAM_PASSWORD", default: "(none)", meaning: "Password or access token of NIMBUS_DOCKER_UPSTREAM_USERNAME." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_DOCKER_TAG_TTL", default: "300", meaning: "Seconds a mirrored tag is served before it is checked against the upstream again (a HEAD; the copy is served while the upstream is down)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_DOCKER_CACHE_MAX_BYTES", default: "50GiB", meaning: "Byte budget of the registry's blobs (also the largest blob): beyond it the least recently pulled mirror tags are evicted; org images are never evicted." },
         nimbus_core::config::VarDoc { name: "NIMBUS_CACHE_SCRUB_INTERVAL", default: "21600", meaning: "Seconds between integrity scrubs (every committed entry's sha256 re-checked; corrupt or missing entries are dropped)." },
     ],
 };
@@ -80,6 +86,11 @@ pub struct ProxyConfig {
     /// Unfinished uploads one org may have at once
     /// (`NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS`).
     pub max_pending_uploads: u32,
+    /// `NIMBUS_DOCKER_CACHE_DB_PATH`: SQLite path or PostgreSQL URL of the
+    /// registry index.
+    pub registry_index_url: String,
+    /// The registry's upstream, tag TTL and budget (`NIMBUS_DOCKER_*`).
+    pub registry: crate::registry::RegistrySettings,
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> Error {
@@ -182,6 +193,42 @@ impl ProxyConfig {
                 )),
                 None => data_dir.join("cache-index.db").display().to_string(),
             };
+        let registry_index_url =
+            match env.get("NIMBUS_DOCKER_CACHE_DB_PATH") {
+                Some(url) => url.to_string(),
+                None if production => return Err(config_error(
+                    "NIMBUS_DOCKER_CACHE_DB_PATH",
+                    "must be set when NIMBUS_MODE=production (a SQLite path or a postgres:// URL)",
+                )),
+                None => data_dir.join("registry-index.db").display().to_string(),
+            };
+        let upstream = match env.get("NIMBUS_DOCKER_UPSTREAM") {
+            Some("none") => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.trim_end_matches('/').to_string())
+            }
+            Some(other) => {
+                return Err(config_error(
+                    "NIMBUS_DOCKER_UPSTREAM",
+                    format!("invalid value {other:?}: expected an http(s):// URL or none"),
+                ))
+            }
+            None => Some(crate::registry::DEFAULT_UPSTREAM.to_string()),
+        };
+        let defaults = crate::registry::RegistrySettings::default();
+        let registry = crate::registry::RegistrySettings {
+            upstream,
+            upstream_username: env
+                .get("NIMBUS_DOCKER_UPSTREAM_USERNAME")
+                .map(str::to_string),
+            upstream_password: env.secret("NIMBUS_DOCKER_UPSTREAM_PASSWORD"),
+            tag_ttl: env.seconds_or("NIMBUS_DOCKER_TAG_TTL", defaults.tag_ttl)?,
+            max_bytes: bytes_var(env, "NIMBUS_DOCKER_CACHE_MAX_BYTES")?
+                .unwrap_or(defaults.max_bytes),
+            upload_ttl: env.seconds_or("NIMBUS_CACHE_UPLOAD_TTL", defaults.upload_ttl)?,
+            max_uploads_per_org: env.parse_or("NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS", 64u32)?,
+            ..defaults
+        };
         let max_idle_days: u32 = env.parse_or("NIMBUS_CACHE_MAX_IDLE_DAYS", 7)?;
         if max_idle_days == 0 {
             return Err(config_error(
@@ -225,6 +272,8 @@ impl ProxyConfig {
                 .seconds_or("NIMBUS_CACHE_SCRUB_INTERVAL", Duration::from_secs(6 * 3600))?,
             link_ttl: Duration::from_secs(6 * 3600),
             max_pending_uploads: env.parse_or("NIMBUS_CACHE_ORG_MAX_PENDING_UPLOADS", 64u32)?,
+            registry_index_url,
+            registry,
         })
     }
 
@@ -278,6 +327,8 @@ mod tests {
             ("NIMBUS_CACHE_MAX_BYTES", "many"),
             ("NIMBUS_CACHE_MAX_IDLE_DAYS", "0"),
             ("NIMBUS_CACHE_PUBLIC_URL", "cache.example"),
+            ("NIMBUS_DOCKER_UPSTREAM", "registry.example"),
+            ("NIMBUS_DOCKER_CACHE_MAX_BYTES", "huge"),
         ] {
             let error = ProxyConfig::from_env(&Env::from_map([
                 ("NIMBUS_DATA_DIR", data_dir.as_str()),
@@ -295,6 +346,18 @@ mod tests {
         .expect_err("production needs an index");
         assert!(
             error.to_string().contains("NIMBUS_CACHE_METRICS_DB"),
+            "{error}"
+        );
+        let error = ProxyConfig::from_env(&Env::from_map([
+            ("NIMBUS_DATA_DIR", data_dir.as_str()),
+            ("NIMBUS_MODE", "production"),
+            ("NIMBUS_JWT_SECRET", "0123456789abcdef0123"),
+            ("NIMBUS_CACHE_SHARED_SECRET", "0123456789abcdef0123"),
+            ("NIMBUS_CACHE_METRICS_DB", "postgres://db.internal/cache"),
+        ]))
+        .expect_err("production needs a registry index");
+        assert!(
+            error.to_string().contains("NIMBUS_DOCKER_CACHE_DB_PATH"),
             "{error}"
         );
         let _ = std::fs::remove_dir_all(dir);

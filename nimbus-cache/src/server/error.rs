@@ -11,6 +11,10 @@ use crate::error::Error;
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
+            Error::Registry(oci) => (
+                StatusCode::from_u16(oci.code.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                "registry",
+            ),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::InvalidInput(_) | Error::Truncated(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_input")

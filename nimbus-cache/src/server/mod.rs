@@ -8,6 +8,8 @@
 //! | `/_apis/artifactcache/*` | cache token | Actions cache v1 |
 //! | `PUT/GET/HEAD/DELETE /api/cache/{key}` | cache token (write for PUT, DELETE) | plain artifact API |
 //! | `GET /api/usage` | cache token (its org) or JWT | bytes, entries, hits, misses, evictions per org |
+//! | `GET /v2/`, `GET /v2/token`, `GET /v2/_catalog` | registry credentials | OCI registry: version check, token exchange, catalog |
+//! | `GET/HEAD/PUT/POST/PATCH/DELETE /v2/{name}/…` | registry credentials | manifests, blobs, uploads, tags (docs/registry.md) |
 //! | `GET /healthz`, `GET /metrics` | anyone / loopback or metrics token | |
 
 pub mod artifact;
@@ -41,6 +43,7 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::index::{CacheIndex, Entry};
 use crate::metrics::Metrics;
+use crate::registry::{self, Authority, Registry, RegistryIndex};
 
 /// JSON bodies (reserve, commit, Twirp calls) are small; entry bodies stream and are
 /// bounded by the cache budget instead.
@@ -57,6 +60,7 @@ pub struct Proxy {
     public_url: Option<String>,
     link_ttl_secs: i64,
     metrics_token: Option<nimbus_core::Secret>,
+    registry: Option<Registry>,
 }
 
 impl Proxy {
@@ -78,7 +82,26 @@ impl Proxy {
             public_url: config.public_url.clone(),
             link_ttl_secs: i64::try_from(config.link_ttl.as_secs()).unwrap_or(86_400),
             metrics_token: config.metrics_token.clone(),
+            registry: None,
         })
+    }
+
+    /// Serves the OCI registry too, over `index` and this proxy's backend.
+    pub fn with_registry(mut self, config: &ProxyConfig, index: RegistryIndex) -> Result<Self> {
+        let authority = Authority::new(self.jwt.clone(), self.tokens.clone());
+        self.registry = Some(Registry::new(
+            self.cache.backend.clone(),
+            index,
+            authority,
+            config.registry.clone(),
+            self.cache.metrics.clone(),
+        )?);
+        Ok(self)
+    }
+
+    /// The OCI registry, when this proxy serves one.
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_ref()
     }
 
     /// Base URL for links handed to clients: the configured one, else what the
@@ -284,6 +307,15 @@ pub fn routes() -> Vec<Route<Proxy>> {
         Route::get("/api/cache/{*key}", read, artifact::get),
         Route::delete("/api/cache/{*key}", write, artifact::delete),
         Route::get("/api/usage", Access::CacheUsage, artifact::usage),
+        Route::get("/v2/", Access::Registry, registry::http::base),
+        Route::get("/v2/token", Access::Registry, registry::http::token),
+        Route::get("/v2/_catalog", Access::Registry, registry::http::catalog),
+        Route::get("/v2/{*path}", Access::Registry, registry::http::dispatch),
+        Route::head("/v2/{*path}", Access::Registry, registry::http::dispatch),
+        Route::put("/v2/{*path}", Access::Registry, registry::http::dispatch),
+        Route::post("/v2/{*path}", Access::Registry, registry::http::dispatch),
+        Route::patch("/v2/{*path}", Access::Registry, registry::http::dispatch),
+        Route::delete("/v2/{*path}", Access::Registry, registry::http::dispatch),
         Route::get("/healthz", Access::Public, || async { "ok" }),
         Route::get("/metrics", Access::Metrics, metrics_endpoint),
     ]
@@ -368,6 +400,10 @@ pub async fn serve(
         config.scrub_interval,
         state.wake_maintenance.clone(),
     ));
+    let collector = state
+        .registry()
+        .cloned()
+        .map(|registry| tokio::spawn(registry::gc::run(registry, config.eviction_interval)));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -377,21 +413,30 @@ pub async fn serve(
             source,
         });
     maintenance.abort();
+    if let Some(collector) = collector {
+        collector.abort();
+    }
     result
 }
 
-/// Opens backend and index, binds the address and serves until SIGTERM or Ctrl-C.
-pub async fn run(config: ProxyConfig) -> Result<()> {
-    let backend = open_backend(&config).await?;
+/// The proxy of `config`: its backend, cache index and registry (index) opened.
+pub async fn open(config: &ProxyConfig) -> Result<Proxy> {
+    let backend = open_backend(config).await?;
     let index = CacheIndex::open(&config.index_url).await?;
+    let registry_index = RegistryIndex::open(&config.registry_index_url).await?;
+    Proxy::new(config, backend, index)?.with_registry(config, registry_index)
+}
+
+/// Opens backend and indexes, binds the address and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: ProxyConfig) -> Result<()> {
+    let state = open(&config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Io {
             context: format!("binding {}", config.listen),
             source,
         })?;
-    tracing::info!(address = %config.listen, backend = backend.name(), "nimbus-cache-proxy listening");
-    let state = Proxy::new(&config, backend, index)?;
+    tracing::info!(address = %config.listen, backend = state.cache.backend.name(), "nimbus-cache-proxy listening");
     serve(
         &config,
         state,

@@ -36,6 +36,7 @@ const MARKERS: &[&str] = &[
     "ALPHA-METADATA",
     "ALPHA-LOG-LINE",
     "ALPHA-CACHE-BYTES",
+    "ALPHA-IMAGE",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -161,7 +162,20 @@ impl World {
         let index = nimbus_cache::CacheIndex::open(&dir.join("index.db").display().to_string())
             .await
             .expect("index");
-        let proxy = nimbus_cache::Proxy::new(&proxy_config, backend, index).expect("proxy");
+        let registry_index = nimbus_cache::registry::RegistryIndex::open(
+            &dir.join("registry.db").display().to_string(),
+        )
+        .await
+        .expect("registry index");
+        let proxy = nimbus_cache::Proxy::new(&proxy_config, backend, index)
+            .expect("proxy")
+            .with_registry(&proxy_config, registry_index)
+            .expect("registry");
+        plant_image(
+            proxy.registry().expect("registry"),
+            &JwtKeys::new(&Secret::new(JWT_SECRET)),
+        )
+        .await;
         let cache = nimbus_cache::server::router(proxy);
 
         // Logging pipeline on SQLite.
@@ -547,6 +561,25 @@ impl World {
             | ("DELETE", "/api/cache/{*key}")
             | ("GET", "/api/cache/{*key}") => ("/api/cache/alpha-cache-key".into(), None),
             ("GET", "/api/usage") => (path.into(), None),
+            ("GET", "/v2/") | ("GET", "/v2/_catalog") => (path.into(), None),
+            ("GET", "/v2/token") => (
+                "/v2/token?service=nimbus-registry&scope=repository:org-1/app:pull,push".into(),
+                None,
+            ),
+            ("GET", "/v2/{*path}") | ("HEAD", "/v2/{*path}") => {
+                ("/v2/org-1/app/manifests/v1".into(), None)
+            }
+            ("PUT", "/v2/{*path}") => (
+                "/v2/org-1/app/manifests/v1".into(),
+                Some(
+                    json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "config": {"digest": format!("sha256:{}", "0".repeat(64)), "size": 1}, "layers": []}),
+                ),
+            ),
+            ("POST", "/v2/{*path}") => ("/v2/org-1/app/blobs/uploads/".into(), None),
+            ("PATCH", "/v2/{*path}") | ("DELETE", "/v2/{*path}") => {
+                ("/v2/org-1/app/blobs/uploads/reg-0123".into(), None)
+            }
             ("POST", "/api/logs") => (path.into(), Some(line)),
             ("GET", "/api/logs") => (format!("/api/logs?job_id={a}"), None),
             ("GET", "/api/logs/{job_id}/follow") => (format!("/api/logs/{a}/follow"), None),
@@ -563,6 +596,61 @@ impl World {
             ),
         }
     }
+}
+
+/// Org A's image `org-1/app:v1`, its config and manifest marked ALPHA-IMAGE.
+async fn plant_image(registry: &nimbus_cache::registry::Registry, keys: &JwtKeys) {
+    use nimbus_cache::registry::{Digest, Reference, Repository, UploadStarted};
+    let token = keys
+        .mint_for(
+            "alpha-ci",
+            Role::Org,
+            Some(1),
+            &[Audience::CacheProxy],
+            Duration::from_secs(60),
+        )
+        .expect("mint");
+    let caller = registry
+        .authority()
+        .caller(Some(&format!("Bearer {token}")))
+        .expect("caller");
+    let repository = Repository::parse("org-1/app").expect("name");
+    let config = br#"{"architecture":"amd64","os":"linux","ALPHA-IMAGE":"config"}"#.to_vec();
+    let digest = Digest::of(&config);
+    let UploadStarted::Started { id } = registry
+        .start_upload(&caller, &repository, None)
+        .await
+        .expect("upload")
+    else {
+        panic!("nothing to mount");
+    };
+    registry
+        .finish(
+            &caller,
+            &repository,
+            &id,
+            &digest,
+            Some(nimbus_cache::backend::bytes_stream(config.clone())),
+        )
+        .await
+        .expect("config blob");
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest.as_str(), "size": config.len()},
+        "layers": [],
+        "annotations": {"ALPHA-IMAGE": "manifest"},
+    });
+    registry
+        .put_manifest(
+            &caller,
+            &repository,
+            &Reference::Tag("v1".into()),
+            None,
+            manifest.to_string().into_bytes(),
+        )
+        .await
+        .expect("manifest");
 }
 
 /// The statuses docs/security.md documents for `access` under `case`.
@@ -624,6 +712,20 @@ fn expected(access: Access, case: Case, method: &Method, path: &str) -> Vec<u16>
             OtherAgent => vec![403],
             // B's usage only; a read-only token of A sees A's own.
             OtherOrg | ReadOnlyCacheToken => vec![200],
+            _ => unreachable!(),
+        },
+        // Rights follow the repository's name (org-1/…): another org's pulls find
+        // nothing, pushes are denied; agents have no registry access. The version
+        // check, the token endpoint (a token granting nothing) and the catalog
+        // (the mirrors only) answer any valid credential. The read-only cache
+        // token of org 1 reads its own image and may not push.
+        Access::Registry => match case {
+            _ if refused => vec![401],
+            OtherAgent => vec![403],
+            _ if ["/v2/", "/v2/token", "/v2/_catalog"].contains(&path) => vec![200],
+            ReadOnlyCacheToken if *method == Method::GET || *method == Method::HEAD => vec![200],
+            OtherOrg if *method == Method::GET || *method == Method::HEAD => vec![404],
+            OtherOrg | ReadOnlyCacheToken => vec![403],
             _ => unreachable!(),
         },
         // The sign-in form's credential is in its body, which no case sends.
