@@ -311,7 +311,8 @@ mod tests {
 
     /// Parts may share one PostgreSQL database and so sqlx's migrations table:
     /// each part's versions stay in its own range (YYYYMMDD then 0000NN for the
-    /// control plane, 1000NN for the cache index, 2000NN for the log sink).
+    /// control plane, 1000NN for the cache index, 2000NN for the log sink,
+    /// 3000NN for the registry index).
     #[test]
     fn migration_versions_stay_in_their_parts_range() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -320,11 +321,14 @@ mod tests {
             ("nimbus-core", "0000"),
             ("nimbus-cache", "1000"),
             ("nimbus-logs", "2000"),
+            ("nimbus-cache/migrations/registry", "3000"),
         ] {
             for database in ["sqlite", "postgres"] {
-                let Ok(files) =
-                    std::fs::read_dir(root.join(part).join("migrations").join(database))
-                else {
+                let directory = match part.split_once("/migrations/") {
+                    Some((krate, sub)) => root.join(krate).join("migrations").join(sub),
+                    None => root.join(part).join("migrations"),
+                };
+                let Ok(files) = std::fs::read_dir(directory.join(database)) else {
                     continue;
                 };
                 for file in files {
@@ -342,10 +346,9 @@ mod tests {
                 }
             }
         }
-        assert!(
-            seen.iter().any(|(part, _, _)| *part == "nimbus-cache"),
-            "{seen:?}"
-        );
+        for part in ["nimbus-cache", "nimbus-cache/migrations/registry"] {
+            assert!(seen.iter().any(|(p, _, _)| *p == part), "{part}: {seen:?}");
+        }
     }
 
     #[tokio::test]

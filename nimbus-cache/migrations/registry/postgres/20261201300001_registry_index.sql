@@ -2,7 +2,7 @@
 -- owners, blobs (stored once by digest in the cache backend) and which
 -- repositories may serve them, manifests (small: kept here, not in the backend),
 -- what each manifest references, and tags. Versions of these migrations are
--- YYYYMMDD2000NN so they can share sqlx's table with the cache index's and the
+-- YYYYMMDD3000NN so they can share sqlx's table with the cache index's and the
 -- control plane's in one PostgreSQL database.
 
 CREATE TABLE IF NOT EXISTS registry_repositories (
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS registry_manifests (
     repository TEXT NOT NULL,
     digest TEXT NOT NULL,
     media_type TEXT NOT NULL,
-    body BLOB NOT NULL,
+    body BYTEA NOT NULL,
     created_at BIGINT NOT NULL,
     PRIMARY KEY (repository, digest)
 );
