@@ -12,6 +12,7 @@ mod cache;
 mod control_plane;
 mod logs;
 mod policy;
+mod registry;
 mod stats;
 mod vm;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Cache proxy throughput with the official @actions/cache client (v2), per
     /// backend, beside dd (fsync'd write) and nginx (download) on the same machine.
     Cache(cache::Args),
+    /// The registry mirror with skopeo: a `--mib` MiB image pulled directly from the
+    /// reference registry, then through the mirror cold and warm.
+    Registry(registry::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             Command::Cache(args) => cache::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Analytics(args) => analytics::run(args).await,
+            Command::Registry(args) => registry::run(args).await,
         }
     });
     match result {
