@@ -19,6 +19,7 @@ pub mod job_source;
 #[cfg(feature = "cli")]
 pub mod report;
 pub mod retry;
+pub mod roi;
 pub mod route;
 pub mod scheduler;
 pub mod service;

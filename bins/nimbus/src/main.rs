@@ -53,6 +53,9 @@ enum Command {
     Report(nimbus_core::report::ReportArgs),
     /// Jobs of the control plane.
     Jobs(nimbus_core::report::JobsArgs),
+    /// Hosted runner minutes priced beside your own hosts: monthly cost both ways
+    /// and the break-even (docs/roi-calculator.md).
+    Roi(nimbus_core::report::roi::RoiArgs),
     /// Runs a GitHub Actions workflow's `run:` steps in a microVM here, one VM per job
     /// (and matrix combination), with live output and a summary; exits with the first
     /// failing job's code. `uses:` steps are listed as skipped.
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
                 nimbus_core::report::Invocation::Report(args),
             ))
         }
+        Command::Roi(args) => return exit(nimbus_core::report::roi::run(args)),
         Command::Jobs(args) => {
             return exit(nimbus_core::report::run(
                 nimbus_core::report::Invocation::Jobs(args),

@@ -8,6 +8,7 @@
 //! an embedder can hand in an in-process session), the cache proxy's
 //! `/api/usage` and the logging pipeline's `/api/stats` and `/api/logs`.
 
+pub mod roi;
 mod table;
 mod views;
 

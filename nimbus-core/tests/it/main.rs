@@ -7,5 +7,6 @@ mod api;
 mod dashboard;
 mod github;
 mod report;
+mod roi;
 mod seams;
 mod store;
