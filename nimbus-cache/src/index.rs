@@ -9,7 +9,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nimbus_core::db::{self, is_unique_violation, Backend, Pool};
+use nimbus_core::db::{self, is_unique_violation, Pool};
 use nimbus_core::{with_pool, OrgId};
 
 use crate::error::{Error, Result};
@@ -157,24 +157,19 @@ impl CacheIndex {
     /// the migrations.
     pub async fn open(url: &str) -> Result<Self> {
         const VARIABLE: &str = "NIMBUS_CACHE_METRICS_DB";
-        let (writer, reader) = match Backend::of(url, VARIABLE, true)? {
-            Backend::Sqlite => {
-                let pools = db::open_sqlite(url, VARIABLE, 8).await?;
-                (pools.writer, pools.reader)
-            }
-            Backend::Postgres => {
-                let options = db::postgres_options(url, VARIABLE)?;
-                let pool = Pool::Postgres(db::open_postgres(options, 16).await?);
-                (pool.clone(), pool)
-            }
-        };
-        writer
-            .migrate(
-                sqlx::migrate!("migrations/sqlite"),
-                sqlx::migrate!("migrations/postgres"),
-            )
-            .await?;
-        Ok(CacheIndex { writer, reader })
+        let pools = db::open_index(
+            url,
+            VARIABLE,
+            8,
+            16,
+            sqlx::migrate!("migrations/sqlite"),
+            sqlx::migrate!("migrations/postgres"),
+        )
+        .await?;
+        Ok(CacheIndex {
+            writer: pools.writer,
+            reader: pools.reader,
+        })
     }
 
     /// Reserves `entry` for upload. Fails with [`Error::Conflict`] when another upload

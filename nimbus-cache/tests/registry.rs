@@ -38,21 +38,6 @@ struct Harness {
     dir: tempfile::TempDir,
 }
 
-async fn postgres_url() -> Option<String> {
-    let url = nimbus_core::testsuite::setting("NIMBUS_TEST_DATABASE_URL")?;
-    let schema = format!("nimbus_t_registry_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&url).await.expect("postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .expect("create schema");
-    pool.close().await;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    Some(format!(
-        "{url}{separator}options=-c%20search_path%3D{schema}"
-    ))
-}
-
 impl Harness {
     async fn start(
         stack: Stack,
@@ -81,7 +66,7 @@ impl Harness {
                 ),
                 Stack::S3Postgres => {
                     let endpoint = nimbus_core::testsuite::setting("NIMBUS_TEST_S3_ENDPOINT")?;
-                    let url = postgres_url().await?;
+                    let url = nimbus_core::store::testsuite::postgres_schema_url().await?;
                     let s3 = S3Config {
                         bucket: "nimbus-test".into(),
                         endpoint: Some(endpoint),

@@ -262,6 +262,34 @@ pub async fn open_postgres(
         .await?)
 }
 
+/// Opens a part's own database — `url` is a SQLite path or URL, or a
+/// `postgres://` URL, named by `variable` in errors — and applies its migrations:
+/// SQLite with one writer and `readers` readers, PostgreSQL with one pool of
+/// `connections` serving both. The cache index and the registry index open so.
+#[cfg(feature = "postgres")]
+pub async fn open_index(
+    url: &str,
+    variable: &str,
+    readers: u32,
+    connections: u32,
+    sqlite: Migrator,
+    postgres: Migrator,
+) -> Result<Pools> {
+    let pools = match Backend::of(url, variable, true)? {
+        Backend::Sqlite => open_sqlite(url, variable, readers).await?,
+        Backend::Postgres => {
+            let pool =
+                Pool::Postgres(open_postgres(postgres_options(url, variable)?, connections).await?);
+            Pools {
+                writer: pool.clone(),
+                reader: pool,
+            }
+        }
+    };
+    pools.writer.migrate(sqlite, postgres).await?;
+    Ok(pools)
+}
+
 /// Hides a password in a database URL for messages.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

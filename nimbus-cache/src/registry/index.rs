@@ -7,7 +7,7 @@
 //! *linked* to: pushed there, mounted there by someone who could read its source,
 //! or fetched from the upstream for a mirror. Knowing a digest is never enough.
 
-use nimbus_core::db::{self, Backend, Pool};
+use nimbus_core::db::{self, Pool};
 use nimbus_core::{with_pool, OrgId};
 
 use super::manifest::Manifest;
@@ -61,24 +61,19 @@ fn digest_of(raw: String) -> Digest {
 impl RegistryIndex {
     /// Opens `url` (a SQLite path, `sqlite://…` or `postgres://…`) and migrates it.
     pub async fn open(url: &str) -> Result<Self> {
-        let (writer, reader) = match Backend::of(url, VARIABLE, true)? {
-            Backend::Sqlite => {
-                let pools = db::open_sqlite(url, VARIABLE, 8).await?;
-                (pools.writer, pools.reader)
-            }
-            Backend::Postgres => {
-                let options = db::postgres_options(url, VARIABLE)?;
-                let pool = Pool::Postgres(db::open_postgres(options, 16).await?);
-                (pool.clone(), pool)
-            }
-        };
-        writer
-            .migrate(
-                sqlx::migrate!("migrations/registry/sqlite"),
-                sqlx::migrate!("migrations/registry/postgres"),
-            )
-            .await?;
-        Ok(RegistryIndex { writer, reader })
+        let pools = db::open_index(
+            url,
+            VARIABLE,
+            8,
+            16,
+            sqlx::migrate!("migrations/registry/sqlite"),
+            sqlx::migrate!("migrations/registry/postgres"),
+        )
+        .await?;
+        Ok(RegistryIndex {
+            writer: pools.writer,
+            reader: pools.reader,
+        })
     }
 
     /// The size of `digest` if it is linked to `repository`.
