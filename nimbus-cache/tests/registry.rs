@@ -904,3 +904,54 @@ async fn collection_and_eviction_keep_org_images() {
     expected.sort();
     assert_eq!(blob_digests(&out), expected);
 }
+
+/// A mirror tag older than NIMBUS_DOCKER_TAG_TTL is checked against the upstream
+/// again: a moved tag is followed; with the upstream down, the copy is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_tags_are_revalidated_after_their_ttl() {
+    if !skopeo_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let Some(mut upstream) = UpstreamRegistry::start(&scratch.path().join("upstream")) else {
+        return;
+    };
+    let first = seed_upstream(&upstream, scratch.path());
+    let Some(h) = Harness::start(Stack::FsSqlite, Some(upstream.url()), |config| {
+        config.registry.tag_ttl = Duration::ZERO;
+    })
+    .await
+    else {
+        return;
+    };
+    let digest = |headers: &reqwest::header::HeaderMap| {
+        headers["docker-content-digest"]
+            .to_str()
+            .expect("digest")
+            .to_string()
+    };
+    let (status, _, headers) = h.get("/v2/library/testimg/manifests/1", 1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(digest(&headers), first.manifest_digest);
+    // The tag moves upstream.
+    let second = write_image(&scratch.path().join("second"), "v1", &[4096], 99).expect("image");
+    skopeo_copy(
+        &second.reference(),
+        &format!("docker://{}/library/testimg:1", upstream.host()),
+        None,
+        None,
+    )
+    .expect("move the tag");
+    let (status, _, headers) = h.get("/v2/library/testimg/manifests/1", 1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        digest(&headers),
+        second.manifest_digest,
+        "the moved tag was not followed"
+    );
+    // The upstream goes away: the mirror's copy is served.
+    upstream.stop();
+    let (status, _, headers) = h.get("/v2/library/testimg/manifests/1", 1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(digest(&headers), second.manifest_digest);
+}
