@@ -239,11 +239,15 @@ fn wait_for_user_namespace(pid: u32) -> Result<(), GuestError> {
 pub fn become_job_root() -> Result<(), GuestError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
         .map_err(sys("entering the job's user namespace"))?;
+    // Stage one writes uid_map, then gid_map: wait for both, since setgroups and
+    // setresgid fail with EPERM until the gid map exists.
+    let unmapped = |file: &str| {
+        std::fs::read_to_string(file)
+            .map(|map| map.trim().is_empty())
+            .unwrap_or(true)
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string("/proc/self/uid_map")
-        .map(|map| map.trim().is_empty())
-        .unwrap_or(true)
-    {
+    while unmapped("/proc/self/uid_map") || unmapped("/proc/self/gid_map") {
         if Instant::now() > deadline {
             return Err(GuestError::Sandbox(
                 "the sandbox's ids were never mapped".into(),
