@@ -95,7 +95,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         },
         jwt_secret: Secret::new(secret),
         metrics_token: None,
-        trusted_proxies: Vec::new(),
+        trusted_proxies: Default::default(),
         log_retention_days: 30,
         metadata_retention_days: 90,
         max_buffered_lines: 10_000,

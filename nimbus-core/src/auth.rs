@@ -352,14 +352,14 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 /// Whether a `/metrics` request may be served (docs/security.md): always from a loopback
-/// peer, otherwise only with `Authorization: Bearer <token>` matching the service's
+/// peer that is not a declared proxy forwarding someone else, otherwise only with `Authorization: Bearer <token>` matching the service's
 /// metrics token (compared in constant time). No token configured: loopback only.
 pub fn metrics_access_allowed(
-    peer: Option<std::net::SocketAddr>,
+    origin: crate::forwarded::Origin,
     headers: &axum::http::HeaderMap,
     token: Option<&Secret>,
 ) -> bool {
-    if peer.is_some_and(|peer| peer.ip().is_loopback()) {
+    if origin.is_local() {
         return true;
     }
     match (token, bearer_token(headers)) {
@@ -622,31 +622,61 @@ mod tests {
 
     #[test]
     fn metrics_are_open_to_loopback_and_to_the_token_only() {
+        use crate::forwarded::{Origin, TrustedProxies};
         let token = Secret::new("metrics-token");
         let mut headers = axum::http::HeaderMap::new();
         let local: std::net::SocketAddr = "127.0.0.1:5000".parse().expect("addr");
         let remote: std::net::SocketAddr = "10.0.0.7:5000".parse().expect("addr");
-        assert!(metrics_access_allowed(Some(local), &headers, None));
+        assert!(metrics_access_allowed(
+            Origin::direct(Some(local)),
+            &headers,
+            None
+        ));
         assert!(!metrics_access_allowed(
-            Some(remote),
+            Origin::direct(Some(remote)),
             &headers,
             Some(&token)
         ));
-        assert!(!metrics_access_allowed(None, &headers, Some(&token)));
+        assert!(!metrics_access_allowed(
+            Origin::direct(None),
+            &headers,
+            Some(&token)
+        ));
         headers.insert(
             axum::http::header::AUTHORIZATION,
             "Bearer wrong".parse().expect("header"),
         );
         assert!(!metrics_access_allowed(
-            Some(remote),
+            Origin::direct(Some(remote)),
             &headers,
             Some(&token)
         ));
-        assert!(!metrics_access_allowed(Some(remote), &headers, None));
+        assert!(!metrics_access_allowed(
+            Origin::direct(Some(remote)),
+            &headers,
+            None
+        ));
         headers.insert(
             axum::http::header::AUTHORIZATION,
             "Bearer metrics-token".parse().expect("header"),
         );
-        assert!(metrics_access_allowed(Some(remote), &headers, Some(&token)));
+        assert!(metrics_access_allowed(
+            Origin::direct(Some(remote)),
+            &headers,
+            Some(&token)
+        ));
+
+        // Through a proxy on this host, a request is not local: the token is needed.
+        let proxies = TrustedProxies::parse("127.0.0.1").expect("proxies");
+        let mut forwarded = axum::http::HeaderMap::new();
+        forwarded.insert("x-forwarded-for", "127.0.0.1".parse().expect("header"));
+        let origin = proxies.origin(Some(local), &forwarded);
+        assert!(!metrics_access_allowed(origin, &forwarded, None));
+        assert!(!metrics_access_allowed(origin, &forwarded, Some(&token)));
+        forwarded.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer metrics-token".parse().expect("header"),
+        );
+        assert!(metrics_access_allowed(origin, &forwarded, Some(&token)));
     }
 }

@@ -40,7 +40,7 @@ pub const SHARED: Settings = Settings {
     service: "Every service and client",
     variables: &[
     VarDoc { name: "NIMBUS_MODE", default: "dev", meaning: "`dev` or `production`. Production refuses to start with generated or short (< 32 bytes) secrets, without explicit databases (NIMBUS_DATABASE_URL, NIMBUS_CACHE_METRICS_DB, NIMBUS_LOGS_BACKEND) or without NIMBUS_TRUSTED_PROXIES." },
-    VarDoc { name: "NIMBUS_TRUSTED_PROXIES", default: "(none)", meaning: "The TLS-terminating reverse proxies in front of the services (IP addresses or CIDR ranges, comma-separated). Required when NIMBUS_MODE=production: the services speak plain HTTP." },
+    VarDoc { name: "NIMBUS_TRUSTED_PROXIES", default: "(none)", meaning: "The TLS-terminating reverse proxies in front of the services (IP addresses or CIDR ranges, comma-separated). Required when NIMBUS_MODE=production: the services speak plain HTTP. Only these peers' X-Forwarded-For/-Proto are believed, and a request through them is never a loopback one (metrics need their token)." },
     VarDoc { name: "NIMBUS_DATA_DIR", default: "./.nimbus", meaning: "Directory for embedded state (SQLite files, generated dev secrets)." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_URL", default: "http://127.0.0.1:8000", meaning: "Where clients (CLI, host agent, benchmarks) reach the control plane." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_TOKEN", default: "(none)", meaning: "Bearer JWT clients send to the control plane (`nimbus token mint`)." },
@@ -270,39 +270,14 @@ pub fn explicit<'a>(env: &'a Env, variable: &str, why: &str) -> Result<Option<&'
 /// The TLS-terminating proxies in front of a service (`NIMBUS_TRUSTED_PROXIES`:
 /// addresses or CIDR ranges, comma-separated). The services speak plain HTTP, so
 /// production refuses to start until the proxy that gives them TLS is declared.
-pub fn trusted_proxies(env: &Env) -> Result<Vec<String>> {
+pub fn trusted_proxies(env: &Env) -> Result<crate::forwarded::TrustedProxies> {
     let bad = |message: String| Error::Config {
         variable: "NIMBUS_TRUSTED_PROXIES".into(),
         message,
     };
-    let mut proxies = Vec::new();
-    for entry in env
-        .get("NIMBUS_TRUSTED_PROXIES")
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
-        let (address, prefix) = match entry.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (entry, None),
-        };
-        let ip: std::net::IpAddr = address
-            .parse()
-            .map_err(|_| bad(format!("{entry:?} is not an IP address or CIDR range")))?;
-        let longest = if ip.is_ipv4() { 32 } else { 128 };
-        if let Some(prefix) = prefix {
-            match prefix.parse::<u8>() {
-                Ok(bits) if bits <= longest => {}
-                _ => {
-                    return Err(bad(format!(
-                        "{entry:?}: the prefix length must be 0 to {longest}"
-                    )))
-                }
-            }
-        }
-        proxies.push(entry.to_string());
-    }
+    let proxies =
+        crate::forwarded::TrustedProxies::parse(env.get("NIMBUS_TRUSTED_PROXIES").unwrap_or(""))
+            .map_err(bad)?;
     if proxies.is_empty() && production_mode(env)? {
         return Err(bad(
             "must name the TLS-terminating proxy when NIMBUS_MODE=production (the services serve plain HTTP)"
@@ -454,7 +429,10 @@ mod tests {
             "10.0.0.5, 10.1.0.0/16,fd00::/8",
         )]))
         .expect("valid");
-        assert_eq!(proxies, ["10.0.0.5", "10.1.0.0/16", "fd00::/8"]);
+        assert_eq!(
+            proxies.entries(),
+            ["10.0.0.5/32", "10.1.0.0/16", "fd00::/8"]
+        );
         for bad in ["proxy.example", "10.0.0.0/33", "::1/129"] {
             let env = Env::from_map([("NIMBUS_TRUSTED_PROXIES", bad)]);
             assert!(trusted_proxies(&env).is_err(), "{bad}");

@@ -14,6 +14,7 @@ pub mod control_plane;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod forwarded;
 pub mod github;
 pub mod job_source;
 #[cfg(feature = "cli")]

@@ -88,7 +88,7 @@ fn config(max_buffered_lines: usize) -> PipelineConfig {
         },
         jwt_secret: Secret::new(SECRET),
         metrics_token: None,
-        trusted_proxies: Vec::new(),
+        trusted_proxies: Default::default(),
         log_retention_days: 30,
         metadata_retention_days: 90,
         max_buffered_lines,

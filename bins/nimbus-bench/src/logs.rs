@@ -145,7 +145,7 @@ async fn measure(name: &str, sink: Arc<dyn LogSink>, args: &Args) -> Result<Sink
         },
         jwt_secret: Secret::new(SECRET),
         metrics_token: None,
-        trusted_proxies: Vec::new(),
+        trusted_proxies: Default::default(),
         log_retention_days: 3650,
         metadata_retention_days: 3650,
         max_buffered_lines: 500_000,

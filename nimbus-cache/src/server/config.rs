@@ -67,7 +67,7 @@ pub struct S3Config {
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: nimbus_core::forwarded::TrustedProxies,
     pub listen: SocketAddr,
     pub backend: BackendConfig,
     /// `NIMBUS_CACHE_METRICS_DB`: SQLite path or PostgreSQL URL of the index.

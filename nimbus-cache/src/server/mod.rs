@@ -60,6 +60,7 @@ pub struct Proxy {
     public_url: Option<String>,
     link_ttl_secs: i64,
     metrics_token: Option<nimbus_core::Secret>,
+    trusted_proxies: nimbus_core::forwarded::TrustedProxies,
     registry: Option<Registry>,
 }
 
@@ -82,6 +83,7 @@ impl Proxy {
             public_url: config.public_url.clone(),
             link_ttl_secs: i64::try_from(config.link_ttl.as_secs()).unwrap_or(86_400),
             metrics_token: config.metrics_token.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             registry: None,
         })
     }
@@ -358,8 +360,9 @@ async fn metrics_endpoint(State(state): State<Proxy>, request: Request) -> Respo
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
+    let origin = state.trusted_proxies.origin(peer, request.headers());
     let token = state.metrics_token.as_ref();
-    if !nimbus_core::auth::metrics_access_allowed(peer, request.headers(), token) {
+    if !nimbus_core::auth::metrics_access_allowed(origin, request.headers(), token) {
         return Error::Unauthenticated(
             "metrics need Authorization: Bearer $NIMBUS_CACHE_PROXY_METRICS_TOKEN from non-loopback peers".into(),
         )

@@ -79,7 +79,7 @@ pub struct ControlPlaneConfig {
     /// NIMBUS_MODE=production (the dashboard's cookie is then always Secure).
     pub production: bool,
     /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 /// Most keys NIMBUS_METADATA_DEFAULT_KEYS may name (each is one query per refresh).
@@ -243,7 +243,7 @@ mod tests {
         ];
         let config = ControlPlaneConfig::from_env(&Env::from_map(complete)).expect("complete");
         assert!(config.production);
-        assert_eq!(config.trusted_proxies, ["10.0.0.0/24"]);
+        assert_eq!(config.trusted_proxies.entries(), ["10.0.0.0/24"]);
         for missing in [
             "NIMBUS_DATABASE_URL",
             "NIMBUS_TRUSTED_PROXIES",

@@ -550,8 +550,9 @@ async fn metrics_text(State(state): State<AppState>, request: Request) -> Result
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
+    let origin = state.config.trusted_proxies.origin(peer, request.headers());
     let token = state.config.metrics_token.as_ref();
-    if !crate::auth::metrics_access_allowed(peer, request.headers(), token) {
+    if !crate::auth::metrics_access_allowed(origin, request.headers(), token) {
         return Err(Error::Unauthenticated(
             "metrics need Authorization: Bearer $NIMBUS_CONTROL_PLANE_METRICS_TOKEN from non-loopback peers".into(),
         ));

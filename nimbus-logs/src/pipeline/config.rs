@@ -40,7 +40,7 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: nimbus_core::forwarded::TrustedProxies,
     pub listen: SocketAddr,
     pub backend: Backend,
     pub jwt_secret: Secret,

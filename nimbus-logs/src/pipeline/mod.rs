@@ -53,6 +53,7 @@ pub struct Pipeline {
     /// Admits live follows within their bounds.
     pub follows: FollowGate,
     metrics_token: Option<nimbus_core::Secret>,
+    trusted_proxies: nimbus_core::forwarded::TrustedProxies,
 }
 
 /// Counts live follows, all together and per org (admins share one count).
@@ -147,6 +148,7 @@ impl Pipeline {
             wake,
             follows: FollowGate::new(config.follow),
             metrics_token: config.metrics_token.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         })
     }
 }
@@ -246,8 +248,9 @@ async fn metrics_endpoint(State(state): State<Pipeline>, request: Request) -> Re
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
+    let origin = state.trusted_proxies.origin(peer, request.headers());
     let token = state.metrics_token.as_ref();
-    if !nimbus_core::auth::metrics_access_allowed(peer, request.headers(), token) {
+    if !nimbus_core::auth::metrics_access_allowed(origin, request.headers(), token) {
         return Error::Unauthenticated(
             "metrics need Authorization: Bearer $NIMBUS_LOGGING_PIPELINE_METRICS_TOKEN from non-loopback peers".into(),
         )

@@ -119,7 +119,11 @@ fn metrics_text(
     peer: SocketAddr,
     headers: &axum::http::HeaderMap,
 ) -> Response {
-    if !nimbus_core::auth::metrics_access_allowed(Some(peer), headers, token) {
+    if !nimbus_core::auth::metrics_access_allowed(
+        nimbus_core::forwarded::Origin::direct(Some(peer)),
+        headers,
+        token,
+    ) {
         return (
             StatusCode::FORBIDDEN,
             "metrics need Authorization: Bearer $NIMBUS_HOST_AGENT_METRICS_TOKEN from non-loopback peers\n",

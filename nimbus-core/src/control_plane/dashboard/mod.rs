@@ -280,6 +280,7 @@ pub(in crate::control_plane) struct LoginForm {
 /// `POST /dashboard/login`: checks the token and keeps it in the cookie.
 pub(in crate::control_plane) async fn login(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     form: std::result::Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
@@ -305,13 +306,11 @@ pub(in crate::control_plane) async fn login(
         let status = super::http::status_of(error.kind());
         return html(status, page::login(Some(&error.to_string())));
     }
-    // In production (behind its declared TLS proxy), or when a proxy says the
-    // request came over TLS, the cookie is marked Secure.
-    let secure = state.config.production
-        || headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
+    // In production (behind its declared TLS proxy), or when a declared proxy
+    // says the request came over TLS, the cookie is marked Secure.
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(peer))| peer);
+    let secure =
+        state.config.production || state.config.trusted_proxies.origin(peer, &headers).https;
     let cookie = format!(
         "{COOKIE}={token}; Path=/dashboard; HttpOnly; SameSite=Strict{}",
         if secure { "; Secure" } else { "" }

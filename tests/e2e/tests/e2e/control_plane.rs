@@ -317,3 +317,68 @@ async fn nimbus_dev_webhook_sends_a_recorded_delivery() {
         Some("3.12")
     );
 }
+
+/// With `NIMBUS_TRUSTED_PROXIES` naming a proxy on this host, a loopback peer is
+/// that proxy forwarding someone: `/metrics` then needs its token, and only the
+/// declared proxy's `X-Forwarded-Proto: https` marks the dashboard cookie Secure.
+/// Without the declaration, forwarding headers are anyone's words and ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_count_only_from_a_declared_proxy() {
+    const METRICS_TOKEN: &str = "e2e-metrics-token-0123456789abcdef";
+    let direct = ControlPlaneProcess::start(&[])
+        .await
+        .expect("control plane");
+    let proxied = ControlPlaneProcess::start(&[
+        ("NIMBUS_TRUSTED_PROXIES", "127.0.0.1, ::1".into()),
+        ("NIMBUS_CONTROL_PLANE_METRICS_TOKEN", METRICS_TOKEN.into()),
+    ])
+    .await
+    .expect("control plane behind a proxy");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let metrics = |url: &str, forwarded_for: Option<&str>, token: Option<&str>| {
+        let mut request = client.get(format!("{url}/metrics"));
+        if let Some(address) = forwarded_for {
+            request = request.header("x-forwarded-for", address);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("metrics").status().as_u16() }
+    };
+    // No proxy declared: the peer is loopback, whatever the headers claim.
+    assert_eq!(metrics(&direct.url, Some("203.0.113.9"), None).await, 200);
+    // Declared: a forwarded client (or an unnamed one) is not local.
+    assert_eq!(metrics(&proxied.url, Some("203.0.113.9"), None).await, 401);
+    assert_eq!(metrics(&proxied.url, None, None).await, 401);
+    // A client claiming to be loopback itself, through the proxy, is not either.
+    assert_eq!(metrics(&proxied.url, Some("127.0.0.1"), None).await, 401);
+    assert_eq!(
+        metrics(&proxied.url, Some("203.0.113.9"), Some(METRICS_TOKEN)).await,
+        200
+    );
+
+    let admin = mint_token(&["--role", "admin"]).expect("admin token");
+    let cookie = |url: &str| {
+        let request = client
+            .post(format!("{url}/dashboard/login"))
+            .header("x-forwarded-proto", "https")
+            .form(&[("token", admin.expose())]);
+        async move {
+            let response = request.send().await.expect("login");
+            assert_eq!(response.status().as_u16(), 303);
+            response
+                .headers()
+                .get("set-cookie")
+                .and_then(|value| value.to_str().ok())
+                .expect("cookie")
+                .to_string()
+        }
+    };
+    let forged = cookie(&direct.url).await;
+    assert!(!forged.contains("Secure"), "{forged}");
+    let behind_tls = cookie(&proxied.url).await;
+    assert!(behind_tls.contains("; Secure"), "{behind_tls}");
+}
