@@ -262,6 +262,83 @@ pub async fn open_postgres(
         .await?)
 }
 
+/// Whether the database at `url` (a `postgres://` URL, or a SQLite URL or path)
+/// can be used, without creating or migrating anything: PostgreSQL answers a
+/// query within 5 s; a SQLite file opens read-only, or its directory is writable
+/// for it to be created. Says what was found (`nimbus doctor`).
+#[cfg(feature = "postgres")]
+pub async fn reachable(url: &str, variable: &str) -> Result<String> {
+    match Backend::of(url, variable, true)? {
+        Backend::Postgres => {
+            use sqlx::{ConnectOptions, Connection};
+            let options = postgres_options(url, variable)?;
+            let connect = async {
+                let mut connection = options.connect().await?;
+                let version: (String,) = sqlx::query_as("SHOW server_version")
+                    .fetch_one(&mut connection)
+                    .await?;
+                connection.close().await?;
+                Ok::<_, sqlx::Error>(version.0)
+            };
+            let version = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!("{} did not answer within 5 s", redact_url(url)))
+                })??;
+            Ok(format!("PostgreSQL {version} at {}", redact_url(url)))
+        }
+        Backend::Sqlite => {
+            let path = std::path::Path::new(
+                url.strip_prefix("sqlite://")
+                    .or_else(|| url.strip_prefix("sqlite:"))
+                    .unwrap_or(url),
+            );
+            let path = std::path::Path::new(
+                path.to_str()
+                    .unwrap_or_default()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default(),
+            );
+            if path.is_file() {
+                use sqlx::{ConnectOptions, Connection};
+                let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .read_only(true)
+                    .connect()
+                    .await?;
+                sqlx::query("SELECT count(*) FROM sqlite_master")
+                    .execute(&mut connection)
+                    .await?;
+                connection.close().await?;
+                return Ok(format!("SQLite file {} opens", path.display()));
+            }
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let writable = parent.is_dir()
+                && nix::unistd::access(
+                    parent,
+                    nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+                )
+                .is_ok();
+            if writable {
+                Ok(format!(
+                    "SQLite file {} will be created (its directory is writable)",
+                    path.display()
+                ))
+            } else {
+                Err(Error::Unavailable(format!(
+                    "SQLite file {} does not exist and {} is not a writable directory",
+                    path.display(),
+                    parent.display()
+                )))
+            }
+        }
+    }
+}
+
 /// Opens a part's own database — `url` is a SQLite path or URL, or a
 /// `postgres://` URL, named by `variable` in errors — and applies its migrations:
 /// SQLite with one writer and `readers` readers, PostgreSQL with one pool of

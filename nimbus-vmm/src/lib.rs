@@ -24,6 +24,8 @@ pub mod agent;
 #[cfg(feature = "host")]
 pub mod assets;
 #[cfg(feature = "host")]
+pub mod doctor;
+#[cfg(feature = "host")]
 pub mod error;
 #[cfg(feature = "host")]
 pub mod firecracker;

@@ -100,6 +100,15 @@ impl NetworkSpec {
             _ => None,
         }
     }
+
+    /// The `NIMBUS_VM_NETWORK` value that asks for this.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkSpec::None => "none",
+            NetworkSpec::Tap { egress: false } => "isolated",
+            NetworkSpec::Tap { egress: true } => "egress",
+        }
+    }
 }
 
 /// What the guest said about itself.

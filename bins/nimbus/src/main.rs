@@ -46,8 +46,15 @@ enum Command {
     /// Guest assets: build and verify kernel, initramfs and rootfs.
     #[command(subcommand)]
     Assets(vm::AssetsCommand),
-    /// Checks this host: KVM, hypervisor binaries, drivers, assets.
-    Doctor,
+    /// Checks this host can run jobs: KVM, VMM binaries and versions, jailer,
+    /// cgroup v2, netns/tap, assets, disk space, clock skew against the control
+    /// plane, databases. A pass/fail table with the fix for each failure; exits 1
+    /// when a check fails.
+    Doctor {
+        /// The checks as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fleet reports from the services: orgs, jobs, metadata, cache, logs
     /// (docs/reporting.md).
     Report(nimbus_core::report::ReportArgs),
@@ -204,7 +211,7 @@ fn main() -> ExitCode {
         }
         // These exit with the job's code (vm run) or the check's verdict (doctor).
         Command::Vm(command) => return vm::vm(command),
-        Command::Doctor => return vm::doctor(),
+        Command::Doctor { json } => return vm::doctor(json),
         Command::Run { workflow, job } => {
             return match run::run(&workflow, job.as_deref()) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

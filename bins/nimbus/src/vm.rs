@@ -350,67 +350,32 @@ pub(crate) fn default_guest() -> Result<PathBuf, String> {
         .ok_or_else(|| "no static nimbus-guest found: build one with scripts/build-guest.sh and pass --guest PATH".into())
 }
 
-pub fn doctor() -> ExitCode {
-    let config = match vmm_config() {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("nimbus: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
+pub fn doctor(json: bool) -> ExitCode {
+    let inputs =
+        match Env::from_process().and_then(|env| nimbus_vmm::doctor::Inputs::from_env(&env)) {
+            Ok(inputs) => inputs,
+            Err(error) => {
+                eprintln!("nimbus: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
     let Ok(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let mut healthy = true;
-    let check = |ok: bool, what: &str, detail: &str| {
-        println!("{} {what}: {detail}", if ok { "ok  " } else { "FAIL" });
-    };
-    match nimbus_vmm::host::hardware_kvm() {
-        Ok(()) => check(true, "hardware KVM", "/dev/kvm usable"),
-        Err(reason) => check(false, "hardware KVM", &reason),
-    }
-    let probes = runtime.block_on(config.probe_all());
-    for probe in &probes {
-        check(
-            probe.available,
-            &format!("driver {}", probe.driver),
-            &probe.reason,
-        );
-    }
-    let selection = runtime.block_on(select::select(&config));
-    match &selection {
-        Ok(selection) => check(true, "NIMBUS_VMM", &selection.reason),
-        Err(error) => {
-            healthy = false;
-            check(false, "NIMBUS_VMM", &error.to_string());
-        }
-    }
-    match AssetSet::open(&config.assets_dir) {
-        Ok(set) => {
-            let kinds: Vec<DriverKind> = match &selection {
-                Ok(selection) => vec![selection.driver.kind()],
-                Err(_) => DriverKind::ALL.to_vec(),
-            };
-            for kind in kinds {
-                match set.verify(kind, config.rootfs_sha256.as_deref()) {
-                    Ok(_) => check(
-                        true,
-                        "assets",
-                        &format!("{} attested for {kind}", config.assets_dir.display()),
-                    ),
-                    Err(error) => {
-                        healthy = false;
-                        check(false, "assets", &error.to_string());
-                    }
-                }
+    let host = nimbus_vmm::doctor::Host::current();
+    let report = runtime.block_on(nimbus_vmm::doctor::examine(&host, &inputs));
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("nimbus: {error}");
+                return ExitCode::FAILURE;
             }
         }
-        Err(error) => {
-            healthy = false;
-            check(false, "assets", &error.to_string());
-        }
+    } else {
+        print!("{}", report.render());
     }
-    if healthy {
+    if report.healthy() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

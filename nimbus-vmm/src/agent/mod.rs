@@ -124,7 +124,7 @@ impl AgentConfig {
 }
 
 /// One VM per 2 cores and per 2 GiB of memory, at least one.
-fn default_max_vms() -> usize {
+pub(crate) fn default_max_vms() -> usize {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -154,3 +154,53 @@ fn vm_run_on_the_sandbox_and_drivers_listing() {
     assert!(listing.contains("NIMBUS_VMM picks"), "{listing}");
     let _ = std::fs::remove_dir_all(&runtime);
 }
+
+/// `nimbus doctor` on this machine, as an operator runs it: the table, its JSON
+/// form, and an exit code that says whether any check failed.
+#[test]
+fn doctor_checks_this_host_and_exits_with_the_verdict() {
+    let Some(assets) = assets() else { return };
+    let doctor = |args: &[&str], vmm: &str| {
+        Command::new(bin("nimbus").expect("nimbus is built"))
+            .arg("doctor")
+            .args(args)
+            .env("NIMBUS_ASSETS_DIR", &assets)
+            .env("NIMBUS_VMM", vmm)
+            .env("NIMBUS_VM_NETWORK", "none")
+            .env("NIMBUS_VM_SCRATCH_MIB", "128")
+            .env("NIMBUS_AGENT_MAX_VMS", "1")
+            .env_remove("NIMBUS_CONTROL_PLANE_URL")
+            .env_remove("NIMBUS_DATABASE_URL")
+            .output()
+            .expect("nimbus doctor")
+    };
+    let json = doctor(&["--json"], "qemu");
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    let checks = report["checks"].as_array().expect("checks");
+    let status = |name: &str| {
+        checks
+            .iter()
+            .find(|check| check["name"] == name)
+            .and_then(|check| check["status"].as_str())
+            .unwrap_or_else(|| panic!("no {name} check in {report}"))
+            .to_string()
+    };
+    // This machine has QEMU and the built assets; nothing to compare clocks with.
+    assert_eq!(status("qemu"), "pass", "{report}");
+    assert_eq!(status("assets"), "pass", "{report}");
+    assert_eq!(status("clock"), "skip", "{report}");
+    let failed = checks.iter().any(|check| check["status"] == "fail");
+    assert_eq!(json.status.success(), !failed, "{report}");
+
+    // Firecracker is not installed here: the table says so, with the fix, and exits 1.
+    let table = doctor(&[], "firecracker");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(!table.status.success(), "{text}");
+    assert!(text.starts_with("CHECK"), "{text}");
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("firecracker") && line.contains("FAIL")),
+        "{text}"
+    );
+    assert!(text.contains("fix: install firecracker"), "{text}");
+}
