@@ -385,8 +385,38 @@ pub struct Completion {
     pub status: CompletionStatus,
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Why, at most [`MAX_COMPLETION_REASON_BYTES`] (longer ones are refused: use
+    /// [`fit_reason`]).
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// Longest completion reason the control plane keeps.
+pub const MAX_COMPLETION_REASON_BYTES: usize = 4096;
+
+/// `reason` cut to [`MAX_COMPLETION_REASON_BYTES`]: its first line (what failed) and
+/// as much of its end (the last console lines) as fits, joined by `…`. A reason
+/// that fits is returned unchanged.
+pub fn fit_reason(reason: String) -> String {
+    if reason.len() <= MAX_COMPLETION_REASON_BYTES {
+        return reason;
+    }
+    const JOIN: &str = "\n…\n";
+    let floor = |text: &str, at: usize| {
+        let mut at = at.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    };
+    let first_line = reason.lines().next().unwrap_or("");
+    let head = &first_line[..floor(first_line, MAX_COMPLETION_REASON_BYTES / 4)];
+    let budget = MAX_COMPLETION_REASON_BYTES - head.len() - JOIN.len();
+    let mut start = reason.len() - budget;
+    while !reason.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{head}{JOIN}{}", &reason[start..])
 }
 
 /// Splits runner labels into metadata: `param:KEY=VALUE` and `meta:KEY=VALUE` become
@@ -502,6 +532,24 @@ pub fn from_millis(ms: i64) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_reasons_keep_their_first_line_and_their_end() {
+        assert_eq!(fit_reason("short".into()), "short");
+        let console: String = (0..400).map(|n| format!("console line {n} é\n")).collect();
+        let reason = format!("boot failed: the guest closed the channel\n{console}");
+        let fitted = fit_reason(reason);
+        assert!(
+            fitted.len() <= MAX_COMPLETION_REASON_BYTES,
+            "{}",
+            fitted.len()
+        );
+        assert!(fitted.starts_with("boot failed: the guest closed the channel\n…\n"));
+        assert!(fitted.ends_with("console line 399 é\n"));
+        // A first line longer than the limit is cut too, on a character boundary.
+        let fitted = fit_reason("é".repeat(5000));
+        assert!(fitted.len() <= MAX_COMPLETION_REASON_BYTES);
+    }
 
     fn direct_job() -> Job {
         let now = OffsetDateTime::now_utc();

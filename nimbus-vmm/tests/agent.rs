@@ -13,7 +13,7 @@ use nimbus_core::client::ControlPlaneClient;
 use nimbus_core::control_plane::{self, ControlPlane};
 use nimbus_core::domain::Job;
 use nimbus_core::store::Store;
-use nimbus_core::{store, ControlPlaneConfig, Env, Secret};
+use nimbus_core::{store, ControlPlaneConfig, Env, JobSource, Secret};
 use nimbus_vmm::agent::{self, AgentConfig, AgentMetrics};
 use serde_json::{json, Value};
 
@@ -40,6 +40,16 @@ impl Drop for Setup {
 }
 
 async fn setup(name: &str, extra: &[(&str, &str)], job: Value) -> Option<Setup> {
+    setup_with(name, extra, job, |jobs| jobs).await
+}
+
+/// [`setup`] with the agent's job source wrapped by `wrap`.
+async fn setup_with(
+    name: &str,
+    extra: &[(&str, &str)],
+    job: Value,
+    wrap: impl FnOnce(Arc<dyn JobSource>) -> Arc<dyn JobSource>,
+) -> Option<Setup> {
     let Some(assets) = std::env::var_os("NIMBUS_TEST_ASSETS").map(PathBuf::from) else {
         nimbus_vmm::testsuite::require(None, "built assets (NIMBUS_TEST_ASSETS)");
         return None;
@@ -89,9 +99,9 @@ async fn setup(name: &str, extra: &[(&str, &str)], job: Value) -> Option<Setup> 
     let job = org.submit_job(&job).await.expect("submit");
 
     let mut agent_config = AgentConfig::from_env(&env).expect("agent config");
-    let jobs: std::sync::Arc<dyn nimbus_core::JobSource> = std::sync::Arc::new(
+    let jobs: Arc<dyn JobSource> = wrap(Arc::new(
         ControlPlaneClient::new(url, Some(token(Role::Agent, None))).expect("client"),
-    );
+    ));
     agent_config.agent_id = "agent-it".into();
     agent_config.max_vms = 1;
     agent_config.logs_url = None;
@@ -159,6 +169,103 @@ async fn a_lost_lease_stops_the_vm_and_the_job_runs_again() {
     .await;
     let now = s.admin.get_job(s.job.id).await.expect("job");
     assert_eq!(now.attempt, 2);
+}
+
+/// The control plane as seen through a link that can be cut: while `cut`, every
+/// call fails as a network error would.
+struct Partitionable {
+    inner: Arc<dyn JobSource>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Partitionable {
+    fn check(&self) -> nimbus_core::Result<()> {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(nimbus_core::Error::Unavailable(
+                "network unreachable (the test cut the link)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JobSource for Partitionable {
+    async fn lease(
+        &self,
+        wait: Duration,
+        labels: Option<&[String]>,
+    ) -> nimbus_core::Result<Option<nimbus_core::Lease>> {
+        if self.check().is_err() {
+            tokio::time::sleep(wait).await;
+            return self.check().map(|()| None);
+        }
+        self.inner.lease(wait, labels).await
+    }
+    async fn heartbeat(
+        &self,
+        job_id: i64,
+        fencing_token: i64,
+    ) -> nimbus_core::Result<nimbus_core::store::LeaseRenewal> {
+        self.check()?;
+        self.inner.heartbeat(job_id, fencing_token).await
+    }
+    async fn complete(
+        &self,
+        job_id: i64,
+        completion: &nimbus_core::domain::Completion,
+    ) -> nimbus_core::Result<Job> {
+        self.check()?;
+        self.inner.complete(job_id, completion).await
+    }
+    async fn runner_config(
+        &self,
+        job_id: i64,
+        fencing_token: i64,
+    ) -> nimbus_core::Result<nimbus_core::domain::RunnerConfig> {
+        self.check()?;
+        self.inner.runner_config(job_id, fencing_token).await
+    }
+}
+
+/// An agent cut off from the control plane cannot be told its lease is gone: it
+/// stops the job's VM on its own before the lease runs out, so the job is never
+/// running on it while another agent could lease it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_agent_stops_its_vm_before_the_lease_runs_out() {
+    let job = json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [{"run": "echo started; sleep 60"}]});
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let link = cut.clone();
+    let Some(s) = setup_with(
+        "partition",
+        &[("NIMBUS_JOB_LEASE_TTL", "3")],
+        job,
+        |inner| Arc::new(Partitionable { inner, cut: link }),
+    )
+    .await
+    else {
+        return;
+    };
+    let vm = s.dir.join("vms").join(format!("job-{}-1", s.job.id));
+    wait_for("the VM", || vm.exists()).await;
+    // Let a heartbeat or two through, then cut the link.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut_at = std::time::Instant::now();
+    wait_for("the cut-off agent to stop its VM", || !vm.exists()).await;
+    let stopped_after = cut_at.elapsed();
+    let job = s.admin.get_job(s.job.id).await.expect("job");
+    let now = time::OffsetDateTime::now_utc();
+    // Still this agent's lease on the control plane: nobody else could have it yet.
+    assert_eq!(job.status, nimbus_core::JobStatus::Leased, "{job:?}");
+    let expires_at = job.lease_expires_at.expect("lease expiry");
+    assert!(
+        now < expires_at,
+        "the VM outlived the lease: stopped {stopped_after:?} after the cut, lease ended {expires_at}, now {now}"
+    );
+    assert!(stopped_after <= Duration::from_secs(3), "{stopped_after:?}");
+    assert!(s.metrics.lease_errors.get() >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

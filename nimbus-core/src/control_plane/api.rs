@@ -34,8 +34,7 @@ use crate::store::{
 pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(60);
 /// Most labels an agent may name when it leases.
 const MAX_AGENT_LABELS: usize = 100;
-/// Longest completion reason kept.
-const MAX_REASON_BYTES: usize = 4096;
+use crate::domain::MAX_COMPLETION_REASON_BYTES as MAX_REASON_BYTES;
 
 /// A job submission (`POST /api/jobs`, docs/api.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

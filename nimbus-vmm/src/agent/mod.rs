@@ -12,6 +12,7 @@
 //! `nimbus_host_agent_lease_errors_total`. On shutdown the agent stops leasing and
 //! lets running jobs finish (drain).
 
+mod lease;
 mod logs;
 pub mod service;
 
@@ -455,6 +456,9 @@ async fn run_job(agent: &Agent, lease: Lease) {
 
 async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
     let leased_at = std::time::Instant::now();
+    // The lease's term started before its answer reached us; the clock's safety
+    // margin covers that transit (renewals are timed from their request).
+    let clock = lease::LeaseClock::start(&lease, leased_at);
     let job = &lease.job;
     let token = lease.fencing_token;
     // A GitHub job runs the Actions runner with a just-in-time config that only
@@ -474,10 +478,7 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
                     exit_code: None,
                     reason: Some(format!("no runner config from the control plane: {error}")),
                 };
-                if let Err(error) = agent.jobs.complete(job.id, &completion).await {
-                    agent.metrics.lease_errors.inc();
-                    tracing::warn!(job_id = job.id, %error, "completing the job failed");
-                }
+                lease::complete(agent, &lease, &clock, completion).await;
                 return;
             }
         }
@@ -529,7 +530,7 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
     spec.forwards = forwards;
     let mut guest = guest_job(&lease, cache_url.as_deref());
     guest.runner = runner;
-    let lost = heartbeat_until_lost(agent, &lease);
+    let lost = lease::heartbeat_until_lost(agent, &lease, &clock);
     // A span per step, from its start to its end as the guest reports them.
     let mut step_spans: std::collections::HashMap<usize, tracing::Span> =
         std::collections::HashMap::new();
@@ -576,10 +577,7 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
                 agent.config.drain.as_secs()
             )),
         };
-        if let Err(error) = agent.jobs.complete(job.id, &completion).await {
-            agent.metrics.lease_errors.inc();
-            tracing::warn!(job_id = job.id, %error, "completing the cancelled job failed");
-        }
+        lease::complete(agent, &lease, &clock, completion).await;
         return;
     }
     let Some(result) = outcome else {
@@ -625,36 +623,5 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
         exit_code,
         reason,
     };
-    if let Err(error) = agent.jobs.complete(job.id, &completion).await {
-        agent.metrics.lease_errors.inc();
-        tracing::warn!(job_id = job.id, %error, "completing the job failed");
-    }
-}
-
-/// Heartbeats at a third of the lease's remaining time; resolves once the lease
-/// is lost (the control plane answered 409).
-async fn heartbeat_until_lost(agent: &Agent, lease: &Lease) {
-    let remaining = (lease.expires_at - time::OffsetDateTime::now_utc())
-        .whole_milliseconds()
-        .max(3000) as u64;
-    let interval = Duration::from_millis(remaining / 3);
-    loop {
-        tokio::time::sleep(interval).await;
-        match agent
-            .jobs
-            .heartbeat(lease.job.id, lease.fencing_token)
-            .await
-        {
-            Ok(_) => {}
-            Err(nimbus_core::Error::Conflict(message)) => {
-                tracing::warn!(job_id = lease.job.id, %message, "heartbeat refused");
-                return;
-            }
-            Err(error) => {
-                // Network trouble: keep trying until the lease would have expired.
-                agent.metrics.lease_errors.inc();
-                tracing::warn!(job_id = lease.job.id, %error, "heartbeat failed; retrying");
-            }
-        }
-    }
+    lease::complete(agent, &lease, &clock, completion).await;
 }
