@@ -225,7 +225,7 @@ print(f"\nTarget: ≥ 200,000 evaluations/s — {'met' if policy['evaluations_pe
 logs = json.load(open(f"{out}/logs.json"))
 print("\n## Logging pipeline (`nimbus-bench logs`)\n")
 print(f"Lines of 100-byte messages POSTed as NDJSON in batches of {logs['batch']} by {logs['senders']} concurrent senders to an")
-print("in-process pipeline over loopback HTTP, acknowledged when durable; then the table is topped up to the row")
+print("in-process pipeline over loopback HTTP, acknowledged once committed; then the table is topped up to the row")
 print("count shown and the last 1,000 lines of one job are queried 50 times.\n")
 print("| sink | lines/s over HTTP | rows | tail query p50 | tail query p99 |")
 print("|---|---:|---:|---:|---:|")

@@ -6,7 +6,7 @@
 //!   [`sink::clickhouse`], plus [`sink::follow`] for live tailing;
 //! - [`schema`]: the ClickHouse DDL (docs/CLICKHOUSE_SCHEMA.md is the same text);
 //! - [`pipeline`]: the HTTP service (`bins/nimbus-logging-pipeline`, port 8002):
-//!   buffered, deduplicated, acknowledged-when-durable ingest with backpressure,
+//!   buffered, deduplicated ingest acknowledged once committed, with backpressure,
 //!   queries, SSE follow, metadata, stats and retention.
 
 pub mod decode;

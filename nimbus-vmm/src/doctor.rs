@@ -1,6 +1,6 @@
 //! `nimbus doctor`: whether this machine can run Nimbus jobs, one check per row,
-//! each failure with the command or setting that fixes it (docs/host-agent.md,
-//! "Checking a host").
+//! each failure with the command or setting that fixes it (docs/vm.md, "Checking a
+//! host").
 //!
 //! The checks read the machine through [`Host`] — a root directory, a `PATH`, and
 //! whether the process is root — so tests point them at a fake root with fake
@@ -524,7 +524,7 @@ fn assets(vmm: &VmmConfig) -> Vec<Check> {
     }
     if !verified.is_empty() {
         let pin = if vmm.rootfs_sha256.is_some() {
-            ", rootfs matches NIMBUS_VM_ROOTFS_SHA256"
+            ", rootfs matches NIMBUS_ROOTFS_SHA256"
         } else {
             ""
         };
