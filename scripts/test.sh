@@ -68,12 +68,14 @@ else
 fi
 
 # The systemd units (deploy/systemd): every directive known and the binaries they
-# start there (their ExecStart pointed at the ones just built). systemd-analyze
+# start there (their ExecStart pointed at the ones just built, the privileged
+# set-up at scripts/). systemd-analyze
 # only warns about unknown directives, so any output fails the check.
 if command -v systemd-analyze >/dev/null; then
   units=$(mktemp -d)
   for unit in deploy/systemd/*.service; do
-    sed "s|/usr/local/bin/|$CARGO_TARGET_DIR/debug/|" "$unit" >"$units/$(basename "$unit")"
+    sed -e "s|/usr/local/bin/nimbus-privileged-setup.sh|$PWD/scripts/nimbus-privileged-setup.sh|" \
+        -e "s|/usr/local/bin/|$CARGO_TARGET_DIR/debug/|" "$unit" >"$units/$(basename "$unit")"
   done
   verdict=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$units"/*.service 2>&1) || true
   rm -rf "$units"
