@@ -194,6 +194,8 @@ def check_tour(scene):
 
 def main():
     files = sys.argv[1:] or ["README.md", "docs/getting-started.md"]
+    # Where every script of the repository builds: reused across runs and checkouts.
+    os.environ.setdefault("CARGO_TARGET_DIR", "/var/tmp/nimbus-target")
     root = os.environ.get("NIMBUS_DOCS_CHECKOUT", "/var/tmp/nimbus-docs-checkout")
     scene = None
     ran = skipped = 0
