@@ -146,17 +146,7 @@ impl Host {
     }
 
     fn find(&self, name: &str, explicit: Option<&Path>) -> Option<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        let executable = |path: &Path| {
-            std::fs::metadata(path)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        };
-        if let Some(path) = explicit {
-            return executable(path).then(|| path.to_path_buf());
-        }
-        std::env::split_paths(&self.path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| executable(candidate))
+        crate::host::find_binary_on(name, explicit, &self.path).ok()
     }
 }
 

@@ -33,6 +33,19 @@ fn hardware_kvm_at(root: &Path) -> Result<(), String> {
 
 /// `explicit` if given (it must exist), else `name` on PATH.
 pub fn find_binary(name: &str, explicit: Option<&Path>) -> Result<PathBuf, String> {
+    find_binary_on(
+        name,
+        explicit,
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )
+}
+
+/// [`find_binary`] with `search_path` (a `PATH`-style list) instead of the process's.
+pub fn find_binary_on(
+    name: &str,
+    explicit: Option<&Path>,
+    search_path: &std::ffi::OsStr,
+) -> Result<PathBuf, String> {
     if let Some(path) = explicit {
         return if is_executable(path) {
             Ok(path.to_path_buf())
@@ -40,8 +53,7 @@ pub fn find_binary(name: &str, explicit: Option<&Path>) -> Result<PathBuf, Strin
             Err(format!("{} is not an executable file", path.display()))
         };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    std::env::split_paths(search_path)
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
         .ok_or_else(|| format!("{name} is not on PATH"))
