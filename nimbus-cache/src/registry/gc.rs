@@ -38,6 +38,8 @@ pub async fn collect_once(registry: &Registry) -> Result<GcReport> {
         ..GcReport::default()
     };
     let grace = i64::try_from(registry.settings().gc_grace.as_millis()).unwrap_or(i64::MAX);
+    // Inclusive: with a zero grace, what was last used in this very
+    // millisecond is already past it.
     let before = now_millis().saturating_sub(grace);
     collect(registry, before, false, &mut report).await?;
     let budget = registry.settings().max_bytes;
@@ -45,7 +47,7 @@ pub async fn collect_once(registry: &Registry) -> Result<GcReport> {
         let Some((repository, tag)) = registry.index().coldest_mirror_tag().await? else {
             // Mirror blobs fetched by digest alone (no tag) can still go.
             let freed = report.blobs;
-            collect(registry, now_millis() + 1, true, &mut report).await?;
+            collect(registry, now_millis(), true, &mut report).await?;
             if report.blobs == freed {
                 tracing::warn!(
                     budget,
@@ -61,12 +63,12 @@ pub async fn collect_once(registry: &Registry) -> Result<GcReport> {
             tag,
             "evicted mirror tag (registry over its byte budget)"
         );
-        collect(registry, now_millis() + 1, true, &mut report).await?;
+        collect(registry, now_millis(), true, &mut report).await?;
     }
     Ok(report)
 }
 
-/// Removes orphan manifests created and orphan blobs last used before `before`
+/// Removes orphan manifests created and orphan blobs last used at or before `before`
 /// (`mirrors_only`: only what the upstream can give back).
 async fn collect(
     registry: &Registry,

@@ -370,7 +370,7 @@ impl RegistryIndex {
         Ok(())
     }
 
-    /// Manifests no tag and no stored index points at, created before `before`
+    /// Manifests no tag and no stored index points at, created at or before `before`
     /// (`mirrors_only`: in mirror repositories only).
     pub async fn orphan_manifests(
         &self,
@@ -380,7 +380,7 @@ impl RegistryIndex {
     ) -> Result<Vec<(String, String)>> {
         let rows: Vec<(String, String)> = with_pool!(&self.reader, pool => {
             sqlx::query_as("SELECT m.repository, m.digest FROM registry_manifests m \
-                 WHERE m.created_at < $1 \
+                 WHERE m.created_at <= $1 \
                  AND ($2 = 0 OR m.repository IN (SELECT name FROM registry_repositories WHERE org_id IS NULL)) \
                  AND NOT EXISTS (SELECT 1 FROM registry_tags t WHERE t.repository = m.repository AND t.digest = m.digest) \
                  AND NOT EXISTS (SELECT 1 FROM registry_references r \
@@ -395,7 +395,7 @@ impl RegistryIndex {
         Ok(rows)
     }
 
-    /// Blobs no manifest references, last used before `before` (`mirrors_only`:
+    /// Blobs no manifest references, last used at or before `before` (`mirrors_only`:
     /// linked to no org repository, so the upstream still has them).
     pub async fn orphan_blobs(
         &self,
@@ -405,7 +405,7 @@ impl RegistryIndex {
     ) -> Result<Vec<BlobRow>> {
         let rows: Vec<(String, i64)> = with_pool!(&self.reader, pool => {
             sqlx::query_as("SELECT b.digest, b.size FROM registry_blobs b \
-                 WHERE b.last_used < $1 \
+                 WHERE b.last_used <= $1 \
                  AND NOT EXISTS (SELECT 1 FROM registry_references r WHERE r.target = b.digest AND r.kind = 'blob') \
                  AND ($2 = 0 OR NOT EXISTS (SELECT 1 FROM registry_links l \
                      JOIN registry_repositories p ON p.name = l.repository \
