@@ -126,18 +126,18 @@ impl CacheBackend for MemoryBackend {
             .collect())
     }
 
-    async fn put_part(&self, upload: &str, part: &str, body: ByteStream) -> Result<u64> {
+    async fn put_part(&self, upload: &str, part: &str, body: ByteStream) -> Result<StoredObject> {
         check(upload)?;
         check(part)?;
         let bytes = collect(body).await?;
-        let size = bytes.len() as u64;
+        let result = stored(&bytes);
         self.staged
             .lock()
             .map_err(|_| Error::Backend("poisoned".into()))?
             .entry(upload.to_string())
             .or_default()
             .insert(part.to_string(), bytes);
-        Ok(size)
+        Ok(result)
     }
 
     async fn complete(&self, upload: &str, parts: &[String], key: &str) -> Result<StoredObject> {

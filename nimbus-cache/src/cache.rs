@@ -42,7 +42,10 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub enum PartOrder {
     /// By their byte offsets, which must tile `0..size` exactly (v1 Content-Range).
-    ByOffset { size: u64 },
+    ByOffset {
+        /// The entry's total size, as the commit announces it.
+        size: u64,
+    },
     /// In the order given (a blob block list).
     Listed(Vec<String>),
 }
@@ -50,9 +53,13 @@ pub enum PartOrder {
 /// The cache service shared by every protocol.
 #[derive(Clone)]
 pub struct Cache {
+    /// Where the bytes live.
     pub backend: Arc<dyn CacheBackend>,
+    /// What entries exist, whose they are and where their bytes are.
     pub index: CacheIndex,
+    /// The proxy's Prometheus metrics.
     pub metrics: Metrics,
+    /// Size limits every upload is held to.
     pub limits: Limits,
 }
 
@@ -248,8 +255,8 @@ impl Cache {
             .backend
             .put_part(&entry.upload_id, &part.name, body)
             .await;
-        let size = match written {
-            Ok(size) => size,
+        let staged = match written {
+            Ok(staged) => staged,
             Err(error) => {
                 self.discard(entry).await;
                 return Err(if exceeded.load(Ordering::Relaxed) {
@@ -262,6 +269,7 @@ impl Cache {
                 });
             }
         };
+        let size = staged.size;
         if part.start.is_some() && size != part.size {
             self.discard(entry).await;
             return Err(Error::InvalidInput(format!(
@@ -277,6 +285,7 @@ impl Cache {
                     name: part.name,
                     start: part.start,
                     size,
+                    sha256: Some(staged.sha256),
                 },
             )
             .await?;
@@ -356,47 +365,88 @@ impl Cache {
                 )));
             }
         }
-        self.finish_commit(entry, stored.size, &stored.sha256, replace)
+        self.finish_commit(entry, stored.size, &stored.sha256, &[], replace)
             .await
     }
 
     /// Joins the staged parts of `entry` and commits it. Gaps, overlaps, a size
     /// other than announced or missing parts discard the upload with a clear error.
+    ///
+    /// Every part's sha256 was taken as it was staged, so the store joins them by
+    /// itself (no byte read back) and the entry is identified by the composite of
+    /// those digests, its layout kept for the scrub ([`crate::digest`]).
     pub async fn commit(&self, entry: &Entry, order: PartOrder, replace: bool) -> Result<Entry> {
         let parts = self.index.parts(entry.id).await?;
-        let names = match self.order_parts(entry, &parts, &order) {
-            Ok(names) => names,
+        let ordered = match self.order_parts(entry, &parts, &order) {
+            Ok(ordered) => ordered,
             Err(error) => {
                 self.discard(entry).await;
                 return Err(error);
             }
         };
-        let stored = match self
-            .backend
-            .complete(&entry.upload_id, &names, &entry.blob_key)
-            .await
-        {
-            Ok(stored) => stored,
+        let names: Vec<String> = ordered.iter().map(|part| part.name.clone()).collect();
+        let staged: u64 = ordered.iter().map(|part| part.size).sum();
+        let joined = match crate::digest::composite(&ordered) {
+            Some(digest) => self
+                .backend
+                .compose(&entry.upload_id, &names, &entry.blob_key)
+                .await
+                .map(|size| (size, digest)),
+            // A part staged before digests were recorded: hash the whole.
+            None => self
+                .backend
+                .complete(&entry.upload_id, &names, &entry.blob_key)
+                .await
+                .map(|stored| (stored.size, stored.sha256)),
+        };
+        let (size, digest) = match joined {
+            Ok(joined) => joined,
             Err(error) => {
                 self.discard(entry).await;
                 return Err(error);
             }
         };
-        if let PartOrder::ByOffset { size } = order {
-            if stored.size != size {
+        if size != staged {
+            let _ = self.backend.delete(&entry.blob_key).await;
+            self.discard(entry).await;
+            return Err(Error::Backend(format!(
+                "the store joined {staged} staged bytes into {size}; the upload is discarded"
+            )));
+        }
+        if let PartOrder::ByOffset { size: announced } = order {
+            if size != announced {
                 let _ = self.backend.delete(&entry.blob_key).await;
                 self.discard(entry).await;
                 return Err(Error::InvalidInput(format!(
-                    "commit says {size} bytes but {} were stored",
-                    stored.size
+                    "commit says {announced} bytes but {size} were stored"
                 )));
             }
         }
-        self.finish_commit(entry, stored.size, &stored.sha256, replace)
+        let layout = if crate::digest::is_composite(&digest) {
+            let mut offset = 0;
+            ordered
+                .iter()
+                .enumerate()
+                .map(|(position, part)| {
+                    let start = offset;
+                    offset += part.size;
+                    Part {
+                        name: format!("{position:06}"),
+                        start: Some(start),
+                        size: part.size,
+                        sha256: part.sha256.clone(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.finish_commit(entry, size, &digest, &layout, replace)
             .await
     }
 
-    fn order_parts(&self, entry: &Entry, parts: &[Part], order: &PartOrder) -> Result<Vec<String>> {
+    /// The parts to join, in order (a block list may name a part twice).
+    fn order_parts(&self, entry: &Entry, parts: &[Part], order: &PartOrder) -> Result<Vec<Part>> {
         match order {
             PartOrder::ByOffset { size } => {
                 if let Some(expected) = entry.expected_size {
@@ -427,7 +477,7 @@ impl Cache {
                         )));
                     }
                     offset = start + part.size;
-                    names.push(part.name.clone());
+                    names.push(part.clone());
                 }
                 if offset != *size {
                     return Err(Error::InvalidInput(format!(
@@ -436,16 +486,20 @@ impl Cache {
                 }
                 Ok(names)
             }
-            PartOrder::Listed(names) => {
-                for name in names {
-                    if !parts.iter().any(|part| &part.name == name) {
-                        return Err(Error::InvalidInput(format!(
-                            "block {name:?} in the block list was never uploaded; the upload is discarded"
-                        )));
-                    }
-                }
-                Ok(names.clone())
-            }
+            PartOrder::Listed(names) => names
+                .iter()
+                .map(|name| {
+                    parts
+                        .iter()
+                        .find(|part| &part.name == name)
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::InvalidInput(format!(
+                                "block {name:?} in the block list was never uploaded; the upload is discarded"
+                            ))
+                        })
+                })
+                .collect(),
         }
     }
 
@@ -454,6 +508,7 @@ impl Cache {
         entry: &Entry,
         size: u64,
         sha256: &str,
+        layout: &[Part],
         replace: bool,
     ) -> Result<Entry> {
         if let Err(error) = self.check_budget(size) {
@@ -461,7 +516,11 @@ impl Cache {
             self.discard(entry).await;
             return Err(error);
         }
-        match self.index.commit(entry.id, size, sha256, replace).await {
+        match self
+            .index
+            .commit(entry.id, size, sha256, layout, replace)
+            .await
+        {
             Ok(replaced) => {
                 if let Some(old) = replaced {
                     if let Err(error) = self.backend.delete(&old.blob_key).await {
@@ -612,6 +671,7 @@ impl Cache {
         self.backend.delete(&entry.blob_key).await
     }
 
+    /// Per-org figures for `GET /api/usage`: one org's, or every org's with `None`.
     pub async fn usage(&self, org: Option<OrgId>) -> Result<Vec<crate::index::OrgUsage>> {
         self.index.usage(org).await
     }

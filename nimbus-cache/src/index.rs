@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 /// State of an entry: reserved and uploading, or committed and servable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
+    /// Reserved; parts may be arriving; never served.
     Pending,
+    /// Whole and durable; served to restores.
     Committed,
 }
 
@@ -33,54 +35,87 @@ impl EntryState {
 /// One cache entry as the index knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The index's own id (also in signed download links).
     pub id: i64,
+    /// The org that owns the entry: no other org's token reaches it.
     pub org_id: OrgId,
+    /// The repository (`owner/name`) the entry was saved from.
     pub repo: String,
+    /// The git ref it was saved on; restores look here, then in the default branch.
     pub git_ref: String,
+    /// The client's cache key (1–512 bytes, no commas).
     pub key: String,
+    /// The client's version hash (paths and compression); empty for artifacts.
     pub version: String,
+    /// Pending (being uploaded) or committed.
     pub state: EntryState,
     /// The backend's staging name of the upload.
     pub upload_id: String,
     /// Where the committed blob lives in the backend.
     pub blob_key: String,
+    /// Bytes stored (0 while pending).
     pub size: u64,
     /// What the uploader announced (v1 `cacheSize`), checked at commit.
     pub expected_size: Option<u64>,
+    /// The committed bytes' digest: a sha256 (hex), or for an entry joined from
+    /// several parts the composite `HEX-N` ([`crate::digest`]); `None` while pending.
     pub sha256: Option<String>,
+    /// When it was reserved, then when committed (Unix milliseconds).
     pub created_at: i64,
+    /// The last upload activity or restore (Unix milliseconds): eviction goes by it.
     pub last_access: i64,
+    /// Restores served.
     pub hits: u64,
 }
 
 /// A part staged for an entry; `start` is its byte offset when the protocol says
 /// (v1 Content-Range), `None` when order comes at commit (blob block lists).
+/// After a composed commit the entry keeps its parts as its layout: named by
+/// position, with offsets (see [`crate::digest`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
+    /// The part's staging name (unique within its upload).
     pub name: String,
+    /// Its byte offset in the entry, when known.
     pub start: Option<u64>,
+    /// Bytes staged.
     pub size: u64,
+    /// The part's sha256 (hex) as staged; `None` for parts staged by a version
+    /// that did not record it.
+    pub sha256: Option<String>,
 }
 
 /// One org's figures for `GET /api/usage`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OrgUsage {
+    /// The org these figures are for.
     pub org_id: OrgId,
+    /// Bytes of its committed entries.
     pub bytes: u64,
+    /// Its committed entries.
     pub entries: u64,
+    /// Restores that found an entry.
     pub hits: u64,
+    /// Restores that found none.
     pub misses: u64,
+    /// Entries evicted (budget or idle time).
     pub evictions: u64,
 }
 
 /// What to reserve: a key in a scope.
 #[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
+    /// The owning org (from the token, never from the request).
     pub org_id: OrgId,
+    /// The repository (from the token).
     pub repo: &'a str,
+    /// The ref to save on (from the token).
     pub git_ref: &'a str,
+    /// The client's cache key.
     pub key: &'a str,
+    /// The client's version hash.
     pub version: &'a str,
+    /// The size the client announced, if it did.
     pub expected_size: Option<u64>,
 }
 
@@ -339,14 +374,16 @@ impl CacheIndex {
                 .execute(pool)
                 .await?;
             sqlx::query(
-                "INSERT INTO cache_parts (entry_id, part, start_offset, size) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (entry_id, part) DO UPDATE \
-                 SET start_offset = excluded.start_offset, size = excluded.size",
+                "INSERT INTO cache_parts (entry_id, part, start_offset, size, sha256) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (entry_id, part) DO UPDATE \
+                 SET start_offset = excluded.start_offset, size = excluded.size, \
+                 sha256 = excluded.sha256",
             )
             .bind(entry_id)
             .bind(&part.name)
             .bind(part.start.map(|v| v as i64))
             .bind(part.size as i64)
+            .bind(&part.sha256)
             .execute(pool)
             .await?;
         });
@@ -382,11 +419,11 @@ impl CacheIndex {
         Ok(count(bytes))
     }
 
-    /// An entry's staged parts, by offset then name.
+    /// An entry's staged parts (a committed entry's layout), by offset then name.
     pub async fn parts(&self, entry_id: i64) -> Result<Vec<Part>> {
-        let rows: Vec<(String, Option<i64>, i64)> = with_pool!(&self.reader, pool => {
+        let rows: Vec<(String, Option<i64>, i64, Option<String>)> = with_pool!(&self.reader, pool => {
             sqlx::query_as(
-                "SELECT part, start_offset, size FROM cache_parts WHERE entry_id = $1 \
+                "SELECT part, start_offset, size, sha256 FROM cache_parts WHERE entry_id = $1 \
                  ORDER BY start_offset, part",
             )
             .bind(entry_id)
@@ -395,22 +432,25 @@ impl CacheIndex {
         })?;
         Ok(rows
             .into_iter()
-            .map(|(name, start, size)| Part {
+            .map(|(name, start, size, sha256)| Part {
                 name,
                 start: start.map(count),
                 size: count(size),
+                sha256,
             })
             .collect())
     }
 
-    /// Marks a pending entry committed with what the backend stored. When `replace`,
-    /// a committed entry of the same key is dropped from the index in the same
-    /// transaction and returned, for its blob to be deleted.
+    /// Marks a pending entry committed with what the backend stored, its staged
+    /// parts replaced by `layout` (a composed entry's parts, for the scrub). When
+    /// `replace`, a committed entry of the same key is dropped from the index in
+    /// the same transaction and returned, for its blob to be deleted.
     pub async fn commit(
         &self,
         entry_id: i64,
         size: u64,
         sha256: &str,
+        layout: &[Part],
         replace: bool,
     ) -> Result<Option<Entry>> {
         with_pool!(&self.writer, pool => {
@@ -470,6 +510,19 @@ impl CacheIndex {
                 .bind(entry_id)
                 .execute(&mut *tx)
                 .await?;
+            for part in layout {
+                sqlx::query(
+                    "INSERT INTO cache_parts (entry_id, part, start_offset, size, sha256) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(entry_id)
+                .bind(&part.name)
+                .bind(part.start.map(|v| v as i64))
+                .bind(part.size as i64)
+                .bind(&part.sha256)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(replaced)
         })
@@ -507,10 +560,12 @@ impl CacheIndex {
         self.bump_counter(entry.org_id, "hits").await
     }
 
+    /// Counts a restore of `org_id` that found nothing.
     pub async fn record_miss(&self, org_id: OrgId) -> Result<()> {
         self.bump_counter(org_id, "misses").await
     }
 
+    /// Counts an eviction of one of `org_id`'s entries.
     pub async fn record_eviction(&self, org_id: OrgId) -> Result<()> {
         self.bump_counter(org_id, "evictions").await
     }
@@ -657,6 +712,7 @@ impl CacheIndex {
         Ok(rows.into_iter().map(Entry::from).collect())
     }
 
+    /// Records that the scrub checked `entry_id` now (it goes to the back of the queue).
     pub async fn mark_verified(&self, entry_id: i64) -> Result<()> {
         with_pool!(&self.writer, pool => {
             sqlx::query("UPDATE cache_entries SET verified_at = $2 WHERE id = $1")

@@ -35,7 +35,7 @@ impl CacheBackend for Unavailable {
     async fn list(&self, _: &str) -> Result<Vec<ObjectMeta>> {
         Err(Error::Backend("unavailable".into()))
     }
-    async fn put_part(&self, _: &str, _: &str, _: ByteStream) -> Result<u64> {
+    async fn put_part(&self, _: &str, _: &str, _: ByteStream) -> Result<StoredObject> {
         Err(Error::Backend("unavailable".into()))
     }
     async fn complete(&self, _: &str, _: &[String], _: &str) -> Result<StoredObject> {
@@ -68,6 +68,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A put is read back whole, headed and deleted; deleting twice is fine.
 pub async fn put_get_head_delete(backend: &dyn CacheBackend) {
     let data = pattern(300_000, 1);
     let stored = backend
@@ -75,10 +76,7 @@ pub async fn put_get_head_delete(backend: &dyn CacheBackend) {
         .await
         .expect("put");
     assert_eq!(stored.size, data.len() as u64);
-    assert_eq!(
-        stored.sha256,
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))
-    );
+    assert_eq!(stored.sha256, sha256_hex(&data));
     assert_eq!(
         read_to_vec(backend, "suite/a/object", None)
             .await
@@ -107,6 +105,7 @@ pub async fn put_get_head_delete(backend: &dyn CacheBackend) {
     ));
 }
 
+/// Ranged reads return the range, clamped to the object's end.
 pub async fn ranged_reads(backend: &dyn CacheBackend) {
     let data = pattern(10_000, 2);
     backend
@@ -143,6 +142,7 @@ pub async fn ranged_reads(backend: &dyn CacheBackend) {
     backend.delete("suite/ranged").await.expect("delete");
 }
 
+/// Listing returns the objects under a prefix, in key order.
 pub async fn list_by_prefix(backend: &dyn CacheBackend) {
     for key in [
         "suite/list/b",
@@ -173,6 +173,7 @@ pub async fn list_by_prefix(backend: &dyn CacheBackend) {
     }
 }
 
+/// Parts staged out of order are joined in the order `complete` is given.
 pub async fn staged_upload_joins_parts_in_the_given_order(backend: &dyn CacheBackend) {
     let first = pattern(70_000, 3);
     let second = pattern(50_000, 4);
@@ -219,6 +220,70 @@ pub async fn staged_upload_joins_parts_in_the_given_order(backend: &dyn CacheBac
     backend.delete("suite/staged").await.expect("delete");
 }
 
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+}
+
+/// `compose` joins staged parts without the caller reading them back: large
+/// parts (S3 copies those server-side) and small ones (S3 cannot; the backend
+/// must still join them), each part's sha256 reported by `put_part`.
+pub async fn compose_joins_parts_without_reading_them_back(backend: &dyn CacheBackend) {
+    // Over S3's 5 MiB minimum for every part but the last.
+    let big = [
+        pattern(6 << 20, 6),
+        pattern((5 << 20) + 17, 7),
+        pattern(1000, 8),
+    ];
+    let small = [pattern(10, 9), pattern(70_000, 10)];
+    for (upload, parts) in [("compose-big", &big[..]), ("compose-small", &small[..])] {
+        // Staged out of order, as parallel clients do.
+        for (i, data) in parts.iter().enumerate().rev() {
+            let staged = backend
+                .put_part(upload, &format!("p{i}"), bytes_stream(data.clone()))
+                .await
+                .expect("put part");
+            assert_eq!(staged.size, data.len() as u64);
+            assert_eq!(staged.sha256, sha256_hex(data), "the part's own sha256");
+        }
+        let names: Vec<String> = (0..parts.len()).map(|i| format!("p{i}")).collect();
+        let key = format!("suite/{upload}");
+        let size = backend
+            .compose(upload, &names, &key)
+            .await
+            .expect("compose");
+        let expected = parts.concat();
+        assert_eq!(size, expected.len() as u64);
+        let stored = read_to_vec(backend, &key, None).await.expect("get");
+        assert!(stored == expected, "{upload}: the parts, joined in order");
+        assert!(!backend
+            .list_uploads()
+            .await
+            .expect("uploads")
+            .contains(&upload.to_string()));
+        backend.delete(&key).await.expect("delete");
+    }
+    backend
+        .put_part("compose-gap", "p1", bytes_stream(pattern(10, 1)))
+        .await
+        .expect("part");
+    assert!(
+        matches!(
+            backend
+                .compose(
+                    "compose-gap",
+                    &["p0".to_string(), "p1".to_string()],
+                    "suite/gap"
+                )
+                .await,
+            Err(Error::InvalidInput(_))
+        ),
+        "a part never uploaded"
+    );
+    assert!(backend.head("suite/gap").await.expect("head").is_none());
+    backend.abort("compose-gap").await.expect("abort");
+}
+
+/// A truncated body leaves the previous object (or none) untouched; aborted uploads cannot complete.
 pub async fn interrupted_writes_leave_nothing(backend: &dyn CacheBackend) {
     backend
         .put("suite/keep", bytes_stream(Bytes::from_static(b"old")))
@@ -260,6 +325,7 @@ pub async fn interrupted_writes_leave_nothing(backend: &dyn CacheBackend) {
     backend.delete("suite/keep").await.expect("delete");
 }
 
+/// Keys and names that could escape the backend's namespace are refused.
 pub async fn bad_keys_are_refused(backend: &dyn CacheBackend) {
     for key in ["../escape", "/abs", "a//b", ""] {
         assert!(
@@ -290,6 +356,15 @@ macro_rules! cache_backend_test_suite {
             #[allow(unused_imports)]
             use super::*;
             use $crate::testsuite as suite;
+
+            #[tokio::test]
+            async fn compose_joins_parts_without_reading_them_back() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::compose_joins_parts_without_reading_them_back(&*backend).await;
+            }
 
             #[tokio::test]
             async fn put_get_head_delete() {

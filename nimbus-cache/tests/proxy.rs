@@ -16,6 +16,7 @@ use nimbus_core::cache_token::{CachePermission, CacheTokenKeys, DEFAULT_BRANCH};
 use nimbus_core::{Env, Secret};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 const SECRET: &str = "cache-test-secret-0123456789";
 const TWIRP: &str = "twirp/github.actions.results.api.v1.CacheService";
@@ -1038,6 +1039,67 @@ async fn the_scrub_drops_corrupt_and_missing_entries_and_serves_no_bad_bytes() {
         .metrics
         .render()
         .contains("nimbus_cache_corrupt_entries_total 2"));
+}
+
+/// An entry joined from several parts (v1 chunks) is identified by the composite
+/// of its parts' sha256s, served with it as ETag, and scrubbed part by part: a
+/// flipped byte in its middle part is caught.
+#[tokio::test]
+async fn a_composed_entry_is_scrubbed_part_by_part() {
+    let h = Harness::start(Stack::FsSqlite).await.expect("harness");
+    let token = h.writer();
+    let bytes = data(3 * 5000, 11);
+    let mut ids = Vec::new();
+    for key in ["whole", "flipped"] {
+        let (status, reserved) = h.reserve_v1(&token, key, bytes.len()).await;
+        assert_eq!(status, StatusCode::CREATED, "{reserved}");
+        let id = reserved["cacheId"].as_i64().expect("cacheId");
+        for (i, piece) in bytes.chunks(5000).enumerate() {
+            assert_eq!(
+                h.patch_v1(&token, id, i * 5000, piece).await,
+                StatusCode::NO_CONTENT
+            );
+        }
+        let (status, body) = h.commit_v1(&token, id, bytes.len()).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        ids.push(id);
+    }
+    let entry = h.proxy.cache.entry(ids[0]).await.expect("entry");
+    let digest = entry.sha256.clone().expect("digest");
+    let parts: Vec<Vec<u8>> = bytes
+        .chunks(5000)
+        .map(|piece| Sha256::digest(piece).to_vec())
+        .collect();
+    assert_eq!(
+        digest,
+        format!("{}-3", hex::encode(Sha256::digest(parts.concat()))),
+        "the sha256 of the parts' sha256s, and how many"
+    );
+    let (status, found) = h.lookup_v1(&token, "whole").await;
+    assert_eq!(status, StatusCode::OK);
+    let download = h
+        .http
+        .get(found["archiveLocation"].as_str().expect("archiveLocation"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(
+        download.headers()["etag"].to_str().expect("etag"),
+        format!("\"{digest}\"")
+    );
+    assert!(download.bytes().await.expect("body") == bytes);
+
+    let flipped = h.proxy.cache.entry(ids[1]).await.expect("entry");
+    let path = h._dir.path().join("blobs/objects").join(&flipped.blob_key);
+    let mut stored = std::fs::read(&path).expect("read");
+    stored[7000] ^= 0x01;
+    std::fs::write(&path, stored).expect("flip a byte of the middle part");
+    let report = maintenance::scrub_once(&h.proxy.cache)
+        .await
+        .expect("scrub");
+    assert_eq!((report.verified, report.corrupt), (1, 1), "{report:?}");
+    assert!(h.proxy.cache.entry(ids[0]).await.is_ok());
+    assert!(h.proxy.cache.entry(ids[1]).await.is_err(), "dropped");
 }
 
 #[tokio::test]

@@ -268,9 +268,9 @@ impl CacheBackend for PythonCacheBackend {
         upload: &str,
         part: &str,
         body: ByteStream,
-    ) -> nimbus_cache::Result<u64> {
+    ) -> nimbus_cache::Result<StoredObject> {
         let data = collect(body).await?;
-        let size = data.len() as u64;
+        let object = stored(&data);
         let (upload, part) = (upload.to_string(), part.to_string());
         self.with_backend("put_part", move |backend| {
             backend.call_method1(
@@ -280,7 +280,7 @@ impl CacheBackend for PythonCacheBackend {
             Ok(())
         })
         .await?;
-        Ok(size)
+        Ok(object)
     }
 
     async fn complete(

@@ -26,6 +26,9 @@ const MAX_BLOCK_ID_BYTES: usize = 64;
 /// A block list names at most this many blocks (Azure: 50,000).
 const MAX_BLOCKS: usize = 50_000;
 
+/// The query string of a signed blob link: `exp` (expiry, Unix seconds) and
+/// `sig` (the proxy's signature), plus Azure's `comp` and `blockid` on uploads.
+/// Every field is optional here; the handlers reject what they need and miss.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LinkQuery {
@@ -210,6 +213,7 @@ pub async fn upload(
                         name,
                         start: None,
                         size: 0,
+                        sha256: None,
                     },
                     body_stream(body),
                 )

@@ -21,6 +21,8 @@ use crate::server::{body_stream, CacheAuth, Proxy};
 /// Most entries one list answers.
 const LIST_LIMIT: u32 = 100;
 
+/// The query of a v1 restore lookup: `keys` is comma-separated, the primary key
+/// first and then the restore keys (prefixes) in order; `version` defaults to empty.
 #[derive(Debug, Deserialize)]
 pub struct LookupQuery {
     keys: String,
@@ -28,6 +30,8 @@ pub struct LookupQuery {
     version: String,
 }
 
+/// The query of a v1 list: `key` is a key prefix; the token's scope's committed
+/// entries that start with it are listed, newest first.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     key: String,
@@ -204,6 +208,7 @@ pub async fn upload_chunk(
                 name: format!("o{start:020}"),
                 start: Some(start),
                 size: length,
+                sha256: None,
             },
             body_stream(body),
         )

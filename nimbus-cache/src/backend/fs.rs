@@ -34,6 +34,8 @@ const QUEUE_DEPTH: usize = 32;
 /// Bytes gathered before one write call.
 const WRITE_BUFFER: usize = 1024 * 1024;
 
+/// Blobs as files under one directory (`objects/`, `staging/`, `tmp/`), written
+/// to a temporary file, fsync'd and renamed into place.
 #[derive(Debug, Clone)]
 pub struct FsBackend {
     root: PathBuf,
@@ -62,6 +64,7 @@ impl FsBackend {
         Ok(FsBackend { root })
     }
 
+    /// The directory everything lives under.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -76,6 +79,21 @@ impl FsBackend {
         Ok(self.root.join("staging").join(upload))
     }
 
+    /// An upload's staging directory and the path of each named part in it.
+    fn staged_paths(
+        &self,
+        upload: &str,
+        parts: &[String],
+    ) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+        let staging = self.staging_dir(upload)?;
+        let mut paths = Vec::with_capacity(parts.len());
+        for part in parts {
+            check_name("part", part)?;
+            paths.push((part.clone(), staging.join(part)));
+        }
+        Ok((staging, paths))
+    }
+
     fn tmp_path(&self) -> PathBuf {
         self.root
             .join("tmp")
@@ -88,8 +106,8 @@ impl FsBackend {
 enum Durability {
     /// A committed object: hashed, fsync'd, renamed, directory fsync'd.
     Object,
-    /// A staged part: neither hashed (the commit hashes the whole) nor fsync'd (a
-    /// crash abandons the upload anyway).
+    /// A staged part: hashed (its sha256 stands for it once composed) but not
+    /// fsync'd (a crash abandons the upload anyway).
     Staged,
 }
 
@@ -109,12 +127,8 @@ async fn write_stream(
         // Network chunks are small; the disk prefers megabytes per write call.
         let mut file = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut hashing = Hashing::default();
-        let mut size = 0u64;
         while let Some(chunk) = receiver.blocking_recv() {
-            match durability {
-                Durability::Object => hashing.update(&chunk),
-                Durability::Staged => size += chunk.len() as u64,
-            }
+            hashing.update(&chunk);
             file.write_all(&chunk)
                 .map_err(io_error(format!("writing {}", tmp_for_writer.display())))?;
         }
@@ -127,10 +141,7 @@ async fn write_stream(
                     .map_err(io_error(format!("syncing {}", tmp_for_writer.display())))?;
                 Ok(hashing.finish())
             }
-            Durability::Staged => Ok(StoredObject {
-                size,
-                sha256: String::new(),
-            }),
+            Durability::Staged => Ok(hashing.finish()),
         }
     });
     let mut stream_error = None;
@@ -257,10 +268,10 @@ fn list_dir(dir: &Path, key_prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io:
 }
 
 /// sha256 and total length of `paths` read in order.
-fn hash_files(paths: &[PathBuf]) -> Result<StoredObject> {
+fn hash_files(paths: &[(String, PathBuf)]) -> Result<StoredObject> {
     let mut hashing = Hashing::default();
     let mut buffer = vec![0u8; 1024 * 1024];
-    for path in paths {
+    for (_, path) in paths {
         let mut input =
             File::open(path).map_err(io_error(format!("opening {}", path.display())))?;
         loop {
@@ -276,11 +287,23 @@ fn hash_files(paths: &[PathBuf]) -> Result<StoredObject> {
     Ok(hashing.finish())
 }
 
+/// Every staged part is there: a missing one is the client's error, said clearly.
+fn check_staged(paths: &[(String, PathBuf)]) -> Result<()> {
+    for (part, path) in paths {
+        if !path.is_file() {
+            return Err(Error::InvalidInput(format!(
+                "part {part:?} was never uploaded"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Concatenates `paths` into a new file `out` (copy_file_range where the kernel
 /// offers it) and fsyncs it.
-fn copy_files(paths: &[PathBuf], out: &Path) -> Result<()> {
+fn copy_files(paths: &[(String, PathBuf)], out: &Path) -> Result<()> {
     let mut output = File::create(out).map_err(io_error(format!("creating {}", out.display())))?;
-    for path in paths {
+    for (_, path) in paths {
         let mut input =
             File::open(path).map_err(io_error(format!("opening {}", path.display())))?;
         std::io::copy(&mut input, &mut output).map_err(io_error(format!(
@@ -370,33 +393,18 @@ impl CacheBackend for FsBackend {
         .map_err(|e| Error::Backend(format!("listing: {e}")))?
     }
 
-    async fn put_part(&self, upload: &str, part: &str, body: ByteStream) -> Result<u64> {
+    async fn put_part(&self, upload: &str, part: &str, body: ByteStream) -> Result<StoredObject> {
         check_name("part", part)?;
         let target = self.staging_dir(upload)?.join(part);
-        Ok(
-            write_stream(body, self.tmp_path(), target, Durability::Staged)
-                .await?
-                .size,
-        )
+        write_stream(body, self.tmp_path(), target, Durability::Staged).await
     }
 
     async fn complete(&self, upload: &str, parts: &[String], key: &str) -> Result<StoredObject> {
-        let staging = self.staging_dir(upload)?;
-        for part in parts {
-            check_name("part", part)?;
-        }
+        let (staging, paths) = self.staged_paths(upload, parts)?;
         let target = self.object_path(key)?;
         let tmp = self.tmp_path();
-        let parts = parts.to_vec();
         tokio::task::spawn_blocking(move || -> Result<StoredObject> {
-            let paths: Vec<PathBuf> = parts.iter().map(|part| staging.join(part)).collect();
-            for (part, path) in parts.iter().zip(&paths) {
-                if !path.is_file() {
-                    return Err(Error::InvalidInput(format!(
-                        "part {part:?} was never uploaded"
-                    )));
-                }
-            }
+            check_staged(&paths)?;
             // Two passes over the parts (fresh in the page cache) run side by side:
             // one copies them into the object in the kernel (copy_file_range), the
             // other hashes them. Each takes about as long as the other.
@@ -421,6 +429,27 @@ impl CacheBackend for FsBackend {
         })
         .await
         .map_err(|e| Error::Backend(format!("completing upload: {e}")))?
+    }
+
+    async fn compose(&self, upload: &str, parts: &[String], key: &str) -> Result<u64> {
+        let (staging, paths) = self.staged_paths(upload, parts)?;
+        let target = self.object_path(key)?;
+        let tmp = self.tmp_path();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            check_staged(&paths)?;
+            if let Err(error) = copy_files(&paths, &tmp) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(error);
+            }
+            let size = std::fs::metadata(&tmp)
+                .map_err(io_error(format!("reading {}", tmp.display())))?
+                .len();
+            publish(&tmp, &target, true)?;
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(size)
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("composing upload: {e}")))?
     }
 
     async fn abort(&self, upload: &str) -> Result<()> {

@@ -25,28 +25,37 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// A stored object's description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
+    /// The object's key, without the backend's own prefix.
     pub key: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// When it was last written (Unix milliseconds).
     pub last_modified_millis: i64,
 }
 
 /// What a completed write stored: its size and the sha256 of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
+    /// Bytes written.
     pub size: u64,
+    /// sha256 of those bytes, lowercase hex.
     pub sha256: String,
 }
 
 /// A byte range of an object, `start..end` (end exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {
+    /// First byte.
     pub start: u64,
+    /// One past the last byte.
     pub end: u64,
 }
 
 /// An object being read: its total size and the (possibly ranged) body.
 pub struct ObjectReader {
+    /// The whole object's size, whatever the range.
     pub size: u64,
+    /// The bytes asked for.
     pub body: ByteStream,
 }
 
@@ -65,6 +74,7 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// A missing object is [`Error::NotFound`](crate::Error::NotFound).
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<ObjectReader>;
 
+    /// Describes `key`, or `None` when there is no such object.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
 
     /// Removes `key`; removing a missing object is not an error.
@@ -73,13 +83,23 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
 
-    /// Stages one part of upload `upload` (parts arrive in any order, in parallel).
+    /// Stages one part of upload `upload` (parts arrive in any order, in parallel)
+    /// and says what was staged: its size and the sha256 of its bytes.
     /// Staged parts are invisible to `get`/`list`; the same `part` again replaces it.
-    async fn put_part(&self, upload: &str, part: &str, body: ByteStream) -> Result<u64>;
+    async fn put_part(&self, upload: &str, part: &str, body: ByteStream) -> Result<StoredObject>;
 
     /// Joins the staged `parts` of `upload`, in the order given, into object `key`
-    /// (atomically) and drops the staging area.
+    /// (atomically) and drops the staging area. Reads every byte back to hash the
+    /// whole: for callers that need the object's own sha256 (content addressing).
     async fn complete(&self, upload: &str, parts: &[String], key: &str) -> Result<StoredObject>;
+
+    /// Like [`complete`](Self::complete), but without reading the parts back where
+    /// the store can join them by itself (S3: each staged part copied server-side
+    /// into one multipart upload); returns the object's size. For callers that
+    /// already hold each part's sha256 from [`put_part`](Self::put_part).
+    async fn compose(&self, upload: &str, parts: &[String], key: &str) -> Result<u64> {
+        Ok(self.complete(upload, parts, key).await?.size)
+    }
 
     /// Drops an upload's staged parts; dropping an unknown upload is not an error.
     async fn abort(&self, upload: &str) -> Result<()>;
