@@ -141,13 +141,19 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
         let submitted = state.submit(&org, job.clone()).await?;
         let query = LogQuery {
             job_id: Some(submitted.id as u64),
-            limit: 1,
+            limit: 100,
             order: Order::Oldest,
             ..LogQuery::default()
         };
         loop {
             let notified = wake.notified();
-            if !sink.query(&query).await?.is_empty() {
+            // The job's own output, not a line the agent wrote about it.
+            if sink
+                .query(&query)
+                .await?
+                .iter()
+                .any(|line| line.message.trim_end() == "first line")
+            {
                 break;
             }
             if started.elapsed() > Duration::from_secs(120) {
@@ -159,9 +165,11 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
             let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
         }
         let elapsed = started.elapsed();
-        // Let the job finish before the next (one VM at a time).
+        // Let the job finish before the next (one VM at a time); only a job that
+        // succeeded counts (a VM that printed and then failed is no start-up).
+        let mut status = String::new();
         for _ in 0..2400 {
-            let status = state.job(&admin, submitted.id).await?.status.to_string();
+            status = state.job(&admin, submitted.id).await?.status.to_string();
             if matches!(
                 status.as_str(),
                 "succeeded" | "failed" | "timed_out" | "cancelled"
@@ -169,6 +177,12 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if status != "succeeded" {
+            bail!(
+                "{driver}: job {} ended {status:?}; the benchmark counts only jobs that succeeded",
+                submitted.id
+            );
         }
         if run > 0 {
             samples.push(ms(elapsed)); // the first run warms caches (templates, pages)

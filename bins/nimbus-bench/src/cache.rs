@@ -1,8 +1,11 @@
 //! Cache proxy throughput with the official `@actions/cache` client (v2): one big
 //! entry (default 1 GiB) and many small ones (default 1,000 × 64 KiB), upload and
 //! download, per backend, beside the machine's limits measured in the same run:
-//! the disk's fsync'd sequential write (`dd … conv=fsync`) and nginx serving the
-//! same big file over loopback to the same client code.
+//! the disk's fsync'd sequential write (`dd … conv=fsync`), nginx serving the
+//! same big file over loopback to the same client code (and to curl, to show the
+//! client, not nginx, sets that pace), and for S3 the same bytes uploaded straight
+//! to the same store as a raw multipart upload (8 MiB parts, 10 at a time:
+//! boto3's and the AWS CLI's defaults).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,7 +70,100 @@ struct Report {
     backends: Vec<BackendReport>,
     dd_fsync_write_mb_s: f64,
     nginx_download_mb_s: Option<f64>,
+    nginx_curl_download_mb_s: Option<f64>,
+    s3_raw_multipart_upload_mb_s: Option<f64>,
     client: String,
+}
+
+/// Parts of the raw S3 reference upload, and how many go at once.
+const RAW_PART_BYTES: u64 = 8 << 20;
+const RAW_CONCURRENCY: usize = 10;
+
+/// The S3 reference: `big` uploaded to `endpoint` as one multipart upload by the
+/// AWS SDK directly, no proxy; MB/s.
+async fn raw_multipart_upload(endpoint: &str, bucket: &str, big: &Path) -> Result<f64> {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    use futures::StreamExt;
+    use std::os::unix::fs::FileExt;
+
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            "testkey",
+            "testsecret",
+            None,
+            None,
+            "nimbus-bench",
+        ))
+        .force_path_style(true)
+        .endpoint_url(endpoint)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+    let key = format!("raw-{}", uuid::Uuid::new_v4().simple());
+    let file = Arc::new(std::fs::File::open(big)?);
+    let size = file.metadata()?.len();
+    let started = Instant::now();
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(&key)
+        .send()
+        .await
+        .context("create multipart upload")?;
+    let id = created.upload_id().context("no upload id")?.to_string();
+    let parts = size.div_ceil(RAW_PART_BYTES);
+    let uploaded: Vec<Result<CompletedPart>> = futures::stream::iter(0..parts)
+        .map(|i| {
+            let (client, file, key, id) = (client.clone(), file.clone(), key.clone(), id.clone());
+            async move {
+                let start = i * RAW_PART_BYTES;
+                let len = RAW_PART_BYTES.min(size - start) as usize;
+                let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    let mut buffer = vec![0u8; len];
+                    file.read_exact_at(&mut buffer, start)?;
+                    Ok(buffer)
+                })
+                .await??;
+                let number = i as i32 + 1;
+                let part = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(&key)
+                    .upload_id(&id)
+                    .part_number(number)
+                    .body(bytes.into())
+                    .send()
+                    .await
+                    .context("upload part")?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .build())
+            }
+        })
+        .buffer_unordered(RAW_CONCURRENCY)
+        .collect()
+        .await;
+    let mut completed = uploaded.into_iter().collect::<Result<Vec<_>>>()?;
+    completed.sort_by_key(|part| part.part_number());
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(&key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
+        .send()
+        .await
+        .context("complete multipart upload")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = client.delete_object().bucket(bucket).key(&key).send().await;
+    Ok(mb_per_s(size, seconds))
 }
 
 const SECRET: &str = "nimbus-bench-cache-secret";
@@ -230,8 +326,9 @@ async fn measure(
     })
 }
 
-/// nginx serving `work` on a free loopback port; the same client downloads `big`.
-async fn nginx_download(args: &Args, big: &Path) -> Result<Option<f64>> {
+/// nginx serving `work` on a free loopback port; the same client downloads `big`,
+/// then curl does: (client MB/s, curl MB/s).
+async fn nginx_download(args: &Args, big: &Path) -> Result<Option<(f64, Option<f64>)>> {
     if !args.nginx.exists() {
         eprintln!(
             "bench: {} not found; no nginx reference",
@@ -295,12 +392,31 @@ async fn nginx_download(args: &Args, big: &Path) -> Result<Option<f64>> {
         &[],
     )
     .await;
+    // curl into /dev/null: what nginx can serve when the client is not the limit.
+    let curl_started = Instant::now();
+    let curl = tokio::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null"])
+        .arg(format!("http://127.0.0.1:{port}/{name}"))
+        .status()
+        .await;
+    let curl_seconds = curl_started.elapsed().as_secs_f64();
     let _ = child.kill().await;
     let _ = std::fs::remove_file(&out);
     let result = result?;
-    Ok(Some(mb_per_s(
-        result["bytes"].as_u64().unwrap_or(0),
-        result["download_seconds"].as_f64().unwrap_or(f64::NAN),
+    let bytes = result["bytes"].as_u64().unwrap_or(0);
+    let curl = match curl {
+        Ok(status) if status.success() => Some(mb_per_s(bytes, curl_seconds)),
+        _ => {
+            eprintln!("bench: curl could not download from nginx; no curl figure");
+            None
+        }
+    };
+    Ok(Some((
+        mb_per_s(
+            bytes,
+            result["download_seconds"].as_f64().unwrap_or(f64::NAN),
+        ),
+        curl,
     )))
 }
 
@@ -325,6 +441,7 @@ pub async fn run(args: Args) -> Result<()> {
     let dd = dd_fsync(work, args.big_mib)?;
 
     let mut backends = Vec::new();
+    let mut s3_raw = None;
     let fs = Arc::new(FsBackend::open(work.join("fs-store"))?);
     backends.push(measure(&args, "fs", fs, &big).await?);
     if let Some(endpoint) = &args.s3_endpoint {
@@ -339,6 +456,11 @@ pub async fn run(args: Args) -> Result<()> {
         })
         .await?;
         backends.push(measure(&args, "s3", Arc::new(s3), &big).await?);
+        eprintln!(
+            "bench: the same {} MiB straight to S3 (raw multipart upload)",
+            args.big_mib
+        );
+        s3_raw = Some(raw_multipart_upload(endpoint, "nimbus-bench", &big).await?);
     }
     let nginx = nginx_download(&args, &big).await?;
     let _ = std::fs::remove_dir_all(work);
@@ -346,7 +468,9 @@ pub async fn run(args: Args) -> Result<()> {
     let report = Report {
         backends,
         dd_fsync_write_mb_s: dd,
-        nginx_download_mb_s: nginx,
+        nginx_download_mb_s: nginx.map(|(client, _)| client),
+        nginx_curl_download_mb_s: nginx.and_then(|(_, curl)| curl),
+        s3_raw_multipart_upload_mb_s: s3_raw,
         client: "@actions/cache 6.3.0 (v2: Azure SDK upload, HTTP download)".into(),
     };
     if args.json {
@@ -373,6 +497,12 @@ pub async fn run(args: Args) -> Result<()> {
     );
     if let Some(nginx) = report.nginx_download_mb_s {
         println!("nginx download (same client): {nginx:.0} MB/s");
+    }
+    if let Some(curl) = report.nginx_curl_download_mb_s {
+        println!("nginx download (curl): {curl:.0} MB/s");
+    }
+    if let Some(raw) = report.s3_raw_multipart_upload_mb_s {
+        println!("raw S3 multipart upload (no proxy): {raw:.0} MB/s");
     }
     Ok(())
 }
