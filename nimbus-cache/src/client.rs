@@ -15,8 +15,11 @@ use crate::error::{Error, Result};
 /// What `put` stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
+    /// The key the entry was stored under.
     pub key: String,
+    /// Length of the stored body, in bytes.
     pub size: u64,
+    /// The sha256 of the stored bytes, lowercase hex.
     pub sha256: String,
 }
 
@@ -29,6 +32,10 @@ pub struct CacheClient {
 }
 
 impl CacheClient {
+    /// A client of the proxy at `base_url` (e.g. `http://127.0.0.1:8001`; a
+    /// trailing `/` is ignored) that sends `token`, a cache token, as its bearer.
+    /// Fails on a URL that does not parse or cannot take a path. Connecting times
+    /// out after 5 s; requests themselves have no overall timeout.
     pub fn new(base_url: &str, token: Secret) -> Result<Self> {
         let base = Url::parse(base_url.trim_end_matches('/'))
             .map_err(|e| Error::InvalidInput(format!("cache proxy URL {base_url:?}: {e}")))?;
@@ -44,6 +51,7 @@ impl CacheClient {
         Ok(CacheClient { http, base, token })
     }
 
+    /// The proxy's base URL, without a trailing `/`.
     pub fn base_url(&self) -> &str {
         self.base.as_str().trim_end_matches('/')
     }

@@ -17,10 +17,13 @@
 //! Cache tokens are minted by the control plane and verified here; their format
 //! lives in [`nimbus_core::cache_token`].
 
+#![warn(missing_docs)]
+
 pub mod actions;
 pub mod backend;
 pub mod cache;
 pub mod client;
+pub mod digest;
 pub mod error;
 pub mod index;
 pub mod maintenance;

@@ -6,23 +6,35 @@ use prometheus::{
 
 use crate::error::{Error, Result};
 
+/// The proxy's Prometheus metrics, all registered in one [`Registry`]. Cheap
+/// to clone: clones share the same counters.
 #[derive(Clone)]
 pub struct Metrics {
+    /// The registry every metric below is registered in; [`Metrics::render`]
+    /// gathers it.
     pub registry: Registry,
     /// What eviction and garbage collection removed, by `kind`: `actions`
     /// (cache entries: byte budgets, idle age) or `registry` (blobs).
     pub evictions: IntCounterVec,
     /// Requests the registry sent its upstream, by `kind` (`manifest`, `blob`).
     pub registry_upstream_requests: IntCounterVec,
+    /// Restores (lookups) that found an entry.
     pub hits: IntCounter,
+    /// Restores (lookups) that found nothing.
     pub misses: IntCounter,
+    /// Bytes received into cache entries and registry blob uploads.
     pub bytes_uploaded: IntCounter,
+    /// Bytes of cache entries served to clients (ranges count what was sent).
     pub bytes_downloaded: IntCounter,
     /// Committed entries the scrub found corrupt or missing and dropped.
     pub corrupt_entries: IntCounter,
     /// Uploads discarded (bad input, client gone, over budget).
     pub uploads_discarded: IntCounter,
+    /// HTTP requests by `route` (the matched route pattern, or `unmatched`)
+    /// and `status`.
     pub requests: IntCounterVec,
+    /// HTTP request latency in seconds, up to the response head (not the
+    /// streamed body), by `route`.
     pub request_seconds: HistogramVec,
 }
 
@@ -31,6 +43,8 @@ fn metric_error(error: prometheus::Error) -> Error {
 }
 
 impl Metrics {
+    /// A fresh set of metrics in its own registry, every counter at zero. Fails
+    /// only if a metric's definition is invalid.
     pub fn new() -> Result<Self> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| -> Result<IntCounter> {

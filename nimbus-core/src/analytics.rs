@@ -14,7 +14,9 @@ use time::OffsetDateTime;
 use crate::domain::{JobStatus, OrgId};
 use crate::error::{Error, Result};
 
+/// One hour in milliseconds.
 pub const HOUR_MS: i64 = 3_600_000;
+/// One day in milliseconds; rollups are kept per UTC day.
 pub const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Rounds a duration down to two significant digits (exact below 100 ms): the
@@ -40,6 +42,7 @@ impl Histogram {
         self.record_n(ms, 1);
     }
 
+    /// Counts `jobs` jobs of the same duration at once (a rollup's bucket); 0 adds nothing.
     pub fn record_n(&mut self, ms: i64, jobs: u64) {
         if jobs > 0 {
             *self
@@ -49,12 +52,14 @@ impl Histogram {
         }
     }
 
+    /// Adds the counts of `other` to this histogram.
     pub fn merge(&mut self, other: &Histogram) {
         for (bucket, jobs) in &other.0 {
             *self.0.entry(*bucket).or_default() += jobs;
         }
     }
 
+    /// How many jobs the histogram counts.
     pub fn count(&self) -> u64 {
         self.0.values().sum()
     }
@@ -77,6 +82,7 @@ impl Histogram {
         self.0.keys().next_back().copied()
     }
 
+    /// The job count, p50 and p95 of this histogram.
     pub fn percentiles(&self) -> Percentiles {
         Percentiles {
             jobs: self.count(),
@@ -90,6 +96,7 @@ impl Histogram {
         serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".into())
     }
 
+    /// Reads the stored form written by [`Histogram::encode`].
     pub fn decode(text: &str) -> Result<Histogram> {
         serde_json::from_str(text)
             .map(Histogram)
@@ -102,23 +109,33 @@ impl Histogram {
 pub struct Percentiles {
     /// How many jobs the percentiles are of.
     pub jobs: u64,
+    /// Median, in milliseconds.
     pub p50: Option<u64>,
+    /// 95th percentile, in milliseconds.
     pub p95: Option<u64>,
 }
 
 /// Jobs per status: every status is present, 0 when no job has it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusCounts {
+    /// Jobs waiting for an agent.
     pub queued: i64,
+    /// Jobs leased to an agent (running).
     pub leased: i64,
+    /// Jobs that finished successfully.
     pub succeeded: i64,
+    /// Jobs that finished with a failure.
     pub failed: i64,
+    /// Jobs that ran past their timeout.
     pub timed_out: i64,
+    /// Jobs cancelled before they finished.
     pub cancelled: i64,
+    /// Jobs the admission policy denied.
     pub rejected: i64,
 }
 
 impl StatusCounts {
+    /// Adds `jobs` to the count of `status`.
     pub fn add(&mut self, status: JobStatus, jobs: i64) {
         *match status {
             JobStatus::Queued => &mut self.queued,
@@ -131,12 +148,14 @@ impl StatusCounts {
         } += jobs;
     }
 
+    /// Adds the counts of `other` to these.
     pub fn merge(&mut self, other: &StatusCounts) {
         for status in JobStatus::ALL {
             self.add(status, other.get(status));
         }
     }
 
+    /// The count of `status`.
     pub fn get(&self, status: JobStatus) -> i64 {
         match status {
             JobStatus::Queued => self.queued,
@@ -149,6 +168,7 @@ impl StatusCounts {
         }
     }
 
+    /// The sum over every status.
     pub fn total(&self) -> i64 {
         JobStatus::ALL.iter().map(|s| self.get(*s)).sum()
     }
@@ -178,18 +198,24 @@ pub enum Grouping {
 /// org or all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsQuery {
+    /// Only this org; `None` for all orgs.
     pub org_id: Option<OrgId>,
+    /// Inclusive lower bound on creation time; `None` for open.
     pub since: Option<OffsetDateTime>,
+    /// Exclusive upper bound on creation time; `None` for open.
     pub until: Option<OffsetDateTime>,
+    /// How to group the jobs.
     pub grouping: Grouping,
 }
 
 /// The jobs of one group: an org, or an org and a metadata key's value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupStats {
+    /// The org the jobs belong to.
     pub org_id: OrgId,
     /// The metadata key and value of the group (metadata groupings).
     pub metadata: Option<(String, String)>,
+    /// The group's jobs by status.
     pub jobs: StatusCounts,
     /// Created to first lease, of the jobs that were leased.
     pub queue_wait: Histogram,
@@ -202,21 +228,29 @@ pub struct GroupStats {
 pub struct TrendRow {
     /// Start of the bucket, Unix milliseconds.
     pub bucket_start: i64,
+    /// The metadata value the row counts.
     pub value: String,
+    /// The status the row counts.
     pub status: JobStatus,
+    /// How many jobs of that value and status were created in the bucket.
     pub jobs: i64,
 }
 
 /// Jobs carrying one value of a metadata key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetadataBucket {
+    /// The metadata value.
     pub value: String,
+    /// All jobs with this value, whatever their status.
     pub total: i64,
+    /// The jobs with this value by status.
     pub jobs: StatusCounts,
+    /// See [`StatusCounts::success_rate`]; `None` without decided jobs.
     pub success_rate: Option<f64>,
 }
 
 impl MetadataBucket {
+    /// A bucket of `jobs`, with its total and success rate computed from them.
     pub fn new(value: String, jobs: StatusCounts) -> Self {
         MetadataBucket {
             value,
@@ -247,13 +281,19 @@ pub fn sort_buckets(buckets: &mut [MetadataBucket]) {
 /// One org in `GET /api/observability/orgs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrgReport {
+    /// The org's id.
     pub org_id: OrgId,
     /// The org's name, when the org is registered.
     pub name: Option<String>,
+    /// All the org's jobs in the window, whatever their status.
     pub total: i64,
+    /// The org's jobs in the window by status.
     pub jobs: StatusCounts,
+    /// See [`StatusCounts::success_rate`]; `None` without decided jobs.
     pub success_rate: Option<f64>,
+    /// Creation to first lease.
     pub queue_wait_ms: Percentiles,
+    /// First lease to the end.
     pub run_time_ms: Percentiles,
     /// Jobs leased right now (whenever they were created).
     pub active_leases: i64,
@@ -267,25 +307,34 @@ pub struct OrgReport {
 /// `GET /api/observability/orgs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrgsReport {
+    /// Start of the window (inclusive), if bounded.
     #[serde(with = "time::serde::rfc3339::option")]
     pub since: Option<OffsetDateTime>,
+    /// End of the window (exclusive), if bounded.
     #[serde(with = "time::serde::rfc3339::option")]
     pub until: Option<OffsetDateTime>,
+    /// The key each org's jobs are broken down by, if one was asked for.
     pub metadata_key: Option<String>,
+    /// Every registered org, and any other org with jobs, leases or rate-limit
+    /// hits in the window; by org id.
     pub orgs: Vec<OrgReport>,
 }
 
 /// One org's buckets of a preset key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrgBuckets {
+    /// The org's id.
     pub org_id: OrgId,
+    /// The key's values among the org's jobs, sorted by [`sort_buckets`].
     pub buckets: Vec<MetadataBucket>,
 }
 
 /// One key of `NIMBUS_METADATA_DEFAULT_KEYS`, over all time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetadataPreset {
+    /// The metadata key.
     pub key: String,
+    /// The key's values per org.
     pub orgs: Vec<OrgBuckets>,
 }
 
@@ -295,31 +344,40 @@ pub struct MetadataPresets {
     /// When the figures were computed (they are refreshed in the background).
     #[serde(with = "time::serde::rfc3339")]
     pub computed_at: OffsetDateTime,
+    /// One entry per key of `NIMBUS_METADATA_DEFAULT_KEYS`.
     pub presets: Vec<MetadataPreset>,
 }
 
 /// `GET /api/jobs/metadata/histogram`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetadataHistogram {
+    /// The metadata key.
     pub key: String,
+    /// The key's values, sorted by [`sort_buckets`].
     pub buckets: Vec<MetadataBucket>,
 }
 
 /// One time bucket of `GET /api/jobs/metadata/trend`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrendBucket {
+    /// Start of the bucket (UTC, aligned to the Unix epoch).
     #[serde(with = "time::serde::rfc3339")]
     pub start: OffsetDateTime,
+    /// The key's values among the jobs created in the bucket.
     pub values: Vec<MetadataBucket>,
 }
 
 /// `GET /api/jobs/metadata/trend`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetadataTrend {
+    /// The metadata key.
     pub key: String,
+    /// Length of each bucket in hours (1–720, default 24).
     pub bucket_hours: u32,
+    /// Start of the window (inclusive).
     #[serde(with = "time::serde::rfc3339")]
     pub since: OffsetDateTime,
+    /// End of the window (exclusive).
     #[serde(with = "time::serde::rfc3339")]
     pub until: OffsetDateTime,
     /// Buckets with jobs, oldest first.
@@ -329,18 +387,26 @@ pub struct MetadataTrend {
 /// A metadata key and value, and how many jobs carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataTag {
+    /// The metadata key.
     pub key: String,
+    /// The value.
     pub value: String,
+    /// How many jobs carry this key and value.
     pub jobs: i64,
 }
 
 /// `GET /api/jobs/summary`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSummary {
+    /// Only jobs with this key, if given.
     pub metadata_key: Option<String>,
+    /// Only jobs whose `metadata_key` has this value (needs `metadata_key`).
     pub metadata_value: Option<String>,
+    /// All matching jobs, whatever their status.
     pub total: i64,
+    /// The matching jobs by status.
     pub jobs: StatusCounts,
+    /// See [`StatusCounts::success_rate`]; `None` without decided jobs.
     pub success_rate: Option<f64>,
     /// The most frequent metadata tags among these jobs.
     pub top_metadata: Vec<MetadataTag>,
@@ -350,10 +416,14 @@ pub struct JobSummary {
 /// durations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DayFigures {
+    /// Midnight UTC of the day.
     #[serde(with = "time::serde::rfc3339")]
     pub day: OffsetDateTime,
+    /// The jobs created that day by status.
     pub jobs: StatusCounts,
+    /// Creation to first lease, of that day's jobs.
     pub queue_wait_ms: Percentiles,
+    /// First lease to the end, of that day's jobs.
     pub run_time_ms: Percentiles,
 }
 

@@ -24,6 +24,7 @@ use crate::config::Secret;
 use crate::domain::OrgId;
 use crate::error::{Error, Result};
 
+/// What a token lets its bearer do (the `role` claim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -75,12 +76,16 @@ impl Role {
 /// The service a token is for (`aud`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Audience {
+    /// `nimbus-control-plane`: the API, job queue and dashboard.
     ControlPlane,
+    /// `nimbus-cache-proxy`: the build cache.
     CacheProxy,
+    /// `nimbus-logging-pipeline`: job logs.
     LoggingPipeline,
 }
 
 impl Audience {
+    /// Every service, in a fixed order: the default audiences of admin and org tokens.
     pub const ALL: [Audience; 3] = [
         Audience::ControlPlane,
         Audience::CacheProxy,
@@ -123,22 +128,32 @@ impl FromStr for Audience {
 /// The audience of log ingest tokens: the pipeline's `POST /api/logs` only.
 pub const INGEST_AUDIENCE: &str = "nimbus-logging-pipeline/ingest";
 
+/// The claims of an API token, as signed (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// Subject: who the token was minted for (the agent id for agent tokens).
     pub sub: String,
+    /// What the bearer may do.
     pub role: Role,
+    /// The org of an org token; absent for other roles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<OrgId>,
+    /// The services the token is for ([`Audience::as_str`] values).
     pub aud: Vec<String>,
+    /// Issued at, Unix seconds.
     pub iat: i64,
+    /// Expires at, Unix seconds.
     pub exp: i64,
 }
 
 /// What a log ingest token lets its bearer write: lines of one job's one lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestScope {
+    /// The job whose lines the token may write.
     pub job_id: crate::domain::JobId,
+    /// The job's org.
     pub org_id: OrgId,
+    /// The job's GitHub repository id, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_id: Option<i64>,
     /// The agent holding the lease; its lines are stored under this id.
@@ -168,9 +183,23 @@ struct IngestClaims {
 /// Who is calling, once their token verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Admin { sub: String },
-    Agent { agent_id: String },
-    Org { org_id: OrgId, sub: String },
+    /// An admin token.
+    Admin {
+        /// The token's subject.
+        sub: String,
+    },
+    /// An agent token.
+    Agent {
+        /// The agent's id (the token's subject).
+        agent_id: String,
+    },
+    /// An org token.
+    Org {
+        /// The only org the token may see.
+        org_id: OrgId,
+        /// The token's subject.
+        sub: String,
+    },
 }
 
 impl Principal {
@@ -182,6 +211,7 @@ impl Principal {
         }
     }
 
+    /// The role of the token this principal came from.
     pub fn role(&self) -> Role {
         match self {
             Principal::Admin { .. } => Role::Admin,
@@ -237,6 +267,7 @@ fn rejection(e: jsonwebtoken::errors::Error) -> Error {
 }
 
 impl JwtKeys {
+    /// Keys for HS256 tokens signed with `secret` (`NIMBUS_JWT_SECRET`).
     pub fn new(secret: &Secret) -> Self {
         JwtKeys {
             encoding: EncodingKey::from_secret(secret.expose().as_bytes()),

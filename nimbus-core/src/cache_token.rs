@@ -26,10 +26,13 @@ const PREFIX: &str = "nct1.";
 /// The ref restores fall back to when the token names none.
 pub const DEFAULT_BRANCH: &str = "refs/heads/main";
 
+/// What a cache token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CachePermission {
+    /// Restore entries only.
     Read,
+    /// Restore and save entries.
     Write,
 }
 
@@ -45,6 +48,7 @@ impl fmt::Display for CachePermission {
 /// What a cache token grants: one org, one repository, one ref.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheScope {
+    /// The org whose cache the token opens.
     pub org_id: OrgId,
     /// `owner/name`.
     pub repo: String,
@@ -56,6 +60,7 @@ pub struct CacheScope {
     pub base_ref: Option<String>,
     /// Where restores look last (GitHub: the default branch).
     pub default_ref: String,
+    /// Whether the bearer may save entries as well as restore them.
     pub permission: CachePermission,
     /// Expiry, Unix seconds.
     pub exp: i64,
@@ -74,6 +79,7 @@ impl CacheScope {
         refs
     }
 
+    /// Whether the token allows saving entries.
     pub fn can_write(&self) -> bool {
         self.permission == CachePermission::Write
     }
@@ -82,13 +88,17 @@ impl CacheScope {
 /// What a job may do in the cache, before it is signed into a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheGrant {
+    /// The org whose cache the job may use.
     pub org_id: OrgId,
+    /// The repository, `owner/name`.
     pub repo: String,
     /// Where saves go and restores look first.
     pub git_ref: String,
     /// A pull request's base branch, restored from after `git_ref`.
     pub base_ref: Option<String>,
+    /// Where restores look last (GitHub: the default branch).
     pub default_ref: String,
+    /// Whether the job may save entries as well as restore them.
     pub permission: CachePermission,
 }
 
@@ -105,6 +115,7 @@ impl fmt::Debug for CacheTokenKeys {
 }
 
 impl CacheTokenKeys {
+    /// Keys for tokens signed with `secret` (`NIMBUS_CACHE_SHARED_SECRET`).
     pub fn new(secret: &Secret) -> Self {
         CacheTokenKeys {
             secret: secret.expose().as_bytes().to_vec(),

@@ -17,8 +17,11 @@ use crate::error::{Error, Result};
 /// One documented variable: name, default (as text) and meaning.
 #[derive(Debug, Clone, Copy)]
 pub struct VarDoc {
+    /// The variable's name, e.g. `NIMBUS_DATA_DIR`.
     pub name: &'static str,
+    /// The default as shown in the docs (`(none)`, `(generated)` when there is no literal one).
     pub default: &'static str,
+    /// What the variable does, in Markdown.
     pub meaning: &'static str,
 }
 
@@ -31,6 +34,7 @@ pub struct VarDoc {
 pub struct Settings {
     /// The section's title.
     pub service: &'static str,
+    /// The variables of the section, in the order they are listed.
     pub variables: &'static [VarDoc],
 }
 
@@ -62,9 +66,11 @@ pub const SHARED: Settings = Settings {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
+    /// The secret value itself, for the few places that need it (signing, headers).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -124,6 +130,7 @@ impl Env {
             .filter(|v| !v.trim().is_empty())
     }
 
+    /// Sets (or replaces) a variable.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.vars.insert(name.into(), value.into());
     }
@@ -161,6 +168,7 @@ impl Env {
         Ok(Duration::from_secs_f64(seconds))
     }
 
+    /// A variable parsed as an integer of at least 1, or `default` when unset.
     pub fn positive_u32(&self, name: &str, default: u32) -> Result<u32> {
         let value: u32 = self.parse_or(name, default)?;
         if value == 0 {
@@ -172,10 +180,12 @@ impl Env {
         Ok(value)
     }
 
+    /// A variable as a [`Secret`], `None` when unset or empty.
     pub fn secret(&self, name: &str) -> Option<Secret> {
         self.get(name).map(Secret::new)
     }
 
+    /// `NIMBUS_DATA_DIR`, default `./.nimbus`.
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(self.get("NIMBUS_DATA_DIR").unwrap_or("./.nimbus"))
     }
@@ -184,11 +194,15 @@ impl Env {
 /// Where clients find the control plane, and the token they present.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// The control plane's base URL, without a trailing `/` (`NIMBUS_CONTROL_PLANE_URL`).
     pub control_plane_url: String,
+    /// The bearer token sent with requests (`NIMBUS_CONTROL_PLANE_TOKEN`).
     pub token: Option<Secret>,
 }
 
 impl ClientConfig {
+    /// Reads `NIMBUS_CONTROL_PLANE_URL` (default `http://127.0.0.1:8000`, must be
+    /// http(s)) and `NIMBUS_CONTROL_PLANE_TOKEN`.
     pub fn from_env(env: &Env) -> Result<Self> {
         let url = env
             .get("NIMBUS_CONTROL_PLANE_URL")

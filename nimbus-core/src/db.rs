@@ -30,7 +30,9 @@ use crate::error::{Error, Result};
 /// A pool of connections to one of the supported databases.
 #[derive(Debug, Clone)]
 pub enum Pool {
+    /// A SQLite pool.
     Sqlite(SqlitePool),
+    /// A PostgreSQL pool (feature `postgres`).
     #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
 }
@@ -71,14 +73,18 @@ macro_rules! with_pool {
 /// pool; on SQLite the writer has exactly one connection.
 #[derive(Debug, Clone)]
 pub struct Pools {
+    /// The pool that writes (on SQLite: its one connection).
     pub writer: Pool,
+    /// The pool that reads (on SQLite: read-only connections).
     pub reader: Pool,
 }
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// SQLite: `sqlite:…` URLs, or file paths where allowed.
     Sqlite,
+    /// PostgreSQL: `postgres://` or `postgresql://` URLs.
     Postgres,
 }
 
@@ -138,6 +144,7 @@ impl Pool {
         Ok(())
     }
 
+    /// Closes every connection of the pool, waiting for those in use to be returned.
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
     }

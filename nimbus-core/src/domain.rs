@@ -33,8 +33,11 @@ pub const DEFAULT_TIMEOUT_MINUTES: u32 = 360;
 /// An organisation (or user account) that owns repositories and jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Org {
+    /// GitHub's numeric id of the organisation or user.
     pub id: OrgId,
+    /// The org's login or display name.
     pub name: String,
+    /// When the org was first registered.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -42,7 +45,9 @@ pub struct Org {
 /// A repository as GitHub names it: `owner/name`, with GitHub's numeric id when known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repo {
+    /// GitHub's numeric repository id; `None` for direct jobs.
     pub id: Option<i64>,
+    /// `owner/name`.
     pub full_name: String,
 }
 
@@ -57,6 +62,7 @@ pub enum JobSource {
 }
 
 impl JobSource {
+    /// The wire and database name: `github` or `direct`.
     pub fn as_str(self) -> &'static str {
         match self {
             JobSource::Github => "github",
@@ -80,17 +86,24 @@ impl FromStr for JobSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
+    /// Waiting for an agent to lease it.
     Queued,
+    /// Leased to an agent and running (or about to).
     Leased,
+    /// Finished with success.
     Succeeded,
+    /// Finished with a failure, or its lease expired on the last allowed attempt.
     Failed,
+    /// Ran past its timeout.
     TimedOut,
+    /// Stopped before it finished: by its org, an admin, GitHub or its agent.
     Cancelled,
     /// Denied by the admission policy; never leased.
     Rejected,
 }
 
 impl JobStatus {
+    /// Every status, in lifecycle order.
     pub const ALL: [JobStatus; 7] = [
         JobStatus::Queued,
         JobStatus::Leased,
@@ -101,6 +114,7 @@ impl JobStatus {
         JobStatus::Rejected,
     ];
 
+    /// The wire and database name, e.g. `timed_out`.
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",
@@ -150,9 +164,13 @@ impl FromStr for JobStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompletionStatus {
+    /// The job succeeded.
     Succeeded,
+    /// The job failed.
     Failed,
+    /// The job ran past its timeout.
     TimedOut,
+    /// The job was stopped before it finished.
     Cancelled,
 }
 
@@ -171,11 +189,15 @@ impl From<CompletionStatus> for JobStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
+    /// A name shown in logs and reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The shell script to run.
     pub run: String,
+    /// Environment variables of this step; they win over the job's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Directory to run in, relative to the job's workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<String>,
 }
@@ -183,10 +205,13 @@ pub struct Step {
 /// What a job runs. GitHub jobs carry no steps: the Actions runner fetches them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
+    /// The commands to run, in order; empty for GitHub jobs.
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Environment variables for every step.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// How long the job may run, in minutes (1 to [`MAX_TIMEOUT_MINUTES`]).
     pub timeout_minutes: u32,
 }
 
@@ -203,17 +228,27 @@ impl Default for JobSpec {
 /// The GitHub side of a job that came from a `workflow_job` webhook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct GithubJobRef {
+    /// GitHub's id of the workflow job.
     pub job_id: i64,
+    /// GitHub's id of the workflow run.
     pub run_id: i64,
+    /// Which attempt of the run this is (1 for the first).
     pub run_attempt: i64,
+    /// The workflow's name.
     pub workflow_name: Option<String>,
+    /// The job's name within the workflow.
     pub job_name: Option<String>,
+    /// The commit the job runs on.
     pub head_sha: Option<String>,
+    /// The branch the job runs on.
     pub head_branch: Option<String>,
+    /// The GitHub App installation the webhook came through.
     pub installation_id: Option<i64>,
     /// GitHub's own view: `queued`, `waiting`, `in_progress`, `completed`.
     pub status: String,
+    /// GitHub's conclusion once completed, e.g. `success` or `failure`.
     pub conclusion: Option<String>,
+    /// The runner GitHub assigned the job to.
     pub runner_name: Option<String>,
 }
 
@@ -223,38 +258,56 @@ pub type Metadata = BTreeMap<String, String>;
 /// A job as stored and as served by `GET /api/jobs/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
+    /// Unique, assigned by the store.
     pub id: JobId,
+    /// The org that owns the job.
     pub org_id: OrgId,
+    /// The repository, `owner/name`.
     pub repo: String,
+    /// GitHub's numeric repository id, when known.
     pub repo_id: Option<i64>,
+    /// Where the job came from.
     pub source: JobSource,
+    /// Where the job is in its lifecycle.
     pub status: JobStatus,
+    /// Runner labels an agent must offer to lease the job.
     pub labels: Vec<String>,
+    /// Taken from the `param:`/`meta:` labels and the submission's `metadata`.
     pub metadata: Metadata,
     /// 1 for the first lease; +1 each time an expired lease sends the job back.
     pub attempt: i32,
     /// The fencing token of the newest lease (0 before the first lease).
     pub fencing_token: i64,
+    /// What the job runs.
     pub spec: JobSpec,
+    /// Set for jobs that came from a GitHub webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubJobRef>,
     /// The newest lease's id (kept after completion, for the record).
     pub lease_id: Option<String>,
+    /// The agent holding (or that last held) the lease.
     pub agent_id: Option<String>,
+    /// When the current lease expires unless renewed; `None` when not leased.
     #[serde(with = "time::serde::rfc3339::option")]
     pub lease_expires_at: Option<OffsetDateTime>,
+    /// The exit code the agent reported, if any.
     pub exit_code: Option<i32>,
+    /// Why the job ended as it did (a failure, a cancellation), when known.
     pub failure_reason: Option<String>,
     /// Rules of the admission policy that matched: why the job is `rejected`, or
     /// what a dry-run policy would have denied.
     #[serde(default)]
     pub policy_reasons: Vec<PolicyReason>,
+    /// When the job was queued.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the job last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// When the job was first leased.
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
+    /// When the job reached a terminal status.
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
     /// The W3C trace context of the job's admission, when spans are exported
@@ -266,15 +319,23 @@ pub struct Job {
 /// Everything needed to put a job in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {
+    /// The org that will own the job.
     pub org_id: OrgId,
+    /// The repository the job is for.
     pub repo: Repo,
+    /// Where the job comes from.
     pub source: JobSource,
+    /// Runner labels an agent must offer to lease the job.
     pub labels: Vec<String>,
+    /// Metadata rows stored with the job.
     pub metadata: Metadata,
+    /// What the job runs.
     pub spec: JobSpec,
+    /// Set for jobs that come from a GitHub webhook.
     pub github: Option<GithubJobRef>,
     /// Recorded as `rejected` instead of queued (the policy denied it).
     pub rejected: bool,
+    /// The matching rules of the admission policy.
     pub policy_reasons: Vec<PolicyReason>,
     /// The admission's trace context (`Job::traceparent`).
     pub traceparent: Option<String>,
@@ -310,9 +371,14 @@ pub fn log_seq_base(fencing_token: i64) -> u64 {
 /// A granted lease: the job, plus what the agent must present to keep or finish it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The leased job, as stored after the lease.
     pub job: Job,
+    /// A fresh id (a UUID) for this lease.
     pub lease_id: String,
+    /// Increases with every lease of the job; heartbeats and completions must
+    /// present it, so a lost agent's late reports are refused.
     pub fencing_token: i64,
+    /// When the lease ends unless renewed by a heartbeat.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     /// A cache token for the job's VM (`ACTIONS_RUNTIME_TOKEN`): the job's org,
@@ -356,7 +422,9 @@ impl Job {
 /// (`GET /api/jobs/{id}/runner-config`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerConfig {
+    /// The runner's name, as registered with GitHub.
     pub runner_name: String,
+    /// GitHub's id of the runner.
     pub runner_id: i64,
     /// A credential: never log it.
     pub encoded_jit_config: String,
@@ -375,14 +443,18 @@ impl fmt::Debug for RunnerConfig {
 /// A host agent, as named by the `sub` of its token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agent {
+    /// The agent's id.
     pub id: String,
 }
 
 /// An agent's report that a job is done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
+    /// The fencing token of the lease being completed.
     pub fencing_token: i64,
+    /// How the job ended.
     pub status: CompletionStatus,
+    /// The job's exit code, when it ran to one.
     #[serde(default)]
     pub exit_code: Option<i32>,
     /// Why, at most [`MAX_COMPLETION_REASON_BYTES`] (longer ones are refused: use
@@ -507,6 +579,7 @@ impl JobSpec {
         self.validate_timeout()
     }
 
+    /// Checks `timeout_minutes` is between 1 and [`MAX_TIMEOUT_MINUTES`].
     pub fn validate_timeout(&self) -> Result<()> {
         if self.timeout_minutes == 0 || self.timeout_minutes > MAX_TIMEOUT_MINUTES {
             return Err(Error::invalid(format!(
@@ -524,6 +597,7 @@ pub fn to_millis(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The inverse of [`to_millis`]; out-of-range values give the Unix epoch.
 pub fn from_millis(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)

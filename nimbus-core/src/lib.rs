@@ -5,6 +5,8 @@
 //! Start at [`store::Store`] (the traits and their SQLite/PostgreSQL backends),
 //! [`control_plane::ControlPlane`] (the API) and docs/architecture.md (the map).
 
+#![warn(missing_docs)]
+
 pub mod analytics;
 pub mod auth;
 pub mod cache_token;

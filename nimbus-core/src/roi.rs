@@ -20,13 +20,18 @@ pub const MONTH_MINUTES: f64 = 30.0 * 24.0 * 60.0;
 /// Hosted per-minute prices by runner size (`linux-4-core`, …).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriceList {
+    /// Who charges these prices, e.g. `GitHub-hosted runners`.
     pub provider: String,
+    /// The currency of the prices, e.g. `USD`.
     pub currency: String,
+    /// What one price is for and how minutes are counted; empty when not given.
     #[serde(default)]
     pub unit: String,
     /// Where the prices come from, and when they were read.
     pub source: String,
+    /// When the prices were read, e.g. `2026-11-30`.
     pub retrieved: String,
+    /// Price per minute by runner size, e.g. `linux-4-core`.
     pub prices: BTreeMap<String, f64>,
 }
 
@@ -103,6 +108,7 @@ pub fn size_of(job: &Job, default: &str) -> String {
 /// A month of job minutes by runner size.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Workload {
+    /// Job minutes per month by runner size (`linux-4-core`, …).
     pub minutes: BTreeMap<String, f64>,
     /// Jobs counted, when the workload came from job history.
     pub jobs: u64,
@@ -142,6 +148,7 @@ impl Workload {
 pub struct Hosts {
     /// Cost of one host per month (hardware amortised, power, rack, or the cloud bill).
     pub monthly_cost: f64,
+    /// Cores of one host.
     pub cores: u32,
     /// The share of a host's core-minutes jobs may use (0–1): the headroom that
     /// keeps queues short at peaks.
@@ -153,27 +160,42 @@ pub struct Hosts {
 /// One size's line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SizeLine {
+    /// The runner size, e.g. `linux-8-core`.
     pub size: String,
+    /// Job minutes per month on this size.
     pub minutes: f64,
+    /// The hosted price of one minute on this size.
     pub price_per_minute: f64,
+    /// `minutes` × `price_per_minute`.
     pub hosted_cost: f64,
+    /// `minutes` × the size's cores: what the minutes need of the hosts.
     pub core_minutes: f64,
 }
 
 /// The comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Estimate {
+    /// The currency of every cost.
     pub currency: String,
+    /// Where the prices come from.
     pub prices_source: String,
+    /// When the prices were read.
     pub prices_retrieved: String,
+    /// One line per runner size, by size name.
     pub lines: Vec<SizeLine>,
+    /// Job minutes per month over every size.
     pub minutes: f64,
+    /// What the minutes cost on hosted runners per month.
     pub hosted_cost: f64,
+    /// Hosts the core-minutes need at the target utilisation (at least 1).
     pub hosts_needed: u32,
+    /// `hosts_needed` × the host cost, plus the overhead, per month.
     pub self_hosted_cost: f64,
+    /// `hosted_cost` − `self_hosted_cost`; negative when hosted is cheaper.
     pub monthly_saving: f64,
     /// Job minutes a month (at this workload's size mix) where both cost the same.
     pub break_even_minutes: Option<f64>,
+    /// The target utilisation the hosts were sized for (0–1).
     pub utilisation: f64,
 }
 

@@ -32,14 +32,21 @@ pub enum Access {
     GithubSignature,
     /// API tokens (JWTs for this service) of the roles marked; other roles get 403.
     Token {
+        /// Admin tokens may call it.
         admin: bool,
+        /// Org tokens may call it.
         org: bool,
+        /// Agent tokens may call it.
         agent: bool,
+        /// What a caller of another org (or agent) gets.
         foreign: Foreign,
     },
     /// A cache token of the resource's org and repository; `write` routes refuse
     /// read-only tokens (403). Another org's entries are misses or "not found".
-    CacheToken { write: bool },
+    CacheToken {
+        /// The route saves or changes entries.
+        write: bool,
+    },
     /// A link the cache proxy signed (expiry and HMAC in the query), no bearer.
     CacheLink,
     /// A cache token (its org), or an org or admin API token.
@@ -59,9 +66,11 @@ pub enum Access {
 
 /// One route of a service.
 pub struct Route<S> {
+    /// The HTTP method.
     pub method: Method,
     /// The path template, as axum matches it (`/api/jobs/{id}`).
     pub path: &'static str,
+    /// Who may call it.
     pub access: Access,
     handler: MethodRouter<S>,
 }
@@ -76,6 +85,7 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         }
     }
 
+    /// A `GET` route.
     pub fn get<H: Handler<T, S>, T: 'static>(
         path: &'static str,
         access: Access,
@@ -84,6 +94,7 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         Route::new(Method::GET, path, access, axum::routing::get(handler))
     }
 
+    /// A `HEAD` route.
     pub fn head<H: Handler<T, S>, T: 'static>(
         path: &'static str,
         access: Access,
@@ -92,6 +103,7 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         Route::new(Method::HEAD, path, access, axum::routing::head(handler))
     }
 
+    /// A `POST` route.
     pub fn post<H: Handler<T, S>, T: 'static>(
         path: &'static str,
         access: Access,
@@ -100,6 +112,7 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         Route::new(Method::POST, path, access, axum::routing::post(handler))
     }
 
+    /// A `PUT` route.
     pub fn put<H: Handler<T, S>, T: 'static>(
         path: &'static str,
         access: Access,
@@ -108,6 +121,7 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         Route::new(Method::PUT, path, access, axum::routing::put(handler))
     }
 
+    /// A `PATCH` route.
     pub fn patch<H: Handler<T, S>, T: 'static>(
         path: &'static str,
         access: Access,
@@ -116,6 +130,7 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         Route::new(Method::PATCH, path, access, axum::routing::patch(handler))
     }
 
+    /// A `DELETE` route.
     pub fn delete<H: Handler<T, S>, T: 'static>(
         path: &'static str,
         access: Access,

@@ -33,6 +33,7 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 pub struct OtelConfig {
     /// The OTLP/HTTP traces URL (`…/v1/traces`).
     pub traces_url: String,
+    /// Headers sent with every export (`NIMBUS_OTEL_EXPORTER_HEADERS`), e.g. an API key.
     pub headers: HashMap<String, String>,
     /// Share of traces sampled, by trace id.
     pub sampler_ratio: f64,

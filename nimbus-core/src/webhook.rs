@@ -50,28 +50,40 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 /// A parsed webhook delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookEvent {
+    /// GitHub's `ping`, sent when a webhook is created.
     Ping {
+        /// The webhook's id.
         hook_id: Option<i64>,
+        /// A random line of GitHub's zen.
         zen: Option<String>,
     },
+    /// A `workflow_job` event with an action Nimbus handles.
     WorkflowJob(Box<WorkflowJobEvent>),
     /// An event or action Nimbus does not act on.
     Ignored {
+        /// The `X-GitHub-Event` name.
         event: String,
+        /// The payload's `action`, if it has one.
         action: Option<String>,
     },
 }
 
+/// The `action` of a `workflow_job` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowJobAction {
+    /// GitHub queued the job and looks for a runner with its labels.
     Queued,
+    /// The job waits for a deployment protection rule or approval.
     Waiting,
+    /// A runner picked the job up.
     InProgress,
+    /// The job finished (or was cancelled before it ran).
     Completed,
 }
 
 impl WorkflowJobAction {
+    /// The wire name, e.g. `in_progress`.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkflowJobAction::Queued => "queued",
@@ -82,62 +94,92 @@ impl WorkflowJobAction {
     }
 }
 
+/// The `workflow_job` webhook payload: the fields Nimbus reads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct WorkflowJobEvent {
+    /// What happened to the job.
     pub action: WorkflowJobAction,
+    /// The job itself.
     pub workflow_job: WorkflowJob,
+    /// The repository the job runs for.
     pub repository: Repository,
+    /// The organization that owns the repository; absent for user-owned ones.
     #[serde(default)]
     pub organization: Option<Account>,
+    /// The GitHub App installation that sent the event (App deliveries only).
     #[serde(default)]
     pub installation: Option<Installation>,
 }
 
+/// A workflow job, as the `workflow_job` webhook and the REST API describe it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct WorkflowJob {
+    /// GitHub's id of the job.
     pub id: i64,
+    /// GitHub's id of the workflow run.
     pub run_id: i64,
+    /// Which attempt of the run (1 when absent).
     #[serde(default)]
     pub run_attempt: Option<i64>,
+    /// The commit the job runs on.
     #[serde(default)]
     pub head_sha: Option<String>,
+    /// The branch the job runs on.
     #[serde(default)]
     pub head_branch: Option<String>,
+    /// The workflow's name.
     #[serde(default)]
     pub workflow_name: Option<String>,
+    /// The job's name within the workflow.
     #[serde(default)]
     pub name: Option<String>,
+    /// The `runs-on` labels a runner must have.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// GitHub's status of the job (`queued`, `in_progress`, `completed`, …).
     #[serde(default)]
     pub status: Option<String>,
+    /// GitHub's conclusion once completed, e.g. `success` or `cancelled`.
     #[serde(default)]
     pub conclusion: Option<String>,
+    /// When GitHub queued the job.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub created_at: Option<OffsetDateTime>,
+    /// When a runner started the job.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
+    /// When the job finished.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub completed_at: Option<OffsetDateTime>,
+    /// The runner that took the job, once one did.
     #[serde(default)]
     pub runner_name: Option<String>,
 }
 
+/// A repository as a webhook names it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Repository {
+    /// GitHub's numeric repository id.
     pub id: i64,
+    /// `owner/name`.
     pub full_name: String,
+    /// The account that owns the repository.
     pub owner: Account,
 }
 
+/// A user or an organization as a webhook names it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Account {
+    /// GitHub's numeric id of the account.
     pub id: i64,
+    /// The account's login name.
     pub login: String,
 }
 
+/// A GitHub App installation a webhook came through.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Installation {
+    /// The installation's id, for installation tokens.
     pub id: i64,
 }
 
@@ -235,6 +277,7 @@ impl WorkflowJobEvent {
         })
     }
 
+    /// The job's GitHub side, as stored with it (`status` is the action).
     pub fn github_ref(&self) -> GithubJobRef {
         let job = &self.workflow_job;
         GithubJobRef {

@@ -10,6 +10,9 @@ use crate::record::{LogRecord, MetadataRecord};
 /// Most records one request may carry.
 pub const MAX_RECORDS: usize = 100_000;
 
+/// Decodes and normalises the lines of a `POST /api/logs` body. One bad record refuses
+/// the whole batch with [`Error::InvalidRecord`] naming its index; more than
+/// [`MAX_RECORDS`] is [`Error::InvalidInput`].
 pub fn decode_logs(body: &[u8]) -> Result<Vec<LogRecord>> {
     let mut records: Vec<LogRecord> = decode(body)?;
     for (index, record) in records.iter_mut().enumerate() {
@@ -20,6 +23,8 @@ pub fn decode_logs(body: &[u8]) -> Result<Vec<LogRecord>> {
     Ok(records)
 }
 
+/// Decodes and checks the rows of a `POST /api/metadata` body, with the same rules as
+/// [`decode_logs`].
 pub fn decode_metadata(body: &[u8]) -> Result<Vec<MetadataRecord>> {
     let mut records: Vec<MetadataRecord> = decode(body)?;
     for (index, record) in records.iter_mut().enumerate() {

@@ -9,6 +9,8 @@
 //!   buffered, deduplicated ingest acknowledged once committed, with backpressure,
 //!   queries, SSE follow, metadata, stats and retention.
 
+#![warn(missing_docs)]
+
 pub mod decode;
 pub mod error;
 pub mod pipeline;

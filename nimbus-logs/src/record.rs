@@ -4,6 +4,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest message stored; longer ones are cut with [`TRUNCATION_MARKER`].
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Appended to a message cut at [`MAX_MESSAGE_BYTES`]; the cut message, marker
+/// included, still fits in the limit.
 pub const TRUNCATION_MARKER: &str = "…[truncated by nimbus]";
 /// Levels, as stored (agents may send `warning`, `err`, `stdout`, `stderr` too).
 pub const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
@@ -11,13 +13,21 @@ pub const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 /// One log line of a job: a row of `ci_logs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
+    /// The job the line belongs to (1 to `i64::MAX`).
     pub job_id: u64,
+    /// The host agent that ran the job (1-256 bytes); for lease writers, taken from
+    /// the token.
     pub agent_id: String,
+    /// The job's org, if known (for lease writers, taken from the token); org-scoped
+    /// queries and stats filter on it.
     #[serde(default)]
     pub org_id: Option<u64>,
+    /// The job's repository, if known.
     #[serde(default)]
     pub repo_id: Option<u64>,
+    /// One of [`LEVELS`] once normalised; synonyms such as `warning` or `stderr` are mapped.
     pub level: String,
+    /// The line's text, at most [`MAX_MESSAGE_BYTES`] once normalised.
     pub message: String,
     /// Epoch milliseconds; on the wire an RFC 3339 string or a number of ms.
     #[serde(serialize_with = "ts_out", deserialize_with = "ts_in")]
@@ -29,13 +39,20 @@ pub struct LogRecord {
 /// One metadata row of a job (`param:`/`meta:` labels and submitted metadata).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataRecord {
+    /// The job the row describes (1 to `i64::MAX`).
     pub job_id: u64,
+    /// The job's org, if known; org-scoped reads filter on it.
     #[serde(default)]
     pub org_id: Option<u64>,
+    /// The job's repository, if known.
     #[serde(default)]
     pub repo_id: Option<u64>,
+    /// The metadata key (1-256 bytes). A job has one value per key: the last written wins.
     pub key: String,
+    /// At most 4096 bytes.
     pub value: String,
+    /// When the value was recorded, epoch milliseconds (on the wire an RFC 3339 string or a
+    /// number of ms). Retention prunes by it.
     #[serde(serialize_with = "ts_out", deserialize_with = "ts_in")]
     pub ts: i64,
 }
@@ -70,12 +87,15 @@ fn ts_in<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     deserializer.deserialize_any(Ts)
 }
 
+/// Epoch milliseconds of an RFC 3339 timestamp such as `2026-11-27T08:00:00.123Z`;
+/// `None` when it does not parse or is out of range.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let parsed =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// Epoch milliseconds as an RFC 3339 timestamp in UTC; the bare number when out of range.
 pub fn format_millis(millis: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .ok()
@@ -127,6 +147,8 @@ impl LogRecord {
 }
 
 impl MetadataRecord {
+    /// Checks one row: job_id in range, key 1-256 bytes, value at most 4096 bytes, ts
+    /// between 2000 and 2100. The error is the reason, in words.
     pub fn normalise(&mut self) -> Result<(), String> {
         if self.job_id == 0 || self.job_id > i64::MAX as u64 {
             return Err(format!("job_id {} is out of range", self.job_id));
@@ -147,6 +169,9 @@ impl MetadataRecord {
     }
 }
 
+/// The stored spelling of a level, ignoring case and surrounding spaces: `warning`
+/// becomes `warn`, `notice` and `stdout` become `info`, `err`, `fatal`, `critical`
+/// and `stderr` become `error`. `None` for anything else.
 pub fn normalise_level(level: &str) -> Option<&'static str> {
     Some(match level.trim().to_ascii_lowercase().as_str() {
         "trace" => "trace",

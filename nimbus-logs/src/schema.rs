@@ -7,8 +7,10 @@
 //! (the line's position in its job; with job_id the dedupe key) and a minmax index
 //! on job_id (job queries would otherwise scan every org's granules).
 
+/// Creates the `nimbus` database.
 pub const CREATE_DATABASE: &str = "CREATE DATABASE IF NOT EXISTS nimbus";
 
+/// The log-line table: partitioned by month, ordered by org, repository, job and time.
 pub const CREATE_CI_LOGS: &str = "CREATE TABLE IF NOT EXISTS nimbus.ci_logs
 (
     job_id UInt64,
@@ -27,6 +29,8 @@ PARTITION BY toYYYYMM(ts)
 ORDER BY (org_id, repo_id, job_id, ts)
 SETTINGS allow_nullable_key = 1";
 
+/// The job metadata table. A `ReplacingMergeTree` on (job_id, key): a key written again
+/// replaces the old row when parts merge, so reads use `FINAL`.
 pub const CREATE_JOB_METADATA: &str = "CREATE TABLE IF NOT EXISTS nimbus.job_metadata
 (
     job_id UInt64,
@@ -42,6 +46,8 @@ ORDER BY (job_id, key)";
 /// Retention, applied at start with the configured days.
 pub const LOG_TTL: &str =
     "ALTER TABLE nimbus.ci_logs MODIFY TTL toDateTime(ts) + toIntervalDay({days})";
+/// Retention of metadata rows, applied at start like [`LOG_TTL`]; `{days}` is
+/// replaced by the configured days.
 pub const METADATA_TTL: &str =
     "ALTER TABLE nimbus.job_metadata MODIFY TTL toDateTime(ts) + toIntervalDay({days})";
 

@@ -19,8 +19,12 @@ pub fn fresh_job_id() -> u64 {
     base * 16 + NEXT.fetch_add(1, Ordering::SeqCst) % 16
 }
 
+/// The time of the suite's lines: 2026-11-27T08:00:00Z in epoch ms; [`line()`] adds the
+/// seq to it.
 pub const T0: i64 = 1_795_766_400_000; // 2026-11-27T08:00:00Z
 
+/// A line of job `job_id` numbered `seq`, of org `org` (repository `org * 100`) and
+/// agent `host-1`, stamped [`T0`] + `seq` ms.
 pub fn line(job_id: u64, seq: u64, org: u64, level: &str, message: &str) -> LogRecord {
     LogRecord {
         job_id,
@@ -34,6 +38,8 @@ pub fn line(job_id: u64, seq: u64, org: u64, level: &str, message: &str) -> LogR
     }
 }
 
+/// `sink`, or, when it is `None`, a skipped test (a failed one under `CI=true`); `what`
+/// names the missing service and how to provide it.
 pub fn require(sink: Option<Arc<dyn LogSink>>, what: &str) -> Option<Arc<dyn LogSink>> {
     nimbus_core::testsuite::require(sink, what)
 }
@@ -47,6 +53,7 @@ fn query(job_id: u64, limit: u32, order: Order) -> LogQuery {
     }
 }
 
+/// Lines written out of order come back in seq order, as a tail or a head.
 pub async fn writes_and_tails_in_seq_order(sink: Arc<dyn LogSink>) {
     let job = fresh_job_id();
     let batch: Vec<LogRecord> = (1..=50)
@@ -76,6 +83,8 @@ pub async fn writes_and_tails_in_seq_order(sink: Arc<dyn LogSink>) {
     );
 }
 
+/// A retried batch stores only its new lines; a line repeated within a batch is stored
+/// once.
 pub async fn duplicates_are_dropped(sink: Arc<dyn LogSink>) {
     let job = fresh_job_id();
     let first: Vec<LogRecord> = (1..=10).map(|seq| line(job, seq, 1, "info", "x")).collect();
@@ -95,6 +104,7 @@ pub async fn duplicates_are_dropped(sink: Arc<dyn LogSink>) {
     assert_eq!(sink.stored_seqs(job).await.expect("seqs").len(), 15);
 }
 
+/// Queries filter by level, time, seq and org; stats are scoped to the org asked for.
 pub async fn queries_filter_by_org_level_time_and_seq(sink: Arc<dyn LogSink>) {
     let job = fresh_job_id();
     let other = fresh_job_id();
@@ -169,6 +179,7 @@ pub async fn queries_filter_by_org_level_time_and_seq(sink: Arc<dyn LogSink>) {
     assert!(stats.last_ingest.is_some());
 }
 
+/// `prune` deletes lines older than the cut-off and keeps the rest.
 pub async fn prune_removes_old_lines_only(sink: Arc<dyn LogSink>) {
     let job = fresh_job_id();
     let mut old = line(job, 1, 3, "info", "old");
@@ -187,6 +198,8 @@ pub async fn prune_removes_old_lines_only(sink: Arc<dyn LogSink>) {
     );
 }
 
+/// Metadata keeps one value per (job, key), the last written; reads are org-scoped and
+/// `prune_metadata` removes old rows.
 pub async fn metadata_rows_are_kept_per_key(sink: Arc<dyn LogSink>) {
     let job = fresh_job_id();
     let row = |key: &str, value: &str, ts: i64| MetadataRecord {
@@ -229,6 +242,8 @@ pub async fn metadata_rows_are_kept_per_key(sink: Arc<dyn LogSink>) {
     assert_eq!(sink.query_metadata(job, None).await.expect("rows").len(), 2);
 }
 
+/// [`follow`](crate::sink::follow) yields the backlog after `after_seq`, then lines
+/// written later, in seq order.
 pub async fn follow_streams_backlog_then_new_lines(sink: Arc<dyn LogSink>) {
     use futures::StreamExt;
     let job = fresh_job_id();
@@ -270,6 +285,11 @@ pub async fn follow_streams_backlog_then_new_lines(sink: Arc<dyn LogSink>) {
     assert_eq!(seqs, vec![3, 4, 5, 6]);
 }
 
+/// Expands to one `#[tokio::test]` per case of the suite, each running the case on a
+/// sink from `$make`, an `async fn() -> Option<Arc<dyn LogSink>>`; `None` skips the
+/// case (have `make` go through [`require`](crate::testsuite::require) so CI fails
+/// instead). Use it in a test file of your own sink, which needs `tokio` with the
+/// `macros` and `rt-multi-thread` features: `nimbus_logs::log_sink_test_suite!(make);`.
 #[macro_export]
 macro_rules! log_sink_test_suite {
     ($make:path) => {

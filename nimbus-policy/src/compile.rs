@@ -17,6 +17,7 @@ use crate::spec::{Glob, Limits, PolicySpec, RuleSet};
 pub struct Reason {
     /// Stable id: `forbidden_labels[0]`, `orgs.42.limits.max_vcpus`, or the rule's own `id`.
     pub rule: String,
+    /// Why it matched, as a sentence for people (job pages, CLI output).
     pub message: String,
 }
 
@@ -329,6 +330,7 @@ impl Policy {
         Self::compile(&spec)
     }
 
+    /// Reads and compiles the policy file at `path`. An unreadable file is [`Error::Io`].
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
             path: path.display().to_string(),
@@ -337,6 +339,9 @@ impl Policy {
         Self::from_yaml(&text)
     }
 
+    /// Compiles an already-parsed policy: builds the glob sets and regular expressions
+    /// and checks what serde cannot (a safety-review rule must select something).
+    /// Errors here are [`Error::Invalid`], without a position.
     pub fn compile(spec: &PolicySpec) -> Result<Self> {
         let global = Rules::compile(&spec.global_rules(), "")?;
         let mut orgs = HashMap::new();
@@ -377,6 +382,7 @@ impl Policy {
         }
     }
 
+    /// True when the policy only records what it would deny: every decision allows.
     pub fn dry_run(&self) -> bool {
         self.dry_run
     }

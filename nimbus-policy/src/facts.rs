@@ -7,17 +7,23 @@ use serde::{Deserialize, Serialize};
 /// suffix), and `timeout:MINUTES` (when larger than `timeout_minutes`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFacts {
+    /// The org the job belongs to; selects the `orgs.N` rules. 0 (the default) matches no org.
     #[serde(default)]
     pub org_id: i64,
     /// `owner/name`.
     #[serde(alias = "repo")]
     pub repository: String,
+    /// The GitHub Actions workflow name, matched by `blocked_workflow_titles` and
+    /// `require_safety_review` workflow globs. `None` for jobs not from a workflow.
     #[serde(default)]
     pub workflow_name: Option<String>,
+    /// The job's name, matched by `blocked_workflow_titles`.
     #[serde(default)]
     pub job_name: Option<String>,
+    /// The job's runner labels, including resource requests such as `vcpus:4`.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The timeout from the job's spec, in minutes; a `timeout:` label may ask for more.
     #[serde(default)]
     pub timeout_minutes: u32,
 }
@@ -38,10 +44,14 @@ impl JobFacts {
             .max()
     }
 
+    /// The largest vCPU count asked for by a `vcpus:N`, `vcpu:N`, `cpu:N` or `cpus:N`
+    /// label; `None` when no label asks or none parses.
     pub fn requested_vcpus(&self) -> Option<u64> {
         self.label_number(&["vcpus", "vcpu", "cpu", "cpus"], |v| v.parse().ok())
     }
 
+    /// The largest memory asked for by a `memory:`/`mem:` label, in MiB (`8g` counts as
+    /// 8192); `None` when no label asks or none parses.
     pub fn requested_memory_mib(&self) -> Option<u64> {
         self.label_number(&["memory", "mem"], parse_mib)
     }

@@ -7,6 +7,8 @@
 //! The crate knows nothing of the rest of Nimbus but the small facts struct.
 //! The language is documented in docs/policy-as-code.md.
 
+#![warn(missing_docs)]
+
 mod compile;
 mod error;
 mod facts;

@@ -12,18 +12,25 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
+    /// The language version; must be 1.
     pub version: Version,
     /// Record what would be denied, deny nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Labels that get a job denied: exact names or globs.
     #[serde(default)]
     pub forbidden_labels: Vec<Glob>,
+    /// Globs over `owner/name`; when given, only matching repositories may run jobs.
+    /// `None` allows any repository.
     #[serde(default)]
     pub allowed_repositories: Option<Vec<Glob>>,
+    /// Regular expressions that deny a job by its workflow or job name.
     #[serde(default)]
     pub blocked_workflow_titles: Vec<TitleRule>,
+    /// Jobs that need a safety review before they may run.
     #[serde(default)]
     pub require_safety_review: Vec<SafetyReview>,
+    /// Upper bounds on the timeout, vCPUs and memory a job may ask for.
     #[serde(default)]
     pub limits: Limits,
     /// Per-org rules, layered over the global ones.
@@ -37,14 +44,19 @@ pub struct PolicySpec {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSet {
+    /// Added to the global forbidden labels.
     #[serde(default)]
     pub forbidden_labels: Vec<Glob>,
+    /// Replaces the global allowed repositories when given.
     #[serde(default)]
     pub allowed_repositories: Option<Vec<Glob>>,
+    /// Added to the global title rules.
     #[serde(default)]
     pub blocked_workflow_titles: Vec<TitleRule>,
+    /// Added to the global safety-review rules.
     #[serde(default)]
     pub require_safety_review: Vec<SafetyReview>,
+    /// Each limit given replaces the global one; the others stay.
     #[serde(default)]
     pub limits: Limits,
 }
@@ -66,9 +78,13 @@ impl PolicySpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TitleRule {
+    /// Names the rule in reasons and metrics; defaults to its place, such as
+    /// `blocked_workflow_titles[0]`.
     #[serde(default)]
     pub id: Option<String>,
+    /// The regular expression; it matches anywhere in the name unless anchored.
     pub pattern: Pattern,
+    /// Match regardless of case.
     #[serde(default)]
     pub case_insensitive: bool,
 }
@@ -79,17 +95,23 @@ pub struct TitleRule {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyReview {
+    /// Names the rule in reasons and metrics; defaults to its place, such as
+    /// `require_safety_review[0]`.
     #[serde(default)]
     pub id: Option<String>,
+    /// Label globs: the rule covers jobs with any matching label.
     #[serde(default)]
     pub labels: Vec<Glob>,
+    /// Repository globs (`owner/name`): the rule covers jobs from any matching repository.
     #[serde(default)]
     pub repositories: Vec<Glob>,
+    /// Workflow name globs: the rule covers jobs from any matching workflow.
     #[serde(default)]
     pub workflows: Vec<Glob>,
     /// Labels that mark a job as reviewed (default: `safety-reviewed`).
     #[serde(default = "default_markers")]
     pub markers: Vec<Glob>,
+    /// Repositories whose jobs count as reviewed without a marker label.
     #[serde(default)]
     pub reviewed_repositories: Vec<Glob>,
 }
@@ -102,10 +124,13 @@ fn default_markers() -> Vec<Glob> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Longest timeout a job may ask for, in minutes.
     #[serde(default)]
     pub max_timeout_minutes: Option<u64>,
+    /// Most vCPUs a job may ask for.
     #[serde(default)]
     pub max_vcpus: Option<u64>,
+    /// Most memory a job may ask for, in MiB.
     #[serde(default)]
     pub max_memory_mib: Option<u64>,
 }

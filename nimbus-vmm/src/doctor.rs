@@ -19,6 +19,7 @@ use crate::spec::{DriverKind, NetworkSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Works as it should.
     Pass,
     /// Works, but not as well as it could (jobs still run).
     Warn,
@@ -44,6 +45,7 @@ impl Status {
 pub struct Check {
     /// What was checked (`kvm`, `qemu`, `cgroup v2`, …).
     pub name: String,
+    /// The verdict.
     pub status: Status,
     /// What was found.
     pub detail: String,
@@ -71,6 +73,7 @@ impl Check {
 /// Every check's outcome, in order.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
+    /// One per check, in the order they ran.
     pub checks: Vec<Check>,
 }
 
@@ -153,6 +156,7 @@ impl Host {
 /// What the checks are about: this host's VM settings and the services it talks to.
 #[derive(Debug, Clone)]
 pub struct Inputs {
+    /// This host's VM settings (driver choice, assets, runtime directory, network).
     pub vmm: VmmConfig,
     /// VMs run at once (`NIMBUS_AGENT_MAX_VMS`): the disk must hold that many
     /// scratch disks.

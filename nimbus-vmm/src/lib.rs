@@ -14,6 +14,8 @@
 //! [`JobEvent`]s → [`Vm::destroy`] kills it and removes every file (idempotent; also
 //! what a dropped or timed-out VM gets).
 
+#![warn(missing_docs)]
+
 pub mod protocol;
 
 #[cfg(feature = "guest")]
@@ -64,6 +66,7 @@ use async_trait::async_trait;
 #[cfg(feature = "host")]
 #[async_trait]
 pub trait VmmDriver: Send + Sync {
+    /// Which driver this is, for logs, metrics and the guest info.
     fn kind(&self) -> DriverKind;
     /// Checks the host (KVM, binaries, permissions) without booting anything.
     async fn probe(&self) -> Probe;
@@ -76,6 +79,7 @@ pub trait VmmDriver: Send + Sync {
 #[cfg(feature = "host")]
 #[async_trait]
 pub trait Vm: Send {
+    /// The VM's id, as given in its [`VmSpec`]; unique on this host.
     fn id(&self) -> &str;
     /// Starts the machine and returns once `nimbus-guest` inside has said hello.
     async fn boot(&mut self) -> Result<GuestInfo>;

@@ -31,26 +31,40 @@ pub const VIRTIO_PORT_NAME: &str = "org.nimbus.0";
 /// vsock port the guest connects to on the host (CID 2) under Firecracker.
 pub const VSOCK_PORT: u32 = 1024;
 
+/// Why a byte stream could not be decoded, or the peers cannot talk.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
+    /// The frame did not start with [`FRAME_MAGIC`]; carries the four bytes found instead.
     #[error("bad frame magic {0:02x?}: the stream is not a nimbus-guest channel or lost sync")]
     BadMagic([u8; 4]),
+    /// A frame announced a payload of more than [`MAX_FRAME_BYTES`] (the announced size).
     #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
     TooLarge(usize),
+    /// The payload was not JSON of the expected message type.
     #[error("undecodable message: {0}")]
     Json(String),
+    /// The two sides speak different [`PROTOCOL_VERSION`]s.
     #[error("protocol version mismatch: host speaks {host}, guest speaks {guest}")]
-    Version { host: u32, guest: u32 },
+    Version {
+        /// The host's version.
+        host: u32,
+        /// The guest's version.
+        guest: u32,
+    },
 }
 
 /// Host → guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
+    /// The host's opening message.
     Hello {
+        /// The host's [`PROTOCOL_VERSION`].
         protocol: u32,
     },
+    /// Run this job; sent once per session, after the hellos.
     Run {
+        /// The job to run.
         job: GuestJob,
     },
     /// Stop the running job (its processes are killed) and finish.
@@ -61,28 +75,42 @@ pub enum HostMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GuestMessage {
+    /// The guest's answer to the host's hello.
     Hello {
+        /// The guest's [`PROTOCOL_VERSION`].
         protocol: u32,
         /// nimbus-guest's version.
         agent: String,
         /// `uname -r` of the guest kernel (the host's for the sandbox).
         kernel: String,
     },
+    /// A step is about to run (or be skipped).
     StepStarted {
+        /// Position of the step in the job, from 0.
         index: usize,
+        /// The step's display name.
         name: String,
     },
+    /// A line the job printed.
     Output(OutputLine),
+    /// A step ended.
     StepFinished {
+        /// Position of the step in the job, from 0.
         index: usize,
+        /// How it ended.
         outcome: StepOutcome,
+        /// How long the step took, in milliseconds.
         duration_millis: u64,
     },
+    /// The job ended; always the last message.
     Finished {
+        /// The job's exit code: its first failed step's (124 for a step timeout), 130 if
+        /// cancelled, 1 if it could not run at all (after [`GuestMessage::Failed`]), else 0.
         exit_code: i32,
     },
     /// The guest could not run the job at all (bad spec, missing shell, …).
     Failed {
+        /// Why, for the job's log.
         message: String,
     },
 }
@@ -92,17 +120,23 @@ pub enum GuestMessage {
 pub struct OutputLine {
     /// Strictly increasing per job, starting at 1.
     pub seq: u64,
+    /// Index of the step that printed the line, from 0.
     pub step: usize,
+    /// Whether the line went to stdout or stderr.
     pub stream: Stream,
     /// Unix epoch milliseconds, guest clock.
     pub ts_millis: i64,
+    /// The line, without its newline; at most [`MAX_LINE_BYTES`] bytes.
     pub line: String,
 }
 
+/// Which of a step's output streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
+    /// The step's standard output.
     Stdout,
+    /// The step's standard error.
     Stderr,
 }
 
@@ -110,6 +144,7 @@ pub enum Stream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "code", rename_all = "snake_case")]
 pub enum StepOutcome {
+    /// The step's process exited with this code (128 + signal if killed by one).
     Exited(i32),
     /// Its `if:` condition was false (e.g. an earlier step failed).
     Skipped,
@@ -121,6 +156,7 @@ pub enum StepOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestJob {
+    /// The steps, run in order; ignored when `runner` is set.
     #[serde(default)]
     pub steps: Vec<GuestStep>,
     /// Environment of every step (a step's own env wins).
@@ -148,9 +184,11 @@ impl GuestJob {
     }
 }
 
+/// One step of a [`GuestJob`], like a GitHub Actions `run:` step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestStep {
+    /// Display name, for logs and reports.
     pub name: String,
     /// The script, run as a file by `shell`.
     pub run: String,
@@ -158,19 +196,25 @@ pub struct GuestStep {
     /// for the script path. Default: `bash` when the guest has it, else `sh`.
     #[serde(default)]
     pub shell: Option<String>,
+    /// Environment of this step, on top of the job's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the job's (an absolute path replaces it).
     #[serde(default)]
     pub working_directory: Option<String>,
+    /// When the step runs, given how the earlier steps went.
     #[serde(default)]
     pub condition: StepCondition,
+    /// A failure of this step does not fail the job (later steps still see it as success).
     #[serde(default)]
     pub continue_on_error: bool,
+    /// Kills the step after this many seconds ([`StepOutcome::TimedOut`]); `None`: no limit.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
 }
 
 impl GuestStep {
+    /// A step that runs `command` with the default shell, named after the command.
     pub fn shell(command: &str) -> Self {
         GuestStep {
             name: command.to_string(),
@@ -184,12 +228,16 @@ impl GuestStep {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepCondition {
+    /// Only if no earlier step failed (`success()`); the default.
     #[default]
     Success,
+    /// Only if an earlier step failed (`failure()`).
     Failure,
+    /// Whatever happened before (`always()`).
     Always,
 }
 
+/// A GitHub Actions job, run by the Actions runner in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerJob {
@@ -230,10 +278,12 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder for a clean byte stream: the first bad frame is an error.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A decoder for a stream shared with other text (a serial console): see the type's docs.
     pub fn resynchronising() -> Self {
         FrameDecoder {
             resync: true,
@@ -263,6 +313,7 @@ impl FrameDecoder {
         }
     }
 
+    /// Appends bytes as they arrive from the transport.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
     }

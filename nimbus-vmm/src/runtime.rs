@@ -13,6 +13,7 @@ use crate::{Error, Result};
 /// File in the VM directory holding the VM process's pid.
 const PID_FILE: &str = "vm.pid";
 
+/// One VM's private directory, `RUNTIME_DIR/<vm id>/`.
 #[derive(Debug)]
 pub struct VmDir {
     path: PathBuf,
@@ -34,14 +35,17 @@ impl VmDir {
         Ok(VmDir { path })
     }
 
+    /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The path of `name` inside the directory.
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 
+    /// Writes `pid` to the pid file, for [`reap_orphans`].
     pub fn record_pid(&self, pid: u32) -> Result<()> {
         std::fs::write(self.join(PID_FILE), pid.to_string())
             .map_err(Error::io("writing the VM's pid file"))
@@ -207,8 +211,11 @@ pub async fn scratch_template(root: &Path, size_mib: u32) -> Result<PathBuf> {
 /// channel to its guest, with the lifecycle steps all drivers share. Dropping a
 /// machine that was not destroyed kills the process and removes the directory.
 pub struct Machine {
+    /// The VM's private directory.
     pub dir: VmDir,
+    /// The VM process (QEMU, Firecracker or the sandbox's `unshare`), once started.
     pub child: Option<Child>,
+    /// The channel to `nimbus-guest`, once it said hello.
     pub channel: Option<crate::session::GuestChannel>,
     destroyed: bool,
     /// The log file in `dir` quoted when the guest crashes (console, stderr).
@@ -216,6 +223,7 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A machine owning `dir`, not started; `log` names the file quoted when the guest crashes.
     pub fn new(dir: VmDir, log: &'static str) -> Self {
         Machine {
             dir,

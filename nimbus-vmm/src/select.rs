@@ -46,21 +46,31 @@ pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Setting
     ],
 };
 
+/// What `NIMBUS_VMM` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmmChoice {
+    /// The best available driver (`auto`): see the module docs.
     Auto,
+    /// Exactly this driver; an error if it is not available.
     Fixed(DriverKind),
 }
 
 /// Host-side VM configuration, from `NIMBUS_*` variables.
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
+    /// Which driver (`NIMBUS_VMM`, default `auto`).
     pub choice: VmmChoice,
+    /// QEMU's acceleration (`NIMBUS_QEMU_ACCEL`); `None` is `auto`.
     pub qemu_accel: Option<Accel>,
+    /// The QEMU binary (`NIMBUS_QEMU_BIN`); `None` looks on PATH.
     pub qemu_binary: Option<PathBuf>,
+    /// The host ⇄ guest channel under QEMU (`NIMBUS_QEMU_TRANSPORT`).
     pub qemu_transport: QemuTransport,
+    /// The Firecracker binary (`NIMBUS_FIRECRACKER_BIN`); `None` looks on PATH.
     pub firecracker_binary: Option<PathBuf>,
+    /// Jail Firecracker (`NIMBUS_JAILER_*`); `None` when `NIMBUS_JAILER_BIN` is unset.
     pub jailer: Option<JailerConfig>,
+    /// Seccomp BPF for Firecracker (`NIMBUS_SECCOMP_FILTER`); `None` keeps its built-in one.
     pub seccomp_filter: Option<PathBuf>,
     /// Built by `nimbus assets build`.
     pub assets_dir: PathBuf,
@@ -68,9 +78,13 @@ pub struct VmmConfig {
     pub runtime_dir: PathBuf,
     /// Pins the rootfs: assets whose manifest names another rootfs are refused.
     pub rootfs_sha256: Option<String>,
+    /// vCPUs per VM (`NIMBUS_VM_VCPUS`, default 2).
     pub vcpus: u32,
+    /// Memory per VM in MiB (`NIMBUS_VM_MEMORY_MIB`, default 1024).
     pub memory_mib: u32,
+    /// Scratch disk per VM in MiB (`NIMBUS_VM_SCRATCH_MIB`, default 4096); 0 gives a tmpfs.
     pub scratch_disk_mib: u32,
+    /// Longest from boot to the guest's hello (`NIMBUS_VM_BOOT_TIMEOUT`, default 60 s).
     pub boot_timeout: Duration,
     /// `NIMBUS_VM_NETWORK`: none, isolated (a tap of its own, no route out) or
     /// egress (routed out through NAT).
@@ -90,6 +104,7 @@ fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Erro
 }
 
 impl VmmConfig {
+    /// Reads and validates the `NIMBUS_*` variables of [`SETTINGS`].
     pub fn from_env(env: &Env) -> nimbus_core::Result<Self> {
         let data_dir = env.data_dir();
         let choice = match env.get("NIMBUS_VMM").unwrap_or("auto") {
@@ -225,7 +240,9 @@ impl VmmConfig {
 
 /// The chosen driver and why.
 pub struct Selection {
+    /// The driver, configured and probed.
     pub driver: Arc<dyn VmmDriver>,
+    /// Why it was chosen, and why better drivers were passed over (for logs).
     pub reason: String,
 }
 

@@ -12,6 +12,7 @@ use crate::protocol::{
 };
 use crate::{Error, JobEvent, JobReport, Outcome, Result, StepReport};
 
+/// The host's end of one guest's channel: framing, handshake and job run.
 pub struct GuestChannel {
     reader: Box<dyn AsyncRead + Unpin + Send>,
     writer: Box<dyn AsyncWrite + Unpin + Send>,
@@ -22,11 +23,14 @@ pub struct GuestChannel {
 /// Who the guest said it is.
 #[derive(Debug, Clone)]
 pub struct Hello {
+    /// `nimbus-guest`'s version.
     pub agent: String,
+    /// `uname -r` of the guest kernel (the host's under the sandbox driver).
     pub kernel: String,
 }
 
 impl GuestChannel {
+    /// A channel over a clean byte stream (virtio-serial, vsock, pipes); the host speaks first.
     pub fn new(
         reader: impl AsyncRead + Unpin + Send + 'static,
         writer: impl AsyncWrite + Unpin + Send + 'static,
@@ -58,6 +62,7 @@ impl GuestChannel {
         String::from_utf8_lossy(&self.decoder.take_noise()).into_owned()
     }
 
+    /// Sends one message as a frame and flushes it.
     pub async fn send(&mut self, message: &HostMessage) -> Result<()> {
         self.writer
             .write_all(&encode(message))

@@ -11,18 +11,23 @@ use crate::protocol::{OutputLine, StepOutcome};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverKind {
+    /// Firecracker microVM (KVM only), driven over its API socket.
     Firecracker,
+    /// QEMU `microvm` machine, with KVM or TCG (software emulation).
     Qemu,
+    /// Linux namespaces on the host kernel; no KVM needed, weaker isolation.
     Sandbox,
 }
 
 impl DriverKind {
+    /// Every driver, in order of preference.
     pub const ALL: [DriverKind; 3] = [
         DriverKind::Firecracker,
         DriverKind::Qemu,
         DriverKind::Sandbox,
     ];
 
+    /// The lower-case name used in configuration and logs, e.g. `"qemu"`.
     pub fn as_str(self) -> &'static str {
         match self {
             DriverKind::Firecracker => "firecracker",
@@ -44,12 +49,15 @@ impl std::fmt::Display for DriverKind {
 pub struct VmSpec {
     /// Unique among running VMs on this host; names the runtime directory.
     pub id: String,
+    /// Virtual CPUs of the VM.
     pub vcpus: u32,
+    /// Guest memory in MiB.
     pub memory_mib: u32,
     /// Compressed kernel (bzImage) for QEMU.
     pub kernel: PathBuf,
     /// Uncompressed ELF kernel for Firecracker.
     pub vmlinux: Option<PathBuf>,
+    /// The initramfs that loads the virtio modules and switches into the rootfs.
     pub initrd: Option<PathBuf>,
     /// ext4 image of the rootfs (VM drivers).
     pub rootfs: PathBuf,
@@ -79,6 +87,7 @@ pub struct VmSpec {
     pub boot_timeout: Duration,
 }
 
+/// The VM's network: none, or a tap device in a namespace of its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkSpec {
@@ -87,7 +96,10 @@ pub enum NetworkSpec {
     None,
     /// A tap device in a network namespace of the VM's own; `egress` decides whether
     /// it is routed (NAT) to the host's uplink.
-    Tap { egress: bool },
+    Tap {
+        /// Route the VM's traffic to the uplink (`egress`); `false` is `isolated`.
+        egress: bool,
+    },
 }
 
 impl NetworkSpec {
@@ -114,7 +126,9 @@ impl NetworkSpec {
 /// What the guest said about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestInfo {
+    /// `nimbus-guest`'s version.
     pub agent: String,
+    /// `uname -r` of the guest kernel (the host's under the sandbox driver).
     pub kernel: String,
     /// From the boot call to the guest's hello.
     pub boot_millis: u64,
@@ -124,14 +138,22 @@ pub struct GuestInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {
+    /// A step is about to run (or be skipped).
     StepStarted {
+        /// Position of the step in the job, from 0.
         index: usize,
+        /// The step's display name.
         name: String,
     },
+    /// A line the job printed.
     Output(OutputLine),
+    /// A step ended.
     StepFinished {
+        /// Position of the step in the job, from 0.
         index: usize,
+        /// How it ended.
         outcome: StepOutcome,
+        /// How long the step took, in milliseconds.
         duration_millis: u64,
     },
 }
@@ -141,14 +163,21 @@ pub enum JobEvent {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// The job ran to its end; 0 is success.
-    Exited { code: i32 },
+    Exited {
+        /// Exit code of the job.
+        code: i32,
+    },
     /// The job outlived its timeout; the VM was destroyed.
     TimedOut,
     /// The guest went away without finishing (kernel panic, OOM, killed VM process).
-    Crashed { reason: String },
+    Crashed {
+        /// What the host saw, e.g. the guest's failure message or the lost channel.
+        reason: String,
+    },
 }
 
 impl Outcome {
+    /// Whether the job exited with code 0.
     pub fn success(&self) -> bool {
         matches!(self, Outcome::Exited { code: 0 })
     }
@@ -163,25 +192,38 @@ impl Outcome {
     }
 }
 
+/// How one step of a finished job ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepReport {
+    /// The step's display name.
     pub name: String,
+    /// How it ended; [`StepOutcome::Skipped`] also for a step the guest started but
+    /// never reported finished.
     pub outcome: StepOutcome,
+    /// How long the step took, in milliseconds.
     pub duration_millis: u64,
 }
 
+/// What a job run in a VM produced, once it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobReport {
+    /// How the job ended.
     pub outcome: Outcome,
+    /// Every step the guest started, in order.
     pub steps: Vec<StepReport>,
+    /// Number of output lines the job printed.
     pub output_lines: u64,
+    /// Wall time of the run in milliseconds, from sending the job to its end.
     pub duration_millis: u64,
 }
 
 /// Whether a driver can run on this host, and why not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
+    /// The driver probed.
     pub driver: DriverKind,
+    /// Whether it can run VMs on this host now.
     pub available: bool,
+    /// Why not, when unavailable; otherwise a short description of what it will use.
     pub reason: String,
 }

@@ -19,19 +19,33 @@ const MAX_COMBINATIONS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlannedStep {
     /// Runs as step `index` of the guest job.
-    Run { index: usize, name: String },
+    Run {
+        /// Position in [`PlannedJob::job`]'s steps, from 0.
+        index: usize,
+        /// The step's `name:`, or `Run <first line of the script>`.
+        name: String,
+    },
     /// A `uses:` step: reported, not run.
-    Skipped { name: String, uses: String },
+    Skipped {
+        /// The step's `name:`, or its `uses:` when it has none.
+        name: String,
+        /// The action it uses, e.g. `actions/checkout@v4`.
+        uses: String,
+    },
 }
 
 /// A job (one matrix combination) ready to run.
 #[derive(Debug, Clone)]
 pub struct PlannedJob {
+    /// The job's key under `jobs:` in the workflow file.
     pub id: String,
     /// `name` (or the id), with the matrix values, e.g. `test (3.12, ubuntu)`.
     pub name: String,
+    /// What the guest runs: the `run:` steps, with env and matrix values substituted.
     pub job: GuestJob,
+    /// The file's steps in order, run or skipped (an `if:` that never holds locally drops one).
     pub steps: Vec<PlannedStep>,
+    /// The job's `timeout-minutes` (default 360).
     pub timeout: Duration,
 }
 

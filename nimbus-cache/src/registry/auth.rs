@@ -31,11 +31,15 @@ pub const TOKEN_TTL_SECS: i64 = 300;
 /// A pull or a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Reading manifests, tags and blobs.
     Pull,
+    /// Uploading blobs and putting manifests and tags: writers of the owning
+    /// org and admins may; nobody may push to a mirror.
     Push,
 }
 
 impl Action {
+    /// The action as scopes spell it: `pull` or `push`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pull => "pull",
@@ -69,7 +73,9 @@ impl Identity {
 /// One granted scope: `repository:NAME:ACTIONS`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// The repository name the grant is for.
     pub name: String,
+    /// The granted actions, `pull` and/or `push` (`*` is accepted as all).
     pub actions: Vec<String>,
 }
 
@@ -85,14 +91,19 @@ struct Claims {
 /// (its grants, within its identity's rights).
 #[derive(Debug, Clone)]
 pub enum Caller {
+    /// A Nimbus credential (cache token or API token) presented directly.
     Credential(Identity),
+    /// A registry token minted by [`Authority::mint`].
     Token {
+        /// Who the token was minted for.
         identity: Identity,
+        /// The scopes it grants; anything else is refused with a 401.
         access: Vec<Grant>,
     },
 }
 
 impl Caller {
+    /// Who is calling, whichever way they authenticated.
     pub fn identity(&self) -> &Identity {
         match self {
             Caller::Credential(identity) | Caller::Token { identity, .. } => identity,
@@ -156,6 +167,8 @@ impl std::fmt::Debug for Authority {
 }
 
 impl Authority {
+    /// An authority that verifies API tokens with `jwt` and cache tokens with
+    /// `cache_tokens`, and signs registry tokens with the cache-token secret.
     pub fn new(jwt: JwtKeys, cache_tokens: CacheTokenKeys) -> Self {
         Authority { jwt, cache_tokens }
     }

@@ -24,10 +24,15 @@ const BATCH: u32 = 200;
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GcReport {
+    /// Uploads dropped: idle past their TTL, or staged and unknown to this process.
     pub uploads: u64,
+    /// Untagged, unreferenced manifests deleted.
     pub manifests: u64,
+    /// Unreferenced blobs deleted from the backend.
     pub blobs: u64,
+    /// Bytes those blobs held.
     pub bytes: u64,
+    /// Mirror tags evicted because the blobs were over the byte budget.
     pub evicted_tags: u64,
 }
 

@@ -210,6 +210,8 @@ pub async fn token(
     }
 }
 
+/// The pagination query of `GET /v2/_catalog`: at most `n` names (default 100,
+/// clamped to 1..=1000), those after `last`.
 #[derive(Debug, serde::Deserialize)]
 pub struct ListQuery {
     n: Option<u32>,

@@ -28,25 +28,36 @@ const REPOSITORY: &str = "INSERT INTO registry_repositories (name, org_id, creat
 /// A stored manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredManifest {
+    /// The sha256 of `body`, which is how clients address it.
     pub digest: Digest,
+    /// Its media type, one of [`super::manifest::MEDIA_TYPES`].
     pub media_type: String,
+    /// The manifest exactly as pushed or fetched: its bytes must not change,
+    /// or the digest would not match.
     pub body: Vec<u8>,
 }
 
 /// A tag and when it was last checked against the upstream (mirrors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag {
+    /// The manifest the tag points at.
     pub digest: Digest,
+    /// When the tag was stored or last confirmed by the upstream, in Unix
+    /// milliseconds.
     pub validated_at: i64,
 }
 
 /// A blob as garbage collection sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRow {
+    /// The blob's digest; [`super::blob_key`] gives its backend key.
     pub digest: Digest,
+    /// Its size in bytes.
     pub size: u64,
 }
 
+/// The registry index: a writer and a reader pool over its database (on
+/// SQLite, one writer connection). Clones share the pools.
 #[derive(Debug, Clone)]
 pub struct RegistryIndex {
     writer: Pool,
@@ -172,6 +183,7 @@ impl RegistryIndex {
         Ok(())
     }
 
+    /// The manifest `digest` if it is stored in `repository`.
     pub async fn manifest(
         &self,
         repository: &Repository,
@@ -191,6 +203,7 @@ impl RegistryIndex {
         }))
     }
 
+    /// Where `tag` of `repository` points, if it exists.
     pub async fn tag(&self, repository: &Repository, tag: &str) -> Result<Option<Tag>> {
         let row: Option<(String, i64)> = with_pool!(&self.reader, pool => {
             sqlx::query_as("SELECT digest, validated_at FROM registry_tags WHERE repository = $1 AND tag = $2")
@@ -469,6 +482,8 @@ impl RegistryIndex {
         Ok(row)
     }
 
+    /// Removes a tag (the manifest stays until garbage collection finds it
+    /// untagged); a missing tag is not an error.
     pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {
         with_pool!(&self.writer, pool => {
             sqlx::query("DELETE FROM registry_tags WHERE repository = $1 AND tag = $2")

@@ -10,9 +10,14 @@ use super::{OciCode, OciError};
 /// Largest manifest accepted (the distribution registry's default).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// Docker image manifest, v2 schema 2.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list (multi-platform), v2 schema 2.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image manifest; assumed for a body without `mediaType` or `manifests`.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index (multi-platform); assumed for a body without `mediaType`
+/// that has `manifests`.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Every manifest type served and stored, for `Accept` headers upstream.
@@ -33,6 +38,8 @@ const FOREIGN_LAYERS: [&str; 3] = [
 /// What a manifest points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// One of [`MEDIA_TYPES`]: the request's `Content-Type`, else the body's
+    /// `mediaType`.
     pub media_type: String,
     /// Blobs that must exist in the repository (config and layers).
     pub blobs: Vec<Digest>,
@@ -41,6 +48,8 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether it lists other manifests (an OCI index or a Docker manifest list)
+    /// rather than describing one image.
     pub fn is_index(&self) -> bool {
         self.media_type == OCI_INDEX || self.media_type == DOCKER_MANIFEST_LIST
     }

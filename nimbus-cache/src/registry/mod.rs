@@ -55,20 +55,36 @@ pub const UPLOAD_PREFIX: &str = "reg-";
 /// The error codes of the distribution spec that Nimbus answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OciCode {
+    /// The blob is not in the repository (404).
     BlobUnknown,
+    /// A chunk or an upload is malformed or conflicts with another (400).
     BlobUploadInvalid,
+    /// No upload has that id, e.g. one lost to a restart (404).
     BlobUploadUnknown,
+    /// A digest is malformed, or the bytes do not hash to it (400).
     DigestInvalid,
+    /// A pushed manifest references a blob not linked to the repository (400).
     ManifestBlobUnknown,
+    /// A manifest does not parse or has an unaccepted media type (400).
     ManifestInvalid,
+    /// No manifest has that tag or digest in the repository (404).
     ManifestUnknown,
+    /// The repository name is not a valid name of this registry (400).
     NameInvalid,
+    /// The repository does not exist, or belongs to another org (404).
     NameUnknown,
+    /// A blob or manifest is over the size limit or the byte budget (400).
     SizeInvalid,
+    /// A tag is not valid (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`) (400).
     TagInvalid,
+    /// No credential, or one that does not verify or lacks a scope (401).
     Unauthorized,
+    /// The credential may not do this, e.g. push to a mirror (403).
     Denied,
+    /// An operation or method this registry does not offer, or no registry
+    /// at all on this proxy (415).
     Unsupported,
+    /// The org has too many unfinished uploads (429).
     TooManyRequests,
     /// A chunk that does not start where the upload stands (416).
     RangeInvalid,
@@ -77,6 +93,9 @@ pub enum OciCode {
 }
 
 impl OciCode {
+    /// The code as the spec spells it, e.g. `BLOB_UNKNOWN`. [`OciCode::RangeInvalid`]
+    /// is sent as `BLOB_UPLOAD_INVALID`, and [`OciCode::Unavailable`] as
+    /// `UNAVAILABLE`, which is not in the spec.
     pub fn as_str(self) -> &'static str {
         match self {
             OciCode::BlobUnknown => "BLOB_UNKNOWN",
@@ -120,7 +139,9 @@ impl OciCode {
 /// A registry failure as the client hears it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciError {
+    /// The spec's error code; it also decides the HTTP status.
     pub code: OciCode,
+    /// A human-readable explanation, shown by clients.
     pub message: String,
     /// What a `401` asks the client to get a token for (`repository:NAME:ACTION`).
     pub scope: Option<String>,
@@ -129,6 +150,7 @@ pub struct OciError {
 }
 
 impl OciError {
+    /// An error with `code` and `message`, and no scope or offset.
     pub fn new(code: OciCode, message: impl Into<String>) -> Self {
         OciError {
             code,
@@ -138,10 +160,13 @@ impl OciError {
         }
     }
 
+    /// An [`OciCode::Unauthorized`] error (401) without a scope.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         OciError::new(OciCode::Unauthorized, message)
     }
 
+    /// Sets the scope a `401` asks the client to get a token for: `pull` on
+    /// `repository`, or `pull,push` for a push.
     pub fn with_scope(mut self, repository: &Repository, action: Action) -> Self {
         let actions = match action {
             Action::Pull => "pull",
@@ -165,7 +190,11 @@ impl std::error::Error for OciError {}
 pub struct RegistrySettings {
     /// The upstream of the mirrors; `None` turns pull-through off.
     pub upstream: Option<String>,
+    /// User for the upstream (`NIMBUS_DOCKER_UPSTREAM_USERNAME`); `None` pulls
+    /// anonymously.
     pub upstream_username: Option<String>,
+    /// Password or access token of `upstream_username`
+    /// (`NIMBUS_DOCKER_UPSTREAM_PASSWORD`).
     pub upstream_password: Option<nimbus_core::Secret>,
     /// Mirror tags older than this are checked against the upstream again.
     pub tag_ttl: Duration,
@@ -203,10 +232,14 @@ pub use index::StoredManifest;
 
 /// A blob answer: its size, the range served, and the bytes (empty for HEAD).
 pub struct BlobRead {
+    /// The blob's digest (`sha256:HEX`).
     pub digest: Digest,
     /// The whole blob's size, when known (an upstream may stream without one).
     pub size: Option<u64>,
+    /// The part served when the request had a satisfiable `Range`; `None`:
+    /// the whole blob.
     pub range: Option<ByteRange>,
+    /// The bytes served: the range or the whole blob; empty for `HEAD`.
     pub body: ByteStream,
 }
 
@@ -215,7 +248,9 @@ pub struct BlobRead {
 pub enum UploadStarted {
     /// The blob was mounted from another repository: nothing to upload.
     Mounted(Digest),
+    /// An upload was started: the client sends the blob to it.
     Started {
+        /// The upload's id, used in the client's `…/blobs/uploads/{id}` URLs.
         id: String,
     },
 }
@@ -274,6 +309,8 @@ fn now_millis() -> i64 {
 }
 
 impl Registry {
+    /// A registry over `backend` and `index`, checking callers with
+    /// `authority`. Fails only if the upstream's HTTP client cannot be built.
     pub fn new(
         backend: Arc<dyn CacheBackend>,
         index: RegistryIndex,
@@ -303,14 +340,17 @@ impl Registry {
         })
     }
 
+    /// The registry index: repositories, blobs, manifests, tags.
     pub fn index(&self) -> &RegistryIndex {
         &self.inner.index
     }
 
+    /// Verifies credentials and mints registry tokens.
     pub fn authority(&self) -> &Authority {
         &self.inner.authority
     }
 
+    /// The settings the registry was built with.
     pub fn settings(&self) -> &RegistrySettings {
         &self.inner.settings
     }

@@ -16,7 +16,10 @@ const MAX_NAME: usize = 255;
 pub enum Owner {
     /// A read-only copy of the upstream's repository `upstream`
     /// (`library/x` → `library/x`, `mirror/a/b` → `a/b`).
-    Mirror { upstream: String },
+    Mirror {
+        /// The repository's name at the upstream.
+        upstream: String,
+    },
     /// `org-{id}/…`: pushed and pulled by that org only.
     Org(OrgId),
 }
@@ -82,14 +85,18 @@ impl Repository {
         })
     }
 
+    /// The name as given, e.g. `org-7/app` or `library/alpine`.
     pub fn as_str(&self) -> &str {
         &self.name
     }
 
+    /// Who the repository belongs to.
     pub fn owner(&self) -> &Owner {
         &self.owner
     }
 
+    /// Whether it is a read-only copy of an upstream repository
+    /// (`library/…` or `mirror/…`).
     pub fn is_mirror(&self) -> bool {
         matches!(self.owner, Owner::Mirror { .. })
     }
@@ -148,6 +155,8 @@ fn truncate(raw: &str) -> String {
 pub struct Digest(String);
 
 impl Digest {
+    /// Parses `sha256:` followed by 64 lower-case hex digits; anything else is
+    /// `DIGEST_INVALID`.
     pub fn parse(raw: &str) -> Result<Self, OciError> {
         let invalid = |why: &str| {
             OciError::new(
@@ -181,6 +190,7 @@ impl Digest {
         Digest(format!("sha256:{hex}"))
     }
 
+    /// The whole digest, `sha256:HEX`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -200,11 +210,16 @@ impl fmt::Display for Digest {
 /// What a manifest is asked for by: a tag or a digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
+    /// A tag, e.g. `latest`.
     Tag(String),
+    /// A manifest's digest (`sha256:HEX`).
     Digest(Digest),
 }
 
 impl Reference {
+    /// A digest when `raw` contains `:` (`DIGEST_INVALID` if malformed), else a
+    /// tag: 1 to 128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`
+    /// (`TAG_INVALID` otherwise).
     pub fn parse(raw: &str) -> Result<Self, OciError> {
         if raw.contains(':') {
             return Digest::parse(raw).map(Reference::Digest);

@@ -12,6 +12,7 @@ use sha2::{Digest as _, Sha256};
 /// The reference registry, serving from `root` on a free loopback port.
 pub struct UpstreamRegistry {
     child: Option<Child>,
+    /// The loopback port it listens on.
     pub port: u16,
     /// Its access log (one line per request).
     pub log: PathBuf,
@@ -78,6 +79,7 @@ impl UpstreamRegistry {
         Some(registry)
     }
 
+    /// Its base URL, `http://127.0.0.1:PORT` (plain HTTP).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -114,8 +116,11 @@ impl Drop for UpstreamRegistry {
 /// An OCI image layout on disk (`oci:DIR:TAG` for skopeo).
 #[derive(Debug, Clone)]
 pub struct ImageLayout {
+    /// The layout's directory (`index.json`, `oci-layout`, `blobs/sha256/`).
     pub dir: PathBuf,
+    /// The tag the image is named by in `index.json`.
     pub tag: String,
+    /// The image manifest's digest, `sha256:HEX`.
     pub manifest_digest: String,
     /// Config and layers: digest and size.
     pub blobs: Vec<(String, u64)>,
@@ -127,6 +132,7 @@ impl ImageLayout {
         format!("oci:{}:{}", self.dir.display(), self.tag)
     }
 
+    /// Bytes of the config and layers together (not the manifest).
     pub fn total_bytes(&self) -> u64 {
         self.blobs.iter().map(|(_, size)| size).sum()
     }

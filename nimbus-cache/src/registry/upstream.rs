@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 /// Most tokens the cache holds (one per repository pulled).
 const MAX_TOKENS: usize = 1024;
 
+/// A client of the upstream registry, with its credentials and the tokens it
+/// was given, cached per repository.
 pub struct Upstream {
     base: String,
     client: reqwest::Client,
@@ -83,6 +85,9 @@ pub fn challenge_params(value: &str) -> (String, HashMap<String, String>) {
 }
 
 impl Upstream {
+    /// A client of the registry at `base` (e.g. `https://registry-1.docker.io`;
+    /// a trailing `/` is ignored), authenticating as `username` when given.
+    /// Connecting times out after 10 s, and a read stalled for 60 s fails.
     pub fn new(base: &str, username: Option<String>, password: Option<Secret>) -> Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -99,6 +104,7 @@ impl Upstream {
         })
     }
 
+    /// The upstream's base URL, without a trailing `/`.
     pub fn base(&self) -> &str {
         &self.base
     }

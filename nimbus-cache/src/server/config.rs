@@ -47,39 +47,71 @@ pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Setting
 /// Where blobs live.
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
-    Fs { root: PathBuf },
+    /// A local directory (`NIMBUS_CACHE_BACKEND=fs`, the default).
+    Fs {
+        /// The directory (`NIMBUS_CACHE_DIR`, default `$NIMBUS_DATA_DIR/cache`).
+        root: PathBuf,
+    },
+    /// An S3-compatible bucket (`NIMBUS_CACHE_BACKEND=s3`); needs the `s3`
+    /// feature, or opening the backend fails.
     S3(S3Config),
 }
 
 /// An S3-compatible bucket (`NIMBUS_CACHE_S3_*`).
 #[derive(Debug, Clone)]
 pub struct S3Config {
+    /// The bucket's name (`NIMBUS_CACHE_S3_BUCKET`, required); created if missing.
     pub bucket: String,
+    /// Endpoint URL of an S3-compatible store, e.g. `http://127.0.0.1:8333`;
+    /// `None` talks to AWS.
     pub endpoint: Option<String>,
+    /// The bucket's region (`NIMBUS_CACHE_S3_REGION`, default `us-east-1`).
     pub region: String,
     /// Prepended to every object key, e.g. `nimbus-cache/`.
     pub prefix: String,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted
+    /// ones; most S3-compatible servers need it. Default `false`.
     pub path_style: bool,
+    /// `NIMBUS_CACHE_S3_ACCESS_KEY_ID`; `None` falls back to `AWS_ACCESS_KEY_ID`
+    /// when connecting, and fails if that is unset too.
     pub access_key_id: Option<String>,
+    /// `NIMBUS_CACHE_S3_SECRET_ACCESS_KEY`; `None` falls back to
+    /// `AWS_SECRET_ACCESS_KEY` when connecting, and fails if that is unset too.
     pub secret_access_key: Option<Secret>,
 }
 
+/// Everything the cache proxy service needs to start; [`ProxyConfig::from_env`]
+/// reads it from the variables in [`SETTINGS`].
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
     pub trusted_proxies: nimbus_core::forwarded::TrustedProxies,
+    /// The address to listen on (`NIMBUS_CACHE_PROXY_ADDR`, default `0.0.0.0:8001`).
     pub listen: SocketAddr,
+    /// Where blobs live (`NIMBUS_CACHE_BACKEND`).
     pub backend: BackendConfig,
     /// `NIMBUS_CACHE_METRICS_DB`: SQLite path or PostgreSQL URL of the index.
     pub index_url: String,
+    /// The secret cache tokens are verified with, and upload/download links and
+    /// registry tokens signed with (`NIMBUS_CACHE_SHARED_SECRET`; in development, derived from
+    /// the JWT secret). Must match the control plane's, which mints the tokens.
     pub shared_secret: Secret,
+    /// Verifies the control plane's JWTs (API tokens), accepted by the usage
+    /// report and the registry (`NIMBUS_JWT_SECRET`).
     pub jwt_secret: Secret,
+    /// Bearer token non-loopback peers need for `/metrics`
+    /// (`NIMBUS_CACHE_PROXY_METRICS_TOKEN`); `None` allows loopback peers only.
     pub metrics_token: Option<Secret>,
     /// Base of the upload/download links handed to clients; `None` uses the
     /// request's `Host`.
     pub public_url: Option<String>,
+    /// Byte budgets, idle age and upload lifetimes that maintenance enforces
+    /// (`NIMBUS_CACHE_MAX_BYTES`, `NIMBUS_CACHE_ORG_MAX_BYTES`, …).
     pub budgets: Budgets,
+    /// Time between eviction passes, also the registry's garbage collection
+    /// (`NIMBUS_CACHE_EVICTION_INTERVAL`, default 60 s).
     pub eviction_interval: Duration,
+    /// Time between integrity scrubs (`NIMBUS_CACHE_SCRUB_INTERVAL`, default 6 h).
     pub scrub_interval: Duration,
     /// How long upload/download links stay valid.
     pub link_ttl: Duration,
@@ -139,6 +171,9 @@ fn bytes_var(env: &Env, name: &str) -> Result<Option<u64>> {
 }
 
 impl ProxyConfig {
+    /// Reads the configuration from `env`, applying the defaults in
+    /// [`SETTINGS`]. Fails with [`Error::Config`] on an invalid value, or when
+    /// `NIMBUS_MODE=production` and an index location is not set.
     pub fn from_env(env: &Env) -> Result<Self> {
         let data_dir = env.data_dir();
         let production = production_mode(env)?;

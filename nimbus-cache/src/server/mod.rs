@@ -52,8 +52,11 @@ const MAX_JSON_BODY: usize = 1024 * 1024;
 /// Shared state of the proxy.
 #[derive(Clone)]
 pub struct Proxy {
+    /// The Actions cache and artifact entries: backend, index, metrics, limits.
     pub cache: Cache,
+    /// Verifies cache tokens and signs/verifies upload and download links.
     pub tokens: CacheTokenKeys,
+    /// Verifies the control plane's JWTs (API tokens).
     pub jwt: JwtKeys,
     /// Fired after commits so eviction runs while the budget is exceeded.
     pub wake_maintenance: Arc<Notify>,
@@ -65,6 +68,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The proxy of `config` over an opened `backend` and cache `index`, with
+    /// fresh metrics and no registry (see [`Proxy::with_registry`]).
     pub fn new(
         config: &ProxyConfig,
         backend: Arc<dyn CacheBackend>,
@@ -323,6 +328,8 @@ pub fn routes() -> Vec<Route<Proxy>> {
     ]
 }
 
+/// The proxy's HTTP service: every route of [`routes`], a JSON 404 for the
+/// rest, a 1 MiB limit on buffered (JSON) bodies, and request metrics.
 pub fn router(state: Proxy) -> Router {
     nimbus_core::route::router(routes())
         .fallback(|| async { Error::NotFound("route".into()) })

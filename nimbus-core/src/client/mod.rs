@@ -20,6 +20,8 @@ use crate::domain::{Completion, Job, JobId, Lease, Org, OrgId};
 use crate::error::{Error, Result};
 use crate::store::{JobFilter, JobPage, LeaseRenewal};
 
+/// A client of one control plane's HTTP API, authenticated with a bearer token.
+/// Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneClient {
     http: reqwest::Client,
@@ -28,6 +30,8 @@ pub struct ControlPlaneClient {
 }
 
 impl ControlPlaneClient {
+    /// A client of the control plane at `base_url` (a trailing `/` is ignored),
+    /// sending `token` as `Authorization: Bearer` when given.
     pub fn new(base_url: impl Into<String>, token: Option<Secret>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -40,10 +44,12 @@ impl ControlPlaneClient {
         })
     }
 
+    /// A client from `NIMBUS_CONTROL_PLANE_URL` and the token of `config`.
     pub fn from_config(config: &ClientConfig) -> Result<Self> {
         Self::new(config.control_plane_url.clone(), config.token.clone())
     }
 
+    /// The control plane's base URL, without a trailing `/`.
     pub fn base_url(&self) -> &str {
         &self.base
     }
@@ -116,6 +122,7 @@ impl ControlPlaneClient {
         self.send(builder).await
     }
 
+    /// `POST /api/jobs/{id}/heartbeat`: renews the lease held with `fencing_token`.
     pub async fn heartbeat(&self, job_id: JobId, fencing_token: i64) -> Result<LeaseRenewal> {
         let path = format!("/api/jobs/{job_id}/heartbeat");
         self.expect(
@@ -125,6 +132,7 @@ impl ControlPlaneClient {
         .await
     }
 
+    /// `POST /api/jobs/{id}/complete`: reports the outcome of a leased job.
     pub async fn complete(&self, job_id: JobId, completion: &Completion) -> Result<Job> {
         let path = format!("/api/jobs/{job_id}/complete");
         self.expect(self.request(Method::POST, &path).json(completion))
@@ -141,6 +149,7 @@ impl ControlPlaneClient {
         .await
     }
 
+    /// `GET /api/jobs/{id}`.
     pub async fn get_job(&self, job_id: JobId) -> Result<Job> {
         self.expect(self.request(Method::GET, &format!("/api/jobs/{job_id}")))
             .await
@@ -152,6 +161,7 @@ impl ControlPlaneClient {
             .await
     }
 
+    /// `POST /api/orgs`: creates org `id` named `name`, or renames it (admin).
     pub async fn upsert_org(&self, id: i64, name: &str) -> Result<crate::domain::Org> {
         self.expect(
             self.request(Method::POST, "/api/orgs")

@@ -40,23 +40,31 @@ pub struct OrgsQuery {
     pub org_id: Option<OrgId>,
     /// Also break each org's jobs down by this key's values.
     pub metadata_key: Option<String>,
+    /// Inclusive lower bound on creation time; `None` for open.
     pub since: Option<OffsetDateTime>,
+    /// Exclusive upper bound on creation time; `None` for open.
     pub until: Option<OffsetDateTime>,
 }
 
 /// `GET /api/jobs/metadata/histogram`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistogramQuery {
+    /// The metadata key whose values to count.
     pub key: String,
+    /// Admins: only this org.
     pub org_id: Option<OrgId>,
+    /// Inclusive lower bound on creation time; `None` for open.
     pub since: Option<OffsetDateTime>,
+    /// Exclusive upper bound on creation time; `None` for open.
     pub until: Option<OffsetDateTime>,
 }
 
 /// `GET /api/jobs/metadata/trend`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrendQuery {
+    /// The metadata key whose values to count.
     pub key: String,
+    /// Admins: only this org.
     pub org_id: Option<OrgId>,
     /// Bucket length (default 24).
     pub bucket_hours: Option<u32>,
@@ -69,8 +77,11 @@ pub struct TrendQuery {
 /// `GET /api/jobs/summary`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SummaryQuery {
+    /// Admins: only this org.
     pub org_id: Option<OrgId>,
+    /// Only jobs with this key.
     pub metadata_key: Option<String>,
+    /// Only jobs whose `metadata_key` has this value (needs `metadata_key`).
     pub metadata_value: Option<String>,
 }
 
@@ -92,6 +103,7 @@ fn push_time(params: &mut Params, name: &'static str, at: Option<OffsetDateTime>
 }
 
 impl OrgsQuery {
+    /// The query string parameters of this query, unset ones left out.
     pub fn params(&self) -> Params {
         let mut params = Params::new();
         push_param(&mut params, "org_id", self.org_id);
@@ -103,6 +115,7 @@ impl OrgsQuery {
 }
 
 impl HistogramQuery {
+    /// The query string parameters of this query, unset ones left out.
     pub fn params(&self) -> Params {
         let mut params = vec![("key", self.key.clone())];
         push_param(&mut params, "org_id", self.org_id);
@@ -113,6 +126,7 @@ impl HistogramQuery {
 }
 
 impl TrendQuery {
+    /// The query string parameters of this query, unset ones left out.
     pub fn params(&self) -> Params {
         let mut params = vec![("key", self.key.clone())];
         push_param(&mut params, "org_id", self.org_id);
@@ -124,6 +138,7 @@ impl TrendQuery {
 }
 
 impl SummaryQuery {
+    /// The query string parameters of this query, unset ones left out.
     pub fn params(&self) -> Params {
         let mut params = Params::new();
         push_param(&mut params, "org_id", self.org_id);

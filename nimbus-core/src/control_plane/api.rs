@@ -44,12 +44,18 @@ pub struct JobRequest {
     /// be) the token's org.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<OrgId>,
+    /// The repository, `owner/name`.
     pub repo: String,
+    /// Runner labels the leasing agent must offer (at most 100); `param:`/`meta:`
+    /// labels also become metadata.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The commands to run, in order (at least one).
     pub steps: Vec<Step>,
+    /// Environment variables for every step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// 1 to 1440 minutes; default 360.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_minutes: Option<u32>,
     /// Extra metadata rows, besides those from `param:`/`meta:` labels.
@@ -60,7 +66,9 @@ pub struct JobRequest {
 /// How many jobs carry one value of a metadata key (`GET /api/analytics/metadata`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataCount {
+    /// The metadata value.
     pub value: String,
+    /// How many of the jobs carry it.
     pub jobs: i64,
 }
 
@@ -638,6 +646,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// The principal every call of this session acts as.
     pub fn principal(&self) -> &Principal {
         &self.principal
     }

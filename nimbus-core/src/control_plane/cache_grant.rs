@@ -18,6 +18,7 @@ use crate::github::model::{PullRequest, RunRepository, WorkflowRun};
 pub struct RunContext {
     /// The event that started the run (`push`, `pull_request`, …).
     pub event: String,
+    /// The branch the run is for.
     pub head_branch: Option<String>,
     /// Whether the run's code comes from another repository than the one it runs
     /// for (a fork).
@@ -28,9 +29,12 @@ pub struct RunContext {
     pub pull_request: Option<PullRequestRef>,
 }
 
+/// The pull request a run builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullRequestRef {
+    /// The pull request's number; its saves go under `refs/pull/N/merge`.
     pub number: i64,
+    /// The branch it merges into, restored from after the pull request's own ref.
     pub base_branch: String,
 }
 

@@ -45,22 +45,38 @@ pub const SETTINGS: Settings = Settings {
 /// Configuration of the control plane service.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
+    /// Listen address (`NIMBUS_CONTROL_PLANE_ADDR`, default `0.0.0.0:8000`).
     pub listen: SocketAddr,
+    /// Directory for embedded state (`NIMBUS_DATA_DIR`).
     pub data_dir: PathBuf,
+    /// The store (`NIMBUS_DATABASE_URL`), default SQLite in the data directory.
     pub database_url: String,
+    /// Connection pool size of the store (`NIMBUS_DATABASE_MAX_CONNECTIONS`, default 16).
     pub database_max_connections: u32,
+    /// Signs and verifies API tokens (`NIMBUS_JWT_SECRET`).
     pub jwt_secret: Secret,
     /// Signs the per-job cache tokens (NIMBUS_CACHE_SHARED_SECRET).
     pub cache_secret: Secret,
+    /// Secret of GitHub's webhook signatures; `None` makes the webhook route answer 503.
     pub webhook_secret: Option<Secret>,
+    /// Oldest action timestamp a webhook may carry (default 300 s); delivery ids
+    /// are kept for twice as long.
     pub webhook_tolerance: Duration,
+    /// A `workflow_job` is taken when it has one of these labels (default `nimbus`).
     pub runner_labels: Vec<String>,
+    /// How long a lease lives without a heartbeat (default 300 s).
     pub lease_ttl: Duration,
+    /// Leases a job may lose before it is marked `failed` (default 3).
     pub max_attempts: u32,
+    /// Time between reaper sweeps (default 5 s).
     pub reaper_interval: Duration,
+    /// Jobs one org may submit per interval (default 100).
     pub org_job_rate_limit: u32,
+    /// Length of the org rate-limit window (default 60 s).
     pub org_rate_interval: Duration,
+    /// Bearer token for `/metrics` from non-loopback peers; `None` means loopback only.
     pub metrics_token: Option<Secret>,
+    /// The YAML admission policy (`NIMBUS_JOB_POLICY_PATH`); `None` admits every job.
     pub policy_path: Option<PathBuf>,
     /// The logging pipeline that receives a copy of every job's metadata.
     pub metadata_sink_url: Option<String>,

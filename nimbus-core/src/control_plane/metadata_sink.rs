@@ -44,6 +44,7 @@ struct Row {
     ts: String,
 }
 
+/// Queues admitted jobs' metadata for the background task that POSTs it to the sink.
 pub struct MetadataForwarder {
     sender: mpsc::Sender<Vec<Row>>,
     failures: IntCounter,

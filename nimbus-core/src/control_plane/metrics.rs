@@ -9,26 +9,45 @@ use prometheus::{
 use crate::domain::JobStatus;
 use crate::error::{Error, Result};
 
+/// The control plane's metrics, in a registry of their own; clones share them.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// `nimbus_control_plane_webhook_replays_blocked`: deliveries refused as replays.
     pub webhook_replays_blocked: IntCounter,
+    /// `nimbus_control_plane_org_rate_limits_hit`: admissions refused by the org rate limit.
     pub org_rate_limits_hit: IntCounter,
+    /// `nimbus_control_plane_webhooks_received_total`, by `event` and `outcome`.
     pub webhooks_received: IntCounterVec,
+    /// `nimbus_control_plane_jobs_enqueued_total`, by `source`.
     pub jobs_enqueued: IntCounterVec,
+    /// `nimbus_control_plane_jobs_completed_total`, by `status`.
     pub jobs_completed: IntCounterVec,
+    /// `nimbus_control_plane_leases_granted_total`.
     pub leases_granted: IntCounter,
+    /// `nimbus_control_plane_leases_expired_total`, by `outcome` (requeued or failed).
     pub leases_expired: IntCounterVec,
+    /// `nimbus_control_plane_jobs`: jobs in the store by `status`, set at scrape time.
     pub jobs_by_status: IntGaugeVec,
+    /// `nimbus_control_plane_policy_denials_total`: jobs the policy rejected, by `rule`.
     pub policy_denials: IntCounterVec,
+    /// `nimbus_control_plane_policy_dry_run_denials_total`: what a dry-run policy would have rejected, by `rule`.
     pub policy_dry_run_denials: IntCounterVec,
+    /// `nimbus_control_plane_policy_reload_errors_total`.
     pub policy_reload_errors: IntCounter,
+    /// `nimbus_control_plane_metadata_forward_failures_total`: metadata not delivered to the sink.
     pub metadata_forward_failures: IntCounter,
+    /// `nimbus_control_plane_github_api_rate_limited_total`: GitHub answers that said to back off.
     pub github_api_rate_limited: IntCounter,
+    /// `nimbus_control_plane_jobs_reconciled_total`: jobs queued or closed by the reconciler.
     pub jobs_reconciled: IntCounter,
+    /// `nimbus_control_plane_runner_swaps_total`: GitHub ran another job on one of our runners.
     pub runner_swaps: IntCounter,
+    /// `nimbus_control_plane_runner_swaps_refused_total`: swap claims ignored as not proven.
     pub runner_swaps_refused: IntCounter,
+    /// `nimbus_control_plane_http_requests_total`, by `method`, `route` and `status`.
     pub http_requests: IntCounterVec,
+    /// `nimbus_control_plane_http_request_duration_seconds`, by `method` and `route`.
     pub http_request_duration: HistogramVec,
     /// Created to first lease (the analytics' queue wait, as a histogram).
     pub queue_wait: Histogram,
@@ -61,6 +80,7 @@ fn counter_vec(
 }
 
 impl Metrics {
+    /// Creates and registers every metric, all at zero.
     pub fn new() -> Result<Self> {
         let registry = Registry::new();
         let r = &registry;

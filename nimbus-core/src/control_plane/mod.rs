@@ -55,8 +55,11 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Shared state of every handler.
 pub struct ControlPlane {
+    /// The settings it was started with.
     pub config: ControlPlaneConfig,
+    /// The durable queue, leases, orgs and analytics.
     pub store: Arc<dyn Store>,
+    /// Mints and verifies API tokens and log ingest tokens.
     pub keys: JwtKeys,
     /// Mints the per-job cache tokens handed out with leases.
     pub cache_keys: CacheTokenKeys,
@@ -68,6 +71,7 @@ pub struct ControlPlane {
         std::sync::Mutex<std::collections::HashMap<(crate::domain::JobId, i64), JitConfig>>,
     /// Workflow run contexts looked up for cache scoping, by run id.
     run_contexts: std::sync::Mutex<std::collections::HashMap<i64, cache_grant::RunContext>>,
+    /// The Prometheus metrics of `/metrics`.
     pub metrics: Metrics,
     /// Wakes long-polling lease requests when this replica queues a job.
     job_available: Notify,
@@ -85,6 +89,7 @@ pub struct ControlPlane {
     analytics: analytics::AnalyticsState,
 }
 
+/// How handlers and background tasks share the control plane.
 pub type AppState = Arc<ControlPlane>;
 
 impl ControlPlane {

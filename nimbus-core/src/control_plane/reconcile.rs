@@ -14,6 +14,7 @@ use crate::webhook::{self, Account, WorkflowJobAction, WorkflowJobEvent};
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcileReport {
+    /// Repositories looked at.
     pub repositories: u64,
     /// Jobs queued here because GitHub had them queued and no webhook came.
     pub enqueued: u64,

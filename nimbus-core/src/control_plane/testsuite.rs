@@ -21,7 +21,9 @@ use crate::store::JobFilter;
 
 /// Hands out callers and agents of one control plane.
 pub trait Connect: Send + Sync {
+    /// A caller acting as `who`.
     fn caller(&self, who: Principal) -> Arc<dyn ControlPlaneApi>;
+    /// An agent named `agent_id` (its token's `sub`).
     fn agent(&self, agent_id: &str) -> Arc<dyn JobSource>;
 }
 
@@ -46,6 +48,7 @@ pub struct OverHttp {
 }
 
 impl OverHttp {
+    /// Serves `state`'s router on a free loopback port, in the background.
     pub async fn serve(state: AppState, jwt_secret: &Secret) -> OverHttp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

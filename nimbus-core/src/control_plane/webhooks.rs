@@ -30,7 +30,9 @@ pub struct WebhookDelivery<'a> {
     pub delivery_id: Option<&'a str>,
     /// `X-Hub-Signature-256`.
     pub signature: Option<&'a str>,
+    /// `Content-Type`; only `application/json` is accepted.
     pub content_type: Option<&'a str>,
+    /// The raw body, as signed.
     pub body: &'a [u8],
 }
 
@@ -38,8 +40,11 @@ pub struct WebhookDelivery<'a> {
 /// `nimbus_control_plane_webhooks_received_total`, and the answer's body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookAnswer {
+    /// The status to answer with (200, 201 or 202).
     pub status: StatusCode,
+    /// A short word for what happened (`ping`, `ignored`, …), a metrics label.
     pub outcome: &'static str,
+    /// The JSON body to answer with.
     pub body: serde_json::Value,
 }
 

@@ -9,9 +9,12 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 
+/// The claims of a GitHub App JWT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppJwtClaims {
+    /// Issued at, Unix seconds (back-dated 60 s).
     pub iat: i64,
+    /// Expires at, Unix seconds (9 minutes after minting).
     pub exp: i64,
     /// The app id, as a string (GitHub accepts the client id or the app id).
     pub iss: String,
@@ -20,6 +23,7 @@ pub struct AppJwtClaims {
 /// An app id and its private key.
 #[derive(Clone)]
 pub struct AppCredentials {
+    /// GitHub's numeric id of the App.
     pub app_id: i64,
     key: EncodingKey,
 }

@@ -48,12 +48,16 @@ pub enum RunnerScope {
     Organization,
 }
 
+/// GitHub settings of the control plane (`NIMBUS_GITHUB_*`).
 #[derive(Debug, Clone)]
 pub struct GithubConfig {
     /// `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise Server.
     pub api_url: String,
+    /// How calls authenticate.
     pub auth: GithubAuth,
+    /// Where just-in-time runners are registered (`NIMBUS_GITHUB_RUNNER_SCOPE`, default repo).
     pub runner_scope: RunnerScope,
+    /// Runner group of the just-in-time runners (`NIMBUS_GITHUB_RUNNER_GROUP_ID`, default 1).
     pub runner_group_id: i64,
     /// How often the reconciler compares GitHub's queued jobs with ours.
     pub reconcile_interval: Duration,
@@ -137,7 +141,9 @@ impl GithubConfig {
 /// What GitHub answered to generate-jitconfig.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JitConfig {
+    /// GitHub's id of the registered runner.
     pub runner_id: i64,
+    /// The runner's name, as registered (one per lease of a job).
     pub runner_name: String,
     /// The base64 blob `run.sh --jitconfig` takes. A credential: never log it.
     pub encoded_jit_config: String,
@@ -146,13 +152,16 @@ pub struct JitConfig {
 /// A repository, as REST paths name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoRef {
+    /// The owner's login.
     pub owner: String,
+    /// The repository's name, without the owner.
     pub name: String,
     /// The App installation that covers it (App auth only).
     pub installation_id: Option<i64>,
 }
 
 impl RepoRef {
+    /// Splits `owner/name`; anything else is invalid input.
     pub fn parse(full_name: &str, installation_id: Option<i64>) -> Result<Self> {
         let (owner, name) = full_name
             .split_once('/')
@@ -190,6 +199,7 @@ const MAX_ATTEMPTS: usize = 4;
 const MAX_PAGES: usize = 100;
 
 impl GithubClient {
+    /// A client for `config`; `rate_limited` counts the calls GitHub rate-limited.
     pub fn new(config: GithubConfig, rate_limited: IntCounter) -> Result<Self> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("nimbus/", env!("CARGO_PKG_VERSION")))
@@ -204,6 +214,7 @@ impl GithubClient {
         })
     }
 
+    /// The settings the client was built with.
     pub fn config(&self) -> &GithubConfig {
         &self.config
     }

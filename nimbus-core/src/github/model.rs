@@ -11,7 +11,9 @@ pub use crate::webhook::WorkflowJob;
 /// A user or an organization (`owner` of a repository, `account` of an installation).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Owner {
+    /// GitHub's numeric id of the account.
     pub id: i64,
+    /// The account's login name.
     pub login: String,
     /// `Organization` or `User`.
     #[serde(default, rename = "type")]
@@ -19,6 +21,7 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// Whether the account is an organization rather than a user.
     pub fn is_organization(&self) -> bool {
         self.kind.as_deref() == Some("Organization")
     }
@@ -27,7 +30,9 @@ impl Owner {
 /// One installation of the GitHub App (`GET /app/installations`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AppInstallation {
+    /// The installation's id, for installation tokens.
     pub id: i64,
+    /// The account the App is installed on.
     #[serde(default)]
     pub account: Option<Owner>,
 }
@@ -35,9 +40,13 @@ pub struct AppInstallation {
 /// A repository (`GET /installation/repositories`, `GET /user/repos`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Repository {
+    /// GitHub's numeric repository id.
     pub id: i64,
+    /// `owner/name`.
     pub full_name: String,
+    /// The account that owns the repository.
     pub owner: Owner,
+    /// The repository's default branch, e.g. `main`.
     #[serde(default)]
     pub default_branch: Option<String>,
 }
@@ -46,13 +55,16 @@ pub struct Repository {
 /// (`None` with a personal token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReachableRepository {
+    /// The repository.
     pub repository: Repository,
+    /// The installation that reaches it.
     pub installation_id: Option<i64>,
 }
 
 /// `login` of a head repository's owner.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Login {
+    /// The account's login name.
     pub login: String,
 }
 
@@ -60,10 +72,13 @@ pub struct Login {
 /// fork that was deleted leaves `head_repository` null.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct RunRepository {
+    /// `owner/name`.
     #[serde(default)]
     pub full_name: Option<String>,
+    /// The repository's owner.
     #[serde(default)]
     pub owner: Option<Login>,
+    /// The repository's default branch.
     #[serde(default)]
     pub default_branch: Option<String>,
 }
@@ -71,6 +86,7 @@ pub struct RunRepository {
 /// The base of a pull request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PullBase {
+    /// The branch the pull request merges into, e.g. `main`.
     #[serde(rename = "ref")]
     pub git_ref: String,
 }
@@ -78,23 +94,30 @@ pub struct PullBase {
 /// A pull request, as a run's `pull_requests` or `GET /repos/{o}/{r}/pulls` list it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PullRequest {
+    /// The pull request's number within its repository.
     pub number: i64,
+    /// Where the pull request merges into.
     pub base: PullBase,
 }
 
 /// A workflow run (`GET /repos/{o}/{r}/actions/runs[/{id}]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct WorkflowRun {
+    /// GitHub's id of the run.
     pub id: i64,
     /// The event that started the run (`push`, `pull_request`, …).
     #[serde(default)]
     pub event: Option<String>,
+    /// GitHub's status of the run (`queued`, `in_progress`, `completed`, …).
     #[serde(default)]
     pub status: Option<String>,
+    /// The branch the run is for.
     #[serde(default)]
     pub head_branch: Option<String>,
+    /// The repository the run belongs to.
     #[serde(default)]
     pub repository: Option<RunRepository>,
+    /// The repository the run's commit comes from (a fork's for a fork's pull request).
     #[serde(default)]
     pub head_repository: Option<RunRepository>,
     /// Only pull requests of the repository itself: GitHub leaves a fork's out.
@@ -105,7 +128,9 @@ pub struct WorkflowRun {
 /// A self-hosted runner (`GET …/actions/runners`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Runner {
+    /// GitHub's id of the runner.
     pub id: i64,
+    /// The runner's name.
     pub name: String,
 }
 

@@ -62,22 +62,27 @@ pub struct Connection {
 /// `nimbus report …`.
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
+    /// Where the services are and who asks.
     #[command(flatten)]
     pub connection: Connection,
+    /// Which report.
     #[command(subcommand)]
     pub command: ReportCommand,
 }
 
+/// The reports of `nimbus report`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ReportCommand {
     /// Per org: jobs by status, success rate, queue wait and run time (p50/p95),
     /// active leases, rate-limit hits; with --metadata-key, that key's values.
     Orgs {
+        /// Also break each org's jobs down by this metadata key's values.
         #[arg(long)]
         metadata_key: Option<String>,
         /// RFC 3339 time, date (2026-11-30) or age (7d, 24h).
         #[arg(long)]
         since: Option<String>,
+        /// End of the window (exclusive): RFC 3339 time, date or age.
         #[arg(long)]
         until: Option<String>,
         /// Only this org (admin tokens).
@@ -88,16 +93,22 @@ pub enum ReportCommand {
     /// --metadata-key[=--metadata-value]), then the most recent jobs (filtered by
     /// --job-metadata-key/--job-metadata-value, or one job with --job-id).
     Jobs {
+        /// Summarise only jobs with this metadata key.
         #[arg(long)]
         metadata_key: Option<String>,
+        /// Summarise only jobs whose --metadata-key has this value.
         #[arg(long, requires = "metadata_key")]
         metadata_value: Option<String>,
+        /// List only recent jobs with this metadata key.
         #[arg(long)]
         job_metadata_key: Option<String>,
+        /// List only recent jobs whose --job-metadata-key has this value.
         #[arg(long, requires = "job_metadata_key")]
         job_metadata_value: Option<String>,
+        /// Show this one job instead.
         #[arg(long)]
         job_id: Option<i64>,
+        /// Only this org (admin tokens).
         #[arg(long)]
         org_id: Option<OrgId>,
         /// Recent jobs listed.
@@ -107,17 +118,22 @@ pub enum ReportCommand {
     /// A metadata key's values: jobs and success rate per value; per time bucket
     /// with --trend.
     Metadata {
+        /// The metadata key.
         #[arg(long)]
         key: String,
+        /// Per time bucket instead of over the whole window.
         #[arg(long)]
         trend: bool,
         /// Trend bucket length.
         #[arg(long, default_value_t = 24)]
         bucket_hours: u32,
+        /// Start of the window: RFC 3339 time, date (2026-11-30) or age (7d, 24h).
         #[arg(long)]
         since: Option<String>,
+        /// End of the window (exclusive): RFC 3339 time, date or age.
         #[arg(long)]
         until: Option<String>,
+        /// Only this org (admin tokens).
         #[arg(long)]
         org_id: Option<OrgId>,
     },
@@ -129,6 +145,7 @@ pub enum ReportCommand {
     /// Log lines stored by the logging pipeline per level and org, or one job's
     /// lines with --job-id.
     Logs {
+        /// Show this job's log lines instead.
         #[arg(long)]
         job_id: Option<i64>,
         /// Lines shown with --job-id.
@@ -137,8 +154,10 @@ pub enum ReportCommand {
     },
     /// The orgs report, cache usage and log volume together.
     Overview {
+        /// Start of the window: RFC 3339 time, date (2026-11-30) or age (7d, 24h).
         #[arg(long)]
         since: Option<String>,
+        /// End of the window (exclusive): RFC 3339 time, date or age.
         #[arg(long)]
         until: Option<String>,
     },
@@ -147,12 +166,15 @@ pub enum ReportCommand {
 /// `nimbus jobs …`.
 #[derive(Debug, Clone, Args)]
 pub struct JobsArgs {
+    /// Where the services are and who asks.
     #[command(flatten)]
     pub connection: Connection,
+    /// Which jobs command.
     #[command(subcommand)]
     pub command: JobsCommand,
 }
 
+/// The commands of `nimbus jobs`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum JobsCommand {
     /// The most recent jobs the token may see, newest first.
@@ -160,14 +182,19 @@ pub enum JobsCommand {
         /// Add each job's metadata (`param:`/`meta:` labels and submitted metadata).
         #[arg(long)]
         with_metadata: bool,
+        /// Only jobs with this status.
         #[arg(long)]
         status: Option<JobStatus>,
+        /// Only this org (admin tokens).
         #[arg(long)]
         org_id: Option<OrgId>,
+        /// Only jobs with this metadata key.
         #[arg(long)]
         metadata_key: Option<String>,
+        /// Only jobs whose --metadata-key has this value.
         #[arg(long, requires = "metadata_key")]
         metadata_value: Option<String>,
+        /// Most jobs listed (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -208,10 +235,15 @@ fn explain(service: &str, url: &str, error: &Error) -> ReportError {
 /// Where to reach each service, resolved from flags, then the environment.
 #[derive(Debug, Clone)]
 pub struct Services {
+    /// The control plane's base URL.
     pub base_url: String,
+    /// The cache proxy's base URL.
     pub cache_url: String,
+    /// The logging pipeline's base URL.
     pub logs_url: String,
+    /// The bearer token sent to every service.
     pub token: Option<Secret>,
+    /// Print the services' JSON instead of tables.
     pub json: bool,
     /// Colour the tables (output to a terminal, NO_COLOR unset).
     pub colour: bool,
@@ -599,7 +631,9 @@ fn emit(connection: &Connection, text: &str) -> Result<()> {
 /// What [`main`] runs: the report or jobs command line of the `nimbus` binary.
 #[derive(Debug, Clone)]
 pub enum Invocation {
+    /// `nimbus report …`.
     Report(ReportArgs),
+    /// `nimbus jobs …`.
     Jobs(JobsArgs),
 }
 

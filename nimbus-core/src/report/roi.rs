@@ -20,6 +20,7 @@ const MAX_HISTORY_JOBS: usize = 200_000;
 /// `nimbus roi`.
 #[derive(Debug, Clone, Args)]
 pub struct RoiArgs {
+    /// Where the control plane is and who asks (for the job history).
     #[command(flatten)]
     pub connection: Connection,
     /// Monthly job minutes of a runner size, e.g. `--minutes linux-2-core=40000`
@@ -54,8 +55,11 @@ pub struct RoiArgs {
 /// What the history says besides minutes: the agents seen and how busy they were.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Measured {
+    /// Finished jobs counted.
     pub jobs: u64,
+    /// Days of history read.
     pub days: u32,
+    /// Distinct agents that ran the jobs.
     pub agents: usize,
     /// Core-minutes of the jobs over the agents' core-minutes (`--host-cores` each).
     pub utilisation: Option<f64>,

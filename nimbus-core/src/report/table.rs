@@ -6,9 +6,13 @@ use std::fmt::Write;
 /// How a cell is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tone {
+    /// No colour.
     Plain,
+    /// Green: a good figure.
     Good,
+    /// Red: a bad figure.
     Bad,
+    /// Faint: a missing or unimportant figure.
     Dim,
 }
 
@@ -37,10 +41,12 @@ impl Table {
         }
     }
 
+    /// Adds a row of plain cells, one per column.
     pub fn row(&mut self, cells: Vec<String>) {
         self.toned_row(cells.into_iter().map(|text| (text, Tone::Plain)).collect());
     }
 
+    /// Adds a row of cells, each with its tone.
     pub fn toned_row(&mut self, cells: Vec<(String, Tone)>) {
         self.rows.push(
             cells
@@ -50,6 +56,7 @@ impl Table {
         );
     }
 
+    /// Whether the table has no rows (the header does not count).
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

@@ -74,6 +74,7 @@ impl State {
 }
 
 impl FairShare {
+    /// A fair-share scheduler with `weights` by org (1 to 1000; 1 for orgs not listed).
     pub fn new(weights: HashMap<OrgId, u32>) -> Self {
         FairShare {
             weights,

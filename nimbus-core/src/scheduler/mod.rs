@@ -55,8 +55,13 @@ pub trait Scheduler: Send + Sync {
 /// `NIMBUS_SCHEDULER` and `NIMBUS_SCHEDULER_WEIGHTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchedulerConfig {
+    /// `NIMBUS_SCHEDULER=fifo`: the oldest job of any org.
     Fifo,
-    FairShare { weights: HashMap<OrgId, u32> },
+    /// `NIMBUS_SCHEDULER=fair` (the default): weighted fair share across orgs.
+    FairShare {
+        /// Weight by org (`NIMBUS_SCHEDULER_WEIGHTS`); 1 for orgs not listed.
+        weights: HashMap<OrgId, u32>,
+    },
 }
 
 impl Default for SchedulerConfig {
@@ -68,6 +73,8 @@ impl Default for SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// Reads `NIMBUS_SCHEDULER` (`fair` or `fifo`, default `fair`) and
+    /// `NIMBUS_SCHEDULER_WEIGHTS`.
     pub fn from_env(env: &Env) -> Result<Self> {
         let config_error = |variable: &str, message: String| Error::Config {
             variable: variable.into(),
@@ -88,6 +95,7 @@ impl SchedulerConfig {
         }
     }
 
+    /// The scheduler this configuration names.
     pub fn build(&self) -> Arc<dyn Scheduler> {
         match self {
             SchedulerConfig::Fifo => Arc::new(Fifo),

@@ -37,15 +37,20 @@ pub const MAX_PAGE_SIZE: u32 = 500;
 /// A webhook delivery to record together with the job it created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// GitHub's `X-GitHub-Delivery` id.
     pub id: String,
+    /// When the delivery arrived; old records are pruned by this.
     pub received_at: OffsetDateTime,
 }
 
 /// A rate limit to enforce inside the admission transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
+    /// What is counted, e.g. `org-jobs:42`.
     pub key: String,
+    /// Most requests allowed per window.
     pub limit: u32,
+    /// Length of a window; windows are aligned to the Unix epoch.
     pub interval: Duration,
 }
 
@@ -54,7 +59,9 @@ pub struct RateLimit {
 /// id stays unrecorded, so GitHub's redelivery is accepted later).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admission {
+    /// The webhook delivery to record; an id seen before refuses the job.
     pub delivery: Option<Delivery>,
+    /// The rate limit to count the job against.
     pub rate_limit: Option<RateLimit>,
 }
 
@@ -72,6 +79,7 @@ pub(crate) fn rate_window(now: OffsetDateTime, interval: Duration) -> (i64, i64)
 /// What `enqueue` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enqueued {
+    /// The job queued, or the one already there for the same GitHub job.
     pub job: Job,
     /// False when a job for the same GitHub job already existed and was returned.
     pub created: bool,
@@ -81,13 +89,21 @@ pub struct Enqueued {
 /// last job of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFilter {
+    /// Only this org's jobs.
     pub org_id: Option<OrgId>,
+    /// Only jobs with this status.
     pub status: Option<JobStatus>,
+    /// Only jobs of this repository (`owner/name`).
     pub repo: Option<String>,
+    /// Only jobs carrying this label.
     pub label: Option<String>,
+    /// Only jobs with this metadata key.
     pub metadata_key: Option<String>,
+    /// Only jobs whose `metadata_key` has this value (needs `metadata_key`).
     pub metadata_value: Option<String>,
+    /// Most jobs per page (1 to [`MAX_PAGE_SIZE`], default 50).
     pub limit: u32,
+    /// Only jobs older than this id: the previous page's `next_cursor`.
     pub cursor: Option<JobId>,
 }
 
@@ -106,8 +122,10 @@ impl Default for JobFilter {
     }
 }
 
+/// One page of `GET /api/jobs`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobPage {
+    /// The jobs of this page.
     pub jobs: Vec<Job>,
     /// Pass as `cursor` to get the next page; `None` on the last page.
     pub next_cursor: Option<String>,
@@ -116,16 +134,22 @@ pub struct JobPage {
 /// GitHub's later word on a job it told us about (`in_progress`, `completed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GithubJobUpdate {
+    /// GitHub's id of the workflow job.
     pub github_job_id: i64,
+    /// GitHub's status of the job (`in_progress`, `completed`).
     pub status: String,
+    /// GitHub's conclusion once completed, e.g. `success`.
     pub conclusion: Option<String>,
+    /// The runner GitHub says took the job.
     pub runner_name: Option<String>,
 }
 
 /// An org with queued work: its oldest queued job and how many of its jobs run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueuedOrg {
+    /// The org with queued work.
     pub org_id: OrgId,
+    /// The id of its oldest queued job.
     pub oldest_job: JobId,
     /// Jobs of the org leased right now (on any replica).
     pub running: i64,
@@ -134,6 +158,7 @@ pub struct QueuedOrg {
 /// Who asks for a lease, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRequest {
+    /// The agent asking (its token's `sub`); the lease is its own.
     pub agent_id: String,
     /// Only lease jobs of this org (dedicated agents); `None` for any org.
     pub org_id: Option<OrgId>,
@@ -141,15 +166,20 @@ pub struct LeaseRequest {
     /// insensitive; `self-hosted` and the `param:`/`meta:`/`timeout:` labels, which
     /// are not runner labels, excepted). `None` takes any job.
     pub labels: Option<Vec<String>>,
+    /// How long the lease lives unless renewed.
     pub ttl: Duration,
 }
 
 /// A heartbeat's answer: the lease lives until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseRenewal {
+    /// The leased job.
     pub job_id: JobId,
+    /// The lease's id (unchanged by heartbeats).
     pub lease_id: String,
+    /// The lease's fencing token (unchanged by heartbeats).
     pub fencing_token: i64,
+    /// When the lease now ends unless renewed again.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
@@ -166,6 +196,7 @@ pub struct ReapReport {
 /// A rate-limit check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {
+    /// Whether the request is within the limit.
     pub allowed: bool,
     /// Requests counted in the current window, this one included.
     pub count: u32,
@@ -188,11 +219,13 @@ pub trait JobQueue: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<Enqueued>;
 
+    /// The job with `id`, if any.
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
 
     /// The job made for GitHub job `github_job_id`, if any.
     async fn get_github_job(&self, github_job_id: i64) -> Result<Option<Job>>;
 
+    /// A page of the jobs that `filter` selects, newest first.
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage>;
 
     /// Applies GitHub's `in_progress` / `completed` news to the job made for that
@@ -281,6 +314,7 @@ pub trait RateLimiter: Send + Sync {
 /// Job metadata rows (`param:`/`meta:` labels and submitted metadata).
 #[async_trait]
 pub trait MetadataStore: Send + Sync {
+    /// The metadata of job `job_id` (empty for an unknown job).
     async fn job_metadata(&self, job_id: JobId) -> Result<Metadata>;
 
     /// How many jobs carry each value of `key`, most frequent first.
@@ -342,6 +376,7 @@ pub trait AnalyticsStore: Send + Sync {
 /// Webhook delivery ids already processed (replay protection shared by replicas).
 #[async_trait]
 pub trait DeliveryLog: Send + Sync {
+    /// Whether delivery `delivery_id` was already recorded.
     async fn delivery_seen(&self, delivery_id: &str) -> Result<bool>;
 
     /// Records a processed delivery; `false` if it was already recorded.
@@ -356,7 +391,9 @@ pub trait DeliveryLog: Send + Sync {
 pub trait OrgStore: Send + Sync {
     /// Creates the org or renames it.
     async fn upsert_org(&self, id: OrgId, name: &str, now: OffsetDateTime) -> Result<Org>;
+    /// The org with `id`, if registered.
     async fn get_org(&self, id: OrgId) -> Result<Option<Org>>;
+    /// Every registered org, by id.
     async fn list_orgs(&self) -> Result<Vec<Org>>;
 }
 

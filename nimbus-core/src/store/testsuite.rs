@@ -70,10 +70,13 @@ pub async fn postgres_store() -> Option<Arc<dyn Store>> {
     }
 }
 
+/// The fixed "now" of the suite: 2026-11-27 12:00 UTC.
 pub fn t0() -> OffsetDateTime {
     time::macros::datetime!(2026-11-27 12:00:00 UTC)
 }
 
+/// A direct job of `org_id` for `repo` with `labels` (their `param:`/`meta:` ones
+/// as metadata), one `echo hello` step and a 10-minute timeout.
 pub fn direct_job(org_id: OrgId, repo: &str, labels: &[&str]) -> NewJob {
     let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
     NewJob {
@@ -102,6 +105,7 @@ pub fn direct_job(org_id: OrgId, repo: &str, labels: &[&str]) -> NewJob {
     }
 }
 
+/// A queued GitHub job of `org_id` for GitHub job `github_job_id` (repository `acme/app`).
 pub fn github_job(org_id: OrgId, github_job_id: i64) -> NewJob {
     NewJob {
         source: JobSource::Github,
@@ -135,6 +139,8 @@ fn done(fencing_token: i64) -> Completion {
     }
 }
 
+/// Queued jobs read back as written; `list_jobs` filters by org, repository,
+/// label, metadata and status, newest first, and pages walk every job once.
 pub async fn enqueue_get_and_list(store: Arc<dyn Store>) {
     let a = store
         .enqueue(
@@ -261,6 +267,7 @@ pub async fn enqueue_get_and_list(store: Arc<dyn Store>) {
     assert_eq!(metadata.get("team").map(String::as_str), Some("core"));
 }
 
+/// Queueing the same GitHub job twice returns the first job with `created: false`.
 pub async fn github_jobs_are_deduplicated(store: Arc<dyn Store>) {
     let first = store
         .enqueue(github_job(1, 555), &Admission::default(), t0())
@@ -286,6 +293,7 @@ pub async fn github_jobs_are_deduplicated(store: Arc<dyn Store>) {
     );
 }
 
+/// A delivery id seen before is refused (`Conflict`) and queues nothing.
 pub async fn replayed_delivery_writes_nothing(store: Arc<dyn Store>) {
     let delivery = Admission {
         delivery: Some(Delivery {
@@ -316,6 +324,8 @@ pub async fn replayed_delivery_writes_nothing(store: Arc<dyn Store>) {
     assert!(!store.delivery_seen("d-2").await.expect("seen"));
 }
 
+/// An admission over the rate limit fails with the time left in the window and
+/// records neither the job nor its delivery, which the next window accepts.
 pub async fn rate_limited_admission_writes_nothing(store: Arc<dyn Store>) {
     let admission = |delivery: &str| Admission {
         delivery: Some(Delivery {
@@ -376,6 +386,8 @@ pub async fn rate_limited_admission_writes_nothing(store: Arc<dyn Store>) {
     assert!(store.delivery_seen("b").await.expect("seen"));
 }
 
+/// Leases, heartbeats and completions check the fencing token; a repeated
+/// completion is idempotent and a finished job's lease cannot be renewed.
 pub async fn lease_heartbeat_complete_are_fenced(store: Arc<dyn Store>) {
     assert!(store
         .lease(&lease_request("a1", 60), t0())
@@ -591,6 +603,8 @@ pub async fn fair_share_follows_the_weights(store: Arc<dyn Store>) {
     assert!((285..=315).contains(&a) && a + b == 400, "A {a}, B {b}");
 }
 
+/// The reaper requeues an expired lease (attempt + 1, idempotent); the next lease
+/// has a higher token and the old holder can no longer report.
 pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>) {
     let job = store
         .enqueue(
@@ -656,6 +670,7 @@ pub async fn expired_lease_is_requeued_with_a_higher_token(store: Arc<dyn Store>
     assert_eq!(done.status, JobStatus::Succeeded);
 }
 
+/// A job whose lease expires on its last allowed attempt ends `failed` and is not leased again.
 pub async fn jobs_fail_after_max_attempts(store: Arc<dyn Store>) {
     let job = store
         .enqueue(
@@ -700,6 +715,7 @@ pub async fn jobs_fail_after_max_attempts(store: Arc<dyn Store>) {
         .is_none());
 }
 
+/// Eight agents leasing 200 jobs at once never get the same job twice, and lose none.
 pub async fn concurrent_leases_never_hand_out_a_job_twice(store: Arc<dyn Store>) {
     const JOBS: usize = 200;
     for i in 0..JOBS {
@@ -746,6 +762,8 @@ pub async fn concurrent_leases_never_hand_out_a_job_twice(store: Arc<dyn Store>)
     assert_eq!(counts, vec![(JobStatus::Succeeded, JOBS as i64)]);
 }
 
+/// Concurrent webhook admissions, replays and redeliveries among them, each get an
+/// answer: every GitHub job queued once, one of each replayed pair refused.
 pub async fn concurrent_webhook_admissions_are_each_answered(store: Arc<dyn Store>) {
     // 60 distinct GitHub jobs, each delivered once, plus for every third a replay of
     // the same delivery and for every fifth a second delivery of the same GitHub job,
@@ -819,6 +837,7 @@ pub async fn concurrent_webhook_admissions_are_each_answered(store: Arc<dyn Stor
     assert_eq!(values.len(), 60, "metadata rows for every job");
 }
 
+/// Concurrent admissions of one org count against one limit: 7 of 20 pass a limit of 7.
 pub async fn concurrent_admissions_respect_the_rate_limit(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for n in 0..20i64 {
@@ -865,6 +884,7 @@ pub async fn concurrent_admissions_respect_the_rate_limit(store: Arc<dyn Store>)
     );
 }
 
+/// A lease limited to one org takes only that org's jobs.
 pub async fn leases_can_be_limited_to_one_org(store: Arc<dyn Store>) {
     let other = store
         .enqueue(
@@ -903,6 +923,8 @@ pub async fn leases_can_be_limited_to_one_org(store: Arc<dyn Store>) {
     assert_eq!(lease.job.id, other.id);
 }
 
+/// An agent leases only jobs whose runner labels it has (case-insensitive;
+/// `self-hosted` and `param:`/`meta:`/`timeout:` labels need no match).
 pub async fn agents_lease_only_jobs_their_labels_cover(store: Arc<dyn Store>) {
     let enqueue = |labels: &'static [&'static str]| {
         let store = store.clone();
@@ -967,6 +989,7 @@ pub async fn agents_lease_only_jobs_their_labels_cover(store: Arc<dyn Store>) {
     assert_eq!(lease.job.id, later.id);
 }
 
+/// Rate-limit counters count per key and per aligned window.
 pub async fn rate_limits_count_per_key_and_window(store: Arc<dyn Store>) {
     let interval = Duration::from_secs(60);
     let start = t0(); // aligned to a minute
@@ -997,6 +1020,8 @@ pub async fn rate_limits_count_per_key_and_window(store: Arc<dyn Store>) {
     assert_eq!(next_window.count, 1);
 }
 
+/// GitHub's `in_progress`/`completed` updates reach the job; a job still queued
+/// when GitHub completes it is cancelled, and a late update does not undo `completed`.
 pub async fn github_updates_follow_the_job(store: Arc<dyn Store>) {
     let running = store
         .enqueue(github_job(1, 100), &Admission::default(), t0())
@@ -1074,6 +1099,7 @@ pub async fn github_updates_follow_the_job(store: Arc<dyn Store>) {
         .is_none());
 }
 
+/// Deliveries are recorded once and pruned by age.
 pub async fn deliveries_are_recorded_and_pruned(store: Arc<dyn Store>) {
     let old = Delivery {
         id: "old".into(),
@@ -1097,6 +1123,7 @@ pub async fn deliveries_are_recorded_and_pruned(store: Arc<dyn Store>) {
     assert!(store.delivery_seen("new").await.expect("seen"));
 }
 
+/// Orgs are created, renamed (keeping `created_at`) and listed by id.
 pub async fn orgs_are_upserted(store: Arc<dyn Store>) {
     assert!(store.get_org(42).await.expect("get").is_none());
     let created = store.upsert_org(42, "acme", t0()).await.expect("create");
@@ -1284,6 +1311,8 @@ async fn figures(
         .collect()
 }
 
+/// Every analytics figure counts each job exactly once, for whole and partial days
+/// alike, before and after the rollups fold the jobs.
 pub async fn analytics_count_every_job_once(store: Arc<dyn Store>) {
     use crate::analytics::{Grouping, Percentiles, StatusCounts};
     seed_analytics(&store).await;

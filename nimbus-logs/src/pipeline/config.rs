@@ -31,21 +31,35 @@ pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Setting
     ],
 };
 
+/// Where the pipeline stores lines and metadata (`NIMBUS_LOGS_BACKEND`).
 #[derive(Debug, Clone)]
 pub enum Backend {
-    Sqlite { path: PathBuf },
+    /// The embedded SQLite sink (the default outside production).
+    Sqlite {
+        /// The database file, `$NIMBUS_DATA_DIR/logs.db`.
+        path: PathBuf,
+    },
+    /// A ClickHouse server.
     ClickHouse(ClickHouseConfig),
 }
 
+/// Everything the logging pipeline service needs, read by [`PipelineConfig::from_env`].
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// The TLS-terminating proxies in front (NIMBUS_TRUSTED_PROXIES).
     pub trusted_proxies: nimbus_core::forwarded::TrustedProxies,
+    /// Listen address (`NIMBUS_LOGGING_PIPELINE_ADDR`, default `0.0.0.0:8002`).
     pub listen: SocketAddr,
+    /// Where lines and metadata are stored.
     pub backend: Backend,
+    /// Verifies callers' tokens (`NIMBUS_JWT_SECRET`, shared with the control plane).
     pub jwt_secret: Secret,
+    /// Bearer token for `/metrics` from non-loopback peers; `None`: loopback only.
     pub metrics_token: Option<Secret>,
+    /// Days log lines are kept (`NIMBUS_LOG_RETENTION_DAYS`, default 30, at least 1).
     pub log_retention_days: u32,
+    /// Days metadata rows are kept (`NIMBUS_METADATA_RETENTION_DAYS`, default 90, at
+    /// least 1).
     pub metadata_retention_days: u32,
     /// Lines buffered (received, not yet durable) before ingest answers 503.
     pub max_buffered_lines: usize,
@@ -91,6 +105,9 @@ fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Erro
 }
 
 impl PipelineConfig {
+    /// Reads the `NIMBUS_*` variables listed in [`SETTINGS`], with their defaults.
+    /// In production mode the log store, the ClickHouse URL and the trusted proxies
+    /// must be set explicitly.
     pub fn from_env(env: &Env) -> nimbus_core::Result<Self> {
         let data_dir = env.data_dir();
         let listen = env.parse_or(

@@ -25,6 +25,9 @@ struct Pending {
     reply: oneshot::Sender<Result<u64>>,
 }
 
+/// The ingest buffer: requests hand their lines to one flusher task, which writes them
+/// to the sink in batches and answers each request once its lines are durable. Clones
+/// share the buffer.
 #[derive(Clone)]
 pub struct Ingestor {
     sender: mpsc::UnboundedSender<Pending>,
@@ -33,6 +36,10 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
+    /// Starts the flusher on the current Tokio runtime. At most `capacity` lines wait at
+    /// once (beyond that [`Ingestor::ingest`] answers [`Error::Busy`]); a flush writes up to
+    /// `flush_lines`, waiting up to `flush_interval` for more; `wake` is notified after
+    /// each batch written.
     pub fn spawn(
         sink: Arc<dyn LogSink>,
         capacity: usize,

@@ -6,17 +6,32 @@ use prometheus::{
 
 use crate::error::{Error, Result};
 
+/// The pipeline's Prometheus metrics, in a registry of their own. Clones share the
+/// same metrics.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Holds every metric below; [`Metrics::render`] encodes it.
     pub registry: Registry,
+    /// `nimbus_logging_pipeline_lines_received_total`: lines accepted by `POST /api/logs`.
     pub lines_received: IntCounter,
+    /// `nimbus_logging_pipeline_lines_written_total`: lines written to the sink.
     pub lines_written: IntCounter,
+    /// `nimbus_logging_pipeline_duplicates_dropped_total`: lines dropped because their
+    /// (job_id, seq) was already stored.
     pub duplicates_dropped: IntCounter,
+    /// `nimbus_logging_pipeline_batches_rejected_total`: requests refused whole for a bad
+    /// record.
     pub batches_rejected: IntCounter,
+    /// `nimbus_logging_pipeline_backpressure_total`: requests answered 503 because the
+    /// buffer was full.
     pub backpressure: IntCounter,
+    /// `nimbus_logging_pipeline_write_failures_total`: sink writes that failed.
     pub write_failures: IntCounter,
+    /// `nimbus_logging_pipeline_buffered_lines`: lines received, not yet durable.
     pub buffered_lines: IntGauge,
+    /// `nimbus_logging_pipeline_flush_seconds`: time to write one batch to the sink.
     pub flush_seconds: Histogram,
+    /// `nimbus_logging_pipeline_requests_total`: HTTP requests by `route` and `status`.
     pub requests: IntCounterVec,
     /// Latency to the response head by route template (a live follow counts
     /// until its stream starts).
@@ -28,6 +43,8 @@ fn metric_error(error: prometheus::Error) -> Error {
 }
 
 impl Metrics {
+    /// Creates and registers every metric. Fails only if a name or label set is invalid
+    /// or registered twice, which is a bug.
     pub fn new() -> Result<Self> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| -> Result<IntCounter> {
@@ -108,6 +125,7 @@ impl Metrics {
         })
     }
 
+    /// The metrics in the Prometheus text format, for `GET /metrics`.
     pub fn render(&self) -> String {
         use prometheus::Encoder;
         let mut buffer = Vec::new();

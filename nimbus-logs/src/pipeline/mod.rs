@@ -45,10 +45,16 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Shared state of the service.
 #[derive(Clone)]
 pub struct Pipeline {
+    /// Where lines and metadata are stored.
     pub sink: Arc<dyn LogSink>,
+    /// Buffers ingested lines and answers each request once its lines are durable.
     pub ingestor: Ingestor,
+    /// Verifies bearer tokens: org and admin tokens, and leases' ingest tokens.
     pub keys: JwtKeys,
+    /// The service's Prometheus metrics.
     pub metrics: Metrics,
+    /// Notified after each batch is written, so live follows look at once instead of
+    /// waiting for their next poll.
     pub wake: Arc<Notify>,
     /// Admits live follows within their bounds.
     pub follows: FollowGate,
@@ -59,6 +65,7 @@ pub struct Pipeline {
 /// Counts live follows, all together and per org (admins share one count).
 #[derive(Clone)]
 pub struct FollowGate {
+    /// The bounds it enforces.
     pub limits: FollowLimits,
     open: Arc<std::sync::Mutex<std::collections::HashMap<Option<u64>, usize>>>,
 }
@@ -71,6 +78,7 @@ pub struct FollowPermit {
 }
 
 impl FollowGate {
+    /// A gate with no follows open.
     pub fn new(limits: FollowLimits) -> Self {
         FollowGate {
             limits,
@@ -200,6 +208,9 @@ pub fn routes() -> Vec<Route<Pipeline>> {
     ]
 }
 
+/// The HTTP service: [`routes`], plus a JSON 404 for unknown paths, the request body
+/// limit and per-route request metrics. Serve it with connect info (as [`serve`] does)
+/// so `/metrics` can tell loopback peers.
 pub fn router(state: Pipeline) -> Router {
     nimbus_core::route::router(routes())
         .fallback(|| async {

@@ -18,17 +18,26 @@ use crate::error::{Error, Result};
 use crate::record::{LogRecord, MetadataRecord};
 use crate::schema;
 
+/// Where and how to reach ClickHouse, from the `NIMBUS_CLICKHOUSE_*` settings.
 #[derive(Debug, Clone)]
 pub struct ClickHouseConfig {
+    /// The HTTP interface, such as `http://127.0.0.1:8123`.
     pub url: String,
+    /// User to connect as; `None` uses the server's default.
     pub user: Option<String>,
     /// `Debug` shows `***`: configs end up in logs.
     pub password: Option<nimbus_core::Secret>,
+    /// Database of `ci_logs` and `job_metadata`, created if missing; letters, digits and
+    /// `_` only (default `nimbus`).
     pub database: String,
+    /// Days log lines are kept (the table TTL).
     pub log_retention_days: u32,
+    /// Days metadata rows are kept (the table TTL).
     pub metadata_retention_days: u32,
 }
 
+/// A [`LogSink`] over a ClickHouse server. Duplicate lines are dropped by the sink,
+/// which assumes it is the only writer of its table (see the module docs).
 pub struct ClickHouseSink {
     client: Client,
     seen: Mutex<SeenIndex>,

@@ -25,10 +25,12 @@ pub struct Layered<L> {
 }
 
 impl<L: WriteLayer> Layered<L> {
+    /// Wraps `inner` so that its writes go through `layer`.
     pub fn new(inner: Arc<dyn LogSink>, layer: L) -> Self {
         Layered { inner, layer }
     }
 
+    /// The layer, to read what it recorded (counts, notifications) or to adjust it.
     pub fn layer(&self) -> &L {
         &self.layer
     }

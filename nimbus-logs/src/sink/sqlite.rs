@@ -15,6 +15,7 @@ use crate::record::{LogRecord, MetadataRecord};
 /// Rows per INSERT statement (9 parameters each, under SQLite's 32766 limit).
 const ROWS_PER_STATEMENT: usize = 3000;
 
+/// The embedded [`LogSink`]: one SQLite database file. Open it with [`SqliteSink::open`].
 pub struct SqliteSink {
     writer: SqlitePool,
     reader: SqlitePool,

@@ -49,11 +49,16 @@ pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Setting
     ],
 };
 
+/// What the host agent runs with, from `NIMBUS_*` variables ([`AgentConfig::from_env`]).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// How to reach the control plane it leases jobs from.
     pub client: ClientConfig,
+    /// Name of this agent in logs and log lines (`NIMBUS_AGENT_ID`, default: the hostname).
     pub agent_id: String,
+    /// Jobs run at once, at least 1 (`NIMBUS_AGENT_MAX_VMS`).
     pub max_vms: usize,
+    /// The logging pipeline's base URL (`NIMBUS_LOGS_URL`), if jobs' lines go there.
     pub logs_url: Option<String>,
     /// Where the Actions runner is installed in the guest rootfs.
     pub runner_dir: String,
@@ -63,6 +68,7 @@ pub struct AgentConfig {
     /// The cache proxy as the job VMs reach it (`NIMBUS_CACHE_URL`); jobs get it as
     /// `ACTIONS_CACHE_URL`/`ACTIONS_RESULTS_URL` with their lease's cache token.
     pub cache_url: Option<String>,
+    /// The job VMs and their driver.
     pub vmm: VmmConfig,
     /// How long one lease request waits for a job (long poll).
     pub lease_wait: Duration,
@@ -81,6 +87,7 @@ fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Erro
 }
 
 impl AgentConfig {
+    /// Reads the agent's and the VMs' variables; refuses `NIMBUS_AGENT_MAX_VMS=0`.
     pub fn from_env(env: &Env) -> nimbus_core::Result<Self> {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -144,12 +151,19 @@ pub(crate) fn default_max_vms() -> usize {
 /// The agent's metrics (names from the operations guide).
 #[derive(Clone)]
 pub struct AgentMetrics {
+    /// Holds all of these (and the VMs' egress counter); what `/metrics` serves.
     pub registry: Registry,
+    /// Jobs killed at their timeout (`nimbus_host_agent_job_timeouts_total`).
     pub job_timeouts: IntCounter,
+    /// Lease requests, heartbeats or completions that failed (409 or network).
     pub lease_errors: IntCounter,
+    /// Jobs run to an outcome (`nimbus_host_agent_jobs_total`).
     pub jobs_run: IntCounter,
+    /// Output lines dropped because the logging pipeline stayed unreachable.
     pub log_lines_dropped: IntCounter,
+    /// Output lines the log sink refused for good (kept in the spool's dead-letter dir).
     pub log_lines_dead_lettered: IntCounter,
+    /// VMs running jobs now (`nimbus_host_agent_running_vms`).
     pub running_vms: IntGauge,
     /// Free job slots (`NIMBUS_AGENT_MAX_VMS` minus running jobs).
     pub slots_free: IntGauge,
@@ -160,6 +174,7 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// Creates every metric and registers it in a fresh registry.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
@@ -226,7 +241,10 @@ impl AgentMetrics {
 pub enum LogDestination {
     /// The logging pipeline at this URL, each job's lines with its lease's ingest
     /// token (`NIMBUS_LOGS_URL`).
-    Pipeline { url: String },
+    Pipeline {
+        /// The pipeline's base URL, without a trailing `/`.
+        url: String,
+    },
     /// A sink in this process (an embedder's ClickHouse or SQLite sink, or the
     /// pipeline's own sink when it runs in the same process).
     Sink(Arc<dyn nimbus_logs::LogSink>),

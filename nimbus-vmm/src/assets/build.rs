@@ -41,16 +41,24 @@ sleep 10
 /// Packages added to the minimal Debian base.
 pub const DEFAULT_PACKAGES: &[&str] = &["git", "curl", "ca-certificates", "iproute2"];
 
+/// What `nimbus assets build` builds and from where; [`BuildOptions::new`] has the defaults.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
+    /// The asset directory to write (its `cache/` keeps the slow parts between builds).
     pub out: PathBuf,
     /// The `nimbus-guest` binary to install (static, so it runs on any rootfs).
     pub guest: PathBuf,
+    /// Debian release of the rootfs; default: the host's, else `bookworm`.
     pub suite: String,
+    /// Debian mirror for debootstrap; default: the host's apt mirror, else deb.debian.org.
     pub mirror: String,
+    /// Meta-package whose `linux-image-*` dependency is the kernel (`linux-image-cloud-amd64`).
     pub kernel_package: String,
+    /// Packages added to the minimal base; default [`DEFAULT_PACKAGES`].
     pub packages: Vec<String>,
+    /// Static busybox for the initramfs; default `/bin/busybox`.
     pub busybox: PathBuf,
+    /// Redo the debootstrap instead of reusing the rootfs tree of an earlier build.
     pub rebuild_rootfs: bool,
     /// Also extract the ELF vmlinux Firecracker needs (a second or two).
     pub vmlinux: bool,
@@ -60,6 +68,7 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
+    /// Options for building into `out` with the `guest` binary; everything else defaulted.
     pub fn new(out: impl Into<PathBuf>, guest: impl Into<PathBuf>) -> Self {
         BuildOptions {
             out: out.into(),
@@ -76,12 +85,14 @@ impl BuildOptions {
     }
 }
 
+/// Builds the guest assets, reporting progress as it goes.
 pub struct AssetBuilder {
     options: BuildOptions,
     progress: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 impl AssetBuilder {
+    /// A builder that reports each stage to `progress` (one human-readable line per call).
     pub fn new(options: BuildOptions, progress: impl Fn(&str) + Send + Sync + 'static) -> Self {
         AssetBuilder {
             options,

@@ -35,11 +35,17 @@ use sha2::{Digest, Sha256};
 
 use crate::{DriverKind, Error, Result};
 
+/// The manifest's file name in the asset directory.
 pub const MANIFEST: &str = "manifest.json";
+/// The compressed kernel (bzImage), for QEMU.
 pub const KERNEL: &str = "vmlinuz";
+/// The uncompressed ELF kernel, for Firecracker (and QEMU's faster PVH boot).
 pub const VMLINUX: &str = "vmlinux";
+/// The initramfs (busybox, virtio modules, `/init`).
 pub const INITRD: &str = "initrd.img";
+/// The rootfs as an ext4 image, for the VM drivers.
 pub const ROOTFS_IMAGE: &str = "rootfs.ext4";
+/// The rootfs as built, a directory tree: the image and [`SANDBOX_ROOT`] are made from it.
 pub const ROOTFS_TREE: &str = "rootfs";
 /// Where the guest agent lives inside the rootfs.
 pub const GUEST_IN_ROOTFS: &str = "usr/local/bin/nimbus-guest";
@@ -56,19 +62,26 @@ pub const SANDBOX_ROOT: &str = "sandbox/rootfs";
 /// the range systemd hands to containers and below 2^31, in ids no distribution
 /// assigns: the job's root is nobody on the host.
 pub const SANDBOX_ID_BASE: u32 = 0x7000_0000;
+/// How many ids a sandbox maps, from [`SANDBOX_ID_BASE`] up (what a Debian system uses).
 pub const SANDBOX_ID_COUNT: u32 = 65_536;
+/// The manifest format this Nimbus writes and reads; any other is refused.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// The operator-supplied GitHub Actions runner release, as given (kept for the manifest).
 pub const ACTIONS_RUNNER_TARBALL: &str = "actions-runner.tar.gz";
 /// Where the runner is unpacked in the rootfs (the guest starts `run.sh` there).
 pub const ACTIONS_RUNNER_IN_ROOTFS: &str = "opt/actions-runner";
 
+/// The asset directory's `manifest.json`: what was built, and the digest of every file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// [`MANIFEST_FORMAT`] at build time.
     pub format: u32,
+    /// When the assets were built, RFC 3339.
     pub created_at: String,
+    /// `uname -r` of the kernel in the assets.
     pub kernel_release: String,
+    /// The Debian release the assets were built from, e.g. `bookworm`.
     pub debian_suite: String,
     /// File name (relative to the asset directory) → digest.
     pub files: BTreeMap<String, FileDigest>,
@@ -77,34 +90,46 @@ pub struct Manifest {
     pub trees: BTreeMap<String, FileDigest>,
 }
 
+/// A sha256 and size, of one file or of a whole tree ([`tree_digest`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDigest {
+    /// Lower-case hex sha256.
     pub sha256: String,
+    /// Size in bytes (for a tree, the total of its files).
     pub size: u64,
 }
 
 /// An asset directory whose manifest has been read (nothing hashed yet).
 #[derive(Debug, Clone)]
 pub struct AssetSet {
+    /// The asset directory.
     pub dir: PathBuf,
+    /// Its parsed `manifest.json`.
     pub manifest: Manifest,
 }
 
 /// Asset paths whose content matched the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedAssets {
+    /// The compressed kernel (bzImage); always set, checked only for QEMU without a vmlinux.
     pub kernel: PathBuf,
+    /// The ELF kernel, if the assets have one.
     pub vmlinux: Option<PathBuf>,
+    /// The initramfs, if the assets have one.
     pub initrd: Option<PathBuf>,
+    /// The ext4 rootfs image (checked for the VM drivers).
     pub rootfs: PathBuf,
+    /// The shifted rootfs tree (sandbox driver only).
     pub rootfs_tree: Option<PathBuf>,
     /// The `nimbus-guest` the host runs to start a sandbox.
     pub guest: Option<PathBuf>,
+    /// `uname -r` of the assets' kernel, from the manifest.
     pub kernel_release: String,
 }
 
 impl AssetSet {
+    /// Reads `DIR/manifest.json` and checks its format; hashes nothing.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path).map_err(|e| {

@@ -11,11 +11,16 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// How Firecracker is jailed (the `NIMBUS_JAILER_*` variables).
 #[derive(Debug, Clone)]
 pub struct JailerConfig {
+    /// The `jailer` binary (`NIMBUS_JAILER_BIN`).
     pub binary: PathBuf,
+    /// uid Firecracker runs as in the jail (`NIMBUS_JAILER_UID`, default 65534).
     pub uid: u32,
+    /// gid Firecracker runs as in the jail (`NIMBUS_JAILER_GID`, default 65534).
     pub gid: u32,
+    /// Base of the per-VM chroots (`NIMBUS_JAILER_CHROOT_BASE`, default `/srv/jailer`).
     pub chroot_base: PathBuf,
     /// A compiled BPF filter; None keeps Firecracker's built-in default filter.
     pub seccomp_filter: Option<PathBuf>,
@@ -31,6 +36,7 @@ pub struct JailLayout {
 }
 
 impl JailerConfig {
+    /// Where the jail of VM `vm_id` is, by the jailer's naming rules.
     pub fn layout(&self, vm_id: &str) -> JailLayout {
         let root = self
             .chroot_base

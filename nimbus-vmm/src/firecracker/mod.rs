@@ -29,21 +29,26 @@ use crate::{
     VmmDriver,
 };
 
+/// How Firecracker VMs are started on this host.
 #[derive(Debug, Clone)]
 pub struct FirecrackerConfig {
     /// `firecracker`, from PATH unless given (`NIMBUS_FIRECRACKER_BIN`).
     pub binary: Option<PathBuf>,
+    /// Run every VM under Firecracker's jailer (`NIMBUS_JAILER_BIN` set); `None` runs it directly.
     pub jailer: Option<JailerConfig>,
     /// Without the jailer: a seccomp filter for `--seccomp-filter`.
     pub seccomp_filter: Option<PathBuf>,
+    /// Where each VM's private directory is created (`NIMBUS_VM_RUNTIME_DIR`).
     pub runtime_dir: PathBuf,
 }
 
+/// The Firecracker [`VmmDriver`]: needs hardware KVM and the `firecracker` binary.
 pub struct FirecrackerDriver {
     config: FirecrackerConfig,
 }
 
 impl FirecrackerDriver {
+    /// A driver with this configuration; nothing is checked until [`VmmDriver::probe`].
     pub fn new(config: FirecrackerConfig) -> Self {
         FirecrackerDriver { config }
     }
@@ -109,10 +114,15 @@ impl VmmDriver for FirecrackerDriver {
 /// Everything the API is told before InstanceStart, in the order it is told.
 #[derive(Debug, Clone)]
 pub struct BootPlan {
+    /// `PUT /machine-config`.
     pub machine: MachineConfig,
+    /// `PUT /boot-source`.
     pub boot_source: BootSource,
+    /// One `PUT /drives/…` each, in order: the rootfs, then the scratch disk if any.
     pub drives: Vec<Drive>,
+    /// `PUT /network-interfaces/eth0`, when the VM has a network.
     pub network: Option<NetworkInterface>,
+    /// `PUT /vsock`: the host ⇄ guest channel.
     pub vsock: Vsock,
 }
 
@@ -131,6 +141,7 @@ pub async fn configure_and_start(api: &FirecrackerApi, plan: &BootPlan) -> Resul
     api.instance_start().await
 }
 
+/// One Firecracker VM, from prepared to destroyed.
 pub struct FirecrackerVm {
     spec: VmSpec,
     config: FirecrackerConfig,

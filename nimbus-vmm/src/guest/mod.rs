@@ -24,21 +24,30 @@ use crate::protocol::{
     check_version, encode, FrameDecoder, GuestMessage, HostMessage, PROTOCOL_VERSION,
 };
 
+/// Everything that can stop the guest agent from serving a job.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
+    /// The channel to the host, or the guest's network, could not be set up.
     #[error("transport: {0}")]
     Transport(String),
+    /// The host's bytes were not valid protocol frames, or its version differs.
     #[error(transparent)]
     Protocol(#[from] crate::protocol::ProtocolError),
+    /// The host went away before the named step of the conversation.
     #[error("the host closed the channel before {0}")]
     Closed(&'static str),
+    /// The host sent a message out of order; carries it, debug-formatted.
     #[error("unexpected message from the host: {0}")]
     Unexpected(String),
+    /// Setting up the guest or confining the job (mounts, namespaces, ids, seccomp) failed.
     #[error("sandbox setup: {0}")]
     Sandbox(String),
+    /// An I/O error, with what was being done when it happened.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, e.g. `"reading from the host"`.
         context: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },

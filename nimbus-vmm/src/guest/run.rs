@@ -43,6 +43,7 @@ pub struct Canceller {
 }
 
 impl Canceller {
+    /// Kills the running step's process group and keeps the remaining steps from running.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         if let Ok(running) = self.running.lock() {
@@ -54,6 +55,7 @@ impl Canceller {
 }
 
 impl JobSink {
+    /// A sink whose messages go to `sender` (the guest's writer thread).
     pub fn new(sender: mpsc::Sender<GuestMessage>) -> Self {
         JobSink {
             sender,
@@ -63,6 +65,7 @@ impl JobSink {
         }
     }
 
+    /// A handle that cancels this job from another thread.
     pub fn canceller(&self) -> Canceller {
         Canceller {
             running: self.running.clone(),

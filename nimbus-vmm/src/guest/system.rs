@@ -12,6 +12,8 @@ use super::GuestError;
 
 const HOSTNAME: &str = "nimbus-vm";
 
+/// Mounts `/proc`, `/sys`, `/tmp`, `/run`, `/dev/pts` and `/dev/shm` (unless already
+/// mounted), sets the hostname and configures eth0 from `nimbus.net=`, if present.
 pub fn prepare_vm() -> Result<(), GuestError> {
     let none: Option<&str> = None;
     let mounts: &[(&str, &str, &str, MsFlags, Option<&str>)] = &[

@@ -11,18 +11,25 @@ use crate::protocol::{VIRTIO_PORT_NAME, VSOCK_PORT};
 /// The host's vsock CID, as seen from a guest.
 const HOST_CID: u32 = 2;
 
+/// How `nimbus-guest` reaches the host, as `nimbus.transport=` on the kernel command line names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportKind {
+    /// The process's stdin and stdout (the sandbox: the host holds the pipes).
     Stdio,
+    /// A virtio-serial port (QEMU), found by its name.
     VirtioSerial {
+        /// The port's name; default [`VIRTIO_PORT_NAME`].
         name: String,
     },
+    /// A vsock connection to the host (Firecracker).
     Vsock {
+        /// The host's port; default [`VSOCK_PORT`].
         port: u32,
     },
     /// The serial console, shared with the kernel's messages: the last resort when
     /// there is neither virtio-serial nor vsock.
     Serial {
+        /// The tty device; default `/dev/ttyS0`.
         device: String,
     },
 }
@@ -65,8 +72,11 @@ impl TransportKind {
     }
 }
 
+/// An open channel to the host.
 pub struct Transport {
+    /// Bytes from the host.
     pub reader: Box<dyn Read + Send>,
+    /// Bytes to the host.
     pub writer: Box<dyn Write + Send>,
     /// On a serial console the guest speaks first, once its line is in raw mode:
     /// anything the host sent earlier would have been echoed back by the tty.
@@ -74,6 +84,7 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Opens the channel, waiting up to 10 s for a virtio-serial port to appear.
     pub fn open(kind: &TransportKind) -> Result<Self, GuestError> {
         match kind {
             TransportKind::Stdio => Ok(Transport {

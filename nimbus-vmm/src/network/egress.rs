@@ -21,11 +21,14 @@ use serde::{Deserialize, Serialize};
 /// An IPv4 network, `A.B.C.D/N` (a bare address is a /32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
+    /// An address in the network, as given (host bits may be set; see [`Cidr::network`]).
     pub address: Ipv4Addr,
+    /// Prefix length, 0 to 32.
     pub prefix: u8,
 }
 
 impl Cidr {
+    /// `a.b.c.d/prefix`; usable in constants.
     pub const fn new(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Self {
         Cidr {
             address: Ipv4Addr::new(a, b, c, d),
@@ -43,6 +46,7 @@ impl Cidr {
         Ipv4Addr::from(u32::from(self.address) & mask)
     }
 
+    /// Whether `address` lies in this network.
     pub fn contains(&self, address: Ipv4Addr) -> bool {
         Cidr {
             address,

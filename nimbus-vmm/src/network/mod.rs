@@ -27,7 +27,9 @@ pub use relay::Relay;
 use crate::runtime::run_tool;
 use crate::{Error, Result};
 
+/// The guest's address and prefix, the same in every VM's namespace.
 pub const GUEST_ADDRESS: &str = "172.30.0.2/30";
+/// The guest's default gateway: the tap's address in the namespace.
 pub const GUEST_GATEWAY: &str = "172.30.0.1";
 /// Where host services' relays listen in every VM's namespace.
 pub const SERVICES_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
@@ -52,11 +54,16 @@ pub struct NetworkPlan<'a> {
     pub egress: bool,
     /// A tap device for a VM to attach to; a sandbox lives in the namespace.
     pub tap: bool,
+    /// Where the job's traffic may go, with `egress` on.
     pub policy: &'a EgressPolicy,
     /// Host services (`host:port`) relayed to `SERVICES_ADDRESS:port`.
     pub forwards: &'a [String],
 }
 
+/// One VM's network namespace, with its tap, veth, NAT and egress rules and relays.
+///
+/// Dropping it stops only the relays: the namespace, veth and rules stay until
+/// [`VmNetwork::remove`].
 #[derive(Debug)]
 pub struct VmNetwork {
     namespace: String,
@@ -69,6 +76,7 @@ pub struct VmNetwork {
 }
 
 impl VmNetwork {
+    /// Creates the namespace and everything `plan` asks for; on failure, removes what it made.
     pub async fn create(vm_id: &str, plan: &NetworkPlan<'_>) -> Result<Self> {
         let hash = fnv(vm_id);
         let short = format!("{:08x}", hash as u32);
@@ -292,10 +300,12 @@ impl VmNetwork {
         "tap0"
     }
 
+    /// The guest's MAC address, derived from the VM id.
     pub fn mac(&self) -> &str {
         &self.mac
     }
 
+    /// Name of the network namespace (`nimbus-<hash>`), as `ip netns` knows it.
     pub fn namespace(&self) -> &str {
         &self.namespace
     }

@@ -21,7 +21,9 @@ const MAX_CONNECTIONS: usize = 256;
 #[derive(Debug)]
 pub struct Relay {
     task: tokio::task::JoinHandle<()>,
+    /// Where it listens, inside the namespace (`172.30.0.1:PORT`).
     pub listen: SocketAddrV4,
+    /// The host service it forwards to (`host:port`).
     pub upstream: String,
 }
 

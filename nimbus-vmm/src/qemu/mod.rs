@@ -27,11 +27,14 @@ use crate::{
 /// QEMU's acceleration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm` (PVM does not count).
     Kvm,
+    /// Software emulation: runs anywhere, but slowly; fine for proving the VM path.
     Tcg,
 }
 
 impl Accel {
+    /// `kvm` or `tcg` (the `NIMBUS_QEMU_ACCEL` values besides `auto`).
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "kvm" => Some(Accel::Kvm),
@@ -53,6 +56,7 @@ pub enum QemuTransport {
 }
 
 impl QemuTransport {
+    /// `virtio-serial` or `serial` (the `NIMBUS_QEMU_TRANSPORT` values).
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "virtio-serial" => Some(QemuTransport::VirtioSerial),
@@ -62,6 +66,7 @@ impl QemuTransport {
     }
 }
 
+/// How QEMU VMs are started on this host.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     /// `qemu-system-x86_64`, from PATH unless given.
@@ -70,14 +75,17 @@ pub struct QemuConfig {
     pub accel: Option<Accel>,
     /// Where VM runtime directories are created.
     pub runtime_dir: PathBuf,
+    /// The host ⇄ guest channel (`NIMBUS_QEMU_TRANSPORT`).
     pub transport: QemuTransport,
 }
 
+/// The QEMU [`VmmDriver`]: `qemu-system-x86_64` and `qemu-img`, with KVM or TCG.
 pub struct QemuDriver {
     config: QemuConfig,
 }
 
 impl QemuDriver {
+    /// A driver with this configuration; nothing is checked until [`VmmDriver::probe`].
     pub fn new(config: QemuConfig) -> Self {
         QemuDriver { config }
     }
@@ -153,6 +161,7 @@ impl VmmDriver for QemuDriver {
     }
 }
 
+/// One QEMU VM, from prepared to destroyed.
 pub struct QemuVm {
     spec: VmSpec,
     binary: PathBuf,

@@ -38,16 +38,20 @@ use crate::{
     VmmDriver,
 };
 
+/// How sandboxes are started on this host.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
+    /// Where each sandbox's private directory is created (`NIMBUS_VM_RUNTIME_DIR`).
     pub runtime_dir: PathBuf,
 }
 
+/// The namespace sandbox [`VmmDriver`]: needs root, `unshare(1)` and overlayfs, no KVM.
 pub struct SandboxDriver {
     config: SandboxConfig,
 }
 
 impl SandboxDriver {
+    /// A driver with this configuration; nothing is checked until [`VmmDriver::probe`].
     pub fn new(config: SandboxConfig) -> Self {
         SandboxDriver { config }
     }
@@ -161,6 +165,7 @@ impl VmmDriver for SandboxDriver {
     }
 }
 
+/// One sandbox, from prepared to destroyed.
 pub struct SandboxVm {
     spec: VmSpec,
     tree: PathBuf,

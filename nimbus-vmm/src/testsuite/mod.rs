@@ -24,6 +24,7 @@ pub type SpecFactory = Box<dyn Fn(&str, Duration) -> VmSpec + Send + Sync>;
 
 /// What the suite needs: a driver and specs for it.
 pub struct Harness {
+    /// The driver under test.
     pub driver: Arc<dyn VmmDriver>,
     /// Where the driver creates VM directories.
     pub runtime_dir: PathBuf,

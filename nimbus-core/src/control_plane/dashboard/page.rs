@@ -93,30 +93,46 @@ fn counts_cells(jobs: &StatusCounts) -> Markup {
 /// One org's cache usage, as the cache proxy reports it.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct CacheUsage {
+    /// The org.
     pub org_id: OrgId,
+    /// Bytes of its committed entries.
     #[serde(default)]
     pub bytes: u64,
+    /// Its committed entries.
     #[serde(default)]
     pub entries: u64,
+    /// Restores that found an entry.
     #[serde(default)]
     pub hits: u64,
+    /// Restores that found none.
     #[serde(default)]
     pub misses: u64,
+    /// Entries evicted (budget or idle time).
     #[serde(default)]
     pub evictions: u64,
 }
 
 /// Everything the main page shows.
 pub struct Overview<'a> {
+    /// Who is signed in, as shown in the header.
     pub who: &'a str,
+    /// How many days the figures cover.
     pub days: u32,
+    /// The org the page is narrowed to, if any.
     pub org_filter: Option<OrgId>,
+    /// The per-org table.
     pub orgs: &'a OrgsReport,
+    /// The chart: one entry per day, oldest first.
     pub daily: &'a [DayFigures],
+    /// The metadata keys offered for the histogram.
     pub keys: &'a [String],
+    /// The histogram of the picked key, if one is picked.
     pub histogram: Option<&'a MetadataHistogram>,
+    /// The most recent jobs.
     pub jobs: &'a [Job],
+    /// The job whose live log the page follows, if any.
     pub follow: Option<i64>,
+    /// The cache usage per org, or why the cache proxy could not be read.
     pub cache: Result<Vec<CacheUsage>, String>,
 }
 

@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::control_plane::AppState;
 use crate::error::{Error, ErrorKind};
 
+/// The HTTP status of an error kind (400 for invalid input, 429 for rate limits, …).
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
