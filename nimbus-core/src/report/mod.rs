@@ -247,6 +247,8 @@ pub struct Services {
     pub json: bool,
     /// Colour the tables (output to a terminal, NO_COLOR unset).
     pub colour: bool,
+    /// Where the report goes (`--output`); standard output when `None`.
+    pub output: Option<PathBuf>,
 }
 
 fn looks_like_jwt(token: &str) -> bool {
@@ -312,6 +314,7 @@ impl Services {
             token,
             json: connection.json,
             colour,
+            output: connection.output.clone(),
         })
     }
 
@@ -575,8 +578,8 @@ pub async fn report(
             if failed.is_empty() {
                 Ok(text)
             } else {
-                // Print what there is, then fail with the reasons.
-                print!("{text}");
+                // Write what there is where the report goes, then fail with the reasons.
+                emit(services.output.as_deref(), &text)?;
                 Err(ReportError(failed.join("; ")))
             }
         }
@@ -614,9 +617,9 @@ pub async fn jobs(
     Ok(views::jobs(&page.jobs, *with_metadata, services.colour))
 }
 
-/// Writes `text` where the connection says (a file or standard output).
-fn emit(connection: &Connection, text: &str) -> Result<()> {
-    match &connection.output {
+/// Writes `text` to `output` (a file) or standard output.
+fn emit(output: Option<&std::path::Path>, text: &str) -> Result<()> {
+    match output {
         Some(path) => std::fs::write(path, text)
             .map_err(|e| ReportError(format!("writing {}: {e}", path.display()))),
         None => {
@@ -668,7 +671,7 @@ pub fn run(invocation: Invocation) -> i32 {
                 Invocation::Jobs(args) => jobs(&client?, &services, &args.command).await,
             }
         })?;
-        emit(connection, &text)
+        emit(services.output.as_deref(), &text)
     })();
     match outcome {
         Ok(()) => 0,

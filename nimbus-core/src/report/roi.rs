@@ -310,7 +310,7 @@ pub fn run(args: RoiArgs) -> i32 {
         } else {
             render(&estimate, measured.as_ref(), &args, colour)
         };
-        super::emit(&args.connection, &text)
+        super::emit(args.connection.output.as_deref(), &text)
     })();
     match outcome {
         Ok(()) => 0,

@@ -28,6 +28,7 @@ fn services(json: bool) -> Services {
         token: None,
         json,
         colour: false,
+        output: None,
     }
 }
 
@@ -191,6 +192,38 @@ async fn reports_over_http_name_what_went_wrong() {
             .starts_with("cannot reach the cache proxy at http://127.0.0.1:8001"),
         "{cache}"
     );
+
+    // An overview with the cache proxy and the pipeline down: what there is
+    // goes where --output says (not to the terminal), then the reasons fail it.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let written = scratch.path().join("overview.txt");
+    let partial = Services::resolve(
+        &Connection {
+            base_url: Some(url.clone()),
+            token: Some(api.admin()),
+            cache_url: Some("http://127.0.0.1:9".into()),
+            logs_url: Some("http://127.0.0.1:9".into()),
+            output: Some(written.clone()),
+            ..Connection::default()
+        },
+        &Env::from_map([("NIMBUS_TOKEN", "ignored.when.given")]),
+    )
+    .expect("resolve");
+    let client = partial.control_plane().expect("client");
+    let overview = ReportCommand::Overview {
+        since: None,
+        until: None,
+    };
+    let failed = report::report(&client, &partial, &overview)
+        .await
+        .expect_err("two services down");
+    assert!(
+        failed.0.contains("cache proxy") && failed.0.contains("logging pipeline"),
+        "{failed}"
+    );
+    let text = std::fs::read_to_string(&written).expect("the partial overview was written");
+    assert!(text.starts_with(table.trim_end()), "{text}");
+    assert!(text.contains("\nCache\nunavailable: "), "{text}");
 
     // Short non-JWT strings are neither tokens nor secrets.
     let connection = Connection {
