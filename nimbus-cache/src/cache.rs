@@ -386,6 +386,15 @@ impl Cache {
         };
         let names: Vec<String> = ordered.iter().map(|part| part.name.clone()).collect();
         let staged: u64 = ordered.iter().map(|part| part.size).sum();
+        // Before the store writes a byte: a block list may name one block many
+        // times, and the join would then write far more than was ever staged.
+        if staged > self.limits.max_entry_bytes {
+            self.discard(entry).await;
+            return Err(Error::TooLarge(format!(
+                "the parts to join add up to {staged} bytes, over the cache budget of {} bytes; the upload is discarded",
+                self.limits.max_entry_bytes
+            )));
+        }
         let joined = match crate::digest::composite(&ordered) {
             Some(digest) => self
                 .backend

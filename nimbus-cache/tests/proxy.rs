@@ -1301,6 +1301,39 @@ async fn staged_blocks_count_against_the_budget() {
         put_block(&h, &theirs, "a", data(6_000, 5)).await,
         StatusCode::CREATED
     );
+
+    // A block list naming one small block over and over would have the store
+    // write far more than was staged: refused before a byte is joined.
+    let rival = h.token(3, "rival/other", "refs/heads/main", CachePermission::Write);
+    let amplified = create_v2(&h, &rival, "amplified").await;
+    assert_eq!(
+        put_block(&h, &amplified, "block-000000", data(1_000, 6)).await,
+        StatusCode::CREATED
+    );
+    let staged_before = h.staged_uploads().await;
+    let id = base64::engine::general_purpose::STANDARD.encode("block-000000");
+    let list = format!("<Latest>{id}</Latest>").repeat(11);
+    let committed = h
+        .http
+        .put(format!("{amplified}&comp=blocklist"))
+        .body(format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>{list}</BlockList>"
+        ))
+        .send()
+        .await
+        .expect("block list");
+    assert_eq!(committed.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer = committed.text().await.expect("body");
+    assert!(
+        answer.contains("the parts to join add up to 11000 bytes"),
+        "refused before joining: {answer}"
+    );
+    assert_eq!(
+        h.staged_uploads().await,
+        staged_before - 1,
+        "the upload is discarded"
+    );
+    assert!(h.restore_v2(&rival, "amplified", &[], "v").await.is_none());
 }
 
 /// An org has a bounded number of unfinished uploads, and an upload kept alive by
