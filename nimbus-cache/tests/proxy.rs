@@ -384,19 +384,8 @@ async fn v2_block_upload_joins_blocks_in_list_order(h: &Harness) {
     for response in futures::future::join_all(uploads).await {
         assert_eq!(response.expect("put block").status(), StatusCode::CREATED);
     }
-    let list: String = blocks
-        .iter()
-        .map(|(id, _)| format!("<Latest>{id}</Latest>"))
-        .collect();
-    let committed = h
-        .http
-        .put(format!("{url}&comp=blocklist"))
-        .body(format!(
-            "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>{list}</BlockList>"
-        ))
-        .send()
-        .await
-        .expect("block list");
+    let ids: Vec<&str> = blocks.iter().map(|(id, _)| id.as_str()).collect();
+    let committed = put_block_list(h, &url, &ids).await;
     assert_eq!(committed.status(), StatusCode::CREATED);
     assert!(committed.headers().contains_key("etag"));
     let expected: Vec<u8> = blocks.iter().flat_map(|(_, b)| b.clone()).collect();
@@ -1168,6 +1157,22 @@ async fn create_v2(h: &Harness, token: &str, key: &str) -> String {
         .to_string()
 }
 
+/// Azure's Put Block List: commits the blocks `ids` (base64, as listed) in order.
+async fn put_block_list(h: &Harness, url: &str, ids: &[&str]) -> reqwest::Response {
+    let list: String = ids
+        .iter()
+        .map(|id| format!("<Latest>{id}</Latest>"))
+        .collect();
+    h.http
+        .put(format!("{url}&comp=blocklist"))
+        .body(format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>{list}</BlockList>"
+        ))
+        .send()
+        .await
+        .expect("block list")
+}
+
 async fn put_block(h: &Harness, url: &str, id: &str, bytes: Vec<u8>) -> StatusCode {
     use base64::Engine;
     let id = base64::engine::general_purpose::STANDARD.encode(id);
@@ -1312,16 +1317,7 @@ async fn staged_blocks_count_against_the_budget() {
     );
     let staged_before = h.staged_uploads().await;
     let id = base64::engine::general_purpose::STANDARD.encode("block-000000");
-    let list = format!("<Latest>{id}</Latest>").repeat(11);
-    let committed = h
-        .http
-        .put(format!("{amplified}&comp=blocklist"))
-        .body(format!(
-            "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>{list}</BlockList>"
-        ))
-        .send()
-        .await
-        .expect("block list");
+    let committed = put_block_list(&h, &amplified, &[id.as_str(); 11]).await;
     assert_eq!(committed.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let answer = committed.text().await.expect("body");
     assert!(
