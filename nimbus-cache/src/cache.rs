@@ -10,7 +10,7 @@ use futures::StreamExt;
 use nimbus_core::cache_token::CacheScope;
 use nimbus_core::OrgId;
 
-use crate::backend::{ByteRange, ByteStream, CacheBackend, ObjectReader};
+use crate::backend::{ByteRange, ByteStream, CacheBackend, ObjectReader, Placement, StagedPart};
 use crate::error::{Error, Result};
 use crate::index::{CacheIndex, Entry, EntryState, NewEntry, Part};
 use crate::metrics::Metrics;
@@ -24,6 +24,10 @@ const MAX_VERSION_BYTES: usize = 512;
 pub const MAX_RESTORE_KEYS: usize = 10;
 /// Most parts (blocks, chunks) one upload may stage (Azure's block limit).
 pub const MAX_PARTS: usize = 50_000;
+/// A v1 chunk at least this long has a rank ([`Part::rank`]): its offset in
+/// units of this many bytes, distinct and increasing for such chunks as long as
+/// they do not overlap (which the commit checks).
+pub const OFFSET_RANK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Limits applied to uploads (eviction enforces the budgets over time).
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +103,20 @@ fn require_write(scope: &CacheScope) -> Result<()> {
             "this cache token is read-only: it cannot save entries".into(),
         ))
     }
+}
+
+/// Two parts staged in place at the same rank overwrote each other's bytes in the
+/// store (they were sent in parallel, so neither saw the other): the upload
+/// cannot be joined.
+fn check_ranks(parts: &[Part]) -> Result<()> {
+    let mut ranks: Vec<u32> = parts.iter().filter_map(|part| part.rank).collect();
+    ranks.sort_unstable();
+    if ranks.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(Error::InvalidInput(
+            "two parts were uploaded for the same position at once (block ids that end in the same index); the upload is discarded".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A body that fails once more than `limit` bytes went through; `exceeded` tells why.
@@ -251,11 +269,33 @@ impl Cache {
         let counted = Arc::new(AtomicU64::new(0));
         let exceeded = Arc::new(AtomicBool::new(false));
         let body = limited(body, allowance, counted.clone(), exceeded.clone());
-        let written = self
-            .backend
-            .put_part(&entry.upload_id, &part.name, body)
-            .await;
-        let staged = match written {
+        let placement = match self.placement(entry, &part).await {
+            Ok(placement) => placement,
+            Err(error) => {
+                self.discard(entry).await;
+                return Err(error);
+            }
+        };
+        let written = match &placement {
+            Some((handle, rank)) => {
+                let at = Placement {
+                    key: &entry.blob_key,
+                    handle,
+                    rank: *rank,
+                    size: part.size,
+                };
+                self.backend
+                    .put_part_at(&entry.upload_id, &part.name, &at, body)
+                    .await
+                    .map(|placed| (placed.stored, placed.placed.then_some(*rank)))
+            }
+            None => self
+                .backend
+                .put_part(&entry.upload_id, &part.name, body)
+                .await
+                .map(|stored| (stored, None)),
+        };
+        let (staged, placed_rank) = match written {
             Ok(staged) => staged,
             Err(error) => {
                 self.discard(entry).await;
@@ -286,10 +326,51 @@ impl Cache {
                     start: part.start,
                     size,
                     sha256: Some(staged.sha256),
+                    rank: placed_rank,
                 },
             )
             .await?;
         Ok(size)
+    }
+
+    /// The store's upload and the rank to stage `part` at in place, when the
+    /// protocol gave a rank, the size is known, no other part of the upload holds
+    /// that rank, and the store keeps uploads of its own (it opens one at the
+    /// first such part; parallel first parts agree on one through the index).
+    async fn placement(&self, entry: &Entry, part: &Part) -> Result<Option<(String, u32)>> {
+        let Some(rank) = part.rank else {
+            return Ok(None);
+        };
+        if part.size == 0 {
+            return Ok(None);
+        }
+        let parts = self.index.parts(entry.id).await?;
+        if parts
+            .iter()
+            .any(|other| other.rank == Some(rank) && other.name != part.name)
+        {
+            return Ok(None);
+        }
+        if let Some(handle) = &entry.staging_handle {
+            return Ok(Some((handle.clone(), rank)));
+        }
+        let Some(opened) = self
+            .backend
+            .begin_upload(&entry.upload_id, &entry.blob_key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let recorded = self.index.set_staging_handle(entry.id, &opened).await;
+        if !matches!(&recorded, Ok(Some(winner)) if *winner == opened) {
+            if let Err(error) = self.backend.abandon(&entry.blob_key, &opened).await {
+                tracing::warn!(%error, upload = entry.upload_id, "dropping a spare store upload failed");
+            }
+        }
+        match recorded? {
+            Some(winner) => Ok(Some((winner, rank))),
+            None => Err(Error::NotFound(format!("cache upload {}", entry.id))),
+        }
     }
 
     /// How many bytes the next part (`name`) of `entry` may have: what is left of
@@ -396,11 +477,31 @@ impl Cache {
             )));
         }
         let joined = match crate::digest::composite(&ordered) {
-            Some(digest) => self
-                .backend
-                .compose(&entry.upload_id, &names, &entry.blob_key)
-                .await
-                .map(|size| (size, digest)),
+            Some(digest) => match &entry.staging_handle {
+                Some(handle) => {
+                    if let Err(error) = check_ranks(&parts) {
+                        self.discard(entry).await;
+                        return Err(error);
+                    }
+                    let staged: Vec<StagedPart> = ordered
+                        .iter()
+                        .map(|part| StagedPart {
+                            name: part.name.clone(),
+                            size: part.size,
+                            rank: part.rank,
+                        })
+                        .collect();
+                    self.backend
+                        .compose_at(&entry.upload_id, handle, &staged, &entry.blob_key)
+                        .await
+                        .map(|size| (size, digest))
+                }
+                None => self
+                    .backend
+                    .compose(&entry.upload_id, &names, &entry.blob_key)
+                    .await
+                    .map(|size| (size, digest)),
+            },
             // A part staged before digests were recorded: hash the whole.
             None => self
                 .backend
@@ -444,6 +545,7 @@ impl Cache {
                         start: Some(start),
                         size: part.size,
                         sha256: part.sha256.clone(),
+                        rank: None,
                     }
                 })
                 .collect()
@@ -596,6 +698,16 @@ impl Cache {
         self.metrics.uploads_discarded.inc();
         if let Err(error) = self.backend.abort(&entry.upload_id).await {
             tracing::warn!(%error, upload = entry.upload_id, "dropping staged parts failed");
+        }
+        // The caller's copy may predate the store's upload: ask the index.
+        let handle = match self.index.get(entry.id).await {
+            Ok(Some(current)) => current.staging_handle,
+            _ => entry.staging_handle.clone(),
+        };
+        if let Some(handle) = handle {
+            if let Err(error) = self.backend.abandon(&entry.blob_key, &handle).await {
+                tracing::warn!(%error, upload = entry.upload_id, "dropping the store's upload failed");
+            }
         }
         if let Err(error) = self.index.remove(entry.id).await {
             tracing::warn!(%error, entry = entry.id, "dropping a pending entry failed");

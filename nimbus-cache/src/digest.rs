@@ -104,6 +104,7 @@ mod tests {
             start: Some(start),
             size: data.len() as u64,
             sha256: Some(hex::encode(Sha256::digest(data))),
+            rank: None,
         }
     }
 

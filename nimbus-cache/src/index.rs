@@ -66,6 +66,9 @@ pub struct Entry {
     pub last_access: i64,
     /// Restores served.
     pub hits: u64,
+    /// The store's own upload of the blob while parts are staged in place
+    /// ([`crate::backend::Placement`]); `None` otherwise.
+    pub staging_handle: Option<String>,
 }
 
 /// A part staged for an entry; `start` is its byte offset when the protocol says
@@ -83,6 +86,9 @@ pub struct Part {
     /// The part's sha256 (hex) as staged; `None` for parts staged by a version
     /// that did not record it.
     pub sha256: Option<String>,
+    /// The part's rank when it was staged in place in the store's upload
+    /// ([`crate::backend::Placement`]); `None` when staged as an object.
+    pub rank: Option<u32>,
 }
 
 /// One org's figures for `GET /api/usage`.
@@ -127,7 +133,10 @@ pub(crate) fn now_millis() -> i64 {
 }
 
 const COLUMNS: &str = "id, org_id, repo, git_ref, cache_key, version, state, upload_id, blob_key, \
-     size, expected_size, sha256, created_at, last_access, hits";
+     size, expected_size, sha256, created_at, last_access, hits, staging_handle";
+
+/// A staged part as stored: name, offset, size, sha256, placed rank.
+type PartRow = (String, Option<i64>, i64, Option<String>, Option<i64>);
 
 /// The index over one database.
 #[derive(Debug, Clone)]
@@ -154,6 +163,7 @@ struct EntryRow {
     created_at: i64,
     last_access: i64,
     hits: i64,
+    staging_handle: Option<String>,
 }
 
 impl From<EntryRow> for Entry {
@@ -178,6 +188,7 @@ impl From<EntryRow> for Entry {
             created_at: row.created_at,
             last_access: row.last_access,
             hits: count(row.hits),
+            staging_handle: row.staging_handle,
         }
     }
 }
@@ -374,20 +385,39 @@ impl CacheIndex {
                 .execute(pool)
                 .await?;
             sqlx::query(
-                "INSERT INTO cache_parts (entry_id, part, start_offset, size, sha256) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (entry_id, part) DO UPDATE \
+                "INSERT INTO cache_parts (entry_id, part, start_offset, size, sha256, placed_rank) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (entry_id, part) DO UPDATE \
                  SET start_offset = excluded.start_offset, size = excluded.size, \
-                 sha256 = excluded.sha256",
+                 sha256 = excluded.sha256, placed_rank = excluded.placed_rank",
             )
             .bind(entry_id)
             .bind(&part.name)
             .bind(part.start.map(|v| v as i64))
             .bind(part.size as i64)
             .bind(&part.sha256)
+            .bind(part.rank.map(i64::from))
             .execute(pool)
             .await?;
         });
         Ok(())
+    }
+
+    /// Records `handle` as the store's own upload of pending entry `entry_id`
+    /// unless one was recorded first (parts of one upload arrive in parallel, on
+    /// any replica); returns the one that counts. `None` when the entry is no
+    /// longer pending.
+    pub async fn set_staging_handle(&self, entry_id: i64, handle: &str) -> Result<Option<String>> {
+        let row: Option<(Option<String>,)> = with_pool!(&self.writer, pool => {
+            sqlx::query_as(
+                "UPDATE cache_entries SET staging_handle = COALESCE(staging_handle, $2) \
+                 WHERE id = $1 AND state = 'pending' RETURNING staging_handle",
+            )
+            .bind(entry_id)
+            .bind(handle)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row.and_then(|(handle,)| handle))
     }
 
     /// Unfinished uploads of `org_id`.
@@ -421,10 +451,10 @@ impl CacheIndex {
 
     /// An entry's staged parts (a committed entry's layout), by offset then name.
     pub async fn parts(&self, entry_id: i64) -> Result<Vec<Part>> {
-        let rows: Vec<(String, Option<i64>, i64, Option<String>)> = with_pool!(&self.reader, pool => {
+        let rows: Vec<PartRow> = with_pool!(&self.reader, pool => {
             sqlx::query_as(
-                "SELECT part, start_offset, size, sha256 FROM cache_parts WHERE entry_id = $1 \
-                 ORDER BY start_offset, part",
+                "SELECT part, start_offset, size, sha256, placed_rank FROM cache_parts \
+                 WHERE entry_id = $1 ORDER BY start_offset, part",
             )
             .bind(entry_id)
             .fetch_all(pool)
@@ -432,11 +462,12 @@ impl CacheIndex {
         })?;
         Ok(rows
             .into_iter()
-            .map(|(name, start, size, sha256)| Part {
+            .map(|(name, start, size, sha256, rank)| Part {
                 name,
                 start: start.map(count),
                 size: count(size),
                 sha256,
+                rank: rank.and_then(|rank| u32::try_from(rank).ok()),
             })
             .collect())
     }

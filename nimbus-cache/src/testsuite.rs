@@ -283,6 +283,135 @@ pub async fn compose_joins_parts_without_reading_them_back(backend: &dyn CacheBa
     backend.abort("compose-gap").await.expect("abort");
 }
 
+/// Parts staged in place ([`CacheBackend::put_part_at`]) are joined by
+/// `compose_at` in the order given, whether their ranks run in that order (the
+/// store's upload is completed as it is), out of it (rearranged), or mixed with
+/// parts the store would not place; a body of another length than announced is
+/// refused. A store without uploads of its own goes through the defaults.
+pub async fn parts_staged_in_place_join_in_the_given_order(backend: &dyn CacheBackend) {
+    use crate::backend::{Placement, StagedPart};
+    let mib = 1u64 << 20;
+    // (name, rank, bytes): a 17 MiB part is sent as two pieces, the last is too
+    // small to place.
+    let parts = [
+        ("a", 0u32, pattern(6 * mib as usize, 21)),
+        ("b", 1, pattern(9 * mib as usize, 22)),
+        ("c", 2, pattern((17 * mib + 3) as usize, 23)),
+        ("d", 3, pattern(1000, 24)),
+    ];
+    // In rank order: the store's upload is completed as it is. Out of it: completed,
+    // then rearranged by copies, or streamed when a small part sits in the middle.
+    for (case, order) in [
+        ("in-order", [0usize, 1, 2, 3]),
+        ("copied", [1, 0, 2, 3]),
+        ("streamed", [1, 0, 3, 2]),
+    ] {
+        let upload = format!("inplace-{case}");
+        let key = format!("suite/inplace-{case}");
+        let handle = backend
+            .begin_upload(&upload, &key)
+            .await
+            .expect("begin upload");
+        let handle_text = handle.clone().unwrap_or_default();
+        let mut staged = Vec::new();
+        // Staged in reverse, as parallel clients may.
+        for (name, rank, data) in parts.iter().rev() {
+            let at = Placement {
+                key: &key,
+                handle: &handle_text,
+                rank: *rank,
+                size: data.len() as u64,
+            };
+            let placed = backend
+                .put_part_at(&upload, name, &at, bytes_stream(data.clone()))
+                .await
+                .expect("put part at");
+            assert_eq!(
+                placed.stored.sha256,
+                sha256_hex(data),
+                "the part's own sha256"
+            );
+            if handle.is_some() {
+                assert_eq!(
+                    placed.placed,
+                    *name != "d",
+                    "{name}: placed unless too small"
+                );
+            }
+            staged.push((
+                *name,
+                StagedPart {
+                    name: name.to_string(),
+                    size: data.len() as u64,
+                    rank: placed.placed.then_some(*rank),
+                },
+            ));
+        }
+        staged.reverse();
+        let listed: Vec<StagedPart> = order.iter().map(|&i| staged[i].1.clone()).collect();
+        let size = backend
+            .compose_at(&upload, &handle_text, &listed, &key)
+            .await
+            .expect("compose at");
+        let expected: Vec<u8> = order.iter().flat_map(|&i| parts[i].2.clone()).collect();
+        assert_eq!(size, expected.len() as u64, "{case}");
+        let stored = read_to_vec(backend, &key, None).await.expect("get");
+        assert!(
+            stored == expected,
+            "{case}: the parts, joined in the order given"
+        );
+        assert!(!backend
+            .list_uploads()
+            .await
+            .expect("uploads")
+            .contains(&upload));
+        backend.delete(&key).await.expect("delete");
+    }
+
+    // A body shorter or longer than announced is refused.
+    let handle = backend
+        .begin_upload("inplace-short", "suite/inplace-short")
+        .await
+        .expect("begin upload")
+        .unwrap_or_default();
+    for (name, len) in [("short", 6 * mib - 1), ("long", 6 * mib + 1)] {
+        let at = Placement {
+            key: "suite/inplace-short",
+            handle: &handle,
+            rank: 0,
+            size: 6 * mib,
+        };
+        let result = backend
+            .put_part_at(
+                "inplace-short",
+                name,
+                &at,
+                bytes_stream(pattern(len as usize, 25)),
+            )
+            .await;
+        if !handle.is_empty() {
+            assert!(
+                matches!(result, Err(Error::InvalidInput(_))),
+                "{name}: {result:?}"
+            );
+        }
+    }
+    backend
+        .abandon("suite/inplace-short", &handle)
+        .await
+        .expect("abandon");
+    backend
+        .abandon("suite/inplace-short", &handle)
+        .await
+        .expect("abandon twice");
+    backend.abort("inplace-short").await.expect("abort");
+    assert!(backend
+        .head("suite/inplace-short")
+        .await
+        .expect("head")
+        .is_none());
+}
+
 /// A truncated body leaves the previous object (or none) untouched; aborted uploads cannot complete.
 pub async fn interrupted_writes_leave_nothing(backend: &dyn CacheBackend) {
     backend
@@ -364,6 +493,15 @@ macro_rules! cache_backend_test_suite {
                     return;
                 }
                 suite::compose_joins_parts_without_reading_them_back(&*backend).await;
+            }
+
+            #[tokio::test]
+            async fn parts_staged_in_place_join_in_the_given_order() {
+                let backend = $make.await;
+                if backend.name() == "unavailable" {
+                    return;
+                }
+                suite::parts_staged_in_place_join_in_the_given_order(&*backend).await;
             }
 
             #[tokio::test]

@@ -75,6 +75,23 @@ fn block_part_name(block_id: &str) -> Result<String> {
     Ok(format!("b{}", hex::encode(bytes)))
 }
 
+/// The block's index when its id is one the Azure SDK makes (as the official
+/// cache client's uploads do): base64 of 48 characters, a random prefix and the
+/// block's index zero-padded to at least 6 digits; the blocks are listed in
+/// that order, so the index is where the block goes ([`Part::rank`]). Any other
+/// id has no rank and is staged on its own (and joined just as well).
+fn block_rank(block_id: &str) -> Option<u32> {
+    let bytes = STANDARD.decode(block_id.trim()).ok()?;
+    if bytes.len() != 48 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let digits = &bytes[bytes.len() - 6..];
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// The block ids of a `<BlockList>` body, in order (`Latest`, `Uncommitted` and
 /// `Committed` all name staged blocks here: nothing is committed before the list).
 /// Any bytes get an answer, never a panic (fuzzed).
@@ -205,6 +222,7 @@ pub async fn upload(
                 .as_deref()
                 .ok_or_else(|| Error::InvalidInput("Put Block needs a blockid".into()))?;
             let name = block_part_name(block_id)?;
+            let rank = block_rank(block_id);
             state
                 .cache
                 .upload_part(
@@ -212,8 +230,9 @@ pub async fn upload(
                     Part {
                         name,
                         start: None,
-                        size: 0,
+                        size: content_length.unwrap_or(0),
                         sha256: None,
+                        rank,
                     },
                     body_stream(body),
                 )

@@ -13,7 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cache::PartOrder;
+use crate::cache::{PartOrder, OFFSET_RANK_BYTES};
 use crate::error::{Error, Result};
 use crate::index::{Entry, Part};
 use crate::server::{body_stream, CacheAuth, Proxy};
@@ -209,6 +209,9 @@ pub async fn upload_chunk(
                 start: Some(start),
                 size: length,
                 sha256: None,
+                rank: (length >= OFFSET_RANK_BYTES)
+                    .then(|| u32::try_from(start / OFFSET_RANK_BYTES).ok())
+                    .flatten(),
             },
             body_stream(body),
         )

@@ -42,6 +42,47 @@ pub struct StoredObject {
     pub sha256: String,
 }
 
+/// Where a part goes in the object its upload becomes, known before its bytes
+/// arrive (a v1 chunk's offset, the index in a block id): a store that keeps its
+/// own upload of the object ([`CacheBackend::begin_upload`]) stages such a part
+/// in place, so joining needs no copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement<'a> {
+    /// The object the upload becomes.
+    pub key: &'a str,
+    /// The store's handle for its upload of `key`, from `begin_upload`.
+    pub handle: &'a str,
+    /// The part's rank: placed parts are joined in increasing rank, and no two
+    /// parts of an upload share one.
+    pub rank: u32,
+    /// The part's length as the client announced it; a body of another length
+    /// is an error.
+    pub size: u64,
+}
+
+/// A staged part as a store's own upload knows it, for
+/// [`CacheBackend::compose_at`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPart {
+    /// The part's name in its upload.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its rank when it was staged in place (see [`Placement`]); `None` when it
+    /// was staged as an object of its own.
+    pub rank: Option<u32>,
+}
+
+/// What [`CacheBackend::put_part_at`] did with a part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedPart {
+    /// Its size and sha256.
+    pub stored: StoredObject,
+    /// Whether it sits in place in the store's upload (else it was staged as an
+    /// object of its own, as by `put_part`).
+    pub placed: bool,
+}
+
 /// A byte range of an object, `start..end` (end exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {
@@ -99,6 +140,54 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// already hold each part's sha256 from [`put_part`](Self::put_part).
     async fn compose(&self, upload: &str, parts: &[String], key: &str) -> Result<u64> {
         Ok(self.complete(upload, parts, key).await?.size)
+    }
+
+    /// Opens the store's own upload of object `key` for `upload`, into which parts
+    /// can be staged in place ([`put_part_at`](Self::put_part_at)); S3: a multipart
+    /// upload of `key`. `None` (the default) when the store has no such thing.
+    async fn begin_upload(&self, upload: &str, key: &str) -> Result<Option<String>> {
+        let _ = (upload, key);
+        Ok(None)
+    }
+
+    /// Stages one part at `at` in the upload `begin_upload` opened, or, when the
+    /// store cannot place this one (too small, too large, a rank past its limits),
+    /// as `put_part` would; says which. The default stages it as `put_part` does.
+    async fn put_part_at(
+        &self,
+        upload: &str,
+        part: &str,
+        at: &Placement<'_>,
+        body: ByteStream,
+    ) -> Result<PlacedPart> {
+        let _ = at;
+        Ok(PlacedPart {
+            stored: self.put_part(upload, part, body).await?,
+            placed: false,
+        })
+    }
+
+    /// Like [`compose`](Self::compose), for an upload `begin_upload` opened
+    /// (`handle`), whose parts may be placed or not. Parts placed in increasing
+    /// rank are joined by completing the store's upload; anything else is joined
+    /// as `compose` does. The default ignores the handle.
+    async fn compose_at(
+        &self,
+        upload: &str,
+        handle: &str,
+        parts: &[StagedPart],
+        key: &str,
+    ) -> Result<u64> {
+        let _ = handle;
+        let names: Vec<String> = parts.iter().map(|part| part.name.clone()).collect();
+        self.compose(upload, &names, key).await
+    }
+
+    /// Drops what `begin_upload` opened for `key` (and every part placed in it);
+    /// dropping an unknown one is not an error.
+    async fn abandon(&self, key: &str, handle: &str) -> Result<()> {
+        let _ = (key, handle);
+        Ok(())
     }
 
     /// Drops an upload's staged parts; dropping an unknown upload is not an error.

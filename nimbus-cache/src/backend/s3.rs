@@ -6,10 +6,18 @@
 //! stays at a few parts per upload whatever the size; S3 makes the object
 //! visible only on CompleteMultipartUpload, which is the atomic commit.
 //!
-//! Joining a staged upload: `compose` has the store copy each staged part into
-//! one multipart upload (UploadPartCopy, several at once), so no byte crosses
-//! the network again; `complete`, for callers that need the whole object's
-//! sha256, streams the parts back through the proxy into a new upload.
+//! Staging in place: when the caller knows where a part goes before its bytes
+//! arrive ([`Placement`]), `begin_upload` opens a multipart upload of the final
+//! object and `put_part_at` sends the part straight into it as up to
+//! [`PIECES_PER_RANK`] parts numbered from its rank; `compose_at` then only
+//! completes that upload (after copying in any part that could not be placed),
+//! so no byte is stored twice. Parts placed out of order are completed as they
+//! lie and then rearranged by copies.
+//!
+//! Joining parts staged as objects: `compose` has the store copy each into one
+//! multipart upload (UploadPartCopy, several at once), so no byte crosses the
+//! network again; `complete`, for callers that need the whole object's sha256,
+//! streams the parts back through the proxy into a new upload.
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -21,9 +29,11 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
+use std::collections::BTreeMap;
+
 use super::{
     check_key, check_name, ByteRange, ByteStream, CacheBackend, Hashing, ObjectMeta, ObjectReader,
-    StoredObject,
+    PlacedPart, Placement, StagedPart, StoredObject,
 };
 use crate::error::{Error, Result};
 use crate::server::S3Config;
@@ -42,6 +52,67 @@ const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 const MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 const MAX_PARTS: usize = 10_000;
 const STAGING: &str = ".staging/";
+/// Multipart part numbers each rank of a placed part owns: rank `r` is sent as
+/// parts `r * PIECES_PER_RANK + 1 ..`, so ranks up to 1,249 fit S3's 10,000.
+pub const PIECES_PER_RANK: u32 = 8;
+/// The largest part staged in place: it is cut into at most [`PIECES_PER_RANK`]
+/// pieces of 8 to 16 MiB, each held in memory while it is sent, as a streamed
+/// put's parts are (larger parts are staged as objects and copied at commit).
+pub const MAX_PLACED_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The sizes of the pieces a part of `size` bytes at `rank` is sent as, or
+/// `None` when it cannot be placed: every piece must meet S3's 5 MiB minimum
+/// (only the object's last part may be smaller, and a part does not know
+/// whether it is last), and the rank's part numbers must exist.
+fn placed_pieces(rank: u32, size: u64) -> Option<Vec<u64>> {
+    if !(MIN_PART_BYTES..=MAX_PLACED_BYTES).contains(&size)
+        || (u64::from(rank) + 1) * u64::from(PIECES_PER_RANK) > MAX_PARTS as u64
+    {
+        return None;
+    }
+    let count = (size / PART_BYTES as u64).clamp(1, u64::from(PIECES_PER_RANK));
+    let (base, extra) = (size / count, size % count);
+    Some((0..count).map(|i| base + u64::from(i < extra)).collect())
+}
+
+/// The multipart part number of piece 0 of `rank`.
+fn first_number(rank: u32) -> i32 {
+    (rank * PIECES_PER_RANK + 1) as i32
+}
+
+/// A range of a stored object: a source when joining.
+#[derive(Debug, Clone)]
+struct Segment {
+    /// The full key (with the prefix).
+    key: String,
+    start: u64,
+    end: u64,
+    /// Whether the range is the whole object (no Range header needed).
+    whole: bool,
+}
+
+impl Segment {
+    fn whole(key: String, size: u64) -> Segment {
+        Segment {
+            key,
+            start: 0,
+            end: size,
+            whole: true,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// How `compose_at` completes an upload in place: every step a part number.
+enum Step {
+    /// A piece already in the upload.
+    Placed { number: i32, e_tag: Option<String> },
+    /// A part staged as an object, copied in under this number.
+    Copy { number: i32, source: String },
+}
 
 /// `x-amz-copy-source`: the bucket and key, percent-encoded.
 fn copy_source(bucket: &str, key: &str) -> String {
@@ -92,15 +163,32 @@ impl<'a> Multipart<'a> {
         })
     }
 
+    /// The multipart upload `id` of `key`, opened before (by `begin_upload`).
+    fn resume(backend: &'a S3Backend, key: &str, id: &str) -> Multipart<'a> {
+        Multipart {
+            backend,
+            key: key.to_string(),
+            id: id.to_string(),
+            in_flight: FuturesUnordered::new(),
+            done: Vec::new(),
+            next_number: 1,
+        }
+    }
+
     /// Starts uploading `part` once fewer than [`UPLOAD_CONCURRENCY`] are in flight.
     async fn send(&mut self, part: Bytes) -> Result<()> {
+        let number = self.next_number;
+        self.next_number += 1;
+        self.send_numbered(number, part).await
+    }
+
+    /// Like [`send`](Self::send), as part `number`.
+    async fn send_numbered(&mut self, number: i32, part: Bytes) -> Result<()> {
         while self.in_flight.len() >= UPLOAD_CONCURRENCY {
             if let Some(finished) = self.in_flight.next().await {
                 self.done.push(finished?);
             }
         }
-        let number = self.next_number;
-        self.next_number += 1;
         let request = self
             .backend
             .client
@@ -123,18 +211,26 @@ impl<'a> Multipart<'a> {
         Ok(())
     }
 
+    /// Waits for the parts in flight, leaving the upload open.
+    async fn settle(&mut self) -> Result<()> {
+        while let Some(finished) = self.in_flight.next().await {
+            self.done.push(finished?);
+        }
+        Ok(())
+    }
+
     /// Waits for the parts in flight and commits the object (aborting on error).
     async fn finish(mut self) -> Result<()> {
-        while let Some(finished) = self.in_flight.next().await {
-            match finished {
-                Ok(part) => self.done.push(part),
-                Err(error) => {
-                    self.abort().await;
-                    return Err(error);
-                }
-            }
+        if let Err(error) = self.settle().await {
+            self.abort().await;
+            return Err(error);
         }
-        let mut parts = std::mem::take(&mut self.done);
+        let parts = std::mem::take(&mut self.done);
+        self.complete(parts).await
+    }
+
+    /// Commits the object as `parts` (in part-number order; aborting on error).
+    async fn complete(&mut self, mut parts: Vec<CompletedPart>) -> Result<()> {
         parts.sort_by_key(|part| part.part_number());
         let completed = self
             .backend
@@ -344,25 +440,28 @@ impl S3Backend {
         Ok(hashing.finish())
     }
 
-    /// Joins staged parts by streaming them through [`upload`](Self::upload):
-    /// what `complete` does (the proxy hashes every byte), and `compose`'s way when
+    /// Joins `segments` by streaming them through [`upload`](Self::upload): what
+    /// `complete` does (the proxy hashes every byte), and `compose`'s way when
     /// the parts cannot be copied server-side.
-    async fn join_streaming(&self, part_keys: Vec<String>, full_key: &str) -> Result<StoredObject> {
+    async fn join_streaming(&self, segments: Vec<Segment>, full_key: &str) -> Result<StoredObject> {
         let client = self.client.clone();
         let bucket = self.bucket.clone();
         let joined: ByteStream = Box::pin(
-            futures::stream::iter(part_keys)
-                .then(move |part_key| {
+            futures::stream::iter(segments)
+                .filter(|segment| futures::future::ready(segment.len() > 0))
+                .then(move |segment| {
                     let client = client.clone();
                     let bucket = bucket.clone();
                     async move {
-                        match client
-                            .get_object()
-                            .bucket(&bucket)
-                            .key(&part_key)
-                            .send()
-                            .await
-                        {
+                        let mut request = client.get_object().bucket(&bucket).key(&segment.key);
+                        if !segment.whole {
+                            request = request.range(format!(
+                                "bytes={}-{}",
+                                segment.start,
+                                segment.end - 1
+                            ));
+                        }
+                        match request.send().await {
                             Ok(object) => Self::body_stream(object.body),
                             Err(error) => Box::pin(futures::stream::once(async move {
                                 Err(std::io::Error::other(describe(&error)))
@@ -400,22 +499,16 @@ impl S3Backend {
             .collect()
     }
 
-    /// Copies the staged parts into `full_key` inside the store: one
-    /// UploadPartCopy per part (or per ≤ 5 GiB range of a bigger one), several at
-    /// once, committed by CompleteMultipartUpload. `None` when S3's rules forbid it
-    /// (a part other than the last under 5 MiB, more than 10,000 parts).
-    async fn copy_parts(
-        &self,
-        part_keys: &[String],
-        sizes: &[u64],
-        full_key: &str,
-    ) -> Result<Option<u64>> {
+    /// Copies `segments` into `full_key` inside the store: one UploadPartCopy per
+    /// segment (or per ≤ 5 GiB range of a bigger one), several at once, committed
+    /// by CompleteMultipartUpload. `None` when S3's rules forbid it (a part other
+    /// than the last under 5 MiB, more than 10,000 parts).
+    async fn copy_segments(&self, segments: &[Segment], full_key: &str) -> Result<Option<u64>> {
+        let segments: Vec<&Segment> = segments.iter().filter(|s| s.len() > 0).collect();
         let mut ranges = Vec::new();
-        for (i, (part_key, &size)) in part_keys.iter().zip(sizes).enumerate() {
-            if size == 0 {
-                continue; // adds nothing, and S3 may refuse an empty part
-            }
-            if size < MIN_PART_BYTES && i + 1 < part_keys.len() {
+        for (i, segment) in segments.iter().enumerate() {
+            let size = segment.len();
+            if size < MIN_PART_BYTES && i + 1 < segments.len() {
                 return Ok(None);
             }
             // Over 5 GiB: equal ranges, each well over the 5 MiB minimum.
@@ -424,47 +517,26 @@ impl S3Backend {
             let mut start = 0;
             while start < size {
                 let end = (start + piece).min(size);
-                ranges.push((part_key.clone(), start, end, size));
+                let whole = segment.whole && start == 0 && end == size;
+                ranges.push((
+                    segment.key.clone(),
+                    segment.start + start,
+                    segment.start + end,
+                    whole,
+                ));
                 start = end;
             }
         }
         if ranges.is_empty() || ranges.len() > MAX_PARTS {
             return Ok(None);
         }
-        let total: u64 = sizes.iter().sum();
+        let total: u64 = segments.iter().map(|s| s.len()).sum();
         let mut upload = Multipart::create(self, full_key).await?;
         let (key, id) = (upload.key.clone(), upload.id.clone());
         let copied = futures::stream::iter(ranges.into_iter().enumerate())
-            .map(|(i, (part_key, start, end, size))| {
-                let (key, id) = (&key, &id);
-                async move {
-                    let number = i as i32 + 1;
-                    let mut request = self
-                        .client
-                        .upload_part_copy()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .part_number(number)
-                        .copy_source(copy_source(&self.bucket, &part_key));
-                    if end - start < size {
-                        request = request.copy_source_range(format!("bytes={start}-{}", end - 1));
-                    }
-                    let copied = request
-                        .send()
-                        .await
-                        .map_err(|e| s3_error("upload part copy", describe(&e)))?;
-                    let e_tag = copied
-                        .copy_part_result()
-                        .and_then(|r| r.e_tag())
-                        .map(str::to_string);
-                    Ok::<_, Error>(
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(e_tag)
-                            .build(),
-                    )
-                }
+            .map(|(i, (source, start, end, whole))| {
+                let range = (!whole).then(|| format!("bytes={start}-{}", end - 1));
+                self.copy_part(&key, &id, i as i32 + 1, source, range)
             })
             .buffered(COPY_CONCURRENCY)
             .collect::<Vec<_>>()
@@ -480,6 +552,235 @@ impl S3Backend {
         }
         upload.finish().await?;
         Ok(Some(total))
+    }
+
+    /// UploadPartCopy of `source` (or `range` of it) as part `number` of the
+    /// multipart upload `id` of `key`.
+    async fn copy_part(
+        &self,
+        key: &str,
+        id: &str,
+        number: i32,
+        source: String,
+        range: Option<String>,
+    ) -> Result<CompletedPart> {
+        let copied = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(id)
+            .part_number(number)
+            .copy_source(copy_source(&self.bucket, &source))
+            .set_copy_source_range(range)
+            .send()
+            .await
+            .map_err(|e| s3_error("upload part copy", describe(&e)))?;
+        let e_tag = copied
+            .copy_part_result()
+            .and_then(|r| r.e_tag())
+            .map(str::to_string);
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(e_tag)
+            .build())
+    }
+
+    /// The parts stored so far in the multipart upload `id` of `full_key`: size
+    /// and ETag by part number.
+    async fn list_parts(
+        &self,
+        full_key: &str,
+        id: &str,
+    ) -> Result<BTreeMap<i32, (u64, Option<String>)>> {
+        let mut parts = BTreeMap::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(full_key)
+                .upload_id(id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+                .map_err(|e| s3_error("list parts", describe(&e)))?;
+            for part in page.parts() {
+                if let Some(number) = part.part_number() {
+                    let size = part.size().unwrap_or(0).max(0) as u64;
+                    parts.insert(number, (size, part.e_tag().map(str::to_string)));
+                }
+            }
+            marker = page.next_part_number_marker().map(str::to_string);
+            if page.is_truncated() != Some(true) || marker.is_none() {
+                break;
+            }
+        }
+        Ok(parts)
+    }
+
+    /// The steps that complete the upload in place, or `None` when the parts'
+    /// order or sizes do not allow it (placed ranks not increasing, an unplaced
+    /// part under 5 MiB before the end or with no free part number). A placed
+    /// piece missing from the upload is an error.
+    fn plan_in_place(
+        &self,
+        upload: &str,
+        parts: &[StagedPart],
+        stored: &BTreeMap<i32, (u64, Option<String>)>,
+    ) -> Result<Option<Vec<Step>>> {
+        let parts: Vec<&StagedPart> = parts.iter().filter(|p| p.size > 0).collect();
+        let mut steps = Vec::new();
+        let mut previous = 0i32;
+        for (i, part) in parts.iter().enumerate() {
+            match part.rank {
+                Some(rank) => {
+                    let pieces = placed_pieces(rank, part.size).ok_or_else(|| {
+                        Error::Backend(format!("part {:?} cannot have been placed", part.name))
+                    })?;
+                    let first = first_number(rank);
+                    if first <= previous {
+                        return Ok(None);
+                    }
+                    for (k, &size) in pieces.iter().enumerate() {
+                        let number = first + k as i32;
+                        match stored.get(&number) {
+                            Some((stored_size, e_tag)) if *stored_size == size => {
+                                steps.push(Step::Placed {
+                                    number,
+                                    e_tag: e_tag.clone(),
+                                })
+                            }
+                            _ => {
+                                return Err(Error::InvalidInput(format!(
+                                    "part {:?} is not all there; it was never uploaded whole",
+                                    part.name
+                                )))
+                            }
+                        }
+                        previous = number;
+                    }
+                }
+                None => {
+                    let last = i + 1 == parts.len();
+                    let next_placed = parts[i + 1..]
+                        .iter()
+                        .find_map(|p| p.rank.map(first_number))
+                        .unwrap_or(MAX_PARTS as i32 + 1);
+                    let number = previous + 1;
+                    if number >= next_placed
+                        || (part.size < MIN_PART_BYTES && !last)
+                        || part.size > MAX_COPY_BYTES
+                    {
+                        return Ok(None);
+                    }
+                    steps.push(Step::Copy {
+                        number,
+                        source: self.part_key(upload, &part.name)?,
+                    });
+                    previous = number;
+                }
+            }
+        }
+        Ok((!steps.is_empty()).then_some(steps))
+    }
+
+    /// Completes the upload `handle` of `full_key` in place: copies in the
+    /// unplaced parts, then CompleteMultipartUpload over every step.
+    async fn complete_in_place(
+        &self,
+        full_key: &str,
+        handle: &str,
+        steps: Vec<Step>,
+    ) -> Result<()> {
+        let mut upload = Multipart::resume(self, full_key, handle);
+        let done = futures::stream::iter(steps)
+            .map(|step| async move {
+                match step {
+                    Step::Placed { number, e_tag } => Ok(CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(e_tag)
+                        .build()),
+                    Step::Copy { number, source } => {
+                        self.copy_part(full_key, handle, number, source, None).await
+                    }
+                }
+            })
+            .buffered(COPY_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        upload.complete(done).await
+    }
+
+    /// Joins parts placed out of order: completes the upload with the placed
+    /// parts as they lie (by rank, each once), then builds the object again from
+    /// ranges of that and the unplaced parts, by copies where S3 allows.
+    async fn rearrange(
+        &self,
+        upload: &str,
+        handle: &str,
+        parts: &[StagedPart],
+        stored: &BTreeMap<i32, (u64, Option<String>)>,
+        full_key: &str,
+    ) -> Result<()> {
+        let mut placed: BTreeMap<u32, &StagedPart> = BTreeMap::new();
+        for part in parts {
+            if let Some(rank) = part.rank {
+                placed.insert(rank, part);
+            }
+        }
+        let mut completed = Vec::new();
+        let mut offsets = BTreeMap::new();
+        let mut offset = 0u64;
+        for (&rank, part) in &placed {
+            let pieces = placed_pieces(rank, part.size).ok_or_else(|| {
+                Error::Backend(format!("part {:?} cannot have been placed", part.name))
+            })?;
+            for (k, &size) in pieces.iter().enumerate() {
+                let number = first_number(rank) + k as i32;
+                match stored.get(&number) {
+                    Some((stored_size, e_tag)) if *stored_size == size => completed.push(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(e_tag.clone())
+                            .build(),
+                    ),
+                    _ => {
+                        return Err(Error::InvalidInput(format!(
+                            "part {:?} is not all there; it was never uploaded whole",
+                            part.name
+                        )))
+                    }
+                }
+            }
+            offsets.insert(rank, offset);
+            offset += part.size;
+        }
+        Multipart::resume(self, full_key, handle)
+            .complete(completed)
+            .await?;
+        let mut segments = Vec::with_capacity(parts.len());
+        for part in parts {
+            segments.push(match part.rank {
+                Some(rank) => {
+                    let start = offsets.get(&rank).copied().unwrap_or_default();
+                    Segment {
+                        key: full_key.to_string(),
+                        start,
+                        end: start + part.size,
+                        whole: false,
+                    }
+                }
+                None => Segment::whole(self.part_key(upload, &part.name)?, part.size),
+            });
+        }
+        if self.copy_segments(&segments, full_key).await?.is_none() {
+            self.join_streaming(segments, full_key).await?;
+        }
+        Ok(())
     }
 
     async fn list_full(&self, full_prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -642,8 +943,13 @@ impl CacheBackend for S3Backend {
         let full_key = self.object_key(key)?;
         let part_keys = self.part_keys(upload, parts)?;
         // Every part is there before starting, so a missing one is a clear error.
-        self.staged_sizes(parts, &part_keys).await?;
-        let stored = self.join_streaming(part_keys, &full_key).await?;
+        let sizes = self.staged_sizes(parts, &part_keys).await?;
+        let segments = part_keys
+            .into_iter()
+            .zip(sizes)
+            .map(|(key, size)| Segment::whole(key, size))
+            .collect();
+        let stored = self.join_streaming(segments, &full_key).await?;
         self.abort(upload).await?;
         Ok(stored)
     }
@@ -652,12 +958,124 @@ impl CacheBackend for S3Backend {
         let full_key = self.object_key(key)?;
         let part_keys = self.part_keys(upload, parts)?;
         let sizes = self.staged_sizes(parts, &part_keys).await?;
-        let size = match self.copy_parts(&part_keys, &sizes, &full_key).await? {
+        let segments: Vec<Segment> = part_keys
+            .into_iter()
+            .zip(sizes)
+            .map(|(key, size)| Segment::whole(key, size))
+            .collect();
+        let size = match self.copy_segments(&segments, &full_key).await? {
             Some(size) => size,
-            None => self.join_streaming(part_keys, &full_key).await?.size,
+            None => self.join_streaming(segments, &full_key).await?.size,
         };
         self.abort(upload).await?;
         Ok(size)
+    }
+
+    async fn begin_upload(&self, upload: &str, key: &str) -> Result<Option<String>> {
+        check_name("upload", upload)?;
+        let full_key = self.object_key(key)?;
+        let upload = Multipart::create(self, &full_key).await?;
+        Ok(Some(upload.id))
+    }
+
+    async fn put_part_at(
+        &self,
+        upload: &str,
+        part: &str,
+        at: &Placement<'_>,
+        mut body: ByteStream,
+    ) -> Result<PlacedPart> {
+        let Some(pieces) = placed_pieces(at.rank, at.size) else {
+            return Ok(PlacedPart {
+                stored: self.put_part(upload, part, body).await?,
+                placed: false,
+            });
+        };
+        check_name("upload", upload)?;
+        check_name("part", part)?;
+        let full_key = self.object_key(at.key)?;
+        let first = first_number(at.rank);
+        let mut multipart = Multipart::resume(self, &full_key, at.handle);
+        let mut hashing = Hashing::default();
+        let mut buffer = BytesMut::new();
+        let mut sent = 0usize;
+        loop {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(error)) => return Err(Error::Truncated(error.to_string())),
+                None => break,
+            };
+            hashing.update(&chunk);
+            buffer.extend_from_slice(&chunk);
+            while sent < pieces.len() && buffer.len() as u64 >= pieces[sent] {
+                let piece = buffer.split_to(pieces[sent] as usize).freeze();
+                multipart.send_numbered(first + sent as i32, piece).await?;
+                sent += 1;
+            }
+            if sent == pieces.len() && !buffer.is_empty() {
+                break; // longer than announced: refused below
+            }
+        }
+        let stored = hashing.finish();
+        if sent < pieces.len() || !buffer.is_empty() {
+            multipart.settle().await?;
+            return Err(Error::InvalidInput(format!(
+                "the part was announced as {} bytes but its body had {}{}",
+                at.size,
+                if buffer.is_empty() { "" } else { "more than " },
+                stored.size
+            )));
+        }
+        multipart.settle().await?;
+        Ok(PlacedPart {
+            stored,
+            placed: true,
+        })
+    }
+
+    async fn compose_at(
+        &self,
+        upload: &str,
+        handle: &str,
+        parts: &[StagedPart],
+        key: &str,
+    ) -> Result<u64> {
+        let full_key = self.object_key(key)?;
+        if parts.iter().all(|part| part.rank.is_none()) {
+            let names: Vec<String> = parts.iter().map(|part| part.name.clone()).collect();
+            let size = self.compose(upload, &names, key).await?;
+            self.abandon(key, handle).await?;
+            return Ok(size);
+        }
+        // The unplaced parts are there, at the size recorded.
+        let unplaced: Vec<&StagedPart> = parts.iter().filter(|p| p.rank.is_none()).collect();
+        let names: Vec<String> = unplaced.iter().map(|p| p.name.clone()).collect();
+        let keys = self.part_keys(upload, &names)?;
+        for (part, size) in unplaced.iter().zip(self.staged_sizes(&names, &keys).await?) {
+            if size != part.size {
+                return Err(Error::Backend(format!(
+                    "staged part {:?} has {size} bytes, not the {} recorded",
+                    part.name, part.size
+                )));
+            }
+        }
+        let stored = self.list_parts(&full_key, handle).await?;
+        let total: u64 = parts.iter().map(|part| part.size).sum();
+        match self.plan_in_place(upload, parts, &stored)? {
+            Some(steps) => self.complete_in_place(&full_key, handle, steps).await?,
+            None => {
+                self.rearrange(upload, handle, parts, &stored, &full_key)
+                    .await?
+            }
+        }
+        self.abort(upload).await?;
+        Ok(total)
+    }
+
+    async fn abandon(&self, key: &str, handle: &str) -> Result<()> {
+        let full_key = self.object_key(key)?;
+        Multipart::resume(self, &full_key, handle).abort().await;
+        Ok(())
     }
 
     async fn abort(&self, upload: &str) -> Result<()> {
