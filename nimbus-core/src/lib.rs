@@ -25,6 +25,7 @@ pub mod retry;
 pub mod roi;
 pub mod route;
 pub mod scheduler;
+pub mod serve;
 pub mod service;
 pub mod store;
 pub mod telemetry;

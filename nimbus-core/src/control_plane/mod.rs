@@ -686,15 +686,18 @@ pub async fn serve(
     let policy_watch = tokio::spawn(policy_watch_loop(state.clone()));
     let reconciler = tokio::spawn(reconcile::reconcile_loop(state.clone()));
     let analytics = tokio::spawn(analytics::analytics_loop(state.clone()));
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = state.clone();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let result = crate::serve::serve(
+        listener,
+        router(state.clone()),
+        crate::serve::HttpLimits::default(),
+        async move {
             shutdown.await;
             stopping.begin_shutdown();
-        })
-        .await
-        .map_err(|e| Error::io("serving HTTP", e));
+        },
+    )
+    .await
+    .map_err(|e| Error::io("serving HTTP", e));
     state.begin_shutdown();
     let _ = reaper.await;
     let _ = policy_watch.await;

@@ -55,13 +55,12 @@ impl OverHttp {
             .expect("bind a loopback port");
         let address = listener.local_addr().expect("local address");
         let app = router(state);
-        tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await;
-        });
+        tokio::spawn(crate::serve::serve(
+            listener,
+            app,
+            crate::serve::HttpLimits::default(),
+            std::future::pending(),
+        ));
         OverHttp {
             url: format!("http://{address}"),
             keys: JwtKeys::new(jwt_secret),

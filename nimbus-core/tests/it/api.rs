@@ -873,6 +873,21 @@ pub async fn bad_requests_get_json_errors_and_write_nothing(store: Arc<dyn Store
         .as_str()
         .unwrap_or_default()
         .contains("invalid JSON"));
+    // Deeply nested JSON (an attacker's stack exhaustion) is refused, not recursed into.
+    for nested in [
+        format!("{{\"repo\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000)),
+        format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000)),
+    ] {
+        let deep = Request::builder()
+            .method("POST")
+            .uri("/api/jobs")
+            .header("authorization", format!("Bearer {org}"))
+            .header("content-type", "application/json")
+            .body(Body::from(nested))
+            .expect("request");
+        let reply = api.send(deep).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    }
     let text = Request::builder()
         .method("POST")
         .uri("/api/jobs")

@@ -9,4 +9,5 @@ mod github;
 mod report;
 mod roi;
 mod seams;
+mod serve;
 mod store;

@@ -319,14 +319,17 @@ pub async fn serve(
         config.log_retention_days,
         config.metadata_retention_days,
     ));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| Error::Io {
-            context: "serving HTTP".into(),
-            source,
-        });
+    let result = nimbus_core::serve::serve(
+        listener,
+        router(state),
+        nimbus_core::serve::HttpLimits::default(),
+        shutdown,
+    )
+    .await
+    .map_err(|source| Error::Io {
+        context: "serving HTTP".into(),
+        source,
+    });
     retention.abort();
     result
 }

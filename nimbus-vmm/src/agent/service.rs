@@ -76,10 +76,12 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         );
         match tokio::net::TcpListener::bind(metrics_addr).await {
             Ok(listener) => {
-                tokio::spawn(async move {
-                    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                    let _ = axum::serve(listener, app).await;
-                });
+                tokio::spawn(nimbus_core::serve::serve(
+                    listener,
+                    app,
+                    nimbus_core::serve::HttpLimits::default(),
+                    std::future::pending(),
+                ));
             }
             Err(error) => {
                 tracing::warn!(%error, address = %metrics_addr, "metrics endpoint not served")
