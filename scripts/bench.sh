@@ -329,6 +329,11 @@ if nginx:
         print(f";\nthe same nginx to curl (into /dev/null): {curl:.0f} MB/s, so the download reference is paced by the client,", end="")
         print("\nnot by the server: a proxy download equal to nginx's is as fast as that client can take it", end="")
     print(".")
+ceiling = cache.get('discard_upload_mb_s')
+if ceiling:
+    print(f"The ceiling of the upload on this machine: the same client through the same proxy into a store that hashes\n"
+          f"the bytes (as the fs store does) and keeps none of them: {ceiling:.0f} MB/s = {100 * ceiling / dd:.0f} % of dd; the fs store reaches\n"
+          f"{100 * cache['backends'][0]['big_upload_mb_s'] / ceiling:.0f} % of it. Client and proxy share the 2 cores, so the client's own work bounds the figure.")
 if raw:
     print(f"S3: the same bytes uploaded straight to the same SeaweedFS as one multipart upload (AWS SDK, 8 MiB parts,\n10 at a time, no proxy): {raw:.0f} MB/s.")
 fs = next((b for b in cache['backends'] if b['backend'] == 'fs'), None)

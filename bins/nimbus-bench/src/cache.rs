@@ -5,7 +5,9 @@
 //! same big file over loopback to the same client code (and to curl, to show the
 //! client, not nginx, sets that pace), and for S3 the same bytes uploaded straight
 //! to the same store as a raw multipart upload (8 MiB parts, 10 at a time:
-//! boto3's and the AWS CLI's defaults).
+//! boto3's and the AWS CLI's defaults). The fs upload is also set beside its
+//! ceiling on this machine: the same client through the same proxy into a store
+//! that hashes the bytes, as the fs store does, and keeps none of them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 use nimbus_cache::backend::fs::FsBackend;
 use nimbus_cache::backend::s3::S3Backend;
+use nimbus_cache::backend::{ByteRange, ByteStream, ObjectMeta, ObjectReader, StoredObject};
 use nimbus_cache::server::{self, S3Config};
 use nimbus_cache::{CacheBackend, CacheIndex, Proxy, ProxyConfig};
 use nimbus_core::cache_token::{CachePermission, CacheTokenKeys, DEFAULT_BRANCH};
@@ -68,11 +72,130 @@ struct BackendReport {
 #[derive(Serialize)]
 struct Report {
     backends: Vec<BackendReport>,
+    discard_upload_mb_s: f64,
     dd_fsync_write_mb_s: f64,
     nginx_download_mb_s: Option<f64>,
     nginx_curl_download_mb_s: Option<f64>,
     s3_raw_multipart_upload_mb_s: Option<f64>,
     client: String,
+}
+
+/// A store that hashes every byte it is sent (as the fs store does) and keeps
+/// only sizes, reading back zeros: the proxy's upload path with no disk, so what
+/// the client and the proxy reach on this machine before any store is involved.
+#[derive(Default)]
+struct DiscardBackend {
+    sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl DiscardBackend {
+    async fn drain(body: ByteStream) -> nimbus_cache::Result<StoredObject> {
+        use sha2::Digest;
+        let mut body = body;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| nimbus_cache::Error::Truncated(e.to_string()))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+        }
+        Ok(StoredObject {
+            size,
+            sha256: format!("{:x}", hasher.finalize()),
+        })
+    }
+
+    fn sizes(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheBackend for DiscardBackend {
+    fn name(&self) -> &'static str {
+        "discard"
+    }
+    async fn put(&self, key: &str, body: ByteStream) -> nimbus_cache::Result<StoredObject> {
+        let stored = Self::drain(body).await?;
+        self.sizes().insert(key.to_string(), stored.size);
+        Ok(stored)
+    }
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> nimbus_cache::Result<ObjectReader> {
+        let size = self
+            .sizes()
+            .get(key)
+            .copied()
+            .ok_or_else(|| nimbus_cache::Error::NotFound(key.to_string()))?;
+        let (start, end) = range.map_or((0, size), |r| (r.start.min(size), r.end.min(size)));
+        let zeros = bytes::Bytes::from(vec![0u8; 1 << 20]);
+        let chunks = (start..end)
+            .step_by(1 << 20)
+            .map(move |at| Ok(zeros.slice(..((end - at).min(1 << 20)) as usize)));
+        Ok(ObjectReader {
+            size,
+            body: Box::pin(futures::stream::iter(chunks.collect::<Vec<_>>())),
+        })
+    }
+    async fn head(&self, key: &str) -> nimbus_cache::Result<Option<ObjectMeta>> {
+        Ok(self.sizes().get(key).map(|&size| ObjectMeta {
+            key: key.to_string(),
+            size,
+            last_modified_millis: 0,
+        }))
+    }
+    async fn delete(&self, key: &str) -> nimbus_cache::Result<()> {
+        self.sizes().remove(key);
+        Ok(())
+    }
+    async fn list(&self, _prefix: &str) -> nimbus_cache::Result<Vec<ObjectMeta>> {
+        Ok(Vec::new())
+    }
+    async fn put_part(
+        &self,
+        upload: &str,
+        part: &str,
+        body: ByteStream,
+    ) -> nimbus_cache::Result<StoredObject> {
+        let stored = Self::drain(body).await?;
+        self.sizes().insert(format!("{upload}/{part}"), stored.size);
+        Ok(stored)
+    }
+    async fn complete(
+        &self,
+        upload: &str,
+        parts: &[String],
+        key: &str,
+    ) -> nimbus_cache::Result<StoredObject> {
+        let size = self.compose(upload, parts, key).await?;
+        Ok(StoredObject {
+            size,
+            sha256: String::new(),
+        })
+    }
+    async fn compose(
+        &self,
+        upload: &str,
+        parts: &[String],
+        key: &str,
+    ) -> nimbus_cache::Result<u64> {
+        let mut sizes = self.sizes();
+        let mut total = 0;
+        for part in parts {
+            total += sizes.remove(&format!("{upload}/{part}")).ok_or_else(|| {
+                nimbus_cache::Error::InvalidInput(format!("part {part:?} was never uploaded"))
+            })?;
+        }
+        sizes.insert(key.to_string(), total);
+        Ok(total)
+    }
+    async fn abort(&self, upload: &str) -> nimbus_cache::Result<()> {
+        self.sizes()
+            .retain(|key, _| !key.starts_with(&format!("{upload}/")));
+        Ok(())
+    }
+    async fn list_uploads(&self) -> nimbus_cache::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Parts of the raw S3 reference upload, and how many go at once.
@@ -444,6 +567,8 @@ pub async fn run(args: Args) -> Result<()> {
     let mut s3_raw = None;
     let fs = Arc::new(FsBackend::open(work.join("fs-store"))?);
     backends.push(measure(&args, "fs", fs, &big).await?);
+    eprintln!("bench: the ceiling: the same client and proxy into a store that keeps nothing");
+    let discard = measure(&args, "discard", Arc::new(DiscardBackend::default()), &big).await?;
     if let Some(endpoint) = &args.s3_endpoint {
         let s3 = S3Backend::connect(&S3Config {
             bucket: "nimbus-bench".into(),
@@ -467,6 +592,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let report = Report {
         backends,
+        discard_upload_mb_s: discard.big_upload_mb_s,
         dd_fsync_write_mb_s: dd,
         nginx_download_mb_s: nginx.map(|(client, _)| client),
         nginx_curl_download_mb_s: nginx.and_then(|(_, curl)| curl),
@@ -494,6 +620,10 @@ pub async fn run(args: Args) -> Result<()> {
     println!(
         "dd conv=fsync write: {:.0} MB/s",
         report.dd_fsync_write_mb_s
+    );
+    println!(
+        "upload into a store that keeps nothing (the ceiling): {:.0} MB/s",
+        report.discard_upload_mb_s
     );
     if let Some(nginx) = report.nginx_download_mb_s {
         println!("nginx download (same client): {nginx:.0} MB/s");
