@@ -90,6 +90,21 @@ impl Harness {
     }
 
     async fn start_with(stack: Stack, tweak: impl FnOnce(&mut ProxyConfig)) -> Option<Harness> {
+        Self::start_inner(stack, None, tweak).await
+    }
+
+    /// fs + SQLite with the blobs under `blobs` (a small filesystem of its own).
+    async fn start_fs_at(blobs: std::path::PathBuf) -> Harness {
+        Self::start_inner(Stack::FsSqlite, Some(blobs), |_| {})
+            .await
+            .expect("harness")
+    }
+
+    async fn start_inner(
+        stack: Stack,
+        blobs: Option<std::path::PathBuf>,
+        tweak: impl FnOnce(&mut ProxyConfig),
+    ) -> Option<Harness> {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().display().to_string();
         let mut config = ProxyConfig::from_env(&Env::from_map([
@@ -100,7 +115,9 @@ impl Harness {
         .expect("config");
         let (backend, index): (Arc<dyn CacheBackend>, CacheIndex) = match stack {
             Stack::FsSqlite => (
-                Arc::new(FsBackend::open(dir.path().join("blobs")).expect("fs")),
+                Arc::new(
+                    FsBackend::open(blobs.unwrap_or_else(|| dir.path().join("blobs"))).expect("fs"),
+                ),
                 CacheIndex::open(&dir.path().join("index.db").display().to_string())
                     .await
                     .expect("sqlite index"),
@@ -996,6 +1013,72 @@ on_both_stacks!(
 );
 
 // --- budgets, eviction, scrub (fs + SQLite) ---------------------------------------
+
+/// The blob store's disk fills up: uploads answer 507 and leave nothing behind
+/// (no entry, no staged or temporary file), entries already stored stay whole,
+/// and uploads succeed again once space is freed.
+#[tokio::test]
+async fn a_full_disk_answers_507_keeps_what_was_stored_and_recovers() {
+    let Some(disk) = nimbus_core::testsuite::SmallDisk::mount("24m") else {
+        return;
+    };
+    let h = Harness::start_fs_at(disk.path().join("blobs")).await;
+    let token = h.writer();
+    let kept = data(4 << 20, 70);
+    assert_eq!(
+        h.save_v2(&token, "kept", "v", &kept).await,
+        StatusCode::CREATED
+    );
+    let mut refused = None;
+    for i in 0..10 {
+        let status = h
+            .save_v2(&token, &format!("filler-{i}"), "v", &data(6 << 20, i))
+            .await;
+        if status != StatusCode::CREATED {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (full_at, status) = refused.expect("the disk filled up");
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert!(
+        h.restore_v2(&token, &format!("filler-{full_at}"), &[], "v")
+            .await
+            .is_none(),
+        "the refused upload is not listed"
+    );
+    assert_eq!(h.staged_uploads().await, 0);
+    let leftovers = std::fs::read_dir(disk.path().join("blobs/tmp"))
+        .expect("tmp dir")
+        .count();
+    assert_eq!(leftovers, 0, "no half-written file is left");
+    let (_, back) = h.restore_v2(&token, "kept", &[], "v").await.expect("hit");
+    assert!(back == kept, "what was stored before stays whole");
+    // Chunked (v1) uploads are refused the same way.
+    let (status, reserved) = h.reserve_v1(&token, "v1-full", 8 << 20).await;
+    assert_eq!(status, StatusCode::CREATED, "{reserved}");
+    let id = reserved["cacheId"].as_i64().expect("cache id");
+    assert_eq!(
+        h.patch_v1(&token, id, 0, &data(8 << 20, 80)).await,
+        StatusCode::INSUFFICIENT_STORAGE
+    );
+    // Room again: the next upload goes through.
+    for i in 0..full_at {
+        let scope = h.keys.verify(&token).expect("scope");
+        h.proxy
+            .cache
+            .delete(&scope, &format!("filler-{i}"), "v")
+            .await
+            .expect("delete a filler");
+    }
+    let again = data(6 << 20, 90);
+    assert_eq!(
+        h.save_v2(&token, "again", "v", &again).await,
+        StatusCode::CREATED
+    );
+    let (_, back) = h.restore_v2(&token, "again", &[], "v").await.expect("hit");
+    assert!(back == again);
+}
 
 #[tokio::test]
 async fn uploads_over_the_budget_are_refused_with_413_and_discarded() {

@@ -221,15 +221,17 @@ pub async fn connect_sqlite(
         }
     }
     // `test_before_acquire` would cost a round trip to the connection's worker
-    // thread on every query; a broken SQLite connection is not a thing.
-    let writer = SqlitePoolOptions::new()
+    // thread on every query; the check on release below is what matters.
+    let mut writer = SqlitePoolOptions::new()
         .max_connections(1)
         .test_before_acquire(false)
         // An in-memory database lives as long as its connection.
         .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_with(options.clone())
-        .await?;
+        .max_lifetime(None);
+    if !in_memory {
+        writer = writer.after_release(|connection, _| Box::pin(outside_transaction(connection)));
+    }
+    let writer = writer.connect_with(options.clone()).await?;
     let reader = if in_memory {
         writer.clone()
     } else {
@@ -240,6 +242,28 @@ pub async fn connect_sqlite(
             .await?
     };
     Ok((writer, reader))
+}
+
+/// Whether a writer connection going back to the pool is outside any transaction,
+/// as SQLite and sqlx both see it; one that is not is closed (a new one is opened
+/// when needed). A write that fails on a full disk (SQLITE_FULL) or an I/O error
+/// can leave SQLite inside a transaction sqlx no longer tracks: reused, every
+/// later transaction would nest in it as a savepoint and "commit" without a byte
+/// reaching the disk, so writes would be acknowledged and lost (the full-disk
+/// tests of the logging pipeline and the cache proxy found this).
+async fn outside_transaction(connection: &mut sqlx::SqliteConnection) -> sqlx::Result<bool> {
+    use sqlx::Connection;
+    // Run first: it waits behind a rollback a dropped transaction has queued.
+    let sqlite_idle = sqlx::query("BEGIN").execute(&mut *connection).await.is_ok()
+        && sqlx::query("ROLLBACK")
+            .execute(&mut *connection)
+            .await
+            .is_ok();
+    let keep = sqlite_idle && !connection.is_in_transaction();
+    if !keep {
+        tracing::warn!("a SQLite connection was left inside a failed transaction; it is closed");
+    }
+    Ok(keep)
 }
 
 /// The connect options of a `postgres://` URL; `variable` names the setting in

@@ -582,6 +582,62 @@ async fn a_full_buffer_answers_503_with_retry_after_and_loses_nothing() {
     assert_eq!(inner.stored_seqs(job).await.expect("seqs").len(), 1300);
 }
 
+/// The SQLite sink's disk fills up: batches are answered 503 with Retry-After and
+/// none of their lines is stored; lines acknowledged before stay; once there is
+/// room, the same batches retried are stored, each line exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_stores_nothing_half_and_recovers() {
+    let Some(disk) = nimbus_core::testsuite::SmallDisk::mount("16m") else {
+        return;
+    };
+    let sink: Arc<dyn LogSink> = Arc::new(
+        SqliteSink::open(&disk.path().join("logs.db"))
+            .await
+            .expect("sqlite on the small disk"),
+    );
+    let server = start(sink.clone(), 100_000).await;
+    let job = fresh_job_id();
+    let writer = Server::ingest(job, 1);
+    let message = "x".repeat(200);
+    let batch = |from: u64| -> Vec<LogRecord> {
+        (from..from + 2_000)
+            .map(|s| line(job, s, 1, &message))
+            .collect()
+    };
+    let first = server.post_logs(&writer, ndjson(&batch(1))).await;
+    assert_eq!(first.status(), 200);
+    let filler = disk.fill();
+    let mut refused = Vec::new();
+    for from in [2_001, 4_001, 6_001] {
+        let response = server.post_logs(&writer, ndjson(&batch(from))).await;
+        if response.status() == 200 {
+            continue; // free pages inside the database file took it
+        }
+        assert_eq!(response.status(), 503, "a full disk is a retry-later");
+        assert!(response.headers().contains_key("retry-after"));
+        refused.push(from);
+    }
+    assert!(!refused.is_empty(), "the full disk refused a batch");
+    let stored = sink.stored_seqs(job).await.expect("seqs");
+    for from in &refused {
+        assert!(
+            !stored.contains(from) && !stored.contains(&(from + 1_999)),
+            "nothing of a refused batch is stored"
+        );
+    }
+    assert!(
+        stored.contains(&1) && stored.contains(&2_000),
+        "acknowledged lines stay"
+    );
+    std::fs::remove_file(&filler).expect("make room");
+    for from in &refused {
+        let retried = server.post_logs(&writer, ndjson(&batch(*from))).await;
+        assert_eq!(retried.status(), 200, "room again");
+    }
+    let stored = sink.stored_seqs(job).await.expect("seqs");
+    assert_eq!(stored.len(), 8_000, "every line exactly once");
+}
+
 /// Fails some writes before writing and some after (the ack is lost), like a
 /// flaky database or network: every failure answers 503 and the sender retries.
 struct Flaky {

@@ -8,6 +8,16 @@ use serde_json::json;
 
 use crate::error::Error;
 
+/// The disk (or the user's quota) is full: the client may retry later, once
+/// eviction or an operator has made room; nothing of the request was kept.
+fn out_of_space(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+    )
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
@@ -25,6 +35,9 @@ impl IntoResponse for Error {
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
             Error::Backend(_) | Error::Index(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Io { source, .. } if out_of_space(source) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             Error::Config { .. } | Error::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

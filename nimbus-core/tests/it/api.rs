@@ -875,7 +875,11 @@ pub async fn bad_requests_get_json_errors_and_write_nothing(store: Arc<dyn Store
         .contains("invalid JSON"));
     // Deeply nested JSON (an attacker's stack exhaustion) is refused, not recursed into.
     for nested in [
-        format!("{{\"repo\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000)),
+        format!(
+            "{{\"repo\": {}1{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
         format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000)),
     ] {
         let deep = Request::builder()

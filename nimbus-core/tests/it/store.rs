@@ -106,3 +106,59 @@ mod fair_share_on_two_replicas {
         assert!((285..=315).contains(&a) && a + b == 400, "A {a}, B {b}");
     }
 }
+
+/// The SQLite store's disk fills up: enqueues fail with an error (nothing is
+/// acknowledged that is not stored); once there is room, the next enqueue is
+/// stored, and every acknowledged job is there for a store opened afresh on the
+/// same file (a connection left inside the failed transaction would have kept
+/// later "commits" from ever reaching the disk).
+#[tokio::test]
+async fn a_full_disk_fails_enqueues_and_loses_no_acknowledged_job() {
+    use nimbus_core::store::testsuite::{direct_job, t0};
+    use nimbus_core::store::Admission;
+
+    let Some(disk) = nimbus_core::testsuite::SmallDisk::mount("8m") else {
+        return;
+    };
+    let url = format!("sqlite://{}", disk.path().join("nimbus.db").display());
+    let store = nimbus_core::store::open(&url, 2).await.expect("store");
+    let enqueue = |store: std::sync::Arc<dyn nimbus_core::store::Store>| async move {
+        store
+            .enqueue(
+                direct_job(1, "acme/app", &["nimbus"]),
+                &Admission::default(),
+                t0(),
+            )
+            .await
+    };
+    let mut acknowledged = Vec::new();
+    for _ in 0..20 {
+        acknowledged.push(enqueue(store.clone()).await.expect("enqueue").job.id);
+    }
+    let filler = disk.fill();
+    let mut failed = 0;
+    for _ in 0..200 {
+        match enqueue(store.clone()).await {
+            Ok(queued) => acknowledged.push(queued.job.id),
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(failed > 0, "the full disk failed some enqueue");
+    std::fs::remove_file(&filler).expect("make room");
+    for _ in 0..5 {
+        acknowledged.push(
+            enqueue(store.clone())
+                .await
+                .expect("enqueue with room")
+                .job
+                .id,
+        );
+    }
+    let reopened = nimbus_core::store::open(&url, 2).await.expect("reopen");
+    for id in acknowledged {
+        assert!(
+            reopened.get_job(id).await.expect("get").is_some(),
+            "acknowledged job {id} is stored"
+        );
+    }
+}
