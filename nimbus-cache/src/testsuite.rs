@@ -255,13 +255,66 @@ pub async fn compose_joins_parts_without_reading_them_back(backend: &dyn CacheBa
         assert_eq!(size, expected.len() as u64);
         let stored = read_to_vec(backend, &key, None).await.expect("get");
         assert!(stored == expected, "{upload}: the parts, joined in order");
+        // Ranges across the parts' boundaries, head and list, as for any object.
+        let first = parts[0].len() as u64;
+        for (start, end) in [(first - 3, first + 5), (1, expected.len() as u64 - 1)] {
+            let ranged = read_to_vec(backend, &key, Some(ByteRange { start, end }))
+                .await
+                .expect("ranged get");
+            assert!(
+                ranged == expected[start as usize..end as usize],
+                "{upload}: bytes {start}..{end}"
+            );
+        }
+        let head = backend.head(&key).await.expect("head").expect("exists");
+        assert_eq!(head.size, expected.len() as u64);
+        let listed = backend.list("suite/compose").await.expect("list");
+        assert!(
+            listed
+                .iter()
+                .any(|meta| meta.key == key && meta.size == expected.len() as u64),
+            "{upload}: listed with its size: {listed:?}"
+        );
         assert!(!backend
             .list_uploads()
             .await
             .expect("uploads")
             .contains(&upload.to_string()));
+        // A put replaces a composed object, as any other.
+        backend
+            .put(&key, bytes_stream(Bytes::from_static(b"replaced")))
+            .await
+            .expect("put over");
+        assert_eq!(
+            read_to_vec(backend, &key, None).await.expect("get"),
+            b"replaced"
+        );
         backend.delete(&key).await.expect("delete");
+        assert!(backend.head(&key).await.expect("head").is_none());
     }
+    // And a composed object replaces a put one.
+    backend
+        .put(
+            "suite/compose-over",
+            bytes_stream(Bytes::from_static(b"old")),
+        )
+        .await
+        .expect("put");
+    backend
+        .put_part("compose-over", "p0", bytes_stream(pattern(1000, 2)))
+        .await
+        .expect("part");
+    backend
+        .compose("compose-over", &["p0".to_string()], "suite/compose-over")
+        .await
+        .expect("compose over");
+    assert_eq!(
+        read_to_vec(backend, "suite/compose-over", None)
+            .await
+            .expect("get"),
+        pattern(1000, 2)
+    );
+    backend.delete("suite/compose-over").await.expect("delete");
     backend
         .put_part("compose-gap", "p1", bytes_stream(pattern(10, 1)))
         .await

@@ -1274,9 +1274,17 @@ async fn a_composed_entry_is_scrubbed_part_by_part() {
     assert!(download.bytes().await.expect("body") == bytes);
 
     let flipped = h.proxy.cache.entry(ids[1]).await.expect("entry");
-    let path = h._dir.path().join("blobs/objects").join(&flipped.blob_key);
+    // The fs store keeps a composed entry as its parts, listed by a manifest.
+    let blobs = h._dir.path().join("blobs");
+    let manifest =
+        std::fs::read_to_string(blobs.join("manifests").join(&flipped.blob_key)).expect("manifest");
+    let dir = manifest.lines().nth(1).expect("the parts' directory");
+    let path = blobs
+        .join("composed")
+        .join(dir)
+        .join(format!("o{:020}", 5000));
     let mut stored = std::fs::read(&path).expect("read");
-    stored[7000] ^= 0x01;
+    stored[2000] ^= 0x01; // byte 7000 of the entry
     std::fs::write(&path, stored).expect("flip a byte of the middle part");
     let report = maintenance::scrub_once(&h.proxy.cache)
         .await

@@ -1,13 +1,22 @@
 //! The embedded default backend: a local directory.
 //!
 //! ```text
-//! ROOT/objects/<key>             committed objects
+//! ROOT/objects/<key>             committed objects, one file each
+//! ROOT/manifests/<key>           objects composed of parts: the parts' list
+//! ROOT/composed/<id>/<part>      the parts of composed objects
 //! ROOT/staging/<upload>/<part>   staged parts of uploads in progress
 //! ROOT/tmp/                      files being written (removed at start-up)
 //! ```
 //!
 //! A write goes to `tmp/`, is fsync'd, then renamed into place and the directory
 //! fsync'd: a crash leaves either the old object or the new one, never half of one.
+//!
+//! `compose` writes no byte again: the upload's staged parts (each fsync'd as it
+//! was staged, so the disk works while the next parts arrive) move, as a
+//! directory, to `composed/`, and a manifest under `manifests/<key>` lists them in
+//! order; reads stream the parts one after another. A key is either a file or a
+//! manifest, never told apart by content (an uploaded object could look like a
+//! manifest). `complete` (which must hash the whole) still joins into one file.
 //! File I/O runs on blocking threads fed through a bounded channel, so one upload
 //! costs one thread and a few chunks of memory, not a task per write call.
 
@@ -50,7 +59,7 @@ impl FsBackend {
     /// Opens (creating) the store at `root` and removes leftovers of interrupted writes.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for dir in ["objects", "staging", "tmp"] {
+        for dir in ["objects", "manifests", "composed", "staging", "tmp"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path)
                 .map_err(io_error(format!("creating {}", path.display())))?;
@@ -61,7 +70,188 @@ impl FsBackend {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(FsBackend { root })
+        let backend = FsBackend { root };
+        backend.remove_unlisted_compositions()?;
+        Ok(backend)
+    }
+
+    /// Removes `composed/` directories no manifest names: a crash between moving
+    /// an upload's parts there and writing its manifest leaves one.
+    fn remove_unlisted_compositions(&self) -> Result<()> {
+        let mut manifests = Vec::new();
+        list_dir(&self.root.join("manifests"), "", &mut manifests)
+            .map_err(io_error("listing manifests"))?;
+        let mut listed = std::collections::HashSet::new();
+        for meta in manifests {
+            if let Ok(manifest) = self.read_manifest(&meta.key) {
+                listed.insert(manifest.dir);
+            }
+        }
+        let composed = self.root.join("composed");
+        if let Ok(entries) = std::fs::read_dir(&composed) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !listed.contains(&name) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn manifest_path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join("manifests").join(key))
+    }
+
+    /// The manifest of composed object `key`; `NotFound` when there is none.
+    fn read_manifest(&self, key: &str) -> Result<Manifest> {
+        let path = self.manifest_path(key)?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(key.to_string()))
+            }
+            Err(e) => return Err(io_error(format!("reading {}", path.display()))(e)),
+        };
+        Manifest::parse(&text)
+            .ok_or_else(|| Error::Backend(format!("manifest {} is damaged", path.display())))
+    }
+
+    /// Removes composed object `key` (manifest first: a crash in between leaves
+    /// an unlisted directory, removed at the next open).
+    fn remove_composed(&self, key: &str) -> Result<()> {
+        let manifest = match self.read_manifest(key) {
+            Ok(manifest) => manifest,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        let path = self.manifest_path(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("removing {}", path.display()))(e)),
+        }
+        let _ = std::fs::remove_dir_all(self.root.join("composed").join(&manifest.dir));
+        Ok(())
+    }
+
+    /// Reads composed object `key` (blocking): `NotFound` without a manifest.
+    fn get_composed(&self, key: &str, range: Option<ByteRange>) -> Result<ObjectReader> {
+        let manifest = self.read_manifest(key)?;
+        let size = manifest.size();
+        let (start, end) = match range {
+            None => (0, size),
+            Some(range) => (range.start.min(size), range.end.min(size)),
+        };
+        let mut segments = Vec::new();
+        let mut offset = 0u64;
+        for (path, part_size) in self.composed_files(&manifest) {
+            let (part_start, part_end) = (offset, offset + part_size);
+            offset = part_end;
+            let (from, to) = (start.max(part_start), end.min(part_end));
+            if from < to {
+                segments.push((path, from - part_start, to - from));
+            }
+        }
+        Ok(ObjectReader {
+            size,
+            body: read_files_stream(segments),
+        })
+    }
+
+    /// Describes composed object `key` (blocking), or `None`.
+    fn composed_meta(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let manifest = match self.read_manifest(key) {
+            Ok(manifest) => manifest,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let path = self.manifest_path(key)?;
+        let metadata =
+            std::fs::metadata(&path).map_err(io_error(format!("reading {}", path.display())))?;
+        let mut meta = meta_of(key.to_string(), &metadata);
+        meta.size = manifest.size();
+        Ok(Some(meta))
+    }
+
+    /// Composes object `key` of the staged `paths` without copying (blocking):
+    /// drops staged parts the list does not name, moves the upload's directory
+    /// under `composed/`, then writes the manifest, each step made durable.
+    fn compose_in_place(
+        &self,
+        staging: &Path,
+        paths: &[(String, PathBuf)],
+        key: &str,
+    ) -> Result<u64> {
+        if paths.is_empty() {
+            // Nothing to move: the object is an empty file.
+            let tmp = self.tmp_path();
+            File::create(&tmp)
+                .and_then(|file| file.sync_all())
+                .map_err(io_error(format!("writing {}", tmp.display())))?;
+            publish(&tmp, &self.object_path(key)?, true)?;
+            self.remove_composed(key)?;
+            let _ = std::fs::remove_dir_all(staging);
+            return Ok(0);
+        }
+        let listed: std::collections::HashSet<&str> =
+            paths.iter().map(|(name, _)| name.as_str()).collect();
+        let mut parts = Vec::with_capacity(paths.len());
+        for (name, path) in paths {
+            let size = std::fs::metadata(path)
+                .map_err(io_error(format!("reading {}", path.display())))?
+                .len();
+            parts.push((name.clone(), size));
+        }
+        if let Ok(entries) = std::fs::read_dir(staging) {
+            for entry in entries.flatten() {
+                if !listed.contains(entry.file_name().to_string_lossy().as_ref()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        // The parts' data was synced as each was staged; their names in the
+        // upload's directory are made durable here, then the move.
+        File::open(staging)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error(format!("syncing {}", staging.display())))?;
+        let dir = uuid::Uuid::new_v4().simple().to_string();
+        let composed = self.root.join("composed");
+        std::fs::rename(staging, composed.join(&dir))
+            .map_err(io_error(format!("moving {} into place", staging.display())))?;
+        File::open(&composed)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error(format!("syncing {}", composed.display())))?;
+        let manifest = Manifest { dir, parts };
+        let tmp = self.tmp_path();
+        let written = File::create(&tmp).and_then(|mut file| {
+            file.write_all(manifest.render().as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_dir_all(composed.join(&manifest.dir));
+            return Err(io_error(format!("writing {}", tmp.display()))(error));
+        }
+        // Replacing: a plain file under the key goes, so the key means this.
+        let old = self.read_manifest(key).ok();
+        publish(&tmp, &self.manifest_path(key)?, true)?;
+        let _ = std::fs::remove_file(self.object_path(key)?);
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(composed.join(old.dir));
+        }
+        Ok(manifest.size())
+    }
+
+    /// The files of composed object `key` in order, with their sizes.
+    fn composed_files(&self, manifest: &Manifest) -> Vec<(PathBuf, u64)> {
+        let dir = self.root.join("composed").join(&manifest.dir);
+        manifest
+            .parts
+            .iter()
+            .map(|(name, size)| (dir.join(name), *size))
+            .collect()
     }
 
     /// The directory everything lives under.
@@ -101,13 +291,55 @@ impl FsBackend {
     }
 }
 
+/// A composed object: the directory under `composed/` holding its parts, and
+/// the parts in order with their sizes (a part may be listed more than once).
+struct Manifest {
+    dir: String,
+    parts: Vec<(String, u64)>,
+}
+
+const MANIFEST_HEADER: &str = "nimbus composed object v1";
+
+impl Manifest {
+    fn size(&self) -> u64 {
+        self.parts.iter().map(|(_, size)| size).sum()
+    }
+
+    fn render(&self) -> String {
+        let mut text = format!("{MANIFEST_HEADER}\n{}\n", self.dir);
+        for (name, size) in &self.parts {
+            text.push_str(&format!("{name} {size}\n"));
+        }
+        text
+    }
+
+    /// The manifest in `text`; `None` when it is not one (names are checked
+    /// again: they become paths).
+    fn parse(text: &str) -> Option<Manifest> {
+        let mut lines = text.lines();
+        if lines.next()? != MANIFEST_HEADER {
+            return None;
+        }
+        let dir = lines.next()?.to_string();
+        check_name("composition", &dir).ok()?;
+        let mut parts = Vec::new();
+        for line in lines {
+            let (name, size) = line.split_once(' ')?;
+            check_name("part", name).ok()?;
+            parts.push((name.to_string(), size.parse().ok()?));
+        }
+        Some(Manifest { dir, parts })
+    }
+}
+
 /// How a stream is written.
 #[derive(Clone, Copy)]
 enum Durability {
     /// A committed object: hashed, fsync'd, renamed, directory fsync'd.
     Object,
-    /// A staged part: hashed (its sha256 stands for it once composed) but not
-    /// fsync'd (a crash abandons the upload anyway).
+    /// A staged part: hashed (its sha256 stands for it once composed) and
+    /// fsync'd before it is acknowledged, so the disk writes it while the next
+    /// parts arrive; composing then moves it, without writing it again.
     Staged,
 }
 
@@ -136,13 +368,11 @@ async fn write_stream(
             io_error(format!("writing {}", tmp_for_writer.display()))(e.into_error())
         })?;
         match durability {
-            Durability::Object => {
-                file.sync_all()
-                    .map_err(io_error(format!("syncing {}", tmp_for_writer.display())))?;
-                Ok(hashing.finish())
-            }
-            Durability::Staged => Ok(hashing.finish()),
+            Durability::Object => file.sync_all(),
+            Durability::Staged => file.sync_data(),
         }
+        .map_err(io_error(format!("syncing {}", tmp_for_writer.display())))?;
+        Ok(hashing.finish())
     });
     let mut stream_error = None;
     while let Some(chunk) = body.next().await {
@@ -230,6 +460,39 @@ fn read_stream(mut file: File, len: u64) -> ByteStream {
                 return; // the reader went away, or the error was delivered
             }
             left -= want as u64;
+        }
+    });
+    Box::pin(tokio_stream_from(receiver))
+}
+
+/// Streams `segments` (file, offset in it, bytes) one after another on a
+/// blocking thread: a composed object's parts.
+fn read_files_stream(segments: Vec<(PathBuf, u64, u64)>) -> ByteStream {
+    let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(QUEUE_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        for (path, offset, len) in segments {
+            let opened = File::open(&path).and_then(|mut file| {
+                file.seek(SeekFrom::Start(offset))?;
+                Ok(file)
+            });
+            let mut file = match opened {
+                Ok(file) => file,
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(error));
+                    return;
+                }
+            };
+            let mut left = len;
+            while left > 0 {
+                let want = left.min(READ_CHUNK as u64) as usize;
+                let mut buffer = vec![0u8; want];
+                let result = file.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
+                let failed = result.is_err();
+                if sender.blocking_send(result).is_err() || failed {
+                    return;
+                }
+                left -= want as u64;
+            }
         }
     });
     Box::pin(tokio_stream_from(receiver))
@@ -325,17 +588,25 @@ impl CacheBackend for FsBackend {
 
     async fn put(&self, key: &str, body: ByteStream) -> Result<StoredObject> {
         let target = self.object_path(key)?;
-        write_stream(body, self.tmp_path(), target, Durability::Object).await
+        let stored = write_stream(body, self.tmp_path(), target, Durability::Object).await?;
+        // The key is now this file; a composed object under it is replaced.
+        let backend = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || backend.remove_composed(&key))
+            .await
+            .map_err(|e| Error::Backend(format!("removing: {e}")))??;
+        Ok(stored)
     }
 
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<ObjectReader> {
         let path = self.object_path(key)?;
+        let backend = self.clone();
         let key = key.to_string();
         tokio::task::spawn_blocking(move || -> Result<ObjectReader> {
             let mut file = match File::open(&path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::NotFound(key))
+                    return backend.get_composed(&key, range)
                 }
                 Err(e) => return Err(io_error(format!("opening {}", path.display()))(e)),
             };
@@ -363,28 +634,49 @@ impl CacheBackend for FsBackend {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let path = self.object_path(key)?;
         match tokio::fs::metadata(&path).await {
-            Ok(metadata) if metadata.is_file() => Ok(Some(meta_of(key.to_string(), &metadata))),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(format!("reading {}", path.display()))(e)),
+            Ok(metadata) if metadata.is_file() => {
+                return Ok(Some(meta_of(key.to_string(), &metadata)))
+            }
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("reading {}", path.display()))(e)),
         }
+        let backend = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || backend.composed_meta(&key))
+            .await
+            .map_err(|e| Error::Backend(format!("disk reader: {e}")))?
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.object_path(key)?;
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(format!("removing {}", path.display()))(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("removing {}", path.display()))(e)),
         }
+        let backend = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || backend.remove_composed(&key))
+            .await
+            .map_err(|e| Error::Backend(format!("removing: {e}")))?
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let objects = self.root.join("objects");
+        let backend = self.clone();
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            list_dir(&objects, "", &mut out).map_err(io_error("listing objects"))?;
+            list_dir(&backend.root.join("objects"), "", &mut out)
+                .map_err(io_error("listing objects"))?;
+            let mut composed = Vec::new();
+            list_dir(&backend.root.join("manifests"), "", &mut composed)
+                .map_err(io_error("listing manifests"))?;
+            for meta in composed {
+                if let Ok(Some(meta)) = backend.composed_meta(&meta.key) {
+                    out.push(meta);
+                }
+            }
             out.retain(|meta| meta.key.starts_with(&prefix));
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
@@ -433,20 +725,12 @@ impl CacheBackend for FsBackend {
 
     async fn compose(&self, upload: &str, parts: &[String], key: &str) -> Result<u64> {
         let (staging, paths) = self.staged_paths(upload, parts)?;
-        let target = self.object_path(key)?;
-        let tmp = self.tmp_path();
+        self.object_path(key)?;
+        let backend = self.clone();
+        let key = key.to_string();
         tokio::task::spawn_blocking(move || -> Result<u64> {
             check_staged(&paths)?;
-            if let Err(error) = copy_files(&paths, &tmp) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(error);
-            }
-            let size = std::fs::metadata(&tmp)
-                .map_err(io_error(format!("reading {}", tmp.display())))?
-                .len();
-            publish(&tmp, &target, true)?;
-            let _ = std::fs::remove_dir_all(&staging);
-            Ok(size)
+            backend.compose_in_place(&staging, &paths, &key)
         })
         .await
         .map_err(|e| Error::Backend(format!("composing upload: {e}")))?
