@@ -335,8 +335,8 @@ if ceiling:
           f"the bytes (as the fs store does) and keeps none of them: {ceiling:.0f} MB/s = {100 * ceiling / dd:.0f} % of dd; the fs store reaches\n"
           f"{100 * cache['backends'][0]['big_upload_mb_s'] / ceiling:.0f} % of it. " +
           ("Client and proxy share the 2 cores, so the client's own work bounds the figure." if ceiling < dd else
-           "The ceiling is above dd, so here the disk, not the client, bounds the fs figure; dd's own figure\n"
-           "moves by up to 2x between runs on this machine's virtual disk (compare earlier runs)."))
+           "The ceiling is above dd, so the fs store itself, not the client, keeps the figure below dd; dd's own\n"
+           "figure moves by up to 2x between runs on this machine's virtual disk (compare earlier runs)."))
 if raw:
     print(f"S3: the same bytes uploaded straight to the same SeaweedFS as one multipart upload (AWS SDK, 8 MiB parts,\n10 at a time, no proxy): {raw:.0f} MB/s.")
 fs = next((b for b in cache['backends'] if b['backend'] == 'fs'), None)
