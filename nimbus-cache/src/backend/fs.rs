@@ -477,20 +477,25 @@ fn meta_of(key: String, metadata: &std::fs::Metadata) -> ObjectMeta {
 /// Streams `len` bytes of `file` from its current position on a blocking thread.
 fn read_stream(mut file: File, len: u64) -> ByteStream {
     let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(QUEUE_DEPTH);
-    tokio::task::spawn_blocking(move || {
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(READ_CHUNK as u64) as usize;
-            let mut buffer = vec![0u8; want];
-            let result = file.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
-            let failed = result.is_err();
-            if sender.blocking_send(result).is_err() || failed {
-                return; // the reader went away, or the error was delivered
-            }
-            left -= want as u64;
-        }
-    });
+    tokio::task::spawn_blocking(move || pump(&mut file, len, &sender));
     Box::pin(tokio_stream_from(receiver))
+}
+
+/// Sends `len` bytes of `file`, from its current position, in [`READ_CHUNK`]s;
+/// false once the reader went away or an error was delivered.
+fn pump(file: &mut File, len: u64, sender: &mpsc::Sender<std::io::Result<Bytes>>) -> bool {
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(READ_CHUNK as u64) as usize;
+        let mut buffer = vec![0u8; want];
+        let result = file.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
+        let failed = result.is_err();
+        if sender.blocking_send(result).is_err() || failed {
+            return false;
+        }
+        left -= want as u64;
+    }
+    true
 }
 
 /// Streams `segments` (file, offset in it, bytes) one after another on a
@@ -510,16 +515,8 @@ fn read_files_stream(segments: Vec<(PathBuf, u64, u64)>) -> ByteStream {
                     return;
                 }
             };
-            let mut left = len;
-            while left > 0 {
-                let want = left.min(READ_CHUNK as u64) as usize;
-                let mut buffer = vec![0u8; want];
-                let result = file.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
-                let failed = result.is_err();
-                if sender.blocking_send(result).is_err() || failed {
-                    return;
-                }
-                left -= want as u64;
+            if !pump(&mut file, len, &sender) {
+                return;
             }
         }
     });

@@ -79,6 +79,34 @@ fn placed_pieces(rank: u32, size: u64) -> Option<Vec<u64>> {
     Some((0..count).map(|i| base + u64::from(i < extra)).collect())
 }
 
+/// The pieces of `part`, placed at `rank`, as the store holds them; a piece
+/// missing or of another size means the part never arrived whole.
+fn stored_pieces(
+    part: &StagedPart,
+    rank: u32,
+    stored: &BTreeMap<i32, (u64, Option<String>)>,
+) -> Result<Vec<CompletedPart>> {
+    let pieces = placed_pieces(rank, part.size)
+        .ok_or_else(|| Error::Backend(format!("part {:?} cannot have been placed", part.name)))?;
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(k, &size)| {
+            let number = first_number(rank) + k as i32;
+            match stored.get(&number) {
+                Some((stored_size, e_tag)) if *stored_size == size => Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(e_tag.clone())
+                    .build()),
+                _ => Err(Error::InvalidInput(format!(
+                    "part {:?} is not all there; it was never uploaded whole",
+                    part.name
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// The multipart part number of piece 0 of `rank`.
 fn first_number(rank: u32) -> i32 {
     (rank * PIECES_PER_RANK + 1) as i32
@@ -644,30 +672,15 @@ impl S3Backend {
         for (i, part) in parts.iter().enumerate() {
             match part.rank {
                 Some(rank) => {
-                    let pieces = placed_pieces(rank, part.size).ok_or_else(|| {
-                        Error::Backend(format!("part {:?} cannot have been placed", part.name))
-                    })?;
-                    let first = first_number(rank);
-                    if first <= previous {
+                    if first_number(rank) <= previous {
                         return Ok(None);
                     }
-                    for (k, &size) in pieces.iter().enumerate() {
-                        let number = first + k as i32;
-                        match stored.get(&number) {
-                            Some((stored_size, e_tag)) if *stored_size == size => {
-                                steps.push(Step::Placed {
-                                    number,
-                                    e_tag: e_tag.clone(),
-                                })
-                            }
-                            _ => {
-                                return Err(Error::InvalidInput(format!(
-                                    "part {:?} is not all there; it was never uploaded whole",
-                                    part.name
-                                )))
-                            }
-                        }
-                        previous = number;
+                    for piece in stored_pieces(part, rank, stored)? {
+                        previous = piece.part_number().unwrap_or(previous);
+                        steps.push(Step::Placed {
+                            number: previous,
+                            e_tag: piece.e_tag().map(str::to_string),
+                        });
                     }
                 }
                 None => {
@@ -744,26 +757,7 @@ impl S3Backend {
         let mut offsets = BTreeMap::new();
         let mut offset = 0u64;
         for (&rank, part) in &placed {
-            let pieces = placed_pieces(rank, part.size).ok_or_else(|| {
-                Error::Backend(format!("part {:?} cannot have been placed", part.name))
-            })?;
-            for (k, &size) in pieces.iter().enumerate() {
-                let number = first_number(rank) + k as i32;
-                match stored.get(&number) {
-                    Some((stored_size, e_tag)) if *stored_size == size => completed.push(
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(e_tag.clone())
-                            .build(),
-                    ),
-                    _ => {
-                        return Err(Error::InvalidInput(format!(
-                            "part {:?} is not all there; it was never uploaded whole",
-                            part.name
-                        )))
-                    }
-                }
-            }
+            completed.extend(stored_pieces(part, rank, stored)?);
             offsets.insert(rank, offset);
             offset += part.size;
         }
