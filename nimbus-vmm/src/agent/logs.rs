@@ -22,7 +22,7 @@ use nimbus_core::domain::Job;
 use nimbus_core::retry;
 use nimbus_logs::{LogRecord, LogSink};
 use prometheus::IntCounter;
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::protocol::{OutputLine, Stream};
@@ -167,10 +167,49 @@ struct Queue {
 }
 
 struct Spool {
-    writer: tokio::io::BufWriter<tokio::fs::File>,
+    file: tokio::fs::File,
+    /// Bytes of whole lines in the file: a write that fails (a full disk) is cut
+    /// back to this, so the file never holds half a line.
+    written: u64,
+    /// Lines serialised but not yet written (one write per [`SPOOL_WRITE_BYTES`]).
+    buffer: Vec<u8>,
+    buffered: usize,
     /// Where the next unread line starts.
     offset: u64,
+    /// Lines spooled and not yet read back: in the file or in `buffer`.
     pending: usize,
+}
+
+/// Spooled lines are written in pieces of about this size.
+const SPOOL_WRITE_BYTES: usize = 64 << 10;
+
+impl Spool {
+    /// Writes the buffered lines. On failure the file is cut back to its last
+    /// whole line and the buffered lines are counted as dropped: nothing half
+    /// written is ever read back, and every lost line is counted.
+    async fn write_out(&mut self, dropped: &IntCounter) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        // tokio's file reports a failed write at the next flush, not at write_all.
+        let result = match self.file.write_all(&self.buffer).await {
+            Ok(()) => self.file.flush().await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => self.written += self.buffer.len() as u64,
+            Err(error) => {
+                tracing::warn!(%error, lines = self.buffered, "spooling log lines failed; they are dropped");
+                dropped.inc_by(self.buffered as u64);
+                self.pending = self.pending.saturating_sub(self.buffered);
+                // Appending: the next write goes to the end, which this makes the
+                // end of the last whole line again.
+                let _ = self.file.set_len(self.written).await;
+            }
+        }
+        self.buffer.clear();
+        self.buffered = 0;
+    }
 }
 
 impl Queue {
@@ -204,13 +243,25 @@ impl Queue {
                 if let Some(dir) = self.spool_path.parent() {
                     tokio::fs::create_dir_all(dir).await?;
                 }
-                tokio::fs::File::create(&self.spool_path).await
+                // A file of this name is a dead agent's (same pid): start afresh.
+                match tokio::fs::remove_file(&self.spool_path).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                tokio::fs::OpenOptions::new()
+                    .create_new(true)
+                    .append(true)
+                    .open(&self.spool_path)
+                    .await
             }
             .await;
             match opened {
                 Ok(file) => {
                     self.spool = Some(Spool {
-                        writer: tokio::io::BufWriter::new(file),
+                        file,
+                        written: 0,
+                        buffer: Vec::new(),
+                        buffered: 0,
                         offset: 0,
                         pending: 0,
                     })
@@ -223,49 +274,59 @@ impl Queue {
             }
         }
         if let Some(spool) = self.spool.as_mut() {
-            let line = serde_json::to_string(&record).unwrap_or_default() + "\n";
-            if spool.pending >= self.disk_lines
-                || spool.writer.write_all(line.as_bytes()).await.is_err()
-            {
+            if spool.pending >= self.disk_lines {
                 dropped.inc();
-            } else {
-                spool.pending += 1;
+                return;
+            }
+            let Ok(line) = serde_json::to_vec(&record) else {
+                dropped.inc();
+                return;
+            };
+            spool.buffer.extend_from_slice(&line);
+            spool.buffer.push(b'\n');
+            spool.buffered += 1;
+            spool.pending += 1;
+            if spool.buffer.len() >= SPOOL_WRITE_BYTES {
+                spool.write_out(dropped).await;
             }
         }
     }
 
     /// Moves up to a batch of spooled lines into memory once memory is empty.
-    async fn refill(&mut self) {
+    async fn refill(&mut self, dropped: &IntCounter) {
         if !self.memory.is_empty() {
             return;
         }
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
-        if spool.writer.flush().await.is_err() {
-            return;
-        }
-        let Ok(mut file) = tokio::fs::File::open(&self.spool_path).await else {
-            return;
-        };
-        if file
-            .seek(std::io::SeekFrom::Start(spool.offset))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut reader = tokio::io::BufReader::new(file);
-        let mut line = String::new();
-        while self.memory.len() < BATCH {
-            line.clear();
-            match reader.read_line(&mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    spool.offset += n as u64;
-                    spool.pending = spool.pending.saturating_sub(1);
-                    if let Ok(record) = serde_json::from_str(line.trim_end()) {
-                        self.memory.push_back(record);
+        spool.write_out(dropped).await;
+        if spool.offset < spool.written {
+            let Ok(mut file) = tokio::fs::File::open(&self.spool_path).await else {
+                return;
+            };
+            if file
+                .seek(std::io::SeekFrom::Start(spool.offset))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Only whole lines: the file ends at `written`.
+            let mut reader = tokio::io::BufReader::new(file.take(spool.written - spool.offset));
+            let mut line = String::new();
+            while self.memory.len() < BATCH {
+                line.clear();
+                match reader.read_line(&mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        spool.offset += n as u64;
+                        spool.pending = spool.pending.saturating_sub(1);
+                        match serde_json::from_str(line.trim_end()) {
+                            Ok(record) => self.memory.push_back(record),
+                            // Cannot happen (whole lines only); counted if it does.
+                            Err(_) => dropped.inc(),
+                        }
                     }
                 }
             }
@@ -335,7 +396,7 @@ async fn ship(
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        queue.refill().await;
+        queue.refill(&metrics.dropped).await;
         left.store(queue.len(), std::sync::atomic::Ordering::Relaxed);
         if queue.is_empty() {
             if !open {
@@ -593,7 +654,7 @@ mod tests {
         assert_eq!(dropped.get(), 15);
         let mut out = Vec::new();
         loop {
-            queue.refill().await;
+            queue.refill(&dropped).await;
             if queue.memory.is_empty() {
                 break;
             }
@@ -605,5 +666,66 @@ mod tests {
             "order is kept across the spool"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The spool's disk fills up: the lines that could not be written are counted
+    /// as dropped, every line read back is whole, in order, and lines spool again
+    /// once there is room.
+    #[cfg(feature = "testsuite")]
+    #[tokio::test]
+    async fn a_full_disk_under_the_spool_counts_what_it_drops_and_leaves_no_half_line() {
+        let Some(disk) = nimbus_core::testsuite::SmallDisk::mount("1m") else {
+            return;
+        };
+        let dropped = IntCounter::new("full_spool", "t").expect("counter");
+        let mut queue = Queue::new(
+            &Bounds {
+                memory_lines: 5,
+                disk_lines: 1_000_000,
+                spool_dir: disk.path().to_path_buf(),
+            },
+            1,
+        );
+        let record = |n: u64| LogRecord {
+            job_id: 1,
+            agent_id: "a".into(),
+            org_id: None,
+            repo_id: None,
+            level: "info".into(),
+            message: format!("line {n} {}", "x".repeat(200)),
+            ts: 1,
+            seq: n,
+        };
+        for n in 1..=500 {
+            queue.push(record(n), &dropped).await;
+        }
+        let filler = disk.fill();
+        for n in 501..=2_000 {
+            queue.push(record(n), &dropped).await;
+        }
+        assert!(dropped.get() > 0, "lines were lost to the full disk");
+        std::fs::remove_file(&filler).expect("make room");
+        for n in 2_001..=2_500 {
+            queue.push(record(n), &dropped).await;
+        }
+        let mut out = Vec::new();
+        loop {
+            queue.refill(&dropped).await;
+            if queue.memory.is_empty() {
+                break;
+            }
+            out.extend(queue.memory.drain(..).map(|r| r.seq));
+        }
+        assert_eq!(
+            out.len() as u64 + dropped.get(),
+            2_500,
+            "every line is either delivered or counted as dropped"
+        );
+        assert!(out.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+        assert!(
+            out.contains(&1) && out.contains(&2_500),
+            "{} lines",
+            out.len()
+        );
     }
 }
