@@ -435,6 +435,10 @@ fn guest_job(lease: &Lease, cache_url: Option<&str>) -> GuestJob {
     let spec = &lease.job.spec;
     // The job's own env wins over what Nimbus provides.
     let mut env = cache_env(cache_url, lease);
+    // Which job and which attempt this run is: an attempt after a lost lease is a
+    // new run of the same job (a step can tell, e.g. to name what it writes).
+    env.insert("NIMBUS_JOB_ID".into(), lease.job.id.to_string());
+    env.insert("NIMBUS_JOB_ATTEMPT".into(), lease.job.attempt.to_string());
     env.extend(spec.env.clone());
     GuestJob {
         steps: spec

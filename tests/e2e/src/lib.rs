@@ -16,15 +16,17 @@ pub fn bin_dir() -> Result<PathBuf> {
     if let Ok(dir) = std::env::var("NIMBUS_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
-    // Test binaries live in target/<profile>/deps.
+    // Test binaries live in target/<profile>/deps; a harness binary (the chaos
+    // suite) in target/<profile> beside the services.
     let exe = std::env::current_exe().context("locating the test binary")?;
-    let deps = exe
-        .parent()
-        .context("test binary has no parent directory")?;
-    Ok(deps
-        .parent()
-        .context("deps has no parent directory")?
-        .to_path_buf())
+    let dir = exe.parent().context("the binary has no parent directory")?;
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        return Ok(dir
+            .parent()
+            .context("deps has no parent directory")?
+            .to_path_buf());
+    }
+    Ok(dir.to_path_buf())
 }
 
 pub fn bin(name: &str) -> Result<PathBuf> {
@@ -44,11 +46,14 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// A running `nimbus-control-plane`, killed when dropped.
+/// A running `nimbus-control-plane`, killed when dropped. It can be killed hard
+/// and restarted on the same port and data directory (the chaos suite).
 pub struct ControlPlaneProcess {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    port: u16,
+    extra: Vec<(String, String)>,
 }
 
 pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789";
@@ -60,34 +65,66 @@ impl ControlPlaneProcess {
     /// Starts the control plane with `extra` env on top of test defaults, and
     /// waits until `/readyz` answers.
     pub async fn start(extra: &[(&str, String)]) -> Result<Self> {
+        Self::start_on("127.0.0.1", extra).await
+    }
+
+    /// [`ControlPlaneProcess::start`] listening on `host` (an address of this
+    /// machine other than loopback: the partition test's veth).
+    pub async fn start_on(host: &str, extra: &[(&str, String)]) -> Result<Self> {
         let port = free_port()?;
         let data_dir = std::env::temp_dir().join(format!("nimbus-e2e-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&data_dir)?;
+        let mut extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        extra.push((
+            "NIMBUS_CONTROL_PLANE_ADDR".to_string(),
+            format!("{host}:{port}"),
+        ));
+        let mut process = ControlPlaneProcess {
+            child: Self::spawn(port, &data_dir, &extra)?,
+            url: format!("http://{host}:{port}"),
+            data_dir,
+            port,
+            extra,
+        };
+        process.wait_ready(Duration::from_secs(30)).await?;
+        Ok(process)
+    }
+
+    fn spawn(port: u16, data_dir: &std::path::Path, extra: &[(String, String)]) -> Result<Child> {
         let mut command = Command::new(bin("nimbus-control-plane")?);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("NIMBUS_CONTROL_PLANE_ADDR", format!("127.0.0.1:{port}"))
-            .env("NIMBUS_DATA_DIR", &data_dir)
+            .env("NIMBUS_DATA_DIR", data_dir)
             .env("NIMBUS_JWT_SECRET", JWT_SECRET)
             .env("NIMBUS_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("NIMBUS_CACHE_SHARED_SECRET", CACHE_SECRET)
             .env("NIMBUS_LOG_LEVEL", "warn")
-            .current_dir(&data_dir)
+            .current_dir(data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (key, value) in extra {
             command.env(key, value);
         }
-        let child = command.spawn().context("starting nimbus-control-plane")?;
-        let mut process = ControlPlaneProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            data_dir,
-        };
-        process.wait_ready(Duration::from_secs(30)).await?;
-        Ok(process)
+        command.spawn().context("starting nimbus-control-plane")
+    }
+
+    /// `kill -9`: no chance to finish anything.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts it again on the same port and data directory, and waits until ready.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.child = Self::spawn(self.port, &self.data_dir, &self.extra)?;
+        self.wait_ready(Duration::from_secs(30)).await
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
@@ -357,6 +394,9 @@ impl Drop for LoggingPipelineProcess {
 pub struct HostAgentProcess {
     child: Child,
     pub runtime_dir: PathBuf,
+    env: Vec<(String, String)>,
+    /// The network namespace it runs in (`ip netns exec`), if not the host's.
+    netns: Option<String>,
 }
 
 impl HostAgentProcess {
@@ -369,11 +409,53 @@ impl HostAgentProcess {
 
     /// Starts an agent on an existing VM runtime directory (a restart after a crash).
     pub fn start_in(runtime_dir: PathBuf, env: &[(&str, String)]) -> Result<Self> {
-        let mut command = Command::new(bin("nimbus-host-agent")?);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Ok(HostAgentProcess {
+            child: Self::spawn(&runtime_dir, &env, None)?,
+            runtime_dir,
+            env,
+            netns: None,
+        })
+    }
+
+    /// Starts the agent inside the network namespace `netns` (`ip netns exec`,
+    /// which becomes the agent: its pid is the agent's).
+    pub fn start_in_netns(netns: &str, env: &[(&str, String)]) -> Result<Self> {
+        let runtime_dir =
+            std::env::temp_dir().join(format!("nimbus-e2e-agent-{}", uuid::Uuid::new_v4()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Ok(HostAgentProcess {
+            child: Self::spawn(&runtime_dir, &env, Some(netns))?,
+            runtime_dir,
+            env,
+            netns: Some(netns.to_string()),
+        })
+    }
+
+    fn spawn(
+        runtime_dir: &std::path::Path,
+        env: &[(String, String)],
+        netns: Option<&str>,
+    ) -> Result<Child> {
+        let agent = bin("nimbus-host-agent")?;
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(agent);
+                command
+            }
+            None => Command::new(agent),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("NIMBUS_VM_RUNTIME_DIR", &runtime_dir)
+            .env("NIMBUS_VM_RUNTIME_DIR", runtime_dir)
             .env(
                 "NIMBUS_HOST_AGENT_METRICS_ADDR",
                 format!("127.0.0.1:{}", free_port()?),
@@ -385,8 +467,14 @@ impl HostAgentProcess {
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().context("starting nimbus-host-agent")?;
-        Ok(HostAgentProcess { child, runtime_dir })
+        command.spawn().context("starting nimbus-host-agent")
+    }
+
+    /// Starts it again with the same settings on the same VM runtime directory, as
+    /// a supervisor would after a crash (it reaps what the last one left).
+    pub fn restart(&mut self) -> Result<()> {
+        self.child = Self::spawn(&self.runtime_dir, &self.env, self.netns.as_deref())?;
+        Ok(())
     }
 
     /// `kill -9`: the agent gets no chance to stop its VMs or complete its jobs.

@@ -77,7 +77,7 @@ async fn jobs_run_end_to_end(driver: &str) {
     let good = submit(json!([
         {"name": "hello", "run": "echo hello from $(hostname)"},
         {"name": "warn", "run": "echo careful >&2"},
-        {"name": "third", "run": "echo step three in $PWD"}
+        {"name": "third", "run": "echo step three in $PWD as run $NIMBUS_JOB_ATTEMPT of job $NIMBUS_JOB_ID"}
     ]))
     .await;
     let bad = submit(json!([{"run": "echo failing; exit 3"}, {"run": "echo never"}])).await;
@@ -175,6 +175,10 @@ async fn jobs_run_end_to_end(driver: &str) {
     assert_eq!(texts[1], ("error", "careful"));
     assert_eq!(texts[2].0, "info");
     assert!(texts[2].1.starts_with("step three in /"), "{texts:?}");
+    assert!(
+        texts[2].1.ends_with(&format!(" as run 1 of job {good}")),
+        "{texts:?}"
+    );
     assert!(lines.iter().all(|l| l["agent_id"] == "host-e2e"));
     let bad_lines: Value = client
         .get(format!("{}/api/logs?job_id={bad}", pipeline.url))
@@ -250,7 +254,6 @@ async fn a_killed_agents_job_is_re_leased_by_another_and_its_vm_cleaned_on_resta
     assert!(first_vm.exists(), "agent one runs the job");
     first.kill_hard().expect("kill -9");
     let first_dir = first.runtime_dir.clone();
-    std::mem::forget(first); // its directory is inspected after the restart
 
     let _second = HostAgentProcess::start(&agent_env("agent-two")).expect("agent two");
     let done = nimbus_e2e::final_job(
@@ -273,8 +276,7 @@ async fn a_killed_agents_job_is_re_leased_by_another_and_its_vm_cleaned_on_resta
     assert_eq!(done["agent_id"], "agent-two");
 
     // Agent one comes back on its old directory and removes what its VM left.
-    let _restarted =
-        HostAgentProcess::start_in(first_dir.clone(), &agent_env("agent-one")).expect("restart");
+    first.restart().expect("restart");
     for _ in 0..200 {
         if !first_vm.exists() {
             break;

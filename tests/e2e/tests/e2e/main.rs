@@ -11,6 +11,7 @@ mod isolation;
 mod isolation_matrix;
 mod logging;
 mod observability;
+mod partition;
 mod policy;
 mod run_workflow;
 mod tracing;
