@@ -1090,13 +1090,66 @@ pub async fn github_updates_follow_the_job(store: Arc<dyn Store>) {
 
     let unknown = GithubJobUpdate {
         github_job_id: 999,
-        ..cancelled
+        ..cancelled.clone()
     };
     assert!(store
         .apply_github_update(&unknown, t0())
         .await
         .expect("update")
         .is_none());
+
+    // Cancelled on GitHub while its VM runs: the job ends `cancelled` and the lease
+    // is gone, so the agent's next heartbeat is refused and it stops the VM.
+    let lease = store
+        .lease(&lease_request("a1", 60), t0())
+        .await
+        .expect("lease")
+        .expect("the running job is leased");
+    assert_eq!(lease.job.id, running.id);
+    let finished = GithubJobUpdate {
+        github_job_id: 100,
+        status: "completed".into(),
+        conclusion: Some("success".into()),
+        runner_name: None,
+    };
+    let updated = store
+        .apply_github_update(&finished, t0())
+        .await
+        .expect("update")
+        .expect("known job");
+    assert_eq!(
+        updated.status,
+        JobStatus::Leased,
+        "a job GitHub saw succeed is still the agent's to complete"
+    );
+    let cancelled_while_running = GithubJobUpdate {
+        github_job_id: 100,
+        ..cancelled
+    };
+    let updated = store
+        .apply_github_update(&cancelled_while_running, t0())
+        .await
+        .expect("update")
+        .expect("known job");
+    assert_eq!(updated.status, JobStatus::Cancelled);
+    assert_eq!(
+        updated.failure_reason.as_deref(),
+        Some("cancelled on GitHub while it ran")
+    );
+    assert!(updated.lease_expires_at.is_none());
+    let refused = store
+        .heartbeat(
+            running.id,
+            "a1",
+            lease.fencing_token,
+            Duration::from_secs(60),
+            t0() + Duration::from_secs(1),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(crate::Error::Conflict(_))),
+        "{refused:?}"
+    );
 }
 
 /// Deliveries are recorded once and pruned by age.

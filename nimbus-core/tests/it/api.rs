@@ -1250,6 +1250,7 @@ macro_rules! api_suite {
                 runner_configs_need_github_configured,
                 a_missed_webhook_is_found_by_the_reconciler_exactly_once,
                 the_reconciler_reads_every_page_of_every_list,
+                the_reconciler_loses_no_job_to_github_5xx_and_secondary_rate_limits,
                 a_runner_swap_rebinds_both_jobs,
                 github_cache_tokens_follow_githubs_scoping
             );

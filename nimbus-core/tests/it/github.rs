@@ -56,6 +56,13 @@ struct FakeState {
     deleted: Vec<i64>,
     /// Answer the next N API calls with a primary rate limit.
     rate_limit_next: u32,
+    /// Answer every Nth API call 502 (0: never): GitHub having a bad moment.
+    server_error_every: u32,
+    /// Answer every Nth API call with a secondary rate limit: 403 with
+    /// `Retry-After: 1` (0: never).
+    secondary_limit_every: u32,
+    /// API calls so far (the two above count them).
+    calls: u32,
     requests: Vec<String>,
     /// Workflow jobs of acme/app (run 4242) as the REST API shows them.
     workflow_jobs: Vec<Value>,
@@ -212,6 +219,21 @@ impl Fake {
     fn admit(&self, headers: &HeaderMap, what: String) -> Result<(), Box<Response>> {
         let mut state = self.state.lock().expect("lock");
         state.requests.push(what);
+        state.calls += 1;
+        let every = |n: u32| n > 0 && state.calls % n == 0;
+        if every(state.server_error_every) {
+            return Err(Box::new(error(StatusCode::BAD_GATEWAY, "Server Error")));
+        }
+        if every(state.secondary_limit_every) {
+            let mut response = error(
+                StatusCode::FORBIDDEN,
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", "1".parse().expect("header"));
+            return Err(Box::new(response));
+        }
         if state.rate_limit_next > 0 {
             state.rate_limit_next -= 1;
             let reset = time::OffsetDateTime::now_utc().unix_timestamp() + 1;
@@ -1006,8 +1028,36 @@ pub async fn a_missed_webhook_is_found_by_the_reconciler_exactly_once(
 /// repositories, a repository's runs and a run's jobs. The jobs it queues are the
 /// ones past the first 100 of each list too: it followed GitHub's `Link` headers.
 pub async fn the_reconciler_reads_every_page_of_every_list(store: Arc<dyn nimbus_core::Store>) {
+    reconcile_the_wide_data_set(store, 0, 0).await;
+}
+
+/// Every webhook lost (the reconciler is the only way in) while GitHub answers
+/// every 301st call 502 and every 499th with a secondary rate limit: the client backs
+/// off and retries, and every job is still queued, once.
+pub async fn the_reconciler_loses_no_job_to_github_5xx_and_secondary_rate_limits(
+    store: Arc<dyn nimbus_core::Store>,
+) {
+    let fake = reconcile_the_wide_data_set(store, 301, 499).await;
+    let state = fake.state.lock().expect("lock");
+    assert!(
+        state.calls > 2 * 499,
+        "both faults were hit ({} calls)",
+        state.calls
+    );
+}
+
+async fn reconcile_the_wide_data_set(
+    store: Arc<dyn nimbus_core::Store>,
+    server_error_every: u32,
+    secondary_limit_every: u32,
+) -> Fake {
     let (url, fake) = start_fake("", 3600).await;
-    fake.state.lock().expect("lock").wide = true;
+    {
+        let mut state = fake.state.lock().expect("lock");
+        state.wide = true;
+        state.server_error_every = server_error_every;
+        state.secondary_limit_every = secondary_limit_every;
+    }
     let api = Api::new(
         store,
         &[
@@ -1056,6 +1106,20 @@ pub async fn the_reconciler_reads_every_page_of_every_list(store: Arc<dyn nimbus
             "{list} page 3 not asked for"
         );
     }
+    if secondary_limit_every > 0 {
+        assert!(
+            api.metric("nimbus_control_plane_github_api_rate_limited_total")
+                .await
+                >= 1.0,
+            "secondary rate limits are counted"
+        );
+    }
+    // Again: every job is known, nothing is queued twice.
+    let again = nimbus_core::control_plane::reconcile::reconcile_once(&api.state)
+        .await
+        .expect("reconcile");
+    assert_eq!(again.enqueued, 0, "{again:?}");
+    fake
 }
 
 /// GitHub gives the runner made for job A the queued job B: A's record now stands

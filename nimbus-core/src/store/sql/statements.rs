@@ -183,10 +183,18 @@ pub(crate) static APPLY_GITHUB_UPDATE: LazyLock<String> = LazyLock::new(|| {
            github_status = CASE WHEN github_status = 'completed' THEN github_status ELSE $1 END, \
            github_conclusion = COALESCE($2, github_conclusion), \
            github_runner_name = COALESCE($3, github_runner_name), \
-           status = CASE WHEN $1 = 'completed' AND status = 'queued' THEN 'cancelled' ELSE status END, \
-           finished_at = CASE WHEN $1 = 'completed' AND status = 'queued' THEN $4 ELSE finished_at END, \
+           status = CASE WHEN $1 = 'completed' AND status = 'queued' THEN 'cancelled' \
+             WHEN $1 = 'completed' AND status = 'leased' AND $2 = 'cancelled' THEN 'cancelled' \
+             ELSE status END, \
+           finished_at = CASE WHEN $1 = 'completed' AND status = 'queued' THEN $4 \
+             WHEN $1 = 'completed' AND status = 'leased' AND $2 = 'cancelled' THEN $4 \
+             ELSE finished_at END, \
            failure_reason = CASE WHEN $1 = 'completed' AND status = 'queued' \
-             THEN 'completed on GitHub before a Nimbus runner took it' ELSE failure_reason END, \
+             THEN 'completed on GitHub before a Nimbus runner took it' \
+             WHEN $1 = 'completed' AND status = 'leased' AND $2 = 'cancelled' \
+             THEN 'cancelled on GitHub while it ran' ELSE failure_reason END, \
+           lease_expires_at = CASE WHEN $1 = 'completed' AND status = 'leased' AND $2 = 'cancelled' \
+             THEN NULL ELSE lease_expires_at END, \
            updated_at = $4 \
          WHERE github_job_id = $5 RETURNING {JOB_COLUMNS}"
     )
