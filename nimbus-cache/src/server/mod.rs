@@ -45,9 +45,20 @@ use crate::index::{CacheIndex, Entry};
 use crate::metrics::Metrics;
 use crate::registry::{self, Authority, Registry, RegistryIndex};
 
-/// JSON bodies (reserve, commit, Twirp calls) are small; entry bodies stream and are
-/// bounded by the cache budget instead.
-const MAX_JSON_BODY: usize = 1024 * 1024;
+/// Largest body of the JSON routes (reserve, commit, Twirp calls, manifests);
+/// larger ones are answered 413. Entry and blob bodies stream and are bounded by
+/// the cache budget instead ([`STREAMED_ROUTES`]).
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// The routes whose bodies stream to storage, bounded by the entry's declared
+/// size and the cache budget rather than [`MAX_JSON_BODY`] (method, path).
+pub const STREAMED_ROUTES: &[(&str, &str)] = &[
+    ("PUT", "/_blob/upload/{id}"),
+    ("PATCH", "/_apis/artifactcache/caches/{id}"),
+    ("PUT", "/api/cache/{*key}"),
+    ("PATCH", "/v2/{*path}"),
+    ("POST", "/v2/{*path}"),
+];
 
 /// Shared state of the proxy.
 #[derive(Clone)]

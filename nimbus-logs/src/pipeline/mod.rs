@@ -39,8 +39,9 @@ use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::sqlite::SqliteSink;
 use crate::sink::LogSink;
 
-/// Largest request body (a batch of 100,000 short lines fits).
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest request body of every route (a batch of 100,000 short lines fits);
+/// larger ones are answered 413 before more is read.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Shared state of the service.
 #[derive(Clone)]

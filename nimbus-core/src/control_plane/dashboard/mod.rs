@@ -292,9 +292,19 @@ pub(in crate::control_plane) async fn login(
             page::login(Some("Sign in from the dashboard's own page.")),
         );
     }
+    let form = match form {
+        Ok(Form(form)) => Some(form),
+        // An oversized form is refused as such, not read as a missing token.
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return html(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                page::login(Some("The sign-in form is too large.")),
+            );
+        }
+        Err(_) => None,
+    };
     let Some(token) = form
-        .ok()
-        .map(|Form(form)| form.token.trim().to_string())
+        .map(|form| form.token.trim().to_string())
         .filter(|token| !token.is_empty())
     else {
         return html(

@@ -860,3 +860,144 @@ async fn every_route_answers_every_foreign_credential_as_documented() {
         "{lines}"
     );
 }
+
+/// The most a route's rightful caller may present, for the body-limit sweep: an
+/// admin token where admins may call, else org A's or agent A's; org A's write
+/// cache token for cache routes; nothing where no bearer is taken.
+fn owner_credential(world: &World, access: Access) -> Option<String> {
+    match access {
+        Access::Token { admin: true, .. }
+        | Access::CacheUsage
+        | Access::LogIngest
+        | Access::Registry => Some(world.token(Role::Admin, None, "ops")),
+        Access::Token { org: true, .. } => Some(world.token(Role::Org, Some(1), "alpha-ci")),
+        Access::Token { .. } => Some(world.token(Role::Agent, None, "agent-a")),
+        Access::CacheToken { .. } => Some(
+            world
+                .cache_keys
+                .mint(
+                    1,
+                    "alpha-secret/app",
+                    DEFAULT_BRANCH,
+                    DEFAULT_BRANCH,
+                    CachePermission::Write,
+                    Duration::from_secs(600),
+                )
+                .expect("token"),
+        ),
+        Access::Public
+        | Access::Metrics
+        | Access::GithubSignature
+        | Access::CacheLink
+        | Access::DashboardLogin => None,
+    }
+}
+
+/// Every route that takes a body, walked from the three route tables, is sent one
+/// byte more than its limit by its rightful caller: each answers 413 (a manifest,
+/// the OCI spec's SIZE_INVALID) without reading further, and the services still
+/// answer afterwards. Routes whose bodies stream to storage are bounded by the
+/// cache budget instead (`nimbus-cache/tests/proxy.rs`,
+/// `uploads_over_the_budget_are_refused_with_413_and_discarded`) and are listed in
+/// `nimbus_cache::server::STREAMED_ROUTES`; a new route is covered the day it is
+/// added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_a_body_over_its_limit() {
+    let world = World::new().await;
+    type Table = Vec<(Method, &'static str, Access)>;
+    let services: [(Service, &Router, Table, usize); 3] = [
+        (
+            Service::ControlPlane,
+            &world.control_plane,
+            nimbus_core::route::describe(&nimbus_core::control_plane::routes()),
+            nimbus_core::control_plane::MAX_BODY,
+        ),
+        (
+            Service::CacheProxy,
+            &world.cache,
+            nimbus_core::route::describe(&nimbus_cache::server::routes()),
+            nimbus_cache::server::MAX_JSON_BODY,
+        ),
+        (
+            Service::LoggingPipeline,
+            &world.pipeline,
+            nimbus_core::route::describe(&nimbus_logs::pipeline::routes()),
+            nimbus_logs::pipeline::MAX_BODY_BYTES,
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (service, app, routes, limit) in &services {
+        for (method, path, access) in routes {
+            if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+                continue;
+            }
+            let streamed = *service == Service::CacheProxy
+                && nimbus_cache::server::STREAMED_ROUTES
+                    .iter()
+                    .any(|(m, p)| *m == method.as_str() && p == path);
+            if streamed {
+                continue;
+            }
+            // Routes that take no body never read what is sent: they must simply work.
+            let bodiless = *service == Service::ControlPlane
+                && matches!(*path, "/api/jobs/{id}/cancel" | "/dashboard/logout");
+            let manifest = *service == Service::CacheProxy && *path == "/v2/{*path}";
+            let limit = if manifest {
+                nimbus_cache::registry::manifest::MAX_MANIFEST_BYTES
+            } else {
+                *limit
+            };
+            let (uri, _) = world.sample(method, path);
+            // A JSON document one byte over the limit.
+            let padding = "a".repeat(limit + 1 - r#"{"pad":""}"#.len());
+            let body = format!(r#"{{"pad":"{padding}"}}"#);
+            assert_eq!(body.len(), limit + 1);
+            let content_type = match access {
+                Access::DashboardLogin => "application/x-www-form-urlencoded",
+                _ => "application/json",
+            };
+            let mut builder = Request::builder()
+                .method(method.clone())
+                .uri(&uri)
+                .header("content-type", content_type);
+            if let Some(token) = owner_credential(&world, *access) {
+                builder = builder.header("authorization", format!("Bearer {token}"));
+            }
+            let request = builder.body(Body::from(body)).expect("request");
+            let (status, text) = send(app, request).await;
+            checked += 1;
+            let refused = if bodiless {
+                status.is_success() || status.is_redirection()
+            } else {
+                status == StatusCode::PAYLOAD_TOO_LARGE
+                    || (manifest
+                        && status == StatusCode::BAD_REQUEST
+                        && text.contains("SIZE_INVALID"))
+            };
+            eprintln!(
+                "{service:?} {method} {path}: {} bytes -> {}",
+                limit + 1,
+                status.as_u16()
+            );
+            if !refused {
+                failures.push(format!(
+                    "{service:?} {method} {path}: {} bytes answered {} {text:.200}",
+                    limit + 1,
+                    status.as_u16()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} routes took an oversized body:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(checked >= 12, "every body route was sent ({checked})");
+    for app in [&world.control_plane, &world.cache, &world.pipeline] {
+        let (status, _) = send(app, request(Method::GET, "/healthz", None, None)).await;
+        assert_eq!(status, StatusCode::OK, "the service still answers");
+    }
+}
