@@ -4,6 +4,7 @@
 #   scripts/services.sh start [SERVICE...]    # default: postgres
 #   scripts/services.sh stop  [SERVICE...]
 #   scripts/services.sh status [SERVICE...]
+#   scripts/services.sh restart [SERVICE...]  # the chaos suite (tests/chaos)
 #
 # Services: postgres (the machine's own cluster; started if down), clickhouse
 # (ClickHouse 26.9 from the chdb-core wheel, HTTP on 127.0.0.1:8123), s3
@@ -43,6 +44,16 @@ start_postgres() {
   log "postgres: up"
 }
 stop_postgres() { log "postgres: belongs to the machine; not stopped"; }
+# A fast restart of the machine's cluster (open connections are cut), for the
+# chaos suite: the one way this script touches a running PostgreSQL.
+restart_postgres() {
+  local version
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  [[ -n "$version" ]] || { log "postgres: no cluster under /etc/postgresql"; return 1; }
+  pg_ctlcluster --skip-systemctl-redirect "$version" main restart -m fast
+  wait_until 30 postgres pg_up
+  log "postgres: restarted"
+}
 status_postgres() { pg_up && echo "postgres: up" || echo "postgres: down"; }
 
 # --- ClickHouse (chdb-core serving the HTTP interface) ----------------------------
@@ -105,6 +116,10 @@ stop_by_pid() { # name
 }
 stop_clickhouse() { stop_by_pid clickhouse; }
 stop_s3() { stop_by_pid s3; }
+restart_clickhouse() { stop_clickhouse; start_clickhouse; }
+restart_s3() { stop_s3; start_s3; }
+restart_chromium() { start_chromium; }
+restart_registry() { start_registry; }
 status_clickhouse() { ch_up && echo "clickhouse: up" || echo "clickhouse: down"; }
 status_s3() { s3_up && echo "s3: up" || echo "s3: down"; }
 
@@ -145,6 +160,7 @@ for service in "${services[@]}"; do
     start) "start_$service" ;;
     stop) "stop_$service" ;;
     status) "status_$service" ;;
-    *) log "usage: $0 start|stop|status [postgres|clickhouse|s3|chromium|registry...]"; exit 2 ;;
+    restart) "restart_$service" ;;
+    *) log "usage: $0 start|stop|status|restart [postgres|clickhouse|s3|chromium|registry...]"; exit 2 ;;
   esac
 done
