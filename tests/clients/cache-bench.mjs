@@ -40,14 +40,24 @@ if (mode === 'big') {
   const [archive, out] = args;
   const twirp = internalCacheTwirpClient();
   const bytes = fs.statSync(archive).size;
+  // The upload's wall-clock span (so the harness can read the server's CPU over
+  // it) and this client's own CPU time during it.
+  const startedMs = Date.now();
+  const cpu = process.cpuUsage();
   let t = now();
   await upload(twirp, `big-${run}`, version, archive);
   const uploadSeconds = now() - t;
+  const used = process.cpuUsage(cpu);
+  const endedMs = Date.now();
   t = now();
   await download(twirp, `big-${run}`, version, out);
   const downloadSeconds = now() - t;
   if (fs.statSync(out).size !== bytes) throw new Error('downloaded size differs');
-  console.log(JSON.stringify({ mode, bytes, upload_seconds: uploadSeconds, download_seconds: downloadSeconds }));
+  console.log(JSON.stringify({
+    mode, bytes, upload_seconds: uploadSeconds, download_seconds: downloadSeconds,
+    upload_started_ms: startedMs, upload_ended_ms: endedMs,
+    upload_client_cpu_seconds: (used.user + used.system) / 1e6,
+  }));
 } else if (mode === 'small') {
   const [countText, sizeText, dir] = args;
   const count = Number(countText);

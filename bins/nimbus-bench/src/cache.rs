@@ -60,6 +60,11 @@ struct BackendReport {
     backend: String,
     big_bytes: u64,
     big_upload_mb_s: f64,
+    /// The big upload's wall time, and the CPU time the client (node) and the
+    /// proxy (this process) spent during it: where the upload's limit is.
+    big_upload_seconds: f64,
+    big_upload_client_cpu_seconds: f64,
+    big_upload_proxy_cpu_seconds: f64,
     big_download_mb_s: f64,
     small_count: u64,
     small_bytes: u64,
@@ -74,6 +79,9 @@ struct Report {
     backends: Vec<BackendReport>,
     discard_upload_mb_s: f64,
     dd_fsync_write_mb_s: f64,
+    /// dd's wall time and CPU time (user + system) for the same bytes.
+    dd_fsync_seconds: f64,
+    dd_cpu_seconds: f64,
     nginx_download_mb_s: Option<f64>,
     nginx_curl_download_mb_s: Option<f64>,
     s3_raw_multipart_upload_mb_s: Option<f64>,
@@ -291,6 +299,10 @@ async fn raw_multipart_upload(endpoint: &str, bucket: &str, big: &Path) -> Resul
 
 const SECRET: &str = "nimbus-bench-cache-secret";
 
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
 fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / 1e6 / seconds.max(1e-9)
 }
@@ -316,9 +328,79 @@ fn write_random(path: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// `dd if=/dev/zero of=FILE bs=1M count=N conv=fsync`: the disk's durable write speed.
-fn dd_fsync(work: &Path, mib: u64) -> Result<f64> {
+/// CPU seconds (user + system) of this process, or of its waited-for children.
+fn cpu_seconds(who: nix::sys::resource::UsageWho) -> f64 {
+    nix::sys::resource::getrusage(who).map_or(0.0, |usage| {
+        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        seconds(usage.user_time()) + seconds(usage.system_time())
+    })
+}
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// This process's CPU time, sampled every 20 ms while it lives: (epoch ms, CPU s).
+struct CpuSampler {
+    samples: Arc<std::sync::Mutex<Vec<(f64, f64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CpuSampler {
+    fn start() -> CpuSampler {
+        let samples: Arc<std::sync::Mutex<Vec<(f64, f64)>>> = Arc::default();
+        let task = {
+            let samples = samples.clone();
+            tokio::spawn(async move {
+                loop {
+                    let sample = (
+                        epoch_ms(),
+                        cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_SELF),
+                    );
+                    if let Ok(mut samples) = samples.lock() {
+                        samples.push(sample);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        CpuSampler { samples, task }
+    }
+
+    /// CPU seconds spent between two epoch times (interpolated between samples).
+    fn between(&self, from_ms: f64, to_ms: f64) -> f64 {
+        let Ok(samples) = self.samples.lock() else {
+            return f64::NAN;
+        };
+        let at = |ms: f64| {
+            let after = samples.iter().position(|(t, _)| *t >= ms);
+            match after {
+                Some(0) => samples[0].1,
+                Some(i) => {
+                    let (t0, c0) = samples[i - 1];
+                    let (t1, c1) = samples[i];
+                    c0 + (c1 - c0) * (ms - t0) / (t1 - t0).max(1e-9)
+                }
+                None => samples.last().map_or(0.0, |s| s.1),
+            }
+        };
+        at(to_ms) - at(from_ms)
+    }
+}
+
+impl Drop for CpuSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `dd if=/dev/zero of=FILE bs=1M count=N conv=fsync`: the disk's durable write
+/// speed (MB/s), with dd's wall and CPU seconds.
+fn dd_fsync(work: &Path, mib: u64) -> Result<(f64, f64, f64)> {
     let target = work.join("dd.bin");
+    let cpu_before = cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
     let started = Instant::now();
     let status = std::process::Command::new("dd")
         .arg("if=/dev/zero")
@@ -330,11 +412,12 @@ fn dd_fsync(work: &Path, mib: u64) -> Result<f64> {
         .status()
         .context("running dd")?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_CHILDREN) - cpu_before;
     let _ = std::fs::remove_file(&target);
     if !status.success() {
         bail!("dd failed: {status}");
     }
-    Ok(mb_per_s(mib << 20, seconds))
+    Ok((mb_per_s(mib << 20, seconds), seconds, cpu))
 }
 
 async fn node(clients_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Value> {
@@ -404,6 +487,7 @@ async fn measure(
     ];
     eprintln!("bench: cache {name}: one {} MiB entry", args.big_mib);
     let out = work.join("big.back");
+    let sampler = CpuSampler::start();
     let big_result = node(
         &args.clients_dir,
         &[
@@ -433,12 +517,20 @@ async fn measure(
     .await?;
     let _ = std::fs::remove_dir_all(&small_dir);
     let seconds = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    let proxy_cpu = sampler.between(
+        seconds(&big_result, "upload_started_ms"),
+        seconds(&big_result, "upload_ended_ms"),
+    );
+    drop(sampler);
     let big_bytes = big_result["bytes"].as_u64().unwrap_or(0);
     let small_bytes = args.small_count * args.small_bytes;
     Ok(BackendReport {
         backend: name.into(),
         big_bytes,
         big_upload_mb_s: mb_per_s(big_bytes, seconds(&big_result, "upload_seconds")),
+        big_upload_seconds: seconds(&big_result, "upload_seconds"),
+        big_upload_client_cpu_seconds: seconds(&big_result, "upload_client_cpu_seconds"),
+        big_upload_proxy_cpu_seconds: proxy_cpu,
         big_download_mb_s: mb_per_s(big_bytes, seconds(&big_result, "download_seconds")),
         small_count: args.small_count,
         small_bytes: args.small_bytes,
@@ -561,7 +653,7 @@ pub async fn run(args: Args) -> Result<()> {
     eprintln!("bench: writing a {} MiB random file", args.big_mib);
     write_random(&big, args.big_mib << 20)?;
     eprintln!("bench: dd conv=fsync of {} MiB", args.big_mib);
-    let dd = dd_fsync(work, args.big_mib)?;
+    let (dd, dd_seconds, dd_cpu) = dd_fsync(work, args.big_mib)?;
 
     let mut backends = Vec::new();
     let mut s3_raw = None;
@@ -594,6 +686,8 @@ pub async fn run(args: Args) -> Result<()> {
         backends,
         discard_upload_mb_s: discard.big_upload_mb_s,
         dd_fsync_write_mb_s: dd,
+        dd_fsync_seconds: dd_seconds,
+        dd_cpu_seconds: dd_cpu,
         nginx_download_mb_s: nginx.map(|(client, _)| client),
         nginx_curl_download_mb_s: nginx.and_then(|(_, curl)| curl),
         s3_raw_multipart_upload_mb_s: s3_raw,
@@ -618,9 +712,21 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "dd conv=fsync write: {:.0} MB/s",
-        report.dd_fsync_write_mb_s
+        "dd conv=fsync write: {:.0} MB/s ({:.2} s, {:.2} CPU-s)",
+        report.dd_fsync_write_mb_s, report.dd_fsync_seconds, report.dd_cpu_seconds
     );
+    for b in &report.backends {
+        println!(
+            "{} big upload: {:.2} s; CPU-s during it: client {:.2}, proxy {:.2} ({:.0} % of {} cores)",
+            b.backend,
+            b.big_upload_seconds,
+            b.big_upload_client_cpu_seconds,
+            b.big_upload_proxy_cpu_seconds,
+            100.0 * (b.big_upload_client_cpu_seconds + b.big_upload_proxy_cpu_seconds)
+                / (b.big_upload_seconds * cores()),
+            cores()
+        );
+    }
     println!(
         "upload into a store that keeps nothing (the ceiling): {:.0} MB/s",
         report.discard_upload_mb_s

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod analytics;
 mod cache;
+mod connections;
 mod control_plane;
 mod logs;
 mod policy;
@@ -25,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Idle connections beside a polite client: its latency before and beside
+    /// them, and when the server cut them off.
+    Connections(connections::Args),
     /// Signed webhooks accepted per second and lease+complete cycles per second,
     /// against an in-process control plane over real loopback HTTP.
     ControlPlane(control_plane::Args),
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(args).await,
+            Command::Connections(args) => connections::run(args).await,
             Command::Policy(args) => policy::run(args),
             Command::Vm(args) => vm::run(args).await,
             Command::Logs(args) => logs::run(args).await,
