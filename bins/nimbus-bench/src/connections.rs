@@ -1,5 +1,5 @@
-//! Idle connections against a polite client: the control plane (in process, on
-//! SQLite, behind the same `nimbus_core::serve` every service uses) holds
+//! Idle connections against a polite client: the control plane (its release
+//! binary, on SQLite, behind the same `nimbus_core::serve` every service uses) holds
 //! `--idle` connections that never send a byte, while another client makes
 //! authenticated API requests, each on a new connection. Reports that client's
 //! latency before and beside the idle connections, and when the server cut the
@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use nimbus_core::auth::{JwtKeys, Role};
-use nimbus_core::control_plane::{self, ControlPlane};
-use nimbus_core::{ControlPlaneConfig, Env, Secret};
+use nimbus_core::Secret;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::stats::{ms, percentile, sorted};
 
@@ -28,6 +27,11 @@ pub struct Args {
     /// Requests of the polite client in each phase.
     #[arg(long, default_value_t = 300)]
     requests: usize,
+    /// The `nimbus-control-plane` binary to measure (default: the one beside
+    /// nimbus-bench). A process of its own: each side needs a descriptor per
+    /// connection.
+    #[arg(long)]
+    control_plane_bin: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -47,22 +51,67 @@ struct Report {
     cut_off_after_seconds: f64,
 }
 
-/// Raises the open-file limit to what `idle` connections on both ends need (root
-/// may raise the hard limit too); the server sizes its connection limit from it.
-fn raise_file_limit(idle: usize) -> Result<()> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let wanted = (idle as u64) * 2 + 4096;
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft >= wanted {
-        return Ok(());
+/// The `nimbus-control-plane` binary: beside this one unless given.
+fn control_plane_binary(given: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("nimbus-bench has no directory")?
+            .join("nimbus-control-plane"),
+    };
+    if !path.exists() {
+        bail!(
+            "{} is not built (cargo build --release -p nimbus-control-plane)",
+            path.display()
+        );
     }
-    if setrlimit(Resource::RLIMIT_NOFILE, wanted, hard.max(wanted)).is_err() {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-        if hard < wanted {
-            bail!("{idle} idle connections need {wanted} open files; the limit is {hard} (run as root, or lower --idle)");
+    Ok(path)
+}
+
+/// A control plane process on a free loopback port, killed when dropped.
+struct Server {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_server(binary: &std::path::Path) -> Result<(Server, std::net::SocketAddr)> {
+    let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let dir = std::env::temp_dir().join(format!("nimbus-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let child = std::process::Command::new(binary)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NIMBUS_CONTROL_PLANE_ADDR", address.to_string())
+        .env("NIMBUS_DATA_DIR", &dir)
+        .env("NIMBUS_JWT_SECRET", JWT_SECRET)
+        .env("NIMBUS_LOG_LEVEL", "warn")
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let server = Server { child, dir };
+    let ready = format!("http://{address}/readyz");
+    let started = Instant::now();
+    while reqwest::get(&ready)
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the control plane at {address} was not ready within 30 s");
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
+    Ok((server, address))
 }
 
 /// One request per new connection, as a new client would make it.
@@ -83,23 +132,8 @@ async fn polite(client: &reqwest::Client, url: &str, token: &str, n: usize) -> (
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    raise_file_limit(args.idle)?;
-    let temp = std::env::temp_dir().join(format!("nimbus-bench-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&temp)?;
-    let url = format!("sqlite://{}", temp.join("bench.db").display());
-    let env = Env::from_map([
-        ("NIMBUS_JWT_SECRET", JWT_SECRET),
-        ("NIMBUS_LOG_LEVEL", "warn"),
-    ]);
-    let config = ControlPlaneConfig::from_env(&env)?;
-    let store = nimbus_core::store::open(&url, config.database_max_connections).await?;
-    let state = ControlPlane::new(config, store)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(control_plane::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
+    let binary = control_plane_binary(args.control_plane_bin.as_deref())?;
+    let (server, address) = start_server(&binary).await?;
     let token = JwtKeys::new(&Secret::new(JWT_SECRET)).mint(
         "bench",
         Role::Admin,
@@ -144,9 +178,7 @@ pub async fn run(args: Args) -> Result<()> {
         .await;
     let cut_off = closed.iter().filter(|c| c.is_some()).count();
     let cut_off_after = closed.iter().flatten().max().copied().unwrap_or_default();
-    let _ = stop.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&temp);
+    drop(server);
 
     let report = Report {
         idle_connections: args.idle,
