@@ -24,6 +24,8 @@ use serde_json::{json, Value};
 struct Runners {
     registered: HashMap<i64, String>,
     deleted: Vec<i64>,
+    /// Seconds the stand-in runner holds its job (put in the runner file).
+    hold_seconds: Option<u64>,
 }
 
 type Shared = Arc<Mutex<Runners>>;
@@ -36,7 +38,11 @@ async fn generate(
     let mut runners = runners.lock().expect("lock");
     let id = runners.registered.len() as i64 + 100;
     runners.registered.insert(id, name.clone());
-    let runner_file = json!({"AgentId": id, "AgentName": name}).to_string();
+    let mut runner_file = json!({"AgentId": id, "AgentName": name});
+    if let Some(hold) = runners.hold_seconds {
+        runner_file["HoldSeconds"] = json!(hold);
+    }
+    let runner_file = runner_file.to_string();
     let config =
         json!({".runner": STANDARD.encode(runner_file), ".credentials": STANDARD.encode("{}")});
     (
@@ -74,12 +80,44 @@ async fn remove(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_github_job_runs_the_stand_in_actions_runner_with_its_jit_config() {
-    let Some(assets) = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS") else {
-        return;
-    };
+/// The services and a fake GitHub, and one GitHub job queued by its webhook.
+struct Setup {
+    runners: Shared,
+    pipeline: LoggingPipelineProcess,
+    control_plane: ControlPlaneProcess,
+    agent: HostAgentProcess,
+    id: i64,
+}
+
+/// Sends the recorded `workflow_job` delivery, changed by `change`, signed.
+fn send_webhook(control_plane: &ControlPlaneProcess, change: impl FnOnce(&mut Value)) -> Value {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/webhooks/workflow_job_queued.json"
+    );
+    let mut delivery: Value =
+        serde_json::from_str(&std::fs::read_to_string(example).expect("example")).expect("json");
+    change(&mut delivery);
+    let file =
+        std::env::temp_dir().join(format!("nimbus-e2e-webhook-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, delivery.to_string()).expect("write");
+    let answer = nimbus_e2e::nimbus_cli(
+        &["dev", "webhook", &file.display().to_string()],
+        &[
+            ("NIMBUS_CONTROL_PLANE_URL", control_plane.url.as_str()),
+            ("NIMBUS_GITHUB_WEBHOOK_SECRET", nimbus_e2e::WEBHOOK_SECRET),
+        ],
+    )
+    .expect("webhook");
+    let _ = std::fs::remove_file(&file);
+    serde_json::from_str(answer.split_once(' ').map(|(_, body)| body).unwrap_or("{}"))
+        .expect("answer")
+}
+
+async fn setup(hold_seconds: Option<u64>) -> Option<Setup> {
+    let assets = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS")?;
     let runners: Shared = Arc::default();
+    runners.lock().expect("lock").hold_seconds = hold_seconds;
     let github = Router::new()
         .route(
             "/repos/{owner}/{repo}/actions/runners/generate-jitconfig",
@@ -102,11 +140,13 @@ async fn a_github_job_runs_the_stand_in_actions_runner_with_its_jit_config() {
         ("NIMBUS_GITHUB_API_URL", github_url),
         // The reconciler would list this fake's (missing) runs: keep it out of the way.
         ("NIMBUS_GITHUB_RECONCILE_SECONDS", "3600".to_string()),
+        // Heartbeats every second: a lease taken back is noticed at once.
+        ("NIMBUS_JOB_LEASE_TTL", "3".to_string()),
     ])
     .await
     .expect("control plane");
     let agent_token = mint_token(&["--role", "agent", "--sub", "github-e2e"]).expect("agent");
-    let _agent = HostAgentProcess::start(&[
+    let agent = HostAgentProcess::start(&[
         ("NIMBUS_CONTROL_PLANE_URL", control_plane.url.clone()),
         (
             "NIMBUS_CONTROL_PLANE_TOKEN",
@@ -115,28 +155,33 @@ async fn a_github_job_runs_the_stand_in_actions_runner_with_its_jit_config() {
         ("NIMBUS_LOGS_URL", pipeline.url.clone()),
         ("NIMBUS_AGENT_ID", "github-e2e".to_string()),
         ("NIMBUS_VMM", "sandbox".to_string()),
-        ("NIMBUS_ASSETS_DIR", assets.clone()),
+        ("NIMBUS_ASSETS_DIR", assets),
         ("NIMBUS_VM_NETWORK", "none".to_string()),
     ])
     .expect("agent");
-
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/webhooks/workflow_job_queued.json"
-    );
-    let answer = nimbus_e2e::nimbus_cli(
-        &["dev", "webhook", example],
-        &[
-            ("NIMBUS_CONTROL_PLANE_URL", control_plane.url.as_str()),
-            ("NIMBUS_GITHUB_WEBHOOK_SECRET", nimbus_e2e::WEBHOOK_SECRET),
-        ],
-    )
-    .expect("webhook");
-    let answer: Value =
-        serde_json::from_str(answer.split_once(' ').map(|(_, body)| body).unwrap_or("{}"))
-            .expect("answer");
+    let answer = send_webhook(&control_plane, |_| {});
     let id = answer["job_id"].as_i64().expect("job id");
+    Some(Setup {
+        runners,
+        pipeline,
+        control_plane,
+        agent,
+        id,
+    })
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_job_runs_the_stand_in_actions_runner_with_its_jit_config() {
+    let Some(Setup {
+        runners,
+        pipeline,
+        control_plane,
+        agent: _agent,
+        id,
+    }) = setup(None).await
+    else {
+        return;
+    };
     let admin = mint_token(&["--role", "admin"]).expect("admin");
     let job = nimbus_e2e::final_job(
         &control_plane.url,
@@ -180,4 +225,65 @@ async fn a_github_job_runs_the_stand_in_actions_runner_with_its_jit_config() {
         vec![&runner_name]
     );
     assert_eq!(runners.deleted.len(), 1, "runner removed after completion");
+}
+
+/// The job is cancelled on GitHub while its runner works: the control plane ends
+/// it `cancelled` and takes the lease back, and the agent stops the VM at its next
+/// heartbeat (a second, with a 3 s lease) instead of letting it run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_on_github_while_it_runs_has_its_vm_stopped() {
+    let Some(s) = setup(Some(600)).await else {
+        return;
+    };
+    let vm = s.agent.runtime_dir.join(format!("job-{}-1", s.id));
+    let admin = mint_token(&["--role", "admin"]).expect("admin");
+    let mut running = false;
+    for _ in 0..300 {
+        let messages = nimbus_e2e::log_messages(&s.pipeline.url, admin.expose(), s.id)
+            .await
+            .unwrap_or_default();
+        if messages.iter().any(|m| m.contains("Running job: build")) {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running && vm.exists(), "the runner is working on the job");
+
+    let answer = send_webhook(&s.control_plane, |delivery| {
+        delivery["action"] = json!("completed");
+        delivery["workflow_job"]["status"] = json!("completed");
+        delivery["workflow_job"]["conclusion"] = json!("cancelled");
+        delivery["workflow_job"]["completed_at"] = json!("2026-11-27T05:01:00Z");
+    });
+    assert_eq!(answer["status"], "cancelled", "{answer}");
+    let cancelled = std::time::Instant::now();
+    while vm.exists() && cancelled.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !vm.exists(),
+        "the VM is stopped within a heartbeat interval or two"
+    );
+    eprintln!(
+        "VM stopped {:?} after the cancellation",
+        cancelled.elapsed()
+    );
+    // The agent's late completion is refused: the job stays cancelled, with why.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job: Value = reqwest::Client::new()
+        .get(format!("{}/api/jobs/{}", s.control_plane.url, s.id))
+        .bearer_auth(admin.expose())
+        .send()
+        .await
+        .expect("job")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(
+        job["failure_reason"], "cancelled on GitHub while it ran",
+        "{job}"
+    );
+    drop(s.runners);
 }
