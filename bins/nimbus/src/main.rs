@@ -499,6 +499,8 @@ mod tests {
         name == "NIMBUS_"
             || name.starts_with("NIMBUS_TEST_")
             || matches!(name, "NIMBUS_JIT_CONFIG" | "NIMBUS_JAILER_WRAPPER_CONF")
+            // Set for every job by the host agent (docs/host-agent.md), never read.
+            || matches!(name, "NIMBUS_JOB_ID" | "NIMBUS_JOB_ATTEMPT")
     }
 
     fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
