@@ -626,6 +626,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// Everything the queue holds, memory then spool, as line numbers.
+    async fn read_back(queue: &mut Queue, dropped: &IntCounter) -> Vec<u64> {
+        let mut out = Vec::new();
+        loop {
+            queue.refill(dropped).await;
+            if queue.memory.is_empty() {
+                return out;
+            }
+            out.extend(queue.memory.drain(..).map(|r| r.seq));
+        }
+    }
+
     #[tokio::test]
     async fn only_past_the_disk_bound_are_lines_dropped() {
         let dropped = IntCounter::new("t2", "t").expect("counter");
@@ -652,14 +664,7 @@ mod tests {
             queue.push(record, &dropped).await;
         }
         assert_eq!(dropped.get(), 15);
-        let mut out = Vec::new();
-        loop {
-            queue.refill(&dropped).await;
-            if queue.memory.is_empty() {
-                break;
-            }
-            out.extend(queue.memory.drain(..).map(|r| r.seq));
-        }
+        let out = read_back(&mut queue, &dropped).await;
         assert_eq!(
             out,
             (1..=25).collect::<Vec<_>>(),
@@ -708,14 +713,7 @@ mod tests {
         for n in 2_001..=2_500 {
             queue.push(record(n), &dropped).await;
         }
-        let mut out = Vec::new();
-        loop {
-            queue.refill(&dropped).await;
-            if queue.memory.is_empty() {
-                break;
-            }
-            out.extend(queue.memory.drain(..).map(|r| r.seq));
-        }
+        let out = read_back(&mut queue, &dropped).await;
         assert_eq!(
             out.len() as u64 + dropped.get(),
             2_500,

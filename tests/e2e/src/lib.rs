@@ -493,6 +493,25 @@ impl Drop for HostAgentProcess {
     }
 }
 
+/// The settings of a sandbox host agent named `name` leasing from `control_plane_url`
+/// with one slot and no VM network (the agent failure tests).
+pub fn sandbox_agent_env(
+    control_plane_url: &str,
+    assets: &str,
+    name: &str,
+) -> Result<Vec<(&'static str, String)>> {
+    let token = mint_token(&["--role", "agent", "--sub", name])?;
+    Ok(vec![
+        ("NIMBUS_CONTROL_PLANE_URL", control_plane_url.to_string()),
+        ("NIMBUS_CONTROL_PLANE_TOKEN", token.expose().to_string()),
+        ("NIMBUS_AGENT_ID", name.to_string()),
+        ("NIMBUS_VMM", "sandbox".to_string()),
+        ("NIMBUS_ASSETS_DIR", assets.to_string()),
+        ("NIMBUS_VM_NETWORK", "none".to_string()),
+        ("NIMBUS_AGENT_MAX_VMS", "1".to_string()),
+    ])
+}
+
 /// Polls `GET /api/jobs/{id}` until the job reaches a final status (succeeded,
 /// failed, timed_out, cancelled) or `limit` passes; returns the job as last seen.
 pub async fn final_job(

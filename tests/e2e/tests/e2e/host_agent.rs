@@ -211,16 +211,7 @@ async fn a_killed_agents_job_is_re_leased_by_another_and_its_vm_cleaned_on_resta
     .await
     .expect("control plane");
     let agent_env = |name: &str| {
-        let token = mint_token(&["--role", "agent", "--sub", name]).expect("agent token");
-        vec![
-            ("NIMBUS_CONTROL_PLANE_URL", control_plane.url.clone()),
-            ("NIMBUS_CONTROL_PLANE_TOKEN", token.expose().to_string()),
-            ("NIMBUS_AGENT_ID", name.to_string()),
-            ("NIMBUS_VMM", "sandbox".to_string()),
-            ("NIMBUS_ASSETS_DIR", assets.clone()),
-            ("NIMBUS_VM_NETWORK", "none".to_string()),
-            ("NIMBUS_AGENT_MAX_VMS", "1".to_string()),
-        ]
+        nimbus_e2e::sandbox_agent_env(&control_plane.url, &assets, name).expect("agent settings")
     };
     let mut first = HostAgentProcess::start(&agent_env("agent-one")).expect("agent one");
     let client = reqwest::Client::new();

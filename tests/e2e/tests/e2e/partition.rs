@@ -136,16 +136,7 @@ async fn a_partitioned_agent_stops_its_vm_before_the_job_runs_elsewhere_and_reco
     .await
     .expect("control plane");
     let agent_env = |name: &str| {
-        let token = mint_token(&["--role", "agent", "--sub", name]).expect("agent token");
-        vec![
-            ("NIMBUS_CONTROL_PLANE_URL", control_plane.url.clone()),
-            ("NIMBUS_CONTROL_PLANE_TOKEN", token.expose().to_string()),
-            ("NIMBUS_AGENT_ID", name.to_string()),
-            ("NIMBUS_VMM", "sandbox".to_string()),
-            ("NIMBUS_ASSETS_DIR", assets.clone()),
-            ("NIMBUS_VM_NETWORK", "none".to_string()),
-            ("NIMBUS_AGENT_MAX_VMS", "1".to_string()),
-        ]
+        nimbus_e2e::sandbox_agent_env(&control_plane.url, &assets, name).expect("agent settings")
     };
     let cut_off = HostAgentProcess::start_in_netns(&partition.netns, &agent_env("cut-off"))
         .expect("agent in its namespace");
