@@ -39,6 +39,9 @@ impl Vm for CappedVm {
     async fn boot(&mut self) -> Result<GuestInfo> {
         self.inner.boot().await
     }
+    fn set_timeout(&mut self, timeout: std::time::Duration) {
+        self.inner.set_timeout(timeout)
+    }
     async fn run(
         &mut self,
         job: &GuestJob,

@@ -44,6 +44,7 @@ pub fn spec(
         boot_args: Vec::new(),
         timeout,
         boot_timeout: config.boot_timeout,
+        snapshot: None,
     }
 }
 

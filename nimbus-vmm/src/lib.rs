@@ -48,6 +48,8 @@ pub mod select;
 #[cfg(feature = "host")]
 pub mod session;
 #[cfg(feature = "host")]
+pub mod snapshot;
+#[cfg(feature = "host")]
 pub mod spec;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -73,6 +75,17 @@ pub trait VmmDriver: Send + Sync {
     /// Creates the VM's private files (copy-on-write rootfs, scratch disk) under its
     /// runtime directory. Nothing runs yet; [`Vm::destroy`] removes it all.
     async fn prepare(&self, spec: &VmSpec) -> Result<Box<dyn Vm>>;
+    /// Makes, or finds already made, the snapshot VMs of `spec`'s machine start from
+    /// (`NIMBUS_VMM_START=snapshot`): boots one, primes it and saves it, tied to the
+    /// assets (`assets_sha256`, the manifest's digest) and the VMM's version. A spec
+    /// naming it in [`VmSpec::snapshot`] is then restored instead of booted.
+    async fn snapshot(&self, spec: &VmSpec, assets_sha256: &str) -> Result<snapshot::Snapshot> {
+        let _ = (spec, assets_sha256);
+        Err(Error::Unavailable {
+            driver: self.kind().as_str(),
+            reason: "this driver cannot restore VMs from snapshots".into(),
+        })
+    }
 }
 
 /// One machine, from prepared to destroyed.
@@ -83,6 +96,9 @@ pub trait Vm: Send {
     fn id(&self) -> &str;
     /// Starts the machine and returns once `nimbus-guest` inside has said hello.
     async fn boot(&mut self) -> Result<GuestInfo>;
+    /// Sets the timeout of the next [`Vm::run`], replacing the spec's: a VM of the
+    /// host agent's warm pool is booted before its job, and so its timeout, is known.
+    fn set_timeout(&mut self, timeout: std::time::Duration);
     /// Runs one job, handing every step and output line to `on_event`. The spec's
     /// timeout covers the run: on expiry the machine is destroyed and the outcome is
     /// [`Outcome::TimedOut`].

@@ -10,6 +10,13 @@
 //! session with an error); the host sends one [`HostMessage::Run`]; the guest streams
 //! step and output messages and ends with [`GuestMessage::Finished`].
 //!
+//! Snapshots (QEMU driver): before a VM is snapshotted the host sends
+//! [`HostMessage::Prime`] (the guest loads what jobs start with, answers
+//! [`GuestMessage::Primed`]); every VM restored from the snapshot is first sent
+//! [`HostMessage::Refresh`] with an [`Identity`] of its own and answers with a new
+//! [`GuestMessage::Hello`], before its `Run`. Only guests whose hello lists
+//! [`FEATURE_SNAPSHOT`] are snapshotted.
+//!
 //! The decoder is sans-IO ([`FrameDecoder`]) so the synchronous guest and the async
 //! host share it.
 
@@ -26,6 +33,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"NMB\x01";
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// Longest output line the guest sends in one message.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// In [`GuestMessage::Hello`]'s `features`: the guest understands `Prime` and `Refresh`.
+pub const FEATURE_SNAPSHOT: &str = "snapshot";
 /// Name of the virtio-serial port QEMU exposes to the guest.
 pub const VIRTIO_PORT_NAME: &str = "org.nimbus.0";
 /// vsock port the guest connects to on the host (CID 2) under Firecracker.
@@ -69,6 +78,32 @@ pub enum HostMessage {
     },
     /// Stop the running job (its processes are killed) and finish.
     Cancel,
+    /// A snapshot of this VM follows: load what jobs start with (the shells, their
+    /// libraries), flush the disks, answer [`GuestMessage::Primed`] and wait.
+    Prime,
+    /// This VM was restored from a snapshot: take this identity (RNG entropy,
+    /// machine-id, hostname, MAC, clock), answer with a new hello and wait for `Run`.
+    Refresh {
+        /// What makes this VM unlike every other restored from the same snapshot.
+        identity: Identity,
+    },
+}
+
+/// What a VM restored from a snapshot must not share with its siblings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Random bytes from the host, hex, mixed into the guest kernel's RNG (credited)
+    /// before it is reseeded: siblings would otherwise draw the same numbers.
+    pub entropy: String,
+    /// `/etc/machine-id`: 32 lower-case hex digits.
+    pub machine_id: String,
+    /// The hostname.
+    pub hostname: String,
+    /// eth0's MAC address, when the VM has a network.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The host's clock (Unix epoch milliseconds): the snapshot's is stale.
+    pub unix_millis: i64,
 }
 
 /// Guest → host.
@@ -83,7 +118,12 @@ pub enum GuestMessage {
         agent: String,
         /// `uname -r` of the guest kernel (the host's for the sandbox).
         kernel: String,
+        /// Optional parts of the protocol the guest speaks (e.g. [`FEATURE_SNAPSHOT`]).
+        #[serde(default)]
+        features: Vec<String>,
     },
+    /// The guest is ready to be snapshotted (the answer to [`HostMessage::Prime`]).
+    Primed,
     /// A step is about to run (or be skipped).
     StepStarted {
         /// Position of the step in the job, from 0.
@@ -410,7 +450,9 @@ mod tests {
                 protocol: PROTOCOL_VERSION,
                 agent: "0.1.0".into(),
                 kernel: "6.1.0".into(),
+                features: vec![FEATURE_SNAPSHOT.into()],
             },
+            GuestMessage::Primed,
             GuestMessage::Output(OutputLine {
                 seq: 1,
                 step: 0,

@@ -42,6 +42,7 @@ pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Setting
         nimbus_core::config::VarDoc { name: "NIMBUS_VM_EGRESS_ALLOW", default: "(none)", meaning: "CIDRs jobs may reach even inside a denied range (comma-separated), e.g. an internal artifact server. Checked before every denial." },
         nimbus_core::config::VarDoc { name: "NIMBUS_VM_EGRESS_DENY", default: "(none)", meaning: "CIDRs jobs may not reach, besides the defaults: the host's own addresses, loopback, private, shared, link-local (cloud metadata), multicast and reserved ranges." },
         nimbus_core::config::VarDoc { name: "NIMBUS_ALLOW_SANDBOX", default: "0", meaning: "`1` lets `NIMBUS_VMM=auto` pick the namespace sandbox when NIMBUS_MODE=production (it shares the host kernel; docs/security.md)." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_VMM_START", default: "auto", meaning: "How the host agent starts job VMs: `cold` (boot each job's VM when its lease arrives), `warm` (hand each job a VM of the warm pool, booted ahead; NIMBUS_AGENT_WARM_POOL VMs, at least 1), `snapshot` (restore each job's VM from a snapshot made at start; QEMU only) or `auto` (the fastest that works here: snapshot restore where the driver can, plus the warm pool when NIMBUS_AGENT_WARM_POOL is above 0; the choice is logged)." },
         nimbus_core::config::VarDoc { name: "NIMBUS_VM_BOOT_TIMEOUT", default: "60", meaning: "Seconds a VM may take from boot to the guest agent's hello." },
     ],
 };
@@ -55,11 +56,49 @@ pub enum VmmChoice {
     Fixed(DriverKind),
 }
 
+/// What `NIMBUS_VMM_START` asks for: how the host agent starts its jobs' VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Boot each job's VM when its lease arrives.
+    Cold,
+    /// Hand each job a VM booted ahead (the agent's warm pool).
+    Warm,
+    /// Restore each job's VM from a snapshot made once (drivers that can).
+    Snapshot,
+    /// The fastest that is configured and works here (see [`StartMode::parse`]).
+    Auto,
+}
+
+impl StartMode {
+    /// `cold`, `warm`, `snapshot` or `auto`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cold" => Some(StartMode::Cold),
+            "warm" => Some(StartMode::Warm),
+            "snapshot" => Some(StartMode::Snapshot),
+            "auto" => Some(StartMode::Auto),
+            _ => None,
+        }
+    }
+
+    /// The `NIMBUS_VMM_START` value that asks for this.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMode::Cold => "cold",
+            StartMode::Warm => "warm",
+            StartMode::Snapshot => "snapshot",
+            StartMode::Auto => "auto",
+        }
+    }
+}
+
 /// Host-side VM configuration, from `NIMBUS_*` variables.
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
     /// Which driver (`NIMBUS_VMM`, default `auto`).
     pub choice: VmmChoice,
+    /// How the host agent starts VMs (`NIMBUS_VMM_START`, default `auto`).
+    pub start: StartMode,
     /// QEMU's acceleration (`NIMBUS_QEMU_ACCEL`); `None` is `auto`.
     pub qemu_accel: Option<Accel>,
     /// The QEMU binary (`NIMBUS_QEMU_BIN`); `None` looks on PATH.
@@ -174,6 +213,15 @@ impl VmmConfig {
             },
             sandbox_allowed_by_auto: !production || allow_sandbox,
             choice,
+            start: match env.get("NIMBUS_VMM_START") {
+                None => StartMode::Auto,
+                Some(text) => StartMode::parse(text).ok_or_else(|| {
+                    config_error(
+                        "NIMBUS_VMM_START",
+                        format!("invalid value {text:?}: expected cold, warm, snapshot or auto"),
+                    )
+                })?,
+            },
             qemu_accel,
             qemu_binary: path("NIMBUS_QEMU_BIN"),
             qemu_transport: match env.get("NIMBUS_QEMU_TRANSPORT") {
@@ -323,6 +371,11 @@ mod tests {
             .expect_err("an error")
             .to_string()
             .contains("NIMBUS_QEMU_ACCEL"));
+        let env = Env::from_map([("NIMBUS_VMM_START", "hot")]);
+        assert!(VmmConfig::from_env(&env)
+            .expect_err("an error")
+            .to_string()
+            .contains("NIMBUS_VMM_START"));
         let env = Env::from_map([("NIMBUS_ROOTFS_SHA256", "abc")]);
         assert!(VmmConfig::from_env(&env)
             .expect_err("an error")

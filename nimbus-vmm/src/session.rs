@@ -27,6 +27,8 @@ pub struct Hello {
     pub agent: String,
     /// `uname -r` of the guest kernel (the host's under the sandbox driver).
     pub kernel: String,
+    /// Optional protocol features the guest speaks ([`crate::protocol::FEATURE_SNAPSHOT`]).
+    pub features: Vec<String>,
 }
 
 impl GuestChannel {
@@ -110,15 +112,60 @@ impl GuestChannel {
                 protocol,
                 agent,
                 kernel,
+                features,
             }) => {
                 check_version(PROTOCOL_VERSION, protocol)?;
-                Ok(Hello { agent, kernel })
+                Ok(Hello {
+                    agent,
+                    kernel,
+                    features,
+                })
             }
             Some(other) => Err(Error::Protocol(format!(
                 "expected the guest's hello, got {other:?}"
             ))),
             None => Err(Error::Protocol(
                 "the guest closed the channel before its hello".into(),
+            )),
+        }
+    }
+
+    /// Asks the guest to get ready for a snapshot and waits until it is.
+    pub async fn prime(&mut self) -> Result<()> {
+        self.send(&HostMessage::Prime).await?;
+        match self.recv().await? {
+            Some(GuestMessage::Primed) => Ok(()),
+            Some(other) => Err(Error::Protocol(format!(
+                "expected the guest to be primed, got {other:?}"
+            ))),
+            None => Err(Error::Protocol(
+                "the guest closed the channel while priming".into(),
+            )),
+        }
+    }
+
+    /// Gives a VM restored from a snapshot its own identity; returns its new hello.
+    pub async fn refresh(&mut self, identity: crate::protocol::Identity) -> Result<Hello> {
+        self.send(&HostMessage::Refresh { identity }).await?;
+        match self.recv().await? {
+            Some(GuestMessage::Hello {
+                agent,
+                kernel,
+                features,
+                ..
+            }) => Ok(Hello {
+                agent,
+                kernel,
+                features,
+            }),
+            Some(GuestMessage::Failed { message }) => Err(Error::Protocol(format!(
+                "the restored guest could not take its identity: {message}"
+            ))),
+            Some(other) => Err(Error::Protocol(format!(
+                "expected the restored guest's hello, got {other:?}"
+            ))),
+            None => Err(Error::Protocol(
+                "the restored guest closed the channel".into(),
             )),
         }
     }
@@ -221,8 +268,10 @@ impl GuestChannel {
                     }
                     return Ok(Outcome::Exited { code: exit_code });
                 }
-                GuestMessage::Hello { .. } => {
-                    return Err(Error::Protocol("a second hello from the guest".into()))
+                GuestMessage::Hello { .. } | GuestMessage::Primed => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected {message:?} from the guest during a job"
+                    )))
                 }
             }
         }

@@ -85,6 +85,10 @@ pub struct VmSpec {
     pub timeout: Duration,
     /// Longest the guest may take to say hello after boot.
     pub boot_timeout: Duration,
+    /// Restore the VM from this snapshot instead of booting it (drivers that make
+    /// snapshots only; [`crate::VmmDriver::snapshot`]).
+    #[serde(default)]
+    pub snapshot: Option<crate::snapshot::Snapshot>,
 }
 
 /// The VM's network: none, or a tap device in a namespace of its own.

@@ -2,7 +2,9 @@
 //! its job runs (the control plane gave the job back to the queue) stops that VM
 //! at once, is counted, and the job runs again under its new lease; a job past its
 //! timeout is killed and marked timed out; on shutdown running jobs may finish
-//! within the drain, and are stopped and marked cancelled past it.
+//! within the drain, and are stopped and marked cancelled past it. With a warm
+//! pool: each job is handed a VM booted ahead, never a used one, and the pool is
+//! refilled, emptied on drain and shrunk under memory pressure.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +27,11 @@ struct Setup {
     dir: PathBuf,
     store: Arc<dyn Store>,
     admin: ControlPlaneClient,
+    /// The org's client (submits more jobs).
+    org: ControlPlaneClient,
     job: Job,
+    /// What the agent's warm pool reads as the host's available memory, MiB.
+    memory: Arc<std::sync::atomic::AtomicU64>,
     metrics: AgentMetrics,
     agent: tokio::task::JoinHandle<nimbus_vmm::Result<()>>,
     /// Sends the agent its shutdown (as SIGTERM would).
@@ -103,7 +109,14 @@ async fn setup_with(
         ControlPlaneClient::new(url, Some(token(Role::Agent, None))).expect("client"),
     ));
     agent_config.agent_id = "agent-it".into();
-    agent_config.max_vms = 1;
+    if !extra.iter().any(|(k, _)| *k == "NIMBUS_AGENT_MAX_VMS") {
+        agent_config.max_vms = 1;
+    }
+    let memory = Arc::new(std::sync::atomic::AtomicU64::new(64 * 1024));
+    let probe = memory.clone();
+    agent_config.memory_available = agent::pool::MemoryProbe::new(move || {
+        Some(probe.load(std::sync::atomic::Ordering::SeqCst))
+    });
     agent_config.logs_url = None;
     agent_config.lease_wait = Duration::from_secs(1);
     let metrics = AgentMetrics::new().expect("metrics");
@@ -121,7 +134,9 @@ async fn setup_with(
         dir,
         store,
         admin,
+        org,
         job,
+        memory,
         metrics,
         agent,
         stop: Some(stop),
@@ -387,4 +402,229 @@ async fn a_job_outliving_the_drain_is_stopped_and_marked_cancelled() {
         .expect("task")
         .expect("run");
     assert!(!vm.exists(), "the VM is destroyed");
+}
+
+/// The VM directories under the agent's runtime directory (not the shared dot-dirs).
+fn vm_dirs(s: &Setup) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(s.dir.join("vms"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Waits for job `id` to end; returns its status.
+async fn final_status(s: &Setup, id: i64) -> String {
+    for _ in 0..600 {
+        let job = s.admin.get_job(id).await.expect("job");
+        let status = job.status.to_string();
+        if matches!(
+            status.as_str(),
+            "succeeded" | "failed" | "timed_out" | "cancelled"
+        ) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+/// Fails unless it runs in a machine no job used before: it leaves a mark behind.
+fn fresh_machine_job() -> Value {
+    json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [
+        {"run": "test ! -e /tmp/used-by-a-job && touch /tmp/used-by-a-job && echo fresh"}
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_pool_hands_each_job_a_fresh_vm_and_boots_its_replacement() {
+    // One slot, one warm VM: the job must wait for the pool, never boot cold.
+    let Some(s) = setup(
+        "warm-handoff",
+        &[
+            ("NIMBUS_AGENT_WARM_POOL", "1"),
+            ("NIMBUS_VMM_START", "warm"),
+        ],
+        fresh_machine_job(),
+    )
+    .await
+    else {
+        return;
+    };
+    let pool = &s.metrics.warm_pool;
+    assert_eq!(final_status(&s, s.job.id).await, "succeeded");
+    assert_eq!((pool.hits.get(), pool.misses.get()), (1, 0));
+    assert_eq!(pool.age.get_sample_count(), 1, "the VM's age at hand-off");
+    assert!(
+        s.metrics.boot_seconds.get_sample_count() >= 1,
+        "the warm VM's boot is measured"
+    );
+    assert!(
+        vm_dirs(&s).iter().all(|name| name.starts_with("warm-")),
+        "no cold job VM: {:?}",
+        vm_dirs(&s)
+    );
+
+    // The used VM is gone and a new one waits in its place.
+    wait_for("the replacement", || {
+        pool.size.get() == 1 && vm_dirs(&s).len() == 1
+    })
+    .await;
+    let replacement = vm_dirs(&s);
+    let second = s
+        .org
+        .submit_job(&fresh_machine_job())
+        .await
+        .expect("submit");
+    assert_eq!(
+        final_status(&s, second.id).await,
+        "succeeded",
+        "the second job found no trace of the first"
+    );
+    assert_eq!((pool.hits.get(), pool.misses.get()), (2, 0));
+    wait_for("the next replacement", || {
+        pool.size.get() == 1 && vm_dirs(&s).len() == 1
+    })
+    .await;
+    assert_ne!(vm_dirs(&s), replacement, "a used VM never waits again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_vm_gets_its_jobs_timeout() {
+    let job = json!({"repo": "acme/app", "labels": ["nimbus"], "steps": [{"run": "sleep 120"}]});
+    let Some(s) = setup(
+        "warm-timeout",
+        &[
+            ("NIMBUS_AGENT_WARM_POOL", "1"),
+            ("NIMBUS_AGENT_MAX_JOB_TIMEOUT", "2"),
+        ],
+        job,
+    )
+    .await
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(final_status(&s, s.job.id).await, "timed_out");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(s.metrics.warm_pool.hits.get(), 1);
+    assert_eq!(s.metrics.job_timeouts.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_agent_destroys_its_warm_vms_at_once() {
+    let Some(mut s) = setup(
+        "warm-drain",
+        &[
+            ("NIMBUS_AGENT_WARM_POOL", "2"),
+            ("NIMBUS_AGENT_MAX_VMS", "2"),
+            ("NIMBUS_AGENT_DRAIN_SECONDS", "600"),
+        ],
+        fresh_machine_job(),
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(final_status(&s, s.job.id).await, "succeeded");
+    wait_for("a full pool", || {
+        s.metrics.warm_pool.size.get() == 2 && vm_dirs(&s).len() == 2
+    })
+    .await;
+    let _ = s.stop.take().expect("stop").send(());
+    let agent = std::mem::replace(&mut s.agent, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("idle warm VMs do not hold up the drain")
+        .expect("task")
+        .expect("run");
+    assert_eq!(vm_dirs(&s), Vec::<String>::new(), "every warm VM destroyed");
+    assert_eq!(s.metrics.warm_pool.size.get(), 0);
+    assert_eq!(
+        s.metrics
+            .warm_pool
+            .discarded
+            .with_label_values(&["drain"])
+            .get(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_empties_the_warm_pool_and_jobs_still_run() {
+    use std::sync::atomic::Ordering;
+    let Some(s) = setup(
+        "warm-memory",
+        &[
+            ("NIMBUS_AGENT_WARM_POOL", "2"),
+            ("NIMBUS_AGENT_MAX_VMS", "2"),
+            ("NIMBUS_AGENT_WARM_POOL_MIN_FREE_MIB", "1024"),
+        ],
+        fresh_machine_job(),
+    )
+    .await
+    else {
+        return;
+    };
+    let pool = &s.metrics.warm_pool;
+    assert_eq!(final_status(&s, s.job.id).await, "succeeded");
+    wait_for("a full pool", || {
+        pool.size.get() == 2 && vm_dirs(&s).len() == 2
+    })
+    .await;
+
+    // The host runs short: the pool gives back its VMs, one per check.
+    s.memory.store(512, Ordering::SeqCst);
+    wait_for("an empty pool", || {
+        pool.size.get() == 0 && vm_dirs(&s).is_empty()
+    })
+    .await;
+    assert_eq!(
+        pool.discarded.with_label_values(&["memory_pressure"]).get(),
+        2
+    );
+    // A job still runs, in a VM booted for it.
+    let cold = s
+        .org
+        .submit_job(&fresh_machine_job())
+        .await
+        .expect("submit");
+    assert_eq!(final_status(&s, cold.id).await, "succeeded");
+    assert_eq!(pool.misses.get(), 1);
+    assert_eq!(pool.size.get(), 0, "no VM booted while memory is short");
+
+    // Between the thresholds (free, but not enough for one more VM): no growth.
+    s.memory.store(1024 + 512, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(pool.size.get(), 0);
+    // Memory back: the pool refills.
+    s.memory.store(64 * 1024, Ordering::SeqCst);
+    wait_for("the pool refilled", || pool.size.get() == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_start_is_refused_where_the_driver_makes_no_snapshots() {
+    // (Under the default `auto` the sandbox boots instead: every other test here.)
+    let Some(mut s) = setup(
+        "snapshot-refused",
+        &[("NIMBUS_VMM_START", "snapshot")],
+        fresh_machine_job(),
+    )
+    .await
+    else {
+        return;
+    };
+    let agent = std::mem::replace(&mut s.agent, tokio::spawn(async { Ok(()) }));
+    let error = tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .expect("the agent stops at once")
+        .expect("task")
+        .expect_err("no snapshots under the sandbox");
+    assert!(error.to_string().contains("snapshot"), "{error}");
 }

@@ -74,6 +74,7 @@ async fn harness_with(kind: DriverKind, transport: QemuTransport) -> Option<Harn
             boot_args: Vec::new(),
             timeout,
             boot_timeout: Duration::from_secs(90),
+            snapshot: None,
         }),
         hold: None,
     })

@@ -88,6 +88,7 @@ fn spec(f: &Fixture, id: &str) -> VmSpec {
         boot_args: vec!["nimbus.debug=1".into()],
         timeout: Duration::from_secs(30),
         boot_timeout: Duration::from_secs(30),
+        snapshot: None,
     }
 }
 

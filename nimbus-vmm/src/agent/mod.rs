@@ -14,6 +14,7 @@
 
 mod lease;
 mod logs;
+pub mod pool;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::assets::VerifiedAssets;
 use crate::protocol::{GuestJob, GuestStep, RunnerJob};
-use crate::select::{self, VmmConfig};
+use crate::select::{self, StartMode, VmmConfig};
+use crate::snapshot::Snapshot;
 use crate::spec::NetworkSpec;
 use crate::{launch, JobEvent, Outcome, VmmDriver};
 use tracing::Instrument;
@@ -42,6 +44,9 @@ pub const SETTINGS: nimbus_core::config::Settings = nimbus_core::config::Setting
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_ID", default: "(hostname)", meaning: "Name of this host agent (in logs and log lines)." },
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_LABELS", default: "(any job)", meaning: "Comma-separated labels of this host agent; it leases only jobs whose runner labels are all among them (case-insensitive; `self-hosted`, `param:`, `meta:` and `timeout:` labels need no match)." },
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_MAX_VMS", default: "(cores/2, memory/2 GiB, at least 1)", meaning: "Jobs one host agent runs at once." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_WARM_POOL", default: "0", meaning: "VMs the host agent keeps booted ahead, their guest agent waiting, each handed one job the moment its lease arrives and replaced in the background (NIMBUS_VMM_START). They count in NIMBUS_AGENT_MAX_VMS." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_WARM_POOL_MAX_AGE", default: "3600", meaning: "Seconds a warm VM may wait for a job before it is replaced." },
+        nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_WARM_POOL_MIN_FREE_MIB", default: "1024", meaning: "Memory (MemAvailable, MiB) the warm pool leaves the host: below it the pool gives back a warm VM per second and boots none; it boots one only while this much would stay free with the VM's memory in use." },
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_MAX_JOB_TIMEOUT", default: "(none)", meaning: "Seconds no job may outlive on this host, whatever its `timeout_minutes` or `timeout:MINUTES` label." },
         nimbus_core::config::VarDoc { name: "NIMBUS_AGENT_DRAIN_SECONDS", default: "600", meaning: "After SIGTERM the host agent stops leasing and lets running jobs finish this long; then their VMs are stopped and they complete `cancelled`. A second SIGTERM exits at once." },
         nimbus_core::config::VarDoc { name: "NIMBUS_HOST_AGENT_METRICS_TOKEN", default: "(none)", meaning: "Bearer token for the host agent's `/metrics` from non-loopback peers; unset means loopback only." },
@@ -77,6 +82,14 @@ pub struct AgentConfig {
     /// How long running jobs may go on after SIGTERM before their VMs are stopped and
     /// they complete `cancelled` (`NIMBUS_AGENT_DRAIN_SECONDS`).
     pub drain: Duration,
+    /// VMs booted ahead (`NIMBUS_AGENT_WARM_POOL`); used as `NIMBUS_VMM_START` says.
+    pub warm_pool: usize,
+    /// Oldest a warm VM gets before it is replaced (`NIMBUS_AGENT_WARM_POOL_MAX_AGE`).
+    pub warm_pool_max_age: Duration,
+    /// Memory the warm pool leaves the host, MiB (`NIMBUS_AGENT_WARM_POOL_MIN_FREE_MIB`).
+    pub warm_pool_min_free_mib: u64,
+    /// Where the warm pool reads the host's available memory (MiB).
+    pub memory_available: pool::MemoryProbe,
 }
 
 fn config_error(variable: &str, message: impl Into<String>) -> nimbus_core::Error {
@@ -121,6 +134,11 @@ impl AgentConfig {
             vmm: VmmConfig::from_env(env)?,
             lease_wait: Duration::from_secs(20),
             drain: env.seconds_or("NIMBUS_AGENT_DRAIN_SECONDS", Duration::from_secs(600))?,
+            warm_pool: env.parse_or("NIMBUS_AGENT_WARM_POOL", 0usize)?,
+            warm_pool_max_age: env
+                .seconds_or("NIMBUS_AGENT_WARM_POOL_MAX_AGE", Duration::from_secs(3600))?,
+            warm_pool_min_free_mib: env.parse_or("NIMBUS_AGENT_WARM_POOL_MIN_FREE_MIB", 1024u64)?,
+            memory_available: pool::MemoryProbe::host(),
             max_job_timeout: match env.get("NIMBUS_AGENT_MAX_JOB_TIMEOUT") {
                 None => None,
                 Some(_) => {
@@ -171,6 +189,8 @@ pub struct AgentMetrics {
     pub job_duration: HistogramVec,
     /// Seconds from the boot call to the guest agent's hello.
     pub boot_seconds: Histogram,
+    /// The warm pool's size, hits, misses, ages and discards.
+    pub warm_pool: pool::PoolMetrics,
 }
 
 impl AgentMetrics {
@@ -210,6 +230,7 @@ impl AgentMetrics {
             ]),
         )?;
         registry.register(Box::new(boot_seconds.clone()))?;
+        let warm_pool = pool::PoolMetrics::register(&registry, boot_seconds.clone())?;
         // Counted by the networks of this process's VMs as they go.
         registry.register(Box::new(crate::network::egress_refused().clone()))?;
         Ok(AgentMetrics {
@@ -231,6 +252,7 @@ impl AgentMetrics {
             slots_free,
             job_duration,
             boot_seconds,
+            warm_pool,
             registry,
         })
     }
@@ -273,6 +295,95 @@ struct Agent {
     http: reqwest::Client,
     /// Set when the drain deadline passes: running jobs stop and complete `cancelled`.
     cancel: watch::Receiver<bool>,
+    /// VMs booted ahead (off unless NIMBUS_VMM_START and NIMBUS_AGENT_WARM_POOL say so).
+    pool: Arc<pool::WarmPool>,
+    /// What job VMs are restored from (NIMBUS_VMM_START=snapshot or auto), if anything.
+    snapshot: Option<Snapshot>,
+}
+
+/// How many warm VMs `NIMBUS_VMM_START` and `NIMBUS_AGENT_WARM_POOL` ask for, and why.
+fn warm_pool_target(config: &AgentConfig) -> (usize, String) {
+    let (target, why) = match config.vmm.start {
+        StartMode::Snapshot if config.warm_pool > 0 => (
+            0,
+            "no warm pool (NIMBUS_VMM_START=snapshot; NIMBUS_AGENT_WARM_POOL is ignored)"
+                .to_string(),
+        ),
+        StartMode::Snapshot => (0, "no warm pool (NIMBUS_VMM_START=snapshot)".to_string()),
+        StartMode::Cold if config.warm_pool > 0 => (
+            0,
+            "cold (NIMBUS_VMM_START=cold; NIMBUS_AGENT_WARM_POOL is ignored)".to_string(),
+        ),
+        StartMode::Cold => (0, "cold (NIMBUS_VMM_START=cold)".to_string()),
+        StartMode::Warm => {
+            let target = config.warm_pool.max(1);
+            (
+                target,
+                format!("warm pool of {target} (NIMBUS_VMM_START=warm)"),
+            )
+        }
+        StartMode::Auto if config.warm_pool > 0 => (
+            config.warm_pool,
+            format!(
+                "warm pool of {} (auto: NIMBUS_AGENT_WARM_POOL={})",
+                config.warm_pool, config.warm_pool
+            ),
+        ),
+        StartMode::Auto => (0, "cold (auto: NIMBUS_AGENT_WARM_POOL=0)".to_string()),
+    };
+    if target > config.max_vms {
+        let why = format!(
+            "{why}, cut to NIMBUS_AGENT_MAX_VMS={}: warm VMs count in the agent's slots",
+            config.max_vms
+        );
+        return (config.max_vms, why);
+    }
+    (target, why)
+}
+
+/// The spec of every job VM of this agent; a job's own id and timeout go in later.
+fn vm_spec(
+    config: &AgentConfig,
+    assets: &VerifiedAssets,
+    snapshot: Option<&Snapshot>,
+    id: String,
+    timeout: Duration,
+) -> crate::VmSpec {
+    let mut spec = launch::spec(&config.vmm, assets, id, timeout);
+    let (_, forwards) = cache_route(config.cache_url.as_deref(), spec.network);
+    spec.forwards = forwards;
+    spec.snapshot = snapshot.cloned();
+    spec
+}
+
+/// The snapshot job VMs are restored from, if `NIMBUS_VMM_START` asks for one and
+/// (under `auto`) the driver can make it; `snapshot` fails where it cannot.
+async fn start_snapshot(
+    config: &AgentConfig,
+    driver: &Arc<dyn VmmDriver>,
+    assets: &VerifiedAssets,
+) -> crate::Result<Option<Snapshot>> {
+    if !matches!(config.vmm.start, StartMode::Snapshot | StartMode::Auto) {
+        return Ok(None);
+    }
+    let template = vm_spec(
+        config,
+        assets,
+        None,
+        "template".into(),
+        Duration::from_secs(3600),
+    );
+    match driver.snapshot(&template, &assets.manifest_sha256).await {
+        Ok(snapshot) => {
+            tracing::info!(snapshot = %snapshot.key, "host agent: job VMs are restored from a snapshot");
+            Ok(Some(snapshot))
+        }
+        Err(error) if config.vmm.start == StartMode::Auto => {
+            tracing::info!(%error, "host agent: auto: no snapshot restore with this driver, VMs boot");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Runs the agent until `shutdown` resolves, then drains running jobs: jobs from
@@ -303,6 +414,40 @@ pub async fn run(
     }
     let assets = launch::verified_assets(&config.vmm, selection.driver.kind()).await?;
     let (cancel_all, cancel) = watch::channel(false);
+    let snapshot = start_snapshot(&config, &selection.driver, &assets).await?;
+    let slots = Arc::new(Semaphore::new(config.max_vms));
+    let (target, why) = warm_pool_target(&config);
+    tracing::info!(start = %why, "host agent: how job VMs start");
+    let pool = {
+        let spec_config = config.clone();
+        let spec_assets = assets.clone();
+        let spec_snapshot = snapshot.clone();
+        // Booted before its job is known: the timeout is set at hand-off.
+        let make_spec: pool::SpecFactory = Box::new(move |id| {
+            vm_spec(
+                &spec_config,
+                &spec_assets,
+                spec_snapshot.as_ref(),
+                id,
+                Duration::from_secs(3600),
+            )
+        });
+        pool::WarmPool::new(
+            selection.driver.clone(),
+            make_spec,
+            pool::PoolSettings {
+                target,
+                max_age: config.warm_pool_max_age,
+                min_free_mib: config.warm_pool_min_free_mib,
+                vm_memory_mib: u64::from(config.vmm.memory_mib),
+                check_every: Duration::from_secs(1),
+            },
+            slots.clone(),
+            config.memory_available.clone(),
+            metrics.warm_pool.clone(),
+        )
+    };
+    let replenishing = pool.start();
     let agent = Arc::new(Agent {
         jobs,
         logs,
@@ -312,38 +457,46 @@ pub async fn run(
         http: reqwest::Client::new(),
         config,
         cancel,
+        pool,
+        snapshot,
     });
-    let slots = Arc::new(Semaphore::new(agent.config.max_vms));
     agent.metrics.slots_free.set(agent.config.max_vms as i64);
     let (stop, stopped) = watch::channel(false);
     let leasing = {
         let agent = agent.clone();
-        let slots = slots.clone();
         let mut stopped = stopped.clone();
         async move {
             loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
+                // A warm VM, or a slot to boot one in: the loop holds it while it
+                // waits for work, so free slots are counted by jobs, not by permits.
+                let capacity = tokio::select! {
+                    capacity = agent.pool.capacity() => match capacity {
+                        Some(capacity) => capacity,
+                        None => return,
+                    },
+                    _ = stopped.changed() => return,
                 };
                 let lease = tokio::select! {
                     lease = agent.jobs.lease(agent.config.lease_wait, agent.config.labels.as_deref()) => lease,
-                    _ = stopped.changed() => return,
+                    _ = stopped.changed() => {
+                        agent.pool.give_back(capacity).await;
+                        return;
+                    }
                 };
                 match lease {
                     Ok(Some(lease)) => {
                         let agent = agent.clone();
-                        // The lease loop holds a permit while it waits for work, so
-                        // free slots are counted by jobs, not by permits.
+                        let capacity = agent.pool.upgrade(capacity);
                         agent.metrics.slots_free.dec();
                         tokio::spawn(async move {
-                            run_job(&agent, lease).await;
-                            drop(permit);
+                            run_job(&agent, lease, capacity).await;
                             agent.metrics.slots_free.inc();
+                            agent.pool.slot_freed();
                         });
                     }
-                    Ok(None) => drop(permit),
+                    Ok(None) => agent.pool.give_back(capacity).await,
                     Err(error) => {
-                        drop(permit);
+                        agent.pool.give_back(capacity).await;
                         agent.metrics.lease_errors.inc();
                         tracing::warn!(%error, "lease request failed; retrying");
                         tokio::select! {
@@ -355,13 +508,19 @@ pub async fn run(
             }
         }
     };
+    tokio::pin!(leasing);
     tokio::select! {
-        _ = leasing => {}
+        _ = &mut leasing => {}
         _ = shutdown => {
             tracing::info!("host agent: draining running jobs");
             let _ = stop.send(true);
+            // The loop gives back the warm VM it held for the next lease.
+            leasing.await;
         }
     }
+    // Warm VMs have no job to finish: they go at once.
+    agent.pool.close().await;
+    replenishing.finished().await;
     // Drain: every slot free again means every job finished; past the deadline the
     // remaining jobs are stopped and complete `cancelled`.
     let all = agent.config.max_vms as u32;
@@ -463,7 +622,7 @@ fn guest_job(lease: &Lease, cache_url: Option<&str>) -> GuestJob {
 
 /// Runs a leased job in the span of its run, which continues the job's trace
 /// from the lease (docs/observability.md).
-async fn run_job(agent: &Agent, lease: Lease) {
+async fn run_job(agent: &Agent, lease: Lease, capacity: pool::Capacity) {
     let span = tracing::info_span!(
         "job.run",
         job_id = lease.job.id,
@@ -471,12 +630,43 @@ async fn run_job(agent: &Agent, lease: Lease) {
         agent = %agent.config.agent_id,
     );
     nimbus_core::telemetry::set_parent(&span, lease.traceparent.as_deref());
-    run_leased_job(agent, lease, span.clone())
+    run_leased_job(agent, lease, capacity, span.clone())
         .instrument(span)
         .await
 }
 
-async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
+/// Boots a VM for the job in `vm` unless it holds a warm one, then runs the job.
+/// The VM stays in `vm` whatever happens (also when this future is dropped), for
+/// the caller to destroy.
+async fn boot_and_run(
+    driver: &Arc<dyn VmmDriver>,
+    spec: &crate::VmSpec,
+    vm: &mut Option<Box<dyn crate::Vm>>,
+    job: &GuestJob,
+    on_boot: &mut (dyn FnMut(&crate::GuestInfo) + Send),
+    on_event: &mut (dyn FnMut(JobEvent) + Send),
+) -> crate::Result<crate::JobReport> {
+    let vm = match vm {
+        Some(warm) => {
+            warm.set_timeout(spec.timeout);
+            warm
+        }
+        None => {
+            let cold = vm.insert(driver.prepare(spec).await?);
+            let info = cold.boot().await?;
+            on_boot(&info);
+            cold
+        }
+    };
+    vm.run(job, on_event).await
+}
+
+async fn run_leased_job(
+    agent: &Agent,
+    lease: Lease,
+    capacity: pool::Capacity,
+    span: tracing::Span,
+) {
     let leased_at = std::time::Instant::now();
     // The lease's term started before its answer reached us; the clock's safety
     // margin covers that transit (renewals are timed from their request).
@@ -500,12 +690,26 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
                     exit_code: None,
                     reason: Some(format!("no runner config from the control plane: {error}")),
                 };
+                // The VM never saw the job: a warm one goes back to the pool.
+                agent.pool.give_back(capacity).await;
                 lease::complete(agent, &lease, &clock, completion).await;
                 return;
             }
         }
     } else {
         None
+    };
+    // The VM (a warm one, or none yet) and the slot it holds until it is destroyed.
+    let (mut vm, _slot) = match capacity {
+        pool::Capacity::Warm(warm) => {
+            let handed = agent.pool.hand_off(warm);
+            tracing::info!(job_id = job.id, vm = %handed.vm.id(), "job handed a warm VM");
+            (Some(handed.vm), handed.slot)
+        }
+        pool::Capacity::Cold(slot) => {
+            agent.pool.miss();
+            (None, slot)
+        }
     };
     tracing::info!(job_id = job.id, attempt = job.attempt, "running job");
     agent.metrics.running_vms.inc();
@@ -542,14 +746,14 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
         },
     );
     let timeout = job_timeout(job, agent.config.max_job_timeout);
-    let mut spec = launch::spec(
-        &agent.config.vmm,
+    let spec = vm_spec(
+        &agent.config,
         &agent.assets,
+        agent.snapshot.as_ref(),
         format!("job-{}-{}", job.id, token),
         timeout,
     );
-    let (cache_url, forwards) = cache_route(agent.config.cache_url.as_deref(), spec.network);
-    spec.forwards = forwards;
+    let (cache_url, _) = cache_route(agent.config.cache_url.as_deref(), spec.network);
     let mut guest = guest_job(&lease, cache_url.as_deref());
     guest.runner = runner;
     let lost = lease::heartbeat_until_lost(agent, &lease, &clock);
@@ -579,14 +783,27 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
     let mut cancel = agent.cancel.clone();
     let mut cancelled = false;
     let outcome = tokio::select! {
-        result = launch::run_once(&agent.driver, &spec, &guest, &mut on_boot, &mut on_event) => Some(result),
-        // run_once's VM is dropped here, which kills it and removes its files.
+        result = boot_and_run(&agent.driver, &spec, &mut vm, &guest, &mut on_boot, &mut on_event) => Some(result),
         _ = lost => None,
         _ = cancel.wait_for(|stop| *stop) => {
             cancelled = true;
             None
         }
     };
+    if outcome.is_none() && !cancelled {
+        // Counted before the VM is torn down: its stop is what an observer sees.
+        agent.metrics.lease_errors.inc();
+        tracing::warn!(
+            job_id = job.id,
+            "lease lost while the job ran; its VM is stopped"
+        );
+    }
+    // Whatever ended the run, the VM goes: one VM, one job.
+    if let Some(mut vm) = vm.take() {
+        if let Err(error) = vm.destroy().await {
+            tracing::warn!(job_id = job.id, %error, "destroying the job's VM failed");
+        }
+    }
     agent.metrics.running_vms.dec();
     shipper.finish(Duration::from_secs(60)).await;
     if cancelled {
@@ -603,15 +820,10 @@ async fn run_leased_job(agent: &Agent, lease: Lease, span: tracing::Span) {
         return;
     }
     let Some(result) = outcome else {
-        agent.metrics.lease_errors.inc();
-        tracing::warn!(
-            job_id = job.id,
-            "lease lost while the job ran; its VM was stopped"
-        );
         return;
     };
     let completion = match result {
-        Ok((_, report)) => {
+        Ok(report) => {
             agent.metrics.jobs_run.inc();
             match report.outcome {
                 Outcome::Exited { code: 0 } => (CompletionStatus::Succeeded, Some(0), None),

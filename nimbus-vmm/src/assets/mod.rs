@@ -107,6 +107,9 @@ pub struct AssetSet {
     pub dir: PathBuf,
     /// Its parsed `manifest.json`.
     pub manifest: Manifest,
+    /// sha256 of `manifest.json` as read: it names every file's digest, so it names
+    /// the whole asset set (what snapshots are tied to).
+    pub manifest_sha256: String,
 }
 
 /// Asset paths whose content matched the manifest.
@@ -126,6 +129,8 @@ pub struct VerifiedAssets {
     pub guest: Option<PathBuf>,
     /// `uname -r` of the assets' kernel, from the manifest.
     pub kernel_release: String,
+    /// sha256 of the asset set's `manifest.json`.
+    pub manifest_sha256: String,
 }
 
 impl AssetSet {
@@ -152,6 +157,10 @@ impl AssetSet {
         Ok(AssetSet {
             dir: dir.to_path_buf(),
             manifest,
+            manifest_sha256: {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            },
         })
     }
 
@@ -203,6 +212,7 @@ impl AssetSet {
             rootfs_tree: (driver == DriverKind::Sandbox).then(|| self.dir.join(SANDBOX_ROOT)),
             guest: (driver == DriverKind::Sandbox).then(|| self.dir.join(GUEST_BINARY)),
             kernel_release: self.manifest.kernel_release.clone(),
+            manifest_sha256: self.manifest_sha256.clone(),
         })
     }
 

@@ -269,6 +269,10 @@ impl Vm for FirecrackerVm {
         &self.spec.id
     }
 
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.spec.timeout = timeout;
+    }
+
     async fn boot(&mut self) -> Result<GuestInfo> {
         self.machine.check_bootable()?;
         let started = Instant::now();

@@ -13,7 +13,7 @@ mod transport;
 pub use run::{run_job, JobSink};
 #[cfg(target_os = "linux")]
 pub use sandbox::{become_job_root, enter_sandbox, run_stage_two, SandboxMounts};
-pub use system::prepare_vm;
+pub use system::{apply_identity, prepare_vm, prime_for_snapshot};
 pub use transport::{Transport, TransportKind};
 
 use std::io::{Read, Write};
@@ -72,6 +72,7 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         protocol: PROTOCOL_VERSION,
         agent: env!("CARGO_PKG_VERSION").to_string(),
         kernel: kernel_release(),
+        features: vec![crate::protocol::FEATURE_SNAPSHOT.to_string()],
     };
     // One writer thread owns the channel so messages are never interleaved.
     let (sender, receiver) = mpsc::channel::<GuestMessage>();
@@ -86,17 +87,35 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         None => return Err(GuestError::Closed("hello")),
     }
     if !guest_first {
-        send(hello);
+        send(hello.clone());
     }
 
-    let job = match read_message(&mut reader, &mut decoder)? {
-        Some(HostMessage::Run { job }) => job,
-        Some(HostMessage::Cancel) | None => {
-            drop(sender);
-            let _ = writer_thread.join();
-            return Ok(130);
+    // Before its job, a VM may be primed for a snapshot, or (restored from one)
+    // be given an identity of its own.
+    let job = loop {
+        match read_message(&mut reader, &mut decoder)? {
+            Some(HostMessage::Run { job }) => break job,
+            Some(HostMessage::Prime) => {
+                prime_for_snapshot();
+                send(GuestMessage::Primed);
+            }
+            Some(HostMessage::Refresh { identity }) => match apply_identity(&identity) {
+                Ok(()) => {
+                    send(hello.clone());
+                }
+                Err(error) => {
+                    send(GuestMessage::Failed {
+                        message: error.to_string(),
+                    });
+                }
+            },
+            Some(HostMessage::Cancel) | None => {
+                drop(sender);
+                let _ = writer_thread.join();
+                return Ok(130);
+            }
+            Some(other) => return Err(GuestError::Unexpected(format!("{other:?}"))),
         }
-        Some(other) => return Err(GuestError::Unexpected(format!("{other:?}"))),
     };
 
     let sink = JobSink::new(sender.clone());

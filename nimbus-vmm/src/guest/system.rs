@@ -122,3 +122,109 @@ fn configure_network(spec: &str) -> Result<(), GuestError> {
     }
     Ok(())
 }
+
+/// Loads what jobs start with into the page cache (the default shells and their
+/// libraries) and flushes the disks, so every VM restored from the snapshot that
+/// follows finds them in memory instead of reading them again.
+pub fn prime_for_snapshot() {
+    for shell in ["bash", "sh"] {
+        let _ = std::process::Command::new(shell)
+            .args(["-c", ":"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    nix::unistd::sync();
+}
+
+/// Takes the identity of a VM restored from a snapshot: without it, every VM
+/// restored from one snapshot would share RNG state, machine-id, hostname and MAC.
+pub fn apply_identity(identity: &crate::protocol::Identity) -> Result<(), GuestError> {
+    reseed_random(&identity.entropy)?;
+    if identity.machine_id.len() != 32
+        || !identity.machine_id.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(GuestError::Sandbox(format!(
+            "machine-id {:?} is not 32 hex digits",
+            identity.machine_id
+        )));
+    }
+    std::fs::write("/etc/machine-id", format!("{}\n", identity.machine_id))
+        .map_err(GuestError::io("writing /etc/machine-id"))?;
+    nix::unistd::sethostname(&identity.hostname)
+        .map_err(|e| GuestError::Sandbox(format!("setting the hostname: {e}")))?;
+    let now = nix::sys::time::TimeSpec::new(
+        identity.unix_millis.div_euclid(1000),
+        identity.unix_millis.rem_euclid(1000) * 1_000_000,
+    );
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now)
+        .map_err(|e| GuestError::Sandbox(format!("setting the clock: {e}")))?;
+    if let Some(mac) = &identity.mac {
+        set_mac(mac)?;
+    }
+    Ok(())
+}
+
+/// Credits the host's bytes to the kernel's entropy pool and reseeds its RNG now.
+fn reseed_random(entropy_hex: &str) -> Result<(), GuestError> {
+    let bytes = decode_hex(entropy_hex)
+        .filter(|bytes| !bytes.is_empty() && bytes.len() <= 512)
+        .ok_or_else(|| GuestError::Sandbox("the entropy is not 1-512 hex bytes".into()))?;
+    linux_crng_ioctl::ioctl::add_randomness_to_kernel(&bytes, (bytes.len() * 8) as u32)
+        .map_err(|e| GuestError::Sandbox(format!("adding entropy (RNDADDENTROPY): {e}")))?;
+    linux_crng_ioctl::ioctl::force_kernel_crng_reseed()
+        .map_err(|e| GuestError::Sandbox(format!("reseeding the RNG (RNDRESEEDCRNG): {e}")))?;
+    Ok(())
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Gives eth0 a new MAC; the neighbours the snapshot knew (its gateway's MAC) are
+/// forgotten, and the default route comes back if the link had to go down.
+fn set_mac(mac: &str) -> Result<(), GuestError> {
+    let valid = mac.len() == 17
+        && mac
+            .split(':')
+            .all(|part| part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !valid {
+        return Err(GuestError::Sandbox(format!("bad MAC address {mac:?}")));
+    }
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !ip(&["link", "set", "dev", "eth0", "address", mac]) {
+        // Without VIRTIO_NET_F_CTRL_MAC_ADDR the link must be down to change it.
+        let gateway = std::fs::read_to_string("/proc/cmdline")
+            .unwrap_or_default()
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("nimbus.net="))
+            .and_then(|net| net.split_once(',').map(|(_, gateway)| gateway.to_string()));
+        let changed = ip(&["link", "set", "dev", "eth0", "down"])
+            && ip(&["link", "set", "dev", "eth0", "address", mac])
+            && ip(&["link", "set", "dev", "eth0", "up"]);
+        if !changed {
+            return Err(GuestError::Transport(format!(
+                "could not set eth0's MAC to {mac}"
+            )));
+        }
+        if let Some(gateway) = gateway {
+            let _ = ip(&["route", "replace", "default", "via", &gateway]);
+        }
+    }
+    let _ = ip(&["neigh", "flush", "all"]);
+    Ok(())
+}

@@ -6,6 +6,14 @@
 //! Per-VM files (under the VM's runtime directory): a qcow2 overlay over the
 //! attested rootfs image (the image itself is never written), a qcow2 overlay over
 //! the shared scratch template, the guest channel socket and the console log.
+//!
+//! Snapshots ([`snapshot`]): a template VM boots with its memory in a shared file,
+//! is primed and migrated (device state only) into a file; a VM restored from it
+//! maps that memory copy-on-write, takes qcow2 overlays of the template's disks and
+//! loads the device state with `-incoming`, then gets an identity of its own.
+
+pub mod qmp;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -136,6 +144,33 @@ impl VmmDriver for QemuDriver {
     }
 
     async fn prepare(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
+        let start = match &spec.snapshot {
+            Some(snapshot) => {
+                crate::snapshot::check(snapshot, snapshot::FILES)?;
+                if self.config.transport != QemuTransport::VirtioSerial {
+                    return Err(Error::Config(
+                        "VMs restored from a snapshot need NIMBUS_QEMU_TRANSPORT=virtio-serial"
+                            .into(),
+                    ));
+                }
+                Start::Restore(snapshot.clone())
+            }
+            None => Start::Boot,
+        };
+        Ok(Box::new(self.prepare_vm(spec, start).await?))
+    }
+
+    async fn snapshot(
+        &self,
+        spec: &VmSpec,
+        assets_sha256: &str,
+    ) -> Result<crate::snapshot::Snapshot> {
+        snapshot::make(self, spec, assets_sha256).await
+    }
+}
+
+impl QemuDriver {
+    async fn prepare_vm(&self, spec: &VmSpec, start: Start) -> Result<QemuVm> {
         let binary = self.binary().map_err(|reason| Error::Unavailable {
             driver: "qemu",
             reason,
@@ -152,13 +187,29 @@ impl VmmDriver for QemuDriver {
             transport: self.config.transport,
             machine: Machine::new(dir, CONSOLE_LOG),
             network: None,
+            start,
+            features: Vec::new(),
         };
         if let Err(error) = vm.lay_out_disks(&self.config.runtime_dir).await {
             let _ = vm.destroy().await;
             return Err(error);
         }
-        Ok(Box::new(vm))
+        Ok(vm)
     }
+}
+
+/// How a QEMU VM gets going.
+#[derive(Debug, Clone)]
+enum Start {
+    /// Boots its kernel (every VM without a snapshot).
+    Boot,
+    /// Boots its kernel with its memory in this shared file, to be snapshotted.
+    Template {
+        /// The memory file (becomes the snapshot's).
+        ram: PathBuf,
+    },
+    /// Restored from a snapshot.
+    Restore(crate::snapshot::Snapshot),
 }
 
 /// One QEMU VM, from prepared to destroyed.
@@ -169,6 +220,11 @@ pub struct QemuVm {
     transport: QemuTransport,
     machine: Machine,
     network: Option<VmNetwork>,
+    start: Start,
+    /// What the guest's hello said it speaks (snapshots need [`FEATURE_SNAPSHOT`]).
+    ///
+    /// [`FEATURE_SNAPSHOT`]: crate::protocol::FEATURE_SNAPSHOT
+    features: Vec<String>,
 }
 
 /// Kernel arguments that skip work a throwaway CI guest does not need, measured
@@ -185,15 +241,35 @@ const SCRATCH_OVERLAY: &str = "scratch.qcow2";
 const GUEST_SOCKET: &str = "guest.sock";
 const CONSOLE_LOG: &str = "console.log";
 const QEMU_LOG: &str = "qemu.log";
+const QMP_SOCKET: &str = "qmp.sock";
 
 impl QemuVm {
     async fn lay_out_disks(&mut self, runtime_root: &Path) -> Result<()> {
+        if let Start::Restore(snapshot) = &self.start {
+            // The template's disks as it left them, under overlays of this VM's own.
+            overlay(
+                &snapshot.dir.join(ROOT_OVERLAY),
+                &self.machine.dir.join(ROOT_OVERLAY),
+                "qcow2",
+            )
+            .await?;
+            if self.spec.scratch_disk_mib > 0 {
+                overlay(
+                    &snapshot.dir.join(SCRATCH_OVERLAY),
+                    &self.machine.dir.join(SCRATCH_OVERLAY),
+                    "qcow2",
+                )
+                .await?;
+            }
+            self.network = VmNetwork::for_spec(&self.spec, true).await?;
+            return Ok(());
+        }
         let rootfs = absolute(&self.spec.rootfs)?;
-        overlay(&rootfs, &self.machine.dir.join(ROOT_OVERLAY)).await?;
+        overlay(&rootfs, &self.machine.dir.join(ROOT_OVERLAY), "raw").await?;
         if self.spec.scratch_disk_mib > 0 {
             let template =
                 runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
-            overlay(&template, &self.machine.dir.join(SCRATCH_OVERLAY)).await?;
+            overlay(&template, &self.machine.dir.join(SCRATCH_OVERLAY), "raw").await?;
         }
         self.network = VmNetwork::for_spec(&self.spec, true).await?;
         Ok(())
@@ -244,14 +320,51 @@ impl QemuVm {
             Some(network) => network.wrap(&self.binary),
             None => Command::new(&self.binary),
         };
-        command.args(["-M", "microvm,pit=on,pic=on,rtc=on"]);
+        // Snapshots keep guest memory in a file: shared by the template (its writes
+        // land in the file), mapped copy-on-write by every restored VM.
+        let memory_file = match &self.start {
+            Start::Boot => None,
+            Start::Template { ram } => Some((absolute(ram)?, "on")),
+            Start::Restore(snapshot) => Some((absolute(&snapshot.dir.join(snapshot::RAM))?, "off")),
+        };
+        if memory_file.is_some() {
+            command.args(["-M", "microvm,pit=on,pic=on,rtc=on,memory-backend=mem"]);
+        } else {
+            command.args(["-M", "microvm,pit=on,pic=on,rtc=on"]);
+        }
         match self.accel {
             Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => command.args(["-accel", "tcg", "-cpu", "max"]),
         };
         command
             .args(["-smp", &spec.vcpus.max(1).to_string()])
-            .args(["-m", &spec.memory_mib.max(64).to_string()])
+            .args(["-m", &spec.memory_mib.max(64).to_string()]);
+        if let Some((ram, share)) = &memory_file {
+            let ram = ram.to_string_lossy();
+            if ram.contains(',') {
+                return Err(Error::Config(format!(
+                    "the snapshot memory file {ram} may not contain ','"
+                )));
+            }
+            command.args([
+                "-object",
+                &format!(
+                    "memory-backend-file,id=mem,size={}M,mem-path={ram},share={share}",
+                    spec.memory_mib.max(64)
+                ),
+            ]);
+        }
+        if !matches!(self.start, Start::Boot) {
+            command.args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", path(QMP_SOCKET)),
+            ]);
+        }
+        if matches!(self.start, Start::Restore(_)) {
+            // The device state is loaded over QMP once the guest channel is connected.
+            command.args(["-incoming", "defer"]);
+        }
+        command
             .args([
                 "-nodefaults",
                 "-no-user-config",
@@ -361,6 +474,10 @@ impl Vm for QemuVm {
         &self.spec.id
     }
 
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.spec.timeout = timeout;
+    }
+
     async fn boot(&mut self) -> Result<GuestInfo> {
         self.machine.check_bootable()?;
         let started = Instant::now();
@@ -372,6 +489,10 @@ impl Vm for QemuVm {
             "qemu-system-x86_64",
         )?);
         let stream = self.connect(deadline).await?;
+        if let Start::Restore(snapshot) = &self.start {
+            let snapshot = snapshot.clone();
+            return self.restore(stream, &snapshot, started, deadline).await;
+        }
         let (reader, writer) = stream.into_split();
         let mut channel = match self.transport {
             QemuTransport::VirtioSerial => GuestChannel::new(reader, writer),
@@ -387,6 +508,7 @@ impl Vm for QemuVm {
                 )))
             }
         };
+        self.features = hello.features.clone();
         let info = self.machine.booted(channel, hello, started);
         Ok(info)
     }
@@ -413,11 +535,11 @@ impl Vm for QemuVm {
     }
 }
 
-/// A copy-on-write qcow2 `overlay` of `base`. qemu-img resolves a relative
+/// A copy-on-write qcow2 `overlay` of `base` (in `base_format`). qemu-img resolves a relative
 /// backing path against the overlay's own folder, not the working directory, so
 /// the base is named by its absolute path (a relative NIMBUS_VM_RUNTIME_DIR, such
 /// as the default `./.nimbus/vms`, would otherwise point nowhere).
-async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
+async fn overlay(base: &Path, overlay: &Path, base_format: &str) -> Result<()> {
     let base = absolute(base)?;
     runtime::run_tool(
         "qemu-img",
@@ -427,7 +549,7 @@ async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
             "-f",
             "qcow2",
             "-F",
-            "raw",
+            base_format,
             "-b",
             &base.to_string_lossy(),
             &overlay.to_string_lossy(),
@@ -459,7 +581,7 @@ mod tests {
         let base = scratch.join("base.raw");
         std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
         let image = scratch.join("vm").join("root.qcow2");
-        overlay(&base, &image).await.expect("overlay");
+        overlay(&base, &image, "raw").await.expect("overlay");
         let info = std::process::Command::new("qemu-img")
             .args(["info", "--backing-chain", "--output=json"])
             .arg(&image)

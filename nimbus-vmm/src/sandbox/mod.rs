@@ -22,7 +22,7 @@ mod cgroup;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::process::Command;
@@ -222,6 +222,10 @@ impl SandboxVm {
 impl Vm for SandboxVm {
     fn id(&self) -> &str {
         &self.spec.id
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.spec.timeout = timeout;
     }
 
     async fn boot(&mut self) -> Result<GuestInfo> {
