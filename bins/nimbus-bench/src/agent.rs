@@ -1,8 +1,9 @@
 //! Job pickup + boot: from a job's submission to its first log line stored, per
-//! driver, through the real control plane, host agent and log sink, all in this
-//! process and composed as an embedder would: the agent leases through the
-//! in-process API (`ControlPlane::agent`) and writes lines to the sink directly.
-//! Median of N jobs run one at a time.
+//! driver and start mode (cold boot, warm pool, snapshot restore), through the real control plane,
+//! host agent and log sink, all in this process and composed as an embedder
+//! would: the agent leases through the in-process API (`ControlPlane::agent`) and
+//! writes lines to the sink directly. N jobs run one at a time; with the warm pool
+//! each job is submitted once the pool holds a VM again, so every one is a hit.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub struct Args {
     /// Drivers to measure.
     #[arg(long, value_delimiter = ',', default_value = "sandbox,qemu")]
     drivers: Vec<String>,
+    /// Start modes to measure (NIMBUS_VMM_START): cold, warm, snapshot (skipped for
+    /// drivers without snapshots).
+    #[arg(long, value_delimiter = ',', default_value = "cold,warm,snapshot")]
+    starts: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -37,8 +42,10 @@ pub struct Args {
 #[derive(Serialize)]
 struct DriverReport {
     driver: String,
+    start: String,
     runs: usize,
     first_line_median_ms: f64,
+    first_line_p95_ms: f64,
     first_line_min_ms: f64,
     first_line_max_ms: f64,
 }
@@ -64,9 +71,9 @@ impl WriteLayer for Notifying {
     }
 }
 
-async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
+async fn measure(driver: &str, start: &str, runs: usize) -> Result<DriverReport> {
     let dir = std::env::temp_dir().join(format!(
-        "nimbus-bench-agent-{driver}-{}",
+        "nimbus-bench-agent-{driver}-{start}-{}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
@@ -89,6 +96,8 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
         ("NIMBUS_VM_VCPUS", "1".to_string()),
         ("NIMBUS_VM_MEMORY_MIB", "512".to_string()),
         ("NIMBUS_VM_SCRATCH_MIB", "256".to_string()),
+        ("NIMBUS_VMM_START", start.to_string()),
+        ("NIMBUS_AGENT_WARM_POOL", "1".to_string()),
     ]);
 
     // Control plane.
@@ -115,13 +124,15 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
     let mut agent_config = AgentConfig::from_env(&env)?;
     agent_config.agent_id = "bench-host".into();
     agent_config.max_vms = 1;
+    let metrics = AgentMetrics::new()?;
     let agent = tokio::spawn(agent::run(
         agent_config,
         Arc::new(state.agent("bench-host")),
         agent::LogDestination::Sink(sink.clone()),
-        AgentMetrics::new()?,
+        metrics.clone(),
         std::future::pending(),
     ));
+    let warm = start == "warm";
 
     let job = JobRequest {
         repo: "bench/app".into(),
@@ -137,6 +148,16 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
     };
     let mut samples = Vec::with_capacity(runs + 1);
     for run in 0..=runs {
+        if warm {
+            // The replacement of the last job's VM boots between jobs.
+            let waiting = Instant::now();
+            while metrics.warm_pool.size.get() < 1 {
+                if waiting.elapsed() > Duration::from_secs(120) {
+                    bail!("{driver}: the warm pool did not refill within 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let started = Instant::now();
         let submitted = state.submit(&org, job.clone()).await?;
         let query = LogQuery {
@@ -190,12 +211,23 @@ async fn measure(driver: &str, runs: usize) -> Result<DriverReport> {
     }
     agent.abort();
     state.begin_shutdown();
+    let pool = &metrics.warm_pool;
+    if warm && (pool.hits.get() != runs as u64 + 1 || pool.misses.get() != 0) {
+        bail!(
+            "{driver}: {} of {} jobs got a warm VM ({} misses)",
+            pool.hits.get(),
+            runs + 1,
+            pool.misses.get()
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     let samples = sorted(samples);
     Ok(DriverReport {
         driver: driver.into(),
+        start: start.into(),
         runs: samples.len(),
         first_line_median_ms: percentile(&samples, 0.5),
+        first_line_p95_ms: percentile(&samples, 0.95),
         first_line_min_ms: percentile(&samples, 0.0),
         first_line_max_ms: percentile(&samples, 1.0),
     })
@@ -205,10 +237,21 @@ pub async fn run(args: Args) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    for start in &args.starts {
+        if !matches!(start.as_str(), "cold" | "warm" | "snapshot") {
+            bail!("--starts takes cold, warm and snapshot, not {start:?}");
+        }
+    }
     let mut drivers = Vec::new();
     for driver in &args.drivers {
-        eprintln!("bench: agent pickup + boot on {driver}");
-        drivers.push(measure(driver, args.runs).await?);
+        for start in &args.starts {
+            if start == "snapshot" && driver != "qemu" {
+                eprintln!("bench: {driver} has no snapshots; skipping its snapshot start");
+                continue;
+            }
+            eprintln!("bench: agent pickup + boot on {driver}, {start} start");
+            drivers.push(measure(driver, start, args.runs).await?);
+        }
     }
     let report = Report { drivers };
     if args.json {
@@ -216,13 +259,19 @@ pub async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<10} {:>8} {:>14} {:>10} {:>10}",
-        "driver", "runs", "median ms", "min", "max"
+        "{:<10} {:<6} {:>6} {:>10} {:>8} {:>8} {:>8}",
+        "driver", "start", "runs", "median ms", "p95", "min", "max"
     );
     for d in &report.drivers {
         println!(
-            "{:<10} {:>8} {:>14.0} {:>10.0} {:>10.0}",
-            d.driver, d.runs, d.first_line_median_ms, d.first_line_min_ms, d.first_line_max_ms
+            "{:<10} {:<6} {:>6} {:>10.1} {:>8.1} {:>8.1} {:>8.1}",
+            d.driver,
+            d.start,
+            d.runs,
+            d.first_line_median_ms,
+            d.first_line_p95_ms,
+            d.first_line_min_ms,
+            d.first_line_max_ms
         );
     }
     Ok(())
