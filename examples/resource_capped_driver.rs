@@ -42,6 +42,9 @@ impl Vm for CappedVm {
     fn set_timeout(&mut self, timeout: std::time::Duration) {
         self.inner.set_timeout(timeout)
     }
+    async fn prime(&mut self) -> Result<()> {
+        self.inner.prime().await
+    }
     async fn run(
         &mut self,
         job: &GuestJob,

@@ -96,6 +96,10 @@ pub trait Vm: Send {
     fn id(&self) -> &str;
     /// Starts the machine and returns once `nimbus-guest` inside has said hello.
     async fn boot(&mut self) -> Result<GuestInfo>;
+    /// Readies a booted VM for a job that comes later (the host agent's warm pool):
+    /// the guest loads what jobs start with, so the job's first command starts
+    /// sooner. Guests too old for it are left as they are.
+    async fn prime(&mut self) -> Result<()>;
     /// Sets the timeout of the next [`Vm::run`], replacing the spec's: a VM of the
     /// host agent's warm pool is booted before its job, and so its timeout, is known.
     fn set_timeout(&mut self, timeout: std::time::Duration);

@@ -220,6 +220,8 @@ pub struct Machine {
     destroyed: bool,
     /// The log file in `dir` quoted when the guest crashes (console, stderr).
     log: &'static str,
+    /// The optional protocol features the guest's hello listed.
+    features: Vec<String>,
 }
 
 impl Machine {
@@ -231,6 +233,7 @@ impl Machine {
             channel: None,
             destroyed: false,
             log,
+            features: Vec::new(),
         }
     }
 
@@ -251,11 +254,28 @@ impl Machine {
         started: std::time::Instant,
     ) -> crate::GuestInfo {
         self.channel = Some(channel);
+        self.features = hello.features;
         crate::GuestInfo {
             agent: hello.agent,
             kernel: hello.kernel,
             boot_millis: started.elapsed().as_millis() as u64,
         }
+    }
+
+    /// Has a guest that can (it speaks `Prime`) load what jobs start with.
+    pub async fn prime(&mut self) -> Result<()> {
+        if !self
+            .features
+            .iter()
+            .any(|f| f == crate::protocol::FEATURE_SNAPSHOT)
+        {
+            return Ok(());
+        }
+        self.channel
+            .as_mut()
+            .ok_or(Error::State("prime before boot"))?
+            .prime()
+            .await
     }
 
     /// Runs a job over the channel; a crash reason gets the log's last lines.

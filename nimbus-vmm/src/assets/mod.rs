@@ -549,6 +549,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// What snapshots are tied to: a rebuilt rootfs is a new manifest digest.
+    #[test]
+    fn a_changed_asset_changes_the_manifest_digest() {
+        let dir = fake_assets();
+        let before = AssetSet::open(&dir).expect("opens");
+        let verified = before.verify(DriverKind::Qemu, None).expect("verifies");
+        assert_eq!(verified.manifest_sha256, before.manifest_sha256);
+        assert_eq!(verified.manifest_sha256.len(), 64);
+        // Rebuild with another rootfs: what `nimbus assets build` writes.
+        std::fs::write(dir.join(ROOTFS_IMAGE), [9u8; 4096]).expect("rootfs");
+        let mut manifest = before.manifest.clone();
+        manifest.files.insert(
+            ROOTFS_IMAGE.to_string(),
+            file_digest(&dir.join(ROOTFS_IMAGE)).expect("digest"),
+        );
+        write_manifest(&dir, &manifest).expect("manifest");
+        let after = AssetSet::open(&dir).expect("opens");
+        assert_ne!(after.manifest_sha256, before.manifest_sha256);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn the_sandbox_tree_is_attested_whole() {
         use std::os::unix::fs::PermissionsExt;

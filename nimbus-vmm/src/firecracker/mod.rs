@@ -273,6 +273,10 @@ impl Vm for FirecrackerVm {
         self.spec.timeout = timeout;
     }
 
+    async fn prime(&mut self) -> Result<()> {
+        self.machine.prime().await
+    }
+
     async fn boot(&mut self) -> Result<GuestInfo> {
         self.machine.check_bootable()?;
         let started = Instant::now();

@@ -478,6 +478,10 @@ impl Vm for QemuVm {
         self.spec.timeout = timeout;
     }
 
+    async fn prime(&mut self) -> Result<()> {
+        self.machine.prime().await
+    }
+
     async fn boot(&mut self) -> Result<GuestInfo> {
         self.machine.check_bootable()?;
         let started = Instant::now();
