@@ -229,22 +229,35 @@ impl LogSink for ClickHouseSink {
         if fresh.is_empty() {
             return Ok(0);
         }
-        let mut insert = self.client.insert::<LogRowRef<'_>>("ci_logs")?;
-        for r in &fresh {
-            insert
-                .write(&LogRowRef {
-                    job_id: r.job_id,
-                    agent_id: &r.agent_id,
-                    org_id: r.org_id,
-                    repo_id: r.repo_id,
-                    level: &r.level,
-                    message: &r.message,
-                    ts: r.ts,
-                    seq: r.seq,
-                })
-                .await?;
+        let inserted = async {
+            let mut insert = self.client.insert::<LogRowRef<'_>>("ci_logs")?;
+            for r in &fresh {
+                insert
+                    .write(&LogRowRef {
+                        job_id: r.job_id,
+                        agent_id: &r.agent_id,
+                        org_id: r.org_id,
+                        repo_id: r.repo_id,
+                        level: &r.level,
+                        message: &r.message,
+                        ts: r.ts,
+                        seq: r.seq,
+                    })
+                    .await?;
+            }
+            insert.end().await?;
+            Ok::<(), Error>(())
         }
-        insert.end().await?;
+        .await;
+        if let Err(error) = inserted {
+            // ClickHouse may have committed the insert and lost only its answer (a
+            // server going down mid-request): forget these jobs, so the retry asks it
+            // which of their lines it holds instead of writing them twice.
+            for &job_id in &jobs {
+                seen.forget(job_id);
+            }
+            return Err(error);
+        }
         for r in &fresh {
             seen.add(r.job_id, r.seq);
         }
@@ -467,6 +480,13 @@ impl SeenIndex {
         self.order.clear();
     }
 
+    /// Drops what is known of one job: the next write of it reloads its seqs.
+    fn forget(&mut self, job_id: u64) {
+        if self.jobs.remove(&job_id).is_some() {
+            self.order.retain(|&id| id != job_id);
+        }
+    }
+
     fn load(&mut self, job_id: u64, seqs: Vec<u64>) {
         if self.jobs.len() >= self.capacity {
             if let Some(oldest) = self.order.pop_front() {
@@ -512,6 +532,18 @@ impl SeenIndex {
 #[cfg(test)]
 mod tests {
     use super::SeenIndex;
+
+    #[test]
+    fn a_forgotten_job_is_unknown_until_reloaded() {
+        let mut index = SeenIndex::new(4);
+        index.load(1, vec![1, 2]);
+        index.load(2, vec![1]);
+        index.forget(1);
+        assert!(!index.knows(1) && !index.contains(1, 1));
+        assert!(index.knows(2) && index.contains(2, 1));
+        index.load(1, vec![1, 2, 3]);
+        assert!(index.contains(1, 3));
+    }
 
     #[test]
     fn the_seen_index_merges_ranges_in_any_order() {
