@@ -262,6 +262,11 @@ impl Machine {
         }
     }
 
+    /// The optional protocol features the guest's hello listed.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
     /// Has a guest that can (it speaks `Prime`) load what jobs start with.
     pub async fn prime(&mut self) -> Result<()> {
         if !self

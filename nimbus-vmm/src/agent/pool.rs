@@ -322,9 +322,7 @@ impl WarmPool {
         {
             let mut state = self.lock();
             state.reserved = state.reserved.saturating_sub(1);
-            self.metrics
-                .size
-                .set((state.ready.len() + state.reserved) as i64);
+            self.publish_size(&state);
         }
         self.metrics.hits.inc();
         self.metrics.age.observe(vm.age().as_secs_f64());

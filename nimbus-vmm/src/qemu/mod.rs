@@ -188,7 +188,6 @@ impl QemuDriver {
             machine: Machine::new(dir, CONSOLE_LOG),
             network: None,
             start,
-            features: Vec::new(),
         };
         if let Err(error) = vm.lay_out_disks(&self.config.runtime_dir).await {
             let _ = vm.destroy().await;
@@ -221,10 +220,6 @@ pub struct QemuVm {
     machine: Machine,
     network: Option<VmNetwork>,
     start: Start,
-    /// What the guest's hello said it speaks (snapshots need [`FEATURE_SNAPSHOT`]).
-    ///
-    /// [`FEATURE_SNAPSHOT`]: crate::protocol::FEATURE_SNAPSHOT
-    features: Vec<String>,
 }
 
 /// Kernel arguments that skip work a throwaway CI guest does not need, measured
@@ -512,7 +507,6 @@ impl Vm for QemuVm {
                 )))
             }
         };
-        self.features = hello.features.clone();
         let info = self.machine.booted(channel, hello, started);
         Ok(info)
     }

@@ -127,8 +127,7 @@ async fn build(driver: &QemuDriver, spec: &VmSpec, into: &Path) -> Result<()> {
 
 async fn save(vm: &mut QemuVm, into: &Path) -> Result<()> {
     let info = vm.boot().await?;
-    let hello_features = vm.features.clone();
-    if !hello_features.iter().any(|f| f == FEATURE_SNAPSHOT) {
+    if !vm.machine.features().iter().any(|f| f == FEATURE_SNAPSHOT) {
         return Err(Error::Unavailable {
             driver: "qemu",
             reason: format!(
@@ -221,7 +220,6 @@ impl QemuVm {
                 )))
             }
         };
-        self.features = hello.features.clone();
         Ok(self.machine.booted(channel, hello, started))
     }
 }
