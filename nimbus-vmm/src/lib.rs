@@ -53,7 +53,6 @@ pub mod snapshot;
 pub mod spec;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
-#[cfg(feature = "workflow")]
 pub mod workflow;
 
 #[cfg(feature = "host")]

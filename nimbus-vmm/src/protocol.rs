@@ -142,6 +142,9 @@ pub enum GuestMessage {
         /// How long the step took, in milliseconds.
         duration_millis: u64,
     },
+    /// A workflow job's outputs, step summary and annotations (workflow jobs only,
+    /// just before [`GuestMessage::Finished`]).
+    WorkflowResult(crate::workflow::WorkflowResult),
     /// The job ended; always the last message.
     Finished {
         /// The job's exit code: its first failed step's (124 for a step timeout), 130 if
@@ -209,6 +212,12 @@ pub struct GuestJob {
     /// with this just-in-time config instead of running `steps`.
     #[serde(default)]
     pub runner: Option<RunnerJob>,
+    /// Present for `nimbus run`: a GitHub workflow job whose steps the guest runs
+    /// with GitHub's semantics (expressions, environment files, workflow commands)
+    /// instead of `steps`; the guest reports [`GuestMessage::WorkflowResult`] before
+    /// it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::workflow::WorkflowJob>,
 }
 
 impl GuestJob {

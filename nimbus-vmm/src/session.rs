@@ -255,6 +255,7 @@ impl GuestChannel {
                         duration_millis,
                     });
                 }
+                GuestMessage::WorkflowResult(result) => on_event(JobEvent::WorkflowResult(result)),
                 GuestMessage::Failed { message } => failure = Some(message),
                 GuestMessage::Finished { exit_code } => {
                     if let Some(message) = failure {

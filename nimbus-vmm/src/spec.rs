@@ -160,6 +160,8 @@ pub enum JobEvent {
         /// How long the step took, in milliseconds.
         duration_millis: u64,
     },
+    /// A workflow job's outputs, summary and annotations (`nimbus run`).
+    WorkflowResult(crate::workflow::WorkflowResult),
 }
 
 /// How a job inside a VM ended.

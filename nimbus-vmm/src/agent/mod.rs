@@ -771,6 +771,9 @@ async fn run_leased_job(
                 step.record("outcome", tracing::field::debug(&outcome));
             }
         }
+        // Agent jobs are not workflow jobs; a guest that reports a result anyway
+        // has nothing the control plane keeps.
+        JobEvent::WorkflowResult(_) => {}
     };
     let boot_started = std::time::Instant::now();
     let boot_seconds = agent.metrics.boot_seconds.clone();

@@ -9,6 +9,7 @@ mod run;
 mod sandbox;
 mod system;
 mod transport;
+mod workflow;
 
 pub use run::{run_job, JobSink};
 #[cfg(target_os = "linux")]

@@ -19,9 +19,9 @@ use crate::protocol::{
 };
 
 /// Exit code the job reports when a step timed out (as coreutils `timeout`).
-const TIMED_OUT_EXIT_CODE: i32 = 124;
+pub(crate) const TIMED_OUT_EXIT_CODE: i32 = 124;
 /// Exit code of a job stopped by the host (as a shell interrupted by SIGINT).
-const CANCELLED_EXIT_CODE: i32 = 130;
+pub(crate) const CANCELLED_EXIT_CODE: i32 = 130;
 /// How long output of a step's leftover background processes is awaited after the
 /// step's shell exited, before moving on (their later lines are still forwarded).
 const PIPE_DRAIN_GRACE: Duration = Duration::from_millis(200);
@@ -33,6 +33,14 @@ pub struct JobSink {
     seq: Arc<AtomicU64>,
     running: Arc<Mutex<Option<u32>>>,
     cancelled: Arc<AtomicBool>,
+    /// For workflow jobs: reads workflow commands off the output and masks secrets.
+    filter: Option<Arc<Mutex<dyn LineFilter>>>,
+}
+
+/// Rewrites a step's output lines before they leave the guest.
+pub(crate) trait LineFilter: Send {
+    /// The lines to send for one line the step printed (none to drop it).
+    fn filter(&mut self, step: usize, line: &str) -> Vec<String>;
 }
 
 /// Stops the job from another thread.
@@ -62,6 +70,15 @@ impl JobSink {
             seq: Arc::new(AtomicU64::new(0)),
             running: Arc::new(Mutex::new(None)),
             cancelled: Arc::new(AtomicBool::new(false)),
+            filter: None,
+        }
+    }
+
+    /// The same sink, its output passed through `filter`.
+    pub(crate) fn filtered(&self, filter: Arc<Mutex<dyn LineFilter>>) -> Self {
+        JobSink {
+            filter: Some(filter),
+            ..self.clone()
         }
     }
 
@@ -73,12 +90,31 @@ impl JobSink {
         }
     }
 
-    fn send(&self, message: GuestMessage) {
+    pub(crate) fn send(&self, message: GuestMessage) {
         // The host going away is noticed by the reader thread, which cancels the job.
         let _ = self.sender.send(message);
     }
 
-    fn line(&self, step: usize, stream: Stream, text: &str) {
+    pub(crate) fn line(&self, step: usize, stream: Stream, text: &str) {
+        if let Some(filter) = &self.filter {
+            let lines = match filter.lock() {
+                Ok(mut filter) => filter.filter(step, text),
+                Err(_) => Vec::new(),
+            };
+            for line in lines {
+                self.raw_line(step, stream, &line);
+            }
+            return;
+        }
+        self.raw_line(step, stream, text);
+    }
+
+    /// A line that bypasses the filter (the runner's own notes).
+    pub(crate) fn send_line_unfiltered(&self, step: usize, stream: Stream, text: &str) {
+        self.raw_line(step, stream, text);
+    }
+
+    fn raw_line(&self, step: usize, stream: Stream, text: &str) {
         for part in split_long_line(text) {
             let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
             self.send(GuestMessage::Output(OutputLine {
@@ -91,13 +127,16 @@ impl JobSink {
         }
     }
 
-    fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
 }
 
 /// Runs every step of `job` and returns the job's exit code.
 pub fn run_job(job: &GuestJob, sink: &JobSink) -> Result<i32, GuestError> {
+    if let Some(workflow) = &job.workflow {
+        return super::workflow::run_workflow_job(job, workflow, sink);
+    }
     let steps = match &job.runner {
         Some(runner) => vec![runner_step(&runner.jit_config, &runner.runner_dir)],
         None => job.steps.clone(),
@@ -148,7 +187,7 @@ pub fn run_job(job: &GuestJob, sink: &JobSink) -> Result<i32, GuestError> {
 }
 
 /// A private directory for the job's step scripts.
-fn script_dir() -> Result<PathBuf, GuestError> {
+pub(crate) fn script_dir() -> Result<PathBuf, GuestError> {
     static JOBS: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "nimbus-steps-{}-{}",
@@ -159,7 +198,7 @@ fn script_dir() -> Result<PathBuf, GuestError> {
     Ok(dir)
 }
 
-fn default_workspace(job: &GuestJob) -> PathBuf {
+pub(crate) fn default_workspace(job: &GuestJob) -> PathBuf {
     if let Some(dir) = &job.working_directory {
         return PathBuf::from(dir);
     }
@@ -210,14 +249,47 @@ fn run_step(
         .as_ref()
         .map(|dir| workspace.join(dir))
         .unwrap_or_else(|| workspace.to_path_buf());
+    let env = default_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(job.env.clone())
+        .chain(step.env.clone());
+    let outcome = spawn_step(
+        index,
+        &argv,
+        &working_directory,
+        env,
+        step.timeout_seconds.map(Duration::from_secs),
+        sink,
+    );
+    let _ = std::fs::remove_file(&script);
+    outcome
+}
 
-    let mut command = Command::new(&argv[0]);
+/// Runs one step's process (`argv` in `working_directory`, with exactly `env`),
+/// forwarding its output, until it exits or `timeout` passes.
+pub(crate) fn spawn_step(
+    index: usize,
+    argv: &[String],
+    working_directory: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+    timeout: Option<Duration>,
+    sink: &JobSink,
+) -> StepOutcome {
+    let Some(program) = argv.first() else {
+        sink.line(
+            index,
+            Stream::Stderr,
+            "nimbus-guest: the step has no command",
+        );
+        return StepOutcome::Exited(127);
+    };
+    let mut command = Command::new(program);
     command
         .args(&argv[1..])
-        .current_dir(&working_directory)
-        .envs(default_env())
-        .envs(&job.env)
-        .envs(&step.env)
+        .current_dir(working_directory)
+        .env_clear()
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -259,7 +331,7 @@ fn run_step(
             .take()
             .map(|err| forward(err, index, Stream::Stderr, sink)),
     ];
-    let outcome = wait_with_timeout(&mut child, step.timeout_seconds.map(Duration::from_secs));
+    let outcome = wait_with_timeout(&mut child, timeout);
     if let Ok(mut running) = sink.running.lock() {
         *running = None;
     }
@@ -267,12 +339,11 @@ fn run_step(
     for done in readers.into_iter().flatten() {
         let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
-    let _ = std::fs::remove_file(&script);
     outcome
 }
 
 /// GitHub's shell keywords, or a custom template with `{0}` for the script.
-fn shell_command(shell: Option<&str>, script: &Path) -> Vec<String> {
+pub(crate) fn shell_command(shell: Option<&str>, script: &Path) -> Vec<String> {
     let script = script.display().to_string();
     let words = |template: &str| -> Vec<String> {
         template
@@ -300,7 +371,7 @@ fn shell_command(shell: Option<&str>, script: &Path) -> Vec<String> {
     }
 }
 
-fn default_env() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn default_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("CI", "true"),
         ("NIMBUS", "true"),

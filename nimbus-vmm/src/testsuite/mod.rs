@@ -85,7 +85,7 @@ fn collector() -> (Shared, impl FnMut(JobEvent) + Send) {
             match event {
                 JobEvent::Output(l) => c.lines.push((l.seq, l.step, l.stream, l.line)),
                 JobEvent::StepFinished { outcome, .. } => c.finished.push(outcome),
-                JobEvent::StepStarted { .. } => {}
+                JobEvent::StepStarted { .. } | JobEvent::WorkflowResult(_) => {}
             }
         }
     };

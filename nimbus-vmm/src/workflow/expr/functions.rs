@@ -22,7 +22,11 @@ pub(super) fn call(contexts: &Contexts, name: &str, args: &[Value]) -> Result<Va
         "join" => {
             let separator = args.get(1).map_or_else(|| ",".to_string(), to_text);
             Value::String(match arg(0) {
-                Value::Array(items) => items.iter().map(to_text).collect::<Vec<_>>().join(&separator),
+                Value::Array(items) => items
+                    .iter()
+                    .map(to_text)
+                    .collect::<Vec<_>>()
+                    .join(&separator),
                 other => to_text(&other),
             })
         }
@@ -52,7 +56,12 @@ pub(super) fn call(contexts: &Contexts, name: &str, args: &[Value]) -> Result<Va
         "failure" => Value::Bool(status.failed && !status.cancelled),
         "cancelled" => Value::Bool(status.cancelled),
         "always" => Value::Bool(true),
-        other => return Err(ExprError::new(0, format!("unrecognized function: '{other}'"))),
+        other => {
+            return Err(ExprError::new(
+                0,
+                format!("unrecognized function: '{other}'"),
+            ))
+        }
     })
 }
 

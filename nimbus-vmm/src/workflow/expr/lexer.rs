@@ -144,8 +144,7 @@ fn number(chars: &[(usize, char)], offset: usize) -> Result<(f64, usize), ExprEr
         .take_while(|&(i, &(_, c))| {
             c.is_ascii_alphanumeric()
                 || c == '.'
-                || ((c == '-' || c == '+')
-                    && (i == 0 || matches!(chars[i - 1].1, 'e' | 'E')))
+                || ((c == '-' || c == '+') && (i == 0 || matches!(chars[i - 1].1, 'e' | 'E')))
         })
         .count();
     let text: String = chars[..width].iter().map(|&(_, c)| c).collect();
@@ -166,19 +165,17 @@ pub(super) fn parse_number(text: &str) -> Option<f64> {
             .and_then(|d| i64::from_str_radix(d, radix).ok())
             .map(|n| n as f64)
     };
-    let value = radix("0x", 16)
-        .or_else(|| radix("0o", 8))
-        .or_else(|| {
-            // Rust accepts "inf" and "nan", GitHub's literals are digits only.
-            let plain = digits
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'));
-            if plain && digits.chars().any(|c| c.is_ascii_digit()) {
-                digits.parse::<f64>().ok()
-            } else {
-                None
-            }
-        })?;
+    let value = radix("0x", 16).or_else(|| radix("0o", 8)).or_else(|| {
+        // Rust accepts "inf" and "nan", GitHub's literals are digits only.
+        let plain = digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'));
+        if plain && digits.chars().any(|c| c.is_ascii_digit()) {
+            digits.parse::<f64>().ok()
+        } else {
+            None
+        }
+    })?;
     Some(if negative { -value } else { value })
 }
 

@@ -15,7 +15,7 @@ mod value;
 
 pub use eval::{Contexts, HashFiles, Status};
 pub use parser::{parse, Comparison, Expr, CONTEXTS, MAX_EXPRESSION_CHARS, STATUS_FUNCTIONS};
-pub use value::{format_number, loose_eq, to_number, to_text, truthy};
+pub use value::{format_number, loose_eq, number as to_number_value, to_number, to_text, truthy};
 
 use serde_json::Value;
 
@@ -233,7 +233,10 @@ mod tests {
             ("join(github.event.labels.*.name, ', ')", json!("bug, ci")),
             ("join('solo')", json!("solo")),
             ("fromJSON('{\"a\": [1, 2]}').a[1]", json!(2)),
-            ("toJSON(matrix)", json!("{\n  \"os\": \"debian\",\n  \"version\": 3\n}")),
+            (
+                "toJSON(matrix)",
+                json!("{\n  \"os\": \"debian\",\n  \"version\": 3\n}"),
+            ),
             ("steps.build-it.outputs.n > 4", json!(true)),
             ("matrix.missing", json!(null)),
             ("matrix.missing.deeper", json!(null)),

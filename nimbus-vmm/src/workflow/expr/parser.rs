@@ -426,7 +426,9 @@ mod tests {
             .expect("parses")
             .calls_status_function());
         assert_eq!(
-            parse("needs.a.result && matrix.os").expect("parses").contexts(),
+            parse("needs.a.result && matrix.os")
+                .expect("parses")
+                .contexts(),
             ["needs", "matrix"]
         );
     }
@@ -452,7 +454,10 @@ mod tests {
     #[test]
     fn hostile_nesting_is_refused_not_a_stack_overflow() {
         let deep = format!("{}1{}", "(".repeat(10_000), ")".repeat(10_000));
-        assert!(parse(&deep).expect_err("too deep").message.contains("nests"));
+        assert!(parse(&deep)
+            .expect_err("too deep")
+            .message
+            .contains("nests"));
         let nots = format!("{}true", "!".repeat(10_000));
         assert!(parse(&nots).is_err());
         let long = format!("'{}'", "a".repeat(MAX_EXPRESSION_CHARS));

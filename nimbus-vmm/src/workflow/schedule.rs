@@ -1,0 +1,583 @@
+//! Running a workflow's jobs as GitHub does: a job starts once every job it
+//! `needs:` has finished, its `if:` decides (dependents of a failed or skipped
+//! job are skipped unless they call a status function), its matrix expands
+//! against the `needs` outputs, combinations run in parallel (up to the run's
+//! `--jobs` and the job's `max-parallel`), and `fail-fast` cancels the rest of
+//! a matrix when one combination fails. What runs a job is a [`JobRunner`]:
+//! `nimbus run` boots a VM per job; tests use a fake.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::expr::{to_number, to_text, truthy, Condition, Contexts, Status, Template};
+use super::job::{RunDefaults, WorkflowJob, WorkflowResult};
+use super::plan::{self, Combination, Job, Workflow};
+use crate::protocol::GuestJob;
+
+/// A job's default `timeout-minutes`.
+pub const DEFAULT_TIMEOUT_MINUTES: u64 = 360;
+
+/// One job (matrix combination) ready to run.
+#[derive(Debug, Clone)]
+pub struct JobRun {
+    /// The job's id under `jobs:`.
+    pub job_id: String,
+    /// Its display name, e.g. `test (debian, 3.12)`.
+    pub display: String,
+    /// What the guest runs.
+    pub guest: GuestJob,
+    /// `timeout-minutes`.
+    pub timeout: Duration,
+}
+
+/// How a job (or one combination) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Conclusion {
+    /// It ran and succeeded.
+    Success,
+    /// It failed.
+    Failure,
+    /// It was cancelled (fail-fast, or the run was stopped).
+    Cancelled,
+    /// Its `if:` was false, or a job it needs did not succeed.
+    Skipped,
+}
+
+impl Conclusion {
+    /// `success`, `failure`, `cancelled`, `skipped` (`needs.<job>.result`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conclusion::Success => "success",
+            Conclusion::Failure => "failure",
+            Conclusion::Cancelled => "cancelled",
+            Conclusion::Skipped => "skipped",
+        }
+    }
+}
+
+/// What a [`JobRunner`] reports for one job.
+#[derive(Debug, Clone)]
+pub struct RunnerOutcome {
+    /// The guest's exit code (0: success).
+    pub exit_code: i32,
+    /// Whether it was cancelled before or while it ran.
+    pub cancelled: bool,
+    /// Outputs, summary and annotations the guest reported.
+    pub result: WorkflowResult,
+}
+
+/// Runs one job, e.g. in a fresh VM.
+#[async_trait::async_trait]
+pub trait JobRunner: Send + Sync {
+    /// Runs `job`; stops it when `cancel` turns true.
+    async fn run(&self, job: JobRun, cancel: watch::Receiver<bool>) -> RunnerOutcome;
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Jobs that run at once (at least 1).
+    pub parallel: usize,
+    /// The `github`, `vars`, `secrets` and `inputs` contexts.
+    pub contexts: Map<String, Json>,
+    /// Only these jobs (ids or names) and what they need; empty: all.
+    pub only: Vec<String>,
+    /// `--matrix key:value`: only combinations with these values.
+    pub matrix_filter: Vec<(String, String)>,
+    /// Unsupported `uses:` steps are skipped instead of failing their job.
+    pub skip_unsupported: bool,
+}
+
+/// One finished job (combination) in the run's report.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// The job's id.
+    pub job_id: String,
+    /// Its display name.
+    pub display: String,
+    /// How it ended.
+    pub conclusion: Conclusion,
+    /// The guest's exit code (`None` when it did not run).
+    pub exit_code: Option<i32>,
+    /// Why it did not run, or what went wrong before it could.
+    pub note: Option<String>,
+    /// Wall time.
+    pub duration: Duration,
+    /// What the guest reported.
+    pub result: WorkflowResult,
+}
+
+/// The whole run, jobs in the order they finished.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Every job and combination.
+    pub jobs: Vec<JobReport>,
+}
+
+impl RunReport {
+    /// Whether every job that ran (and was not skipped) succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.jobs
+            .iter()
+            .all(|j| matches!(j.conclusion, Conclusion::Success | Conclusion::Skipped))
+    }
+
+    /// The run's exit code: the first failed job's, else 0.
+    pub fn exit_code(&self) -> i32 {
+        self.jobs
+            .iter()
+            .find(|j| matches!(j.conclusion, Conclusion::Failure | Conclusion::Cancelled))
+            .map_or(0, |j| j.exit_code.filter(|c| *c != 0).unwrap_or(1))
+    }
+}
+
+/// A job that has finished, as its dependents see it.
+#[derive(Debug, Clone)]
+struct Finished {
+    conclusion: Conclusion,
+    outputs: BTreeMap<String, String>,
+}
+
+/// Where a started job stands.
+struct Started {
+    remaining: usize,
+    conclusions: Vec<Conclusion>,
+    outputs: BTreeMap<String, String>,
+    cancel: watch::Sender<bool>,
+    fail_fast: bool,
+    continue_on_error: bool,
+}
+
+struct Done {
+    job_id: String,
+    report: JobReport,
+}
+
+/// Runs `workflow` with `runner`.
+pub async fn run(
+    workflow: &Workflow,
+    options: &RunOptions,
+    runner: Arc<dyn JobRunner>,
+) -> Result<RunReport, String> {
+    let selected = workflow.selection(&options.only)?;
+    let global = Arc::new(Semaphore::new(options.parallel.max(1)));
+    let mut finished: HashMap<String, Finished> = HashMap::new();
+    let mut started: HashMap<String, Started> = HashMap::new();
+    let mut report = RunReport::default();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let workflow_env = evaluate_workflow_env(workflow, options)?;
+
+    loop {
+        // Start every job whose needs have all finished.
+        let ready: Vec<&Job> = workflow
+            .jobs
+            .iter()
+            .filter(|j| selected.contains(&j.id))
+            .filter(|j| !finished.contains_key(&j.id) && !started.contains_key(&j.id))
+            .filter(|j| j.needs.iter().all(|n| finished.contains_key(n)))
+            .collect();
+        for job in ready {
+            let needs = needs_context(job, &finished);
+            let status = Status {
+                failed: ancestors(workflow, &job.id).iter().any(|a| {
+                    finished
+                        .get(a)
+                        .is_some_and(|f| f.conclusion == Conclusion::Failure)
+                }),
+                cancelled: false,
+            };
+            let all_succeeded = job.needs.iter().all(|n| {
+                finished
+                    .get(n)
+                    .is_some_and(|f| f.conclusion == Conclusion::Success)
+            });
+            let mut contexts = base_contexts(options);
+            contexts.set("needs", needs.clone());
+            contexts.status = Status {
+                // A job whose needs did not all succeed is skipped under success().
+                failed: status.failed || !all_succeeded,
+                ..status
+            };
+            let decision = job
+                .condition
+                .as_deref()
+                .map_or(Ok(all_succeeded && !status.failed), |c| {
+                    Condition::parse(c).and_then(|c| c.holds(&contexts))
+                });
+            let skip = |finished: &mut HashMap<String, Finished>,
+                        report: &mut RunReport,
+                        conclusion: Conclusion,
+                        note: String| {
+                finished.insert(
+                    job.id.clone(),
+                    Finished {
+                        conclusion,
+                        outputs: BTreeMap::new(),
+                    },
+                );
+                report.jobs.push(JobReport {
+                    job_id: job.id.clone(),
+                    display: job.name.clone().unwrap_or_else(|| job.id.clone()),
+                    conclusion,
+                    exit_code: None,
+                    note: Some(note),
+                    duration: Duration::ZERO,
+                    result: WorkflowResult::default(),
+                });
+            };
+            match decision {
+                Ok(true) => {}
+                Ok(false) => {
+                    let why = match &job.condition {
+                        Some(c) => format!("if: {c} was false"),
+                        None => "a job it needs did not succeed".to_string(),
+                    };
+                    skip(&mut finished, &mut report, Conclusion::Skipped, why);
+                    continue;
+                }
+                Err(error) => {
+                    skip(
+                        &mut finished,
+                        &mut report,
+                        Conclusion::Failure,
+                        format!("jobs.{}.if: {error}", job.id),
+                    );
+                    continue;
+                }
+            }
+            let runs = match expand(workflow, job, options, &contexts, &workflow_env) {
+                Ok(runs) => runs,
+                Err(error) => {
+                    skip(&mut finished, &mut report, Conclusion::Failure, error);
+                    continue;
+                }
+            };
+            if runs.is_empty() {
+                skip(
+                    &mut finished,
+                    &mut report,
+                    Conclusion::Skipped,
+                    "no matrix combination matches --matrix".into(),
+                );
+                continue;
+            }
+            let flag = |text: &Option<String>, default: bool| -> bool {
+                match text {
+                    None => default,
+                    Some(t) => Template::parse(t)
+                        .and_then(|t| t.value(&contexts))
+                        .map(|v| truthy(&v) && v != json!("false"))
+                        .unwrap_or(default),
+                }
+            };
+            let fail_fast = flag(&job.fail_fast, true);
+            let continue_on_error = flag(&job.continue_on_error, false);
+            let max_parallel = job
+                .max_parallel
+                .as_ref()
+                .and_then(|t| Template::parse(t).and_then(|t| t.value(&contexts)).ok())
+                .map(|v| to_number(&v))
+                .filter(|n| n.is_finite() && *n >= 1.0)
+                .map_or(runs.len(), |n| n as usize);
+            let per_job = Arc::new(Semaphore::new(max_parallel.max(1)));
+            let (cancel, cancelled) = watch::channel(false);
+            started.insert(
+                job.id.clone(),
+                Started {
+                    remaining: runs.len(),
+                    conclusions: Vec::new(),
+                    outputs: BTreeMap::new(),
+                    cancel,
+                    fail_fast,
+                    continue_on_error,
+                },
+            );
+            for run in runs {
+                let runner = runner.clone();
+                let global = global.clone();
+                let per_job = per_job.clone();
+                let cancelled = cancelled.clone();
+                let job_id = job.id.clone();
+                tasks.spawn(async move {
+                    let started_at = Instant::now();
+                    let display = run.display.clone();
+                    let not_run = |note: &str| Done {
+                        job_id: job_id.clone(),
+                        report: JobReport {
+                            job_id: job_id.clone(),
+                            display: display.clone(),
+                            conclusion: Conclusion::Cancelled,
+                            exit_code: None,
+                            note: Some(note.to_string()),
+                            duration: Duration::ZERO,
+                            result: WorkflowResult::default(),
+                        },
+                    };
+                    let Ok(_job_slot) = per_job.acquire_owned().await else {
+                        return not_run("the run stopped");
+                    };
+                    let Ok(_slot) = global.acquire_owned().await else {
+                        return not_run("the run stopped");
+                    };
+                    if *cancelled.borrow() {
+                        return not_run("cancelled by fail-fast before it started");
+                    }
+                    let outcome = runner.run(run, cancelled).await;
+                    let conclusion = if outcome.cancelled {
+                        Conclusion::Cancelled
+                    } else if outcome.exit_code == 0 {
+                        Conclusion::Success
+                    } else {
+                        Conclusion::Failure
+                    };
+                    Done {
+                        job_id: job_id.clone(),
+                        report: JobReport {
+                            job_id,
+                            display,
+                            conclusion,
+                            exit_code: Some(outcome.exit_code),
+                            note: None,
+                            duration: started_at.elapsed(),
+                            result: outcome.result,
+                        },
+                    }
+                });
+            }
+        }
+
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        let done = done.map_err(|e| format!("a job task failed: {e}"))?;
+        let Some(state) = started.get_mut(&done.job_id) else {
+            continue;
+        };
+        state.remaining -= 1;
+        let mut conclusion = done.report.conclusion;
+        if conclusion == Conclusion::Failure && state.continue_on_error {
+            conclusion = Conclusion::Success;
+        }
+        state.conclusions.push(conclusion);
+        if done.report.conclusion == Conclusion::Success || conclusion == Conclusion::Success {
+            // The last combination to finish wins for each output (as on GitHub).
+            for (k, v) in &done.report.result.outputs {
+                if !v.is_empty() {
+                    state.outputs.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        if conclusion == Conclusion::Failure && state.fail_fast {
+            let _ = state.cancel.send(true);
+        }
+        report.jobs.push(done.report);
+        if state.remaining == 0 {
+            let conclusion = if state.conclusions.contains(&Conclusion::Failure) {
+                Conclusion::Failure
+            } else if state.conclusions.contains(&Conclusion::Cancelled) {
+                Conclusion::Cancelled
+            } else {
+                Conclusion::Success
+            };
+            let outputs = std::mem::take(&mut state.outputs);
+            started.remove(&done.job_id);
+            finished.insert(
+                done.job_id,
+                Finished {
+                    conclusion,
+                    outputs,
+                },
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn base_contexts(options: &RunOptions) -> Contexts<'static> {
+    let mut contexts = Contexts::new();
+    for name in ["github", "vars", "secrets", "inputs"] {
+        contexts.set(
+            name,
+            options
+                .contexts
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        );
+    }
+    contexts
+}
+
+fn evaluate_workflow_env(
+    workflow: &Workflow,
+    options: &RunOptions,
+) -> Result<BTreeMap<String, String>, String> {
+    let contexts = base_contexts(options);
+    workflow
+        .env
+        .iter()
+        .map(|(k, t)| {
+            Template::parse(t)
+                .and_then(|t| t.render(&contexts))
+                .map(|v| (k.clone(), v))
+                .map_err(|e| {
+                    workflow
+                        .source
+                        .expression_error(&format!("env.{k}"), t, &e)
+                        .to_string()
+                })
+        })
+        .collect()
+}
+
+/// Every job `id` needs, transitively.
+fn ancestors(workflow: &Workflow, id: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<String> = workflow
+        .job(id)
+        .map(|j| j.needs.clone())
+        .unwrap_or_default();
+    while let Some(next) = stack.pop() {
+        if seen.insert(next.clone()) {
+            if let Some(job) = workflow.job(&next) {
+                stack.extend(job.needs.iter().cloned());
+            }
+        }
+    }
+    seen
+}
+
+fn needs_context(job: &Job, finished: &HashMap<String, Finished>) -> Json {
+    let mut needs = Map::new();
+    for need in &job.needs {
+        if let Some(f) = finished.get(need) {
+            needs.insert(
+                need.clone(),
+                json!({ "result": f.conclusion.as_str(), "outputs": f.outputs }),
+            );
+        }
+    }
+    Json::Object(needs)
+}
+
+/// The runs of one job: its matrix evaluated and expanded, each combination's
+/// name, env and guest job.
+fn expand(
+    workflow: &Workflow,
+    job: &Job,
+    options: &RunOptions,
+    contexts: &Contexts,
+    workflow_env: &BTreeMap<String, String>,
+) -> Result<Vec<JobRun>, String> {
+    let at = |path: &str, text: &str, e: &super::expr::ExprError| {
+        workflow.source.expression_error(path, text, e).to_string()
+    };
+    let matrix = match &job.matrix {
+        Some(spec) => Some(
+            plan::evaluate_json(spec, contexts)
+                .map_err(|e| format!("jobs.{}.strategy.matrix: {e}", job.id))?,
+        ),
+        None => None,
+    };
+    let order = matrix
+        .as_ref()
+        .map(|m| plan::matrix_key_order(workflow.source_text(), m))
+        .unwrap_or_default();
+    let combos = plan::combinations(matrix.as_ref(), &order)
+        .map_err(|e| format!("jobs.{}.strategy.matrix: {e}", job.id))?;
+    let combos: Vec<Combination> = combos
+        .into_iter()
+        .filter(|combo| {
+            options.matrix_filter.iter().all(|(k, v)| {
+                combo
+                    .iter()
+                    .find(|(ck, _)| ck == k)
+                    .is_none_or(|(_, cv)| to_text(cv) == *v)
+            })
+        })
+        .collect();
+    let total = combos.len();
+    let mut runs = Vec::new();
+    for (index, combo) in combos.iter().enumerate() {
+        let strategy = json!({
+            "fail-fast": job.fail_fast.as_deref().map_or(true, |f| f != "false"),
+            "job-index": index,
+            "job-total": total,
+            "max-parallel": total,
+        });
+        let mut contexts = contexts.clone();
+        contexts.set("matrix", plan::matrix_context(combo));
+        contexts.set("strategy", strategy.clone());
+        contexts.set("env", json!(workflow_env));
+        let base_name = match &job.name {
+            Some(name) => Template::parse(name)
+                .and_then(|t| t.render(&contexts))
+                .map_err(|e| at(&format!("jobs.{}.name", job.id), name, &e))?,
+            None => job.id.clone(),
+        };
+        // A name that uses the matrix already says which combination it is.
+        let display = if job.name.as_deref().is_some_and(|n| n.contains("matrix.")) {
+            base_name
+        } else {
+            plan::display_name(&base_name, combo)
+        };
+        let mut env = workflow_env.clone();
+        for (key, template) in &job.env {
+            let value = Template::parse(template)
+                .and_then(|t| t.render(&contexts))
+                .map_err(|e| at(&format!("jobs.{}.env.{key}", job.id), template, &e))?;
+            env.insert(key.clone(), value);
+        }
+        let timeout_minutes = job
+            .timeout_minutes
+            .as_ref()
+            .and_then(|t| Template::parse(t).and_then(|t| t.value(&contexts)).ok())
+            .map(|v| to_number(&v))
+            .filter(|n| n.is_finite() && *n > 0.0)
+            .unwrap_or(DEFAULT_TIMEOUT_MINUTES as f64);
+        let mut job_contexts = Map::new();
+        for name in ["github", "vars", "secrets", "inputs", "needs"] {
+            if let Some(value) = contexts.get(name) {
+                job_contexts.insert(name.to_string(), value.clone());
+            }
+        }
+        job_contexts.insert("matrix".into(), plan::matrix_context(combo));
+        job_contexts.insert("strategy".into(), strategy);
+        let defaults = RunDefaults {
+            shell: job
+                .defaults
+                .shell
+                .clone()
+                .or_else(|| workflow.defaults.shell.clone()),
+            working_directory: job
+                .defaults
+                .working_directory
+                .clone()
+                .or_else(|| workflow.defaults.working_directory.clone()),
+        };
+        runs.push(JobRun {
+            job_id: job.id.clone(),
+            display,
+            guest: GuestJob {
+                env,
+                workflow: Some(WorkflowJob {
+                    id: job.id.clone(),
+                    contexts: job_contexts,
+                    steps: job.steps.clone(),
+                    outputs: job.outputs.clone(),
+                    defaults,
+                    workspace: None,
+                    skip_unsupported: options.skip_unsupported,
+                }),
+                ..GuestJob::default()
+            },
+            timeout: Duration::from_secs_f64((timeout_minutes * 60.0).min(1e9)),
+        });
+    }
+    Ok(runs)
+}
