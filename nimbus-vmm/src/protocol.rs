@@ -28,6 +28,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Marks the start of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"NMB\x01";
+/// Bytes of tar stream per [`HostMessage::WorkspaceChunk`] (base64 keeps the frame under
+/// [`MAX_FRAME_BYTES`]).
+pub const WORKSPACE_CHUNK_BYTES: usize = 512 * 1024;
 /// Upper bound of one frame's payload; an output line longer than this is split
 /// by the guest before framing.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -78,6 +81,12 @@ pub enum HostMessage {
     },
     /// Stop the running job (its processes are killed) and finish.
     Cancel,
+    /// Part of the working tree `nimbus run` copies into the job's workspace: a
+    /// tar stream, base64, sent in order before `Run`.
+    WorkspaceChunk {
+        /// Base64 of the next bytes of the tar stream.
+        data: String,
+    },
     /// A snapshot of this VM follows: load what jobs start with (the shells, their
     /// libraries), flush the disks, answer [`GuestMessage::Primed`] and wait.
     Prime,

@@ -201,12 +201,44 @@ impl GuestChannel {
         })
     }
 
+    /// Streams the tar of a working tree to the guest, chunk by chunk.
+    async fn send_workspace(&mut self, archive: &std::path::Path) -> Result<()> {
+        use base64::Engine as _;
+        use tokio::io::AsyncReadExt as _;
+        let mut file = tokio::fs::File::open(archive).await.map_err(|source| Error::Io {
+            context: format!("opening the workspace archive {}", archive.display()),
+            source,
+        })?;
+        let mut buffer = vec![0u8; crate::protocol::WORKSPACE_CHUNK_BYTES];
+        loop {
+            let mut filled = 0;
+            while filled < buffer.len() {
+                let n = file.read(&mut buffer[filled..]).await.map_err(|source| Error::Io {
+                    context: "reading the workspace archive".into(),
+                    source,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            let data = base64::engine::general_purpose::STANDARD.encode(&buffer[..filled]);
+            self.send(&HostMessage::WorkspaceChunk { data }).await?;
+        }
+    }
+
     async fn collect(
         &mut self,
         job: &GuestJob,
         progress: &mut Progress,
         on_event: &mut (dyn FnMut(JobEvent) + Send),
     ) -> Result<Outcome> {
+        if let Some(archive) = job.workflow.as_ref().and_then(|w| w.archive.as_ref()) {
+            self.send_workspace(archive).await?;
+        }
         self.send(&HostMessage::Run { job: job.clone() }).await?;
         let mut failure = None;
         loop {

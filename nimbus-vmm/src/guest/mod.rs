@@ -93,9 +93,17 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
 
     // Before its job, a VM may be primed for a snapshot, or (restored from one)
     // be given an identity of its own.
-    let job = loop {
+    let mut archive: Option<workflow::Archive> = None;
+    let mut job = loop {
         match read_message(&mut reader, &mut decoder)? {
             Some(HostMessage::Run { job }) => break job,
+            Some(HostMessage::WorkspaceChunk { data }) => {
+                let into = match archive.as_mut() {
+                    Some(into) => into,
+                    None => archive.insert(workflow::Archive::create()?),
+                };
+                into.append(&data)?;
+            }
             Some(HostMessage::Prime) => {
                 prime_for_snapshot();
                 send(GuestMessage::Primed);
@@ -119,6 +127,9 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         }
     };
 
+    if let (Some(workflow), Some(archive)) = (job.workflow.as_mut(), archive) {
+        workflow.archive = Some(archive.finish()?);
+    }
     let sink = JobSink::new(sender.clone());
     // A Cancel (or the host going away) while the job runs stops it.
     let canceller = sink.canceller();

@@ -23,6 +23,131 @@ use crate::workflow::commands::{self, Command, Masker, MAX_ENV_FILE_BYTES};
 use crate::workflow::expr::{to_text, truthy, Condition, Contexts, Status, Template};
 use crate::workflow::{Annotation, WorkflowJob, WorkflowResult, WorkflowStep};
 
+/// Most bytes of working tree the guest accepts (the scratch disk bounds it too).
+const MAX_ARCHIVE_BYTES: u64 = 8 << 30;
+
+/// The working tree's tar stream as it arrives from the host.
+pub struct Archive {
+    path: PathBuf,
+    file: std::fs::File,
+    bytes: u64,
+}
+
+impl Archive {
+    /// A new, empty archive file in the guest's temporary directory.
+    pub fn create() -> Result<Self, GuestError> {
+        let path = std::env::temp_dir().join(format!(
+            "nimbus-workspace-{}-{}.tar",
+            std::process::id(),
+            uuid_like()
+        ));
+        let file = std::fs::File::create(&path)
+            .map_err(GuestError::io(format!("creating {}", path.display())))?;
+        Ok(Archive {
+            path,
+            file,
+            bytes: 0,
+        })
+    }
+
+    /// Appends one base64 chunk.
+    pub fn append(&mut self, data: &str) -> Result<(), GuestError> {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| GuestError::Transport(format!("a workspace chunk is not base64: {e}")))?;
+        self.bytes += bytes.len() as u64;
+        if self.bytes > MAX_ARCHIVE_BYTES {
+            return Err(GuestError::Transport(format!(
+                "the workspace is larger than {MAX_ARCHIVE_BYTES} bytes"
+            )));
+        }
+        self.file
+            .write_all(&bytes)
+            .map_err(GuestError::io("writing the workspace archive"))
+    }
+
+    /// The complete archive's path.
+    pub fn finish(self) -> Result<PathBuf, GuestError> {
+        self.file
+            .sync_all()
+            .map_err(GuestError::io("writing the workspace archive"))?;
+        Ok(self.path)
+    }
+}
+
+/// Unpacks the working tree into the workspace (tar refuses entries that
+/// would land outside it).
+fn unpack(archive: &Path, workspace: &Path) -> Result<(), GuestError> {
+    let file = std::fs::File::open(archive)
+        .map_err(GuestError::io(format!("opening {}", archive.display())))?;
+    let mut tar = tar::Archive::new(file);
+    tar.set_preserve_permissions(true);
+    tar.set_overwrite(true);
+    tar.unpack(workspace)
+        .map_err(GuestError::io(format!("unpacking the working tree into {}", workspace.display())))?;
+    let _ = std::fs::remove_file(archive);
+    Ok(())
+}
+
+/// `hashFiles(patterns…)`: the sha256 of the sha256s of every matching file under
+/// `workspace`, in path order; empty when none match. `!pattern` excludes.
+fn hash_files(workspace: &Path, patterns: &[String]) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut include = globset::GlobSetBuilder::new();
+    let mut exclude = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        let (set, pattern) = match pattern.strip_prefix('!') {
+            Some(rest) => (&mut exclude, rest),
+            None => (&mut include, pattern.as_str()),
+        };
+        let pattern = pattern.trim_start_matches("./");
+        let pattern = pattern
+            .strip_prefix(&format!("{}/", workspace.display()))
+            .unwrap_or(pattern);
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("bad pattern {pattern:?}: {e}"))?;
+        set.add(glob);
+    }
+    let include = include.build().map_err(|e| e.to_string())?;
+    let exclude = exclude.build().map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    let mut stack = vec![workspace.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                if let Ok(relative) = path.strip_prefix(workspace) {
+                    if include.is_match(relative) && !exclude.is_match(relative) {
+                        files.push(path.clone());
+                    }
+                }
+            }
+        }
+    }
+    if files.is_empty() {
+        return Ok(String::new());
+    }
+    files.sort();
+    let mut outer = Sha256::new();
+    for file in files {
+        let mut inner = Sha256::new();
+        let mut reader = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        std::io::copy(&mut reader, &mut inner).map_err(|e| format!("{}: {e}", file.display()))?;
+        outer.update(inner.finalize());
+    }
+    Ok(hex::encode(outer.finalize()))
+}
+
 /// How deep composite actions may call composite actions (GitHub's limit).
 const MAX_ACTION_DEPTH: usize = 10;
 
@@ -39,6 +164,9 @@ pub fn run_workflow_job(
         .unwrap_or_else(|| default_workspace(job));
     std::fs::create_dir_all(&workspace)
         .map_err(GuestError::io(format!("creating {}", workspace.display())))?;
+    if let Some(archive) = &workflow.archive {
+        unpack(archive, &workspace)?;
+    }
     let scripts = script_dir()?;
     let temp = scripts.join("runner-temp");
     let files = temp.join("_runner_file_commands");
@@ -217,7 +345,7 @@ impl JobState<'_> {
         steps: &Map<String, Value>,
         env: &BTreeMap<String, String>,
         status: Status,
-    ) -> Contexts<'static> {
+    ) -> Contexts {
         let mut contexts = Contexts::new();
         for (name, value) in &self.workflow.contexts {
             contexts.set(name, value.clone());
@@ -260,6 +388,10 @@ impl JobState<'_> {
             }
         }
         contexts.status = status;
+        let workspace = self.workspace.clone();
+        contexts.hash_files = Some(Arc::new(move |patterns: &[String]| {
+            hash_files(&workspace, patterns)
+        }));
         contexts
     }
 

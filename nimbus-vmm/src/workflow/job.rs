@@ -31,6 +31,11 @@ pub struct WorkflowJob {
     /// `uses:` steps that cannot run are skipped (reported) instead of failing the job.
     #[serde(default)]
     pub skip_unsupported: bool,
+    /// A tar of the working tree for the workspace: on the host the file the
+    /// session streams to the guest before `Run`; in the guest, the file it was
+    /// received into. Never serialized.
+    #[serde(skip)]
+    pub archive: Option<std::path::PathBuf>,
 }
 
 /// `defaults.run`.

@@ -91,6 +91,9 @@ pub struct RunOptions {
     pub matrix_filter: Vec<(String, String)>,
     /// Unsupported `uses:` steps are skipped instead of failing their job.
     pub skip_unsupported: bool,
+    /// A tar of the working tree ([`super::workspace::pack`]) unpacked into every
+    /// job's workspace.
+    pub workspace_archive: Option<std::path::PathBuf>,
 }
 
 /// One finished job (combination) in the run's report.
@@ -398,7 +401,7 @@ pub async fn run(
     Ok(report)
 }
 
-fn base_contexts(options: &RunOptions) -> Contexts<'static> {
+fn base_contexts(options: &RunOptions) -> Contexts {
     let mut contexts = Contexts::new();
     for name in ["github", "vars", "secrets", "inputs"] {
         contexts.set(
@@ -573,6 +576,7 @@ fn expand(
                     defaults,
                     workspace: None,
                     skip_unsupported: options.skip_unsupported,
+                    archive: options.workspace_archive.clone(),
                 }),
                 ..GuestJob::default()
             },
@@ -580,4 +584,194 @@ fn expand(
         });
     }
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Fails jobs whose first step is `exit 1`, sleeps `sleep N` ms, outputs `out=V`.
+    #[derive(Default)]
+    struct Fake {
+        running: AtomicUsize,
+        most: AtomicUsize,
+        seen: Mutex<Vec<(String, Json)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl JobRunner for Fake {
+        async fn run(&self, job: JobRun, mut cancel: watch::Receiver<bool>) -> RunnerOutcome {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let workflow = job.guest.workflow.clone().unwrap_or_default();
+            // The job's env is evaluated on the host: `RUN` stands in for the script.
+            let script = job
+                .guest
+                .env
+                .get("RUN")
+                .cloned()
+                .unwrap_or_else(|| workflow.steps[0].run.clone().unwrap_or_default());
+            self.seen
+                .lock()
+                .expect("lock")
+                .push((job.display.clone(), Json::Object(workflow.contexts.clone())));
+            let millis = script
+                .split_whitespace()
+                .skip_while(|w| *w != "sleep")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(10);
+            let cancelled = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(millis)) => false,
+                _ = cancel.wait_for(|c| *c) => true,
+            };
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            let mut result = WorkflowResult::default();
+            if let Some(value) = script.split_whitespace().find_map(|w| w.strip_prefix("out=")) {
+                result.outputs.insert("out".into(), value.into());
+            }
+            RunnerOutcome {
+                exit_code: if cancelled { 130 } else if script.starts_with("exit 1") { 1 } else { 0 },
+                cancelled,
+                result,
+            }
+        }
+    }
+
+    async fn run_text(text: &str, parallel: usize) -> (RunReport, Arc<Fake>) {
+        let workflow = Workflow::parse("w.yml", text).expect("parses");
+        let fake = Arc::new(Fake::default());
+        let options = RunOptions {
+            parallel,
+            ..RunOptions::default()
+        };
+        let report = run(&workflow, &options, fake.clone()).await.expect("runs");
+        (report, fake)
+    }
+
+    fn conclusion(report: &RunReport, display: &str) -> Conclusion {
+        report
+            .jobs
+            .iter()
+            .find(|j| j.display == display)
+            .unwrap_or_else(|| panic!("no {display} in {report:?}"))
+            .conclusion
+    }
+
+    #[tokio::test]
+    async fn needs_pass_outputs_and_results_and_skip_dependents_of_failures() {
+        let (report, fake) = run_text(
+            r#"
+jobs:
+  setup:
+    outputs:
+      targets: ${{ steps.s.outputs.out }}
+    steps:
+      - {id: s, run: "echo out=[1,2]"}
+  build:
+    needs: setup
+    strategy:
+      matrix:
+        target: ${{ fromJSON(needs.setup.outputs.out) }}
+    steps:
+      - run: echo
+  broken:
+    needs: setup
+    steps:
+      - run: exit 1
+  after-broken:
+    needs: broken
+    steps:
+      - run: echo
+  report:
+    needs: [broken, after-broken]
+    if: always()
+    steps:
+      - run: echo
+  on-failure:
+    needs: broken
+    if: failure()
+    steps:
+      - run: echo
+"#,
+            4,
+        )
+        .await;
+        assert_eq!(conclusion(&report, "setup"), Conclusion::Success);
+        assert_eq!(conclusion(&report, "build (1)"), Conclusion::Success);
+        assert_eq!(conclusion(&report, "build (2)"), Conclusion::Success);
+        assert_eq!(conclusion(&report, "broken"), Conclusion::Failure);
+        assert_eq!(conclusion(&report, "after-broken"), Conclusion::Skipped);
+        assert_eq!(conclusion(&report, "report"), Conclusion::Success);
+        assert_eq!(conclusion(&report, "on-failure"), Conclusion::Success);
+        assert_eq!(report.exit_code(), 1);
+        let seen = fake.seen.lock().expect("lock");
+        let (_, contexts) = seen.iter().find(|(d, _)| d == "report").expect("report ran");
+        assert_eq!(contexts["needs"]["broken"]["result"], "failure");
+        assert_eq!(contexts["needs"]["after-broken"]["result"], "skipped");
+        let (_, build) = seen.iter().find(|(d, _)| d == "build (2)").expect("ran");
+        assert_eq!(build["strategy"]["job-index"], 1);
+        assert_eq!(build["strategy"]["job-total"], 2);
+    }
+
+    #[tokio::test]
+    async fn fail_fast_cancels_the_rest_of_a_matrix_and_max_parallel_bounds_it() {
+        let (report, fake) = run_text(
+            r#"
+jobs:
+  test:
+    strategy:
+      max-parallel: 1
+      matrix:
+        n: [1, 2, 3]
+    env:
+      RUN: ${{ matrix.n == 1 && 'exit 1' || 'sleep 10' }}
+    steps:
+      - run: $RUN
+"#,
+            4,
+        )
+        .await;
+        assert_eq!(fake.most.load(Ordering::SeqCst), 1, "max-parallel: 1");
+        assert_eq!(conclusion(&report, "test (1)"), Conclusion::Failure);
+        assert_eq!(conclusion(&report, "test (2)"), Conclusion::Cancelled);
+        assert_eq!(conclusion(&report, "test (3)"), Conclusion::Cancelled);
+
+        let (report, _) = run_text(
+            r#"
+jobs:
+  test:
+    strategy:
+      fail-fast: false
+      matrix:
+        n: [1, 2]
+    env:
+      RUN: ${{ matrix.n == 1 && 'exit 1' || 'sleep 10' }}
+    steps:
+      - run: $RUN
+"#,
+            4,
+        )
+        .await;
+        assert_eq!(conclusion(&report, "test (2)"), Conclusion::Success);
+    }
+
+    #[tokio::test]
+    async fn independent_jobs_run_in_parallel_up_to_the_limit() {
+        let text = r#"
+jobs:
+  a: {steps: [{run: sleep 200}]}
+  b: {steps: [{run: sleep 200}]}
+  c: {steps: [{run: sleep 200}]}
+  d: {needs: [a, b, c], steps: [{run: sleep 1}]}
+"#;
+        let (report, fake) = run_text(text, 2).await;
+        assert!(report.succeeded());
+        assert_eq!(fake.most.load(Ordering::SeqCst), 2);
+        let (_, fake) = run_text(text, 8).await;
+        assert_eq!(fake.most.load(Ordering::SeqCst), 3);
+    }
 }

@@ -18,19 +18,19 @@ pub struct Status {
 }
 
 /// Answers `hashFiles(patterns…)` where files exist (the job's workspace).
-pub type HashFiles<'a> = &'a dyn Fn(&[String]) -> Result<String, String>;
+pub type HashFiles = std::sync::Arc<dyn Fn(&[String]) -> Result<String, String> + Send + Sync>;
 
 /// The contexts (`github`, `env`, `matrix`, …) visible at one place of a workflow.
 #[derive(Clone, Default)]
-pub struct Contexts<'a> {
+pub struct Contexts {
     values: Map<String, Value>,
     /// What the status functions answer.
     pub status: Status,
     /// `hashFiles()`; `None` where GitHub has no files to hash.
-    pub hash_files: Option<HashFiles<'a>>,
+    pub hash_files: Option<HashFiles>,
 }
 
-impl std::fmt::Debug for Contexts<'_> {
+impl std::fmt::Debug for Contexts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&String> = self.values.keys().collect();
         f.debug_struct("Contexts")
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Contexts<'_> {
     }
 }
 
-impl<'a> Contexts<'a> {
+impl Contexts {
     /// No contexts at all (literals and functions still evaluate).
     pub fn new() -> Self {
         Self::default()

@@ -41,7 +41,7 @@ pub(super) fn call(contexts: &Contexts, name: &str, args: &[Value]) -> Result<Va
             })?
         }
         "hashfiles" => {
-            let Some(hash_files) = contexts.hash_files else {
+            let Some(hash_files) = &contexts.hash_files else {
                 return Err(ExprError::new(
                     0,
                     "hashFiles() is only available in a job's steps",

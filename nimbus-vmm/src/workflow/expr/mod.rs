@@ -193,7 +193,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn contexts() -> Contexts<'static> {
+    fn contexts() -> Contexts {
         Contexts::new()
             .with(
                 "github",
