@@ -205,18 +205,23 @@ impl GuestChannel {
     async fn send_workspace(&mut self, archive: &std::path::Path) -> Result<()> {
         use base64::Engine as _;
         use tokio::io::AsyncReadExt as _;
-        let mut file = tokio::fs::File::open(archive).await.map_err(|source| Error::Io {
-            context: format!("opening the workspace archive {}", archive.display()),
-            source,
-        })?;
+        let mut file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("opening the workspace archive {}", archive.display()),
+                source,
+            })?;
         let mut buffer = vec![0u8; crate::protocol::WORKSPACE_CHUNK_BYTES];
         loop {
             let mut filled = 0;
             while filled < buffer.len() {
-                let n = file.read(&mut buffer[filled..]).await.map_err(|source| Error::Io {
-                    context: "reading the workspace archive".into(),
-                    source,
-                })?;
+                let n = file
+                    .read(&mut buffer[filled..])
+                    .await
+                    .map_err(|source| Error::Io {
+                        context: "reading the workspace archive".into(),
+                        source,
+                    })?;
                 if n == 0 {
                     break;
                 }

@@ -63,16 +63,11 @@ enum Command {
     /// Hosted runner minutes priced beside your own hosts: monthly cost both ways
     /// and the break-even (docs/roi-calculator.md).
     Roi(nimbus_core::report::roi::RoiArgs),
-    /// Runs a GitHub Actions workflow's `run:` steps in a microVM here, one VM per job
-    /// (and matrix combination), with live output and a summary; exits with the first
-    /// failing job's code. `uses:` steps are listed as skipped.
-    Run {
-        /// The workflow file, e.g. .github/workflows/ci.yml.
-        workflow: PathBuf,
-        /// Only this job (its id or name).
-        #[arg(long)]
-        job: Option<String>,
-    },
+    /// Runs a GitHub Actions workflow here the way GitHub's runner would, one microVM
+    /// per job (and matrix combination): needs, outputs, expressions, environment
+    /// files, local composite actions, the working tree copied in; exits with the
+    /// first failed job's code.
+    Run(run::RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -212,8 +207,8 @@ fn main() -> ExitCode {
         // These exit with the job's code (vm run) or the check's verdict (doctor).
         Command::Vm(command) => return vm::vm(command),
         Command::Doctor { json } => return vm::doctor(json),
-        Command::Run { workflow, job } => {
-            return match run::run(&workflow, job.as_deref()) {
+        Command::Run(args) => {
+            return match run::run(&args) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(message) => {
                     eprintln!("nimbus: {message}");

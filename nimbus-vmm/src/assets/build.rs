@@ -39,7 +39,14 @@ sleep 10
 "#;
 
 /// Packages added to the minimal Debian base.
-pub const DEFAULT_PACKAGES: &[&str] = &["git", "curl", "ca-certificates", "iproute2"];
+pub const DEFAULT_PACKAGES: &[&str] = &[
+    "git",
+    "curl",
+    "ca-certificates",
+    "iproute2",
+    // `shell: python` steps (GitHub's images have Python; nimbus run runs them).
+    "python3-minimal",
+];
 
 /// What `nimbus assets build` builds and from where; [`BuildOptions::new`] has the defaults.
 #[derive(Debug, Clone)]

@@ -345,9 +345,12 @@ pub(crate) fn spawn_step(
 /// GitHub's shell keywords, or a custom template with `{0}` for the script.
 pub(crate) fn shell_command(shell: Option<&str>, script: &Path) -> Vec<String> {
     let script = script.display().to_string();
+    // Quotes group words as in a shell (`bash -c "… {0} …"`); unbalanced quotes
+    // fall back to plain whitespace splitting.
     let words = |template: &str| -> Vec<String> {
-        template
-            .split_whitespace()
+        shlex::split(template)
+            .unwrap_or_else(|| template.split_whitespace().map(str::to_string).collect())
+            .into_iter()
             .map(|word| word.replace("{0}", &script))
             .collect()
     };

@@ -85,8 +85,10 @@ fn unpack(archive: &Path, workspace: &Path) -> Result<(), GuestError> {
     let mut tar = tar::Archive::new(file);
     tar.set_preserve_permissions(true);
     tar.set_overwrite(true);
-    tar.unpack(workspace)
-        .map_err(GuestError::io(format!("unpacking the working tree into {}", workspace.display())))?;
+    tar.unpack(workspace).map_err(GuestError::io(format!(
+        "unpacking the working tree into {}",
+        workspace.display()
+    )))?;
     let _ = std::fs::remove_file(archive);
     Ok(())
 }
@@ -122,7 +124,9 @@ fn hash_files(workspace: &Path, patterns: &[String]) -> Result<String, String> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
@@ -141,7 +145,8 @@ fn hash_files(workspace: &Path, patterns: &[String]) -> Result<String, String> {
     let mut outer = Sha256::new();
     for file in files {
         let mut inner = Sha256::new();
-        let mut reader = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut reader =
+            std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         std::io::copy(&mut reader, &mut inner).map_err(|e| format!("{}: {e}", file.display()))?;
         outer.update(inner.finalize());
     }

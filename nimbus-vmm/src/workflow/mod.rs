@@ -15,10 +15,6 @@ pub mod expr;
 pub mod file;
 pub mod job;
 #[cfg(feature = "workflow")]
-mod plan_old;
-#[cfg(feature = "workflow")]
-pub use plan_old::{plan, PlannedJob, PlannedStep};
-#[cfg(feature = "workflow")]
 pub mod plan;
 #[cfg(feature = "host")]
 pub mod schedule;

@@ -33,6 +33,8 @@ pub struct JobRun {
     pub guest: GuestJob,
     /// `timeout-minutes`.
     pub timeout: Duration,
+    /// `runs-on`, evaluated (every job runs in a Nimbus VM whatever it says).
+    pub runs_on: Option<String>,
 }
 
 /// How a job (or one combination) ended.
@@ -536,6 +538,14 @@ fn expand(
                 .map_err(|e| at(&format!("jobs.{}.env.{key}", job.id), template, &e))?;
             env.insert(key.clone(), value);
         }
+        let runs_on = match &job.runs_on {
+            Some(text) => Some(
+                Template::parse(text)
+                    .and_then(|t| t.render(&contexts))
+                    .map_err(|e| at(&format!("jobs.{}.runs-on", job.id), text, &e))?,
+            ),
+            None => None,
+        };
         let timeout_minutes = job
             .timeout_minutes
             .as_ref()
@@ -581,6 +591,7 @@ fn expand(
                 ..GuestJob::default()
             },
             timeout: Duration::from_secs_f64((timeout_minutes * 60.0).min(1e9)),
+            runs_on,
         });
     }
     Ok(runs)
@@ -630,11 +641,20 @@ mod tests {
             };
             self.running.fetch_sub(1, Ordering::SeqCst);
             let mut result = WorkflowResult::default();
-            if let Some(value) = script.split_whitespace().find_map(|w| w.strip_prefix("out=")) {
+            if let Some(value) = script
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("out="))
+            {
                 result.outputs.insert("out".into(), value.into());
             }
             RunnerOutcome {
-                exit_code: if cancelled { 130 } else if script.starts_with("exit 1") { 1 } else { 0 },
+                exit_code: if cancelled {
+                    130
+                } else if script.starts_with("exit 1") {
+                    1
+                } else {
+                    0
+                },
                 cancelled,
                 result,
             }
@@ -709,7 +729,10 @@ jobs:
         assert_eq!(conclusion(&report, "on-failure"), Conclusion::Success);
         assert_eq!(report.exit_code(), 1);
         let seen = fake.seen.lock().expect("lock");
-        let (_, contexts) = seen.iter().find(|(d, _)| d == "report").expect("report ran");
+        let (_, contexts) = seen
+            .iter()
+            .find(|(d, _)| d == "report")
+            .expect("report ran");
         assert_eq!(contexts["needs"]["broken"]["result"], "failure");
         assert_eq!(contexts["needs"]["after-broken"]["result"], "skipped");
         let (_, build) = seen.iter().find(|(d, _)| d == "build (2)").expect("ran");

@@ -52,7 +52,10 @@ pub fn pack(root: &Path, archive: &Path) -> std::io::Result<Packed> {
             bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
         }
     }
-    tar.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    tar.into_inner()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
     Ok(Packed {
         archive: archive.to_path_buf(),
         files,
@@ -83,15 +86,29 @@ mod tests {
         }
         let archive = root.with_extension("tar");
         let packed = pack(&root, &archive).expect("packs");
-        let mut names: Vec<String> = tar::Archive::new(std::fs::File::open(&archive).expect("open"))
-            .entries()
-            .expect("entries")
-            .map(|e| e.expect("entry").path().expect("path").display().to_string())
-            .collect();
+        let mut names: Vec<String> =
+            tar::Archive::new(std::fs::File::open(&archive).expect("open"))
+                .entries()
+                .expect("entries")
+                .map(|e| {
+                    e.expect("entry")
+                        .path()
+                        .expect("path")
+                        .display()
+                        .to_string()
+                })
+                .collect();
         names.sort();
         assert_eq!(
             names,
-            [".github", ".github/workflows", ".github/workflows/ci.yml", ".gitignore", "src", "src/main.rs"]
+            [
+                ".github",
+                ".github/workflows",
+                ".github/workflows/ci.yml",
+                ".gitignore",
+                "src",
+                "src/main.rs"
+            ]
         );
         assert_eq!(packed.files, 3);
         let _ = std::fs::remove_dir_all(&root);

@@ -100,7 +100,11 @@ fn examples_and_the_agent_bench_use_the_api_in_process() {
     }
 }
 
-fn nimbus_run(workflow: &std::path::Path, extra: &[&str]) -> Option<(i32, String, String)> {
+fn nimbus_run(
+    workflow: &std::path::Path,
+    extra: &[&str],
+    driver: &str,
+) -> Option<(i32, String, String)> {
     let assets = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS")?;
     let runtime = std::env::temp_dir().join(format!("nimbus-e2e-run-{}", uuid::Uuid::new_v4()));
     let output = Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
@@ -108,7 +112,7 @@ fn nimbus_run(workflow: &std::path::Path, extra: &[&str]) -> Option<(i32, String
         .arg(workflow)
         .args(extra)
         .env("NIMBUS_ASSETS_DIR", assets)
-        .env("NIMBUS_VMM", "sandbox")
+        .env("NIMBUS_VMM", driver)
         .env("NIMBUS_VM_NETWORK", "none")
         .env("NIMBUS_VM_RUNTIME_DIR", &runtime)
         .output()
@@ -121,66 +125,191 @@ fn nimbus_run(workflow: &std::path::Path, extra: &[&str]) -> Option<(i32, String
     ))
 }
 
-#[test]
-fn the_example_workflow_runs_every_matrix_combination() {
-    let workflow =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflows/ci.yml");
-    let Some((code, stdout, stderr)) = nimbus_run(&workflow, &[]) else {
-        return;
-    };
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    for variant in ["debug", "release"] {
-        assert!(
-            stdout.contains(&format!("hello from a {variant} build on Linux")),
-            "{stdout}"
-        );
-        assert!(
-            stdout.contains(&format!("built with {variant}")),
-            "{stdout}"
-        );
-        assert!(
-            stderr.contains(&format!("═══ build ({variant}) ═══")),
-            "{stderr}"
-        );
-    }
-    assert!(
-        !stdout.contains("the build failed"),
-        "failure() steps stay skipped"
-    );
-    assert_eq!(stdout.matches("cleaned").count(), 2, "always() steps run");
-    assert!(stderr.contains("actions/checkout@v4: skipped"), "{stderr}");
-    // Each combination went through the (in-process) control plane as a job.
-    assert!(
-        stderr.contains("queued as job 1 and leased (fencing token 1)"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("queued as job 2 and leased (fencing token 1)"),
-        "{stderr}"
-    );
+fn repository() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// What a file of tests/workflows says GitHub would do with it.
+#[derive(Debug, Default)]
+struct Expectations {
+    args: Vec<String>,
+    exit: i32,
+    jobs: Vec<(String, String)>,
+    lines: Vec<(String, String)>,
+    absent: Vec<String>,
+    qemu: bool,
+}
+
+fn expectations(text: &str) -> Expectations {
+    let mut expected = Expectations::default();
+    for line in text.lines().take_while(|l| l.starts_with('#')) {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(args) = line.strip_prefix("args:") {
+            expected.args = shlex::split(args).expect("args: shell words");
+        } else if let Some(code) = line.strip_prefix("exit:") {
+            expected.exit = code.trim().parse().expect("exit: N");
+        } else if let Some(job) = line.strip_prefix("job:") {
+            let (name, result) = job.trim().rsplit_once(' ').expect("job: NAME RESULT");
+            expected.jobs.push((name.to_string(), result.to_string()));
+        } else if let Some(output) = line.strip_prefix("line:") {
+            let (job, text) = output.trim().split_once(" | ").expect("line: JOB | TEXT");
+            expected.lines.push((job.to_string(), text.to_string()));
+        } else if let Some(text) = line.strip_prefix("absent:") {
+            expected.absent.push(text.trim().to_string());
+        } else if line == "qemu" {
+            expected.qemu = true;
+        }
+    }
+    expected
+}
+
+/// Runs one suite file under `driver`; returns what failed.
+fn check_workflow(file: &std::path::Path, driver: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(file).expect("workflow");
+    let expected = expectations(&text);
+    let report =
+        std::env::temp_dir().join(format!("nimbus-e2e-report-{}.json", uuid::Uuid::new_v4()));
+    let mut args: Vec<&str> = expected.args.iter().map(String::as_str).collect();
+    let report_arg = report.display().to_string();
+    args.extend(["--report-json", &report_arg]);
+    let Some((code, stdout, stderr)) = nimbus_run(file, &args, driver) else {
+        return Vec::new();
+    };
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut failures = Vec::new();
+    if code != expected.exit {
+        failures.push(format!("{name}: exit {code}, expected {}", expected.exit));
+    }
+    let report: serde_json::Value = std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let jobs = report["jobs"].as_array().cloned().unwrap_or_default();
+    for (job, result) in &expected.jobs {
+        let found = jobs.iter().find(|j| j["name"] == job.as_str());
+        match found {
+            Some(j) if j["conclusion"] == result.as_str() => {}
+            Some(j) => failures.push(format!(
+                "{name}: job {job} ended {}, expected {result}",
+                j["conclusion"]
+            )),
+            None => failures.push(format!("{name}: no job {job} in the report")),
+        }
+    }
+    let output: Vec<(String, String)> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter_map(|l| l.split_once(" | "))
+        .map(|(job, text)| (job.to_string(), text.trim().to_string()))
+        .collect();
+    for (job, line) in &expected.lines {
+        if !output.iter().any(|(j, t)| j == job && t == line) {
+            failures.push(format!("{name}: job {job} did not print {line:?}"));
+        }
+    }
+    for text in &expected.absent {
+        if stdout.contains(text.as_str()) || stderr.contains(text.as_str()) {
+            failures.push(format!("{name}: {text:?} appeared"));
+        }
+    }
+    let _ = std::fs::remove_file(&report);
+    if !failures.is_empty() {
+        failures.push(format!("--- {name} under {driver}:\n{stdout}\n{stderr}"));
+    }
+    failures
+}
+
+fn suite() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(repository().join("tests/workflows"))
+        .expect("tests/workflows")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every workflow of tests/workflows does what GitHub would do with it, under the sandbox.
 #[test]
-fn a_failing_step_fails_the_run_with_its_code_and_runs_failure_steps() {
+fn the_workflow_suite_passes_under_the_sandbox() {
+    let files = suite();
+    assert!(files.len() >= 6, "one workflow per feature: {files:?}");
+    let failures: Vec<String> = files
+        .iter()
+        .flat_map(|f| check_workflow(f, "sandbox"))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The representative subset (`# qemu`) passes in real VMs too.
+#[test]
+fn the_qemu_subset_of_the_workflow_suite_passes_under_qemu() {
+    let files: Vec<_> = suite()
+        .into_iter()
+        .filter(|f| expectations(&std::fs::read_to_string(f).expect("read")).qemu)
+        .collect();
+    assert!(files.len() >= 4, "{files:?}");
+    let failures: Vec<String> = files
+        .iter()
+        .flat_map(|f| check_workflow(f, "qemu"))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The project's own workflows are listed and planned by `nimbus run --list`.
+#[test]
+fn the_projects_own_workflows_are_planned_by_list() {
+    let dir = repository().join(".github/workflows");
+    let mut planned = 0;
+    for entry in std::fs::read_dir(&dir)
+        .expect(".github/workflows")
+        .flatten()
+    {
+        let output = Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
+            .arg("run")
+            .arg(entry.path())
+            .arg("--list")
+            .output()
+            .expect("nimbus run --list");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}: {stdout}{}",
+            entry.path().display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("stage 1"), "{stdout}");
+        planned += 1;
+    }
+    assert!(planned >= 1);
+}
+
+/// Errors in a workflow name the file, line and column, and nothing runs.
+#[test]
+fn a_bad_expression_is_reported_at_its_line_and_column() {
     let dir = std::env::temp_dir().join(format!("nimbus-e2e-wf-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let workflow = dir.join("fail.yml");
+    let workflow = dir.join("bad.yml");
     std::fs::write(
         &workflow,
-        "jobs:\n  broken:\n    steps:\n      - run: echo before; exit 7\n      - run: echo never\n      - if: failure()\n        run: echo reporting\n  other:\n    steps:\n      - run: echo other job\n",
+        "on: push\njobs:\n  a:\n    steps:\n      - run: echo ${{ github.sha ==  }}\n",
     )
     .expect("write");
-    let Some((code, stdout, stderr)) = nimbus_run(&workflow, &["--job", "broken"]) else {
-        return;
-    };
-    assert_eq!(code, 7, "{stdout}\n{stderr}");
+    let output = Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
+        .arg("run")
+        .arg(&workflow)
+        .arg("--list")
+        .output()
+        .expect("nimbus run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
     assert!(
-        stdout.contains("before") && stdout.contains("reporting"),
-        "{stdout}"
-    );
-    assert!(
-        !stdout.contains("never") && !stdout.contains("other job"),
-        "{stdout}"
+        stderr.contains("bad.yml:5:35: jobs.a.steps[0].run: expected a value, found the end"),
+        "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
