@@ -153,8 +153,9 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
             })
         };
         eprintln!(
-            "nimbus: {} — {} job(s), up to {} at once",
+            "nimbus: {} — {} of {} job(s), up to {} at once",
             workflow.name.as_deref().unwrap_or(&file),
+            workflow.selection(&options.only)?.len(),
             workflow.jobs.len(),
             options.parallel
         );

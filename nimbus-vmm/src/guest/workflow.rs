@@ -450,7 +450,17 @@ impl JobState<'_> {
             .map(|n| Template::parse(n).and_then(|t| t.render(&contexts)))
             .transpose()
             .unwrap_or(None)
-            .unwrap_or_else(|| step.default_name());
+            .unwrap_or_else(|| {
+                // GitHub titles a nameless run step with its script's first line, evaluated.
+                let rendered = step
+                    .run
+                    .as_ref()
+                    .and_then(|run| Template::parse(run).and_then(|t| t.render(&contexts)).ok());
+                match rendered {
+                    Some(script) => format!("Run {}", script.lines().next().unwrap_or("").trim()),
+                    None => step.default_name(),
+                }
+            });
         let name = self.mask(&name);
         if scope.depth == 0 {
             self.sink.send(GuestMessage::StepStarted {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 
 use super::expr::{to_number, to_text, truthy, Condition, Contexts, Status, Template};
 use super::job::{RunDefaults, WorkflowJob, WorkflowResult};
@@ -153,8 +152,7 @@ struct Started {
     remaining: usize,
     conclusions: Vec<Conclusion>,
     outputs: BTreeMap<String, String>,
-    cancel: watch::Sender<bool>,
-    fail_fast: bool,
+    cancel: Arc<watch::Sender<bool>>,
     continue_on_error: bool,
 }
 
@@ -174,192 +172,202 @@ pub async fn run(
     let mut finished: HashMap<String, Finished> = HashMap::new();
     let mut started: HashMap<String, Started> = HashMap::new();
     let mut report = RunReport::default();
-    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let (done_sender, mut done_receiver) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let mut outstanding = 0usize;
     let workflow_env = evaluate_workflow_env(workflow, options)?;
 
     loop {
-        // Start every job whose needs have all finished.
-        let ready: Vec<&Job> = workflow
-            .jobs
-            .iter()
-            .filter(|j| selected.contains(&j.id))
-            .filter(|j| !finished.contains_key(&j.id) && !started.contains_key(&j.id))
-            .filter(|j| j.needs.iter().all(|n| finished.contains_key(n)))
-            .collect();
-        for job in ready {
-            let needs = needs_context(job, &finished);
-            let status = Status {
-                failed: ancestors(workflow, &job.id).iter().any(|a| {
+        // Start every job whose needs have all finished; a job skipped here can make
+        // its dependents ready, so look again until nothing changes.
+        loop {
+            let ready: Vec<&Job> = workflow
+                .jobs
+                .iter()
+                .filter(|j| selected.contains(&j.id))
+                .filter(|j| !finished.contains_key(&j.id) && !started.contains_key(&j.id))
+                .filter(|j| j.needs.iter().all(|n| finished.contains_key(n)))
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for job in ready {
+                let needs = needs_context(job, &finished);
+                let status = Status {
+                    failed: ancestors(workflow, &job.id).iter().any(|a| {
+                        finished
+                            .get(a)
+                            .is_some_and(|f| f.conclusion == Conclusion::Failure)
+                    }),
+                    cancelled: false,
+                };
+                let all_succeeded = job.needs.iter().all(|n| {
                     finished
-                        .get(a)
-                        .is_some_and(|f| f.conclusion == Conclusion::Failure)
-                }),
-                cancelled: false,
-            };
-            let all_succeeded = job.needs.iter().all(|n| {
-                finished
-                    .get(n)
-                    .is_some_and(|f| f.conclusion == Conclusion::Success)
-            });
-            let mut contexts = base_contexts(options);
-            contexts.set("needs", needs.clone());
-            contexts.status = Status {
-                // A job whose needs did not all succeed is skipped under success().
-                failed: status.failed || !all_succeeded,
-                ..status
-            };
-            let decision = job
-                .condition
-                .as_deref()
-                .map_or(Ok(all_succeeded && !status.failed), |c| {
-                    Condition::parse(c).and_then(|c| c.holds(&contexts))
+                        .get(n)
+                        .is_some_and(|f| f.conclusion == Conclusion::Success)
                 });
-            let skip = |finished: &mut HashMap<String, Finished>,
-                        report: &mut RunReport,
-                        conclusion: Conclusion,
-                        note: String| {
-                finished.insert(
-                    job.id.clone(),
-                    Finished {
+                let mut contexts = base_contexts(options);
+                contexts.set("needs", needs.clone());
+                contexts.status = Status {
+                    // A job whose needs did not all succeed is skipped under success().
+                    failed: status.failed || !all_succeeded,
+                    ..status
+                };
+                let decision = job
+                    .condition
+                    .as_deref()
+                    .map_or(Ok(all_succeeded && !status.failed), |c| {
+                        Condition::parse(c).and_then(|c| c.holds(&contexts))
+                    });
+                let skip = |finished: &mut HashMap<String, Finished>,
+                            report: &mut RunReport,
+                            conclusion: Conclusion,
+                            note: String| {
+                    finished.insert(
+                        job.id.clone(),
+                        Finished {
+                            conclusion,
+                            outputs: BTreeMap::new(),
+                        },
+                    );
+                    report.jobs.push(JobReport {
+                        job_id: job.id.clone(),
+                        display: job.name.clone().unwrap_or_else(|| job.id.clone()),
                         conclusion,
-                        outputs: BTreeMap::new(),
-                    },
-                );
-                report.jobs.push(JobReport {
-                    job_id: job.id.clone(),
-                    display: job.name.clone().unwrap_or_else(|| job.id.clone()),
-                    conclusion,
-                    exit_code: None,
-                    note: Some(note),
-                    duration: Duration::ZERO,
-                    result: WorkflowResult::default(),
-                });
-            };
-            match decision {
-                Ok(true) => {}
-                Ok(false) => {
-                    let why = match &job.condition {
-                        Some(c) => format!("if: {c} was false"),
-                        None => "a job it needs did not succeed".to_string(),
-                    };
-                    skip(&mut finished, &mut report, Conclusion::Skipped, why);
-                    continue;
+                        exit_code: None,
+                        note: Some(note),
+                        duration: Duration::ZERO,
+                        result: WorkflowResult::default(),
+                    });
+                };
+                match decision {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let why = match &job.condition {
+                            Some(c) => format!("if: {c} was false"),
+                            None => "a job it needs did not succeed".to_string(),
+                        };
+                        skip(&mut finished, &mut report, Conclusion::Skipped, why);
+                        continue;
+                    }
+                    Err(error) => {
+                        skip(
+                            &mut finished,
+                            &mut report,
+                            Conclusion::Failure,
+                            format!("jobs.{}.if: {error}", job.id),
+                        );
+                        continue;
+                    }
                 }
-                Err(error) => {
+                let runs = match expand(workflow, job, options, &contexts, &workflow_env) {
+                    Ok(runs) => runs,
+                    Err(error) => {
+                        skip(&mut finished, &mut report, Conclusion::Failure, error);
+                        continue;
+                    }
+                };
+                if runs.is_empty() {
                     skip(
                         &mut finished,
                         &mut report,
-                        Conclusion::Failure,
-                        format!("jobs.{}.if: {error}", job.id),
+                        Conclusion::Skipped,
+                        "no matrix combination matches --matrix".into(),
                     );
                     continue;
                 }
-            }
-            let runs = match expand(workflow, job, options, &contexts, &workflow_env) {
-                Ok(runs) => runs,
-                Err(error) => {
-                    skip(&mut finished, &mut report, Conclusion::Failure, error);
-                    continue;
-                }
-            };
-            if runs.is_empty() {
-                skip(
-                    &mut finished,
-                    &mut report,
-                    Conclusion::Skipped,
-                    "no matrix combination matches --matrix".into(),
+                let flag = |text: &Option<String>, default: bool| -> bool {
+                    match text {
+                        None => default,
+                        Some(t) => Template::parse(t)
+                            .and_then(|t| t.value(&contexts))
+                            .map(|v| truthy(&v) && v != json!("false"))
+                            .unwrap_or(default),
+                    }
+                };
+                let fail_fast = flag(&job.fail_fast, true);
+                let continue_on_error = flag(&job.continue_on_error, false);
+                let max_parallel = job
+                    .max_parallel
+                    .as_ref()
+                    .and_then(|t| Template::parse(t).and_then(|t| t.value(&contexts)).ok())
+                    .map(|v| to_number(&v))
+                    .filter(|n| n.is_finite() && *n >= 1.0)
+                    .map_or(runs.len(), |n| n as usize);
+                let per_job = Arc::new(Semaphore::new(max_parallel.max(1)));
+                let (cancel, cancelled) = watch::channel(false);
+                let cancel = Arc::new(cancel);
+                started.insert(
+                    job.id.clone(),
+                    Started {
+                        remaining: runs.len(),
+                        conclusions: Vec::new(),
+                        outputs: BTreeMap::new(),
+                        cancel,
+                        continue_on_error,
+                    },
                 );
-                continue;
-            }
-            let flag = |text: &Option<String>, default: bool| -> bool {
-                match text {
-                    None => default,
-                    Some(t) => Template::parse(t)
-                        .and_then(|t| t.value(&contexts))
-                        .map(|v| truthy(&v) && v != json!("false"))
-                        .unwrap_or(default),
-                }
-            };
-            let fail_fast = flag(&job.fail_fast, true);
-            let continue_on_error = flag(&job.continue_on_error, false);
-            let max_parallel = job
-                .max_parallel
-                .as_ref()
-                .and_then(|t| Template::parse(t).and_then(|t| t.value(&contexts)).ok())
-                .map(|v| to_number(&v))
-                .filter(|n| n.is_finite() && *n >= 1.0)
-                .map_or(runs.len(), |n| n as usize);
-            let per_job = Arc::new(Semaphore::new(max_parallel.max(1)));
-            let (cancel, cancelled) = watch::channel(false);
-            started.insert(
-                job.id.clone(),
-                Started {
-                    remaining: runs.len(),
-                    conclusions: Vec::new(),
-                    outputs: BTreeMap::new(),
-                    cancel,
-                    fail_fast,
-                    continue_on_error,
-                },
-            );
-            for run in runs {
+                // One driver per job hands its combinations their slots in matrix
+                // order (max-parallel), each combination then waits for a run-wide slot.
+                let cancel_on_failure = fail_fast && !continue_on_error;
+                let cancel = started
+                    .get(&job.id)
+                    .map(|s| s.cancel.clone())
+                    .expect("inserted above");
                 let runner = runner.clone();
                 let global = global.clone();
-                let per_job = per_job.clone();
-                let cancelled = cancelled.clone();
+                let done_sender = done_sender.clone();
                 let job_id = job.id.clone();
-                tasks.spawn(async move {
-                    let started_at = Instant::now();
-                    let display = run.display.clone();
-                    let not_run = |note: &str| Done {
-                        job_id: job_id.clone(),
-                        report: JobReport {
-                            job_id: job_id.clone(),
-                            display: display.clone(),
-                            conclusion: Conclusion::Cancelled,
-                            exit_code: None,
-                            note: Some(note.to_string()),
-                            duration: Duration::ZERO,
-                            result: WorkflowResult::default(),
-                        },
-                    };
-                    let Ok(_job_slot) = per_job.acquire_owned().await else {
-                        return not_run("the run stopped");
-                    };
-                    let Ok(_slot) = global.acquire_owned().await else {
-                        return not_run("the run stopped");
-                    };
-                    if *cancelled.borrow() {
-                        return not_run("cancelled by fail-fast before it started");
-                    }
-                    let outcome = runner.run(run, cancelled).await;
-                    let conclusion = if outcome.cancelled {
-                        Conclusion::Cancelled
-                    } else if outcome.exit_code == 0 {
-                        Conclusion::Success
-                    } else {
-                        Conclusion::Failure
-                    };
-                    Done {
-                        job_id: job_id.clone(),
-                        report: JobReport {
-                            job_id,
-                            display,
-                            conclusion,
-                            exit_code: Some(outcome.exit_code),
-                            note: None,
-                            duration: started_at.elapsed(),
-                            result: outcome.result,
-                        },
+                outstanding += runs.len();
+                tokio::spawn(async move {
+                    for run in runs {
+                        let Ok(job_slot) = per_job.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let runner = runner.clone();
+                        let global = global.clone();
+                        let cancelled = cancelled.clone();
+                        let cancel = cancel.clone();
+                        let job_id = job_id.clone();
+                        let done_sender = done_sender.clone();
+                        tokio::spawn(async move {
+                            let display = run.display.clone();
+                            let inner = tokio::spawn(run_one(
+                                run,
+                                job_id.clone(),
+                                runner,
+                                global,
+                                cancelled,
+                                cancel,
+                                cancel_on_failure,
+                            ));
+                            // A runner that panics fails its job; the run goes on.
+                            let done = inner.await.unwrap_or_else(|error| Done {
+                                job_id: job_id.clone(),
+                                report: JobReport {
+                                    job_id,
+                                    display,
+                                    conclusion: Conclusion::Failure,
+                                    exit_code: None,
+                                    note: Some(format!("the job's task failed: {error}")),
+                                    duration: Duration::ZERO,
+                                    result: WorkflowResult::default(),
+                                },
+                            });
+                            drop(job_slot);
+                            let _ = done_sender.send(done);
+                        });
                     }
                 });
             }
         }
 
-        let Some(done) = tasks.join_next().await else {
+        if outstanding == 0 {
+            break;
+        }
+        let Some(done) = done_receiver.recv().await else {
             break;
         };
-        let done = done.map_err(|e| format!("a job task failed: {e}"))?;
+        outstanding -= 1;
         let Some(state) = started.get_mut(&done.job_id) else {
             continue;
         };
@@ -376,9 +384,6 @@ pub async fn run(
                     state.outputs.insert(k.clone(), v.clone());
                 }
             }
-        }
-        if conclusion == Conclusion::Failure && state.fail_fast {
-            let _ = state.cancel.send(true);
         }
         report.jobs.push(done.report);
         if state.remaining == 0 {
@@ -401,6 +406,61 @@ pub async fn run(
         }
     }
     Ok(report)
+}
+
+/// Runs one combination once it has a run-wide slot; a failure cancels the
+/// rest of its matrix (fail-fast) before its slot is given back.
+async fn run_one(
+    run: JobRun,
+    job_id: String,
+    runner: Arc<dyn JobRunner>,
+    global: Arc<Semaphore>,
+    cancelled: watch::Receiver<bool>,
+    cancel: Arc<watch::Sender<bool>>,
+    cancel_on_failure: bool,
+) -> Done {
+    let started_at = Instant::now();
+    let display = run.display.clone();
+    let report = |conclusion, exit_code, note: Option<&str>, result| Done {
+        job_id: job_id.clone(),
+        report: JobReport {
+            job_id: job_id.clone(),
+            display: display.clone(),
+            conclusion,
+            exit_code,
+            note: note.map(str::to_string),
+            duration: started_at.elapsed(),
+            result,
+        },
+    };
+    let Ok(_slot) = global.acquire_owned().await else {
+        return report(
+            Conclusion::Cancelled,
+            None,
+            Some("the run stopped"),
+            WorkflowResult::default(),
+        );
+    };
+    if *cancelled.borrow() {
+        return report(
+            Conclusion::Cancelled,
+            None,
+            Some("cancelled by fail-fast before it started"),
+            WorkflowResult::default(),
+        );
+    }
+    let outcome = runner.run(run, cancelled).await;
+    let conclusion = if outcome.cancelled {
+        Conclusion::Cancelled
+    } else if outcome.exit_code == 0 {
+        Conclusion::Success
+    } else {
+        Conclusion::Failure
+    };
+    if conclusion == Conclusion::Failure && cancel_on_failure {
+        cancel.send_replace(true);
+    }
+    report(conclusion, Some(outcome.exit_code), None, outcome.result)
 }
 
 fn base_contexts(options: &RunOptions) -> Contexts {
@@ -780,6 +840,24 @@ jobs:
         )
         .await;
         assert_eq!(conclusion(&report, "test (2)"), Conclusion::Success);
+    }
+
+    #[tokio::test]
+    async fn a_skipped_job_readies_its_always_dependents_even_when_nothing_else_runs() {
+        // `after` is skipped the moment `broken` fails; `report` must still start
+        // although no other job is left to finish and wake the scheduler.
+        let (report, _) = run_text(
+            r#"
+jobs:
+  broken: {steps: [{run: exit 1}]}
+  after: {needs: broken, steps: [{run: echo}]}
+  report: {needs: [broken, after], if: always(), steps: [{run: echo}]}
+"#,
+            2,
+        )
+        .await;
+        assert_eq!(conclusion(&report, "after"), Conclusion::Skipped);
+        assert_eq!(conclusion(&report, "report"), Conclusion::Success);
     }
 
     #[tokio::test]
