@@ -226,7 +226,7 @@ pub struct GuestJob {
     /// instead of `steps`; the guest reports [`GuestMessage::WorkflowResult`] before
     /// it finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workflow: Option<crate::workflow::WorkflowJob>,
+    pub workflow: Option<Box<crate::workflow::WorkflowJob>>,
 }
 
 impl GuestJob {

@@ -23,6 +23,43 @@ use crate::workflow::commands::{self, Command, Masker, MAX_ENV_FILE_BYTES};
 use crate::workflow::expr::{to_text, truthy, Condition, Contexts, Status, Template};
 use crate::workflow::{Annotation, WorkflowJob, WorkflowResult, WorkflowStep};
 
+/// Most bytes of step summary a job reports (GitHub: 1 MiB per step); the whole
+/// result must fit one protocol frame.
+const MAX_SUMMARY_BYTES: usize = 256 * 1024;
+/// Most bytes of job outputs a job reports (GitHub: 1 MiB per job).
+const MAX_OUTPUT_BYTES: usize = 256 * 1024;
+/// Longest annotation message kept.
+const MAX_ANNOTATION_BYTES: usize = 4096;
+
+/// The result cut to the bounds above, saying so where it was cut.
+fn bounded(mut result: WorkflowResult) -> WorkflowResult {
+    fn cut(text: &mut String, limit: usize) -> bool {
+        if text.len() <= limit {
+            return false;
+        }
+        let mut at = limit;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        true
+    }
+    if cut(&mut result.summary, MAX_SUMMARY_BYTES) {
+        result
+            .summary
+            .push_str("\n… (the step summaries were cut at 256 KiB)\n");
+    }
+    let mut total = 0;
+    result.outputs.retain(|name, value| {
+        total += name.len() + value.len();
+        total <= MAX_OUTPUT_BYTES
+    });
+    for annotation in &mut result.annotations {
+        cut(&mut annotation.message, MAX_ANNOTATION_BYTES);
+    }
+    result
+}
+
 /// Most bytes of working tree the guest accepts (the scratch disk bounds it too).
 const MAX_ARCHIVE_BYTES: u64 = 8 << 30;
 
@@ -260,11 +297,12 @@ pub fn run_workflow_job(
         .map(|c| c.annotations.clone())
         .unwrap_or_default();
     let summary = job_state.mask(&job_state.summary);
-    sink.send(GuestMessage::WorkflowResult(WorkflowResult {
+    let result = bounded(WorkflowResult {
         outputs,
         summary,
         annotations,
-    }));
+    });
+    sink.send(GuestMessage::WorkflowResult(result));
     let _ = std::fs::remove_dir_all(&scripts);
     let mut exit = job_state.failed_exit;
     if sink.is_cancelled() && exit == 0 {
@@ -1125,7 +1163,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            workflow: Some(workflow),
+            workflow: Some(Box::new(workflow)),
             ..GuestJob::default()
         };
         let (sender, receiver) = mpsc::channel();
@@ -1291,6 +1329,35 @@ mod tests {
             ]
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_reported_result_always_fits_one_frame() {
+        let result = bounded(WorkflowResult {
+            outputs: (0..100)
+                .map(|i| (format!("out{i}"), "x".repeat(10_000)))
+                .collect(),
+            summary: "é".repeat(1 << 20),
+            annotations: vec![
+                Annotation {
+                    level: "error".into(),
+                    message: "m".repeat(100_000),
+                    file: None,
+                    line: None,
+                    column: None,
+                    title: None,
+                };
+                MAX_ANNOTATIONS
+            ],
+        });
+        let frame = crate::protocol::encode(&GuestMessage::WorkflowResult(result.clone()));
+        assert!(
+            frame.len() < crate::protocol::MAX_FRAME_BYTES,
+            "{}",
+            frame.len()
+        );
+        assert!(result.summary.ends_with("cut at 256 KiB)\n"));
+        assert!(result.outputs.len() < 100);
     }
 
     #[test]

@@ -101,8 +101,11 @@ pub enum Command {
     Disabled(String),
 }
 
+/// A command's name, its `key=value` properties and its data.
+pub type ParsedCommand = (String, Vec<(String, String)>, String);
+
 /// Parses `::name props::data` (leading whitespace allowed, as the runner does).
-pub fn parse_command(line: &str) -> Option<(String, Vec<(String, String)>, String)> {
+pub fn parse_command(line: &str) -> Option<ParsedCommand> {
     let rest = line.trim_start().strip_prefix("::")?;
     let end = rest.find("::")?;
     let head = &rest[..end];

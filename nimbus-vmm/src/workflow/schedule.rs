@@ -419,8 +419,12 @@ async fn run_one(
     cancel: Arc<watch::Sender<bool>>,
     cancel_on_failure: bool,
 ) -> Done {
-    let started_at = Instant::now();
     let display = run.display.clone();
+    let Ok(_slot) = global.acquire_owned().await else {
+        return not_started(&job_id, &display, "the run stopped");
+    };
+    // A job's time is its own: from the moment it has a slot.
+    let started_at = Instant::now();
     let report = |conclusion, exit_code, note: Option<&str>, result| Done {
         job_id: job_id.clone(),
         report: JobReport {
@@ -432,14 +436,6 @@ async fn run_one(
             duration: started_at.elapsed(),
             result,
         },
-    };
-    let Ok(_slot) = global.acquire_owned().await else {
-        return report(
-            Conclusion::Cancelled,
-            None,
-            Some("the run stopped"),
-            WorkflowResult::default(),
-        );
     };
     if *cancelled.borrow() {
         return report(
@@ -461,6 +457,21 @@ async fn run_one(
         cancel.send_replace(true);
     }
     report(conclusion, Some(outcome.exit_code), None, outcome.result)
+}
+
+fn not_started(job_id: &str, display: &str, note: &str) -> Done {
+    Done {
+        job_id: job_id.to_string(),
+        report: JobReport {
+            job_id: job_id.to_string(),
+            display: display.to_string(),
+            conclusion: Conclusion::Cancelled,
+            exit_code: None,
+            note: Some(note.to_string()),
+            duration: Duration::ZERO,
+            result: WorkflowResult::default(),
+        },
+    }
 }
 
 fn base_contexts(options: &RunOptions) -> Contexts {
@@ -570,7 +581,7 @@ fn expand(
     let mut runs = Vec::new();
     for (index, combo) in combos.iter().enumerate() {
         let strategy = json!({
-            "fail-fast": job.fail_fast.as_deref().map_or(true, |f| f != "false"),
+            "fail-fast": job.fail_fast.as_deref().is_none_or(|f| f != "false"),
             "job-index": index,
             "job-total": total,
             "max-parallel": total,
@@ -638,7 +649,7 @@ fn expand(
             display,
             guest: GuestJob {
                 env,
-                workflow: Some(WorkflowJob {
+                workflow: Some(Box::new(WorkflowJob {
                     id: job.id.clone(),
                     contexts: job_contexts,
                     steps: job.steps.clone(),
@@ -647,7 +658,7 @@ fn expand(
                     workspace: None,
                     skip_unsupported: options.skip_unsupported,
                     archive: options.workspace_archive.clone(),
-                }),
+                })),
                 ..GuestJob::default()
             },
             timeout: Duration::from_secs_f64((timeout_minutes * 60.0).min(1e9)),
