@@ -284,7 +284,11 @@ impl AssetBuilder {
 
     fn rootfs_tree(&self, tree: &Path) -> Result<()> {
         let o = &self.options;
-        if o.rebuild_rootfs || !tree.join(BASE_STAMP).is_file() {
+        // The stamp names the suite and packages the base was made with: a base
+        // made from another list (an older build's defaults) is made afresh.
+        let wanted = format!("{} {}\n", o.suite, o.packages.join(","));
+        let current = std::fs::read_to_string(tree.join(BASE_STAMP)).ok();
+        if o.rebuild_rootfs || current.as_deref() != Some(wanted.as_str()) {
             let _ = std::fs::remove_dir_all(tree);
             let include = format!("--include={}", o.packages.join(","));
             self.say(&format!(
@@ -315,11 +319,8 @@ impl AssetBuilder {
                     let _ = std::fs::create_dir_all(&path);
                 }
             }
-            std::fs::write(
-                tree.join(BASE_STAMP),
-                format!("{} {}\n", o.suite, o.packages.join(",")),
-            )
-            .map_err(Error::io("writing the rootfs stamp"))?;
+            std::fs::write(tree.join(BASE_STAMP), &wanted)
+                .map_err(Error::io("writing the rootfs stamp"))?;
         } else {
             self.say("rootfs: reusing the Debian base (--rebuild-rootfs to start afresh)");
         }
