@@ -67,6 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 status: CompletionStatus::Succeeded,
                 exit_code: Some(0),
                 reason: None,
+                result: None,
             },
         )
         .await?;

@@ -29,6 +29,10 @@ pub const MAX_STEPS: usize = 256;
 pub const MAX_TIMEOUT_MINUTES: u32 = 24 * 60;
 /// Default job timeout when the spec names none (GitHub's default is 360).
 pub const DEFAULT_TIMEOUT_MINUTES: u32 = 360;
+/// Largest workflow job (`JobSpec::workflow`, as JSON) a submission may carry.
+pub const MAX_WORKFLOW_JOB_BYTES: usize = 512 * 1024;
+/// Largest workflow result (`Completion::result`, as JSON) an agent may report.
+pub const MAX_WORKFLOW_RESULT_BYTES: usize = 768 * 1024;
 
 /// An organisation (or user account) that owns repositories and jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +217,17 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     /// How long the job may run, in minutes (1 to [`MAX_TIMEOUT_MINUTES`]).
     pub timeout_minutes: u32,
+    /// A GitHub Actions workflow job (`nimbus run` against a control plane), run
+    /// instead of `steps`: its steps keep their expressions, which the guest
+    /// evaluates as GitHub's runner would. The control plane keeps it as it came
+    /// (bounded by [`MAX_WORKFLOW_JOB_BYTES`]); the host agent reads it (nimbus-vmm's
+    /// `workflow::WorkflowJob`) and fails the job with the reason when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<serde_json::Value>,
+    /// The working tree the job's VM starts with: the sha256 (64 hex digits) of a
+    /// workspace archive uploaded to the job's org (`PUT /api/workspaces/{sha256}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 impl Default for JobSpec {
@@ -221,6 +236,8 @@ impl Default for JobSpec {
             steps: Vec::new(),
             env: BTreeMap::new(),
             timeout_minutes: DEFAULT_TIMEOUT_MINUTES,
+            workflow: None,
+            workspace: None,
         }
     }
 }
@@ -314,6 +331,10 @@ pub struct Job {
     /// (docs/observability.md): what its lease, run and log lines continue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// What a workflow job reported when it ended (its `outputs`, step summary and
+    /// annotations), as its agent completed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// Everything needed to put a job in the queue.
@@ -461,6 +482,10 @@ pub struct Completion {
     /// [`fit_reason`]).
     #[serde(default)]
     pub reason: Option<String>,
+    /// A workflow job's result (at most [`MAX_WORKFLOW_RESULT_BYTES`] as JSON),
+    /// kept as the job's `result`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// Longest completion reason the control plane keeps.
@@ -560,10 +585,29 @@ pub fn validate_labels(labels: &[String]) -> Result<()> {
 }
 
 impl JobSpec {
-    /// Checks a directly submitted spec: at least one step, bounded sizes, a sane timeout.
+    /// Checks a directly submitted spec: at least one step (or a workflow job
+    /// instead), bounded sizes, a well-formed workspace digest, a sane timeout.
     pub fn validate_direct(&self) -> Result<()> {
-        if self.steps.is_empty() {
+        if let Some(workflow) = &self.workflow {
+            if !self.steps.is_empty() {
+                return Err(Error::invalid(
+                    "steps and workflow: a job runs one or the other",
+                ));
+            }
+            if !workflow.is_object() {
+                return Err(Error::invalid("workflow must be a JSON object"));
+            }
+            let size = serde_json::to_vec(workflow).map_or(usize::MAX, |json| json.len());
+            if size > MAX_WORKFLOW_JOB_BYTES {
+                return Err(Error::invalid(format!(
+                    "workflow: {size} bytes of JSON; at most {MAX_WORKFLOW_JOB_BYTES} are allowed"
+                )));
+            }
+        } else if self.steps.is_empty() {
             return Err(Error::invalid("steps: a job needs at least one step"));
+        }
+        if let Some(digest) = &self.workspace {
+            validate_workspace_digest(digest)?;
         }
         if self.steps.len() > MAX_STEPS {
             return Err(Error::invalid(format!(
@@ -588,6 +632,27 @@ impl JobSpec {
             )));
         }
         Ok(())
+    }
+}
+
+/// A workspace archive's name: the sha256 of its bytes, 64 lowercase hex digits.
+pub fn workspace_digest(archive: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(archive))
+}
+
+/// Checks a workspace archive's name: its sha256, 64 lowercase hex digits.
+pub fn validate_workspace_digest(digest: &str) -> Result<()> {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "workspace {digest:?}: expected a sha256, 64 lowercase hex digits"
+        )))
     }
 }
 
@@ -651,6 +716,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             traceparent: None,
+            result: None,
         }
     }
 

@@ -28,4 +28,7 @@ pub trait JobSource: Send + Sync {
 
     /// The just-in-time runner config of a GitHub job this agent holds.
     async fn runner_config(&self, job_id: JobId, fencing_token: i64) -> Result<RunnerConfig>;
+
+    /// The workspace archive (a tar) a job this agent holds names in `workspace`.
+    async fn workspace(&self, job_id: JobId, fencing_token: i64) -> Result<Vec<u8>>;
 }

@@ -130,6 +130,14 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         Route::new(Method::PATCH, path, access, axum::routing::patch(handler))
     }
 
+    /// This route accepts bodies up to `bytes` (over the service's default limit).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.handler = self
+            .handler
+            .layer(axum::extract::DefaultBodyLimit::max(bytes));
+        self
+    }
+
     /// A `DELETE` route.
     pub fn delete<H: Handler<T, S>, T: 'static>(
         path: &'static str,

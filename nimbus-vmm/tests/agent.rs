@@ -242,6 +242,10 @@ impl JobSource for Partitionable {
         self.check()?;
         self.inner.runner_config(job_id, fencing_token).await
     }
+    async fn workspace(&self, job_id: i64, fencing_token: i64) -> nimbus_core::Result<Vec<u8>> {
+        self.check()?;
+        self.inner.workspace(job_id, fencing_token).await
+    }
 }
 
 /// An agent cut off from the control plane cannot be told its lease is gone: it

@@ -87,6 +87,7 @@ fn completion(
         status,
         exit_code,
         reason,
+        result: None,
     })
 }
 

@@ -189,6 +189,7 @@ pub async fn run(args: Args) -> Result<()> {
                     status: CompletionStatus::Succeeded,
                     exit_code: Some(0),
                     reason: None,
+                    result: None,
                 };
                 client.complete(lease.job.id, &done).await?;
                 latencies.push(began.elapsed());

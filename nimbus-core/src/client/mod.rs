@@ -14,7 +14,8 @@ use serde_json::json;
 use crate::analytics::{JobSummary, MetadataHistogram, MetadataPresets, MetadataTrend, OrgsReport};
 use crate::config::{ClientConfig, Secret};
 use crate::control_plane::{
-    ControlPlaneApi, HistogramQuery, JobRequest, MetadataCount, OrgsQuery, SummaryQuery, TrendQuery,
+    ControlPlaneApi, HistogramQuery, JobRequest, MetadataCount, OrgsQuery, SummaryQuery,
+    TrendQuery, WorkspaceReceipt,
 };
 use crate::domain::{Completion, Job, JobId, Lease, Org, OrgId};
 use crate::error::{Error, Result};
@@ -86,6 +87,22 @@ impl ControlPlaneClient {
             .unwrap_or("no error message")
             .to_string();
         Err(error_from_status(status, message, retry_after))
+    }
+
+    /// A raw (non-JSON) answer's body; errors as [`Self::send`] maps them.
+    async fn bytes(&self, builder: reqwest::RequestBuilder) -> Result<bytes::Bytes> {
+        let response = builder.send().await?;
+        if response.status().is_success() {
+            return Ok(response.bytes().await?);
+        }
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_else(|_| json!({}));
+        let message = body
+            .get("error")
+            .and_then(|v| v.as_str())
+            .unwrap_or("no error message")
+            .to_string();
+        Err(error_from_status(status, message, None))
     }
 
     async fn expect<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> Result<T> {
@@ -233,6 +250,14 @@ impl crate::job_source::JobSource for ControlPlaneClient {
     async fn runner_config(&self, job_id: JobId, fencing_token: i64) -> Result<RunnerConfig> {
         ControlPlaneClient::runner_config(self, job_id, fencing_token).await
     }
+
+    async fn workspace(&self, job_id: JobId, fencing_token: i64) -> Result<Vec<u8>> {
+        let path = format!("/api/jobs/{job_id}/workspace");
+        let builder = self
+            .request(Method::GET, &path)
+            .query(&[("fencing_token", fencing_token.to_string())]);
+        Ok(self.bytes(builder).await?.to_vec())
+    }
 }
 
 /// `GET /api/orgs`.
@@ -278,6 +303,22 @@ impl ControlPlaneApi for ControlPlaneClient {
 
     async fn submit(&self, request: JobRequest) -> Result<Job> {
         self.submit_job(&request).await
+    }
+
+    async fn put_workspace(
+        &self,
+        org_id: Option<OrgId>,
+        digest: &str,
+        archive: Vec<u8>,
+    ) -> Result<WorkspaceReceipt> {
+        let mut builder = self
+            .request(Method::PUT, &format!("/api/workspaces/{digest}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .body(archive);
+        if let Some(org_id) = org_id {
+            builder = builder.query(&[("org_id", org_id.to_string())]);
+        }
+        self.expect(builder).await
     }
 
     async fn jobs(&self, filter: JobFilter) -> Result<JobPage> {

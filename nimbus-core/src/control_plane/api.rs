@@ -21,7 +21,7 @@ use crate::auth::Principal;
 use crate::domain::{
     metadata_from_labels, validate_labels, validate_repo_name, Completion, Job, JobId,
     JobSource as Source, JobSpec, JobStatus, Lease, NewJob, Org, OrgId, Repo, RunnerConfig, Step,
-    DEFAULT_TIMEOUT_MINUTES, MAX_LABEL_LEN,
+    DEFAULT_TIMEOUT_MINUTES, MAX_LABEL_LEN, MAX_WORKFLOW_RESULT_BYTES,
 };
 use crate::error::{Error, Result};
 use crate::job_source::JobSource;
@@ -50,7 +50,8 @@ pub struct JobRequest {
     /// labels also become metadata.
     #[serde(default)]
     pub labels: Vec<String>,
-    /// The commands to run, in order (at least one).
+    /// The commands to run, in order (at least one, unless `workflow` is given).
+    #[serde(default)]
     pub steps: Vec<Step>,
     /// Environment variables for every step.
     #[serde(default)]
@@ -61,6 +62,14 @@ pub struct JobRequest {
     /// Extra metadata rows, besides those from `param:`/`meta:` labels.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// A GitHub Actions workflow job to run instead of `steps` (what `nimbus run`
+    /// submits; see [`JobSpec::workflow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<serde_json::Value>,
+    /// The sha256 of a workspace archive of the org, unpacked into the job's
+    /// workspace before it runs ([`ControlPlane::put_workspace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 /// How many jobs carry one value of a metadata key (`GET /api/analytics/metadata`).
@@ -86,6 +95,14 @@ pub trait ControlPlaneApi: Send + Sync {
     async fn orgs(&self) -> Result<Vec<Org>>;
     /// Queues a job through admission.
     async fn submit(&self, request: JobRequest) -> Result<Job>;
+    /// Keeps a workspace archive (a tar named by its sha256) for jobs of the
+    /// caller's org (an admin names the org) to start from.
+    async fn put_workspace(
+        &self,
+        org_id: Option<OrgId>,
+        digest: &str,
+        archive: Vec<u8>,
+    ) -> Result<super::WorkspaceReceipt>;
     /// A page of the jobs the caller may see.
     async fn jobs(&self, filter: JobFilter) -> Result<JobPage>;
     /// One job the caller may see ("not found" otherwise).
@@ -134,7 +151,7 @@ fn require_admin(principal: &Principal) -> Result<()> {
 }
 
 /// The lease holder a principal acts as: an agent by its id, an admin by its sub.
-fn lease_holder(principal: &Principal) -> Result<&str> {
+pub(super) fn lease_holder(principal: &Principal) -> Result<&str> {
     match principal {
         Principal::Agent { agent_id } => Ok(agent_id),
         Principal::Admin { sub } => Ok(sub),
@@ -195,31 +212,15 @@ impl ControlPlane {
 
     /// Queues a job through admission (policy, rate limit).
     pub async fn submit(&self, who: &Principal, request: JobRequest) -> Result<Job> {
-        let org_id = match (who, request.org_id) {
-            (Principal::Org { org_id, .. }, None) => *org_id,
-            (Principal::Org { org_id, .. }, Some(asked)) if asked == *org_id => asked,
-            (Principal::Org { .. }, Some(asked)) => {
-                return Err(Error::not_found(format!("org {asked}")));
-            }
-            (Principal::Admin { .. }, Some(asked)) => {
-                if !self.org_exists(asked).await? {
-                    return Err(Error::not_found(format!("org {asked}")));
-                }
-                asked
-            }
-            (Principal::Admin { .. }, None) => {
-                return Err(Error::invalid("org_id is required with an admin token"));
-            }
-            (Principal::Agent { .. }, _) => {
-                return Err(Error::Forbidden("agent tokens cannot submit jobs".into()));
-            }
-        };
+        let org_id = self.submitting_org(who, request.org_id).await?;
         validate_repo_name(&request.repo)?;
         validate_labels(&request.labels)?;
         let spec = JobSpec {
             steps: request.steps,
             env: request.env,
             timeout_minutes: request.timeout_minutes.unwrap_or(DEFAULT_TIMEOUT_MINUTES),
+            workflow: request.workflow,
+            workspace: request.workspace,
         };
         spec.validate_direct()?;
         let mut metadata = metadata_from_labels(&request.labels);
@@ -367,6 +368,14 @@ impl ControlPlane {
             return Err(Error::invalid(format!(
                 "reason must be at most {MAX_REASON_BYTES} bytes"
             )));
+        }
+        if let Some(result) = &completion.result {
+            let size = serde_json::to_vec(result).map_or(usize::MAX, |json| json.len());
+            if size > MAX_WORKFLOW_RESULT_BYTES {
+                return Err(Error::invalid(format!(
+                    "result: {size} bytes of JSON; at most {MAX_WORKFLOW_RESULT_BYTES} are allowed"
+                )));
+            }
         }
         let job = self
             .store
@@ -635,6 +644,12 @@ impl JobSource for LocalAgent {
             .runner_config(&self.principal, job_id, fencing_token)
             .await
     }
+
+    async fn workspace(&self, job_id: JobId, fencing_token: i64) -> Result<Vec<u8>> {
+        self.control_plane
+            .job_workspace(&self.principal, job_id, fencing_token)
+            .await
+    }
 }
 
 /// One caller of an in-process control plane: [`ControlPlaneApi`] over the API's
@@ -666,6 +681,17 @@ impl ControlPlaneApi for Session {
 
     async fn submit(&self, request: JobRequest) -> Result<Job> {
         self.control_plane.submit(&self.principal, request).await
+    }
+
+    async fn put_workspace(
+        &self,
+        org_id: Option<OrgId>,
+        digest: &str,
+        archive: Vec<u8>,
+    ) -> Result<super::WorkspaceReceipt> {
+        self.control_plane
+            .put_workspace(&self.principal, org_id, digest, &archive)
+            .await
     }
 
     async fn jobs(&self, filter: JobFilter) -> Result<JobPage> {

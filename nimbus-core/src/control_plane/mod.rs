@@ -42,6 +42,7 @@ pub mod reconcile;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 mod webhooks;
+mod workspace;
 
 pub use analytics::{HistogramQuery, OrgsQuery, SummaryQuery, TrendQuery};
 pub use api::{
@@ -49,6 +50,9 @@ pub use api::{
 };
 pub use metrics::Metrics;
 pub use webhooks::{WebhookAnswer, WebhookDelivery};
+pub use workspace::{
+    WorkspaceReceipt, MAX_WORKSPACE_BYTES, WORKSPACE_ORG_QUOTA_BYTES, WORKSPACE_TTL,
+};
 
 /// Largest request body accepted on any route (webhooks included).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -446,6 +450,17 @@ pub fn routes() -> Vec<Route<AppState>> {
             http::jobs::runner_config,
         ),
         Route::get(
+            "/api/jobs/{id}/workspace",
+            token(true, false, true, Foreign::Conflict),
+            http::jobs::job_workspace,
+        ),
+        Route::put(
+            "/api/workspaces/{sha256}",
+            token(true, true, false, Foreign::NotFound),
+            http::jobs::put_workspace,
+        )
+        .body_limit(MAX_WORKSPACE_BYTES),
+        Route::get(
             "/api/analytics/metadata",
             token(true, true, false, Foreign::NotFound),
             http::jobs::metadata_values,
@@ -617,6 +632,10 @@ pub async fn reap_once(state: &ControlPlane) -> Result<()> {
     // (their events are too old), so forgetting them is safe.
     let forget_before = now - state.config.webhook_tolerance * 2;
     state.store.prune_deliveries(forget_before).await?;
+    let pruned = state.prune_workspaces().await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "workspace archives past their day forgotten");
+    }
     Ok(())
 }
 

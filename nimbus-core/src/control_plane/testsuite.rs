@@ -442,6 +442,7 @@ pub async fn a_job_from_submit_to_complete(connect: &dyn Connect) {
         status: CompletionStatus::Succeeded,
         exit_code: Some(0),
         reason: None,
+        result: None,
     };
     assert_eq!(
         thief
@@ -507,5 +508,114 @@ pub async fn a_job_from_submit_to_complete(connect: &dyn Connect) {
     assert_eq!(
         succeeded.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![job.id]
+    );
+}
+
+/// A workflow job (what `nimbus run` submits to a control plane): the org
+/// uploads its working tree once, the job names it; only the agent holding the
+/// lease fetches it; the job keeps the result it completes with. Another org can
+/// neither upload into the org nor name its archive's bytes wrongly.
+pub async fn a_workflow_job_with_its_workspace_and_result(connect: &dyn Connect) {
+    let admin = connect.caller(admin());
+    admin.upsert_org(1, "acme").await.expect("org");
+    admin.upsert_org(2, "rival").await.expect("org");
+    let acme = connect.caller(org(1));
+    let rival = connect.caller(org(2));
+    let archive = b"a tar of the working tree".to_vec();
+    let digest = crate::domain::workspace_digest(&archive);
+    assert_eq!(
+        rival
+            .put_workspace(Some(1), &digest, archive.clone())
+            .await
+            .expect_err("not its org")
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        acme.put_workspace(None, &"0".repeat(64), archive.clone())
+            .await
+            .expect_err("the bytes do not hash to the name")
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    let receipt = acme
+        .put_workspace(None, &digest, archive.clone())
+        .await
+        .expect("upload");
+    assert_eq!((receipt.org_id, receipt.bytes), (1, archive.len() as u64));
+
+    let workflow = serde_json::json!({"id": "build", "contexts": {}, "steps": [{"run": "make"}]});
+    let both = JobRequest {
+        workflow: Some(workflow.clone()),
+        ..request("acme/app", &[])
+    };
+    assert_eq!(
+        acme.submit(both)
+            .await
+            .expect_err("steps and a workflow")
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    let job = acme
+        .submit(JobRequest {
+            steps: Vec::new(),
+            workflow: Some(workflow.clone()),
+            workspace: Some(digest.clone()),
+            ..request("acme/app", &[])
+        })
+        .await
+        .expect("submit a workflow job");
+    assert_eq!(job.spec.workflow.as_ref(), Some(&workflow));
+
+    let agent = connect.agent("a1");
+    let thief = connect.agent("a2");
+    let lease = agent
+        .lease(Duration::ZERO, None)
+        .await
+        .expect("lease")
+        .expect("the job");
+    assert_eq!(lease.job.id, job.id);
+    assert_eq!(
+        thief
+            .workspace(job.id, lease.fencing_token)
+            .await
+            .expect_err("not its lease")
+            .kind(),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        agent
+            .workspace(job.id, lease.fencing_token)
+            .await
+            .expect("the archive"),
+        archive
+    );
+    let result =
+        serde_json::json!({"outputs": {"version": "1.2.3"}, "summary": "", "annotations": []});
+    let done = agent
+        .complete(
+            job.id,
+            &Completion {
+                fencing_token: lease.fencing_token,
+                status: CompletionStatus::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+                result: Some(result.clone()),
+            },
+        )
+        .await
+        .expect("complete");
+    assert_eq!(done.result.as_ref(), Some(&result));
+    assert_eq!(
+        acme.job(job.id).await.expect("the job").result,
+        Some(result)
+    );
+    assert_eq!(
+        agent
+            .workspace(job.id, lease.fencing_token)
+            .await
+            .expect_err("not leased any more")
+            .kind(),
+        ErrorKind::Conflict
     );
 }

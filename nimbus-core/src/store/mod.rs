@@ -397,10 +397,41 @@ pub trait OrgStore: Send + Sync {
     async fn list_orgs(&self) -> Result<Vec<Org>>;
 }
 
+/// Workspace archives: tars of working trees that jobs of the same org name by
+/// their sha256 (`JobSpec::workspace`). In the database so that every replica of
+/// the control plane serves them; bounded per org.
+#[async_trait]
+pub trait WorkspaceStore: Send + Sync {
+    /// Keeps `archive` as `digest` of `org_id` (refreshing its time when it is
+    /// already there), then forgets the org's oldest other archives until the
+    /// org's archives take at most `org_quota_bytes`. Returns how many went.
+    async fn put_workspace(
+        &self,
+        org_id: OrgId,
+        digest: &str,
+        archive: &[u8],
+        now: OffsetDateTime,
+        org_quota_bytes: u64,
+    ) -> Result<u64>;
+
+    /// The archive `digest` of `org_id`, if kept.
+    async fn get_workspace(&self, org_id: OrgId, digest: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Forgets archives last put before `before`; returns how many.
+    async fn prune_workspaces(&self, before: OffsetDateTime) -> Result<u64>;
+}
+
 /// Everything the control plane needs from its database.
 #[async_trait]
 pub trait Store:
-    JobQueue + LeaseStore + RateLimiter + MetadataStore + AnalyticsStore + DeliveryLog + OrgStore
+    JobQueue
+    + LeaseStore
+    + RateLimiter
+    + MetadataStore
+    + AnalyticsStore
+    + DeliveryLog
+    + OrgStore
+    + WorkspaceStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -10,7 +10,7 @@ pub(crate) const JOB_COLUMNS: &str =
     policy_reasons, created_at, updated_at, started_at, finished_at, github_job_id, github_run_id, \
     github_run_attempt, github_workflow_name, github_job_name, github_head_sha, \
     github_head_branch, github_installation_id, github_status, github_conclusion, \
-    github_runner_name, traceparent";
+    github_runner_name, traceparent, result";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct JobRow {
@@ -47,6 +47,7 @@ pub(crate) struct JobRow {
     github_conclusion: Option<String>,
     github_runner_name: Option<String>,
     traceparent: Option<String>,
+    result: Option<String>,
 }
 
 fn corrupt(column: &str, id: i64, e: impl std::fmt::Display) -> Error {
@@ -105,6 +106,12 @@ impl TryFrom<JobRow> for Job {
             started_at: row.started_at.map(from_millis),
             finished_at: row.finished_at.map(from_millis),
             traceparent: row.traceparent,
+            result: match row.result {
+                Some(text) => {
+                    Some(serde_json::from_str(&text).map_err(|e| corrupt("result", id, e))?)
+                }
+                None => None,
+            },
         })
     }
 }

@@ -97,6 +97,7 @@ pub fn direct_job(org_id: OrgId, repo: &str, labels: &[&str]) -> NewJob {
             }],
             env: BTreeMap::new(),
             timeout_minutes: 10,
+            ..JobSpec::default()
         },
         github: None,
         rejected: false,
@@ -136,6 +137,7 @@ fn done(fencing_token: i64) -> Completion {
         status: CompletionStatus::Succeeded,
         exit_code: Some(0),
         reason: None,
+        result: None,
     }
 }
 
@@ -1176,6 +1178,115 @@ pub async fn deliveries_are_recorded_and_pruned(store: Arc<dyn Store>) {
     assert!(store.delivery_seen("new").await.expect("seen"));
 }
 
+/// A workflow job's spec (its workflow and workspace) reads back as written, and
+/// its completion's result is kept with the job.
+pub async fn workflow_jobs_keep_their_spec_and_result(store: Arc<dyn Store>) {
+    let mut new = direct_job(1, "acme/app", &[]);
+    new.spec.steps.clear();
+    new.spec.workflow = Some(serde_json::json!({"id": "build", "steps": [{"run": "make"}]}));
+    new.spec.workspace = Some("ab".repeat(32));
+    let job = store
+        .enqueue(new.clone(), &Admission::default(), t0())
+        .await
+        .expect("enqueue")
+        .job;
+    assert_eq!(job.spec, new.spec);
+    assert_eq!(job.result, None);
+    let lease = store
+        .lease(&lease_request("a1", 60), t0())
+        .await
+        .expect("lease")
+        .expect("a job");
+    let result = serde_json::json!({"outputs": {"version": "1.2.3"}, "summary": "# done\n"});
+    let completed = store
+        .complete(
+            job.id,
+            "a1",
+            &Completion {
+                result: Some(result.clone()),
+                ..done(lease.fencing_token)
+            },
+            t0() + Duration::from_secs(5),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(completed.result.as_ref(), Some(&result));
+    let read = store.get_job(job.id).await.expect("get").expect("the job");
+    assert_eq!(read.result, Some(result));
+    assert_eq!(read.spec, new.spec);
+}
+
+/// Workspace archives are kept per org, refreshed by a second put, the org's
+/// oldest others evicted past its quota (never another org's), pruned by age.
+pub async fn workspaces_are_kept_per_org_within_a_quota(store: Arc<dyn Store>) {
+    let at = |s: u64| t0() + Duration::from_secs(s);
+    let digest = |c: char| c.to_string().repeat(64);
+    let archive = |b: u8| vec![b; 100];
+    assert_eq!(
+        store
+            .put_workspace(1, &digest('a'), &archive(1), at(0), 250)
+            .await
+            .expect("put a"),
+        0
+    );
+    store
+        .put_workspace(1, &digest('b'), &archive(2), at(1), 250)
+        .await
+        .expect("put b");
+    store
+        .put_workspace(2, &digest('a'), &archive(9), at(1), 250)
+        .await
+        .expect("org 2's a");
+    // A third of org 1's: the oldest other (a) goes, org 2's stays.
+    assert_eq!(
+        store
+            .put_workspace(1, &digest('c'), &archive(3), at(2), 250)
+            .await
+            .expect("put c"),
+        1
+    );
+    assert_eq!(
+        store.get_workspace(1, &digest('a')).await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get_workspace(1, &digest('b')).await.expect("get"),
+        Some(archive(2))
+    );
+    assert_eq!(
+        store.get_workspace(2, &digest('a')).await.expect("get"),
+        Some(archive(9))
+    );
+    // b again: refreshed, so c is now the oldest and goes for d.
+    store
+        .put_workspace(1, &digest('b'), &archive(2), at(3), 250)
+        .await
+        .expect("put b again");
+    store
+        .put_workspace(1, &digest('d'), &archive(4), at(4), 250)
+        .await
+        .expect("put d");
+    assert_eq!(
+        store.get_workspace(1, &digest('c')).await.expect("get"),
+        None
+    );
+    assert!(store
+        .get_workspace(1, &digest('b'))
+        .await
+        .expect("get")
+        .is_some());
+    // Org 2's a (put at 1) and nothing newer than 3 are pruned before 2.
+    assert_eq!(store.prune_workspaces(at(2)).await.expect("prune"), 1);
+    assert_eq!(
+        store.get_workspace(2, &digest('a')).await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get_workspace(1, &digest('d')).await.expect("get"),
+        Some(archive(4))
+    );
+}
+
 /// Orgs are created, renamed (keeping `created_at`) and listed by id.
 pub async fn orgs_are_upserted(store: Arc<dyn Store>) {
     assert!(store.get_org(42).await.expect("get").is_none());
@@ -1621,6 +1732,8 @@ macro_rules! store_test_suite {
                 github_updates_follow_the_job,
                 deliveries_are_recorded_and_pruned,
                 orgs_are_upserted,
+                workflow_jobs_keep_their_spec_and_result,
+                workspaces_are_kept_per_org_within_a_quota,
                 analytics_count_every_job_once
             );
         }

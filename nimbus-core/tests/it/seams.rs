@@ -25,6 +25,7 @@ macro_rules! seam_suite {
                 callers_see_only_their_org,
                 bad_input_is_refused_alike,
                 a_job_from_submit_to_complete,
+                a_workflow_job_with_its_workspace_and_result,
                 analytics_answer_alike
             );
         }

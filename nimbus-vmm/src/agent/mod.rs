@@ -16,6 +16,7 @@ mod lease;
 mod logs;
 pub mod pool;
 pub mod service;
+pub mod workflow;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -674,30 +675,24 @@ async fn run_leased_job(
     let job = &lease.job;
     let token = lease.fencing_token;
     // A GitHub job runs the Actions runner with a just-in-time config that only
-    // the holder of this lease can get.
-    let runner = if job.github.is_some() && job.spec.steps.is_empty() {
-        match agent.jobs.runner_config(job.id, token).await {
-            Ok(config) => Some(RunnerJob {
-                jit_config: config.encoded_jit_config,
-                runner_dir: agent.config.runner_dir.clone(),
-            }),
-            Err(error) => {
-                agent.metrics.lease_errors.inc();
-                tracing::warn!(job_id = job.id, %error, "no runner config for the GitHub job");
-                let completion = Completion {
-                    fencing_token: token,
-                    status: CompletionStatus::Failed,
-                    exit_code: None,
-                    reason: Some(format!("no runner config from the control plane: {error}")),
-                };
-                // The VM never saw the job: a warm one goes back to the pool.
-                agent.pool.give_back(capacity).await;
-                lease::complete(agent, &lease, &clock, completion).await;
-                return;
-            }
+    // the holder of this lease can get; a workflow job its workflow, in the
+    // working tree it names.
+    let prepared = match prepare_job(agent, &lease).await {
+        Ok(prepared) => prepared,
+        Err(reason) => {
+            tracing::warn!(job_id = job.id, %reason, "the job cannot run");
+            let completion = Completion {
+                fencing_token: token,
+                status: CompletionStatus::Failed,
+                exit_code: None,
+                reason: Some(reason),
+                result: None,
+            };
+            // The VM never saw the job: a warm one goes back to the pool.
+            agent.pool.give_back(capacity).await;
+            lease::complete(agent, &lease, &clock, completion).await;
+            return;
         }
-    } else {
-        None
     };
     // The VM (a warm one, or none yet) and the slot it holds until it is destroyed.
     let (mut vm, _slot) = match capacity {
@@ -755,7 +750,9 @@ async fn run_leased_job(
     );
     let (cache_url, _) = cache_route(agent.config.cache_url.as_deref(), spec.network);
     let mut guest = guest_job(&lease, cache_url.as_deref());
-    guest.runner = runner;
+    guest.runner = prepared.runner;
+    guest.workflow = prepared.workflow;
+    let mut workflow_result = None;
     let lost = lease::heartbeat_until_lost(agent, &lease, &clock);
     // A span per step, from its start to its end as the guest reports them.
     let mut step_spans: std::collections::HashMap<usize, tracing::Span> =
@@ -771,9 +768,12 @@ async fn run_leased_job(
                 step.record("outcome", tracing::field::debug(&outcome));
             }
         }
-        // Agent jobs are not workflow jobs; a guest that reports a result anyway
-        // has nothing the control plane keeps.
-        JobEvent::WorkflowResult(_) => {}
+        // A workflow job's outputs, summary and annotations, kept with the job.
+        JobEvent::WorkflowResult(result) => {
+            if guest.workflow.is_some() {
+                workflow_result = workflow::completion_result(result);
+            }
+        }
     };
     let boot_started = std::time::Instant::now();
     let boot_seconds = agent.metrics.boot_seconds.clone();
@@ -818,6 +818,7 @@ async fn run_leased_job(
                 "the host agent shut down; the job outlived the {} s drain",
                 agent.config.drain.as_secs()
             )),
+            result: None,
         };
         lease::complete(agent, &lease, &clock, completion).await;
         return;
@@ -854,11 +855,52 @@ async fn run_leased_job(
         .job_duration
         .with_label_values(&[JobStatus::from(status).as_str()])
         .observe(leased_at.elapsed().as_secs_f64());
+    drop(prepared.workspace);
     let completion = Completion {
         fencing_token: token,
         status,
         exit_code,
         reason,
+        result: workflow_result,
     };
     lease::complete(agent, &lease, &clock, completion).await;
+}
+
+/// What a job needs besides its spec before a VM is spent on it.
+struct PreparedJob {
+    /// A GitHub job's Actions runner and its just-in-time config.
+    runner: Option<RunnerJob>,
+    /// A workflow job (`nimbus run`).
+    workflow: Option<Box<crate::workflow::WorkflowJob>>,
+    /// The workflow job's working tree, on the host until the job ends.
+    workspace: Option<workflow::WorkspaceFile>,
+}
+
+/// Gets what the leased job needs from the control plane; `Err` is why it
+/// cannot run.
+async fn prepare_job(agent: &Agent, lease: &Lease) -> Result<PreparedJob, String> {
+    let job = &lease.job;
+    let runner = if job.github.is_some() && job.spec.steps.is_empty() {
+        match agent.jobs.runner_config(job.id, lease.fencing_token).await {
+            Ok(config) => Some(RunnerJob {
+                jit_config: config.encoded_jit_config,
+                runner_dir: agent.config.runner_dir.clone(),
+            }),
+            Err(error) => {
+                agent.metrics.lease_errors.inc();
+                return Err(format!("no runner config from the control plane: {error}"));
+            }
+        }
+    } else {
+        None
+    };
+    let (workflow, workspace) = match workflow::prepare(agent, lease).await? {
+        Some((workflow, workspace)) => (Some(workflow), workspace),
+        None => (None, None),
+    };
+    Ok(PreparedJob {
+        runner,
+        workflow,
+        workspace,
+    })
 }

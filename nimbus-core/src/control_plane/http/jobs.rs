@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{parse_job_id, Auth, JsonBody, QueryParams};
+use super::{parse_job_id, Auth, JsonBody, QueryParams, RawBody};
 use crate::control_plane::{AppState, JobRequest, LeaseOptions};
 use crate::domain::{Completion, JobStatus, OrgId};
 use crate::error::{Error, Result};
@@ -123,7 +123,7 @@ pub(in crate::control_plane) struct LeaseBody {
 pub(in crate::control_plane) async fn lease(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response> {
     // The body is optional: an empty one means "no wait, any org".
     let body: LeaseBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -200,6 +200,51 @@ pub(in crate::control_plane) async fn runner_config(
             .ok_or_else(|| Error::invalid("fencing_token is required"))?,
     )?;
     Ok(Json(state.runner_config(&principal, id, token).await?).into_response())
+}
+
+/// `GET /api/jobs/{id}/workspace?fencing_token=N`: the job's workspace archive
+/// (a tar), for the agent holding its lease.
+pub(in crate::control_plane) async fn job_workspace(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<RunnerConfigQuery>,
+) -> Result<Response> {
+    let id = parse_job_id(&id)?;
+    let token: i64 = parse_number(
+        "fencing_token",
+        query
+            .fencing_token
+            .as_deref()
+            .ok_or_else(|| Error::invalid("fencing_token is required"))?,
+    )?;
+    let archive = state.job_workspace(&principal, id, token).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        archive,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::control_plane) struct WorkspaceQuery {
+    org_id: Option<String>,
+}
+
+/// `PUT /api/workspaces/{sha256}[?org_id=N]` with the archive (a tar) as the body.
+pub(in crate::control_plane) async fn put_workspace(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(digest): Path<String>,
+    QueryParams(query): QueryParams<WorkspaceQuery>,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let org_id = optional_number("org_id", query.org_id.as_deref())?;
+    let receipt = state
+        .put_workspace(&principal, org_id, &digest, &body)
+        .await?;
+    Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
 #[derive(Debug, Deserialize)]

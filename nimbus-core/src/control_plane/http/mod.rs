@@ -99,6 +99,29 @@ fn json_rejection(rejection: JsonRejection) -> Error {
     }
 }
 
+/// A raw body (a workspace archive) whose rejections are Nimbus errors: over
+/// the route's limit is a 413 naming it.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(RawBody(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Error::PayloadTooLarge {
+                    limit: super::MAX_WORKSPACE_BYTES,
+                })
+            }
+            Err(rejection) => Err(Error::invalid(format!(
+                "unreadable body: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
 /// Query parameters whose rejections are 400 JSON errors.
 pub struct QueryParams<T>(pub T);
 

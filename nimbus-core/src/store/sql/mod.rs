@@ -509,6 +509,7 @@ impl crate::store::LeaseStore for SqlStore {
             .bind(status.as_str())
             .bind(completion.exit_code)
             .bind(&completion.reason)
+            .bind(completion.result.as_ref().map(json).transpose()?)
             .bind(to_millis(now))
             .bind(job_id)
             .bind(completion.fencing_token)
@@ -677,6 +678,65 @@ impl crate::store::OrgStore for SqlStore {
                 created_at: from_millis(created_at),
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl crate::store::WorkspaceStore for SqlStore {
+    async fn put_workspace(
+        &self,
+        org_id: OrgId,
+        digest: &str,
+        archive: &[u8],
+        now: time::OffsetDateTime,
+        org_quota_bytes: u64,
+    ) -> Result<u64> {
+        let size = i64::try_from(archive.len())
+            .map_err(|_| Error::invalid("workspace archive too large"))?;
+        with_pool!(&self.writer, pool => sqlx::query(statements::PUT_WORKSPACE)
+            .bind(org_id)
+            .bind(digest)
+            .bind(archive)
+            .bind(size)
+            .bind(to_millis(now))
+            .execute(pool).await.map(|_| ()))?;
+        // Newest first: what still fits after the one just put stays.
+        let kept: Vec<(String, i64)> = with_pool!(&self.writer, pool => sqlx::query_as(
+            "SELECT digest, size_bytes FROM workspaces WHERE org_id = $1 AND digest <> $2 \
+             ORDER BY created_at DESC, digest")
+            .bind(org_id)
+            .bind(digest)
+            .fetch_all(pool).await)?;
+        let mut used = u64::try_from(size).unwrap_or(u64::MAX);
+        let mut evicted = 0;
+        for (other, bytes) in kept {
+            used = used.saturating_add(u64::try_from(bytes).unwrap_or(0));
+            if used > org_quota_bytes {
+                evicted += with_pool!(&self.writer, pool => sqlx::query(
+                    "DELETE FROM workspaces WHERE org_id = $1 AND digest = $2")
+                    .bind(org_id)
+                    .bind(&other)
+                    .execute(pool).await.map(|done| done.rows_affected()))?;
+            }
+        }
+        Ok(evicted)
+    }
+
+    async fn get_workspace(&self, org_id: OrgId, digest: &str) -> Result<Option<Vec<u8>>> {
+        let row: Option<(Vec<u8>,)> = with_pool!(&self.reader, pool => sqlx::query_as(
+            "SELECT archive FROM workspaces WHERE org_id = $1 AND digest = $2")
+            .bind(org_id)
+            .bind(digest)
+            .fetch_optional(pool).await)?;
+        Ok(row.map(|(archive,)| archive))
+    }
+
+    async fn prune_workspaces(&self, before: time::OffsetDateTime) -> Result<u64> {
+        Ok(
+            with_pool!(&self.writer, pool => sqlx::query("DELETE FROM workspaces WHERE created_at < $1")
+            .bind(to_millis(before))
+            .execute(pool).await.map(|done| done.rows_affected()))?,
+        )
     }
 }
 

@@ -200,6 +200,12 @@ pub(crate) static APPLY_GITHUB_UPDATE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Keeps a workspace archive, or refreshes the time of one already kept (same
+/// digest, same bytes).
+pub(crate) const PUT_WORKSPACE: &str = "INSERT INTO workspaces \
+     (org_id, digest, archive, size_bytes, created_at) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (org_id, digest) DO UPDATE SET created_at = excluded.created_at";
+
 /// Sets a job's GitHub reference and repository (the runner-swap rebinding).
 pub(crate) const SET_GITHUB_REF: &str = "UPDATE jobs SET github_job_id = $1, github_run_id = $2, \
      github_run_attempt = $3, github_workflow_name = $4, github_job_name = $5, github_head_sha = $6, \
@@ -220,9 +226,9 @@ pub(crate) const HEARTBEAT: &str = "UPDATE jobs SET lease_expires_at = $1, updat
 
 pub(crate) static COMPLETE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, finished_at = $4, \
-         updated_at = $4, lease_expires_at = NULL \
-         WHERE id = $5 AND status = 'leased' AND fencing_token = $6 AND agent_id = $7 \
+        "UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, result = $4, \
+         finished_at = $5, updated_at = $5, lease_expires_at = NULL \
+         WHERE id = $6 AND status = 'leased' AND fencing_token = $7 AND agent_id = $8 \
          RETURNING {JOB_COLUMNS}"
     )
 });

@@ -83,6 +83,7 @@ async fn two_replicas_on_postgres_lease_every_job_exactly_once() {
                     status: CompletionStatus::Succeeded,
                     exit_code: Some(0),
                     reason: None,
+                    result: None,
                 };
                 // Complete on the other replica: they share one database.
                 clients[turn % 2]
@@ -199,6 +200,7 @@ async fn embedded_default_runs_the_job_lifecycle_and_blocks_replays() {
         status: CompletionStatus::Succeeded,
         exit_code: Some(0),
         reason: None,
+        result: None,
     };
     let err = dead_agent
         .complete(job.id, &stale)

@@ -97,6 +97,7 @@ async fn a_person_signs_in_picks_keys_and_watches_a_live_log() {
             status,
             exit_code: Some(i32::from(status != CompletionStatus::Succeeded)),
             reason: None,
+            result: None,
         };
         agent
             .complete(lease.job.id, &completion)

@@ -510,6 +510,15 @@ impl World {
                 format!("/api/jobs/{a}/runner-config?fencing_token={fencing}"),
                 None,
             ),
+            ("GET", "/api/jobs/{id}/workspace") => (
+                format!("/api/jobs/{a}/workspace?fencing_token={fencing}"),
+                None,
+            ),
+            // Another tenant uploading into org A (the bytes are checked after the org).
+            ("PUT", "/api/workspaces/{sha256}") => (
+                format!("/api/workspaces/{}?org_id=1", "ab".repeat(32)),
+                Some(json!("planted")),
+            ),
             ("GET", "/api/analytics/metadata") => {
                 ("/api/analytics/metadata?key=note&org_id=1".into(), None)
             }
