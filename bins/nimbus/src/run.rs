@@ -7,8 +7,13 @@
 //!
 //! The semantics live in `nimbus_vmm::workflow` (expressions, the graph, the
 //! guest's step runner); this file is the command line around them. Each job
-//! goes through an in-process control plane like any job: submitted, leased
-//! with a fencing token, run, completed (a SQLite database in memory).
+//! goes through a control plane like any job: submitted, leased with a fencing
+//! token, run, completed. With `nimbus dev up` running (or `--control-plane`),
+//! that is its control plane and its host agent runs the jobs ([`remote`]);
+//! otherwise (or with `--local`) one in this process (a SQLite database in
+//! memory) and the VMs are booted here.
+
+mod remote;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -76,6 +81,17 @@ pub struct RunArgs {
     /// Also writes the run's result as JSON (jobs, conclusions, exit codes, outputs).
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<PathBuf>,
+    /// Runs the jobs here, in process, even when `nimbus dev up` is running.
+    #[arg(long, conflicts_with = "control_plane")]
+    pub local: bool,
+    /// Submits the jobs to this control plane (token: NIMBUS_TOKEN) instead of the
+    /// `nimbus dev up` found in .nimbus/dev.env.
+    #[arg(long, value_name = "URL")]
+    pub control_plane: Option<String>,
+    /// The org the jobs run for on a control plane (default: the token's own; with
+    /// an admin token 1, registered as `local` when new).
+    #[arg(long, value_name = "ID")]
+    pub org: Option<i64>,
 }
 
 fn pairs(values: &[String], separator: char, what: &str) -> Result<Vec<(String, String)>, String> {
@@ -115,24 +131,15 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
+        let remote = if args.dry_run {
+            None
+        } else {
+            remote::choose(args.local, args.control_plane.as_deref(), &repo_root).await?
+        };
         let runner: Arc<dyn JobRunner> = if args.dry_run {
             options.parallel = options.parallel.max(1);
             Arc::new(DryRun)
         } else {
-            let env = Env::from_process().map_err(|e| e.to_string())?;
-            let config = VmmConfig::from_env(&env).map_err(|e| e.to_string())?;
-            let selection = select::select(&config).await.map_err(|e| e.to_string())?;
-            let kind = selection.driver.kind();
-            eprintln!("nimbus: {}", selection.reason);
-            if kind == nimbus_vmm::DriverKind::Sandbox {
-                eprintln!("nimbus: the sandbox shares the host kernel: weaker isolation than a VM");
-            }
-            let assets = launch::verified_assets(&config, kind)
-                .await
-                .map_err(|e| e.to_string())?;
-            if options.parallel == 0 {
-                options.parallel = default_parallelism(&config);
-            }
             let archive = std::env::temp_dir()
                 .join(format!("nimbus-run-{}-workspace.tar", std::process::id()));
             let packed = nimbus_vmm::workflow::workspace::pack(&repo_root, &archive)
@@ -144,13 +151,37 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
                 packed.bytes.div_ceil(1024)
             );
             options.workspace_archive = Some(packed.archive);
-            Arc::new(VmRunner {
-                driver: selection.driver.clone(),
-                config,
-                assets,
-                control_plane: LocalControlPlane::start().await?,
-                masks: secret_values(&options.contexts),
-            })
+            match &remote {
+                Some(remote) => {
+                    if options.parallel == 0 {
+                        options.parallel =
+                            std::thread::available_parallelism().map_or(1, |n| n.get());
+                    }
+                    let runner = remote::RemoteRunner::start(
+                        remote,
+                        args.org,
+                        &options.contexts,
+                        &file,
+                        options.workspace_archive.as_deref(),
+                        secret_values(&options.contexts),
+                    )
+                    .await;
+                    match runner {
+                        Ok(runner) => Arc::new(runner),
+                        Err(message) => {
+                            remove_archive(&options);
+                            return Err(message);
+                        }
+                    }
+                }
+                None => match local_runner(&mut options, &file).await {
+                    Ok(runner) => runner,
+                    Err(message) => {
+                        remove_archive(&options);
+                        return Err(message);
+                    }
+                },
+            }
         };
         eprintln!(
             "nimbus: {} — {} of {} job(s), up to {} at once",
@@ -160,9 +191,7 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
             options.parallel
         );
         let report = schedule::run(&workflow, &options, runner).await;
-        if let Some(archive) = &options.workspace_archive {
-            let _ = std::fs::remove_file(archive);
-        }
+        remove_archive(&options);
         let report = report?;
         print_report(&report);
         if let Some(path) = &args.report_json {
@@ -170,6 +199,84 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
         }
         Ok(report.exit_code())
     })
+}
+
+fn remove_archive(options: &RunOptions) {
+    if let Some(archive) = &options.workspace_archive {
+        let _ = std::fs::remove_file(archive);
+    }
+}
+
+/// Jobs in VMs booted here, through a control plane in this process.
+async fn local_runner(options: &mut RunOptions, file: &str) -> Result<Arc<dyn JobRunner>, String> {
+    let env = Env::from_process().map_err(|e| e.to_string())?;
+    let config = VmmConfig::from_env(&env).map_err(|e| e.to_string())?;
+    let selection = select::select(&config).await.map_err(|e| e.to_string())?;
+    let kind = selection.driver.kind();
+    eprintln!("nimbus: {}", selection.reason);
+    if kind == nimbus_vmm::DriverKind::Sandbox {
+        eprintln!("nimbus: the sandbox shares the host kernel: weaker isolation than a VM");
+    }
+    let assets = launch::verified_assets(&config, kind)
+        .await
+        .map_err(|e| e.to_string())?;
+    if options.parallel == 0 {
+        options.parallel = default_parallelism(&config);
+    }
+    let github = options.contexts.get("github");
+    let text = |key: &str| {
+        github
+            .and_then(|g| g.get(key))
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(Arc::new(VmRunner {
+        driver: selection.driver.clone(),
+        config,
+        assets,
+        control_plane: LocalControlPlane::start().await?,
+        masks: secret_values(&options.contexts),
+        repo: text("repository"),
+        git_ref: text("ref"),
+        workflow_file: file.to_string(),
+    }))
+}
+
+/// A job of the run as the control plane records it: the workflow job itself
+/// (which the guest runs), its repository, and metadata naming the workflow, the
+/// job and the ref (which scopes its cache entries, as GitHub's are).
+fn job_request(job: &JobRun, repo: &str, git_ref: &str, workflow_file: &str) -> JobRequest {
+    let minutes = job.timeout.as_secs().div_ceil(60).max(1);
+    let mut metadata = BTreeMap::new();
+    for (key, value) in [
+        ("workflow", workflow_file),
+        ("job", job.job_id.as_str()),
+        ("ref", git_ref),
+    ] {
+        if !value.is_empty() && value.len() <= nimbus_core::domain::MAX_LABEL_LEN {
+            metadata.insert(key.to_string(), value.to_string());
+        }
+    }
+    JobRequest {
+        org_id: None,
+        repo: repo.to_string(),
+        labels: Vec::new(),
+        steps: Vec::new(),
+        env: BTreeMap::new(),
+        timeout_minutes: Some(
+            u32::try_from(minutes)
+                .unwrap_or(u32::MAX)
+                .min(nimbus_core::domain::MAX_TIMEOUT_MINUTES),
+        ),
+        metadata,
+        workflow: job
+            .guest
+            .workflow
+            .as_ref()
+            .and_then(|workflow| serde_json::to_value(workflow).ok()),
+        workspace: None,
+    }
 }
 
 /// The directory whose tree the jobs get: the git work tree holding the
@@ -567,6 +674,9 @@ struct VmRunner {
     assets: VerifiedAssets,
     control_plane: LocalControlPlane,
     masks: nimbus_vmm::workflow::commands::Masker,
+    repo: String,
+    git_ref: String,
+    workflow_file: String,
 }
 
 #[async_trait::async_trait]
@@ -584,7 +694,8 @@ impl JobRunner for VmRunner {
         if let Some(runs_on) = &job.runs_on {
             eprintln!("{prefix} | runs-on {runs_on}: this job runs in a fresh Nimbus VM");
         }
-        let lease = match self.control_plane.submit_and_lease(&job).await {
+        let request = job_request(&job, &self.repo, &self.git_ref, &self.workflow_file);
+        let lease = match self.control_plane.submit_and_lease(&job, request).await {
             Ok(lease) => lease,
             Err(message) => return failed(message, 125),
         };
@@ -662,7 +773,7 @@ impl JobRunner for VmRunner {
                 125
             }
         };
-        if let Err(message) = self.control_plane.complete(&lease, code).await {
+        if let Err(message) = self.control_plane.complete(&lease, code, &result).await {
             eprintln!("{prefix} | nimbus: completing the job: {message}");
         }
         RunnerOutcome {
@@ -719,32 +830,12 @@ impl LocalControlPlane {
         })
     }
 
-    /// Queues the job (its steps as the job record shows them) and leases it.
-    async fn submit_and_lease(&self, job: &JobRun) -> Result<nimbus_core::Lease, String> {
-        let steps = job
-            .guest
-            .workflow
-            .iter()
-            .flat_map(|w| w.steps.iter())
-            .map(|step| nimbus_core::domain::Step {
-                name: Some(step.default_name()),
-                run: step.run.clone().unwrap_or_else(|| {
-                    format!("# uses: {}", step.uses.clone().unwrap_or_default())
-                }),
-                env: BTreeMap::new(),
-                working_directory: step.working_directory.clone(),
-            })
-            .collect();
-        let minutes = job.timeout.as_secs().div_ceil(60).max(1);
-        let request = JobRequest {
-            org_id: None,
-            repo: "local/workflow".into(),
-            labels: vec!["nimbus".into(), format!("meta:job={}", job.job_id)],
-            steps,
-            env: BTreeMap::new(),
-            timeout_minutes: Some(u32::try_from(minutes).unwrap_or(u32::MAX)),
-            metadata: Default::default(),
-        };
+    /// Queues the job and leases it.
+    async fn submit_and_lease(
+        &self,
+        job: &JobRun,
+        request: JobRequest,
+    ) -> Result<nimbus_core::Lease, String> {
         let _queue = self.queue.lock().await;
         let submitted = self
             .state
@@ -760,7 +851,12 @@ impl LocalControlPlane {
         Ok(lease)
     }
 
-    async fn complete(&self, lease: &nimbus_core::Lease, code: i32) -> Result<(), String> {
+    async fn complete(
+        &self,
+        lease: &nimbus_core::Lease,
+        code: i32,
+        result: &WorkflowResult,
+    ) -> Result<(), String> {
         let completion = Completion {
             fencing_token: lease.fencing_token,
             status: if code == 0 {
@@ -770,6 +866,7 @@ impl LocalControlPlane {
             },
             exit_code: Some(code),
             reason: None,
+            result: nimbus_vmm::agent::workflow::completion_result(result.clone()),
         };
         self.state
             .complete(&self.agent, lease.job.id, &completion)

@@ -559,3 +559,115 @@ pub async fn log_messages(logs_url: &str, token: &str, id: i64) -> Result<Vec<St
         })
         .unwrap_or_default())
 }
+
+/// A running `nimbus dev up` in a directory of its own (its `.nimbus/dev.env`
+/// there), on free ports, with the sandbox; interrupted (Ctrl-C) and its
+/// directory removed when dropped.
+pub struct DevUpProcess {
+    child: Child,
+    /// Where it runs: `.nimbus/` holds its state and `dev.env`.
+    pub dir: PathBuf,
+    /// `.nimbus/dev.env`, read once it was written.
+    pub vars: std::collections::HashMap<String, String>,
+}
+
+impl DevUpProcess {
+    /// Starts it with the guest assets in `assets`, job VMs on `network`, and waits
+    /// until its control plane is ready and `dev.env` written.
+    pub async fn start(assets: &str, network: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("nimbus-e2e-devup-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let (cp, cache, logs, metrics) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let child = Command::new(bin("nimbus")?)
+            .args(["dev", "up"])
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NIMBUS_ASSETS_DIR", assets)
+            .env("NIMBUS_VMM", "sandbox")
+            .env("NIMBUS_VM_NETWORK", network)
+            .env("NIMBUS_LOG_LEVEL", "warn")
+            .env("NIMBUS_CONTROL_PLANE_ADDR", format!("127.0.0.1:{cp}"))
+            .env("NIMBUS_CACHE_PROXY_ADDR", format!("127.0.0.1:{cache}"))
+            .env("NIMBUS_LOGGING_PIPELINE_ADDR", format!("127.0.0.1:{logs}"))
+            .env(
+                "NIMBUS_HOST_AGENT_METRICS_ADDR",
+                format!("127.0.0.1:{metrics}"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting nimbus dev up")?;
+        let mut process = DevUpProcess {
+            child,
+            dir,
+            vars: Default::default(),
+        };
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let dev_env = process.dir.join(".nimbus/dev.env");
+        loop {
+            let ready = client
+                .get(format!("http://127.0.0.1:{cp}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready && dev_env.is_file() {
+                break;
+            }
+            if let Some(status) = process.child.try_wait()? {
+                bail!("dev up exited early: {status}");
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("dev up not ready after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        process.vars = std::fs::read_to_string(&dev_env)?
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(process)
+    }
+
+    /// A variable of `dev.env` ("" when missing).
+    pub fn var(&self, key: &str) -> &str {
+        self.vars.get(key).map_or("", String::as_str)
+    }
+
+    /// Interrupts it (Ctrl-C) and waits up to `limit` for it to exit.
+    pub async fn interrupt(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let stopping = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if stopping.elapsed() > limit {
+                bail!("dev up did not stop within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for DevUpProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

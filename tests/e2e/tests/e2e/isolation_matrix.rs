@@ -952,8 +952,12 @@ async fn every_route_refuses_a_body_over_its_limit() {
             let bodiless = *service == Service::ControlPlane
                 && matches!(*path, "/api/jobs/{id}/cancel" | "/dashboard/logout");
             let manifest = *service == Service::CacheProxy && *path == "/v2/{*path}";
+            let workspace =
+                *service == Service::ControlPlane && *path == "/api/workspaces/{sha256}";
             let limit = if manifest {
                 nimbus_cache::registry::manifest::MAX_MANIFEST_BYTES
+            } else if workspace {
+                nimbus_core::control_plane::MAX_WORKSPACE_BYTES
             } else {
                 *limit
             };

@@ -138,6 +138,7 @@ struct Expectations {
     lines: Vec<(String, String)>,
     absent: Vec<String>,
     qemu: bool,
+    dev_up: bool,
 }
 
 fn expectations(text: &str) -> Expectations {
@@ -158,6 +159,8 @@ fn expectations(text: &str) -> Expectations {
             expected.absent.push(text.trim().to_string());
         } else if line == "qemu" {
             expected.qemu = true;
+        } else if line == "dev-up" {
+            expected.dev_up = true;
         }
     }
     expected
@@ -165,16 +168,30 @@ fn expectations(text: &str) -> Expectations {
 
 /// Runs one suite file under `driver`; returns what failed.
 fn check_workflow(file: &std::path::Path, driver: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(file).expect("workflow");
-    let expected = expectations(&text);
-    let report =
-        std::env::temp_dir().join(format!("nimbus-e2e-report-{}.json", uuid::Uuid::new_v4()));
+    let expected = expectations(&std::fs::read_to_string(file).expect("workflow"));
+    let report = report_path();
     let mut args: Vec<&str> = expected.args.iter().map(String::as_str).collect();
     let report_arg = report.display().to_string();
     args.extend(["--report-json", &report_arg]);
     let Some((code, stdout, stderr)) = nimbus_run(file, &args, driver) else {
         return Vec::new();
     };
+    judge(file, &expected, &report, (code, &stdout, &stderr), driver)
+}
+
+fn report_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("nimbus-e2e-report-{}.json", uuid::Uuid::new_v4()))
+}
+
+/// What of `expected` a run of `file` (its exit code, output and JSON report)
+/// did not do, with the output when anything failed.
+fn judge(
+    file: &std::path::Path,
+    expected: &Expectations,
+    report: &std::path::Path,
+    (code, stdout, stderr): (i32, &str, &str),
+    driver: &str,
+) -> Vec<String> {
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -183,11 +200,11 @@ fn check_workflow(file: &std::path::Path, driver: &str) -> Vec<String> {
     if code != expected.exit {
         failures.push(format!("{name}: exit {code}, expected {}", expected.exit));
     }
-    let document: serde_json::Value = std::fs::read_to_string(&report)
+    let document: serde_json::Value = std::fs::read_to_string(report)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let _ = std::fs::remove_file(&report);
+    let _ = std::fs::remove_file(report);
     let jobs = document["jobs"].as_array().cloned().unwrap_or_default();
     for (job, result) in &expected.jobs {
         let found = jobs.iter().find(|j| j["name"] == job.as_str());
@@ -246,7 +263,10 @@ fn suite() -> Vec<std::path::PathBuf> {
 /// Every workflow of tests/workflows does what GitHub would do with it, under the sandbox.
 #[test]
 fn the_workflow_suite_passes_under_the_sandbox() {
-    let files = suite();
+    let files: Vec<_> = suite()
+        .into_iter()
+        .filter(|f| !expectations(&std::fs::read_to_string(f).expect("read")).dev_up)
+        .collect();
     assert!(files.len() >= 6, "one workflow per feature: {files:?}");
     let failures: Vec<String> = files
         .iter()
@@ -348,4 +368,125 @@ fn every_suite_workflow_is_planned_by_list() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// The `# dev-up` files against a running `nimbus dev up`, twice each: the jobs
+/// go through its control plane (listed by its jobs API with the workflow's
+/// metadata and results, their lines in its logging pipeline), its agent runs
+/// them with the uploaded working tree and its cache proxy, and the second run
+/// sees what the first left in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_up_workflows_run_on_a_running_dev_up() {
+    let Some(assets) = nimbus_core::testsuite::setting("NIMBUS_TEST_ASSETS") else {
+        return;
+    };
+    let files: Vec<_> = suite()
+        .into_iter()
+        .filter(|f| expectations(&std::fs::read_to_string(f).expect("read")).dev_up)
+        .collect();
+    assert!(!files.is_empty(), "a # dev-up workflow in tests/workflows");
+    // The sandbox with a network of its own reaches the cache proxy through the
+    // relay, as a VM would.
+    let dev = nimbus_e2e::DevUpProcess::start(&assets, "isolated")
+        .await
+        .expect("dev up");
+    let mut failures = Vec::new();
+    for file in &files {
+        let expected = expectations(&std::fs::read_to_string(file).expect("read"));
+        let mut outputs = Vec::new();
+        for _run in 0..2 {
+            let report = report_path();
+            let output = Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
+                .arg("run")
+                .arg(file)
+                .args(&expected.args)
+                .arg("--report-json")
+                .arg(&report)
+                // Found as a user finds it: ./.nimbus/dev.env of dev up's directory.
+                .current_dir(&dev.dir)
+                .env_remove("NIMBUS_TOKEN")
+                .output()
+                .expect("nimbus run");
+            outputs.push((
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+                report,
+            ));
+        }
+        let (code, stdout, stderr, _) = &outputs[0];
+        assert_eq!(*code, expected.exit, "the first run:\n{stdout}\n{stderr}");
+        assert!(
+            stderr.contains("submitting to the control plane at http://127.0.0.1:"),
+            "{stderr}"
+        );
+        if file.ends_with("control-plane.yml") {
+            assert!(
+                stdout.contains("report |   restored: nothing"),
+                "the first run found a cache entry:\n{stdout}\n{stderr}"
+            );
+        }
+        let (code, stdout, stderr, report) = &outputs[1];
+        failures.extend(judge(
+            file,
+            &expected,
+            report,
+            (*code, stdout, stderr),
+            "dev up",
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Every job is in dev up's jobs API, with the workflow's metadata and the
+    // result it completed with, and its lines are in the logging pipeline.
+    let control_plane = dev.var("NIMBUS_CONTROL_PLANE_URL");
+    let token = dev.var("NIMBUS_TOKEN");
+    let page: serde_json::Value = reqwest::Client::new()
+        .get(format!("{control_plane}/api/jobs?limit=100"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("jobs")
+        .json()
+        .await
+        .expect("json");
+    let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+    let report_jobs: Vec<_> = jobs
+        .iter()
+        .filter(|j| j["metadata"]["job"] == "report")
+        .collect();
+    assert_eq!(report_jobs.len(), 2, "{page:#}");
+    let cache_jobs: Vec<_> = jobs
+        .iter()
+        .filter(|j| j["metadata"]["job"] == "cache")
+        .collect();
+    assert_eq!(cache_jobs.len(), 2, "{page:#}");
+    for job in report_jobs.iter().chain(&cache_jobs) {
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert_eq!(
+            job["metadata"]["workflow"]
+                .as_str()
+                .map(|w| w.ends_with("control-plane.yml")),
+            Some(true),
+            "{job:#}"
+        );
+        assert!(job["spec"]["workflow"].is_object(), "{job:#}");
+        assert!(job["spec"]["workspace"].is_string(), "{job:#}");
+    }
+    let founds: Vec<&str> = cache_jobs
+        .iter()
+        .filter_map(|j| j["result"]["outputs"]["found"].as_str())
+        .collect();
+    assert!(
+        founds.contains(&"nothing") && founds.contains(&"saved on a miss"),
+        "{founds:?}"
+    );
+    let id = report_jobs[0]["id"].as_i64().expect("id");
+    let lines = nimbus_e2e::log_messages(dev.var("NIMBUS_LOGS_URL"), token, id)
+        .await
+        .expect("logs");
+    assert!(
+        lines.iter().any(|l| l.starts_with("restored: ")),
+        "{lines:?}"
+    );
 }
