@@ -53,5 +53,6 @@ cargo build -q --locked -p nimbus >&2
 runner_tarball=$(mktemp --suffix=.tar.gz)
 trap 'rm -f "$runner_tarball"' EXIT
 tar -czf "$runner_tarball" -C tests/fixtures/actions-runner-standin .
-"$CARGO_TARGET_DIR/debug/nimbus" assets build "$assets" --guest "$guest" --actions-runner "$runner_tarball" >&2
+# --with-node: the workflow suite runs a local JavaScript action (tests/workflows).
+"$CARGO_TARGET_DIR/debug/nimbus" assets build "$assets" --guest "$guest" --actions-runner "$runner_tarball" --with-node >&2
 echo "$assets"

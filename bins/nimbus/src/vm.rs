@@ -76,6 +76,10 @@ pub enum AssetsCommand {
         /// from github.com/actions/runner/releases) to put at /opt/actions-runner.
         #[arg(long, value_name = "TARBALL")]
         actions_runner: Option<PathBuf>,
+        /// Adds Debian's Node.js to the rootfs: `nimbus run` runs local JavaScript
+        /// actions with it.
+        #[arg(long)]
+        with_node: bool,
     },
     /// Checks every file of an asset directory against its manifest.
     Verify { dir: Option<PathBuf> },
@@ -286,6 +290,7 @@ pub fn assets(command: AssetsCommand) -> Result<(), String> {
             rebuild_rootfs,
             no_vmlinux,
             actions_runner,
+            with_node,
         } => {
             let dir = dir.unwrap_or(config.assets_dir);
             let guest = match guest {
@@ -302,6 +307,9 @@ pub fn assets(command: AssetsCommand) -> Result<(), String> {
             options.rebuild_rootfs = rebuild_rootfs;
             options.vmlinux = !no_vmlinux;
             options.actions_runner = actions_runner;
+            if with_node {
+                options.packages.push("nodejs".into());
+            }
             let started = std::time::Instant::now();
             let builder = AssetBuilder::new(options, |message| eprintln!("assets: {message}"));
             let manifest = builder.build().map_err(|e| e.to_string())?;

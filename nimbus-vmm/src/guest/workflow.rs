@@ -3,8 +3,10 @@
 //! `runner` and the host's contexts), `run:` scripts through GitHub's shells,
 //! environment files read after each step, workflow commands read off the
 //! output, secrets and `::add-mask::` values masked in every line, local
-//! composite actions (`uses: ./path`) expanded, and the job's outputs and step
-//! summary reported at the end.
+//! composite actions (`uses: ./path`) expanded, local JavaScript actions run on
+//! the guest's Node.js (their `post:` scripts after the job's steps, with the
+//! state their main step saved), and the job's outputs and step summary
+//! reported at the end.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use super::run::{
 };
 use super::GuestError;
 use crate::protocol::{GuestJob, GuestMessage, StepOutcome, Stream};
+use crate::workflow::action::{NodeAction, Runs};
 use crate::workflow::commands::{self, Command, Masker, MAX_ENV_FILE_BYTES};
 use crate::workflow::expr::{to_text, truthy, Condition, Contexts, Status, Template};
 use crate::workflow::{Annotation, WorkflowJob, WorkflowResult, WorkflowStep};
@@ -263,10 +266,12 @@ pub fn run_workflow_job(
         summary: String::new(),
         failed_exit: 0,
         next_index: 0,
+        post_steps: Vec::new(),
     };
     let scope = Scope::job();
     let mut steps_context = Map::new();
     job_state.run_steps(&workflow.steps, &scope, &mut steps_context, 0);
+    job_state.run_post_steps();
 
     // The job's outputs, from its steps' (values holding a secret are dropped, as on GitHub).
     let mut outputs = BTreeMap::new();
@@ -351,6 +356,24 @@ struct JobState<'a> {
     failed_exit: i32,
     /// The index the next top-level step reports under.
     next_index: usize,
+    /// `post:` scripts of the JavaScript actions that ran, in the order they ran.
+    post_steps: Vec<PostStep>,
+}
+
+/// A JavaScript action's `post:` script, run after the job's steps.
+struct PostStep {
+    /// `Post <the step's name>`.
+    name: String,
+    /// `node` and the script.
+    argv: Vec<String>,
+    /// `post-if` (default `always()`).
+    condition: String,
+    /// Its `INPUT_*`, the step's env and the `STATE_*` its main script saved.
+    env: BTreeMap<String, String>,
+    /// `GITHUB_ACTION`.
+    action: String,
+    /// The action's directory (`GITHUB_ACTION_PATH`).
+    action_path: PathBuf,
 }
 
 /// What a finished step leaves in the `steps` context.
@@ -703,6 +726,29 @@ impl JobState<'_> {
             Some(dir) => self.workspace.join(dir),
             None => self.workspace.clone(),
         };
+        let (outcome, outputs, _state) =
+            self.run_process(index, &argv, &cwd, env, action, scope, timeout);
+        let _ = std::fs::remove_file(&script_path);
+        (outcome, outputs)
+    }
+
+    /// Runs one step's process with GitHub's environment files around it; returns
+    /// its outcome, its outputs and what it saved to `GITHUB_STATE`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_process(
+        &mut self,
+        index: usize,
+        argv: &[String],
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+        action: &str,
+        scope: &Scope,
+        timeout: Option<Duration>,
+    ) -> (
+        StepOutcome,
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+    ) {
         let file = |kind: &str| self.files.join(format!("{kind}_{}", uuid_like()));
         let (env_file, output_file, path_file, summary_file, state_file) = (
             file("set_env"),
@@ -746,7 +792,7 @@ impl JobState<'_> {
             reader.begin_step();
         }
         let outcome = if cwd.is_dir() {
-            spawn_step(index, &argv, &cwd, full_env, timeout, self.sink)
+            spawn_step(index, argv, cwd, full_env, timeout, self.sink)
         } else {
             self.note(
                 index,
@@ -757,8 +803,6 @@ impl JobState<'_> {
             );
             StepOutcome::Exited(1)
         };
-        let _ = std::fs::remove_file(&script_path);
-
         let mut outputs = self
             .commands
             .lock()
@@ -802,6 +846,14 @@ impl JobState<'_> {
                 }
             }
         }
+        let state = match read(&state_file).and_then(|t| commands::parse_env_file(&t)) {
+            Ok(pairs) => pairs.into_iter().collect(),
+            Err(error) => {
+                self.note(index, &format!("##[error]GITHUB_STATE: {error}"));
+                file_failed = true;
+                BTreeMap::new()
+            }
+        };
         for path in [
             &env_file,
             &output_file,
@@ -815,7 +867,7 @@ impl JobState<'_> {
             StepOutcome::Exited(0) if file_failed => StepOutcome::Exited(1),
             other => other,
         };
-        (outcome, outputs)
+        (outcome, outputs, state)
     }
 
     /// GitHub's default variables for a step.
@@ -891,10 +943,11 @@ impl JobState<'_> {
             return (StepOutcome::Exited(0), BTreeMap::new());
         }
         if let Some(relative) = uses.strip_prefix("./") {
-            return self.run_local_action(relative, with, index, scope, env);
+            let display = step.name.clone().unwrap_or_else(|| format!("Run {uses}"));
+            return self.run_local_action(relative, with, index, scope, env, &display);
         }
         let message = format!(
-            "uses: {uses} is not supported by nimbus run (local composite actions and actions/checkout are)"
+            "uses: {uses} is not supported by nimbus run (local composite and JavaScript actions and actions/checkout are)"
         );
         if self.workflow.skip_unsupported {
             self.note(
@@ -911,6 +964,7 @@ impl JobState<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_local_action(
         &mut self,
         relative: &str,
@@ -918,6 +972,7 @@ impl JobState<'_> {
         index: usize,
         scope: &Scope,
         env: &BTreeMap<String, String>,
+        display: &str,
     ) -> (StepOutcome, BTreeMap<String, String>) {
         let fail = |state: &Self, message: String| {
             state.note(index, &format!("##[error]{message}"));
@@ -950,15 +1005,6 @@ impl JobState<'_> {
             Ok(action) => action,
             Err(error) => return fail(self, format!("{}: {error}", file.display())),
         };
-        let crate::workflow::action::Runs::Composite(steps) = &action.runs else {
-            return fail(
-                self,
-                format!(
-                    "uses: ./{relative}: only composite actions run locally (this one uses {})",
-                    action.using()
-                ),
-            );
-        };
         let mut inputs = Map::new();
         for (name, default) in &action.inputs {
             let value = match with.get(&name.to_ascii_lowercase()) {
@@ -980,6 +1026,20 @@ impl JobState<'_> {
         for (key, value) in &with {
             inputs.entry(key.clone()).or_insert_with(|| value.clone());
         }
+        let steps = match &action.runs {
+            Runs::Composite(steps) => steps,
+            Runs::Node(node) => {
+                return self.run_node_action(relative, dir, node, &inputs, index, scope, env, display)
+            }
+            Runs::Other(using) => {
+                return fail(
+                    self,
+                    format!(
+                        "uses: ./{relative}: {using} actions do not run locally (composite and JavaScript actions do)"
+                    ),
+                )
+            }
+        };
         let inner_scope = Scope {
             inputs: Some(Value::Object(inputs)),
             action_path: Some(dir),
@@ -1015,6 +1075,128 @@ impl JobState<'_> {
         };
         (outcome, outputs)
     }
+
+    /// A local JavaScript action: its `main` on the guest's Node.js with its
+    /// inputs as `INPUT_*`; its `post` registered to run after the job's steps
+    /// with the `STATE_*` the main script saved.
+    #[allow(clippy::too_many_arguments)]
+    fn run_node_action(
+        &mut self,
+        relative: &str,
+        dir: PathBuf,
+        node: &NodeAction,
+        inputs: &Map<String, Value>,
+        index: usize,
+        scope: &Scope,
+        env: &BTreeMap<String, String>,
+        display: &str,
+    ) -> (StepOutcome, BTreeMap<String, String>) {
+        let Some(program) = node_program() else {
+            self.note(
+                index,
+                &format!(
+                    "##[error]uses: ./{relative} is a JavaScript action ({}) and this guest has no Node.js: build the assets with `nimbus assets build --with-node`",
+                    node.using
+                ),
+            );
+            return (StepOutcome::Exited(1), BTreeMap::new());
+        };
+        if node.pre.is_some() {
+            self.note(
+                index,
+                &format!("./{relative}: its pre script does not run (GitHub runs none for local actions)"),
+            );
+        }
+        let mut action_env = env.clone();
+        for (name, value) in inputs {
+            action_env.insert(
+                format!("INPUT_{}", name.replace(' ', "_").to_ascii_uppercase()),
+                to_text(value),
+            );
+        }
+        let action_scope = Scope {
+            inputs: None,
+            action_path: Some(dir.clone()),
+            env: BTreeMap::new(),
+            depth: scope.depth,
+        };
+        let action = format!("__{}", relative.replace('/', "_"));
+        let argv = vec![program.clone(), dir.join(&node.main).display().to_string()];
+        let workspace = self.workspace.clone();
+        let (outcome, outputs, state) = self.run_process(
+            index,
+            &argv,
+            &workspace,
+            &action_env,
+            &action,
+            &action_scope,
+            None,
+        );
+        if let Some(post) = &node.post {
+            let mut post_env = action_env;
+            for (name, value) in state {
+                post_env.insert(format!("STATE_{name}"), value);
+            }
+            self.post_steps.push(PostStep {
+                name: format!("Post {display}"),
+                argv: vec![program, dir.join(post).display().to_string()],
+                condition: node.post_if.clone().unwrap_or_else(|| "always()".into()),
+                env: post_env,
+                action,
+                action_path: dir,
+            });
+        }
+        (outcome, outputs)
+    }
+
+    /// The `post:` scripts, last registered first, each a step of its own whose
+    /// failure fails the job (as on GitHub).
+    fn run_post_steps(&mut self) {
+        while let Some(post) = self.post_steps.pop() {
+            let index = self.next_index;
+            self.next_index += 1;
+            let started = Instant::now();
+            let name = self.mask(&post.name);
+            self.sink.send(GuestMessage::StepStarted { index, name });
+            let scope = Scope {
+                inputs: None,
+                action_path: Some(post.action_path.clone()),
+                env: BTreeMap::new(),
+                depth: 0,
+            };
+            let contexts = self.contexts(&scope, &Map::new(), &post.env, self.status());
+            let outcome = match Condition::parse(&post.condition).and_then(|c| c.holds(&contexts)) {
+                Ok(false) => StepOutcome::Skipped,
+                Ok(true) => {
+                    let workspace = self.workspace.clone();
+                    let (outcome, _, _) = self.run_process(
+                        index,
+                        &post.argv,
+                        &workspace,
+                        &post.env,
+                        &post.action,
+                        &scope,
+                        None,
+                    );
+                    outcome
+                }
+                Err(error) => {
+                    self.note(index, &format!("##[error]post-if: {error}"));
+                    StepOutcome::Exited(1)
+                }
+            };
+            match outcome {
+                StepOutcome::Exited(0) | StepOutcome::Skipped => {}
+                StepOutcome::Exited(code) => self.fail(code),
+                StepOutcome::TimedOut => self.fail(TIMED_OUT_EXIT_CODE),
+            }
+            self.sink.send(GuestMessage::StepFinished {
+                index,
+                outcome,
+                duration_millis: started.elapsed().as_millis() as u64,
+            });
+        }
+    }
 }
 
 /// GitHub's shell invocations for workflow steps (docs: "Default shell" and
@@ -1033,6 +1215,17 @@ fn workflow_shell(shell: Option<&str>, script: &Path) -> Vec<String> {
         Some("python") => shell_command(Some("python {0}"), script),
         other => shell_command(other, script),
     }
+}
+
+/// The guest's Node.js (`node`, or Debian's `nodejs`), if the assets have it.
+fn node_program() -> Option<String> {
+    ["node", "nodejs"].iter().find_map(|name| {
+        ["/usr/local/bin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|path| path.exists())
+            .map(|path| path.display().to_string())
+    })
 }
 
 fn has_program(name: &str) -> bool {
@@ -1414,6 +1607,69 @@ runs:
             ran.lines
         );
         assert_eq!(ran.code, 1, "an unsupported action fails the job");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A local JavaScript action: inputs as INPUT_*, outputs through
+    /// GITHUB_OUTPUT, its post script after the job's steps with the state its
+    /// main script saved (skipped when its post-if does not hold).
+    #[test]
+    fn local_javascript_actions_run_main_then_post_with_their_state() {
+        if node_program().is_none() {
+            eprintln!("no Node.js here: skipped");
+            return;
+        }
+        let dir = workspace();
+        let action = dir.join("actions/hello-js");
+        std::fs::create_dir_all(&action).expect("action dir");
+        std::fs::write(
+            action.join("action.yml"),
+            "inputs:\n  who name:\n    default: world\noutputs:\n  greeting:\n    description: the greeting\nruns:\n  using: node20\n  main: main.js\n  post: post.js\n",
+        )
+        .expect("action.yml");
+        std::fs::write(
+            action.join("main.js"),
+            r#"const fs = require("fs");
+const who = process.env["INPUT_WHO_NAME"];
+console.log(`hello ${who} from node`);
+fs.appendFileSync(process.env.GITHUB_OUTPUT, `greeting=hello ${who}\n`);
+fs.appendFileSync(process.env.GITHUB_STATE, `started=${who}\n`);
+"#,
+        )
+        .expect("main.js");
+        std::fs::write(
+            action.join("post.js"),
+            "console.log(`post: ${process.env.STATE_started}`);\n",
+        )
+        .expect("post.js");
+        let mut uses = step(&[("id", "hello"), ("uses", "./actions/hello-js")]);
+        uses.with.insert("who name".into(), "nimbus".into());
+        let workflow = WorkflowJob {
+            id: "javascript".into(),
+            steps: vec![
+                uses,
+                step(&[("run", "echo \"got: ${{ steps.hello.outputs.greeting }}\"")]),
+            ],
+            ..WorkflowJob::default()
+        };
+        let ran = run(&dir, workflow, &[]);
+        assert_eq!(
+            ran.lines,
+            vec![
+                "hello nimbus from node",
+                "got: hello nimbus",
+                "post: nimbus"
+            ],
+            "{:?}",
+            ran.outcomes
+        );
+        assert_eq!(ran.code, 0);
+        assert_eq!(
+            ran.outcomes.len(),
+            3,
+            "the post script is a step of its own"
+        );
+        assert_eq!(ran.outcomes[2].0, "Post Run ./actions/hello-js");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,6 +1,7 @@
 //! `action.yml` of a local action (`uses: ./path`): its inputs, outputs and how
-//! it runs. Composite actions run in the guest; JavaScript and Docker actions
-//! are recognised and refused with a clear message.
+//! it runs. Composite actions run in the guest, JavaScript actions on the
+//! guest's Node.js where the assets have it; Docker actions are recognised and
+//! refused with a clear message.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +26,26 @@ pub struct Action {
 pub enum Runs {
     /// `using: composite`: its steps.
     Composite(Vec<WorkflowStep>),
-    /// Anything else (`node20`, `docker`, …).
+    /// `using: node12|node16|node20|node24`: a JavaScript action.
+    Node(NodeAction),
+    /// Anything else (`docker`, …).
     Other(String),
+}
+
+/// The scripts of a JavaScript action, relative to its directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeAction {
+    /// `using` as written (`node20`); the guest's Node.js runs it whatever the version.
+    pub using: String,
+    /// `main`: the step itself.
+    pub main: String,
+    /// `pre`: GitHub does not run it for local actions (the action's files are not
+    /// there before the job's steps), so neither does the guest.
+    pub pre: Option<String>,
+    /// `post`: run after the job's steps, last registered first.
+    pub post: Option<String>,
+    /// `post-if`, default `always()`.
+    pub post_if: Option<String>,
 }
 
 impl Action {
@@ -34,6 +53,7 @@ impl Action {
     pub fn using(&self) -> &str {
         match &self.runs {
             Runs::Composite(_) => "composite",
+            Runs::Node(node) => &node.using,
             Runs::Other(using) => using,
         }
     }
@@ -63,9 +83,26 @@ pub fn parse(text: &str) -> Result<Action, String> {
         .and_then(Value::as_mapping)
         .unwrap_or(&empty);
     let using = runs.get("using").and_then(scalar).unwrap_or_default();
+    let text = |key: &str| runs.get(key).and_then(scalar).filter(|s| !s.is_empty());
     let runs = if using == "composite" {
         let steps = checker.steps(runs, "runs").map_err(|e| e.to_string())?;
         Runs::Composite(steps)
+    } else if using.starts_with("node") {
+        let main = text("main").ok_or_else(|| format!("runs.main: a {using} action needs one"))?;
+        if let Some(post_if) = text("post-if") {
+            crate::workflow::expr::Condition::parse(&post_if).map_err(|e| {
+                source
+                    .expression_error("runs.post-if", &post_if, &e)
+                    .to_string()
+            })?;
+        }
+        Runs::Node(NodeAction {
+            using,
+            main,
+            pre: text("pre"),
+            post: text("post"),
+            post_if: text("post-if"),
+        })
     } else {
         Runs::Other(if using.is_empty() {
             "nothing".into()
@@ -112,8 +149,32 @@ runs:
             panic!("composite")
         };
         assert_eq!(steps[0].id.as_deref(), Some("say"));
-        let node = parse("runs:\n  using: node20\n  main: index.js\n").expect("parses");
+        let node = parse(
+            "runs:\n  using: node20\n  main: index.js\n  post: post.js\n  post-if: failure()\n",
+        )
+        .expect("parses");
         assert_eq!(node.using(), "node20");
+        let Runs::Node(scripts) = &node.runs else {
+            panic!("a JavaScript action")
+        };
+        assert_eq!(
+            (
+                scripts.main.as_str(),
+                scripts.post.as_deref(),
+                scripts.post_if.as_deref()
+            ),
+            ("index.js", Some("post.js"), Some("failure()"))
+        );
+        assert!(
+            parse("runs:\n  using: node20\n").is_err(),
+            "main is required"
+        );
+        assert_eq!(
+            parse("runs:\n  using: docker\n  image: Dockerfile\n")
+                .expect("parses")
+                .using(),
+            "docker"
+        );
         assert!(parse("runs:\n  using: composite\n  steps:\n    - run: ${{ nope }}\n").is_err());
     }
 }

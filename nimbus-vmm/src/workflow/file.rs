@@ -207,6 +207,13 @@ impl Checker<'_> {
                 Value::Mapping(inner) if inner.contains_key("value") => {
                     inner.get("value").and_then(scalar).unwrap_or_default()
                 }
+                // A JavaScript action's outputs name only a description: their
+                // values come from what the action writes to GITHUB_OUTPUT.
+                Value::Mapping(inner)
+                    if inner.keys().all(|k| k.as_str() == Some("description")) =>
+                {
+                    continue
+                }
                 other => scalar(other).ok_or_else(|| {
                     self.error(&name, format!("{path}.{key}.{name} must be a string"))
                 })?,
