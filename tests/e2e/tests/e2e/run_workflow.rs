@@ -489,4 +489,36 @@ async fn the_dev_up_workflows_run_on_a_running_dev_up() {
         lines.iter().any(|l| l.starts_with("restored: ")),
         "{lines:?}"
     );
+
+    // --local keeps the run in process, dev up or not: nothing reaches its jobs.
+    let output = Command::new(nimbus_e2e::bin("nimbus").expect("nimbus"))
+        .arg("run")
+        .arg(repository().join("examples/workflows/ci.yml"))
+        .arg("--local")
+        .current_dir(&dev.dir)
+        .env("NIMBUS_ASSETS_DIR", &assets)
+        .env("NIMBUS_VMM", "sandbox")
+        .env("NIMBUS_VM_NETWORK", "none")
+        .output()
+        .expect("nimbus run --local");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("submitting to the control plane"),
+        "{stderr}"
+    );
+    let after: serde_json::Value = reqwest::Client::new()
+        .get(format!("{control_plane}/api/jobs?limit=100"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("jobs")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        after["jobs"].as_array().map(Vec::len),
+        Some(jobs.len()),
+        "a --local run submitted to dev up"
+    );
 }
