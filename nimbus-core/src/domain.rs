@@ -421,6 +421,33 @@ pub struct Lease {
 }
 
 impl Job {
+    /// The job as an API answer shows it: the secrets a workflow job carries for
+    /// its guest (its `secrets` context and `github.token`) replaced by `***`. Only
+    /// the lease, which its agent needs to run the job, carries them.
+    pub fn without_secrets(mut self) -> Job {
+        let contexts = self
+            .spec
+            .workflow
+            .as_mut()
+            .and_then(|workflow| workflow.get_mut("contexts"))
+            .and_then(serde_json::Value::as_object_mut);
+        if let Some(contexts) = contexts {
+            if let Some(serde_json::Value::Object(secrets)) = contexts.get_mut("secrets") {
+                for value in secrets.values_mut() {
+                    *value = serde_json::Value::String("***".into());
+                }
+            }
+            if let Some(token) = contexts
+                .get_mut("github")
+                .and_then(|github| github.get_mut("token"))
+                .filter(|token| token.as_str().is_some_and(|t| !t.is_empty()))
+            {
+                *token = serde_json::Value::String("***".into());
+            }
+        }
+        self
+    }
+
     /// The git ref the job runs on, where its cache saves go: the GitHub job's
     /// branch, else a `ref` metadata key or `GITHUB_REF` in the job's env, else
     /// the default branch.

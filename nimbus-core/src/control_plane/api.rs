@@ -249,7 +249,7 @@ impl ControlPlane {
         };
         let enqueued = self.admit(job, None).await?;
         tracing::info!(job_id = enqueued.job.id, org_id, "queued direct job");
-        Ok(enqueued.job)
+        Ok(enqueued.job.without_secrets())
     }
 
     /// A page of the jobs the caller may see (an org's own; an admin's any org).
@@ -265,7 +265,9 @@ impl ControlPlane {
             return Err(Error::invalid("metadata_value needs metadata_key"));
         }
         filter.org_id = readable_org(who, filter.org_id)?;
-        self.store.list_jobs(&filter).await
+        let mut page = self.store.list_jobs(&filter).await?;
+        page.jobs = page.jobs.into_iter().map(Job::without_secrets).collect();
+        Ok(page)
     }
 
     /// One job, if the caller may see it: an org its own jobs, an agent the jobs it
@@ -278,7 +280,7 @@ impl ControlPlane {
             Principal::Agent { agent_id } => job.agent_id.as_deref() == Some(agent_id.as_str()),
         };
         match self.store.get_job(id).await? {
-            Some(job) if visible(&job) => Ok(job),
+            Some(job) if visible(&job) => Ok(job.without_secrets()),
             _ => Err(Error::not_found(format!("job {id}"))),
         }
     }
@@ -388,7 +390,7 @@ impl ControlPlane {
         if job.github.is_some() {
             self.remove_runner(&job, completion.fencing_token);
         }
-        Ok(job)
+        Ok(job.without_secrets())
     }
 
     /// Cancels a queued or running job of the caller's org (an admin's: any). A
@@ -412,7 +414,7 @@ impl ControlPlane {
                     self.remove_runner(&cancelled, job.fencing_token);
                 }
                 tracing::info!(job_id = id, %reason, "job cancelled");
-                Ok(cancelled)
+                Ok(cancelled.without_secrets())
             }
             None => {
                 let current = self.job(who, id).await?;

@@ -544,7 +544,8 @@ pub async fn a_workflow_job_with_its_workspace_and_result(connect: &dyn Connect)
         .expect("upload");
     assert_eq!((receipt.org_id, receipt.bytes), (1, archive.len() as u64));
 
-    let workflow = serde_json::json!({"id": "build", "contexts": {}, "steps": [{"run": "make"}]});
+    let workflow = serde_json::json!({"id": "build", "steps": [{"run": "make"}], "contexts": {
+        "secrets": {"DEPLOY_KEY": "hunter2"}, "github": {"token": "ghs_secret", "ref": "refs/heads/main"}}});
     let both = JobRequest {
         workflow: Some(workflow.clone()),
         ..request("acme/app", &[])
@@ -565,7 +566,16 @@ pub async fn a_workflow_job_with_its_workspace_and_result(connect: &dyn Connect)
         })
         .await
         .expect("submit a workflow job");
-    assert_eq!(job.spec.workflow.as_ref(), Some(&workflow));
+    // Its secrets are in no answer of the API, only in the lease its agent needs.
+    let shown = serde_json::to_string(&acme.job(job.id).await.expect("the job")).expect("json");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("ghs_secret"),
+        "{shown}"
+    );
+    assert!(shown.contains("refs/heads/main"), "{shown}");
+    let listed =
+        serde_json::to_string(&acme.jobs(JobFilter::default()).await.expect("jobs")).expect("json");
+    assert!(!listed.contains("hunter2"), "{listed}");
 
     let agent = connect.agent("a1");
     let thief = connect.agent("a2");
@@ -575,6 +585,7 @@ pub async fn a_workflow_job_with_its_workspace_and_result(connect: &dyn Connect)
         .expect("lease")
         .expect("the job");
     assert_eq!(lease.job.id, job.id);
+    assert_eq!(lease.job.spec.workflow.as_ref(), Some(&workflow));
     assert_eq!(
         thief
             .workspace(job.id, lease.fencing_token)

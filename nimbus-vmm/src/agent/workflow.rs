@@ -35,6 +35,9 @@ pub(super) async fn prepare(
     };
     let mut workflow: Box<WorkflowJob> = serde_json::from_value(workflow.clone())
         .map_err(|e| format!("the job's workflow is not one this agent can run: {e}"))?;
+    // The guest's own workspace: a submitter does not choose where in the guest
+    // the tree is unpacked.
+    workflow.workspace = None;
     let Some(digest) = job.spec.workspace.as_deref() else {
         return Ok(Some((workflow, None)));
     };
