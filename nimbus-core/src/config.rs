@@ -48,7 +48,7 @@ pub const SHARED: Settings = Settings {
     VarDoc { name: "NIMBUS_DATA_DIR", default: "./.nimbus", meaning: "Directory for embedded state (SQLite files, generated dev secrets)." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_URL", default: "http://127.0.0.1:8000", meaning: "Where clients (CLI, host agent, benchmarks) reach the control plane." },
     VarDoc { name: "NIMBUS_CONTROL_PLANE_TOKEN", default: "(none)", meaning: "Bearer JWT clients send to the control plane (`nimbus token mint`)." },
-    VarDoc { name: "NIMBUS_TOKEN", default: "(none)", meaning: "An admin token `nimbus dev up` writes into `.nimbus/dev.env`, for curl and scripts against the local services; `nimbus report` and `nimbus jobs` use it as `--token` (before NIMBUS_CONTROL_PLANE_TOKEN)." },
+    VarDoc { name: "NIMBUS_TOKEN", default: "(none)", meaning: "An admin token `nimbus dev up` writes into `.nimbus/dev.env`, for curl and scripts against the local services; `nimbus report` and `nimbus jobs` use it as `--token` (before NIMBUS_CONTROL_PLANE_TOKEN), `nimbus run` to submit to a control plane (before the one in dev.env)." },
     VarDoc { name: "NIMBUS_BASE_URL", default: "(none)", meaning: "The control plane `nimbus report` and `nimbus jobs` talk to (`--base-url`), before NIMBUS_CONTROL_PLANE_URL (docs/reporting.md)." },
     VarDoc { name: "NIMBUS_JWT_SECRET", default: "(generated)", meaning: "HS256 secret for API tokens. Unset: a random secret is generated once into `$NIMBUS_DATA_DIR/jwt-secret` (development only)." },
     VarDoc { name: "NIMBUS_LOGS_URL", default: "http://127.0.0.1:8002", meaning: "Where clients (host agent, `nimbus report logs`, the dashboard's live logs) reach the logging pipeline." },
