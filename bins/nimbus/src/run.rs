@@ -136,6 +136,8 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
         } else {
             remote::choose(args.local, args.control_plane.as_deref(), &repo_root).await?
         };
+        // The remote runner, to cancel what it submitted on Ctrl-C.
+        let mut submitted_remotely: Option<Arc<remote::RemoteRunner>> = None;
         let runner: Arc<dyn JobRunner> = if args.dry_run {
             options.parallel = options.parallel.max(1);
             Arc::new(DryRun)
@@ -167,7 +169,11 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
                     )
                     .await;
                     match runner {
-                        Ok(runner) => Arc::new(runner),
+                        Ok(runner) => {
+                            let runner = Arc::new(runner);
+                            submitted_remotely = Some(runner.clone());
+                            runner
+                        }
                         Err(message) => {
                             remove_archive(&options);
                             return Err(message);
@@ -190,7 +196,17 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
             workflow.jobs.len(),
             options.parallel
         );
-        let report = schedule::run(&workflow, &options, runner).await;
+        let report = tokio::select! {
+            report = schedule::run(&workflow, &options, runner) => report,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("nimbus: interrupted");
+                if let Some(remote) = &submitted_remotely {
+                    remote.cancel_unfinished().await;
+                }
+                remove_archive(&options);
+                return Ok(130);
+            }
+        };
         remove_archive(&options);
         let report = report?;
         print_report(&report);

@@ -1,7 +1,9 @@
 //! The repository's working tree, packed once per run for every job's VM: the
 //! files git would see (`.gitignore`, `.git/info/exclude` and the global
 //! excludes honoured, hidden files kept, `.git` itself left out), as a tar
-//! stream the session sends to the guest before the job.
+//! stream the session sends to the guest before the job. `.nimbus` directories
+//! are left out too, ignored or not: they hold `nimbus dev up`'s state (its
+//! secrets, database and caches), which no job may see.
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +30,10 @@ pub fn pack(root: &Path, archive: &Path) -> std::io::Result<Packed> {
         .git_global(true)
         .require_git(false)
         .parents(true)
-        .filter_entry(|entry| entry.file_name() != ".git")
+        .filter_entry(|entry| {
+            let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
+            entry.file_name() != ".git" && !(is_dir && entry.file_name() == ".nimbus")
+        })
         .sort_by_file_name(|a, b| a.cmp(b))
         .build();
     let (mut files, mut bytes) = (0, 0);
@@ -71,7 +76,7 @@ mod tests {
     fn the_tree_is_packed_without_ignored_files_or_git() {
         let root = std::env::temp_dir().join(format!("nimbus-pack-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        for dir in ["src", ".git", "target", ".github/workflows"] {
+        for dir in ["src", ".git", "target", ".github/workflows", ".nimbus"] {
             std::fs::create_dir_all(root.join(dir)).expect("dir");
         }
         for (file, text) in [
@@ -80,6 +85,7 @@ mod tests {
             ("debug.log", "noise"),
             ("target/big", "built"),
             (".git/HEAD", "ref: refs/heads/main"),
+            (".nimbus/dev.env", "NIMBUS_JWT_SECRET=not for jobs"),
             (".github/workflows/ci.yml", "jobs: {}"),
         ] {
             std::fs::write(root.join(file), text).expect("file");

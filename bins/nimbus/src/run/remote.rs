@@ -132,9 +132,37 @@ pub struct RemoteRunner {
     workflow_file: String,
     workspace: Option<String>,
     masks: Masker,
+    /// Jobs submitted and not yet seen to end (cancelled on Ctrl-C).
+    unfinished: std::sync::Mutex<std::collections::BTreeSet<JobId>>,
 }
 
 impl RemoteRunner {
+    /// Cancels the jobs of this run that have not ended (Ctrl-C): they must not
+    /// go on in the control plane after the run is gone.
+    pub async fn cancel_unfinished(&self) {
+        let ids: Vec<JobId> = self
+            .unfinished
+            .lock()
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            match self.api.cancel(id).await {
+                Ok(_) => eprintln!("nimbus: cancelled job {id}"),
+                Err(error) => eprintln!("nimbus: cancelling job {id}: {error}"),
+            }
+        }
+    }
+
+    fn track(&self, id: JobId, running: bool) {
+        if let Ok(mut ids) = self.unfinished.lock() {
+            if running {
+                ids.insert(id);
+            } else {
+                ids.remove(&id);
+            }
+        }
+    }
+
     /// Connects, settles the org (the token's own; with an admin token `org`,
     /// registered as `local` when new) and uploads the working tree.
     pub async fn start(
@@ -218,6 +246,7 @@ impl RemoteRunner {
             workflow_file: workflow_file.to_string(),
             workspace,
             masks,
+            unfinished: Default::default(),
         })
     }
 
@@ -273,6 +302,7 @@ impl JobRunner for RemoteRunner {
             }
         };
         let id = submitted.id;
+        self.track(id, true);
         eprintln!("{prefix} | queued as job {id}");
         let mut shown = 0;
         let mut cancelled = false;
@@ -294,7 +324,10 @@ impl JobRunner for RemoteRunner {
             }
             shown = self.show_lines(&prefix, id, shown).await;
             match self.api.job(id).await {
-                Ok(current) if current.status.is_terminal() => break current,
+                Ok(current) if current.status.is_terminal() => {
+                    self.track(id, false);
+                    break current;
+                }
                 Ok(_) => {}
                 Err(error) => {
                     eprintln!("{prefix} | nimbus: job {id}: {error}");
