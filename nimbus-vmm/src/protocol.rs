@@ -204,6 +204,18 @@ pub enum StepOutcome {
     TimedOut,
 }
 
+impl StepOutcome {
+    /// How `nimbus run` shows it: `✓`, `✗ exit 2`, `✗ timed out`, `– skipped`.
+    pub fn mark(&self) -> String {
+        match self {
+            StepOutcome::Exited(0) => "✓".into(),
+            StepOutcome::Exited(code) => format!("✗ exit {code}"),
+            StepOutcome::TimedOut => "✗ timed out".into(),
+            StepOutcome::Skipped => "– skipped".into(),
+        }
+    }
+}
+
 /// A job as the guest runs it: direct `run:` steps, or a GitHub Actions runner.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

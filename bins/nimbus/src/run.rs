@@ -745,13 +745,10 @@ impl JobRunner for VmRunner {
                 duration_millis,
             } => {
                 let name = names.get(&index).cloned().unwrap_or_default();
-                let outcome = match outcome {
-                    nimbus_vmm::protocol::StepOutcome::Exited(0) => "✓".to_string(),
-                    nimbus_vmm::protocol::StepOutcome::Exited(code) => format!("✗ exit {code}"),
-                    nimbus_vmm::protocol::StepOutcome::TimedOut => "✗ timed out".into(),
-                    nimbus_vmm::protocol::StepOutcome::Skipped => "– skipped".into(),
-                };
-                eprintln!("{prefix} | {outcome} {name} ({duration_millis} ms)");
+                eprintln!(
+                    "{prefix} | {} {name} ({duration_millis} ms)",
+                    outcome.mark()
+                );
             }
             JobEvent::WorkflowResult(reported) => result = reported,
         };

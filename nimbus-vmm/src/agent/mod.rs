@@ -757,20 +757,36 @@ async fn run_leased_job(
     // A span per step, from its start to its end as the guest reports them.
     let mut step_spans: std::collections::HashMap<usize, tracing::Span> =
         std::collections::HashMap::new();
+    // A workflow job's log has its steps' titles, as GitHub's does (`nimbus run`
+    // shows them from there); other jobs' logs are their output alone.
+    let is_workflow = guest.workflow.is_some();
+    let mut step_names: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
     let mut on_event = |event: JobEvent| match event {
         JobEvent::Output(line) => shipper.push(line),
         JobEvent::StepStarted { index, name } => {
             let step = tracing::info_span!(parent: &span, "job.step", index, name = %name, outcome = tracing::field::Empty);
             step_spans.insert(index, step);
+            if is_workflow {
+                shipper.push(title_line(index, format!("▶ {name}")));
+                step_names.insert(index, name);
+            }
         }
-        JobEvent::StepFinished { index, outcome, .. } => {
+        JobEvent::StepFinished {
+            index,
+            outcome,
+            duration_millis,
+        } => {
             if let Some(step) = step_spans.remove(&index) {
                 step.record("outcome", tracing::field::debug(&outcome));
+            }
+            if let Some(name) = step_names.remove(&index) {
+                let title = format!("{} {name} ({duration_millis} ms)", outcome.mark());
+                shipper.push(title_line(index, title));
             }
         }
         // A workflow job's outputs, summary and annotations, kept with the job.
         JobEvent::WorkflowResult(result) => {
-            if guest.workflow.is_some() {
+            if is_workflow {
                 workflow_result = workflow::completion_result(result);
             }
         }
@@ -864,6 +880,20 @@ async fn run_leased_job(
         result: workflow_result,
     };
     lease::complete(agent, &lease, &clock, completion).await;
+}
+
+/// A line of the agent's own in a job's log (a workflow step's title).
+fn title_line(step: usize, line: String) -> crate::protocol::OutputLine {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    crate::protocol::OutputLine {
+        seq: 0,
+        step,
+        stream: crate::protocol::Stream::Stdout,
+        ts_millis: now,
+        line,
+    }
 }
 
 /// What a job needs besides its spec before a VM is spent on it.

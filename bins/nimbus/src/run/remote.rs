@@ -267,7 +267,15 @@ impl RemoteRunner {
                 return after;
             };
             for line in &lines {
-                let text = format!("{prefix} |   {}\n", self.masks.mask(&line.message));
+                let message = self.masks.mask(&line.message);
+                // Step titles (the agent writes them for workflow jobs) stand out
+                // as they do in a local run.
+                let is_title = message.starts_with(['▶', '✓', '✗', '–']);
+                let text = if is_title {
+                    format!("{prefix} | {message}\n")
+                } else {
+                    format!("{prefix} |   {message}\n")
+                };
                 let _ = if line.level == "error" {
                     std::io::stderr().write_all(text.as_bytes())
                 } else {
