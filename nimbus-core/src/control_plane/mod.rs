@@ -51,7 +51,8 @@ pub use api::{
 pub use metrics::Metrics;
 pub use webhooks::{WebhookAnswer, WebhookDelivery};
 pub use workspace::{
-    WorkspaceReceipt, MAX_WORKSPACE_BYTES, WORKSPACE_ORG_QUOTA_BYTES, WORKSPACE_TTL,
+    WorkspaceReceipt, MAX_WORKSPACE_BYTES, MAX_WORKSPACE_UPLOADS, WORKSPACE_ORG_QUOTA_BYTES,
+    WORKSPACE_TTL,
 };
 
 /// Largest request body accepted on any route (webhooks included).
@@ -91,6 +92,9 @@ pub struct ControlPlane {
     pub scheduler: Arc<dyn crate::scheduler::Scheduler>,
     /// The metadata presets, kept warm.
     analytics: analytics::AnalyticsState,
+    /// Workspace archives being received ([`MAX_WORKSPACE_UPLOADS`] at once): each
+    /// is held in memory whole.
+    workspace_uploads: tokio::sync::Semaphore,
 }
 
 /// How handlers and background tasks share the control plane.
@@ -140,6 +144,7 @@ impl ControlPlane {
             policy: RwLock::new(Arc::new(policy)),
             shutdown,
             analytics: analytics::AnalyticsState::default(),
+            workspace_uploads: tokio::sync::Semaphore::new(MAX_WORKSPACE_UPLOADS),
         }))
     }
 

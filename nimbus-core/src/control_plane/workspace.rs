@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 
 /// Largest archive accepted (the request body limit of its route).
 pub const MAX_WORKSPACE_BYTES: usize = 128 * 1024 * 1024;
+/// Archives received at once (each is held in memory whole); more answer 503.
+pub const MAX_WORKSPACE_UPLOADS: usize = 4;
 /// What one org's archives may take together; the oldest others go first.
 pub const WORKSPACE_ORG_QUOTA_BYTES: u64 = 1024 * 1024 * 1024;
 /// How long an archive is kept after its last upload.
@@ -31,6 +33,16 @@ pub struct WorkspaceReceipt {
 }
 
 impl ControlPlane {
+    /// A place among the [`MAX_WORKSPACE_UPLOADS`] archives received at once,
+    /// taken before the body is read.
+    pub(super) fn workspace_upload_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.workspace_uploads.try_acquire().map_err(|_| {
+            Error::Unavailable(format!(
+                "{MAX_WORKSPACE_UPLOADS} workspace archives are being received; try again shortly"
+            ))
+        })
+    }
+
     /// The org a submission acts for: an org token's own (asking for another is
     /// "not found"), the one an admin names (which must exist); agents submit nothing.
     pub(super) async fn submitting_org(

@@ -1026,6 +1026,62 @@ pub async fn a_dead_agents_job_is_released_after_the_ttl(store: Arc<dyn Store>) 
     );
 }
 
+/// Workspace archives are read whole into memory, so only so many are received at
+/// once: past them an upload answers 503 before its body is read; a slot comes
+/// back when an upload ends (here: its client goes away).
+pub async fn workspace_uploads_are_received_a_few_at_a_time(store: Arc<dyn Store>) {
+    let api = Api::new(store, &[]).await;
+    let admin = api.admin();
+    let org = api
+        .call(
+            "POST",
+            "/api/orgs",
+            Some(&admin),
+            Some(json!({"id": 1, "name": "acme"})),
+        )
+        .await;
+    assert_eq!(org.status, StatusCode::OK);
+    let token = api.org(1);
+    let upload = |body: Body, digest: &str| {
+        Request::builder()
+            .method("PUT")
+            .uri(format!("/api/workspaces/{digest}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .expect("request")
+    };
+    let digest = "ab".repeat(32);
+    // Bodies that never finish hold their slots.
+    let mut stalled = Vec::new();
+    for _ in 0..control_plane::MAX_WORKSPACE_UPLOADS {
+        let app = control_plane::router(api.state.clone());
+        let request = upload(
+            Body::from_stream(futures::stream::pending::<
+                Result<bytes::Bytes, std::io::Error>,
+            >()),
+            &digest,
+        );
+        stalled.push(tokio::spawn(async move { app.oneshot(request).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = api.send(upload(Body::from("tree"), &digest)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        refused.body
+    );
+    for upload in &stalled {
+        upload.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let archive = b"a tar of the tree".to_vec();
+    let digest = nimbus_core::domain::workspace_digest(&archive);
+    let accepted = api.send(upload(Body::from(archive), &digest)).await;
+    assert_eq!(accepted.status, StatusCode::CREATED, "{:?}", accepted.body);
+    assert_eq!(accepted.body["workspace"], digest.as_str());
+}
+
 pub async fn health_and_metrics(store: Arc<dyn Store>) {
     let api = Api::new(store, &[]).await;
     assert_eq!(
@@ -1243,6 +1299,7 @@ macro_rules! api_suite {
                 org_rate_limit_answers_429_with_retry_after,
                 a_dead_agents_job_is_released_after_the_ttl,
                 health_and_metrics,
+                workspace_uploads_are_received_a_few_at_a_time,
                 the_policy_rejects_jobs_with_reasons,
                 a_dry_run_policy_records_but_admits,
                 a_bad_policy_reload_keeps_the_previous_policy,

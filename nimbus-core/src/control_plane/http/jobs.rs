@@ -238,9 +238,13 @@ pub(in crate::control_plane) async fn put_workspace(
     Auth(principal): Auth,
     Path(digest): Path<String>,
     QueryParams(query): QueryParams<WorkspaceQuery>,
-    RawBody(body): RawBody,
+    request: axum::extract::Request,
 ) -> Result<Response> {
     let org_id = optional_number("org_id", query.org_id.as_deref())?;
+    // Bodies are read only by the authenticated, and only so many at once.
+    let _slot = state.workspace_upload_slot()?;
+    let RawBody(body) =
+        <RawBody as axum::extract::FromRequest<AppState>>::from_request(request, &state).await?;
     let receipt = state
         .put_workspace(&principal, org_id, &digest, &body)
         .await?;
