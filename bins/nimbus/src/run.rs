@@ -162,8 +162,7 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
                     let runner = remote::RemoteRunner::start(
                         remote,
                         args.org,
-                        &options.contexts,
-                        &file,
+                        JobOrigin::of(&options.contexts, &file),
                         options.workspace_archive.as_deref(),
                         secret_values(&options.contexts),
                     )
@@ -239,59 +238,78 @@ async fn local_runner(options: &mut RunOptions, file: &str) -> Result<Arc<dyn Jo
     if options.parallel == 0 {
         options.parallel = default_parallelism(&config);
     }
-    let github = options.contexts.get("github");
-    let text = |key: &str| {
-        github
-            .and_then(|g| g.get(key))
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
     Ok(Arc::new(VmRunner {
         driver: selection.driver.clone(),
         config,
         assets,
         control_plane: LocalControlPlane::start().await?,
         masks: secret_values(&options.contexts),
-        repo: text("repository"),
-        git_ref: text("ref"),
-        workflow_file: file.to_string(),
+        origin: JobOrigin::of(&options.contexts, file),
     }))
 }
 
-/// A job of the run as the control plane records it: the workflow job itself
-/// (which the guest runs), its repository, and metadata naming the workflow, the
-/// job and the ref (which scopes its cache entries, as GitHub's are).
-fn job_request(job: &JobRun, repo: &str, git_ref: &str, workflow_file: &str) -> JobRequest {
-    let minutes = job.timeout.as_secs().div_ceil(60).max(1);
-    let mut metadata = BTreeMap::new();
-    for (key, value) in [
-        ("workflow", workflow_file),
-        ("job", job.job_id.as_str()),
-        ("ref", git_ref),
-    ] {
-        if !value.is_empty() && value.len() <= nimbus_core::domain::MAX_LABEL_LEN {
-            metadata.insert(key.to_string(), value.to_string());
+/// Where the jobs of a run come from, as their records say: the repository, the
+/// ref (which scopes their cache entries, as GitHub's are) and the workflow file.
+struct JobOrigin {
+    repo: String,
+    git_ref: String,
+    workflow_file: String,
+}
+
+impl JobOrigin {
+    fn of(contexts: &Map<String, Json>, workflow_file: &str) -> Self {
+        let github = contexts.get("github");
+        let text = |key: &str| {
+            github
+                .and_then(|g| g.get(key))
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        // `local/<directory>` outside git may not be a name a control plane takes.
+        let repo = Some(text("repository"))
+            .filter(|repo| nimbus_core::domain::validate_repo_name(repo).is_ok())
+            .unwrap_or_else(|| "local/workflow".into());
+        JobOrigin {
+            repo,
+            git_ref: text("ref"),
+            workflow_file: workflow_file.to_string(),
         }
     }
-    JobRequest {
-        org_id: None,
-        repo: repo.to_string(),
-        labels: Vec::new(),
-        steps: Vec::new(),
-        env: BTreeMap::new(),
-        timeout_minutes: Some(
-            u32::try_from(minutes)
-                .unwrap_or(u32::MAX)
-                .min(nimbus_core::domain::MAX_TIMEOUT_MINUTES),
-        ),
-        metadata,
-        workflow: job
-            .guest
-            .workflow
-            .as_ref()
-            .and_then(|workflow| serde_json::to_value(workflow).ok()),
-        workspace: None,
+
+    /// A job of the run as the control plane records it: the workflow job itself
+    /// (which the guest runs), and metadata naming the workflow, the job and the ref.
+    fn request(&self, job: &JobRun) -> JobRequest {
+        let minutes = job.timeout.as_secs().div_ceil(60).max(1);
+        let mut metadata = BTreeMap::new();
+        for (key, value) in [
+            ("workflow", self.workflow_file.as_str()),
+            ("job", job.job_id.as_str()),
+            ("ref", self.git_ref.as_str()),
+        ] {
+            if !value.is_empty() && value.len() <= nimbus_core::domain::MAX_LABEL_LEN {
+                metadata.insert(key.to_string(), value.to_string());
+            }
+        }
+        JobRequest {
+            org_id: None,
+            repo: self.repo.clone(),
+            labels: Vec::new(),
+            steps: Vec::new(),
+            env: BTreeMap::new(),
+            timeout_minutes: Some(
+                u32::try_from(minutes)
+                    .unwrap_or(u32::MAX)
+                    .min(nimbus_core::domain::MAX_TIMEOUT_MINUTES),
+            ),
+            metadata,
+            workflow: job
+                .guest
+                .workflow
+                .as_ref()
+                .and_then(|workflow| serde_json::to_value(workflow).ok()),
+            workspace: None,
+        }
     }
 }
 
@@ -690,9 +708,7 @@ struct VmRunner {
     assets: VerifiedAssets,
     control_plane: LocalControlPlane,
     masks: nimbus_vmm::workflow::commands::Masker,
-    repo: String,
-    git_ref: String,
-    workflow_file: String,
+    origin: JobOrigin,
 }
 
 #[async_trait::async_trait]
@@ -710,7 +726,7 @@ impl JobRunner for VmRunner {
         if let Some(runs_on) = &job.runs_on {
             eprintln!("{prefix} | runs-on {runs_on}: this job runs in a fresh Nimbus VM");
         }
-        let request = job_request(&job, &self.repo, &self.git_ref, &self.workflow_file);
+        let request = self.origin.request(&job);
         let lease = match self.control_plane.submit_and_lease(&job, request).await {
             Ok(lease) => lease,
             Err(message) => return failed(message, 125),

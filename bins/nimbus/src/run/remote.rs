@@ -127,9 +127,7 @@ pub struct RemoteRunner {
     api: ControlPlaneClient,
     logs: Option<Arc<dyn LogSink>>,
     org_id: OrgId,
-    repo: String,
-    git_ref: String,
-    workflow_file: String,
+    origin: super::JobOrigin,
     workspace: Option<String>,
     masks: Masker,
     /// Jobs submitted and not yet seen to end (cancelled on Ctrl-C).
@@ -168,8 +166,7 @@ impl RemoteRunner {
     pub async fn start(
         remote: &Remote,
         org: Option<OrgId>,
-        contexts: &serde_json::Map<String, serde_json::Value>,
-        workflow_file: &str,
+        origin: super::JobOrigin,
         archive: Option<&Path>,
         masks: Masker,
     ) -> Result<Self, String> {
@@ -197,14 +194,6 @@ impl RemoteRunner {
                     id
                 }
             }
-        };
-        let github = contexts.get("github");
-        let text = |key: &str| {
-            github
-                .and_then(|g| g.get(key))
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
         };
         let workspace = match archive {
             None => None,
@@ -241,9 +230,7 @@ impl RemoteRunner {
             api,
             logs,
             org_id,
-            repo: text("repository"),
-            git_ref: text("ref"),
-            workflow_file: workflow_file.to_string(),
+            origin,
             workspace,
             masks,
             unfinished: Default::default(),
@@ -299,7 +286,7 @@ impl JobRunner for RemoteRunner {
             cancelled,
             result,
         };
-        let mut request = super::job_request(&job, &self.repo, &self.git_ref, &self.workflow_file);
+        let mut request = self.origin.request(&job);
         request.org_id = Some(self.org_id);
         request.workspace = self.workspace.clone();
         let submitted = match self.api.submit(request).await {
