@@ -19,7 +19,7 @@ const CACHE: &str = "127.0.0.1:8001";
 const LOGS: &str = "127.0.0.1:8002";
 
 /// Reads `KEY=VALUE` lines (the format `set -a; . .nimbus/dev.env` understands).
-fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, String> {
+pub(crate) fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(text
         .lines()

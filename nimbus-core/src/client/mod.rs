@@ -75,18 +75,7 @@ impl ControlPlaneClient {
         if status.is_success() {
             return Ok(Some(response.json::<T>().await?));
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body: serde_json::Value = response.json().await.unwrap_or_else(|_| json!({}));
-        let message = body
-            .get("error")
-            .and_then(|v| v.as_str())
-            .unwrap_or("no error message")
-            .to_string();
-        Err(error_from_status(status, message, retry_after))
+        Err(error_of(response).await)
     }
 
     /// A raw (non-JSON) answer's body; errors as [`Self::send`] maps them.
@@ -95,14 +84,7 @@ impl ControlPlaneClient {
         if response.status().is_success() {
             return Ok(response.bytes().await?);
         }
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_else(|_| json!({}));
-        let message = body
-            .get("error")
-            .and_then(|v| v.as_str())
-            .unwrap_or("no error message")
-            .to_string();
-        Err(error_from_status(status, message, None))
+        Err(error_of(response).await)
     }
 
     async fn expect<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> Result<T> {
@@ -258,6 +240,24 @@ impl crate::job_source::JobSource for ControlPlaneClient {
             .query(&[("fencing_token", fencing_token.to_string())]);
         Ok(self.bytes(builder).await?.to_vec())
     }
+}
+
+/// The error an unsuccessful answer stands for: its status, its JSON `error`
+/// message and its `Retry-After`.
+async fn error_of(response: reqwest::Response) -> Error {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body: serde_json::Value = response.json().await.unwrap_or_else(|_| json!({}));
+    let message = body
+        .get("error")
+        .and_then(|v| v.as_str())
+        .unwrap_or("no error message")
+        .to_string();
+    error_from_status(status, message, retry_after)
 }
 
 /// `GET /api/orgs`.

@@ -151,7 +151,7 @@ fn require_admin(principal: &Principal) -> Result<()> {
 }
 
 /// The lease holder a principal acts as: an agent by its id, an admin by its sub.
-pub(super) fn lease_holder(principal: &Principal) -> Result<&str> {
+fn lease_holder(principal: &Principal) -> Result<&str> {
     match principal {
         Principal::Agent { agent_id } => Ok(agent_id),
         Principal::Admin { sub } => Ok(sub),
@@ -430,21 +430,20 @@ impl ControlPlane {
         }
     }
 
-    /// The just-in-time runner config of a GitHub job, for the agent holding its
-    /// current lease `fencing_token` only.
-    pub async fn runner_config(
+    /// Job `id`, if `who` holds its current lease `fencing_token` (a conflict
+    /// otherwise; only the lease's holder learns anything about the lease).
+    pub(super) async fn held_job(
         &self,
         who: &Principal,
         id: JobId,
         fencing_token: i64,
-    ) -> Result<RunnerConfig> {
+    ) -> Result<Job> {
         let agent = lease_holder(who)?;
         let job = self
             .store
             .get_job(id)
             .await?
             .ok_or_else(|| Error::not_found(format!("job {id}")))?;
-        // Only the lease's holder learns anything about the lease.
         if job.agent_id.as_deref() != Some(agent) {
             return Err(Error::Conflict(format!(
                 "job {id} is not leased to agent {agent:?}"
@@ -456,6 +455,18 @@ impl ControlPlane {
                 job.status.as_str()
             )));
         }
+        Ok(job)
+    }
+
+    /// The just-in-time runner config of a GitHub job, for the agent holding its
+    /// current lease `fencing_token` only.
+    pub async fn runner_config(
+        &self,
+        who: &Principal,
+        id: JobId,
+        fencing_token: i64,
+    ) -> Result<RunnerConfig> {
+        let job = self.held_job(who, id, fencing_token).await?;
         if job.github.is_none() {
             return Err(Error::invalid(format!(
                 "job {id} did not come from GitHub: it runs its steps, not a runner"

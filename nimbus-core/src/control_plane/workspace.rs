@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use super::api::lease_holder;
 use super::ControlPlane;
 use crate::auth::Principal;
-use crate::domain::{validate_workspace_digest, workspace_digest, JobId, JobStatus, OrgId};
+use crate::domain::{validate_workspace_digest, workspace_digest, JobId, OrgId};
 use crate::error::{Error, Result};
 
 /// Largest archive accepted (the request body limit of its route).
@@ -125,20 +124,7 @@ impl ControlPlane {
         id: JobId,
         fencing_token: i64,
     ) -> Result<Vec<u8>> {
-        let agent = lease_holder(who)?;
-        let job = self
-            .store
-            .get_job(id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("job {id}")))?;
-        if job.agent_id.as_deref() != Some(agent)
-            || job.status != JobStatus::Leased
-            || job.fencing_token != fencing_token
-        {
-            return Err(Error::Conflict(format!(
-                "job {id} is not leased to agent {agent:?} with fencing token {fencing_token}"
-            )));
-        }
+        let job = self.held_job(who, id, fencing_token).await?;
         let Some(digest) = job.spec.workspace.as_deref() else {
             return Err(Error::not_found(format!("job {id} names no workspace")));
         };

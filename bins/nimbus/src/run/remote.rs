@@ -6,7 +6,6 @@
 //! a workspace archive; this side follows each job's lines and reads its result
 //! (outputs for `needs.<job>.outputs`, step summary, annotations) when it ends.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,24 +35,6 @@ pub struct Remote {
     pub found_by: String,
 }
 
-/// Reads `KEY=VALUE` lines (`.nimbus/dev.env`).
-fn read_env_file(path: &Path) -> Option<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.trim().to_string(),
-                    v.trim().trim_matches('\'').to_string(),
-                )
-            })
-            .collect(),
-    )
-}
-
 /// Where the run goes. `--local`: in process. `--control-plane URL`: there, with
 /// `NIMBUS_TOKEN` (or the dev environment's). Otherwise a `nimbus dev up` whose
 /// `dev.env` is in the data directory (`NIMBUS_DATA_DIR`, `./.nimbus`) or the
@@ -71,9 +52,11 @@ pub async fn choose(
         env.data_dir().join("dev.env"),
         repo_root.join(".nimbus").join("dev.env"),
     ];
-    let dev = candidates
-        .iter()
-        .find_map(|path| read_env_file(path).map(|vars| (path.clone(), vars)));
+    let dev = candidates.iter().find_map(|path| {
+        crate::dev_up::read_env_file(path)
+            .ok()
+            .map(|vars| (path.clone(), vars))
+    });
     let token_from_env = env.get("NIMBUS_TOKEN").map(str::to_string);
     let logs_from_env = env.get("NIMBUS_LOGS_URL").map(str::to_string);
     if let Some(url) = control_plane {

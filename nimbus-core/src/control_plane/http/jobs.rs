@@ -179,9 +179,22 @@ pub(in crate::control_plane) async fn cancel(
     Ok(Json(state.cancel(&principal, id).await?).into_response())
 }
 
+/// The query of the routes only a lease's holder may call.
 #[derive(Debug, Deserialize)]
-pub(in crate::control_plane) struct RunnerConfigQuery {
+pub(in crate::control_plane) struct LeaseQuery {
     fencing_token: Option<String>,
+}
+
+impl LeaseQuery {
+    /// `fencing_token`, which the lease-holder routes require.
+    fn fencing_token(&self) -> Result<i64> {
+        parse_number(
+            "fencing_token",
+            self.fencing_token
+                .as_deref()
+                .ok_or_else(|| Error::invalid("fencing_token is required"))?,
+        )
+    }
 }
 
 /// `GET /api/jobs/{id}/runner-config?fencing_token=N`
@@ -189,16 +202,10 @@ pub(in crate::control_plane) async fn runner_config(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    QueryParams(query): QueryParams<RunnerConfigQuery>,
+    QueryParams(query): QueryParams<LeaseQuery>,
 ) -> Result<Response> {
     let id = parse_job_id(&id)?;
-    let token: i64 = parse_number(
-        "fencing_token",
-        query
-            .fencing_token
-            .as_deref()
-            .ok_or_else(|| Error::invalid("fencing_token is required"))?,
-    )?;
+    let token = query.fencing_token()?;
     Ok(Json(state.runner_config(&principal, id, token).await?).into_response())
 }
 
@@ -208,16 +215,10 @@ pub(in crate::control_plane) async fn job_workspace(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-    QueryParams(query): QueryParams<RunnerConfigQuery>,
+    QueryParams(query): QueryParams<LeaseQuery>,
 ) -> Result<Response> {
     let id = parse_job_id(&id)?;
-    let token: i64 = parse_number(
-        "fencing_token",
-        query
-            .fencing_token
-            .as_deref()
-            .ok_or_else(|| Error::invalid("fencing_token is required"))?,
-    )?;
+    let token = query.fencing_token()?;
     let archive = state.job_workspace(&principal, id, token).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
