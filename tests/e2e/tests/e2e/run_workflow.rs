@@ -441,15 +441,18 @@ async fn the_dev_up_workflows_run_on_a_running_dev_up() {
     // result it completed with, and its lines are in the logging pipeline.
     let control_plane = dev.var("NIMBUS_CONTROL_PLANE_URL");
     let token = dev.var("NIMBUS_TOKEN");
-    let page: serde_json::Value = reqwest::Client::new()
-        .get(format!("{control_plane}/api/jobs?limit=100"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("jobs")
-        .json()
-        .await
-        .expect("json");
+    let list_jobs = || async {
+        reqwest::Client::new()
+            .get(format!("{control_plane}/api/jobs?limit=100"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("jobs")
+            .json::<serde_json::Value>()
+            .await
+            .expect("json")
+    };
+    let page = list_jobs().await;
     let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
     let report_jobs: Vec<_> = jobs
         .iter()
@@ -507,15 +510,7 @@ async fn the_dev_up_workflows_run_on_a_running_dev_up() {
         !stderr.contains("submitting to the control plane"),
         "{stderr}"
     );
-    let after: serde_json::Value = reqwest::Client::new()
-        .get(format!("{control_plane}/api/jobs?limit=100"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("jobs")
-        .json()
-        .await
-        .expect("json");
+    let after = list_jobs().await;
     assert_eq!(
         after["jobs"].as_array().map(Vec::len),
         Some(jobs.len()),
