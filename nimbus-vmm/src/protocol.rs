@@ -10,9 +10,10 @@
 //! session with an error); the host sends one [`HostMessage::Run`]; the guest streams
 //! step and output messages and ends with [`GuestMessage::Finished`].
 //!
-//! Snapshots (QEMU driver): before a VM is snapshotted the host sends
-//! [`HostMessage::Prime`] (the guest loads what jobs start with, answers
-//! [`GuestMessage::Primed`]); every VM restored from the snapshot is first sent
+//! Snapshots: before a VM is snapshotted the host sends [`HostMessage::Prime`]
+//! (the guest loads what jobs start with, answers [`GuestMessage::Primed`]; asked
+//! to, it then reconnects: Firecracker's vsock loses its connections across a
+//! snapshot); every VM restored from the snapshot is first sent
 //! [`HostMessage::Refresh`] with an [`Identity`] of its own and answers with a new
 //! [`GuestMessage::Hello`], before its `Run`. Only guests whose hello lists
 //! [`FEATURE_SNAPSHOT`] are snapshotted.
@@ -38,6 +39,9 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// In [`GuestMessage::Hello`]'s `features`: the guest understands `Prime` and `Refresh`.
 pub const FEATURE_SNAPSHOT: &str = "snapshot";
+/// In [`GuestMessage::Hello`]'s `features`: after `Prime { reconnect: true }` the
+/// guest closes its channel and connects again (vsock transports).
+pub const FEATURE_RECONNECT: &str = "reconnect";
 /// Name of the virtio-serial port QEMU exposes to the guest.
 pub const VIRTIO_PORT_NAME: &str = "org.nimbus.0";
 /// vsock port the guest connects to on the host (CID 2) under Firecracker.
@@ -87,9 +91,16 @@ pub enum HostMessage {
         /// Base64 of the next bytes of the tar stream.
         data: String,
     },
-    /// A snapshot of this VM follows: load what jobs start with (the shells, their
-    /// libraries), flush the disks, answer [`GuestMessage::Primed`] and wait.
-    Prime,
+    /// A snapshot of this VM may follow: load what jobs start with (the shells,
+    /// their libraries), flush the disks, answer [`GuestMessage::Primed`] and wait.
+    Prime {
+        /// Then close the channel and connect again, retrying until the host
+        /// answers: a Firecracker snapshot drops every vsock connection, so the VMs
+        /// restored from it reach their new host this way (guests listing
+        /// [`FEATURE_RECONNECT`]; others ignore it).
+        #[serde(default)]
+        reconnect: bool,
+    },
     /// This VM was restored from a snapshot: take this identity (RNG entropy,
     /// machine-id, hostname, MAC, clock), answer with a new hello and wait for `Run`.
     Refresh {

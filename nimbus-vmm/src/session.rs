@@ -130,9 +130,10 @@ impl GuestChannel {
         }
     }
 
-    /// Asks the guest to get ready for a snapshot and waits until it is.
-    pub async fn prime(&mut self) -> Result<()> {
-        self.send(&HostMessage::Prime).await?;
+    /// Asks the guest to get ready for a snapshot and waits until it is; with
+    /// `reconnect`, the guest then closes this channel and connects again.
+    pub async fn prime(&mut self, reconnect: bool) -> Result<()> {
+        self.send(&HostMessage::Prime { reconnect }).await?;
         match self.recv().await? {
             Some(GuestMessage::Primed) => Ok(()),
             Some(other) => Err(Error::Protocol(format!(

@@ -76,6 +76,62 @@ pub fn fresh_identity(mac: Option<&str>) -> Identity {
     }
 }
 
+/// Finds the snapshot named `key` under `root` (complete: it holds `files`), or
+/// makes it: `build` fills a fresh directory, which is renamed to `key` only once
+/// complete, so a half-made snapshot never has the name. Stale snapshots (other
+/// keys) are removed first. `vmm` names the hypervisor and version, for the log.
+pub async fn find_or_make<F, Fut>(
+    root: &Path,
+    key: &str,
+    files: &[&str],
+    vmm: &str,
+    build: F,
+) -> Result<Snapshot>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let dir = std::path::absolute(root.join(key))
+        .map_err(Error::io("resolving the snapshot directory"))?;
+    let found = Snapshot {
+        dir: dir.clone(),
+        key: key.to_string(),
+    };
+    if check(&found, files).is_ok() {
+        return Ok(found);
+    }
+    std::fs::create_dir_all(root).map_err(Error::io(format!("creating {}", root.display())))?;
+    remove_stale(root, key);
+    let started = std::time::Instant::now();
+    let building = std::path::absolute(root.join(format!(
+        ".building-{}",
+        crate::launch::unique_id("snapshot")
+    )))
+    .map_err(Error::io("resolving the snapshot directory"))?;
+    std::fs::create_dir(&building)
+        .map_err(Error::io(format!("creating {}", building.display())))?;
+    if let Err(error) = build(building.clone()).await {
+        let _ = std::fs::remove_dir_all(&building);
+        return Err(error);
+    }
+    match std::fs::rename(&building, &dir) {
+        Ok(()) => {}
+        // Another agent of this runtime directory made the same snapshot first.
+        Err(_) if check(&found, files).is_ok() => {
+            let _ = std::fs::remove_dir_all(&building);
+        }
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(Error::io(format!(
+                "installing the snapshot {}",
+                dir.display()
+            ))(error));
+        }
+    }
+    tracing::info!(snapshot = %key, millis = started.elapsed().as_millis() as u64, %vmm, "made a VM snapshot");
+    Ok(found)
+}
+
 /// Checks a snapshot directory holds `files` (a half-written one never gets its name).
 pub fn check(snapshot: &Snapshot, files: &[&str]) -> Result<()> {
     for file in files {

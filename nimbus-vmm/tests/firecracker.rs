@@ -49,10 +49,11 @@ fn fixture(name: &str, fault_path: Option<&str>) -> Option<Fixture> {
     std::fs::write(
         &binary,
         format!(
-            "#!/bin/sh\nexport FAKE_FC_LOG='{}' FAKE_FC_GUEST='{}' FAKE_FC_FAULT_PATH='{}'\nexec python3 '{}' \"$@\"\n",
+            "#!/bin/sh\nexport FAKE_FC_LOG='{}' FAKE_FC_GUEST='{}' FAKE_FC_FAULT_PATH='{}' FAKE_FC_PROTOCOL={}\nexec python3 '{}' \"$@\"\n",
             log.display(),
             guest.display(),
             fault_path.unwrap_or(""),
+            nimbus_vmm::protocol::PROTOCOL_VERSION,
             script.display()
         ),
     )
@@ -176,19 +177,18 @@ async fn boots_with_the_documented_request_sequence_and_talks_over_vsock() {
         args.ends_with("nimbus.debug=1"),
         "the spec's boot args come last: {args}"
     );
-    // Disks are the VM's private copies, never the attested image.
+    // Disks are the VM's private copies, never the attested image, named relative
+    // to Firecracker's working directory, the VM's own (as snapshots need).
     assert_eq!(
         sent[2]["body"],
-        serde_json::json!({"drive_id": "rootfs", "path_on_host": vm_dir.join("rootfs.ext4").display().to_string(),
+        serde_json::json!({"drive_id": "rootfs", "path_on_host": "rootfs.ext4",
                            "is_root_device": false, "is_read_only": false})
     );
-    assert_eq!(
-        sent[3]["body"]["path_on_host"],
-        vm_dir.join("scratch.ext4").display().to_string()
-    );
+    assert!(vm_dir.join("rootfs.ext4").is_file());
+    assert_eq!(sent[3]["body"]["path_on_host"], "scratch.ext4");
     assert_eq!(
         sent[4]["body"],
-        serde_json::json!({"guest_cid": 7, "uds_path": vm_dir.join("v.sock").display().to_string()})
+        serde_json::json!({"guest_cid": 7, "uds_path": "v.sock"})
     );
     assert_eq!(
         sent[5]["body"],
@@ -257,12 +257,10 @@ async fn snapshot_calls_follow_the_api() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let api = FirecrackerApi::new(&socket);
-    api.snapshot_create("/snap/vm.state", "/snap/vm.mem")
-        .await
-        .expect("create");
-    api.snapshot_load("/snap/vm.state", "/snap/vm.mem")
-        .await
-        .expect("load");
+    let state = f.dir.join("vm.state").display().to_string();
+    let memory = f.dir.join("vm.mem").display().to_string();
+    api.snapshot_create(&state, &memory).await.expect("create");
+    api.snapshot_load(&state, &memory).await.expect("load");
     let sent = requests(&f.log);
     let bodies: Vec<(String, String, Value)> = sent
         .iter()
@@ -285,18 +283,126 @@ async fn snapshot_calls_follow_the_api() {
             (
                 "PUT".into(),
                 "/snapshot/create".into(),
-                serde_json::json!({"snapshot_type": "Full", "snapshot_path": "/snap/vm.state", "mem_file_path": "/snap/vm.mem"})
+                serde_json::json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": memory})
             ),
             (
                 "PUT".into(),
                 "/snapshot/load".into(),
-                serde_json::json!({"snapshot_path": "/snap/vm.state",
-                                   "mem_backend": {"backend_type": "File", "backend_path": "/snap/vm.mem"},
+                serde_json::json!({"snapshot_path": state,
+                                   "mem_backend": {"backend_type": "File", "backend_path": memory},
                                    "resume_vm": true})
             ),
         ]
     );
     let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+fn sent_paths(log: &Path) -> Vec<String> {
+    requests(log)
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn vms_restored_from_a_snapshot_run_jobs_each_with_an_identity_of_its_own() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(f) = fixture("restore", None) else {
+        return;
+    };
+    let driver = driver(&f);
+    let base = spec(&f, "fc-template");
+    let saved = driver.snapshot(&base, "assets-a").await.expect("snapshot");
+    for file in ["vm.state", "vm.mem", "rootfs.ext4", "scratch.ext4"] {
+        let meta = std::fs::metadata(saved.dir.join(file)).expect("a snapshot file");
+        assert_eq!(meta.mode() & 0o777, 0o444, "{file} is shared: read-only");
+    }
+    // The template booted as any VM, then was paused and saved, by relative paths.
+    let made = sent_paths(&f.log);
+    assert_eq!(
+        made[made.len() - 3..],
+        ["PUT /actions", "PATCH /vm", "PUT /snapshot/create"]
+    );
+    let create = requests(&f.log).pop().expect("create");
+    assert_eq!(
+        create["body"],
+        serde_json::json!({"snapshot_type": "Full", "snapshot_path": "vm.state", "mem_file_path": "vm.mem"})
+    );
+    let left: Vec<_> = std::fs::read_dir(f.dir.join("vms"))
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the template's directory is gone: {left:?}"
+    );
+    // Made once: asking again finds it.
+    assert_eq!(
+        driver.snapshot(&base, "assets-a").await.expect("again"),
+        saved
+    );
+    assert_eq!(sent_paths(&f.log).len(), made.len());
+
+    std::fs::remove_file(&f.log).expect("clear the log");
+    for id in ["fc-r1", "fc-r2"] {
+        let mut restored = spec(&f, id);
+        restored.snapshot = Some(saved.clone());
+        let mut vm = driver.prepare(&restored).await.expect("prepare");
+        vm.boot().await.expect("restore");
+        let mut lines = Vec::new();
+        let mut on_event = |event: JobEvent| {
+            if let JobEvent::Output(line) = event {
+                lines.push(line.line);
+            }
+        };
+        let report = vm
+            .run(&GuestJob::from_commands(&["echo restored"]), &mut on_event)
+            .await
+            .expect("run");
+        assert_eq!(report.outcome, Outcome::Exited { code: 0 });
+        assert_eq!(lines, ["restored"]);
+        vm.destroy().await.expect("destroy");
+    }
+    // Each restoring Firecracker was only asked to load: nothing configured.
+    assert_eq!(
+        sent_paths(&f.log),
+        [
+            "PUT /snapshot/load",
+            "GUEST refresh",
+            "PUT /snapshot/load",
+            "GUEST refresh"
+        ]
+    );
+    let sent = requests(&f.log);
+    assert_eq!(
+        sent[0]["body"],
+        serde_json::json!({"snapshot_path": saved.dir.join("vm.state").display().to_string(),
+                           "mem_backend": {"backend_type": "File",
+                                           "backend_path": saved.dir.join("vm.mem").display().to_string()},
+                           "resume_vm": true})
+    );
+    let (one, two) = (&sent[1]["body"]["identity"], &sent[3]["body"]["identity"]);
+    for field in ["entropy", "machine_id", "hostname"] {
+        assert!(one[field].is_string(), "{field} given");
+        assert_ne!(
+            one[field], two[field],
+            "{field} differs between restored VMs"
+        );
+    }
+
+    // Other assets: a new snapshot, and the stale one is removed.
+    let other = driver.snapshot(&base, "assets-b").await.expect("rebuilt");
+    assert_ne!(other.key, saved.key);
+    assert!(!saved.dir.exists());
     let _ = std::fs::remove_dir_all(&f.dir);
 }
 

@@ -4,11 +4,17 @@
 //! into a connection to the Unix socket `<uds_path>_1024`, on which we listen.
 //! Optionally jailed ([`jailer`]).
 //!
+//! Firecracker runs in the VM's own directory and is handed the VM's own files
+//! (disks, vsock socket) by paths relative to it (in-chroot paths when jailed):
+//! a snapshot records those paths, and its restored VMs find their own files
+//! under the same names ([`snapshot`]).
+//!
 //! Needs Firecracker ≥ 1.8 with Debian's cloud kernel: that kernel finds virtio-mmio
 //! devices through ACPI (it lacks `VIRTIO_MMIO_CMDLINE_DEVICES`).
 
 pub mod api;
 pub mod jailer;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,7 +24,7 @@ use tokio::net::UnixListener;
 use tokio::process::Command;
 
 use self::api::{BootSource, Drive, FirecrackerApi, MachineConfig, NetworkInterface, Vsock};
-use self::jailer::JailerConfig;
+use self::jailer::{JailLayout, JailerConfig};
 use crate::host;
 use crate::network::VmNetwork;
 use crate::protocol::{GuestJob, VSOCK_PORT};
@@ -56,6 +62,30 @@ impl FirecrackerDriver {
     fn binary(&self) -> Result<PathBuf, String> {
         host::find_binary("firecracker", self.config.binary.as_deref())
     }
+
+    /// [`VmmDriver::prepare`], keeping the concrete type (a snapshot's template
+    /// is saved through it).
+    async fn prepare_vm(&self, spec: &VmSpec) -> Result<FirecrackerVm> {
+        let binary = self.binary().map_err(|reason| Error::Unavailable {
+            driver: "firecracker",
+            reason,
+        })?;
+        let dir = VmDir::create(&self.config.runtime_dir, &spec.id)?;
+        let mut vm = FirecrackerVm {
+            spec: spec.clone(),
+            config: self.config.clone(),
+            binary,
+            machine: Machine::new(dir, CONSOLE_LOG),
+            network: None,
+            api: None,
+            jail: None,
+        };
+        if let Err(error) = vm.lay_out(&self.config.runtime_dir).await {
+            let _ = vm.destroy().await;
+            return Err(error);
+        }
+        Ok(vm)
+    }
 }
 
 #[async_trait]
@@ -91,23 +121,15 @@ impl VmmDriver for FirecrackerDriver {
     }
 
     async fn prepare(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
-        let binary = self.binary().map_err(|reason| Error::Unavailable {
-            driver: "firecracker",
-            reason,
-        })?;
-        let dir = VmDir::create(&self.config.runtime_dir, &spec.id)?;
-        let mut vm = FirecrackerVm {
-            spec: spec.clone(),
-            config: self.config.clone(),
-            binary,
-            machine: Machine::new(dir, CONSOLE_LOG),
-            network: None,
-        };
-        if let Err(error) = vm.lay_out(&self.config.runtime_dir).await {
-            let _ = vm.destroy().await;
-            return Err(error);
-        }
-        Ok(Box::new(vm))
+        Ok(Box::new(self.prepare_vm(spec).await?))
+    }
+
+    async fn snapshot(
+        &self,
+        spec: &VmSpec,
+        assets_sha256: &str,
+    ) -> Result<crate::snapshot::Snapshot> {
+        snapshot::make(self, spec, assets_sha256).await
     }
 }
 
@@ -148,21 +170,40 @@ pub struct FirecrackerVm {
     binary: PathBuf,
     machine: Machine,
     network: Option<VmNetwork>,
+    /// Firecracker's API, once it runs.
+    api: Option<FirecrackerApi>,
+    /// The jail, when jailed and started.
+    jail: Option<JailLayout>,
 }
 
 const ROOTFS: &str = "rootfs.ext4";
 const SCRATCH: &str = "scratch.ext4";
 const CONSOLE_LOG: &str = "console.log";
+/// The vsock device's Unix socket, in the VM's directory (or its jail).
+const VSOCK: &str = "v.sock";
 
 impl FirecrackerVm {
     async fn lay_out(&mut self, runtime_root: &Path) -> Result<()> {
         // Firecracker needs raw images: a private copy (reflinked where the
-        // filesystem can) so the attested image is never written.
-        sparse_copy(&self.spec.rootfs, &self.machine.dir.join(ROOTFS)).await?;
+        // filesystem can) so the attested image is never written. A restored VM
+        // copies the disks its snapshot's memory goes with.
+        let (rootfs, scratch) = match &self.spec.snapshot {
+            Some(saved) => {
+                crate::snapshot::check(saved, snapshot::FILES)?;
+                (saved.dir.join(ROOTFS), saved.dir.join(SCRATCH))
+            }
+            None => (
+                self.spec.rootfs.clone(),
+                if self.spec.scratch_disk_mib > 0 {
+                    runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?
+                } else {
+                    PathBuf::new()
+                },
+            ),
+        };
+        sparse_copy(&rootfs, &self.machine.dir.join(ROOTFS)).await?;
         if self.spec.scratch_disk_mib > 0 {
-            let template =
-                runtime::scratch_template(runtime_root, self.spec.scratch_disk_mib).await?;
-            sparse_copy(&template, &self.machine.dir.join(SCRATCH)).await?;
+            sparse_copy(&scratch, &self.machine.dir.join(SCRATCH)).await?;
         }
         self.network = VmNetwork::for_spec(&self.spec, true).await?;
         Ok(())
@@ -243,6 +284,81 @@ impl FirecrackerVm {
         }
     }
 
+    /// Starts Firecracker (jailed or not) with the VM's files staged, waits for
+    /// its API and returns it with the boot plan and the vsock socket's host path.
+    async fn start_firecracker(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<(FirecrackerApi, BootPlan, PathBuf)> {
+        let console = std::fs::File::create(self.machine.dir.join(CONSOLE_LOG))
+            .map_err(Error::io("creating console.log"))?;
+        let (mut command, api, plan, vsock_host) = match self.config.jailer.clone() {
+            Some(jailer) => {
+                let layout = jailer.layout(&self.spec.id);
+                let argv = jailer.argv(&self.binary, &self.spec.id);
+                let mut command = Command::new(&argv[0]);
+                command.args(&argv[1..]);
+                if let Some(network) = &self.network {
+                    command.args([
+                        "--netns",
+                        &format!("/var/run/netns/{}", network.namespace()),
+                    ]);
+                }
+                if let Some(filter) = &jailer.seccomp_filter {
+                    jailer.stage(&layout, filter, "seccomp.bpf", false)?;
+                }
+                // Files in the VM's own directory are its own; the rest is shared.
+                let own = self.machine.dir.path().to_path_buf();
+                let stage = |file: &Path, name: &str| {
+                    jailer.stage(&layout, file, name, file.starts_with(&own))
+                };
+                let plan = self.plan(&stage, format!("/{VSOCK}"))?;
+                let api = FirecrackerApi::new(&layout.api_socket);
+                let vsock_host = layout.root.join(VSOCK);
+                self.jail = Some(layout);
+                (command, api, plan, vsock_host)
+            }
+            None => {
+                let api_socket = self.machine.dir.join("api.sock");
+                let mut command = match &self.network {
+                    Some(network) => network.wrap(&self.binary),
+                    None => Command::new(&self.binary),
+                };
+                command.arg("--api-sock").arg(&api_socket);
+                if let Some(filter) = &self.config.seccomp_filter {
+                    command.arg("--seccomp-filter").arg(filter);
+                }
+                // The VM's own files by their names in its directory, Firecracker's
+                // working directory; shared assets by absolute path.
+                let own = self.machine.dir.path().to_path_buf();
+                let by_path = |file: &Path, name: &str| -> Result<String> {
+                    if file.starts_with(&own) {
+                        return Ok(name.to_string());
+                    }
+                    Ok(std::path::absolute(file)
+                        .map_err(Error::io("resolving an asset path"))?
+                        .display()
+                        .to_string())
+                };
+                let plan = self.plan(&by_path, VSOCK.into())?;
+                (
+                    command,
+                    FirecrackerApi::new(api_socket),
+                    plan,
+                    self.machine.dir.join(VSOCK),
+                )
+            }
+        };
+        command
+            .current_dir(self.machine.dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(console.try_clone().map_err(Error::io("console.log"))?)
+            .stderr(console);
+        self.machine.child = Some(runtime::spawn(command, &self.machine.dir, "firecracker")?);
+        self.wait_for_api(&api, deadline).await?;
+        Ok((api, plan, vsock_host))
+    }
+
     async fn wait_for_api(&mut self, api: &FirecrackerApi, deadline: Instant) -> Result<()> {
         loop {
             if tokio::net::UnixStream::connect(api.socket()).await.is_ok() {
@@ -281,64 +397,7 @@ impl Vm for FirecrackerVm {
         self.machine.check_bootable()?;
         let started = Instant::now();
         let deadline = started + self.spec.boot_timeout;
-        let console = std::fs::File::create(self.machine.dir.join(CONSOLE_LOG))
-            .map_err(Error::io("creating console.log"))?;
-
-        let (mut command, api, plan, vsock_host) = match self.config.jailer.clone() {
-            Some(jailer) => {
-                let layout = jailer.layout(&self.spec.id);
-                let argv = jailer.argv(&self.binary, &self.spec.id);
-                let mut command = Command::new(&argv[0]);
-                command.args(&argv[1..]);
-                if let Some(network) = &self.network {
-                    command.args([
-                        "--netns",
-                        &format!("/var/run/netns/{}", network.namespace()),
-                    ]);
-                }
-                if let Some(filter) = &jailer.seccomp_filter {
-                    jailer.stage(&layout, filter, "seccomp.bpf", false)?;
-                }
-                // Files in the VM's own directory are its own; the rest is shared.
-                let own = self.machine.dir.path().to_path_buf();
-                let stage = |file: &Path, name: &str| {
-                    jailer.stage(&layout, file, name, file.starts_with(&own))
-                };
-                let plan = self.plan(&stage, "/v.sock".into())?;
-                (
-                    command,
-                    FirecrackerApi::new(&layout.api_socket),
-                    plan,
-                    layout.root.join("v.sock"),
-                )
-            }
-            None => {
-                let api_socket = self.machine.dir.join("api.sock");
-                let mut command = match &self.network {
-                    Some(network) => network.wrap(&self.binary),
-                    None => Command::new(&self.binary),
-                };
-                command.arg("--api-sock").arg(&api_socket);
-                if let Some(filter) = &self.config.seccomp_filter {
-                    command.arg("--seccomp-filter").arg(filter);
-                }
-                let direct = |file: &Path, _: &str| -> Result<String> {
-                    Ok(std::path::absolute(file)
-                        .map_err(Error::io("resolving an asset path"))?
-                        .display()
-                        .to_string())
-                };
-                let vsock = self.machine.dir.join("v.sock");
-                let plan = self.plan(&direct, vsock.display().to_string())?;
-                (command, FirecrackerApi::new(api_socket), plan, vsock)
-            }
-        };
-        command
-            .stdin(std::process::Stdio::null())
-            .stdout(console.try_clone().map_err(Error::io("console.log"))?)
-            .stderr(console);
-        self.machine.child = Some(runtime::spawn(command, &self.machine.dir, "firecracker")?);
-        self.wait_for_api(&api, deadline).await?;
+        let (api, plan, vsock_host) = self.start_firecracker(deadline).await?;
 
         // Listen before the guest can connect: Firecracker forwards the guest's
         // connection to port N to `<uds_path>_N`.
@@ -346,8 +405,22 @@ impl Vm for FirecrackerVm {
         let _ = std::fs::remove_file(&listen_path);
         let listener = UnixListener::bind(&listen_path)
             .map_err(Error::io(format!("listening on {}", listen_path.display())))?;
-        configure_and_start(&api, &plan).await?;
+        let restoring = self.spec.snapshot.clone();
+        match &restoring {
+            // Before any configuration: the snapshot carries the whole machine.
+            Some(saved) => {
+                let (state, memory) = self.restore_paths(saved)?;
+                if let Err(error) = api.snapshot_load(&state, &memory).await {
+                    return Err(
+                        self.boot_error(format!("restoring snapshot {}: {error}", saved.key))
+                    );
+                }
+            }
+            None => configure_and_start(&api, &plan).await?,
+        }
+        self.api = Some(api);
 
+        // A restored guest connects again from where its template left off.
         let stream = match tokio::time::timeout_at(deadline.into(), listener.accept()).await {
             Ok(Ok((stream, _))) => stream,
             Ok(Err(error)) => {
@@ -359,7 +432,16 @@ impl Vm for FirecrackerVm {
         };
         let (reader, writer) = stream.into_split();
         let mut channel = GuestChannel::new(reader, writer);
-        let hello = match tokio::time::timeout_at(deadline.into(), channel.handshake()).await {
+        let greeted = match restoring {
+            Some(_) => {
+                let identity = crate::snapshot::fresh_identity(
+                    self.network.as_ref().map(|network| network.mac()),
+                );
+                tokio::time::timeout_at(deadline.into(), channel.refresh(identity)).await
+            }
+            None => tokio::time::timeout_at(deadline.into(), channel.handshake()).await,
+        };
+        let hello = match greeted {
             Ok(Ok(hello)) => hello,
             Ok(Err(error)) => return Err(self.boot_error(format!("handshake: {error}"))),
             Err(_) => return Err(self.boot_error("the guest did not say hello in time")),

@@ -67,20 +67,21 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         mut reader,
         writer,
         guest_first,
+        mut reconnect,
     } = transport;
     let mut decoder = FrameDecoder::new();
     let hello = GuestMessage::Hello {
         protocol: PROTOCOL_VERSION,
         agent: env!("CARGO_PKG_VERSION").to_string(),
         kernel: kernel_release(),
-        features: vec![crate::protocol::FEATURE_SNAPSHOT.to_string()],
+        features: vec![
+            crate::protocol::FEATURE_SNAPSHOT.to_string(),
+            crate::protocol::FEATURE_RECONNECT.to_string(),
+        ],
     };
-    // One writer thread owns the channel so messages are never interleaved.
-    let (sender, receiver) = mpsc::channel::<GuestMessage>();
-    let writer_thread = thread::spawn(move || write_loop(writer, receiver));
-    let send = |message: GuestMessage| sender.send(message).is_ok();
+    let mut outbox = Outbox::start(writer);
     if guest_first {
-        send(hello.clone());
+        outbox.send(hello.clone());
     }
     match read_message(&mut reader, &mut decoder)? {
         Some(HostMessage::Hello { protocol }) => check_version(protocol, PROTOCOL_VERSION)?,
@@ -88,7 +89,7 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         None => return Err(GuestError::Closed("hello")),
     }
     if !guest_first {
-        send(hello.clone());
+        outbox.send(hello.clone());
     }
 
     // Before its job, a VM may be primed for a snapshot, or (restored from one)
@@ -104,23 +105,32 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
                 };
                 into.append(&data)?;
             }
-            Some(HostMessage::Prime) => {
+            Some(HostMessage::Prime { reconnect: again }) => {
                 prime_for_snapshot();
-                send(GuestMessage::Primed);
+                outbox.send(GuestMessage::Primed);
+                if let (true, Some(connect)) = (again, reconnect.as_mut()) {
+                    // Primed is written before the channel closes; the VM
+                    // restored from the snapshot goes on from the connect loop.
+                    outbox.close();
+                    drop(std::mem::replace(&mut reader, Box::new(std::io::empty())));
+                    let fresh = connect()?;
+                    reader = fresh.reader;
+                    outbox = Outbox::start(fresh.writer);
+                    decoder = FrameDecoder::new();
+                }
             }
             Some(HostMessage::Refresh { identity }) => match apply_identity(&identity) {
                 Ok(()) => {
-                    send(hello.clone());
+                    outbox.send(hello.clone());
                 }
                 Err(error) => {
-                    send(GuestMessage::Failed {
+                    outbox.send(GuestMessage::Failed {
                         message: error.to_string(),
                     });
                 }
             },
             Some(HostMessage::Cancel) | None => {
-                drop(sender);
-                let _ = writer_thread.join();
+                outbox.close();
                 return Ok(130);
             }
             Some(other) => return Err(GuestError::Unexpected(format!("{other:?}"))),
@@ -130,7 +140,7 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
     if let (Some(workflow), Some(archive)) = (job.workflow.as_mut(), archive) {
         workflow.archive = Some(archive.finish()?);
     }
-    let sink = JobSink::new(sender.clone());
+    let sink = JobSink::new(outbox.sender());
     // A Cancel (or the host going away) while the job runs stops it.
     let canceller = sink.canceller();
     thread::spawn(move || {
@@ -149,17 +159,55 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
     let exit_code = match run_job(&job, &sink) {
         Ok(code) => code,
         Err(error) => {
-            send(GuestMessage::Failed {
+            outbox.send(GuestMessage::Failed {
                 message: error.to_string(),
             });
             1
         }
     };
-    send(GuestMessage::Finished { exit_code });
+    outbox.send(GuestMessage::Finished { exit_code });
     drop(sink);
-    drop(sender);
-    let _ = writer_thread.join();
+    outbox.close();
     Ok(exit_code)
+}
+
+/// The guest's half of the channel's writing side: one thread owns the writer so
+/// messages are never interleaved.
+struct Outbox {
+    sender: Option<mpsc::Sender<GuestMessage>>,
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl Outbox {
+    fn start(writer: Box<dyn Write + Send>) -> Self {
+        let (sender, receiver) = mpsc::channel::<GuestMessage>();
+        Outbox {
+            sender: Some(sender),
+            writer: Some(thread::spawn(move || write_loop(writer, receiver))),
+        }
+    }
+
+    fn send(&self, message: GuestMessage) -> bool {
+        self.sender
+            .as_ref()
+            .is_some_and(|sender| sender.send(message).is_ok())
+    }
+
+    fn sender(&self) -> mpsc::Sender<GuestMessage> {
+        match &self.sender {
+            Some(sender) => sender.clone(),
+            // Closed: a sender whose messages go nowhere.
+            None => mpsc::channel().0,
+        }
+    }
+
+    /// Writes out what was sent (once every other sender is gone) and closes the writer.
+    fn close(&mut self) {
+        self.sender = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 fn read_message(
@@ -207,4 +255,133 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::protocol::{FrameDecoder, Identity};
+
+    /// A writer whose bytes the test reads afterwards.
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Recorded {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Recorded {
+        fn messages(&self) -> Vec<GuestMessage> {
+            let mut decoder = FrameDecoder::new();
+            decoder.push(&self.0.lock().expect("recorded bytes"));
+            std::iter::from_fn(|| decoder.next_message::<GuestMessage>().expect("a frame"))
+                .collect()
+        }
+    }
+
+    fn frames(messages: &[HostMessage]) -> Box<dyn Read + Send> {
+        Box::new(Cursor::new(
+            messages.iter().flat_map(encode).collect::<Vec<u8>>(),
+        ))
+    }
+
+    #[test]
+    fn a_guest_primed_to_reconnect_answers_its_restorer_on_a_new_channel() {
+        let first = Recorded::default();
+        let second = Recorded::default();
+        let connects = Arc::new(Mutex::new(0));
+        let (restored_writer, counter) = (second.clone(), connects.clone());
+        let mut attempt = move || -> Result<Transport, GuestError> {
+            let mut tries = counter.lock().expect("counter");
+            *tries += 1;
+            if *tries < 3 {
+                // The host is not listening yet.
+                return Err(GuestError::Transport("refused".into()));
+            }
+            Ok(Transport {
+                // An identity the guest refuses before touching anything (the
+                // entropy is not hex), so the test host is left alone.
+                reader: frames(&[
+                    HostMessage::Refresh {
+                        identity: Identity {
+                            entropy: "not hex".into(),
+                            machine_id: "0".repeat(32),
+                            hostname: "nimbus-test".into(),
+                            mac: None,
+                            unix_millis: 0,
+                        },
+                    },
+                    HostMessage::Cancel,
+                ]),
+                writer: Box::new(restored_writer.clone()),
+                guest_first: false,
+                reconnect: None,
+            })
+        };
+        let transport = Transport {
+            reader: frames(&[
+                HostMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                },
+                HostMessage::Prime { reconnect: true },
+                // Never read: the guest closed this channel after Primed.
+                HostMessage::Cancel,
+            ]),
+            writer: Box::new(first.clone()),
+            guest_first: false,
+            reconnect: Some(Box::new(move || {
+                transport::retry_until(std::time::Duration::from_secs(5), &mut attempt)
+            })),
+        };
+        assert_eq!(serve(transport).expect("served"), 130);
+        let before = first.messages();
+        assert!(
+            matches!(before.as_slice(), [GuestMessage::Hello { features, .. }, GuestMessage::Primed]
+            if features.iter().any(|f| f == crate::protocol::FEATURE_RECONNECT))
+        );
+        assert_eq!(
+            *connects.lock().expect("counter"),
+            3,
+            "retried until the host listened"
+        );
+        let after = second.messages();
+        assert!(
+            matches!(after.as_slice(), [GuestMessage::Failed { message }] if message.contains("entropy")),
+            "the refresh was answered on the new channel: {after:?}"
+        );
+    }
+
+    #[test]
+    fn a_guest_primed_for_the_warm_pool_keeps_its_channel() {
+        let out = Recorded::default();
+        let transport = Transport {
+            reader: frames(&[
+                HostMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                },
+                HostMessage::Prime { reconnect: false },
+                HostMessage::Cancel,
+            ]),
+            writer: Box::new(out.clone()),
+            guest_first: false,
+            reconnect: Some(Box::new(|| panic!("no reconnect without reconnect: true"))),
+        };
+        assert_eq!(serve(transport).expect("served"), 130);
+        assert!(matches!(
+            out.messages().as_slice(),
+            [GuestMessage::Hello { .. }, GuestMessage::Primed]
+        ));
+    }
 }

@@ -72,6 +72,14 @@ impl TransportKind {
     }
 }
 
+/// Opens the channel anew after the guest closed it (see [`Transport::reconnect`]).
+pub type Reconnect = Box<dyn FnMut() -> Result<Transport, GuestError> + Send>;
+
+/// How long a guest that closed its vsock channel for a snapshot keeps trying to
+/// reach the host again: the template VM is paused within seconds, and a VM
+/// restored from it connects at once, so this bounds only a host that went away.
+const RECONNECT_WAIT: Duration = Duration::from_secs(600);
+
 /// An open channel to the host.
 pub struct Transport {
     /// Bytes from the host.
@@ -81,6 +89,10 @@ pub struct Transport {
     /// On a serial console the guest speaks first, once its line is in raw mode:
     /// anything the host sent earlier would have been echoed back by the tty.
     pub guest_first: bool,
+    /// Connects again, for transports that can (vsock): a Firecracker snapshot
+    /// drops the guest's connections, so a primed guest closes its own and keeps
+    /// connecting until the VM restored from the snapshot reaches its new host.
+    pub reconnect: Option<Reconnect>,
 }
 
 impl Transport {
@@ -91,6 +103,7 @@ impl Transport {
                 reader: Box::new(std::io::stdin()),
                 writer: Box::new(std::io::stdout()),
                 guest_first: false,
+                reconnect: None,
             }),
             TransportKind::VirtioSerial { name } => {
                 let device = find_virtio_port(name, Duration::from_secs(10))?;
@@ -106,6 +119,7 @@ impl Transport {
                     reader: Box::new(reader),
                     writer: Box::new(file),
                     guest_first: false,
+                    reconnect: None,
                 })
             }
             TransportKind::Serial { device } => {
@@ -122,23 +136,13 @@ impl Transport {
                     reader: Box::new(reader),
                     writer: Box::new(file),
                     guest_first: true,
+                    reconnect: None,
                 })
             }
             TransportKind::Vsock { port } => {
                 #[cfg(target_os = "linux")]
                 {
-                    let stream = vsock::VsockStream::connect_with_cid_port(HOST_CID, *port)
-                        .map_err(GuestError::io(format!(
-                            "vsock connect to {HOST_CID}:{port}"
-                        )))?;
-                    let reader = stream
-                        .try_clone()
-                        .map_err(GuestError::io("duplicating the vsock stream"))?;
-                    Ok(Transport {
-                        reader: Box::new(reader),
-                        writer: Box::new(stream),
-                        guest_first: false,
-                    })
+                    vsock_transport(*port)
                 }
                 #[cfg(not(target_os = "linux"))]
                 {
@@ -146,6 +150,41 @@ impl Transport {
                     Err(GuestError::Transport("vsock needs Linux".into()))
                 }
             }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn vsock_transport(port: u32) -> Result<Transport, GuestError> {
+    let stream = vsock::VsockStream::connect_with_cid_port(HOST_CID, port).map_err(
+        GuestError::io(format!("vsock connect to {HOST_CID}:{port}")),
+    )?;
+    let reader = stream
+        .try_clone()
+        .map_err(GuestError::io("duplicating the vsock stream"))?;
+    Ok(Transport {
+        reader: Box::new(reader),
+        writer: Box::new(stream),
+        guest_first: false,
+        reconnect: Some(Box::new(move || {
+            retry_until(RECONNECT_WAIT, || vsock_transport(port))
+        })),
+    })
+}
+
+/// Calls `connect` every few milliseconds until it succeeds or `wait` has passed.
+pub(crate) fn retry_until(
+    wait: Duration,
+    mut connect: impl FnMut() -> Result<Transport, GuestError>,
+) -> Result<Transport, GuestError> {
+    let started = Instant::now();
+    loop {
+        match connect() {
+            Ok(transport) => return Ok(transport),
+            Err(error) if started.elapsed() >= wait => return Err(error),
+            // The host is not listening yet (the snapshot is still being taken,
+            // or the restored VM's host binds in a moment).
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     }
 }

@@ -68,45 +68,10 @@ pub(super) async fn make(
         ),
     );
     let root = driver.config.runtime_dir.join(SNAPSHOTS_DIR);
-    let dir = std::path::absolute(root.join(&key))
-        .map_err(Error::io("resolving the snapshot directory"))?;
-    let found = Snapshot {
-        dir: dir.clone(),
-        key: key.clone(),
-    };
-    if snapshot::check(&found, FILES).is_ok() {
-        return Ok(found);
-    }
-    std::fs::create_dir_all(&root).map_err(Error::io(format!("creating {}", root.display())))?;
-    snapshot::remove_stale(&root, &key);
-    let started = Instant::now();
-    let building = root.join(format!(
-        ".building-{}",
-        crate::launch::unique_id("snapshot")
-    ));
-    std::fs::create_dir(&building)
-        .map_err(Error::io(format!("creating {}", building.display())))?;
-    let made = build(driver, spec, &building).await;
-    if let Err(error) = made {
-        let _ = std::fs::remove_dir_all(&building);
-        return Err(error);
-    }
-    match std::fs::rename(&building, &dir) {
-        Ok(()) => {}
-        // Another agent of this runtime directory made the same snapshot first.
-        Err(_) if snapshot::check(&found, FILES).is_ok() => {
-            let _ = std::fs::remove_dir_all(&building);
-        }
-        Err(error) => {
-            let _ = std::fs::remove_dir_all(&building);
-            return Err(Error::io(format!(
-                "installing the snapshot {}",
-                dir.display()
-            ))(error));
-        }
-    }
-    tracing::info!(snapshot = %key, millis = started.elapsed().as_millis() as u64, qemu = %version, "made a VM snapshot");
-    Ok(found)
+    snapshot::find_or_make(&root, &key, FILES, &version, |into| async move {
+        build(driver, spec, &into).await
+    })
+    .await
 }
 
 /// Boots the template VM, primes it and saves it into `into`.
@@ -141,7 +106,7 @@ async fn save(vm: &mut QemuVm, into: &Path) -> Result<()> {
         .channel
         .as_mut()
         .ok_or(Error::State("no guest channel after boot"))?;
-    channel.prime().await?;
+    channel.prime(false).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut qmp = Qmp::connect(&vm.machine.dir.join(QMP_SOCKET), deadline).await?;
     qmp.execute("stop", json!({})).await?;
