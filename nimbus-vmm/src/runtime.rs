@@ -305,6 +305,35 @@ impl Machine {
         Ok(report)
     }
 
+    /// Connects to `socket` once the VM process (`program`) has opened it, polling
+    /// every `every`. The error says why not (the process exited first, or
+    /// `deadline` passed), for the driver's boot error.
+    pub async fn connect_when_open(
+        &mut self,
+        socket: &std::path::Path,
+        program: &str,
+        every: std::time::Duration,
+        deadline: std::time::Instant,
+    ) -> std::result::Result<tokio::net::UnixStream, String> {
+        loop {
+            if let Ok(stream) = tokio::net::UnixStream::connect(socket).await {
+                return Ok(stream);
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "{program} exited with {status} before {} opened",
+                        socket.display()
+                    ));
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("{} did not open in time", socket.display()));
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Kills the process and removes the directory; idempotent.
     pub async fn destroy(&mut self) -> Result<()> {
         self.channel = None;

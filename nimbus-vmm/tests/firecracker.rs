@@ -110,6 +110,20 @@ fn requests(log: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The log's requests as `METHOD /path`.
+fn sent_paths(log: &Path) -> Vec<String> {
+    requests(log)
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn boots_with_the_documented_request_sequence_and_talks_over_vsock() {
     let Some(f) = fixture("boot", None) else {
@@ -137,18 +151,8 @@ async fn boots_with_the_documented_request_sequence_and_talks_over_vsock() {
     assert_eq!(lines, vec!["over vsock".to_string()]);
 
     let sent = requests(&f.log);
-    let sequence: Vec<String> = sent
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}",
-                r["method"].as_str().unwrap_or(""),
-                r["path"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
     assert_eq!(
-        sequence,
+        sent_paths(&f.log),
         [
             "PUT /machine-config",
             "PUT /boot-source",
@@ -296,19 +300,6 @@ async fn snapshot_calls_follow_the_api() {
     );
     let _ = server.kill().await;
     let _ = std::fs::remove_dir_all(&f.dir);
-}
-
-fn sent_paths(log: &Path) -> Vec<String> {
-    requests(log)
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}",
-                r["method"].as_str().unwrap_or(""),
-                r["path"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]

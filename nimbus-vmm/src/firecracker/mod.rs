@@ -355,27 +355,20 @@ impl FirecrackerVm {
             .stdout(console.try_clone().map_err(Error::io("console.log"))?)
             .stderr(console);
         self.machine.child = Some(runtime::spawn(command, &self.machine.dir, "firecracker")?);
-        self.wait_for_api(&api, deadline).await?;
-        Ok((api, plan, vsock_host))
-    }
-
-    async fn wait_for_api(&mut self, api: &FirecrackerApi, deadline: Instant) -> Result<()> {
-        loop {
-            if tokio::net::UnixStream::connect(api.socket()).await.is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = self.machine.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(self.boot_error(format!(
-                        "firecracker exited with {status} before its API socket opened"
-                    )));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(self.boot_error("the Firecracker API socket did not appear in time"));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // The API answers once its socket accepts connections.
+        if let Err(reason) = self
+            .machine
+            .connect_when_open(
+                api.socket(),
+                "firecracker",
+                Duration::from_millis(5),
+                deadline,
+            )
+            .await
+        {
+            return Err(self.boot_error(reason));
         }
+        Ok((api, plan, vsock_host))
     }
 }
 

@@ -444,22 +444,10 @@ impl QemuVm {
 
     async fn connect(&mut self, deadline: Instant) -> Result<UnixStream> {
         let socket = self.machine.dir.join(GUEST_SOCKET);
-        loop {
-            if let Ok(stream) = UnixStream::connect(&socket).await {
-                return Ok(stream);
-            }
-            if let Some(child) = self.machine.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(self.boot_error(format!(
-                        "qemu exited with {status} before the guest channel opened"
-                    )));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(self.boot_error("the guest channel did not open in time"));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.machine
+            .connect_when_open(&socket, "qemu", Duration::from_millis(10), deadline)
+            .await
+            .map_err(|reason| self.boot_error(reason))
     }
 }
 
