@@ -559,19 +559,14 @@ impl JobState<'_> {
         }
 
         // The step's own env is evaluated with the job's env; the rest with both.
-        let mut step_env = BTreeMap::new();
-        for (key, template) in &step.env {
-            match Template::parse(template).and_then(|t| t.render(&contexts)) {
-                Ok(value) => {
-                    step_env.insert(key.clone(), value);
-                }
-                Err(error) => {
-                    self.note(index, &format!("##[error]env.{key}: {error}"));
-                    self.fail(1);
-                    return finish(self, StepOutcome::Exited(1), self.failed_record());
-                }
+        let step_env = match render_map(&step.env, &contexts) {
+            Ok(step_env) => step_env,
+            Err((key, error)) => {
+                self.note(index, &format!("##[error]env.{key}: {error}"));
+                self.fail(1);
+                return finish(self, StepOutcome::Exited(1), self.failed_record());
             }
-        }
+        };
         let mut full_env = env.clone();
         full_env.extend(step_env.clone());
         let contexts = self.contexts(scope, steps_context, &full_env, status);
@@ -919,18 +914,16 @@ impl JobState<'_> {
         contexts: &Contexts,
         env: &BTreeMap<String, String>,
     ) -> (StepOutcome, BTreeMap<String, String>) {
-        let mut with = Map::new();
-        for (key, template) in &step.with {
-            match Template::parse(template).and_then(|t| t.render(contexts)) {
-                Ok(value) => {
-                    with.insert(key.to_ascii_lowercase(), json!(value));
-                }
-                Err(error) => {
-                    self.note(index, &format!("##[error]with.{key}: {error}"));
-                    return (StepOutcome::Exited(1), BTreeMap::new());
-                }
+        let with: Map<String, Value> = match render_map(&step.with, contexts) {
+            Ok(with) => with
+                .into_iter()
+                .map(|(key, value)| (key.to_ascii_lowercase(), json!(value)))
+                .collect(),
+            Err((key, error)) => {
+                self.note(index, &format!("##[error]with.{key}: {error}"));
+                return (StepOutcome::Exited(1), BTreeMap::new());
             }
-        }
+        };
         let name = uses.split('@').next().unwrap_or(uses);
         if name.eq_ignore_ascii_case("actions/checkout") {
             self.note(
@@ -1057,17 +1050,10 @@ impl JobState<'_> {
         let inner_failed = self.failed_exit;
         self.failed_exit = failed_before;
         let contexts = self.contexts(&inner_scope, &inner_steps, env, self.status());
-        let mut outputs = BTreeMap::new();
-        for (name, template) in &action.outputs {
-            match Template::parse(template).and_then(|t| t.render(&contexts)) {
-                Ok(value) => {
-                    outputs.insert(name.clone(), value);
-                }
-                Err(error) => {
-                    return fail(self, format!("outputs.{name}: {error}"));
-                }
-            }
-        }
+        let outputs = match render_map(&action.outputs, &contexts) {
+            Ok(outputs) => outputs,
+            Err((name, error)) => return fail(self, format!("outputs.{name}: {error}")),
+        };
         let outcome = if inner_failed != 0 {
             StepOutcome::Exited(inner_failed)
         } else {
@@ -1304,6 +1290,23 @@ impl LineFilter for CommandReader {
         };
         shown.split('\n').map(|l| self.masks.mask(l)).collect()
     }
+}
+
+/// Every template of `templates` rendered with `contexts`; the first that fails
+/// names itself (its key) with its error.
+fn render_map(
+    templates: &BTreeMap<String, String>,
+    contexts: &Contexts,
+) -> Result<BTreeMap<String, String>, (String, crate::workflow::expr::ExprError)> {
+    templates
+        .iter()
+        .map(|(key, template)| {
+            Template::parse(template)
+                .and_then(|t| t.render(contexts))
+                .map(|value| (key.clone(), value))
+                .map_err(|error| (key.clone(), error))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -116,6 +116,21 @@ pub struct JobReport {
     pub result: WorkflowResult,
 }
 
+impl JobReport {
+    /// A job that never ran: skipped, cancelled before it started, or whose task failed.
+    fn did_not_run(job_id: &str, display: &str, conclusion: Conclusion, note: String) -> Self {
+        JobReport {
+            job_id: job_id.to_string(),
+            display: display.to_string(),
+            conclusion,
+            exit_code: None,
+            note: Some(note),
+            duration: Duration::ZERO,
+            result: WorkflowResult::default(),
+        }
+    }
+}
+
 /// The whole run, jobs in the order they finished.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
@@ -229,15 +244,12 @@ pub async fn run(
                             outputs: BTreeMap::new(),
                         },
                     );
-                    report.jobs.push(JobReport {
-                        job_id: job.id.clone(),
-                        display: job.name.clone().unwrap_or_else(|| job.id.clone()),
+                    report.jobs.push(JobReport::did_not_run(
+                        &job.id,
+                        job.name.as_deref().unwrap_or(&job.id),
                         conclusion,
-                        exit_code: None,
-                        note: Some(note),
-                        duration: Duration::ZERO,
-                        result: WorkflowResult::default(),
-                    });
+                        note,
+                    ));
                 };
                 match decision {
                     Ok(true) => {}
@@ -342,16 +354,13 @@ pub async fn run(
                             ));
                             // A runner that panics fails its job; the run goes on.
                             let done = inner.await.unwrap_or_else(|error| Done {
-                                job_id: job_id.clone(),
-                                report: JobReport {
-                                    job_id,
-                                    display,
-                                    conclusion: Conclusion::Failure,
-                                    exit_code: None,
-                                    note: Some(format!("the job's task failed: {error}")),
-                                    duration: Duration::ZERO,
-                                    result: WorkflowResult::default(),
-                                },
+                                report: JobReport::did_not_run(
+                                    &job_id,
+                                    &display,
+                                    Conclusion::Failure,
+                                    format!("the job's task failed: {error}"),
+                                ),
+                                job_id,
                             });
                             drop(job_slot);
                             let _ = done_sender.send(done);
@@ -462,15 +471,7 @@ async fn run_one(
 fn not_started(job_id: &str, display: &str, note: &str) -> Done {
     Done {
         job_id: job_id.to_string(),
-        report: JobReport {
-            job_id: job_id.to_string(),
-            display: display.to_string(),
-            conclusion: Conclusion::Cancelled,
-            exit_code: None,
-            note: Some(note.to_string()),
-            duration: Duration::ZERO,
-            result: WorkflowResult::default(),
-        },
+        report: JobReport::did_not_run(job_id, display, Conclusion::Cancelled, note.to_string()),
     }
 }
 

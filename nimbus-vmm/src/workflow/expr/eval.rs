@@ -100,16 +100,7 @@ impl Contexts {
             Expr::Property(inner, name) => {
                 let (value, filtered) = self.eval(inner)?;
                 if filtered {
-                    let items = match value {
-                        Value::Array(items) => items,
-                        _ => Vec::new(),
-                    };
-                    let picked = items
-                        .iter()
-                        .filter_map(|item| property(item, name))
-                        .filter(|v| !v.is_null())
-                        .collect();
-                    (Value::Array(picked), true)
+                    (map_filtered(&value, |item| property(item, name)), true)
                 } else {
                     (property(&value, name).unwrap_or(Value::Null), false)
                 }
@@ -118,16 +109,7 @@ impl Contexts {
                 let (value, filtered) = self.eval(inner)?;
                 let index = self.evaluate(index)?;
                 if filtered {
-                    let items = match value {
-                        Value::Array(items) => items,
-                        _ => Vec::new(),
-                    };
-                    let picked = items
-                        .iter()
-                        .filter_map(|item| indexed(item, &index))
-                        .filter(|v| !v.is_null())
-                        .collect();
-                    (Value::Array(picked), true)
+                    (map_filtered(&value, |item| indexed(item, &index)), true)
                 } else {
                     (indexed(&value, &index).unwrap_or(Value::Null), false)
                 }
@@ -187,6 +169,22 @@ impl Contexts {
             }
         })
     }
+}
+
+/// An object filter's result, `pick`ed from each of its items: the items
+/// without the property (or index) are left out, as are nulls.
+fn map_filtered(filtered: &Value, pick: impl Fn(&Value) -> Option<Value>) -> Value {
+    let items = match filtered {
+        Value::Array(items) => items.as_slice(),
+        _ => &[],
+    };
+    Value::Array(
+        items
+            .iter()
+            .filter_map(pick)
+            .filter(|v| !v.is_null())
+            .collect(),
+    )
 }
 
 /// `value.name`: objects' keys match ignoring case (an exact match first).
