@@ -16,7 +16,8 @@
 //! snapshot); every VM restored from the snapshot is first sent
 //! [`HostMessage::Refresh`] with an [`Identity`] of its own and answers with a new
 //! [`GuestMessage::Hello`], before its `Run`. Only guests whose hello lists
-//! [`FEATURE_SNAPSHOT`] are snapshotted.
+//! [`FEATURE_SNAPSHOT`] are snapshotted. A VM waiting in a warm pool is primed
+//! too, with `standby`: its guest also starts the first step's shell ahead.
 //!
 //! The decoder is sans-IO ([`FrameDecoder`]) so the synchronous guest and the async
 //! host share it.
@@ -42,6 +43,9 @@ pub const FEATURE_SNAPSHOT: &str = "snapshot";
 /// In [`GuestMessage::Hello`]'s `features`: after `Prime { reconnect: true }` the
 /// guest closes its channel and connects again (vsock transports).
 pub const FEATURE_RECONNECT: &str = "reconnect";
+/// In [`GuestMessage::Hello`]'s `features`: after `Prime { standby: true }` the
+/// guest starts the first step's shell ahead of the job.
+pub const FEATURE_STANDBY: &str = "standby";
 /// Name of the virtio-serial port QEMU exposes to the guest.
 pub const VIRTIO_PORT_NAME: &str = "org.nimbus.0";
 /// vsock port the guest connects to on the host (CID 2) under Firecracker.
@@ -91,8 +95,9 @@ pub enum HostMessage {
         /// Base64 of the next bytes of the tar stream.
         data: String,
     },
-    /// A snapshot of this VM may follow: load what jobs start with (the shells,
-    /// their libraries), flush the disks, answer [`GuestMessage::Primed`] and wait.
+    /// A snapshot of this VM, or a job much later (a warm pool), may follow: load
+    /// what jobs start with (the shells, their libraries), flush the disks, answer
+    /// [`GuestMessage::Primed`] and wait.
     Prime {
         /// Then close the channel and connect again, retrying until the host
         /// answers: a Firecracker snapshot drops every vsock connection, so the VMs
@@ -100,6 +105,11 @@ pub enum HostMessage {
         /// [`FEATURE_RECONNECT`]; others ignore it).
         #[serde(default)]
         reconnect: bool,
+        /// No snapshot follows: start the first step's shell now, so the job's
+        /// first line comes sooner (guests listing [`FEATURE_STANDBY`]; others
+        /// ignore it). Never with a snapshot, whose restored VMs would share it.
+        #[serde(default)]
+        standby: bool,
     },
     /// This VM was restored from a snapshot: take this identity (RNG entropy,
     /// machine-id, hostname, MAC, clock), answer with a new hello and wait for `Run`.

@@ -279,7 +279,7 @@ impl Machine {
         self.channel
             .as_mut()
             .ok_or(Error::State("prime before boot"))?
-            .prime(false)
+            .prime(crate::session::PrimeFor::WarmPool)
             .await
     }
 

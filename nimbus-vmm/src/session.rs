@@ -20,6 +20,19 @@ pub struct GuestChannel {
     guest_first: bool,
 }
 
+/// What a primed VM waits for ([`GuestChannel::prime`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimeFor {
+    /// Its job, in a warm pool: the guest also starts the first step's shell ahead.
+    WarmPool,
+    /// A snapshot; with `reconnect` the guest then closes this channel and connects
+    /// again (vsock loses its connections across a Firecracker snapshot).
+    Snapshot {
+        /// Connect again after answering.
+        reconnect: bool,
+    },
+}
+
 /// Who the guest said it is.
 #[derive(Debug, Clone)]
 pub struct Hello {
@@ -130,10 +143,14 @@ impl GuestChannel {
         }
     }
 
-    /// Asks the guest to get ready for a snapshot and waits until it is; with
-    /// `reconnect`, the guest then closes this channel and connects again.
-    pub async fn prime(&mut self, reconnect: bool) -> Result<()> {
-        self.send(&HostMessage::Prime { reconnect }).await?;
+    /// Asks the guest to get ready for what `waits_for` and waits until it is.
+    pub async fn prime(&mut self, waits_for: PrimeFor) -> Result<()> {
+        let (reconnect, standby) = match waits_for {
+            PrimeFor::WarmPool => (false, true),
+            PrimeFor::Snapshot { reconnect } => (reconnect, false),
+        };
+        self.send(&HostMessage::Prime { reconnect, standby })
+            .await?;
         match self.recv().await? {
             Some(GuestMessage::Primed) => Ok(()),
             Some(other) => Err(Error::Protocol(format!(

@@ -100,7 +100,7 @@ async fn save(vm: &mut FirecrackerVm, into: &Path) -> Result<()> {
         .channel
         .as_mut()
         .ok_or(Error::State("no guest channel after boot"))?
-        .prime(true)
+        .prime(crate::session::PrimeFor::Snapshot { reconnect: true })
         .await?;
     let api = vm
         .api

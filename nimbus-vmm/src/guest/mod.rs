@@ -7,6 +7,7 @@
 mod run;
 #[cfg(target_os = "linux")]
 mod sandbox;
+mod standby;
 mod system;
 mod transport;
 mod workflow;
@@ -77,6 +78,7 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         features: vec![
             crate::protocol::FEATURE_SNAPSHOT.to_string(),
             crate::protocol::FEATURE_RECONNECT.to_string(),
+            crate::protocol::FEATURE_STANDBY.to_string(),
         ],
     };
     let mut outbox = Outbox::start(writer);
@@ -95,6 +97,7 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
     // Before its job, a VM may be primed for a snapshot, or (restored from one)
     // be given an identity of its own.
     let mut archive: Option<workflow::Archive> = None;
+    let mut standby: Option<standby::StandbyShell> = None;
     let mut job = loop {
         match read_message(&mut reader, &mut decoder)? {
             Some(HostMessage::Run { job }) => break job,
@@ -105,8 +108,15 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
                 };
                 into.append(&data)?;
             }
-            Some(HostMessage::Prime { reconnect: again }) => {
+            Some(HostMessage::Prime {
+                reconnect: again,
+                standby: ahead,
+            }) => {
                 prime_for_snapshot();
+                if ahead {
+                    // Without bash, or with the FIFO refused, jobs start as usual.
+                    standby = standby::StandbyShell::start().ok();
+                }
                 outbox.send(GuestMessage::Primed);
                 if let (true, Some(connect)) = (again, reconnect.as_mut()) {
                     // Primed is written before the channel closes; the VM
@@ -121,6 +131,8 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
             }
             Some(HostMessage::Refresh { identity }) => match apply_identity(&identity) {
                 Ok(()) => {
+                    // A shell started before would keep the old identity.
+                    standby = None;
                     outbox.send(hello.clone());
                 }
                 Err(error) => {
@@ -156,7 +168,7 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         }
     });
 
-    let exit_code = match run_job(&job, &sink) {
+    let exit_code = match run_job(&job, &sink, standby) {
         Ok(code) => code,
         Err(error) => {
             outbox.send(GuestMessage::Failed {
@@ -335,7 +347,10 @@ mod tests {
                 HostMessage::Hello {
                     protocol: PROTOCOL_VERSION,
                 },
-                HostMessage::Prime { reconnect: true },
+                HostMessage::Prime {
+                    reconnect: true,
+                    standby: false,
+                },
                 // Never read: the guest closed this channel after Primed.
                 HostMessage::Cancel,
             ]),
@@ -371,7 +386,10 @@ mod tests {
                 HostMessage::Hello {
                     protocol: PROTOCOL_VERSION,
                 },
-                HostMessage::Prime { reconnect: false },
+                HostMessage::Prime {
+                    reconnect: false,
+                    standby: true,
+                },
                 HostMessage::Cancel,
             ]),
             writer: Box::new(out.clone()),

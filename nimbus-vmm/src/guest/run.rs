@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::standby::StandbyShell;
 use super::GuestError;
 use crate::protocol::{
     split_long_line, GuestJob, GuestMessage, GuestStep, OutputLine, StepCondition, StepOutcome,
@@ -132,20 +133,31 @@ impl JobSink {
     }
 }
 
-/// Runs every step of `job` and returns the job's exit code.
-pub fn run_job(job: &GuestJob, sink: &JobSink) -> Result<i32, GuestError> {
+/// Runs every step of `job` and returns the job's exit code. `standby`, a shell
+/// started ahead, runs the first step if it can run it as a fresh one would.
+pub fn run_job(
+    job: &GuestJob,
+    sink: &JobSink,
+    standby: Option<StandbyShell>,
+) -> Result<i32, GuestError> {
     if let Some(workflow) = &job.workflow {
         return super::workflow::run_workflow_job(job, workflow, sink);
     }
-    let steps = match &job.runner {
-        Some(runner) => vec![runner_step(&runner.jit_config, &runner.runner_dir)],
-        None => job.steps.clone(),
+    let (steps, mut standby) = match &job.runner {
+        Some(runner) => (
+            vec![runner_step(&runner.jit_config, &runner.runner_dir)],
+            None,
+        ),
+        None => (job.steps.clone(), standby),
     };
     let workspace = default_workspace(job);
     std::fs::create_dir_all(&workspace)
         .map_err(GuestError::io(format!("creating {}", workspace.display())))?;
 
-    let scripts = script_dir()?;
+    let scripts = match standby.as_mut() {
+        Some(shell) => shell.share_scripts(),
+        None => script_dir()?,
+    };
     let mut job_exit = 0;
     for (index, step) in steps.iter().enumerate() {
         let failed = job_exit != 0;
@@ -161,7 +173,7 @@ pub fn run_job(job: &GuestJob, sink: &JobSink) -> Result<i32, GuestError> {
         });
         let started = Instant::now();
         let outcome = if runs {
-            run_step(index, step, job, &workspace, &scripts, sink)
+            run_step(index, step, job, &workspace, &scripts, standby.take(), sink)
         } else {
             StepOutcome::Skipped
         };
@@ -178,7 +190,10 @@ pub fn run_job(job: &GuestJob, sink: &JobSink) -> Result<i32, GuestError> {
         if step_exit != 0 && !step.continue_on_error && job_exit == 0 {
             job_exit = step_exit;
         }
+        // Only the first step's shell was started ahead.
+        drop(standby.take());
     }
+    drop(standby);
     let _ = std::fs::remove_dir_all(&scripts);
     if sink.is_cancelled() && job_exit == 0 {
         job_exit = CANCELLED_EXIT_CODE;
@@ -226,15 +241,21 @@ fn runner_step(jit_config: &str, runner_dir: &str) -> GuestStep {
     }
 }
 
+/// Where step `index`'s script is written.
+pub(crate) fn step_script(scripts: &Path, index: usize) -> PathBuf {
+    scripts.join(format!("step-{index}.sh"))
+}
+
 fn run_step(
     index: usize,
     step: &GuestStep,
     job: &GuestJob,
     workspace: &Path,
     scripts: &Path,
+    standby: Option<StandbyShell>,
     sink: &JobSink,
 ) -> StepOutcome {
-    let script = scripts.join(format!("step-{index}.sh"));
+    let script = step_script(scripts, index);
     if let Err(e) = std::fs::write(&script, &step.run) {
         sink.line(
             index,
@@ -249,19 +270,19 @@ fn run_step(
         .as_ref()
         .map(|dir| workspace.join(dir))
         .unwrap_or_else(|| workspace.to_path_buf());
-    let env = default_env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .chain(job.env.clone())
-        .chain(step.env.clone());
-    let outcome = spawn_step(
-        index,
-        &argv,
-        &working_directory,
-        env,
-        step.timeout_seconds.map(Duration::from_secs),
-        sink,
-    );
+    let mut env = job.env.clone();
+    env.extend(step.env.clone());
+    let timeout = step.timeout_seconds.map(Duration::from_secs);
+    let outcome = match standby.and_then(|shell| shell.take(&argv, &working_directory, &env)) {
+        Some(child) => supervise(index, child, timeout, sink),
+        None => {
+            let env = default_env()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain(env);
+            spawn_step(index, &argv, &working_directory, env, timeout, sink)
+        }
+    };
     let _ = std::fs::remove_file(&script);
     outcome
 }
@@ -299,7 +320,7 @@ pub(crate) fn spawn_step(
         // Its own process group, so a timeout or cancel kills the whole step.
         command.process_group(0);
     }
-    let mut child = match command.spawn() {
+    let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             sink.line(
@@ -314,23 +335,52 @@ pub(crate) fn spawn_step(
             return StepOutcome::Exited(127);
         }
     };
+    supervise(index, StartedStep::new(child), timeout, sink)
+}
+
+/// A step's process with the threads that will forward its output.
+pub(crate) struct StartedStep {
+    child: Child,
+    output: [Option<Forwarder>; 2],
+}
+
+impl StartedStep {
+    /// Takes `child`'s stdout and stderr pipes and starts their readers, which
+    /// wait for [`supervise`] to name the step.
+    pub(crate) fn new(mut child: Child) -> Self {
+        let output = [
+            child
+                .stdout
+                .take()
+                .map(|out| Forwarder::spawn(out, Stream::Stdout)),
+            child
+                .stderr
+                .take()
+                .map(|err| Forwarder::spawn(err, Stream::Stderr)),
+        ];
+        StartedStep { child, output }
+    }
+
+    pub(crate) fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// Forwards a started step's output and waits for it to exit or time out.
+pub(crate) fn supervise(
+    index: usize,
+    step: StartedStep,
+    timeout: Option<Duration>,
+    sink: &JobSink,
+) -> StepOutcome {
+    let StartedStep { mut child, output } = step;
     if let Ok(mut running) = sink.running.lock() {
         *running = Some(child.id());
     }
     if sink.is_cancelled() {
         kill_group(child.id());
     }
-
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|out| forward(out, index, Stream::Stdout, sink)),
-        child
-            .stderr
-            .take()
-            .map(|err| forward(err, index, Stream::Stderr, sink)),
-    ];
+    let readers = output.map(|forwarder| forwarder.map(|f| f.start(index, sink)));
     let outcome = wait_with_timeout(&mut child, timeout);
     if let Ok(mut running) = sink.running.lock() {
         *running = None;
@@ -387,31 +437,47 @@ pub(crate) fn default_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// Reads lines off a pipe; the receiver fires when the pipe closes.
-fn forward(
-    pipe: impl Read + Send + 'static,
-    step: usize,
-    stream: Stream,
-    sink: &JobSink,
-) -> mpsc::Receiver<()> {
-    let (done, finished) = mpsc::channel();
-    let sink = sink.clone();
-    thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut buffer = Vec::new();
-        loop {
-            buffer.clear();
-            match reader.read_until(b'\n', &mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buffer);
-                    sink.line(step, stream, text.trim_end_matches(['\n', '\r']));
+/// Reads lines off one of a step's pipes, in a thread started before it is known
+/// which step and job the lines belong to (a shell started ahead has its pipes early).
+struct Forwarder {
+    start: mpsc::Sender<(usize, JobSink)>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Forwarder {
+    fn spawn(pipe: impl Read + Send + 'static, stream: Stream) -> Self {
+        let (start, started) = mpsc::channel::<(usize, JobSink)>();
+        let (done, finished) = mpsc::channel();
+        thread::spawn(move || {
+            // Dropped unstarted: the process was killed, nothing to forward.
+            let Ok((step, sink)) = started.recv() else {
+                return;
+            };
+            let mut reader = BufReader::new(pipe);
+            let mut buffer = Vec::new();
+            loop {
+                buffer.clear();
+                match reader.read_until(b'\n', &mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&buffer);
+                        sink.line(step, stream, text.trim_end_matches(['\n', '\r']));
+                    }
                 }
             }
+            let _ = done.send(());
+        });
+        Forwarder {
+            start,
+            done: finished,
         }
-        let _ = done.send(());
-    });
-    finished
+    }
+
+    /// Lines go to `sink` as step `step`'s; the receiver fires when the pipe closes.
+    fn start(self, step: usize, sink: &JobSink) -> mpsc::Receiver<()> {
+        let _ = self.start.send((step, sink.clone()));
+        self.done
+    }
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> StepOutcome {
@@ -448,7 +514,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or(1)
 }
 
-fn kill_group(pgid: u32) {
+pub(crate) fn kill_group(pgid: u32) {
     #[cfg(unix)]
     {
         use nix::sys::signal::{killpg, Signal};
@@ -471,7 +537,7 @@ mod tests {
     fn run(job: GuestJob) -> (i32, Vec<GuestMessage>) {
         let (sender, receiver) = mpsc::channel();
         let sink = JobSink::new(sender);
-        let code = run_job(&job, &sink).expect("runs");
+        let code = run_job(&job, &sink, None).expect("runs");
         drop(sink);
         (code, receiver.iter().collect())
     }

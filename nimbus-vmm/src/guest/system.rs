@@ -124,9 +124,14 @@ fn configure_network(spec: &str) -> Result<(), GuestError> {
 }
 
 /// Loads what jobs start with into the page cache (the default shells and their
-/// libraries) and flushes the disks, so every VM restored from the snapshot that
-/// follows finds them in memory instead of reading them again.
+/// libraries), makes the default workspace (the scratch disk's first allocation
+/// reads its block bitmaps: tens of milliseconds under TCG) and flushes the disks,
+/// so a warm VM, or every VM restored from the snapshot that follows, finds them
+/// ready instead of reading them when its job comes.
 pub fn prime_for_snapshot() {
+    let _ = std::fs::create_dir_all(super::run::default_workspace(
+        &crate::protocol::GuestJob::default(),
+    ));
     for shell in ["bash", "sh"] {
         let _ = std::process::Command::new(shell)
             .args(["-c", ":"])

@@ -1364,7 +1364,7 @@ mod tests {
         };
         let (sender, receiver) = mpsc::channel();
         let sink = JobSink::new(sender);
-        let code = super::super::run_job(&job, &sink).expect("runs");
+        let code = super::super::run_job(&job, &sink, None).expect("runs");
         drop(sink);
         let mut ran = Ran {
             code,

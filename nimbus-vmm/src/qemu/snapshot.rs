@@ -106,7 +106,9 @@ async fn save(vm: &mut QemuVm, into: &Path) -> Result<()> {
         .channel
         .as_mut()
         .ok_or(Error::State("no guest channel after boot"))?;
-    channel.prime(false).await?;
+    channel
+        .prime(crate::session::PrimeFor::Snapshot { reconnect: false })
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut qmp = Qmp::connect(&vm.machine.dir.join(QMP_SOCKET), deadline).await?;
     qmp.execute("stop", json!({})).await?;
