@@ -24,12 +24,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::run::{default_env, kill_group, script_dir, shell_command, step_script, StartedStep};
 use super::GuestError;
 
 /// The FIFO bash reads as `BASH_ENV`, in the job's script directory.
 const ENV_FIFO: &str = "standby-env";
+/// How long priming waits for bash to reach the FIFO (tens of ms under TCG).
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// A bash started ahead for the job's first step, blocked until [`StandbyShell::take`].
 pub struct StandbyShell {
@@ -51,6 +54,8 @@ impl StandbyShell {
         let child = child.inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&scripts);
         })?;
+        // The VM is ready only once bash is: a job handed over sooner waits for it.
+        wait_until_blocked_opening(child.id(), STARTUP_WAIT);
         Ok(StandbyShell {
             shell: Some(StartedStep::new(child)),
             scripts,
@@ -131,6 +136,24 @@ fn spawn_waiting(argv: &[String], fifo: &Path) -> Result<Child, GuestError> {
         .process_group(0)
         .spawn()
         .map_err(GuestError::io("starting bash ahead"))
+}
+
+/// Waits until process `pid` sleeps in `openat` (bash opening the FIFO, which
+/// blocks until the job's step writes it), at most `limit`; at once where
+/// `/proc/PID/syscall` cannot be read.
+fn wait_until_blocked_opening(pid: u32, limit: Duration) {
+    let path = format!("/proc/{pid}/syscall");
+    let openat = libc::SYS_openat.to_string();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        if text.split_whitespace().next() == Some(openat.as_str()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What bash sources before the script: the working directory, then the step's
@@ -216,7 +239,6 @@ fn write_fifo(fifo: &Path, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
-    use std::time::Duration;
 
     use super::*;
     use crate::guest::{run_job, JobSink};
@@ -333,9 +355,15 @@ shopt -po errexit pipefail
     }
 
     #[test]
-    fn a_shell_never_handed_a_step_is_killed_with_its_fifo() {
+    fn a_started_shell_waits_on_the_fifo_and_unused_is_killed_with_it() {
         let mut standby = StandbyShell::start().expect("bash starts");
         let pid = standby.shell.as_mut().expect("running").child().id();
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).expect("readable");
+        assert_eq!(
+            syscall.split_whitespace().next(),
+            Some(libc::SYS_openat.to_string().as_str()),
+            "started means waiting on the FIFO: {syscall}"
+        );
         let scripts = standby.scripts.clone();
         drop(standby);
         assert!(gone(pid));
