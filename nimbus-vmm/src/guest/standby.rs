@@ -105,8 +105,11 @@ impl Drop for StandbyShell {
     fn drop(&mut self) {
         if let Some(mut shell) = self.shell.take() {
             let child = shell.child();
-            kill_group(child.id());
-            let _ = child.wait();
+            // Not once reaped: its pid, the group's id, may belong to another by now.
+            if matches!(child.try_wait(), Ok(None)) {
+                kill_group(child.id());
+                let _ = child.wait();
+            }
         }
         if self.owns_scripts {
             let _ = std::fs::remove_dir_all(&self.scripts);
