@@ -305,22 +305,7 @@ pub(crate) fn spawn_step(
         );
         return StepOutcome::Exited(127);
     };
-    let mut command = Command::new(program);
-    command
-        .args(&argv[1..])
-        .current_dir(working_directory)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        // Its own process group, so a timeout or cancel kills the whole step.
-        command.process_group(0);
-    }
-    let child = match command.spawn() {
+    let child = match step_command(program, &argv[1..], working_directory, env).spawn() {
         Ok(child) => child,
         Err(e) => {
             sink.line(
@@ -336,6 +321,36 @@ pub(crate) fn spawn_step(
         }
     };
     supervise(index, StartedStep::new(child), timeout, sink)
+}
+
+/// A step's process: `program` with `args` in `working_directory` and exactly
+/// `env`, no stdin, its output piped.
+pub(crate) fn step_command<K, V>(
+    program: &str,
+    args: &[String],
+    working_directory: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+) -> Command
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(working_directory)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group, so a timeout or cancel kills the whole step.
+        command.process_group(0);
+    }
+    command
 }
 
 /// A step's process with the threads that will forward its output.

@@ -21,12 +21,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::run::{default_env, kill_group, script_dir, shell_command, step_script, StartedStep};
+use super::run::{
+    default_env, kill_group, script_dir, shell_command, step_command, step_script, StartedStep,
+};
 use super::GuestError;
 
 /// The FIFO bash reads as `BASH_ENV`, in the job's script directory.
@@ -121,22 +122,13 @@ impl Drop for StandbyShell {
 
 /// Starts `argv` (bash) with a new FIFO at `fifo` as its `BASH_ENV`.
 fn spawn_waiting(argv: &[String], fifo: &Path) -> Result<Child, GuestError> {
-    if argv.first().map(String::as_str) != Some("bash") {
+    let Some(("bash", args)) = argv.split_first().map(|(p, a)| (p.as_str(), a)) else {
         return Err(GuestError::Sandbox("no bash to start ahead".into()));
-    }
+    };
     nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::S_IRWXU)
         .map_err(|e| GuestError::Sandbox(format!("creating {}: {e}", fifo.display())))?;
-    Command::new(&argv[0])
-        .args(&argv[1..])
-        .current_dir("/")
-        .env_clear()
-        .envs(default_env())
+    step_command("bash", args, Path::new("/"), default_env())
         .env("BASH_ENV", fifo)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a timeout or cancel kills the whole step.
-        .process_group(0)
         .spawn()
         .map_err(GuestError::io("starting bash ahead"))
 }
