@@ -114,7 +114,8 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
             }) => {
                 prime_for_snapshot();
                 if ahead {
-                    // Without bash, or with the FIFO refused, jobs start as usual.
+                    standby::rehearse();
+                    // Without bash, or with its files refused, jobs start as usual.
                     standby = standby::StandbyShell::start().ok();
                 }
                 outbox.send(GuestMessage::Primed);

@@ -357,6 +357,8 @@ where
 pub(crate) struct StartedStep {
     child: Child,
     output: [Option<Forwarder>; 2],
+    /// For a shell started ahead: the gate it waits at, opened by [`supervise`].
+    gate: Option<PathBuf>,
 }
 
 impl StartedStep {
@@ -373,7 +375,19 @@ impl StartedStep {
                 .take()
                 .map(|err| Forwarder::spawn(err, Stream::Stderr)),
         ];
-        StartedStep { child, output }
+        StartedStep {
+            child,
+            output,
+            gate: None,
+        }
+    }
+
+    /// The same step, its process waiting at `gate` until [`supervise`] opens it.
+    pub(crate) fn waiting_at(self, gate: PathBuf) -> Self {
+        StartedStep {
+            gate: Some(gate),
+            ..self
+        }
     }
 
     pub(crate) fn child(&mut self) -> &mut Child {
@@ -388,7 +402,11 @@ pub(crate) fn supervise(
     timeout: Option<Duration>,
     sink: &JobSink,
 ) -> StepOutcome {
-    let StartedStep { mut child, output } = step;
+    let StartedStep {
+        mut child,
+        output,
+        gate,
+    } = step;
     if let Ok(mut running) = sink.running.lock() {
         *running = Some(child.id());
     }
@@ -396,6 +414,17 @@ pub(crate) fn supervise(
         kill_group(child.id());
     }
     let readers = output.map(|forwarder| forwarder.map(|f| f.start(index, sink)));
+    // Last: from here the step's shell runs alone (under TCG every switch between
+    // processes costs).
+    if let Some(gate) = gate {
+        if !super::standby::open_gate(&gate, &mut child) && !sink.is_cancelled() {
+            sink.line(
+                index,
+                Stream::Stderr,
+                "nimbus-guest: the shell started ahead for this step was gone",
+            );
+        }
+    }
     let outcome = wait_with_timeout(&mut child, timeout);
     if let Ok(mut running) = sink.running.lock() {
         *running = None;
@@ -460,23 +489,31 @@ struct Forwarder {
 }
 
 impl Forwarder {
+    /// Starts the thread reading `pipe`. It reads at once and learns its step
+    /// (from [`Forwarder::start`]) only when the first line is in: telling it
+    /// then costs no wake-up, which under TCG is time off the first line.
     fn spawn(pipe: impl Read + Send + 'static, stream: Stream) -> Self {
         let (start, started) = mpsc::channel::<(usize, JobSink)>();
         let (done, finished) = mpsc::channel();
         thread::spawn(move || {
-            // Dropped unstarted: the process was killed, nothing to forward.
-            let Ok((step, sink)) = started.recv() else {
-                return;
-            };
             let mut reader = BufReader::new(pipe);
             let mut buffer = Vec::new();
+            let mut step: Option<(usize, JobSink)> = None;
             loop {
                 buffer.clear();
                 match reader.read_until(b'\n', &mut buffer) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
+                        let (index, sink) = match &step {
+                            Some(told) => told,
+                            None => match started.recv() {
+                                Ok(told) => step.insert(told),
+                                // Never started: its process was killed unused.
+                                Err(_) => return,
+                            },
+                        };
                         let text = String::from_utf8_lossy(&buffer);
-                        sink.line(step, stream, text.trim_end_matches(['\n', '\r']));
+                        sink.line(*index, stream, text.trim_end_matches(['\n', '\r']));
                     }
                 }
             }
@@ -495,8 +532,59 @@ impl Forwarder {
     }
 }
 
+/// Waits for `child` to exit; once `timeout` passed, kills its process group.
 fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> StepOutcome {
     let started = Instant::now();
+    #[cfg(target_os = "linux")]
+    if let Some(outcome) = wait_on_pidfd(child, started, timeout) {
+        return outcome;
+    }
+    poll_until_exit(child, started, timeout)
+}
+
+/// Sleeps in poll(2) on the child's pidfd until it exits or the timeout passes:
+/// no wake-ups while the step runs, where asking every millisecond would take
+/// the guest's only vCPU from the step's first line (and under TCG every switch
+/// between processes costs). `None` where the kernel has no pidfds (before 5.3).
+#[cfg(target_os = "linux")]
+fn wait_on_pidfd(
+    child: &mut Child,
+    started: Instant,
+    timeout: Option<Duration>,
+) -> Option<StepOutcome> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+
+    // The child is not reaped yet, so its pid is still its own.
+    let pidfd = pidfd_open(Pid::from_child(child), PidfdFlags::empty()).ok()?;
+    loop {
+        let left = timeout.map(|limit| limit.saturating_sub(started.elapsed()));
+        let wait = left.map(|left| {
+            Timespec::try_from(left).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
+        });
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match poll(&mut fds, wait.as_ref()) {
+            Ok(0) if timeout.is_some_and(|limit| started.elapsed() >= limit) => {
+                return Some(time_out(child))
+            }
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {
+                return Some(match child.wait() {
+                    Ok(status) => StepOutcome::Exited(exit_code(status)),
+                    Err(_) => StepOutcome::Exited(127),
+                })
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// [`wait_with_timeout`] where there are no pidfds: asks every millisecond, then
+/// (after 50 ms) every 20.
+fn poll_until_exit(child: &mut Child, started: Instant, timeout: Option<Duration>) -> StepOutcome {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return StepOutcome::Exited(exit_code(status)),
@@ -504,11 +592,8 @@ fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> StepOutcom
             Err(_) => return StepOutcome::Exited(127),
         }
         if timeout.is_some_and(|limit| started.elapsed() >= limit) {
-            kill_group(child.id());
-            let _ = child.wait();
-            return StepOutcome::TimedOut;
+            return time_out(child);
         }
-        // Short steps finish within the first polls; long ones cost a wakeup per 20 ms.
         let elapsed = started.elapsed();
         thread::sleep(if elapsed < Duration::from_millis(50) {
             Duration::from_millis(1)
@@ -516,6 +601,12 @@ fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> StepOutcom
             Duration::from_millis(20)
         });
     }
+}
+
+fn time_out(child: &mut Child) -> StepOutcome {
+    kill_group(child.id());
+    let _ = child.wait();
+    StepOutcome::TimedOut
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

@@ -3,13 +3,15 @@
 //! Under TCG most of a warm VM's time to its job's first line is bash starting:
 //! the exec, the dynamic loader's page faults and relocations, bash's own start-up
 //! (tens of milliseconds, where the rest of the path takes a few). So a VM primed
-//! for a warm pool starts `bash --noprofile --norc -eo pipefail SCRIPT` ahead, with
-//! `BASH_ENV` naming a FIFO: bash blocks opening it once the costly part is done.
-//! When the job comes, the guest writes the step's script, then the step's working
-//! directory and environment into the FIFO; bash reads `BASH_ENV` before it opens its
-//! script, so the script then runs as in a shell started for it, line numbers,
-//! `$0`, `$PWD`, `$OLDPWD`, `$SECONDS` and the exported environment included
-//! (the unit tests compare the two).
+//! for a warm pool starts `bash --noprofile --norc -eo pipefail SCRIPT` ahead. Its
+//! `BASH_ENV` ([`WARM_UP`]) runs the code paths steps use once (under TCG first runs
+//! pay for translating the code), then waits at a gate, a FIFO that opening blocks
+//! on. When the job comes, the guest writes the step's script and a file with the
+//! step's working directory and environment, then opens the gate; bash sources the
+//! file and, as `BASH_ENV` comes before the script, runs the script as a shell
+//! started for it would: line numbers, `$0`, `$_`, `$PWD`, `$OLDPWD`, `$SECONDS`,
+//! variables, functions and the exported environment alike (the unit tests compare
+//! the two).
 //!
 //! Only a step that a fresh bash would run the same way is handed over: the default
 //! (or `bash`) shell, an absolute working directory that exists, and environment
@@ -19,7 +21,6 @@
 //! restored from it would share the one shell's `$RANDOM` seed and `$HOSTNAME`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -30,9 +31,42 @@ use super::run::{
 };
 use super::GuestError;
 
-/// The FIFO bash reads as `BASH_ENV`, in the job's script directory.
-const ENV_FIFO: &str = "standby-env";
-/// How long priming waits for bash to reach the FIFO (tens of ms under TCG).
+/// The FIFO the shell waits on (opening it blocks until the job's step opens it
+/// for writing), in the job's script directory.
+const GATE_FIFO: &str = "standby-gate";
+/// The step's directory and environment, written before the gate opens.
+const ENV_FILE: &str = "standby-env.sh";
+/// The shell's `BASH_ENV`, beside the gate: [`WARM_UP`] with the paths filled in.
+const WARM_UP_FILE: &str = "standby-warm-up.sh";
+/// A prelude like the step's, which the warm-up sources.
+const SAMPLE_ENV_FILE: &str = "standby-warm-up-env.sh";
+/// What the shell runs before it waits at the gate (`{gate}`, quoted), then
+/// sources the step's environment (`{env}`). Under TCG the first run of any code
+/// pays for its translation, and bash's code is mapped at an address of its own in
+/// every process, so only this process's own run helps: exercising the common
+/// paths here (builtins, expansions, a function, a pipeline of external commands,
+/// a prelude like the step's, `{sample}`) brought a warm QEMU VM's first line from
+/// ~50 to ~25 ms here. Its output is discarded and it cannot stop the shell
+/// (`|| :` under `-e`); it leaves nothing a script can see: no variable, function,
+/// hashed command or directory change, and `$_` as bash set it at start-up.
+const WARM_UP: &str = r#"__nimbus_underscore=$_
+__nimbus_warm_up() {
+  local count=0 text="warm up" word
+  for word in $text; do count=$((count + 1)); done
+  if [ -n "$text" ] && [[ $count -eq 2 ]]; then echo "$text ${#text} $count"; fi
+  printf '%s\n' "$text" "$(echo substituted)"
+  case $text in warm*) : ;; esac
+  /bin/true | /bin/cat
+}
+{ __nimbus_warm_up; . {sample}; unset __NIMBUS_WARM_UP; } >/dev/null 2>&1 || :
+unset -f __nimbus_warm_up
+: <{gate}
+. {env}
+__nimbus_restore() { unset -v __nimbus_underscore; unset -f __nimbus_restore; }
+__nimbus_restore "$__nimbus_underscore"
+"#;
+/// How long priming waits for bash to reach the gate (a second under TCG), and
+/// the step for a shell not there yet.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// A bash started ahead for the job's first step, blocked until [`StandbyShell::take`].
@@ -51,12 +85,12 @@ impl StandbyShell {
     pub fn start() -> Result<StandbyShell, GuestError> {
         let scripts = script_dir()?;
         let argv = shell_command(None, &step_script(&scripts, 0));
-        let child = spawn_waiting(&argv, &scripts.join(ENV_FIFO));
+        let child = spawn_waiting(&argv, &scripts.join(GATE_FIFO));
         let child = child.inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&scripts);
         })?;
         // The VM is ready only once bash is: a job handed over sooner waits for it.
-        wait_until_blocked_opening(child.id(), STARTUP_WAIT);
+        wait_until_at_gate(child.id(), STARTUP_WAIT);
         Ok(StandbyShell {
             shell: Some(StartedStep::new(child)),
             scripts,
@@ -90,11 +124,13 @@ impl StandbyShell {
         }
         let mut shell = self.shell.take()?;
         let alive = matches!(shell.child().try_wait(), Ok(None));
+        // The environment first; supervise() opens the gate once it is ready.
         let handed = alive
-            && prelude(working_directory, env)
-                .is_some_and(|prelude| write_fifo(&self.scripts.join(ENV_FIFO), &prelude));
+            && prelude(working_directory, env).is_some_and(|prelude| {
+                std::fs::write(self.scripts.join(ENV_FILE), prelude).is_ok()
+            });
         if handed {
-            Some(shell)
+            Some(shell.waiting_at(self.scripts.join(GATE_FIFO)))
         } else {
             self.shell = Some(shell);
             None
@@ -104,48 +140,91 @@ impl StandbyShell {
 
 impl Drop for StandbyShell {
     fn drop(&mut self) {
-        if let Some(mut shell) = self.shell.take() {
+        let unused = self.shell.take().map(|mut shell| {
             let child = shell.child();
             // Not once reaped: its pid, the group's id, may belong to another by now.
             if matches!(child.try_wait(), Ok(None)) {
                 kill_group(child.id());
                 let _ = child.wait();
             }
-        }
+        });
         if self.owns_scripts {
             let _ = std::fs::remove_dir_all(&self.scripts);
-        } else {
-            let _ = std::fs::remove_file(self.scripts.join(ENV_FIFO));
+        } else if unused.is_some() {
+            for name in [GATE_FIFO, ENV_FILE, WARM_UP_FILE, SAMPLE_ENV_FILE] {
+                let _ = std::fs::remove_file(self.scripts.join(name));
+            }
         }
+        // Handed over, the shell has yet to open the gate and read its files: they
+        // go with the job's script directory.
     }
 }
 
-/// Starts `argv` (bash) with a new FIFO at `fifo` as its `BASH_ENV`.
-fn spawn_waiting(argv: &[String], fifo: &Path) -> Result<Child, GuestError> {
+/// Runs a throwaway one-step job through a shell started ahead, its messages
+/// encoded and dropped: the agent's and the kernel's side of a job's start (the
+/// kernel's code, and this process's, keep their addresses) is then translated
+/// before the real job comes. Leaves nothing: its shell exits, its scripts go.
+pub fn rehearse() {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let sink = super::JobSink::new(sender);
+    let job = crate::protocol::GuestJob::from_commands(&["echo rehearsal"]);
+    let _ = super::run_job(&job, &sink, StandbyShell::start().ok());
+    drop(sink);
+    for message in receiver.try_iter() {
+        let _ = crate::protocol::encode(&message);
+    }
+}
+
+/// Starts `argv` (bash) with [`WARM_UP`] as its `BASH_ENV`, waiting at a new FIFO
+/// at `gate`.
+fn spawn_waiting(argv: &[String], gate: &Path) -> Result<Child, GuestError> {
     let Some(("bash", args)) = argv.split_first().map(|(p, a)| (p.as_str(), a)) else {
         return Err(GuestError::Sandbox("no bash to start ahead".into()));
     };
-    nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::S_IRWXU)
-        .map_err(|e| GuestError::Sandbox(format!("creating {}: {e}", fifo.display())))?;
+    nix::unistd::mkfifo(gate, nix::sys::stat::Mode::S_IRWXU)
+        .map_err(|e| GuestError::Sandbox(format!("creating {}: {e}", gate.display())))?;
+    let quoted = |name: &str| single_quoted(&gate.with_file_name(name).to_string_lossy());
+    let sample = prelude(
+        Path::new("/"),
+        &BTreeMap::from([("__NIMBUS_WARM_UP".to_string(), "1".to_string())]),
+    )
+    .unwrap_or_default();
+    let script = WARM_UP
+        .replace("{sample}", &quoted(SAMPLE_ENV_FILE))
+        .replace("{gate}", &quoted(GATE_FIFO))
+        .replace("{env}", &quoted(ENV_FILE));
+    for (name, text) in [(SAMPLE_ENV_FILE, sample), (WARM_UP_FILE, script)] {
+        let path = gate.with_file_name(name);
+        std::fs::write(&path, text)
+            .map_err(GuestError::io(format!("writing {}", path.display())))?;
+    }
+    let warm_up = gate.with_file_name(WARM_UP_FILE);
     step_command("bash", args, Path::new("/"), default_env())
-        .env("BASH_ENV", fifo)
+        .env("BASH_ENV", &warm_up)
         .spawn()
         .map_err(GuestError::io("starting bash ahead"))
 }
 
-/// Waits until process `pid` sleeps in `openat` (bash opening the FIFO, which
-/// blocks until the job's step writes it), at most `limit`; at once where
-/// `/proc/PID/syscall` cannot be read.
-fn wait_until_blocked_opening(pid: u32, limit: Duration) {
-    let path = format!("/proc/{pid}/syscall");
+/// Waits until process `pid` waits at the gate, at most `limit`: asleep in a FIFO's
+/// open (`wait_for_partner`, where `/proc/PID/wchan` names it), else inside
+/// `openat`. At once where neither can be read. Only a matter of time: a job
+/// that comes sooner waits for the shell at the gate ([`open_gate`]).
+fn wait_until_at_gate(pid: u32, limit: Duration) {
     let openat = libc::SYS_openat.to_string();
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok();
+        if wchan.as_deref() == Some("wait_for_partner") {
             return;
-        };
-        if text.split_whitespace().next() == Some(openat.as_str()) {
-            return;
+        }
+        // "0": no symbol for where it sleeps, or not asleep.
+        if wchan.is_none() || wchan.as_deref() == Some("0") {
+            let Ok(syscall) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+                return;
+            };
+            if syscall.split_whitespace().next() == Some(openat.as_str()) {
+                return;
+            }
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -213,22 +292,28 @@ fn exportable(name: &str, value: &str) -> bool {
     identifier && !name.starts_with("BASH") && !SPECIAL.contains(&name) && !value.contains('\0')
 }
 
-/// Writes `text` to the FIFO bash is blocked opening; false when no one reads it
-/// (the shell is gone), rather than blocking.
-fn write_fifo(fifo: &Path, text: &str) -> bool {
-    let Ok(mut file) = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(fifo)
-    else {
-        return false;
-    };
-    // Blocking again: an environment larger than the pipe waits for bash to read.
-    let blocking = nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    );
-    blocking.is_ok() && file.write_all(text.as_bytes()).is_ok()
+/// Opens the gate `shell` waits at: opening a FIFO for writing without blocking
+/// lets its reader's open return, and fails while there is no reader. A shell
+/// still on its way (its readiness is only sampled) is waited for, one that
+/// exited is not.
+pub(crate) fn open_gate(gate: &Path, shell: &mut Child) -> bool {
+    let deadline = Instant::now() + STARTUP_WAIT;
+    loop {
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(gate);
+        match opened {
+            Ok(_) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if !matches!(shell.try_wait(), Ok(None)) || Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -240,9 +325,15 @@ mod tests {
     use crate::protocol::{GuestJob, GuestMessage};
 
     /// What a step can see of how its shell started.
-    const INTROSPECT: &str = r#"echo "pid $$"
+    const INTROSPECT: &str = r#"last_argument=$_ status=$?
+echo "pid $$"
 echo "line $LINENO of $(basename "$0") in $PWD after $SECONDS s; options $-; level $SHLVL"
+echo "\$_ $last_argument, \$? $status"
 declare -p OLDPWD
+echo "variables: $(compgen -v | tr '\n' ' ')"
+echo "functions: $(compgen -A function | tr '\n' ' ')"
+hash 2>&1
+dirs
 env | sort
 shopt -po errexit pipefail
 "#;
@@ -307,12 +398,13 @@ shopt -po errexit pipefail
         assert_eq!((code, &ahead), (fresh_code, &fresh));
         assert!(
             fresh[0].starts_with(&format!(
-                "line 2 of step-0.sh in {}/sub after 0 s",
+                "line 3 of step-0.sh in {}/sub after 0 s",
                 dir.display()
             )),
             "{fresh:?}"
         );
         assert!(fresh.contains(&"STEP_ONLY=step".to_string()), "{fresh:?}");
+        assert!(fresh.contains(&"$_ bash, $? 0".to_string()), "{fresh:?}");
         assert_eq!(fresh.last().map(String::as_str), Some("second step"));
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -336,7 +428,7 @@ shopt -po errexit pipefail
             change(&mut job);
             let mut standby = StandbyShell::start().expect("bash starts");
             let pid = standby.shell.as_mut().expect("running").child().id();
-            let fifo = standby.scripts.join(ENV_FIFO);
+            let fifo = standby.scripts.join(GATE_FIFO);
             let (_, lines) = run(&job, Some(standby));
             assert_ne!(
                 lines.first(),
@@ -383,6 +475,26 @@ shopt -po errexit pipefail
             assert!(!exportable(name, "x"), "{name}");
         }
         assert!(!exportable("NUL", "a\0b"));
+    }
+
+    #[test]
+    fn the_gate_waits_for_a_shell_on_its_way_but_not_for_one_that_exited() {
+        let dir = workspace("gate");
+        let gate = dir.join(GATE_FIFO);
+        nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        let late = format!("sleep 0.3; exec 3<'{}'", gate.display());
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", &late])
+            .spawn()
+            .expect("sh");
+        assert!(open_gate(&gate, &mut shell), "waited for the late reader");
+        let _ = shell.wait();
+        let mut gone = std::process::Command::new("true").spawn().expect("true");
+        let _ = gone.wait();
+        let started = Instant::now();
+        assert!(!open_gate(&gate, &mut gone));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
