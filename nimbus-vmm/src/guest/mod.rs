@@ -12,7 +12,7 @@ mod system;
 mod transport;
 mod workflow;
 
-pub use run::{run_job, JobSink};
+pub use run::{run_job, Canceller, JobSink};
 #[cfg(target_os = "linux")]
 pub use sandbox::{become_job_root, enter_sandbox, run_stage_two, SandboxMounts};
 pub use system::{apply_identity, prepare_vm, prime_for_snapshot};
@@ -94,6 +94,10 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         outbox.send(hello.clone());
     }
 
+    // Started now, not when the job comes: under TCG a thread's spawn costs
+    // milliseconds on the way to the job's first line.
+    let host_watch = HostWatch::start();
+
     // Before its job, a VM may be primed for a snapshot, or (restored from one)
     // be given an identity of its own.
     let mut archive: Option<workflow::Archive> = None;
@@ -154,20 +158,7 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
         workflow.archive = Some(archive.finish()?);
     }
     let sink = JobSink::new(outbox.sender());
-    // A Cancel (or the host going away) while the job runs stops it.
-    let canceller = sink.canceller();
-    thread::spawn(move || {
-        let mut decoder = decoder;
-        loop {
-            match read_message(&mut reader, &mut decoder) {
-                Ok(Some(HostMessage::Cancel)) | Ok(None) | Err(_) => {
-                    canceller.cancel();
-                    return;
-                }
-                Ok(Some(_)) => continue,
-            }
-        }
-    });
+    host_watch.watch(reader, decoder, sink.canceller());
 
     let exit_code = match run_job(&job, &sink, standby) {
         Ok(code) => code,
@@ -182,6 +173,49 @@ pub fn serve(transport: Transport) -> Result<i32, GuestError> {
     drop(sink);
     outbox.close();
     Ok(exit_code)
+}
+
+/// What the host sends while the job runs: a Cancel, or the host going away,
+/// stops the job. Its thread waits to be handed the channel's reading side.
+struct HostWatch {
+    handoff: mpsc::Sender<Watched>,
+}
+
+/// The channel's reading side (with the bytes already read) and the job to stop.
+type Watched = (Box<dyn Read + Send>, FrameDecoder, Canceller);
+
+impl HostWatch {
+    fn start() -> Self {
+        let (handoff, watched) = mpsc::channel::<Watched>();
+        // No job (the host went away first): the sender is dropped and the thread ends.
+        thread::spawn(move || {
+            if let Ok(watched) = watched.recv() {
+                watch_until_cancelled(watched);
+            }
+        });
+        HostWatch { handoff }
+    }
+
+    /// Watches `reader` for the rest of the job.
+    fn watch(self, reader: Box<dyn Read + Send>, decoder: FrameDecoder, canceller: Canceller) {
+        if let Err(mpsc::SendError(watched)) = self.handoff.send((reader, decoder, canceller)) {
+            // The thread is gone (it cannot end before its handoff, but the job
+            // must not go unwatched if it did).
+            thread::spawn(move || watch_until_cancelled(watched));
+        }
+    }
+}
+
+fn watch_until_cancelled((mut reader, mut decoder, canceller): Watched) {
+    loop {
+        match read_message(&mut reader, &mut decoder) {
+            Ok(Some(HostMessage::Cancel)) | Ok(None) | Err(_) => {
+                canceller.cancel();
+                return;
+            }
+            Ok(Some(_)) => continue,
+        }
+    }
 }
 
 /// The guest's half of the channel's writing side: one thread owns the writer so
@@ -402,5 +436,66 @@ mod tests {
             out.messages().as_slice(),
             [GuestMessage::Hello { .. }, GuestMessage::Primed]
         ));
+    }
+    /// Serves a job that prints a line and then sleeps; once the line is out, `stop`
+    /// is done to the host's end of the channel. Returns the job's exit code.
+    fn stopped_while_running(stop: impl FnOnce(std::os::unix::net::UnixStream)) -> i32 {
+        let (guest_end, mut host_end) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        let out = Recorded::default();
+        let transport = Transport {
+            reader: Box::new(guest_end),
+            writer: Box::new(out.clone()),
+            guest_first: false,
+            reconnect: None,
+        };
+        let serving = thread::spawn(move || serve(transport));
+        let job = crate::protocol::GuestJob::from_commands(&["echo started; sleep 30"]);
+        for message in [
+            HostMessage::Hello {
+                protocol: PROTOCOL_VERSION,
+            },
+            HostMessage::Run { job },
+        ] {
+            host_end.write_all(&encode(&message)).expect("sent");
+        }
+        let started = std::time::Instant::now();
+        let printed = |messages: &[GuestMessage]| {
+            messages
+                .iter()
+                .any(|m| matches!(m, GuestMessage::Output(line) if line.line == "started"))
+        };
+        while !printed(&out.messages()) {
+            assert!(started.elapsed().as_secs() < 10, "the step never printed");
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        stop(host_end);
+        let code = serving.join().expect("joined").expect("served");
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the step was stopped, not waited for"
+        );
+        assert!(matches!(
+            out.messages().last(),
+            Some(GuestMessage::Finished { exit_code }) if *exit_code == code
+        ));
+        code
+    }
+
+    #[test]
+    fn a_cancel_from_the_host_stops_the_running_job() {
+        let code = stopped_while_running(|mut host| {
+            host.write_all(&encode(&HostMessage::Cancel)).expect("sent");
+            // Kept open: the Cancel alone stops the job.
+            thread::spawn(move || {
+                thread::sleep(std::time::Duration::from_secs(20));
+                drop(host);
+            });
+        });
+        assert_ne!(code, 0);
+    }
+
+    #[test]
+    fn the_host_going_away_stops_the_running_job() {
+        assert_ne!(stopped_while_running(drop), 0);
     }
 }
