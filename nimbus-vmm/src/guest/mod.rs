@@ -437,6 +437,7 @@ mod tests {
             [GuestMessage::Hello { .. }, GuestMessage::Primed]
         ));
     }
+
     /// Serves a job that prints a line and then sleeps; once the line is out, `stop`
     /// is done to the host's end of the channel. Returns the job's exit code.
     fn stopped_while_running(stop: impl FnOnce(std::os::unix::net::UnixStream)) -> i32 {
